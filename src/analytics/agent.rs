@@ -1,0 +1,101 @@
+//! User-agent classification with `woothee` (a small, dependency-light, table-driven parser).
+
+use crate::domain::DeviceClass;
+
+/// What a user agent says about the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    pub browser: String,
+    pub os: String,
+    pub device: DeviceClass,
+    pub bot: bool,
+}
+
+/// Reusable parser; building one compiles nothing (woothee's tables are static).
+#[derive(Default)]
+pub struct AgentParser {
+    inner: woothee::parser::Parser,
+}
+
+impl AgentParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn classify(&self, user_agent: &str) -> Agent {
+        if user_agent.trim().is_empty() {
+            // Browsers always send a user agent; scripts often do not.
+            return Agent {
+                browser: "unknown".into(),
+                os: "unknown".into(),
+                device: DeviceClass::Other,
+                bot: true,
+            };
+        }
+        let Some(found) = self.inner.parse(user_agent) else {
+            return Agent {
+                browser: "unknown".into(),
+                os: "unknown".into(),
+                device: DeviceClass::Other,
+                bot: false,
+            };
+        };
+        let bot = found.category == "crawler";
+        let device = match found.category {
+            "crawler" => DeviceClass::Bot,
+            "pc" => DeviceClass::Desktop,
+            "smartphone" | "mobilephone" => {
+                if found.os == "iPad" || user_agent.contains("Tablet") {
+                    DeviceClass::Tablet
+                } else if found.os == "Android" && !user_agent.contains("Mobile") {
+                    // Android tablets leave "Mobile" out of their user agent.
+                    DeviceClass::Tablet
+                } else {
+                    DeviceClass::Mobile
+                }
+            }
+            _ => DeviceClass::Other,
+        };
+        Agent {
+            browser: found.name.to_owned(),
+            os: found.os.to_owned(),
+            device,
+            bot,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_common_agents() {
+        let parser = AgentParser::new();
+        let desktop = parser.classify(
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+        );
+        assert_eq!(desktop.browser, "Chrome");
+        assert_eq!(desktop.os, "Linux");
+        assert_eq!(desktop.device, DeviceClass::Desktop);
+        assert!(!desktop.bot);
+
+        let phone = parser.classify(
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1",
+        );
+        assert_eq!(phone.device, DeviceClass::Mobile);
+        assert_eq!(phone.browser, "Safari");
+
+        let tablet = parser.classify(
+            "Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1",
+        );
+        assert_eq!(tablet.device, DeviceClass::Tablet);
+
+        let bot = parser
+            .classify("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)");
+        assert!(bot.bot);
+        assert_eq!(bot.device, DeviceClass::Bot);
+
+        assert!(parser.classify("").bot, "no user agent at all is a script");
+    }
+}

@@ -1,0 +1,193 @@
+//! Building and running the service: open the store, start the writer and the link handle,
+//! bind, serve until told to stop, then stop in order.
+//!
+//! Shutdown order: stop accepting and end the live streams (each gets a `retry:` hint), wait
+//! for in-flight requests, stop every link actor after its mailbox is handled, wait until all
+//! they sent is committed, commit and fsync, close the store.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use salvo::{
+    conn::{Listener, TcpListener, tcp::TcpAcceptor},
+    fuse::FuseConfig,
+    prelude::*,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    config::ServeConfig,
+    http::{AppState, router},
+    keys::{self, ApiKeys},
+    links::{LinkSettings, Links},
+    metrics::Metrics,
+    store::{Store, Writer, WriterConfig},
+};
+
+/// A bound, ready-to-run service.
+pub struct App {
+    acceptor: TcpAcceptor,
+    local_addr: SocketAddr,
+    state: Arc<AppState>,
+    writer: Writer,
+    generated_key: Option<String>,
+}
+
+impl App {
+    /// Opens the store in `config.data_dir` and binds `config.listen`.
+    pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create the data directory {}", config.data_dir.display())
+        })?;
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await?
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+
+        let generated_key = bootstrap_keys(&store, config.initial_api_key.as_deref())?;
+        let keys = ApiKeys::load(&store).context("cannot read the API keys")?;
+
+        let writer = Writer::start(
+            store.clone(),
+            WriterConfig {
+                durability: config.durability,
+                commit_interval: config.commit_interval,
+                max_batch: config.commit_max.max(1),
+                fsync_interval: config.fsync_interval,
+            },
+        )
+        .context("cannot start the writer thread")?;
+        let metrics = Arc::new(Metrics::default());
+        let links = Links::new(
+            store,
+            writer.handle(),
+            link_settings(&config),
+            metrics.clone(),
+        );
+
+        let acceptor = TcpListener::new(config.listen)
+            .try_bind()
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = acceptor.local_addr()?;
+        let base_url = config
+            .base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local_addr}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let state = Arc::new(AppState {
+            links,
+            keys,
+            config,
+            base_url,
+            metrics,
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Self {
+            acceptor,
+            local_addr,
+            state,
+            writer,
+            generated_key,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The key made at first start, when no key existed and none was given. Shown once.
+    pub fn generated_key(&self) -> Option<&str> {
+        self.generated_key.as_deref()
+    }
+
+    /// Serves until `shutdown` resolves, then stops cleanly.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            acceptor,
+            local_addr,
+            state,
+            writer,
+            ..
+        } = self;
+        let config = &state.config;
+        let grace = config.shutdown_timeout;
+        let fuse = FuseConfig::default()
+            .with_http1_header_timeout(Duration::from_secs(10))
+            .with_request_body_timeout(Duration::from_secs(10))
+            .with_connection_idle_timeout(Duration::from_secs(60).max(config.sse_heartbeat * 3))
+            .with_write_stall_timeout(config.sse_stuck_timeout);
+        let server = Server::new(acceptor)
+            .fuse_config(fuse)
+            .max_connections(config.max_connections);
+        let handle = server.handle();
+        let service = Service::new(router(state.clone()));
+        let serving = tokio::spawn(server.try_serve(service));
+        info!(address = %local_addr, base_url = %state.base_url, "linkpulse listening");
+
+        shutdown.await;
+        info!("stopping: no new connections, ending live streams");
+        handle.stop_graceful(Some(grace));
+        state.shutdown.cancel();
+        match serving.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(cause = %e, "the server ended with an error"),
+            Err(e) => warn!(cause = %e, "the server task failed"),
+        }
+        info!("stopping link actors");
+        state.links.shutdown(grace).await;
+        info!("committing and syncing the store");
+        let store = state.links.store().clone();
+        tokio::task::spawn_blocking(move || {
+            writer.stop();
+            store.sync()
+        })
+        .await?
+        .context("final sync of the store failed")?;
+        info!("stopped cleanly");
+        Ok(())
+    }
+}
+
+fn link_settings(config: &ServeConfig) -> LinkSettings {
+    let idle = config.idle_timeout;
+    LinkSettings {
+        idle_timeout: idle,
+        tick: (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        heartbeat: config.sse_heartbeat,
+        queue_frames: config.sse_queue.max(1),
+        stuck_timeout: config.sse_stuck_timeout,
+        max_subscribers_per_link: config.sse_max_per_link,
+        min_frame_interval: config.sse_min_interval,
+        cache_capacity: config.link_cache,
+    }
+}
+
+/// Makes the initial key valid, or makes a key when there is none. Returns a key that was
+/// generated (to be shown once).
+fn bootstrap_keys(store: &Store, initial: Option<&str>) -> anyhow::Result<Option<String>> {
+    if let Some(key) = initial.map(str::trim).filter(|k| !k.is_empty()) {
+        anyhow::ensure!(key.len() >= 16, "LINKPULSE_INITIAL_API_KEY must be at least 16 characters");
+        keys::store_key(store, key, "initial", true).context("cannot store the initial API key")?;
+        return Ok(None);
+    }
+    if store.api_keys().context("cannot read the API keys")?.is_empty() {
+        let key = keys::generate_key();
+        keys::store_key(store, &key, "first", true).context("cannot store the first API key")?;
+        return Ok(Some(key));
+    }
+    Ok(None)
+}
+
+/// `linkpulse keys create`: stores a new key and returns it.
+pub fn create_key(data_dir: &std::path::Path, name: &str, admin: bool) -> anyhow::Result<String> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let store = Store::open(data_dir)
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let key = keys::generate_key();
+    keys::store_key(&store, &key, name, admin).context("cannot store the key")?;
+    Ok(key)
+}

@@ -1,0 +1,138 @@
+//! Command line and environment. Every flag of `serve` can also be set by the environment
+//! variable named in its help.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::store::Durability;
+
+#[derive(Debug, Parser)]
+#[command(name = "linkpulse", version, about = "Short links whose clicks you watch live")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings for `serve`, also accepted without the word `serve`.
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API, redirects and live streams (the default).
+    Serve(Box<ServeConfig>),
+    /// Manage API keys (with the server stopped: the store allows one process at a time).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new key and print it on the last line of standard output.
+    Create {
+        #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// A name to remember the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// An admin key sees and manages every link.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+fn duration(raw: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(raw)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "LINKPULSE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of the fjall store.
+    #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Public base URL used to build short URLs (default: http://<listen address>).
+    #[arg(long, env = "LINKPULSE_BASE_URL")]
+    pub base_url: Option<String>,
+    /// An API key made valid (as admin) at start-up.
+    #[arg(long, env = "LINKPULSE_INITIAL_API_KEY", hide_env_values = true)]
+    pub initial_api_key: Option<String>,
+    /// default: answer at once, fsync at least every --fsync-interval; strict: answer a
+    /// redirect after its click is fsynced.
+    #[arg(long, env = "LINKPULSE_DURABILITY", value_enum, default_value = "default")]
+    pub durability: Durability,
+    /// Longest wait before a group commit.
+    #[arg(long, env = "LINKPULSE_COMMIT_INTERVAL", value_parser = duration, default_value = "2ms")]
+    pub commit_interval: Duration,
+    /// Most items in one group commit.
+    #[arg(long, env = "LINKPULSE_COMMIT_MAX", default_value_t = 4096)]
+    pub commit_max: usize,
+    /// Longest time between fsyncs in default durability.
+    #[arg(long, env = "LINKPULSE_FSYNC_INTERVAL", value_parser = duration, default_value = "1s")]
+    pub fsync_interval: Duration,
+    /// A link actor with no clicks and no subscribers for this long is stopped.
+    #[arg(long, env = "LINKPULSE_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+    /// Link records cached in memory.
+    #[arg(long, env = "LINKPULSE_LINK_CACHE", default_value_t = 100_000)]
+    pub link_cache: usize,
+    /// Live subscribers allowed on one link.
+    #[arg(long, env = "LINKPULSE_SSE_MAX_PER_LINK", default_value_t = 15_000)]
+    pub sse_max_per_link: usize,
+    /// Live subscribers allowed in all.
+    #[arg(long, env = "LINKPULSE_SSE_MAX_TOTAL", default_value_t = 15_000)]
+    pub sse_max_total: usize,
+    /// Frames a subscriber may have waiting before it counts as behind.
+    #[arg(long, env = "LINKPULSE_SSE_QUEUE", default_value_t = 8)]
+    pub sse_queue: usize,
+    /// A subscriber that stays behind this long is disconnected.
+    #[arg(long, env = "LINKPULSE_SSE_STUCK_TIMEOUT", value_parser = duration, default_value = "30s")]
+    pub sse_stuck_timeout: Duration,
+    /// Interval of the heartbeat comment on streams.
+    #[arg(long, env = "LINKPULSE_SSE_HEARTBEAT", value_parser = duration, default_value = "15s")]
+    pub sse_heartbeat: Duration,
+    /// At most one frame per link in this interval (later clicks are conflated into it).
+    #[arg(long, env = "LINKPULSE_SSE_MIN_INTERVAL", value_parser = duration, default_value = "20ms")]
+    pub sse_min_interval: Duration,
+    /// The reconnect delay suggested to browsers (`retry:`).
+    #[arg(long, env = "LINKPULSE_SSE_RETRY", value_parser = duration, default_value = "2s")]
+    pub sse_retry: Duration,
+    /// Store client addresses in full instead of anonymised.
+    #[arg(long, env = "LINKPULSE_STORE_FULL_IP")]
+    pub store_full_ip: bool,
+    /// Take the client address from the last X-Forwarded-For entry (only behind a proxy).
+    #[arg(long, env = "LINKPULSE_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    /// Request header carrying the client's country, set by a trusted proxy (e.g. CF-IPCountry).
+    #[arg(long, env = "LINKPULSE_COUNTRY_HEADER")]
+    pub country_header: Option<String>,
+    /// Most open connections.
+    #[arg(long, env = "LINKPULSE_MAX_CONNECTIONS", default_value_t = 18_000)]
+    pub max_connections: usize,
+    /// How long a clean stop waits for connections and actors.
+    #[arg(long, env = "LINKPULSE_SHUTDOWN_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// The defaults, for tests and embedding, with the store in `data_dir` and port 0.
+    pub fn for_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Self::parse_defaults();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.data_dir = data_dir.into();
+        config
+    }
+
+    fn parse_defaults() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        Only::parse_from(["linkpulse"]).serve
+    }
+}

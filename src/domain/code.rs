@@ -1,0 +1,135 @@
+//! Short codes: `[A-Za-z0-9_-]{1,64}`, never one of the service's own path words.
+
+use std::{borrow::Borrow, fmt, sync::Arc};
+
+use rand::Rng;
+
+/// The longest code a user may choose.
+pub const MAX_CODE_LEN: usize = 64;
+/// The length of a generated code: 62^7 is about 3.5e12 codes.
+pub const GENERATED_CODE_LEN: usize = 7;
+
+/// Path words the service uses itself; a code equal to one of them (in any case) would shadow a
+/// route or confuse a reader, so none can be taken.
+const RESERVED: &[&str] = &[
+    "admin", "api", "assets", "docs", "favicon", "health", "healthz", "links", "login", "logout",
+    "metrics", "qr", "readyz", "realtime", "robots", "static", "stats", "well-known",
+];
+
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Why a string is not a short code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodeError {
+    #[error("code must not be empty")]
+    Empty,
+    #[error("code must be at most {MAX_CODE_LEN} characters")]
+    TooLong,
+    #[error("code may only contain letters, digits, '_' and '-'")]
+    BadCharacter,
+    #[error("code '{0}' is reserved")]
+    Reserved(String),
+}
+
+/// A valid short code. Cheap to clone (shared string).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShortCode(Arc<str>);
+
+impl ShortCode {
+    /// Parses a code chosen by a user or taken from a request path.
+    pub fn parse(raw: &str) -> Result<Self, CodeError> {
+        if raw.is_empty() {
+            return Err(CodeError::Empty);
+        }
+        if raw.len() > MAX_CODE_LEN {
+            return Err(CodeError::TooLong);
+        }
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(CodeError::BadCharacter);
+        }
+        if RESERVED.iter().any(|word| word.eq_ignore_ascii_case(raw)) {
+            return Err(CodeError::Reserved(raw.to_owned()));
+        }
+        Ok(Self(Arc::from(raw)))
+    }
+
+    /// A random base62 code of [`GENERATED_CODE_LEN`] characters.
+    pub fn generate() -> Self {
+        let mut rng = rand::rng();
+        loop {
+            let raw: String = (0..GENERATED_CODE_LEN)
+                .map(|_| char::from(BASE62[rng.random_range(0..BASE62.len())]))
+                .collect();
+            // Two reserved words have seven letters; the chance of drawing one is negligible,
+            // but a loop costs nothing.
+            if let Ok(code) = Self::parse(&raw) {
+                return code;
+            }
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for ShortCode {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for ShortCode {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ShortCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ShortCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShortCode({})", &self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_allowed_alphabet() {
+        for ok in ["a", "abc-DEF_123", &"x".repeat(64), "API2", "_", "-"] {
+            assert_eq!(ShortCode::parse(ok).map(|c| c.to_string()), Ok(ok.to_owned()));
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_code() {
+        assert_eq!(ShortCode::parse(""), Err(CodeError::Empty));
+        assert_eq!(ShortCode::parse(&"x".repeat(65)), Err(CodeError::TooLong));
+        for bad in ["a.b", "a/b", "..", "%41", "é", "a b", "a\nb", "a?b", "a#b"] {
+            assert_eq!(ShortCode::parse(bad), Err(CodeError::BadCharacter), "{bad:?}");
+        }
+        for word in ["api", "API", "realtime", "links", "static", "healthz", "metrics"] {
+            assert!(matches!(ShortCode::parse(word), Err(CodeError::Reserved(_))));
+        }
+    }
+
+    #[test]
+    fn generated_codes_are_valid_base62_of_seven() {
+        for _ in 0..1000 {
+            let code = ShortCode::generate();
+            assert_eq!(code.as_str().len(), GENERATED_CODE_LEN);
+            assert!(code.as_str().bytes().all(|b| b.is_ascii_alphanumeric()));
+            assert_eq!(ShortCode::parse(code.as_str()), Ok(code));
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The JSON API for link owners: create a link, read it with its count, list its clicks.
+
+use std::sync::Arc;
+
+use salvo::{
+    http::{StatusCode, header, mime},
+    prelude::*,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState, authenticate, code_param};
+use crate::{
+    domain::{Link, ShortCode, TargetUrl, format_ms, now_ms},
+    keys::Caller,
+    links::{Snapshot, frame::Analytics},
+};
+
+/// The largest request body taken.
+pub const MAX_BODY: usize = 64 * 1024;
+/// How many times a generated code is drawn again when it is taken.
+const GENERATE_ATTEMPTS: usize = 8;
+
+#[derive(Deserialize)]
+struct CreateRequest {
+    url: String,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LinkBody<'a> {
+    code: &'a str,
+    url: &'a str,
+    short_url: String,
+    stats_url: String,
+    realtime_url: String,
+    created_at: String,
+    click_count: u64,
+    last_click: Option<Analytics<'a>>,
+}
+
+fn link_body<'a>(state: &AppState, link: &'a Link, snapshot: Option<&'a Snapshot>) -> LinkBody<'a> {
+    let base = &state.base_url;
+    let code = link.code.as_str();
+    LinkBody {
+        code,
+        url: link.target.as_str(),
+        short_url: format!("{base}/{code}"),
+        stats_url: format!("{base}/links/{code}"),
+        realtime_url: format!("{base}/realtime/{code}"),
+        created_at: format_ms(link.created_at),
+        click_count: snapshot.map_or(0, |s| s.count),
+        last_click: snapshot.and_then(|s| s.last.as_deref().map(|e| Analytics::of(code, e))),
+    }
+}
+
+pub struct CreateLink(pub Arc<AppState>);
+
+impl CreateLink {
+    async fn create(&self, req: &mut Request) -> Result<Link, ApiError> {
+        let state = &self.0;
+        let caller = authenticate(state, req)?;
+        let is_json = req
+            .content_type()
+            .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/json",
+            ));
+        }
+        let body = req.payload_with_max_size(MAX_BODY).await.map_err(|e| match e {
+            salvo::http::ParseError::PayloadTooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {MAX_BODY} bytes"),
+            ),
+            _ => ApiError::bad_request("could not read the request body"),
+        })?;
+        let request: CreateRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        let target = TargetUrl::parse(&request.url).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let chosen = request
+            .code
+            .map(|c| ShortCode::parse(&c).map_err(|e| ApiError::bad_request(e.to_string())))
+            .transpose()?;
+        let new_link = |code: ShortCode| Link {
+            code,
+            target: target.clone(),
+            owner: caller.key_id.clone(),
+            created_at: now_ms(),
+        };
+        if let Some(code) = chosen {
+            let link = new_link(code);
+            return if state.links.create(link.clone()).await? {
+                Ok(link)
+            } else {
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("code '{}' is already taken", link.code),
+                ))
+            };
+        }
+        for _ in 0..GENERATE_ATTEMPTS {
+            let link = new_link(ShortCode::generate());
+            if state.links.create(link.clone()).await? {
+                return Ok(link);
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "could not find a free code, try again",
+        ))
+    }
+}
+
+#[async_trait]
+impl Handler for CreateLink {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        match self.create(req).await {
+            Ok(link) => {
+                let location = format!("/api/links/{}", link.code);
+                res.status_code(StatusCode::CREATED);
+                let _ = res.add_header(header::LOCATION, location, true);
+                res.render(Json(link_body(&self.0, &link, None)));
+            }
+            Err(e) => e.write(res),
+        }
+    }
+}
+
+/// Finds the link named in the path if the caller may see it. Another owner's link answers
+/// 404 like a missing one, so codes cannot be probed.
+async fn owned_link(
+    state: &AppState,
+    req: &Request,
+) -> Result<(Caller, Arc<Link>), ApiError> {
+    let caller = authenticate(state, req)?;
+    let missing = || ApiError::not_found("no such link");
+    let code = ShortCode::parse(code_param(req)).map_err(|_| missing())?;
+    let link = state.links.find(&code).await?.ok_or_else(missing)?;
+    if !caller.may_manage(&link.owner) {
+        return Err(missing());
+    }
+    Ok((caller, link))
+}
+
+pub struct ReadLink(pub Arc<AppState>);
+
+#[async_trait]
+impl Handler for ReadLink {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let state = &self.0;
+        let result = async {
+            let (_, link) = owned_link(state, req).await?;
+            let snapshot = state.links.snapshot(&link).await?;
+            Ok::<_, ApiError>((link, snapshot))
+        }
+        .await;
+        match result {
+            Ok((link, snapshot)) => res.render(Json(link_body(state, &link, Some(&snapshot)))),
+            Err(e) => e.write(res),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClickItem<'a> {
+    seq: u64,
+    #[serde(flatten)]
+    analytics: Analytics<'a>,
+}
+
+/// `GET /api/links/{code}/clicks?limit=N&before=SEQ`: stored clicks, newest first.
+pub struct ListClicks(pub Arc<AppState>);
+
+const MAX_PAGE: usize = 1000;
+
+#[async_trait]
+impl Handler for ListClicks {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let state = &self.0;
+        let result = async {
+            let (_, link) = owned_link(state, req).await?;
+            let limit = match req.query::<String>("limit") {
+                None => 100,
+                Some(raw) => raw
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}")))?,
+            };
+            let before = match req.query::<String>("before") {
+                None => None,
+                Some(raw) => Some(
+                    raw.parse::<u64>()
+                        .map_err(|_| ApiError::bad_request("before must be a click number"))?,
+                ),
+            };
+            let store = state.links.store().clone();
+            let code = link.code.clone();
+            let clicks = tokio::task::spawn_blocking(move || store.clicks(code.as_str(), before, limit))
+                .await
+                .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?
+                .map_err(|e| ApiError::from(crate::links::LinkError::from(e)))?;
+            Ok::<_, ApiError>((link, clicks))
+        }
+        .await;
+        match result {
+            Ok((link, clicks)) => {
+                let items: Vec<_> = clicks
+                    .iter()
+                    .map(|e| ClickItem {
+                        seq: e.seq,
+                        analytics: Analytics::of(link.code.as_str(), e),
+                    })
+                    .collect();
+                res.render(Json(serde_json::json!({ "clicks": items })));
+            }
+            Err(e) => e.write(res),
+        }
+    }
+}

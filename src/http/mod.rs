@@ -1,0 +1,172 @@
+//! The HTTP layer (salvo): one file per area, one mapping from errors to statuses here.
+//! Handlers are small structs holding the shared [`AppState`], so the hot redirect path does
+//! no per-request lookups of state.
+
+mod api;
+mod health;
+mod pages;
+mod realtime;
+mod redirect;
+
+use std::{net::IpAddr, sync::Arc};
+
+use salvo::{
+    http::{HeaderValue, StatusCode, header},
+    prelude::*,
+};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::{
+    config::ServeConfig,
+    keys::{ApiKeys, Caller},
+    links::{LinkError, Links},
+    metrics::Metrics,
+};
+
+/// Everything a handler may need.
+pub struct AppState {
+    pub links: Links,
+    pub keys: ApiKeys,
+    pub config: ServeConfig,
+    /// The public base URL, without a trailing slash.
+    pub base_url: String,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled at shutdown: ends every live stream.
+    pub shutdown: CancellationToken,
+}
+
+/// The routes of the service.
+pub fn router(state: Arc<AppState>) -> Router {
+    let s = || state.clone();
+    Router::new()
+        .push(Router::with_path("healthz").get(health::Health(s())))
+        .push(Router::with_path("metrics").get(health::MetricsText(s())))
+        .push(Router::with_path("api/links").post(api::CreateLink(s())))
+        .push(
+            Router::with_path("api/links/{code}")
+                .get(api::ReadLink(s()))
+                .push(Router::with_path("clicks").get(api::ListClicks(s()))),
+        )
+        .push(Router::with_path("realtime/{code}").get(realtime::Realtime(s())))
+        .push(Router::with_path("links/{code}").get(pages::StatsPage(s())))
+        .push(
+            Router::with_path("{code}")
+                .get(redirect::Redirect {
+                    state: s(),
+                    count: true,
+                })
+                .head(redirect::Redirect {
+                    state: s(),
+                    count: false,
+                }),
+        )
+}
+
+/// A client or server error answered as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> (Self, u32) {
+        (Self::new(StatusCode::SERVICE_UNAVAILABLE, message), retry_after_secs)
+    }
+
+    pub fn write(&self, res: &mut Response) {
+        res.status_code(self.status);
+        res.render(Json(ErrorBody {
+            error: &self.message,
+        }));
+    }
+}
+
+impl From<LinkError> for ApiError {
+    /// Server-side failures are logged with their cause and answered without it.
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::ShuttingDown => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down")
+            }
+            LinkError::Timeout => {
+                error!(cause = %e, "link operation timed out");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "the service is busy, try again")
+            }
+            other => {
+                error!(cause = %other, "link operation failed");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        }
+    }
+}
+
+/// Answers a 503 with `Retry-After`.
+pub fn write_unavailable(res: &mut Response, (err, retry_after): (ApiError, u32)) {
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    err.write(res);
+}
+
+/// The caller behind `Authorization: Bearer <key>`, or a 401.
+pub fn authenticate(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
+    let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, msg);
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| unauthorized("malformed Authorization header"))?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| unauthorized("Authorization must be 'Bearer <api key>'"))?;
+    state
+        .keys
+        .authenticate(key.trim())
+        .ok_or_else(|| unauthorized("invalid API key"))
+}
+
+/// The client address: the socket peer, or the last `X-Forwarded-For` entry when the operator
+/// trusts a proxy in front.
+pub fn client_ip(state: &AppState, req: &Request) -> Option<IpAddr> {
+    if state.config.trust_forwarded_for
+        && let Some(forwarded) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        && let Some(last) = forwarded.rsplit(',').next()
+        && let Ok(ip) = last.trim().parse::<IpAddr>()
+    {
+        return Some(ip);
+    }
+    req.remote_addr().ip()
+}
+
+/// The `{code}` path parameter.
+pub fn code_param(req: &Request) -> &str {
+    req.params().get("code").map_or("", String::as_str)
+}

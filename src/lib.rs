@@ -1,0 +1,37 @@
+//! linkpulse: short links whose clicks are counted by per-link actors, stored in fjall and
+//! pushed live over Server-Sent Events.
+//!
+//! How a click flows through the modules:
+//!
+//! ```text
+//! http::redirect ──302──▶ browser
+//!     │ links::Links::click (cast, never waits)
+//!     ▼
+//! links::actor (one per code, started by links::directory)
+//!     │ numbers the click, classifies it (analytics)
+//!     ├──▶ store::writer (one thread, group commit: count + click in one atomic batch)
+//!     └──▶ links::frame (encoded once) ──try_send──▶ each subscriber's queue ──▶ http::realtime
+//! ```
+//!
+//! - [`config`]: command line and environment.
+//! - [`app`]: build, serve, and the order of a clean stop.
+//! - [`domain`]: codes, URLs, links and clicks, parsed once.
+//! - [`links`]: the actors, their directory and the handle the HTTP layer uses.
+//! - [`store`]: fjall keyspaces, record encoding, the group-commit writer.
+//! - [`http`]: routes, one file per area.
+//! - [`analytics`]: user agents, addresses.
+//! - [`keys`]: API keys, stored as hashes.
+//! - [`metrics`]: counters and gauges for `/metrics`.
+
+pub mod analytics;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod keys;
+pub mod links;
+pub mod metrics;
+pub mod store;
+
+pub use app::App;
+pub use config::ServeConfig;

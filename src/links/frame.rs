@@ -1,0 +1,98 @@
+//! SSE frames, encoded once per change and shared (as `Bytes`) by every subscriber.
+//!
+//! A state frame is `id: <count>\ndata: {"clickCount":N,"clickAnalytics":{...}}\n\n`, the format
+//! of the original app plus the id a browser sends back as `Last-Event-ID`.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::domain::{ClickEvent, DeviceClass, format_ms};
+
+/// A comment line: keeps proxies and browsers from timing the stream out.
+pub const HEARTBEAT: Bytes = Bytes::from_static(b": keep-alive\n\n");
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Frame<'a> {
+    click_count: u64,
+    click_analytics: Option<Analytics<'a>>,
+}
+
+/// The public details of one click, as the live stream and the API show them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Analytics<'a> {
+    short_code: &'a str,
+    created_at: String,
+    ip_address: Option<&'a str>,
+    user_agent: &'a str,
+    referer: Option<&'a str>,
+    country: Option<&'a str>,
+    browser: &'a str,
+    os: &'a str,
+    device: DeviceClass,
+    bot: bool,
+}
+
+impl<'a> Analytics<'a> {
+    pub fn of(code: &'a str, event: &'a ClickEvent) -> Self {
+        Self {
+            short_code: code,
+            created_at: format_ms(event.at),
+            ip_address: event.ip.as_deref(),
+            user_agent: &event.user_agent,
+            referer: event.referer.as_deref(),
+            country: event.country.as_deref(),
+            browser: &event.browser,
+            os: &event.os,
+            device: event.device,
+            bot: event.bot,
+        }
+    }
+}
+
+/// The frame for a code's current state.
+pub fn state_frame(code: &str, count: u64, last: Option<&ClickEvent>) -> Bytes {
+    let frame = Frame {
+        click_count: count,
+        click_analytics: last.map(|e| Analytics::of(code, e)),
+    };
+    // Serialising a struct of strings and numbers cannot fail.
+    let json = serde_json::to_string(&frame).unwrap_or_default();
+    Bytes::from(format!("id: {count}\ndata: {json}\n\n"))
+}
+
+/// Tells the browser how long to wait before reconnecting.
+pub fn retry_frame(millis: u64) -> Bytes {
+    Bytes::from(format!("retry: {millis}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_frames_match_the_original_format_plus_an_id() {
+        let empty = state_frame("abc", 0, None);
+        assert_eq!(
+            &empty[..],
+            b"id: 0\ndata: {\"clickCount\":0,\"clickAnalytics\":null}\n\n"
+        );
+        let event = ClickEvent {
+            seq: 3,
+            at: 0,
+            ip: Some("192.0.2.0".into()),
+            user_agent: "ua \"quoted\"\nline".into(),
+            referer: None,
+            country: None,
+            browser: "Chrome".into(),
+            os: "Linux".into(),
+            device: DeviceClass::Desktop,
+            bot: false,
+        };
+        let frame = state_frame("abc", 3, Some(&event));
+        let text = String::from_utf8(frame.to_vec()).unwrap_or_default();
+        assert!(text.starts_with("id: 3\ndata: {\"clickCount\":3,\"clickAnalytics\":{\"shortCode\":\"abc\",\"createdAt\":\"1970-01-01T00:00:00Z\",\"ipAddress\":\"192.0.2.0\""));
+        assert_eq!(text.matches('\n').count(), 3, "a newline in a value must not split the frame");
+    }
+}

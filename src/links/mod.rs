@@ -1,0 +1,293 @@
+//! Links and their actors. [`Links`] is the handle the HTTP layer uses: it finds links (an
+//! in-memory cache in front of fjall), sends clicks, subscribes viewers and stops everything at
+//! shutdown. It never exposes actor references or reply ports.
+//!
+//! A click: `Links::click` casts it to the code's actor (started on demand by the
+//! [`directory`]); the actor numbers it, hands it to the store's writer and schedules one frame
+//! for all subscribers.
+
+mod actor;
+mod directory;
+pub mod frame;
+
+use std::{sync::Arc, time::Duration};
+
+use quick_cache::sync::Cache;
+use ractor::{MessagingErr, concurrency::oneshot};
+use tokio_util::task::TaskTracker;
+use tracing::{error, warn};
+
+pub use actor::{Click, Snapshot, SubscribeError, Subscription};
+use actor::LinkMsg;
+use directory::{Directory, Route};
+
+use crate::{
+    analytics::AgentParser,
+    domain::{Link, ShortCode},
+    metrics::Metrics,
+    store::{Store, StoreError, WriteError, WriterHandle},
+};
+
+/// How link actors behave; taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// An actor with no clicks and no subscribers for this long is stopped.
+    pub idle_timeout: Duration,
+    /// How often an actor checks heartbeats, slow subscribers and idleness.
+    pub tick: Duration,
+    pub heartbeat: Duration,
+    /// Frames a subscriber's queue holds before it counts as behind.
+    pub queue_frames: usize,
+    /// A subscriber behind for this long is disconnected.
+    pub stuck_timeout: Duration,
+    pub max_subscribers_per_link: usize,
+    /// At most one frame per this interval and link; clicks in between are conflated.
+    pub min_frame_interval: Duration,
+    /// Link records kept in memory for links without a live actor.
+    pub cache_capacity: usize,
+}
+
+/// What every actor shares.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub writer: WriterHandle,
+    pub settings: LinkSettings,
+    pub agents: AgentParser,
+    pub directory: Directory,
+    pub metrics: Arc<Metrics>,
+    /// The tasks that wait for actors to end.
+    pub tracker: TaskTracker,
+}
+
+/// Why a link operation failed (server side).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("the link's actor did not answer in time")]
+    Timeout,
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+/// How long a caller waits for an actor's answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times a message is re-sent when its actor was stopping.
+const MAX_ATTEMPTS: usize = 20;
+
+#[derive(Clone)]
+pub struct Links {
+    shared: Arc<Shared>,
+    /// Link records, also for codes that do not exist (`None`), so unknown codes do not reach
+    /// the disk each time.
+    cache: Arc<Cache<ShortCode, Option<Arc<Link>>>>,
+    /// Clicks whose actor was stopping when they came, on their way to its successor.
+    inflight: TaskTracker,
+}
+
+impl Links {
+    pub fn new(
+        store: Store,
+        writer: WriterHandle,
+        settings: LinkSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let cache = Arc::new(Cache::new(settings.cache_capacity.max(16)));
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                writer,
+                settings,
+                agents: AgentParser::new(),
+                directory: Directory::default(),
+                metrics,
+                tracker: TaskTracker::new(),
+            }),
+            cache,
+            inflight: TaskTracker::new(),
+        }
+    }
+
+    /// Finds a link: a live actor's copy, the cache, or the store.
+    pub async fn find(&self, code: &ShortCode) -> Result<Option<Arc<Link>>, LinkError> {
+        if let Some(link) = self.shared.directory.link(code.as_str()) {
+            return Ok(Some(link));
+        }
+        if let Some(cached) = self.cache.get(code) {
+            return Ok(cached);
+        }
+        let store = self.shared.store.clone();
+        let key = code.clone();
+        let found = tokio::task::spawn_blocking(move || store.link(key.as_str()))
+            .await
+            .map_err(|_| LinkError::ShuttingDown)??
+            .map(Arc::new);
+        self.cache.insert(code.clone(), found.clone());
+        Ok(found)
+    }
+
+    /// Stores a new link. `Ok(false)`: the code is taken.
+    pub async fn create(&self, link: Link) -> Result<bool, LinkError> {
+        let code = link.code.clone();
+        let stored = Arc::new(link.clone());
+        let created = self.shared.writer.create_link(link).await?;
+        if created {
+            self.cache.insert(code, Some(stored));
+        }
+        Ok(created)
+    }
+
+    /// Counts a click. Never waits: when the actor is stopping, a task carries the click to
+    /// its successor.
+    pub fn click(&self, link: &Arc<Link>, click: Click) {
+        self.shared.metrics.click();
+        // Fast path: a live actor takes the message at once.
+        let msg = match self.shared.directory.live(link.code.as_str()) {
+            Some(actor) => match actor.cast(LinkMsg::Click(click)) {
+                Ok(()) => return,
+                Err(MessagingErr::SendErr(msg)) => msg,
+                Err(e) => {
+                    error!(code = %link.code, cause = %e, "click lost");
+                    return;
+                }
+            },
+            None => LinkMsg::Click(click),
+        };
+        let links = self.clone();
+        let link = link.clone();
+        self.inflight.spawn(async move {
+            if let Err(e) = links.deliver(&link, msg).await {
+                error!(code = %link.code, cause = %e, "click lost");
+            }
+        });
+    }
+
+    /// Sends a message to the code's actor, starting it if needed and waiting out a stopping
+    /// predecessor.
+    async fn deliver(&self, link: &Arc<Link>, mut msg: LinkMsg) -> Result<(), LinkError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let mut done = match self.shared.directory.route(&self.shared, link) {
+                Route::Live(actor, done) => match actor.cast(msg) {
+                    Ok(()) => return Ok(()),
+                    Err(MessagingErr::SendErr(back)) => {
+                        msg = back;
+                        done
+                    }
+                    Err(_) => return Err(LinkError::ShuttingDown),
+                },
+                Route::Wait(done) => done,
+                Route::Closed => return Err(LinkError::ShuttingDown),
+            };
+            if tokio::time::timeout(CALL_TIMEOUT, done.wait_for(|gone| *gone))
+                .await
+                .is_err()
+            {
+                warn!(code = %link.code, "a stopping link actor is slow to finish");
+            }
+        }
+        Err(LinkError::Timeout)
+    }
+
+    /// Asks the code's actor something and waits (bounded) for the answer.
+    async fn ask<T: Send + 'static>(
+        &self,
+        link: &Arc<Link>,
+        make: impl FnOnce(ractor::RpcReplyPort<T>) -> LinkMsg,
+    ) -> Result<T, LinkError> {
+        let (tx, rx) = oneshot();
+        self.deliver(link, make(tx.into())).await?;
+        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            // The actor stopped (dropping the port) or took too long; either way no answer.
+            Ok(Err(_)) | Err(_) => Err(LinkError::Timeout),
+        }
+    }
+
+    /// Subscribes to the live state of a link.
+    pub async fn subscribe(
+        &self,
+        link: &Arc<Link>,
+        last_event_id: Option<u64>,
+    ) -> Result<Result<Subscription, SubscribeError>, LinkError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let answer = self
+                .ask(link, |reply| LinkMsg::Subscribe {
+                    last_event_id,
+                    reply,
+                })
+                .await?;
+            match answer {
+                Err(SubscribeError::Stopping) => tokio::task::yield_now().await,
+                other => return Ok(other),
+            }
+        }
+        Err(LinkError::Timeout)
+    }
+
+    /// Tells the actor a subscriber has gone (its stream was dropped).
+    pub fn unsubscribe(&self, code: &ShortCode, id: u64) {
+        if let Some(actor) = self.shared.directory.live(code.as_str()) {
+            // If the actor has stopped meanwhile, the subscriber went with it.
+            let _ = actor.cast(LinkMsg::Unsubscribe(id));
+        }
+    }
+
+    /// The current count and latest click: from the actor if it is live, else from the store
+    /// (where everything of a stopped actor is committed).
+    pub async fn snapshot(&self, link: &Arc<Link>) -> Result<Snapshot, LinkError> {
+        if self.shared.directory.live(link.code.as_str()).is_some() {
+            return self.ask(link, LinkMsg::Snapshot).await;
+        }
+        let store = self.shared.store.clone();
+        let code = link.code.clone();
+        let counter = tokio::task::spawn_blocking(move || store.counter(code.as_str()))
+            .await
+            .map_err(|_| LinkError::ShuttingDown)??;
+        Ok(Snapshot {
+            count: counter.count,
+            last: counter.last.map(Arc::new),
+            subscribers: 0,
+        })
+    }
+
+    /// Live actors now.
+    pub fn active_actors(&self) -> usize {
+        self.shared.directory.len()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn writer(&self) -> &WriterHandle {
+        &self.shared.writer
+    }
+
+    /// Stops every actor after it has handled what is in its mailbox, and waits until all
+    /// they wrote is committed. Call after the HTTP server has stopped taking requests.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.inflight.close();
+        if tokio::time::timeout(timeout, self.inflight.wait()).await.is_err() {
+            warn!("clicks still on their way to an actor at shutdown");
+        }
+        self.shared.directory.close();
+        let actors = self.shared.directory.actors();
+        let drains = actors
+            .iter()
+            .map(|actor| actor.drain_and_wait(Some(timeout)));
+        for result in futures_util::future::join_all(drains).await {
+            if let Err(e) = result {
+                warn!(cause = %e, "a link actor did not drain in time");
+            }
+        }
+        self.shared.tracker.close();
+        if tokio::time::timeout(timeout, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("link actors still stopping at shutdown");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! On-disk encoding. Values are MessagePack maps with named fields and a version field `v`, so
+//! fields can be added later (`#[serde(default)]`) and old records still decode. Keys that sort
+//! by number use big-endian integers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{ClickEvent, DeviceClass, KeyId, Link, ShortCode, TargetUrl};
+
+/// The current version of every record kind.
+pub const RECORD_VERSION: u8 = 1;
+
+/// Separates a code from a sequence number in click keys; it cannot occur in a code.
+const SEP: u8 = 0;
+
+/// Why stored bytes could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("undecodable {what} record: {cause}")]
+    Malformed { what: &'static str, cause: String },
+    #[error("{what} record has unknown version {version}")]
+    Version { what: &'static str, version: u8 },
+    #[error("{what} record holds an invalid value: {cause}")]
+    Invalid { what: &'static str, cause: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct LinkRecord {
+    v: u8,
+    code: String,
+    url: String,
+    owner: String,
+    created_at: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClickRecord {
+    v: u8,
+    seq: u64,
+    at: i64,
+    ip: Option<String>,
+    ua: String,
+    referer: Option<String>,
+    country: Option<String>,
+    browser: String,
+    os: String,
+    device: DeviceClass,
+    bot: bool,
+}
+
+/// An API key as stored: only its hash is the key of the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub v: u8,
+    pub id: KeyId,
+    pub name: String,
+    pub admin: bool,
+    pub created_at: i64,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising plain structs of strings and numbers into a Vec cannot fail.
+    rmp_serde::to_vec_named(value).unwrap_or_default()
+}
+
+fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T, DecodeError> {
+    rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed {
+        what,
+        cause: e.to_string(),
+    })
+}
+
+fn check_version(what: &'static str, v: u8) -> Result<(), DecodeError> {
+    if v == RECORD_VERSION {
+        Ok(())
+    } else {
+        Err(DecodeError::Version { what, version: v })
+    }
+}
+
+pub fn encode_link(link: &Link) -> Vec<u8> {
+    encode(&LinkRecord {
+        v: RECORD_VERSION,
+        code: link.code.to_string(),
+        url: link.target.to_string(),
+        owner: link.owner.clone(),
+        created_at: link.created_at,
+    })
+}
+
+pub fn decode_link(bytes: &[u8]) -> Result<Link, DecodeError> {
+    let r: LinkRecord = decode("link", bytes)?;
+    check_version("link", r.v)?;
+    let invalid = |cause: String| DecodeError::Invalid {
+        what: "link",
+        cause,
+    };
+    Ok(Link {
+        code: ShortCode::parse(&r.code).map_err(|e| invalid(e.to_string()))?,
+        target: TargetUrl::parse(&r.url).map_err(|e| invalid(e.to_string()))?,
+        owner: r.owner,
+        created_at: r.created_at,
+    })
+}
+
+pub fn encode_click(event: &ClickEvent) -> Vec<u8> {
+    encode(&ClickRecord {
+        v: RECORD_VERSION,
+        seq: event.seq,
+        at: event.at,
+        ip: event.ip.clone(),
+        ua: event.user_agent.clone(),
+        referer: event.referer.clone(),
+        country: event.country.clone(),
+        browser: event.browser.clone(),
+        os: event.os.clone(),
+        device: event.device,
+        bot: event.bot,
+    })
+}
+
+pub fn decode_click(bytes: &[u8]) -> Result<ClickEvent, DecodeError> {
+    let r: ClickRecord = decode("click", bytes)?;
+    check_version("click", r.v)?;
+    Ok(ClickEvent {
+        seq: r.seq,
+        at: r.at,
+        ip: r.ip,
+        user_agent: r.ua,
+        referer: r.referer,
+        country: r.country,
+        browser: r.browser,
+        os: r.os,
+        device: r.device,
+        bot: r.bot,
+    })
+}
+
+pub fn encode_key(record: &KeyRecord) -> Vec<u8> {
+    encode(record)
+}
+
+pub fn decode_key(bytes: &[u8]) -> Result<KeyRecord, DecodeError> {
+    let r: KeyRecord = decode("key", bytes)?;
+    check_version("key", r.v)?;
+    Ok(r)
+}
+
+pub fn encode_count(count: u64) -> [u8; 8] {
+    count.to_be_bytes()
+}
+
+pub fn decode_count(bytes: &[u8]) -> Result<u64, DecodeError> {
+    let raw: [u8; 8] = bytes.try_into().map_err(|_| DecodeError::Malformed {
+        what: "count",
+        cause: format!("{} bytes instead of 8", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+/// `code 0x00 seq(be)`: the clicks of one code sort together and by number.
+pub fn click_key(code: &str, seq: u64) -> Vec<u8> {
+    let mut key = click_prefix(code);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub fn click_prefix(code: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(code.len() + 9);
+    key.extend_from_slice(code.as_bytes());
+    key.push(SEP);
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> ClickEvent {
+        ClickEvent {
+            seq: 42,
+            at: 1_700_000_000_000,
+            ip: Some("203.0.113.0".into()),
+            user_agent: "curl/8".into(),
+            referer: None,
+            country: Some("NL".into()),
+            browser: "unknown".into(),
+            os: "unknown".into(),
+            device: DeviceClass::Other,
+            bot: false,
+        }
+    }
+
+    #[test]
+    fn click_round_trips() {
+        let e = event();
+        assert_eq!(decode_click(&encode_click(&e)).ok(), Some(e));
+    }
+
+    #[test]
+    fn garbage_and_future_versions_are_errors() {
+        assert!(matches!(decode_click(b"\xff\x00garbage"), Err(DecodeError::Malformed { .. })));
+        assert!(decode_count(b"123").is_err());
+        let mut future = ClickRecord {
+            v: 9,
+            seq: 1,
+            at: 0,
+            ip: None,
+            ua: String::new(),
+            referer: None,
+            country: None,
+            browser: String::new(),
+            os: String::new(),
+            device: DeviceClass::Other,
+            bot: false,
+        };
+        assert!(matches!(
+            decode_click(&encode(&future)),
+            Err(DecodeError::Version { version: 9, .. })
+        ));
+        future.v = RECORD_VERSION;
+        assert!(decode_click(&encode(&future)).is_ok());
+    }
+
+    #[test]
+    fn click_keys_sort_by_code_then_number() {
+        assert!(click_key("ab", 2) < click_key("ab", 256));
+        assert!(click_key("ab", u64::MAX) < click_key("abc", 1));
+        assert!(click_key("ab", 1).starts_with(&click_prefix("ab")));
+        assert!(!click_key("abc", 1).starts_with(&click_prefix("ab")));
+    }
+}
