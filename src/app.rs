@@ -38,7 +38,10 @@ impl App {
     /// Opens the store in `config.data_dir` and binds `config.listen`.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create the data directory {}", config.data_dir.display())
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
         })?;
         let dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir))
@@ -169,11 +172,18 @@ fn link_settings(config: &ServeConfig) -> LinkSettings {
 /// generated (to be shown once).
 fn bootstrap_keys(store: &Store, initial: Option<&str>) -> anyhow::Result<Option<String>> {
     if let Some(key) = initial.map(str::trim).filter(|k| !k.is_empty()) {
-        anyhow::ensure!(key.len() >= 16, "LINKPULSE_INITIAL_API_KEY must be at least 16 characters");
+        anyhow::ensure!(
+            key.len() >= 16,
+            "LINKPULSE_INITIAL_API_KEY must be at least 16 characters"
+        );
         keys::store_key(store, key, "initial", true).context("cannot store the initial API key")?;
         return Ok(None);
     }
-    if store.api_keys().context("cannot read the API keys")?.is_empty() {
+    if store
+        .api_keys()
+        .context("cannot read the API keys")?
+        .is_empty()
+    {
         let key = keys::generate_key();
         keys::store_key(store, &key, "first", true).context("cannot store the first API key")?;
         return Ok(Some(key));

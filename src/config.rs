@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::store::Durability;
 
 #[derive(Debug, Parser)]
-#[command(name = "linkpulse", version, about = "Short links whose clicks you watch live")]
+#[command(
+    name = "linkpulse",
+    version,
+    about = "Short links whose clicks you watch live"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -63,7 +67,12 @@ pub struct ServeConfig {
     pub initial_api_key: Option<String>,
     /// default: answer at once, fsync at least every --fsync-interval; strict: answer a
     /// redirect after its click is fsynced.
-    #[arg(long, env = "LINKPULSE_DURABILITY", value_enum, default_value = "default")]
+    #[arg(
+        long,
+        env = "LINKPULSE_DURABILITY",
+        value_enum,
+        default_value = "default"
+    )]
     pub durability: Durability,
     /// Longest wait before a group commit.
     #[arg(long, env = "LINKPULSE_COMMIT_INTERVAL", value_parser = duration, default_value = "2ms")]

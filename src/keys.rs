@@ -50,7 +50,12 @@ pub fn generate_key() -> String {
 }
 
 /// Stores `key` (if it is not stored yet) and returns its record.
-pub fn store_key(store: &Store, key: &str, name: &str, admin: bool) -> Result<KeyRecord, StoreError> {
+pub fn store_key(
+    store: &Store,
+    key: &str,
+    name: &str,
+    admin: bool,
+) -> Result<KeyRecord, StoreError> {
     let hash = hash_key(key);
     if let Some((_, record)) = store.api_keys()?.into_iter().find(|(h, _)| *h == hash) {
         return Ok(record);

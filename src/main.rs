@@ -19,7 +19,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Some(Command::Keys {
-            command: KeysCommand::Create { data_dir, name, admin },
+            command:
+                KeysCommand::Create {
+                    data_dir,
+                    name,
+                    admin,
+                },
         }) => {
             let key = linkpulse::app::create_key(&data_dir, &name, admin)?;
             println!("{key}");
@@ -36,7 +41,9 @@ async fn serve(config: linkpulse::ServeConfig) -> anyhow::Result<()> {
         println!("linkpulse made its first API key; it is shown only this once:");
         println!("{key}");
     }
-    app.run(shutdown_signal()).await.context("linkpulse stopped with an error")
+    app.run(shutdown_signal())
+        .await
+        .context("linkpulse stopped with an error")
 }
 
 async fn shutdown_signal() {

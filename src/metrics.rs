@@ -86,7 +86,10 @@ impl Metrics {
             subscribers,
         )];
         for (name, help, value) in own.iter().chain(gauges) {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         out
     }

@@ -12,8 +12,24 @@ pub const GENERATED_CODE_LEN: usize = 7;
 /// Path words the service uses itself; a code equal to one of them (in any case) would shadow a
 /// route or confuse a reader, so none can be taken.
 const RESERVED: &[&str] = &[
-    "admin", "api", "assets", "docs", "favicon", "health", "healthz", "links", "login", "logout",
-    "metrics", "qr", "readyz", "realtime", "robots", "static", "stats", "well-known",
+    "admin",
+    "api",
+    "assets",
+    "docs",
+    "favicon",
+    "health",
+    "healthz",
+    "links",
+    "login",
+    "logout",
+    "metrics",
+    "qr",
+    "readyz",
+    "realtime",
+    "robots",
+    "static",
+    "stats",
+    "well-known",
 ];
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -107,7 +123,10 @@ mod tests {
     #[test]
     fn accepts_the_allowed_alphabet() {
         for ok in ["a", "abc-DEF_123", &"x".repeat(64), "API2", "_", "-"] {
-            assert_eq!(ShortCode::parse(ok).map(|c| c.to_string()), Ok(ok.to_owned()));
+            assert_eq!(
+                ShortCode::parse(ok).map(|c| c.to_string()),
+                Ok(ok.to_owned())
+            );
         }
     }
 
@@ -116,10 +135,19 @@ mod tests {
         assert_eq!(ShortCode::parse(""), Err(CodeError::Empty));
         assert_eq!(ShortCode::parse(&"x".repeat(65)), Err(CodeError::TooLong));
         for bad in ["a.b", "a/b", "..", "%41", "é", "a b", "a\nb", "a?b", "a#b"] {
-            assert_eq!(ShortCode::parse(bad), Err(CodeError::BadCharacter), "{bad:?}");
+            assert_eq!(
+                ShortCode::parse(bad),
+                Err(CodeError::BadCharacter),
+                "{bad:?}"
+            );
         }
-        for word in ["api", "API", "realtime", "links", "static", "healthz", "metrics"] {
-            assert!(matches!(ShortCode::parse(word), Err(CodeError::Reserved(_))));
+        for word in [
+            "api", "API", "realtime", "links", "static", "healthz", "metrics",
+        ] {
+            assert!(matches!(
+                ShortCode::parse(word),
+                Err(CodeError::Reserved(_))
+            ));
         }
     }
 

@@ -104,8 +104,14 @@ mod tests {
         ] {
             assert_eq!(TargetUrl::parse(raw), Err(want));
         }
-        assert!(matches!(TargetUrl::parse("/relative"), Err(UrlError::Invalid(_))));
-        assert!(matches!(TargetUrl::parse("example.com"), Err(UrlError::Invalid(_))));
+        assert!(matches!(
+            TargetUrl::parse("/relative"),
+            Err(UrlError::Invalid(_))
+        ));
+        assert!(matches!(
+            TargetUrl::parse("example.com"),
+            Err(UrlError::Invalid(_))
+        ));
         assert_eq!(TargetUrl::parse(""), Err(UrlError::Empty));
         assert_eq!(
             TargetUrl::parse("https://user:pw@example.com/"),
@@ -122,7 +128,11 @@ mod tests {
             "https://example.com/ a",
             "https://example.com/\u{0}",
         ] {
-            assert_eq!(TargetUrl::parse(raw), Err(UrlError::ControlCharacter), "{raw:?}");
+            assert_eq!(
+                TargetUrl::parse(raw),
+                Err(UrlError::ControlCharacter),
+                "{raw:?}"
+            );
         }
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
         assert_eq!(TargetUrl::parse(&long), Err(UrlError::TooLong));

@@ -70,16 +70,20 @@ impl CreateLink {
                 "Content-Type must be application/json",
             ));
         }
-        let body = req.payload_with_max_size(MAX_BODY).await.map_err(|e| match e {
-            salvo::http::ParseError::PayloadTooLarge => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_BODY} bytes"),
-            ),
-            _ => ApiError::bad_request("could not read the request body"),
-        })?;
+        let body = req
+            .payload_with_max_size(MAX_BODY)
+            .await
+            .map_err(|e| match e {
+                salvo::http::ParseError::PayloadTooLarge => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is larger than {MAX_BODY} bytes"),
+                ),
+                _ => ApiError::bad_request("could not read the request body"),
+            })?;
         let request: CreateRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        let target = TargetUrl::parse(&request.url).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let target =
+            TargetUrl::parse(&request.url).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let chosen = request
             .code
             .map(|c| ShortCode::parse(&c).map_err(|e| ApiError::bad_request(e.to_string())))
@@ -131,10 +135,7 @@ impl Handler for CreateLink {
 
 /// Finds the link named in the path if the caller may see it. Another owner's link answers
 /// 404 like a missing one, so codes cannot be probed.
-async fn owned_link(
-    state: &AppState,
-    req: &Request,
-) -> Result<(Caller, Arc<Link>), ApiError> {
+async fn owned_link(state: &AppState, req: &Request) -> Result<(Caller, Arc<Link>), ApiError> {
     let caller = authenticate(state, req)?;
     let missing = || ApiError::not_found("no such link");
     let code = ShortCode::parse(code_param(req)).map_err(|_| missing())?;
@@ -189,7 +190,9 @@ impl Handler for ListClicks {
                     .parse::<usize>()
                     .ok()
                     .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}")))?,
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}"))
+                    })?,
             };
             let before = match req.query::<String>("before") {
                 None => None,
@@ -198,12 +201,14 @@ impl Handler for ListClicks {
                         .map_err(|_| ApiError::bad_request("before must be a click number"))?,
                 ),
             };
+            state.links.settle(&link).await?;
             let store = state.links.store().clone();
             let code = link.code.clone();
-            let clicks = tokio::task::spawn_blocking(move || store.clicks(code.as_str(), before, limit))
-                .await
-                .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?
-                .map_err(|e| ApiError::from(crate::links::LinkError::from(e)))?;
+            let clicks =
+                tokio::task::spawn_blocking(move || store.clicks(code.as_str(), before, limit))
+                    .await
+                    .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?
+                    .map_err(|e| ApiError::from(crate::links::LinkError::from(e)))?;
             Ok::<_, ApiError>((link, clicks))
         }
         .await;

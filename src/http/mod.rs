@@ -62,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                     count: false,
                 }),
         )
+        .push(Router::with_path("{**rest}").goal(pages::Fallback))
 }
 
 /// A client or server error answered as `{"error": "..."}`.
@@ -93,7 +94,10 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> (Self, u32) {
-        (Self::new(StatusCode::SERVICE_UNAVAILABLE, message), retry_after_secs)
+        (
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, message),
+            retry_after_secs,
+        )
     }
 
     pub fn write(&self, res: &mut Response) {
@@ -108,12 +112,16 @@ impl From<LinkError> for ApiError {
     /// Server-side failures are logged with their cause and answered without it.
     fn from(e: LinkError) -> Self {
         match e {
-            LinkError::ShuttingDown => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down")
-            }
+            LinkError::ShuttingDown => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is shutting down",
+            ),
             LinkError::Timeout => {
                 error!(cause = %e, "link operation timed out");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "the service is busy, try again")
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the service is busy, try again",
+                )
             }
             other => {
                 error!(cause = %other, "link operation failed");

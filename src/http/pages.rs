@@ -17,6 +17,20 @@ pub fn not_found(res: &mut Response) {
     res.render(Text::Html(NOT_FOUND));
 }
 
+/// Anything no route matched: JSON under `/api/`, the HTML page elsewhere.
+pub struct Fallback;
+
+#[async_trait]
+impl Handler for Fallback {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        if req.uri().path().starts_with("/api/") {
+            super::ApiError::not_found("no such API endpoint").write(res);
+        } else {
+            not_found(res);
+        }
+    }
+}
+
 /// `GET /links/{code}`: the page an `EventSource` keeps current. Public, like the original.
 pub struct StatsPage(pub Arc<AppState>);
 

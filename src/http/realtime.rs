@@ -53,7 +53,10 @@ impl Realtime {
                     .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a click count"))?,
             ),
         };
-        let Some(place) = state.metrics.take_subscriber_place(state.config.sse_max_total) else {
+        let Some(place) = state
+            .metrics
+            .take_subscriber_place(state.config.sse_max_total)
+        else {
             write_unavailable(res, ApiError::unavailable("too many live subscribers", 5));
             return Ok(());
         };
@@ -91,7 +94,10 @@ impl Realtime {
         };
         res.status_code(StatusCode::OK);
         let headers = res.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         // Tells nginx not to buffer the stream.
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));

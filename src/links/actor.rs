@@ -119,19 +119,20 @@ impl LinkState {
         let frame = self.current_frame();
         let count = self.count;
         let now = Instant::now();
-        self.subscribers.retain_mut(|s| match s.tx.try_send(frame.clone()) {
-            Ok(()) => {
-                s.sent = count;
-                s.behind_since = None;
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // Conflation: it skips this frame and gets the newest one when it drains.
-                s.behind_since.get_or_insert(now);
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        self.subscribers
+            .retain_mut(|s| match s.tx.try_send(frame.clone()) {
+                Ok(()) => {
+                    s.sent = count;
+                    s.behind_since = None;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Conflation: it skips this frame and gets the newest one when it drains.
+                    s.behind_since.get_or_insert(now);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
         self.last_broadcast = now;
     }
 
@@ -168,7 +169,10 @@ impl LinkState {
             });
         }
         let count = self.count;
-        let behind = self.subscribers.iter().any(|s| s.sent < count || s.behind_since.is_some());
+        let behind = self
+            .subscribers
+            .iter()
+            .any(|s| s.sent < count || s.behind_since.is_some());
         if behind {
             let frame = self.current_frame();
             let code = &self.code;
@@ -195,7 +199,10 @@ impl LinkState {
         if self.subscribers.is_empty()
             && !self.draining
             && now.duration_since(self.last_activity) >= idle
-            && self.shared.directory.begin_drain(&self.code, myself.get_id())
+            && self
+                .shared
+                .directory
+                .begin_drain(&self.code, myself.get_id())
         {
             debug!(code = %self.code, count = self.count, "idle; stopping");
             self.draining = true;

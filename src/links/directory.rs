@@ -112,7 +112,9 @@ impl Directory {
                                 warn!(code = %code, "link actor task failed");
                             }
                         }
-                        Ok(Err(e)) => error!(code = %code, cause = %e, "link actor failed to start"),
+                        Ok(Err(e)) => {
+                            error!(code = %code, cause = %e, "link actor failed to start")
+                        }
                         Err(e) => error!(code = %code, cause = %e, "link actor task failed"),
                     }
                     // Whatever the actor handed to the writer is queued there; a successor may

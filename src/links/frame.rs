@@ -93,6 +93,10 @@ mod tests {
         let frame = state_frame("abc", 3, Some(&event));
         let text = String::from_utf8(frame.to_vec()).unwrap_or_default();
         assert!(text.starts_with("id: 3\ndata: {\"clickCount\":3,\"clickAnalytics\":{\"shortCode\":\"abc\",\"createdAt\":\"1970-01-01T00:00:00Z\",\"ipAddress\":\"192.0.2.0\""));
-        assert_eq!(text.matches('\n').count(), 3, "a newline in a value must not split the frame");
+        assert_eq!(
+            text.matches('\n').count(),
+            3,
+            "a newline in a value must not split the frame"
+        );
     }
 }

@@ -17,8 +17,8 @@ use ractor::{MessagingErr, concurrency::oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
-pub use actor::{Click, Snapshot, SubscribeError, Subscription};
 use actor::LinkMsg;
+pub use actor::{Click, Snapshot, SubscribeError, Subscription};
 use directory::{Directory, Route};
 
 use crate::{
@@ -252,6 +252,17 @@ impl Links {
         })
     }
 
+    /// Waits until every click this link's actor has taken so far is committed, so a read of
+    /// the store sees all clicks counted before the call.
+    pub async fn settle(&self, link: &Arc<Link>) -> Result<(), LinkError> {
+        if self.shared.directory.live(link.code.as_str()).is_some() {
+            // The actor answers after handling everything queued before the question.
+            self.ask(link, LinkMsg::Snapshot).await?;
+        }
+        self.shared.writer.barrier().await?;
+        Ok(())
+    }
+
     /// Live actors now.
     pub fn active_actors(&self) -> usize {
         self.shared.directory.len()
@@ -269,7 +280,10 @@ impl Links {
     /// they wrote is committed. Call after the HTTP server has stopped taking requests.
     pub async fn shutdown(&self, timeout: Duration) {
         self.inflight.close();
-        if tokio::time::timeout(timeout, self.inflight.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, self.inflight.wait())
+            .await
+            .is_err()
+        {
             warn!("clicks still on their way to an actor at shutdown");
         }
         self.shared.directory.close();

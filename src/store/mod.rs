@@ -143,7 +143,8 @@ impl Store {
 
     /// Stores an API key and syncs it to disk before returning.
     pub fn put_api_key(&self, hash: [u8; 32], record: &KeyRecord) -> Result<(), StoreError> {
-        self.keys.insert(hash.to_vec(), records::encode_key(record))?;
+        self.keys
+            .insert(hash.to_vec(), records::encode_key(record))?;
         self.db.persist(PersistMode::SyncAll)?;
         Ok(())
     }

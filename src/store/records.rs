@@ -198,7 +198,10 @@ mod tests {
 
     #[test]
     fn garbage_and_future_versions_are_errors() {
-        assert!(matches!(decode_click(b"\xff\x00garbage"), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            decode_click(b"\xff\x00garbage"),
+            Err(DecodeError::Malformed { .. })
+        ));
         assert!(decode_count(b"123").is_err());
         let mut future = ClickRecord {
             v: 9,

@@ -91,7 +91,9 @@ impl WriterHandle {
     /// Resolves once everything queued before it is committed (visible to reads).
     pub async fn barrier(&self) -> Result<(), WriteError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Op::Barrier(tx)).map_err(|_| WriteError::Stopped)?;
+        self.tx
+            .send(Op::Barrier(tx))
+            .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 

@@ -1,0 +1,9 @@
+//! Integration tests: each starts the real service on 127.0.0.1:0 with its own temporary fjall
+//! store, and talks to it over HTTP like a user would.
+
+mod api;
+mod browser;
+mod lifecycle;
+mod realtime;
+mod redirect;
+mod support;

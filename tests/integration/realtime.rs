@@ -1,0 +1,246 @@
+//! The live stream: first frame, rising counts with ids, Last-Event-ID, limits, slow readers.
+
+use std::time::Duration;
+
+use tokio::{io::AsyncWriteExt, net::TcpSocket};
+
+use crate::support::{Event, SseClient, TestResult, spawn_app, spawn_with};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn first_frame_at_once_then_rising_counts_with_ids() -> TestResult {
+    let app = spawn_app().await;
+    app.create_link("live").await;
+    let mut sse = app.subscribe("live").await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.content_type, "text/event-stream");
+
+    let hint = sse.next(WAIT).await.ok_or("no retry hint")?;
+    assert!(
+        hint.retry.is_some(),
+        "the stream starts with a retry hint: {hint:?}"
+    );
+    let first = sse.next_data(WAIT).await.ok_or("no first frame")?;
+    assert_eq!((first.id, first.count()), (Some(0), Some(0)));
+    assert_eq!(
+        first.data.as_ref().map(|d| d["clickAnalytics"].is_null()),
+        Some(true)
+    );
+
+    const CLICKS: u64 = 200;
+    let clicker = {
+        let client = app.client.clone();
+        let url = app.url("/live");
+        tokio::spawn(async move {
+            for _ in 0..CLICKS {
+                let res = client
+                    .get(&url)
+                    .header(
+                        "user-agent",
+                        "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+                    )
+                    .header("referer", "https://news.example/")
+                    .send()
+                    .await
+                    .expect("sent");
+                assert_eq!(res.status(), 302);
+            }
+        })
+    };
+    let mut last = 0;
+    let mut frames = 0;
+    while last < CLICKS {
+        let event = sse.next_data(WAIT).await.ok_or("stream stalled")?;
+        let count = event.count().ok_or("frame without clickCount")?;
+        assert_eq!(event.id, Some(count), "the id is the count");
+        assert!(
+            count > last,
+            "counts never go backwards or repeat: {last} then {count}"
+        );
+        let analytics = &event.data.as_ref().ok_or("no data")?["clickAnalytics"];
+        assert_eq!(analytics["shortCode"], "live");
+        assert_eq!(analytics["referer"], "https://news.example/");
+        assert_eq!(analytics["browser"], "Firefox");
+        assert_eq!(analytics["ipAddress"], "127.0.0.0");
+        last = count;
+        frames += 1;
+    }
+    clicker.await?;
+    assert_eq!(last, CLICKS);
+    assert!(frames <= CLICKS);
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn last_event_id_skips_a_state_the_client_has() -> TestResult {
+    let app = spawn_app().await;
+    app.create_link("resume").await;
+    for _ in 0..3 {
+        app.click("resume").await;
+    }
+    let url = app.url("/realtime/resume");
+    let mut current = SseClient::open(&app.client, &url, Some("3")).await;
+    assert_eq!(current.status, 200);
+    assert!(current.next(WAIT).await.is_some_and(|e| e.retry.is_some()));
+    assert!(
+        current
+            .next_data(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no frame repeated for a client that has count 3"
+    );
+    app.click("resume").await;
+    let next = current
+        .next_data(WAIT)
+        .await
+        .ok_or("no frame after a click")?;
+    assert_eq!((next.id, next.count()), (Some(4), Some(4)));
+
+    let mut behind = SseClient::open(&app.client, &url, Some("1")).await;
+    let caught_up = behind.next_data(WAIT).await.ok_or("no catch-up frame")?;
+    assert_eq!(caught_up.count(), Some(4));
+
+    for bad in ["abc", "-1", "99"] {
+        let refused = SseClient::open(&app.client, &url, Some(bad)).await;
+        assert_eq!(refused.status, 400, "Last-Event-ID {bad}");
+    }
+    let missing = SseClient::open(&app.client, &app.url("/realtime/none"), None).await;
+    assert_eq!(missing.status, 404);
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn subscriber_limits_answer_503_with_retry_after() -> TestResult {
+    let app = spawn_with(None, |c| {
+        c.sse_max_per_link = 2;
+        c.sse_max_total = 3;
+    })
+    .await;
+    app.create_link("one").await;
+    app.create_link("two").await;
+    let url = |code: &str| app.url(&format!("/realtime/{code}"));
+    let _a = SseClient::open(&app.client, &url("one"), None).await;
+    let _b = SseClient::open(&app.client, &url("one"), None).await;
+    let res = app.client.get(url("one")).send().await?;
+    assert_eq!(res.status(), 503, "per-link limit");
+    assert!(res.headers().contains_key("retry-after"));
+    let _c = SseClient::open(&app.client, &url("two"), None).await;
+    assert_eq!(_c.status, 200);
+    let res = app.client.get(url("two")).send().await?;
+    assert_eq!(res.status(), 503, "total limit");
+    assert!(res.headers().contains_key("retry-after"));
+    drop(_a);
+    // The place of a closed stream comes free once the server notices it has gone.
+    let deadline = std::time::Instant::now() + WAIT;
+    let _d = loop {
+        let sse = SseClient::open(&app.client, &url("two"), None).await;
+        if sse.status == 200 {
+            break sse;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place came free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeats_keep_an_idle_stream_alive() -> TestResult {
+    let app = spawn_with(None, |c| c.sse_heartbeat = Duration::from_millis(100)).await;
+    app.create_link("quiet").await;
+    let mut sse = app.subscribe("quiet").await;
+    let mut comments = 0;
+    while comments < 2 {
+        let event: Event = sse.next(WAIT).await.ok_or("no heartbeat")?;
+        if event.comment {
+            comments += 1;
+        }
+    }
+    app.stop().await;
+    Ok(())
+}
+
+/// A subscriber that never reads (with a tiny receive window) must not hold back one that
+/// does; when it finally reads, it gets the newest state rather than every step (conflation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_reader_does_not_delay_a_fast_one() -> TestResult {
+    let app = spawn_with(None, |c| {
+        c.sse_queue = 2;
+        c.sse_min_interval = Duration::ZERO;
+        c.sse_stuck_timeout = Duration::from_secs(600);
+    })
+    .await;
+    app.create_link("busy").await;
+
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(2048)?;
+    let mut stuck = socket.connect(app.addr).await?;
+    stuck
+        .write_all(b"GET /realtime/busy HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await?;
+    let mut fast = app.subscribe("busy").await;
+    assert!(fast.next_data(WAIT).await.is_some());
+
+    // Big frames fill the stuck reader's socket quickly.
+    const CLICKS: u64 = 600;
+    let ua = format!("Mozilla/5.0 {}", "x".repeat(500));
+    let referer = format!("https://ref.example/{}", "r".repeat(1000));
+    let clicker = {
+        let client = app.client.clone();
+        let url = app.url("/busy");
+        tokio::spawn(async move {
+            for _ in 0..CLICKS {
+                let res = client
+                    .get(&url)
+                    .header("user-agent", ua.as_str())
+                    .header("referer", referer.as_str())
+                    .send()
+                    .await
+                    .expect("sent");
+                assert_eq!(res.status(), 302);
+            }
+        })
+    };
+    let mut last = 0;
+    while last < CLICKS {
+        let event = fast
+            .next_data(WAIT)
+            .await
+            .ok_or("the fast reader stalled")?;
+        last = event.count().ok_or("no count")?;
+    }
+    clicker.await?;
+
+    // Now the stuck one reads everything it was sent: it ends at the final count, having
+    // skipped states along the way.
+    let mut reader = tokio::io::BufReader::new(stuck);
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut line = String::new();
+    use tokio::io::AsyncBufReadExt;
+    while seen.last() != Some(&CLICKS) {
+        line.clear();
+        let read = tokio::time::timeout_at(deadline, reader.read_line(&mut line)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err(format!("stuck reader ended at {:?}", seen.last()).into()),
+        }
+        if let Some(id) = line.trim().strip_prefix("id: ") {
+            seen.push(id.parse::<u64>()?);
+        }
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "never backwards: {seen:?}"
+    );
+    assert!(
+        (seen.len() as u64) < CLICKS,
+        "the stuck reader was given the newest state, not every step ({} frames)",
+        seen.len()
+    );
+    app.stop().await;
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! Test support: start the app on a free port with a temp store, talk to it, read SSE frames.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    pin::Pin,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use linkpulse::{App, ServeConfig, store::Store};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+pub const KEY: &str = "lp_test_admin_key_0123456789";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub dir: TempDir,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the app on a fresh temp store.
+pub async fn spawn_app() -> TestApp {
+    spawn_with(None, |_| {}).await
+}
+
+/// Starts the app, on `dir` if given (a restart), with the configuration changed by `tweak`.
+pub async fn spawn_with(dir: Option<TempDir>, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+    let mut config = ServeConfig::for_dir(dir.path());
+    config.initial_api_key = Some(KEY.to_owned());
+    tweak(&mut config);
+    let app = App::build(config).await.expect("app builds");
+    let addr = app.local_addr();
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    let task = tokio::spawn(app.run(async move { signal.cancelled().await }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: client(),
+        dir,
+        stop,
+        task,
+    }
+}
+
+/// A client that does not follow redirects, as a test of a redirect service must not.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(128)
+        .build()
+        .expect("client")
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the app the way a signal does and returns its data directory.
+    pub async fn stop(self) -> TempDir {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("app task joins")
+            .expect("app stops cleanly");
+        self.dir
+    }
+
+    pub async fn create(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/links"))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Creates a link with the given code and returns the response body.
+    pub async fn create_link(&self, code: &str) -> Value {
+        let res = self
+            .create(json!({"url": "https://example.com/target", "code": code}))
+            .await;
+        assert_eq!(res.status(), 201, "creating {code}");
+        res.json().await.expect("json body")
+    }
+
+    pub async fn click(&self, code: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/{code}")))
+            .send()
+            .await
+            .expect("redirect sent")
+    }
+
+    /// The link as the API shows it.
+    pub async fn read(&self, code: &str) -> Value {
+        let res = self
+            .client
+            .get(self.url(&format!("/api/links/{code}")))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("read sent");
+        assert_eq!(res.status(), 200, "reading {code}");
+        res.json().await.expect("json body")
+    }
+
+    pub async fn count(&self, code: &str) -> u64 {
+        self.read(code).await["clickCount"]
+            .as_u64()
+            .expect("clickCount is a number")
+    }
+
+    /// A gauge or counter from `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing in {text}"))
+    }
+
+    pub async fn subscribe(&self, code: &str) -> SseClient {
+        SseClient::open(&self.client, &self.url(&format!("/realtime/{code}")), None).await
+    }
+}
+
+/// The stored count and the number of stored click events of a code, read straight from the
+/// fjall store of a stopped app.
+pub fn stored(dir: &Path, code: &str) -> (u64, u64) {
+    let store = Store::open(dir).expect("store opens");
+    let count = store.counter(code).expect("counter").count;
+    let events = store.count_click_events(code).expect("events");
+    (count, events)
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One SSE event.
+#[derive(Debug, Default, Clone)]
+pub struct Event {
+    pub id: Option<u64>,
+    pub data: Option<Value>,
+    pub retry: Option<u64>,
+    pub comment: bool,
+}
+
+impl Event {
+    pub fn count(&self) -> Option<u64> {
+        self.data.as_ref()?.get("clickCount")?.as_u64()
+    }
+}
+
+/// A minimal SSE reader over a reqwest body.
+pub struct SseClient {
+    pub status: u16,
+    pub content_type: String,
+    stream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    buf: String,
+}
+
+impl SseClient {
+    pub async fn open(client: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Self {
+        let mut req = client.get(url);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let res = req.send().await.expect("stream request sent");
+        let status = res.status().as_u16();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        Self {
+            status,
+            content_type,
+            stream: Box::pin(res.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event, or `None` when the stream ends or nothing comes within `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let raw: String = self.buf.drain(..end + 2).collect();
+                return Some(parse_event(&raw));
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event that carries data (skipping retry hints and heartbeats).
+    pub async fn next_data(&mut self, limit: Duration) -> Option<Event> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self.next(left).await?;
+            if event.data.is_some() {
+                return Some(event);
+            }
+        }
+    }
+}
+
+fn parse_event(raw: &str) -> Event {
+    let mut event = Event::default();
+    for line in raw.lines() {
+        if line.starts_with(':') {
+            event.comment = true;
+        } else if let Some(v) = line.strip_prefix("id: ") {
+            event.id = v.parse().ok();
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            event.data = serde_json::from_str(v).ok();
+        } else if let Some(v) = line.strip_prefix("retry: ") {
+            event.retry = v.parse().ok();
+        }
+    }
+    event
+}
