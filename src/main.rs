@@ -1,5 +1,7 @@
 //! The `linkpulse` binary: parse the configuration, start tracing, run until a signal.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use linkpulse::{
@@ -16,6 +18,7 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_env("LINKPULSE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
         Some(Command::Keys {
@@ -36,35 +39,35 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: linkpulse::ServeConfig) -> anyhow::Result<()> {
+    // Register the signal handlers before anything is served, so a signal is never missed.
+    let stop = shutdown_signal().context("cannot install signal handlers")?;
     let app = App::build(config).await?;
     if let Some(key) = app.generated_key() {
         println!("linkpulse made its first API key; it is shown only this once:");
         println!("{key}");
     }
-    app.run(shutdown_signal())
+    app.run(stop)
         .await
         .context("linkpulse stopped with an error")
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

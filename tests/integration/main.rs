@@ -2,6 +2,7 @@
 //! store, and talks to it over HTTP like a user would.
 
 mod api;
+mod binary;
 mod browser;
 mod lifecycle;
 mod realtime;
