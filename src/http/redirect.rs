@@ -105,6 +105,8 @@ impl Handler for Redirect {
         res.status_code(StatusCode::FOUND);
         let headers = res.headers_mut();
         headers.insert(header::LOCATION, location);
+        // Said explicitly so HEAD answers carry it too (load tools wait for a length).
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         // Every click must reach us: no caching of the redirect by browsers or proxies.
         headers.insert(
             header::CACHE_CONTROL,

@@ -10,13 +10,10 @@ use std::{
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-};
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use super::{Shared, frame};
+use super::{Shared, frame, inbox::Inbox};
 use crate::domain::{ClickEvent, ShortCode};
 
 /// A click as the redirect handler saw it, before it has a number.
@@ -61,7 +58,10 @@ pub struct Snapshot {
 }
 
 pub enum LinkMsg {
+    /// One click (the path of clicks whose actor was stopping when they came).
     Click(Click),
+    /// Take the clicks waiting in the inbox.
+    Collect,
     Subscribe {
         last_event_id: Option<u64>,
         reply: RpcReplyPort<Result<Subscription, SubscribeError>>,
@@ -70,8 +70,9 @@ pub enum LinkMsg {
     Snapshot(RpcReplyPort<Snapshot>),
     /// Send the current state to the subscribers (scheduled after a change).
     Flush,
-    /// Periodic: heartbeats, catching up or dropping slow subscribers, idleness.
-    Tick,
+    /// Timer: heartbeats, catching up or dropping slow subscribers, idleness. Carries the
+    /// generation of the timer that sent it; only the latest timer counts.
+    Tick(u64),
 }
 
 pub struct LinkActor;
@@ -79,6 +80,7 @@ pub struct LinkActor;
 pub struct LinkArgs {
     pub code: ShortCode,
     pub shared: Arc<Shared>,
+    pub inbox: Arc<Inbox>,
 }
 
 struct Subscriber {
@@ -93,6 +95,7 @@ struct Subscriber {
 pub struct LinkState {
     code: ShortCode,
     shared: Arc<Shared>,
+    inbox: Arc<Inbox>,
     count: u64,
     last: Option<Arc<ClickEvent>>,
     /// The encoded frame of the current count, built when first needed.
@@ -104,10 +107,55 @@ pub struct LinkState {
     last_broadcast: Instant,
     flush_pending: bool,
     draining: bool,
-    ticker: Option<JoinHandle<()>>,
+    /// Generation and due time of the one live timer.
+    timer: u64,
+    timer_due: Instant,
 }
 
 impl LinkState {
+    fn count_click(&mut self, click: Click) {
+        self.count += 1;
+        let agent = self.shared.agents.classify(&click.user_agent);
+        let event = Arc::new(ClickEvent {
+            seq: self.count,
+            at: click.at,
+            ip: click.ip,
+            user_agent: click.user_agent,
+            referer: click.referer,
+            country: click.country,
+            browser: agent.browser,
+            os: agent.os,
+            device: agent.device,
+            bot: agent.bot,
+        });
+        self.shared
+            .writer
+            .click(self.code.clone(), event.clone(), click.ack);
+        self.last = Some(event);
+        self.frame = None;
+    }
+
+    /// Arms the timer to fire after `delay`; an earlier timer is forgotten.
+    fn arm(&mut self, myself: &ActorRef<LinkMsg>, delay: Duration) {
+        self.timer += 1;
+        let generation = self.timer;
+        self.timer_due = Instant::now() + delay;
+        myself.send_after(delay, move || LinkMsg::Tick(generation));
+    }
+
+    /// When the timer should fire next: often while someone watches, else when the actor
+    /// would become idle.
+    fn next_tick(&self) -> Duration {
+        let settings = &self.shared.settings;
+        if self.subscribers.is_empty() {
+            (self.last_activity + settings.idle_timeout)
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(5))
+        } else {
+            settings.tick
+        }
+    }
+
     fn current_frame(&mut self) -> Bytes {
         let (code, count, last) = (&self.code, self.count, self.last.as_deref());
         self.frame
@@ -209,7 +257,10 @@ impl LinkState {
             // Messages already queued are still handled; later ones are refused and their
             // senders wait for the successor.
             let _ = myself.drain();
+            return;
         }
+        let next = self.next_tick();
+        self.arm(myself, next);
     }
 }
 
@@ -223,18 +274,22 @@ impl Actor for LinkActor {
         myself: ActorRef<Self::Msg>,
         args: LinkArgs,
     ) -> Result<LinkState, ActorProcessingErr> {
-        let LinkArgs { code, shared } = args;
+        let LinkArgs {
+            code,
+            shared,
+            inbox,
+        } = args;
         // A predecessor of this code may have clicks still queued for the writer; wait until
         // they are committed so the count read below includes them.
         shared.writer.barrier().await?;
         let store = shared.store.clone();
         let key = code.clone();
         let counter = tokio::task::spawn_blocking(move || store.counter(key.as_str())).await??;
-        let ticker = myself.send_interval(shared.settings.tick, || LinkMsg::Tick);
         let now = Instant::now();
         shared.metrics.actor_started();
-        Ok(LinkState {
+        let mut state = LinkState {
             code,
+            inbox,
             count: counter.count,
             last: counter.last.map(Arc::new),
             frame: None,
@@ -245,9 +300,13 @@ impl Actor for LinkActor {
             last_broadcast: now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
             flush_pending: false,
             draining: false,
-            ticker: Some(ticker),
+            timer: 0,
+            timer_due: now,
             shared,
-        })
+        };
+        let first = state.next_tick();
+        state.arm(&myself, first);
+        Ok(state)
     }
 
     async fn handle(
@@ -258,28 +317,19 @@ impl Actor for LinkActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             LinkMsg::Click(click) => {
-                state.count += 1;
                 state.last_activity = Instant::now();
-                let agent = state.shared.agents.classify(&click.user_agent);
-                let event = Arc::new(ClickEvent {
-                    seq: state.count,
-                    at: click.at,
-                    ip: click.ip,
-                    user_agent: click.user_agent,
-                    referer: click.referer,
-                    country: click.country,
-                    browser: agent.browser,
-                    os: agent.os,
-                    device: agent.device,
-                    bot: agent.bot,
-                });
-                state
-                    .shared
-                    .writer
-                    .click(state.code.clone(), event.clone(), click.ack);
-                state.last = Some(event);
-                state.frame = None;
+                state.count_click(click);
                 state.schedule_flush(&myself);
+            }
+            LinkMsg::Collect => {
+                let clicks = state.inbox.take();
+                if !clicks.is_empty() {
+                    state.last_activity = Instant::now();
+                    for click in clicks {
+                        state.count_click(click);
+                    }
+                    state.schedule_flush(&myself);
+                }
             }
             LinkMsg::Flush => {
                 state.flush_pending = false;
@@ -290,6 +340,11 @@ impl Actor for LinkActor {
                 reply,
             } => {
                 let answer = subscribe(state, last_event_id);
+                if answer.is_ok() && state.timer_due > Instant::now() + state.shared.settings.tick {
+                    // Heartbeats and slow readers need the faster timer from now on.
+                    let tick = state.shared.settings.tick;
+                    state.arm(&myself, tick);
+                }
                 // If the caller has given up waiting, the subscription is dropped with the
                 // reply and its queue reads as closed at the next send.
                 let _ = reply.send(answer);
@@ -305,7 +360,11 @@ impl Actor for LinkActor {
                     subscribers: state.subscribers.len(),
                 });
             }
-            LinkMsg::Tick => state.tick(&myself),
+            LinkMsg::Tick(generation) => {
+                if generation == state.timer && !state.draining {
+                    state.tick(&myself);
+                }
+            }
         }
         Ok(())
     }
@@ -315,9 +374,6 @@ impl Actor for LinkActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut LinkState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
-        }
         state.shared.metrics.actor_stopped();
         debug!(code = %state.code, count = state.count, "link actor stopped");
         Ok(())

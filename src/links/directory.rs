@@ -3,9 +3,12 @@
 //! for a new code find one actor. An entry leaves only after its actor has ended and everything
 //! it sent to the writer is committed, so a successor always starts from the stored count.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use dashmap::{DashMap, mapref::entry::Entry as MapEntry};
@@ -13,15 +16,22 @@ use ractor::{ActorId, ActorRef, ActorRuntime};
 use tokio::sync::watch;
 use tracing::{error, warn};
 
+/// How long a message waits for a stopping actor's successor, per attempt.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+/// How many times a message is re-sent when its actor was stopping.
+const MAX_ATTEMPTS: usize = 20;
+
 use super::{
-    Shared,
-    actor::{LinkActor, LinkArgs, LinkMsg},
+    LinkError, Shared,
+    actor::{Click, LinkActor, LinkArgs, LinkMsg},
+    inbox::{Inbox, Push},
 };
 use crate::domain::{Link, ShortCode};
 
 pub(crate) struct Entry {
     pub actor: ActorRef<LinkMsg>,
     pub link: Arc<Link>,
+    pub inbox: Arc<Inbox>,
     /// Set when the actor has decided to stop: new messages should wait for `done`.
     pub draining: bool,
     /// Becomes true when the entry is gone and a successor may be started.
@@ -51,6 +61,32 @@ impl Directory {
     /// The link of a live entry, if there is one (the hot path of a redirect).
     pub fn link(&self, code: &str) -> Option<Arc<Link>> {
         self.map.get(code).map(|e| e.link.clone())
+    }
+
+    /// Queues a click for a live actor: the redirect's fast path. The click comes back when
+    /// there is no live actor to take it.
+    pub fn push_click(&self, code: &str, click: Click) -> Result<(), Click> {
+        let Some(entry) = self.map.get(code) else {
+            return Err(click);
+        };
+        if entry.draining {
+            return Err(click);
+        }
+        match entry.inbox.push(click) {
+            Push::Queued => Ok(()),
+            Push::Wake => {
+                // If the actor is stopping it refuses the message; the click stays in the
+                // inbox and its watcher hands it to the successor.
+                let _ = entry.actor.cast(LinkMsg::Collect);
+                Ok(())
+            }
+            Push::Closed(click) => Err(click),
+        }
+    }
+
+    /// True while any actor or watcher is alive.
+    pub fn is_idle(&self, shared: &Shared) -> bool {
+        self.map.is_empty() && shared.tracker.is_empty()
     }
 
     /// The actor of a live, not draining entry.
@@ -83,9 +119,11 @@ impl Directory {
             }
             MapEntry::Vacant(slot) => {
                 let (done_tx, done) = watch::channel(false);
+                let inbox = Arc::new(Inbox::default());
                 let args = LinkArgs {
                     code: link.code.clone(),
                     shared: shared.clone(),
+                    inbox: inbox.clone(),
                 };
                 // Spawning is synchronous here: the actor's start (reading its count) runs in
                 // its own task while messages already queue in its mailbox.
@@ -99,11 +137,13 @@ impl Directory {
                 slot.insert(Entry {
                     actor: actor.clone(),
                     link: link.clone(),
+                    inbox: inbox.clone(),
                     draining: false,
                     done: done.clone(),
                 });
                 let watcher = shared.clone();
                 let code = link.code.clone();
+                let watched = link.clone();
                 let id = actor.get_id();
                 shared.tracker.spawn(async move {
                     match started.await {
@@ -117,6 +157,8 @@ impl Directory {
                         }
                         Err(e) => error!(code = %code, cause = %e, "link actor task failed"),
                     }
+                    // Clicks pushed after the actor's last collection go to its successor.
+                    let leftovers = inbox.close();
                     // Whatever the actor handed to the writer is queued there; a successor may
                     // only read the count once it is committed.
                     if let Err(e) = watcher.writer.barrier().await {
@@ -127,6 +169,11 @@ impl Directory {
                         .map
                         .remove_if(&code, |_, e| e.actor.get_id() == id);
                     let _ = done_tx.send(true);
+                    for click in leftovers {
+                        if let Err(e) = deliver(&watcher, &watched, LinkMsg::Click(click)).await {
+                            error!(code = %code, cause = %e, "click lost");
+                        }
+                    }
                 });
                 Route::Live(actor, done)
             }
@@ -153,4 +200,34 @@ impl Directory {
     pub fn actors(&self) -> Vec<ActorRef<LinkMsg>> {
         self.map.iter().map(|e| e.actor.clone()).collect()
     }
+}
+
+/// Sends a message to the code's actor, starting it if needed and waiting out a stopping
+/// predecessor.
+pub(crate) async fn deliver(
+    shared: &Arc<Shared>,
+    link: &Arc<Link>,
+    mut msg: LinkMsg,
+) -> Result<(), LinkError> {
+    for _ in 0..MAX_ATTEMPTS {
+        let mut done = match shared.directory.route(shared, link) {
+            Route::Live(actor, done) => match actor.cast(msg) {
+                Ok(()) => return Ok(()),
+                Err(ractor::MessagingErr::SendErr(back)) => {
+                    msg = back;
+                    done
+                }
+                Err(_) => return Err(LinkError::ShuttingDown),
+            },
+            Route::Wait(done) => done,
+            Route::Closed => return Err(LinkError::ShuttingDown),
+        };
+        if tokio::time::timeout(STOP_WAIT, done.wait_for(|gone| *gone))
+            .await
+            .is_err()
+        {
+            warn!(code = %link.code, "a stopping link actor is slow to finish");
+        }
+    }
+    Err(LinkError::Timeout)
 }

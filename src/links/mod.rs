@@ -9,17 +9,18 @@
 mod actor;
 mod directory;
 pub mod frame;
+mod inbox;
 
 use std::{sync::Arc, time::Duration};
 
 use quick_cache::sync::Cache;
-use ractor::{MessagingErr, concurrency::oneshot};
+use ractor::concurrency::oneshot;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
 use actor::LinkMsg;
 pub use actor::{Click, Snapshot, SubscribeError, Subscription};
-use directory::{Directory, Route};
+use directory::Directory;
 
 use crate::{
     analytics::AgentParser,
@@ -74,7 +75,7 @@ pub enum LinkError {
 
 /// How long a caller waits for an actor's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How many times a message is re-sent when its actor was stopping.
+/// How many times a subscription is tried again when its actor was stopping.
 const MAX_ATTEMPTS: usize = 20;
 
 #[derive(Clone)]
@@ -143,51 +144,20 @@ impl Links {
     /// its successor.
     pub fn click(&self, link: &Arc<Link>, click: Click) {
         self.shared.metrics.click();
-        // Fast path: a live actor takes the message at once.
-        let msg = match self.shared.directory.live(link.code.as_str()) {
-            Some(actor) => match actor.cast(LinkMsg::Click(click)) {
-                Ok(()) => return,
-                Err(MessagingErr::SendErr(msg)) => msg,
-                Err(e) => {
-                    error!(code = %link.code, cause = %e, "click lost");
-                    return;
-                }
-            },
-            None => LinkMsg::Click(click),
+        let Err(click) = self.shared.directory.push_click(link.code.as_str(), click) else {
+            return;
         };
-        let links = self.clone();
+        let shared = self.shared.clone();
         let link = link.clone();
         self.inflight.spawn(async move {
-            if let Err(e) = links.deliver(&link, msg).await {
+            if let Err(e) = directory::deliver(&shared, &link, LinkMsg::Click(click)).await {
                 error!(code = %link.code, cause = %e, "click lost");
             }
         });
     }
 
-    /// Sends a message to the code's actor, starting it if needed and waiting out a stopping
-    /// predecessor.
-    async fn deliver(&self, link: &Arc<Link>, mut msg: LinkMsg) -> Result<(), LinkError> {
-        for _ in 0..MAX_ATTEMPTS {
-            let mut done = match self.shared.directory.route(&self.shared, link) {
-                Route::Live(actor, done) => match actor.cast(msg) {
-                    Ok(()) => return Ok(()),
-                    Err(MessagingErr::SendErr(back)) => {
-                        msg = back;
-                        done
-                    }
-                    Err(_) => return Err(LinkError::ShuttingDown),
-                },
-                Route::Wait(done) => done,
-                Route::Closed => return Err(LinkError::ShuttingDown),
-            };
-            if tokio::time::timeout(CALL_TIMEOUT, done.wait_for(|gone| *gone))
-                .await
-                .is_err()
-            {
-                warn!(code = %link.code, "a stopping link actor is slow to finish");
-            }
-        }
-        Err(LinkError::Timeout)
+    async fn deliver(&self, link: &Arc<Link>, msg: LinkMsg) -> Result<(), LinkError> {
+        directory::deliver(&self.shared, link, msg).await
     }
 
     /// Asks the code's actor something and waits (bounded) for the answer.
@@ -279,29 +249,29 @@ impl Links {
     /// Stops every actor after it has handled what is in its mailbox, and waits until all
     /// they wrote is committed. Call after the HTTP server has stopped taking requests.
     pub async fn shutdown(&self, timeout: Duration) {
-        self.inflight.close();
-        if tokio::time::timeout(timeout, self.inflight.wait())
-            .await
-            .is_err()
-        {
-            warn!("clicks still on their way to an actor at shutdown");
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Stopping an actor can hand clicks to a successor (clicks that came while it
+        // stopped), so repeat until no actor, watcher or click in flight is left.
+        while !(self.shared.directory.is_idle(&self.shared) && self.inflight.is_empty()) {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    actors = self.shared.directory.len(),
+                    "link actors still running at the end of the shutdown timeout"
+                );
+                break;
+            }
+            let actors = self.shared.directory.actors();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let drains = actors.iter().map(|actor| actor.drain_and_wait(Some(left)));
+            for result in futures_util::future::join_all(drains).await {
+                if let Err(e) = result {
+                    warn!(cause = %e, "a link actor did not drain in time");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.shared.directory.close();
-        let actors = self.shared.directory.actors();
-        let drains = actors
-            .iter()
-            .map(|actor| actor.drain_and_wait(Some(timeout)));
-        for result in futures_util::future::join_all(drains).await {
-            if let Err(e) = result {
-                warn!(cause = %e, "a link actor did not drain in time");
-            }
-        }
+        self.inflight.close();
         self.shared.tracker.close();
-        if tokio::time::timeout(timeout, self.shared.tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!("link actors still stopping at shutdown");
-        }
     }
 }

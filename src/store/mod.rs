@@ -4,12 +4,14 @@
 //! | keyspace | key | value |
 //! | --- | --- | --- |
 //! | `links` | code | link record |
-//! | `counts` | code | click count, u64 big-endian |
 //! | `clicks` | code, 0x00, seq u64 big-endian | click record |
 //! | `keys` | SHA-256 of an API key | key record |
 //!
-//! A code's count and its click events are written in one atomic batch, so the stored count is
-//! always the `seq` of the last stored click and equals the number of stored clicks.
+//! A code's stored count is the number of its last stored click: clicks are numbered from 1
+//! without gaps by the code's actor and committed in order, each group in one atomic batch, so
+//! the count and the click events cannot disagree, even after a crash (the journal replays a
+//! prefix of the batches). Keeping the count in the click keys rather than in a record of its
+//! own halves the writes per click; reading it is one reverse seek.
 
 pub mod records;
 mod writer;
@@ -49,7 +51,6 @@ pub struct Counter {
 pub struct Store {
     db: Database,
     links: Keyspace,
-    counts: Keyspace,
     clicks: Keyspace,
     keys: Keyspace,
 }
@@ -64,7 +65,6 @@ impl Store {
         let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
         Ok(Self {
             links: open("links")?,
-            counts: open("counts")?,
             clicks: open("clicks")?,
             keys: open("keys")?,
             db,
@@ -80,24 +80,23 @@ impl Store {
 
     /// The stored count of a code and its latest click.
     pub fn counter(&self, code: &str) -> Result<Counter, StoreError> {
-        let count = match self.counts.get(code)? {
-            Some(bytes) => records::decode_count(&bytes)?,
-            None => 0,
+        let prefix = records::click_prefix(code);
+        let Some(guard) = self.clicks.prefix(&prefix).next_back() else {
+            return Ok(Counter::default());
         };
-        let last = match self.clicks.prefix(records::click_prefix(code)).next_back() {
-            Some(guard) => {
-                let (_, value) = guard.into_inner()?;
-                Some(records::decode_click(&value)?)
-            }
-            None => None,
-        };
-        let last_seq = last.as_ref().map_or(0, |e| e.seq);
-        if last_seq != count {
+        let (key, value) = guard.into_inner()?;
+        let last = records::decode_click(&value)?;
+        let key_seq = records::click_seq(&key, prefix.len())?;
+        if key_seq != last.seq {
             return Err(StoreError::Inconsistent(format!(
-                "code {code}: count {count} but last click is number {last_seq}"
+                "code {code}: click stored under number {key_seq} says it is number {}",
+                last.seq
             )));
         }
-        Ok(Counter { count, last })
+        Ok(Counter {
+            count: last.seq,
+            last: Some(last),
+        })
     }
 
     /// Up to `limit` clicks of a code, newest first, with `seq` below `before` if given.

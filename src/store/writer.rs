@@ -1,12 +1,12 @@
 //! The single writer: one OS thread that takes every click, link and barrier from a channel
 //! and commits them in group commits. A group is everything that arrives within
-//! `commit_interval` of its first item (or `max_batch` items, whichever comes first); it is one
-//! atomic fjall batch across keyspaces. In `strict` durability a group is fsynced before any of
+//! `commit_interval` of its first item (or `max_batch` items, whichever comes first; a new link
+//! or a barrier closes the group at once); it is one atomic fjall batch across keyspaces. In `strict` durability a group is fsynced before any of
 //! its clicks is acknowledged; in the default mode the journal is fsynced at least every
 //! `fsync_interval`.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -214,16 +214,15 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, healthy: &Atomic
             Err(RecvTimeoutError::Disconnected) => Op::Stop,
         };
         let mut group = Group::default();
-        let mut urgent = group.add(first);
-        let deadline = Instant::now() + config.commit_interval;
+        let urgent = group.add(first);
+        if !urgent && !config.commit_interval.is_zero() {
+            // Let the group fill. Sleeping (instead of waiting on the channel) means senders
+            // do not wake this thread for every click: one wake-up per group.
+            thread::sleep(config.commit_interval);
+        }
         while group.len() < config.max_batch {
-            let next = if urgent {
-                rx.try_recv().ok()
-            } else {
-                rx.recv_deadline(deadline).ok()
-            };
-            let Some(op) = next else { break };
-            urgent |= group.add(op);
+            let Ok(op) = rx.try_recv() else { break };
+            group.add(op);
         }
 
         let stop = group.stop;
@@ -258,18 +257,12 @@ fn commit(store: &Store, group: &Group) -> Result<Vec<bool>, StoreError> {
         return Ok(Vec::new());
     }
     let mut batch = store.db.batch();
-    let mut counts: HashMap<&str, u64> = HashMap::new();
     for (code, event) in &group.clicks {
         batch.insert(
             &store.clicks,
             records::click_key(code.as_str(), event.seq),
             records::encode_click(event),
         );
-        let count = counts.entry(code.as_str()).or_default();
-        *count = (*count).max(event.seq);
-    }
-    for (code, count) in counts {
-        batch.insert(&store.counts, code, records::encode_count(count).to_vec());
     }
     // A new link is free when it is not stored and not taken earlier in this group.
     let mut taken_here = HashSet::new();

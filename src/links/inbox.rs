@@ -1,0 +1,74 @@
+//! A link's inbox of clicks. Redirect handlers push clicks here and wake the actor with one
+//! message only when the inbox goes from empty to not empty, so under load one actor message
+//! carries a whole batch of clicks (fewer allocations and task wake-ups per click).
+
+use std::sync::Mutex;
+
+use super::actor::Click;
+
+#[derive(Default)]
+struct State {
+    clicks: Vec<Click>,
+    /// A `Collect` message is on its way to the actor.
+    scheduled: bool,
+    /// The actor has ended: pushes are refused and go to its successor instead.
+    closed: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Inbox {
+    state: Mutex<State>,
+}
+
+pub(crate) enum Push {
+    /// Queued; the actor is already told.
+    Queued,
+    /// Queued; the caller must send the actor a `Collect`.
+    Wake,
+    /// The actor has ended; here is the click back.
+    Closed(Click),
+}
+
+impl Inbox {
+    pub fn push(&self, click: Click) -> Push {
+        let Ok(mut state) = self.state.lock() else {
+            return Push::Closed(click);
+        };
+        if state.closed {
+            return Push::Closed(click);
+        }
+        state.clicks.push(click);
+        if state.scheduled {
+            Push::Queued
+        } else {
+            state.scheduled = true;
+            Push::Wake
+        }
+    }
+
+    /// Everything queued, in order; the next push wakes the actor again.
+    pub fn take(&self) -> Vec<Click> {
+        match self.state.lock() {
+            Ok(mut state) => {
+                state.scheduled = false;
+                std::mem::take(&mut state.clicks)
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Refuses further pushes and returns what the actor did not collect.
+    pub fn close(&self) -> Vec<Click> {
+        match self.state.lock() {
+            Ok(mut state) => {
+                state.closed = true;
+                std::mem::take(&mut state.clicks)
+            }
+            Err(poisoned) => {
+                let mut state = poisoned.into_inner();
+                state.closed = true;
+                std::mem::take(&mut state.clicks)
+            }
+        }
+    }
+}
