@@ -208,7 +208,7 @@ mod tests {
             decode_click(b"\xff\x00garbage"),
             Err(DecodeError::Malformed { .. })
         ));
-        assert!(click_seq(b"ab\0123", 3).is_err());
+        assert!(click_seq(b"ab\x00123", 3).is_err());
         assert_eq!(click_seq(&click_key("ab", 7), 3).ok(), Some(7));
         let mut future = ClickRecord {
             v: 9,
