@@ -9,7 +9,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use salvo::{
-    conn::{Listener, TcpListener, tcp::TcpAcceptor},
     fuse::FuseConfig,
     prelude::*,
 };
@@ -18,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::ServeConfig,
-    http::{AppState, router},
+    http::{AppState, limit::CreateLimits, router},
     keys::{self, ApiKeys},
     links::{LinkSettings, Links},
     metrics::Metrics,
@@ -27,7 +26,7 @@ use crate::{
 
 /// A bound, ready-to-run service.
 pub struct App {
-    acceptor: TcpAcceptor,
+    listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     state: Arc<AppState>,
     writer: Writer,
@@ -69,11 +68,10 @@ impl App {
             metrics.clone(),
         );
 
-        let acceptor = TcpListener::new(config.listen)
-            .try_bind()
+        let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let local_addr = acceptor.local_addr()?;
+        let local_addr = listener.local_addr()?;
         let base_url = config
             .base_url
             .clone()
@@ -83,13 +81,14 @@ impl App {
         let state = Arc::new(AppState {
             links,
             keys,
+            create_limits: CreateLimits::new(config.create_rate_per_key, config.create_rate_per_ip),
             config,
             base_url,
             metrics,
             shutdown: CancellationToken::new(),
         });
         Ok(Self {
-            acceptor,
+            listener,
             local_addr,
             state,
             writer,
@@ -109,7 +108,7 @@ impl App {
     /// Serves until `shutdown` resolves, then stops cleanly.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
-            acceptor,
+            listener,
             local_addr,
             state,
             writer,
@@ -122,6 +121,7 @@ impl App {
             .with_request_body_timeout(Duration::from_secs(10))
             .with_connection_idle_timeout(Duration::from_secs(60).max(config.sse_heartbeat * 3))
             .with_write_stall_timeout(config.sse_stuck_timeout);
+        let acceptor = crate::http::front::start(listener, state.clone())?;
         let server = Server::new(acceptor)
             .fuse_config(fuse)
             .max_connections(config.max_connections);

@@ -125,6 +125,13 @@ pub struct ServeConfig {
     /// How long a clean stop waits for connections and actors.
     #[arg(long, env = "LINKPULSE_SHUTDOWN_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
+    /// Link creations allowed per API key and second, also the burst (0: no limit).
+    #[arg(long, env = "LINKPULSE_CREATE_RATE_PER_KEY", default_value_t = 100)]
+    pub create_rate_per_key: u32,
+    /// Link creations allowed per client address (IPv6: per /64) and second, also the burst
+    /// (0: no limit).
+    #[arg(long, env = "LINKPULSE_CREATE_RATE_PER_IP", default_value_t = 100)]
+    pub create_rate_per_ip: u32,
 }
 
 impl ServeConfig {

@@ -160,4 +160,44 @@ mod tests {
             assert_eq!(ShortCode::parse(code.as_str()), Ok(code));
         }
     }
+
+    /// The rule of the module doc, written independently of `parse`.
+    fn is_code(raw: &str) -> bool {
+        (1..=MAX_CODE_LEN).contains(&raw.len())
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && !RESERVED.contains(&raw.to_ascii_lowercase().as_str())
+    }
+
+    /// Any string, strings near the rule (its alphabet plus a few troublemakers, around the
+    /// length limit), and reserved words in mixed case.
+    fn candidates() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<String>(),
+            "[A-Za-z0-9_-]{0,70}",
+            "[A-Za-z0-9_./%é\u{2028}\r\n -]{0,70}",
+            proptest::sample::select(RESERVED).prop_flat_map(|w| {
+                proptest::collection::vec(any::<bool>(), w.len()).prop_map(move |upper| {
+                    w.chars()
+                        .zip(upper)
+                        .map(|(c, u)| if u { c.to_ascii_uppercase() } else { c })
+                        .collect()
+                })
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_accepts_exactly_the_rule_and_round_trips(raw in candidates()) {
+            let parsed = ShortCode::parse(&raw);
+            proptest::prop_assert_eq!(parsed.is_ok(), is_code(&raw), "{:?}: {:?}", raw, parsed);
+            if let Ok(code) = parsed {
+                proptest::prop_assert_eq!(code.as_str(), raw.as_str());
+                proptest::prop_assert_eq!(ShortCode::parse(&code.to_string()), Ok(code));
+            }
+        }
+    }
 }

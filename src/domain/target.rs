@@ -139,4 +139,74 @@ mod tests {
         let fits = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN - 40));
         assert!(TargetUrl::parse(&fits).is_ok());
     }
+
+    /// Any string, and strings shaped like URLs with awkward pieces: other schemes, unicode
+    /// hosts and paths, escapes, credentials, control and line-separator characters, and
+    /// lengths around the limit.
+    fn candidates() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let scheme = proptest::sample::select(vec![
+            "http://",
+            "https://",
+            "https://",
+            "https://",
+            "HTTPS://",
+            "javascript:",
+            "data:",
+            "file://",
+            "ftp://",
+            "//",
+            "",
+        ]);
+        let host = proptest::sample::select(vec![
+            "example.com",
+            "example.com",
+            "example.com",
+            "例え.jp",
+            "127.0.0.1",
+            "[::1]",
+            "user:pw@example.com",
+            "exa%0d%0ample.com",
+            "",
+            "xn--r8jz45g.jp:8080",
+        ]);
+        let clean = "[a-zA-Z0-9/?#&=%.:@\u{e9}\u{30d1}-]{0,30}";
+        let trouble = proptest::sample::select(vec![
+            "", "", "", "\r", "\n", "\r\n", "\t", " ", "\u{0}", "\u{7f}", "\u{85}", "\u{2028}",
+            "\u{2029}", "\u{200b}", "%0d%0a", "%00", "\\", "..",
+        ]);
+        let pad = prop_oneof![3 => Just(0usize), 1 => MAX_URL_LEN - 40..MAX_URL_LEN + 8];
+        prop_oneof![
+            1 => any::<String>(),
+            4 => (scheme, host, clean.clone(), trouble, clean, pad).prop_map(|(s, h, a, t, b, pad)| {
+                format!("{s}{h}/{a}{t}{b}{}", "p".repeat(pad))
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn accepted_urls_are_safe_header_values_and_stable(raw in candidates()) {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            static A: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if TargetUrl::parse(&raw).is_ok() { A.fetch_add(1, std::sync::atomic::Ordering::Relaxed); }
+            eprintln!("ACC {} / {}", A.load(std::sync::atomic::Ordering::Relaxed), N.load(std::sync::atomic::Ordering::Relaxed));
+            if let Ok(url) = TargetUrl::parse(&raw) {
+                let s = url.as_str();
+                proptest::prop_assert!(s.is_ascii(), "{:?}", s);
+                proptest::prop_assert!(
+                    !s.bytes().any(|b| b.is_ascii_control() || b == b' '),
+                    "{:?}", s
+                );
+                proptest::prop_assert!(
+                    s.starts_with("http://") || s.starts_with("https://"),
+                    "{:?}", s
+                );
+                proptest::prop_assert!(s.len() <= MAX_URL_LEN);
+                proptest::prop_assert!(salvo::http::HeaderValue::from_str(s).is_ok());
+                proptest::prop_assert_eq!(TargetUrl::parse(s), Ok(url.clone()));
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@ use salvo::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, authenticate, code_param};
+use super::{ApiError, AppState, authenticate, client_ip, code_param, limit::Limited};
 use crate::{
     domain::{Link, ShortCode, TargetUrl, format_ms, now_ms},
     keys::Caller,
@@ -60,7 +60,14 @@ pub struct CreateLink(pub Arc<AppState>);
 impl CreateLink {
     async fn create(&self, req: &mut Request) -> Result<Link, ApiError> {
         let state = &self.0;
+        if let Some(ip) = client_ip(state, req) {
+            state.create_limits.check_ip(ip).map_err(Limited::into_error)?;
+        }
         let caller = authenticate(state, req)?;
+        state
+            .create_limits
+            .check_key(&caller.key_id)
+            .map_err(Limited::into_error)?;
         let is_json = req
             .content_type()
             .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);

@@ -3,10 +3,13 @@
 //! no per-request lookups of state.
 
 mod api;
+pub mod front;
 mod health;
+pub mod limit;
 mod pages;
 mod realtime;
 mod redirect;
+mod sse;
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -35,12 +38,15 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled at shutdown: ends every live stream.
     pub shutdown: CancellationToken,
+    /// Link creations allowed per API key and per client address.
+    pub create_limits: limit::CreateLimits,
 }
 
 /// The routes of the service.
 pub fn router(state: Arc<AppState>) -> Router {
     let s = || state.clone();
     Router::new()
+        .hoop(limit::HeaderLimit)
         .push(Router::with_path("healthz").get(health::Health(s())))
         .push(Router::with_path("metrics").get(health::MetricsText(s())))
         .push(Router::with_path("api/links").post(api::CreateLink(s())))
@@ -70,6 +76,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Sent as `Retry-After` (seconds) when set.
+    pub retry_after: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -82,7 +90,13 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -101,6 +115,10 @@ impl ApiError {
     }
 
     pub fn write(&self, res: &mut Response) {
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         res.status_code(self.status);
         res.render(Json(ErrorBody {
             error: &self.message,

@@ -23,7 +23,8 @@ pub struct Fallback;
 #[async_trait]
 impl Handler for Fallback {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
-        if req.uri().path().starts_with("/api/") {
+        let path = req.uri().path();
+        if path.starts_with("/api/") || path.starts_with("/realtime/") {
             super::ApiError::not_found("no such API endpoint").write(res);
         } else {
             not_found(res);

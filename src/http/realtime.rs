@@ -2,6 +2,11 @@
 //! state (unless `Last-Event-ID` says the client has it); then one frame per change (conflated
 //! for slow readers), a heartbeat comment every so often, and at shutdown a last `retry:` with
 //! a random delay so browsers come back spread out.
+//!
+//! Opening a stream ([`open`]) is shared by two transports: the salvo handler here, for a
+//! stream requested on a connection that already carried other requests, and the lean writer
+//! in [`super::sse`], for a connection whose first request is a stream (what `EventSource`
+//! does), which costs far less memory and CPU per subscriber.
 
 use std::{
     convert::Infallible,
@@ -27,87 +32,118 @@ use crate::{
     metrics::SubscriberPlace,
 };
 
+/// A stream that may start: its first chunk and its queue of frames.
+pub(crate) struct Opened {
+    pub head: Bytes,
+    pub frames: mpsc::Receiver<Bytes>,
+    /// Tells the actor when the stream goes away; gives back the subscriber place.
+    pub guard: Unsubscribe,
+}
+
+/// Why a stream was not opened.
+pub(crate) enum Refused {
+    Error(ApiError),
+    /// Try again after this many seconds.
+    Unavailable(ApiError, u32),
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Self::Error(e)
+    }
+}
+
+/// Opens a stream on `raw_code` for a client that has seen the state `last_event_id` (the raw
+/// header value, if sent).
+pub(crate) async fn open(
+    state: &AppState,
+    raw_code: &str,
+    last_event_id: Option<&[u8]>,
+) -> Result<Opened, Refused> {
+    let missing = || ApiError::not_found("no such link");
+    let code = ShortCode::parse(raw_code).map_err(|_| missing())?;
+    let link = state.links.find(&code).await.map_err(ApiError::from)?.ok_or_else(missing)?;
+    let last_event_id = match last_event_id {
+        None => None,
+        Some(raw) => Some(
+            std::str::from_utf8(raw)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a click count"))?,
+        ),
+    };
+    let Some(place) = state.metrics.take_subscriber_place(state.config.sse_max_total) else {
+        let (e, retry) = ApiError::unavailable("too many live subscribers", 5);
+        return Err(Refused::Unavailable(e, retry));
+    };
+    let subscription = match state.links.subscribe(&link, last_event_id).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(SubscribeError::LinkFull)) => {
+            let (e, retry) = ApiError::unavailable("too many live subscribers on this link", 5);
+            return Err(Refused::Unavailable(e, retry));
+        }
+        Ok(Err(e @ SubscribeError::AheadOfCount { .. })) => {
+            return Err(ApiError::bad_request(e.to_string()).into());
+        }
+        Ok(Err(SubscribeError::Stopping)) => {
+            let (e, retry) = ApiError::unavailable("try again", 1);
+            return Err(Refused::Unavailable(e, retry));
+        }
+        Err(e) => return Err(ApiError::from(e).into()),
+    };
+    let retry_ms = u64::try_from(state.config.sse_retry.as_millis()).unwrap_or(u64::MAX);
+    let mut head = BytesMut::from(&frame::retry_frame(retry_ms)[..]);
+    if let Some(initial) = &subscription.initial {
+        head.extend_from_slice(initial);
+    }
+    Ok(Opened {
+        head: head.freeze(),
+        frames: subscription.frames,
+        guard: Unsubscribe {
+            links: state.links.clone(),
+            code,
+            id: subscription.id,
+            _place: place,
+        },
+    })
+}
+
+/// The last chunk of a stream at shutdown: reconnect after a random 1 to 10 s.
+pub(crate) fn farewell() -> Bytes {
+    frame::retry_frame(rand::rng().random_range(1_000..=10_000))
+}
+
 pub struct Realtime(pub Arc<AppState>);
 
 #[async_trait]
 impl Handler for Realtime {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
-        if let Err(e) = self.open(req, res).await {
-            e.write(res);
-        }
-    }
-}
-
-impl Realtime {
-    async fn open(&self, req: &Request, res: &mut Response) -> Result<(), ApiError> {
         let state = &self.0;
-        let missing = || ApiError::not_found("no such link");
-        let code = ShortCode::parse(code_param(req)).map_err(|_| missing())?;
-        let link = state.links.find(&code).await?.ok_or_else(missing)?;
-        let last_event_id = match req.headers().get("last-event-id") {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a click count"))?,
-            ),
-        };
-        let Some(place) = state
-            .metrics
-            .take_subscriber_place(state.config.sse_max_total)
-        else {
-            write_unavailable(res, ApiError::unavailable("too many live subscribers", 5));
-            return Ok(());
-        };
-        let subscription = match state.links.subscribe(&link, last_event_id).await? {
-            Ok(s) => s,
-            Err(SubscribeError::LinkFull) => {
-                let err = ApiError::unavailable("too many live subscribers on this link", 5);
-                write_unavailable(res, err);
-                return Ok(());
+        let last_event_id = req.headers().get("last-event-id").map(HeaderValue::as_bytes);
+        match open(state, code_param(req), last_event_id).await {
+            Ok(opened) => {
+                res.status_code(StatusCode::OK);
+                let headers = res.headers_mut();
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                // Tells nginx not to buffer the stream.
+                headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+                res.stream(SseStream {
+                    head: Some(opened.head),
+                    frames: opened.frames,
+                    shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
+                    ended: false,
+                    _guard: opened.guard,
+                });
             }
-            Err(e @ SubscribeError::AheadOfCount { .. }) => {
-                return Err(ApiError::bad_request(e.to_string()));
-            }
-            Err(SubscribeError::Stopping) => {
-                write_unavailable(res, ApiError::unavailable("try again", 1));
-                return Ok(());
-            }
-        };
-        let retry_ms = u64::try_from(state.config.sse_retry.as_millis()).unwrap_or(u64::MAX);
-        let mut head = BytesMut::from(&frame::retry_frame(retry_ms)[..]);
-        if let Some(initial) = &subscription.initial {
-            head.extend_from_slice(initial);
+            Err(Refused::Error(e)) => e.write(res),
+            Err(Refused::Unavailable(e, retry)) => write_unavailable(res, (e, retry)),
         }
-        let stream = SseStream {
-            head: Some(head.freeze()),
-            frames: subscription.frames,
-            shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
-            ended: false,
-            _unsubscribe: Unsubscribe {
-                links: state.links.clone(),
-                code,
-                id: subscription.id,
-                _place: place,
-            },
-        };
-        res.status_code(StatusCode::OK);
-        let headers = res.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        // Tells nginx not to buffer the stream.
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        res.stream(stream);
-        Ok(())
     }
 }
 
 /// Tells the actor when the stream goes away, and gives back the subscriber place.
-struct Unsubscribe {
+pub(crate) struct Unsubscribe {
     links: Links,
     code: ShortCode,
     id: u64,
@@ -125,7 +161,7 @@ struct SseStream {
     frames: mpsc::Receiver<Bytes>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: bool,
-    _unsubscribe: Unsubscribe,
+    _guard: Unsubscribe,
 }
 
 impl Stream for SseStream {
@@ -141,8 +177,7 @@ impl Stream for SseStream {
         }
         if this.shutdown.as_mut().poll(cx).is_ready() {
             this.ended = true;
-            let spread = rand::rng().random_range(1_000..=10_000);
-            return Poll::Ready(Some(Ok(frame::retry_frame(spread))));
+            return Poll::Ready(Some(Ok(farewell())));
         }
         this.frames.poll_recv(cx).map(|frame| frame.map(Ok))
     }

@@ -238,4 +238,136 @@ mod tests {
         assert!(click_key("ab", 1).starts_with(&click_prefix("ab")));
         assert!(!click_key("abc", 1).starts_with(&click_prefix("ab")));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn click_event() -> impl Strategy<Value = ClickEvent> {
+            let device = proptest::sample::select(vec![
+                DeviceClass::Desktop,
+                DeviceClass::Mobile,
+                DeviceClass::Tablet,
+                DeviceClass::Bot,
+                DeviceClass::Other,
+            ]);
+            (
+                (any::<u64>(), any::<i64>(), any::<Option<String>>()),
+                (any::<String>(), any::<Option<String>>()),
+                (any::<Option<String>>(), any::<String>(), any::<String>()),
+                (device, any::<bool>()),
+            )
+                .prop_map(
+                    |((seq, at, ip), (user_agent, referer), (country, browser, os), (device, bot))| {
+                        ClickEvent {
+                            seq,
+                            at,
+                            ip,
+                            user_agent,
+                            referer,
+                            country,
+                            browser,
+                            os,
+                            device,
+                            bot,
+                        }
+                    },
+                )
+        }
+
+        fn link() -> impl Strategy<Value = Link> {
+            (
+                "[A-Za-z0-9_-]{1,64}",
+                "https?://[a-z0-9-]{1,20}(\\.[a-z]{2,5})?(:[0-9]{1,4})?/[a-zA-Z0-9/._~%?&=#-]{0,40}",
+                any::<String>(),
+                any::<i64>(),
+            )
+                .prop_filter_map("a valid code and URL", |(code, url, owner, created_at)| {
+                    Some(Link {
+                        code: ShortCode::parse(&code).ok()?,
+                        target: TargetUrl::parse(&url).ok()?,
+                        owner,
+                        created_at,
+                    })
+                })
+        }
+
+        /// Arbitrary bytes, and valid records cut short or with one byte changed.
+        fn damaged(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+            let len = valid.len().max(1);
+            let cut = valid.clone();
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..256),
+                (0..len).prop_map(move |n| cut[..n.min(cut.len())].to_vec()),
+                (0..len, any::<u8>()).prop_map(move |(i, b)| {
+                    let mut bytes = valid.clone();
+                    if let Some(slot) = bytes.get_mut(i) {
+                        *slot = b;
+                    }
+                    bytes
+                }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_click_round_trips(event in click_event()) {
+                prop_assert_eq!(decode_click(&encode_click(&event)).ok(), Some(event));
+            }
+
+            #[test]
+            fn any_link_round_trips(link in link()) {
+                prop_assert_eq!(decode_link(&encode_link(&link)).ok(), Some(link));
+            }
+
+            #[test]
+            fn any_key_record_round_trips(
+                id in any::<String>(),
+                name in any::<String>(),
+                admin in any::<bool>(),
+                created_at in any::<i64>(),
+            ) {
+                let record = KeyRecord { v: RECORD_VERSION, id, name, admin, created_at };
+                prop_assert_eq!(decode_key(&encode_key(&record)).ok(), Some(record));
+            }
+
+            #[test]
+            fn damaged_clicks_never_panic(
+                bytes in click_event().prop_flat_map(|e| damaged(encode_click(&e)))
+            ) {
+                let _ = decode_click(&bytes);
+            }
+
+            #[test]
+            fn damaged_links_never_panic(
+                bytes in link().prop_flat_map(|l| damaged(encode_link(&l)))
+            ) {
+                let _ = decode_link(&bytes);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic_any_decoder(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                prefix_len in prop_oneof![0..80usize, any::<usize>()],
+            ) {
+                let _ = decode_click(&bytes);
+                let _ = decode_link(&bytes);
+                let _ = decode_key(&bytes);
+                if let Ok(seq) = click_seq(&bytes, prefix_len) {
+                    prop_assert_eq!(bytes.len().checked_sub(prefix_len), Some(8));
+                    prop_assert_eq!(&click_key("", seq)[1..], &bytes[prefix_len..]);
+                }
+            }
+
+            #[test]
+            fn click_seq_reads_back_any_click_key(
+                code in "[A-Za-z0-9_-]{1,64}",
+                seq in any::<u64>(),
+            ) {
+                let prefix_len = click_prefix(&code).len();
+                prop_assert_eq!(click_seq(&click_key(&code, seq), prefix_len).ok(), Some(seq));
+            }
+        }
+    }
 }

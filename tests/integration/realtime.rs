@@ -244,3 +244,62 @@ async fn a_stuck_reader_does_not_delay_a_fast_one() -> TestResult {
     app.stop().await;
     Ok(())
 }
+
+/// Reads from a raw connection until `needle` has been seen (or the deadline passes).
+async fn read_until(conn: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A stream is served the same whether it is the first request of its connection (the lean
+/// writer) or follows other requests on a kept-alive connection (salvo).
+#[tokio::test]
+async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() -> TestResult {
+    let app = spawn_app().await;
+    app.create_link("both").await;
+    app.click("both").await;
+
+    let mut fresh = tokio::net::TcpStream::connect(app.addr).await?;
+    fresh
+        .write_all(b"GET /realtime/both HTTP/1.1\r\nHost: t\r\nLast-Event-ID: 0\r\n\r\n")
+        .await?;
+    let text = read_until(&mut fresh, "\"clickCount\":1").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("content-type: text/event-stream"), "{text}");
+    assert!(text.contains("retry: 2000\n\nid: 1\ndata: {\"clickCount\":1,"), "{text}");
+
+    let mut reused = tokio::net::TcpStream::connect(app.addr).await?;
+    reused.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await?;
+    let health = read_until(&mut reused, "\"ok\"").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    reused
+        .write_all(b"GET /realtime/both HTTP/1.1\r\nHost: t\r\nLast-Event-ID: 0\r\n\r\n")
+        .await?;
+    let text = read_until(&mut reused, "\"clickCount\":1").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("content-type: text/event-stream"), "{text}");
+    assert!(text.contains("id: 1\ndata: {\"clickCount\":1,"), "{text}");
+
+    // Both see the next click.
+    app.click("both").await;
+    assert!(read_until(&mut fresh, "id: 2\n").await.contains("\"clickCount\":2"));
+    assert!(read_until(&mut reused, "id: 2\n").await.contains("\"clickCount\":2"));
+
+    // Errors on the lean path are JSON too.
+    let mut bad = tokio::net::TcpStream::connect(app.addr).await?;
+    bad.write_all(b"GET /realtime/nope HTTP/1.1\r\nHost: t\r\n\r\n").await?;
+    let text = read_until(&mut bad, "}").await;
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert!(text.contains("{\"error\":\"no such link\"}"), "{text}");
+    app.stop().await;
+    Ok(())
+}
