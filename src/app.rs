@@ -8,10 +8,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use salvo::{
-    fuse::FuseConfig,
-    prelude::*,
-};
+use salvo::{fuse::FuseConfig, prelude::*};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -100,6 +97,16 @@ impl App {
         self.local_addr
     }
 
+    /// The link handle of this app (benches drive actors through it).
+    pub fn links(&self) -> &crate::links::Links {
+        &self.state.links
+    }
+
+    /// The routes bound to this app's state, for serving in-process (benches).
+    pub fn router(&self) -> salvo::Router {
+        router(self.state.clone())
+    }
+
     /// The key made at first start, when no key existed and none was given. Shown once.
     pub fn generated_key(&self) -> Option<&str> {
         self.generated_key.as_deref()
@@ -164,6 +171,7 @@ fn link_settings(config: &ServeConfig) -> LinkSettings {
         stuck_timeout: config.sse_stuck_timeout,
         max_subscribers_per_link: config.sse_max_per_link,
         min_frame_interval: config.sse_min_interval,
+        deliveries_per_sec: config.sse_deliveries_per_sec,
         cache_capacity: config.link_cache,
     }
 }

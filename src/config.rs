@@ -96,7 +96,7 @@ pub struct ServeConfig {
     #[arg(long, env = "LINKPULSE_SSE_MAX_TOTAL", default_value_t = 15_000)]
     pub sse_max_total: usize,
     /// Frames a subscriber may have waiting before it counts as behind.
-    #[arg(long, env = "LINKPULSE_SSE_QUEUE", default_value_t = 8)]
+    #[arg(long, env = "LINKPULSE_SSE_QUEUE", default_value_t = 4)]
     pub sse_queue: usize,
     /// A subscriber that stays behind this long is disconnected.
     #[arg(long, env = "LINKPULSE_SSE_STUCK_TIMEOUT", value_parser = duration, default_value = "30s")]
@@ -107,6 +107,14 @@ pub struct ServeConfig {
     /// At most one frame per link in this interval (later clicks are conflated into it).
     #[arg(long, env = "LINKPULSE_SSE_MIN_INTERVAL", value_parser = duration, default_value = "20ms")]
     pub sse_min_interval: Duration,
+    /// Frame deliveries per second one link may cause: a link with N subscribers gets at most
+    /// this / N frames per second (later clicks are conflated into the next frame).
+    #[arg(
+        long,
+        env = "LINKPULSE_SSE_DELIVERIES_PER_SEC",
+        default_value_t = 100_000
+    )]
+    pub sse_deliveries_per_sec: u64,
     /// The reconnect delay suggested to browsers (`retry:`).
     #[arg(long, env = "LINKPULSE_SSE_RETRY", value_parser = duration, default_value = "2s")]
     pub sse_retry: Duration,

@@ -23,6 +23,8 @@
 //! - [`keys`]: API keys, stored as hashes.
 //! - [`metrics`]: counters and gauges for `/metrics`.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod analytics;
 pub mod app;
 pub mod config;

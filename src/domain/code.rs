@@ -196,7 +196,7 @@ mod tests {
             proptest::prop_assert_eq!(parsed.is_ok(), is_code(&raw), "{:?}: {:?}", raw, parsed);
             if let Ok(code) = parsed {
                 proptest::prop_assert_eq!(code.as_str(), raw.as_str());
-                proptest::prop_assert_eq!(ShortCode::parse(&code.to_string()), Ok(code));
+                proptest::prop_assert_eq!(ShortCode::parse(code.as_str()), Ok(code));
             }
         }
     }

@@ -172,26 +172,24 @@ mod tests {
         ]);
         let clean = "[a-zA-Z0-9/?#&=%.:@\u{e9}\u{30d1}-]{0,30}";
         let trouble = proptest::sample::select(vec![
-            "", "", "", "\r", "\n", "\r\n", "\t", " ", "\u{0}", "\u{7f}", "\u{85}", "\u{2028}",
-            "\u{2029}", "\u{200b}", "%0d%0a", "%00", "\\", "..",
+            "\r", "\n", "\r\n", "\t", " ", "\u{0}", "\u{7f}", "\u{85}", "\u{2028}", "\u{2029}",
+            "\u{200b}", "%0d%0a", "%00", "\\", "..",
         ]);
-        let pad = prop_oneof![3 => Just(0usize), 1 => MAX_URL_LEN - 40..MAX_URL_LEN + 8];
+        let trouble = prop_oneof![Just(""), trouble];
+        let pad = prop_oneof![4 => Just(0usize), 1 => MAX_URL_LEN - 40..MAX_URL_LEN + 8];
         prop_oneof![
             1 => any::<String>(),
-            4 => (scheme, host, clean.clone(), trouble, clean, pad).prop_map(|(s, h, a, t, b, pad)| {
+            4 => (scheme, host, clean, trouble, clean, pad).prop_map(|(s, h, a, t, b, pad)| {
                 format!("{s}{h}/{a}{t}{b}{}", "p".repeat(pad))
             }),
         ]
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
         #[test]
         fn accepted_urls_are_safe_header_values_and_stable(raw in candidates()) {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            static A: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if TargetUrl::parse(&raw).is_ok() { A.fetch_add(1, std::sync::atomic::Ordering::Relaxed); }
-            eprintln!("ACC {} / {}", A.load(std::sync::atomic::Ordering::Relaxed), N.load(std::sync::atomic::Ordering::Relaxed));
             if let Ok(url) = TargetUrl::parse(&raw) {
                 let s = url.as_str();
                 proptest::prop_assert!(s.is_ascii(), "{:?}", s);

@@ -21,6 +21,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 const GENERATE_ATTEMPTS: usize = 8;
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateRequest {
     url: String,
     #[serde(default)]
@@ -61,7 +62,10 @@ impl CreateLink {
     async fn create(&self, req: &mut Request) -> Result<Link, ApiError> {
         let state = &self.0;
         if let Some(ip) = client_ip(state, req) {
-            state.create_limits.check_ip(ip).map_err(Limited::into_error)?;
+            state
+                .create_limits
+                .check_ip(ip)
+                .map_err(Limited::into_error)?;
         }
         let caller = authenticate(state, req)?;
         state
@@ -77,16 +81,31 @@ impl CreateLink {
                 "Content-Type must be application/json",
             ));
         }
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {MAX_BODY} bytes"),
+            )
+        };
+        // Refused before reading: salvo would wait for a body it is told is too large.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_large());
+        }
         let body = req
             .payload_with_max_size(MAX_BODY)
             .await
             .map_err(|e| match e {
-                salvo::http::ParseError::PayloadTooLarge => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body is larger than {MAX_BODY} bytes"),
-                ),
+                salvo::http::ParseError::PayloadTooLarge => too_large(),
                 _ => ApiError::bad_request("could not read the request body"),
             })?;
+        // serde would also take a JSON array as the fields in order.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request("JSON body must be an object"));
+        }
         let request: CreateRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
         let target =

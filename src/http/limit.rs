@@ -189,14 +189,14 @@ mod tests {
     #[test]
     fn ipv6_addresses_are_limited_by_slash_64() {
         let limits = CreateLimits::new(0, 2);
-        let a: IpAddr = "2001:db8::1".parse().unwrap_or(IpAddr::from([0; 16]));
-        let b: IpAddr = "2001:db8::ffff:2".parse().unwrap_or(IpAddr::from([0; 16]));
-        let c: IpAddr = "2001:db8:0:1::1".parse().unwrap_or(IpAddr::from([0; 16]));
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let c: IpAddr = "2001:db8:0:1::1".parse().unwrap();
         assert_eq!(limits.check_ip(a), Ok(()));
         assert_eq!(limits.check_ip(b), Ok(()));
         assert!(limits.check_ip(a).is_err(), "same /64");
         assert_eq!(limits.check_ip(c), Ok(()), "another /64");
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap_or(IpAddr::from([0; 16]));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(ip_key(mapped), IpAddr::from([192, 0, 2, 7]));
     }
 

@@ -192,7 +192,11 @@ pub fn client_ip(state: &AppState, req: &Request) -> Option<IpAddr> {
     req.remote_addr().ip()
 }
 
-/// The `{code}` path parameter.
+/// The `{code}` path parameter. Codes never hold `%`, so a path with a percent-escape names no
+/// code (salvo would decode `/%41bc` into `Abc`).
 pub fn code_param(req: &Request) -> &str {
+    if req.uri().path().contains('%') {
+        return "";
+    }
     req.params().get("code").map_or("", String::as_str)
 }

@@ -62,7 +62,12 @@ pub(crate) async fn open(
 ) -> Result<Opened, Refused> {
     let missing = || ApiError::not_found("no such link");
     let code = ShortCode::parse(raw_code).map_err(|_| missing())?;
-    let link = state.links.find(&code).await.map_err(ApiError::from)?.ok_or_else(missing)?;
+    let link = state
+        .links
+        .find(&code)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(missing)?;
     let last_event_id = match last_event_id {
         None => None,
         Some(raw) => Some(
@@ -72,7 +77,10 @@ pub(crate) async fn open(
                 .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a click count"))?,
         ),
     };
-    let Some(place) = state.metrics.take_subscriber_place(state.config.sse_max_total) else {
+    let Some(place) = state
+        .metrics
+        .take_subscriber_place(state.config.sse_max_total)
+    else {
         let (e, retry) = ApiError::unavailable("too many live subscribers", 5);
         return Err(Refused::Unavailable(e, retry));
     };
@@ -119,12 +127,18 @@ pub struct Realtime(pub Arc<AppState>);
 impl Handler for Realtime {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
-        let last_event_id = req.headers().get("last-event-id").map(HeaderValue::as_bytes);
+        let last_event_id = req
+            .headers()
+            .get("last-event-id")
+            .map(HeaderValue::as_bytes);
         match open(state, code_param(req), last_event_id).await {
             Ok(opened) => {
                 res.status_code(StatusCode::OK);
                 let headers = res.headers_mut();
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 // Tells nginx not to buffer the stream.
                 headers.insert("x-accel-buffering", HeaderValue::from_static("no"));

@@ -189,7 +189,14 @@ impl LinkState {
             return;
         }
         self.flush_pending = true;
-        let gap = self.shared.settings.min_frame_interval;
+        // Frames per second a link may cost: with many subscribers, frames come further apart
+        // so that one round of deliveries ends before the next begins (and latency stays
+        // bounded instead of queues growing).
+        let settings = &self.shared.settings;
+        let round = Duration::from_secs_f64(
+            self.subscribers.len() as f64 / settings.deliveries_per_sec.max(1) as f64,
+        );
+        let gap = settings.min_frame_interval.max(round);
         let since = self.last_broadcast.elapsed();
         if since >= gap {
             // Goes behind the clicks already queued, so one frame covers a burst.

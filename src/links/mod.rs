@@ -44,6 +44,9 @@ pub struct LinkSettings {
     pub max_subscribers_per_link: usize,
     /// At most one frame per this interval and link; clicks in between are conflated.
     pub min_frame_interval: Duration,
+    /// Frame deliveries per second one link may cause; spaces frames on links with many
+    /// subscribers.
+    pub deliveries_per_sec: u64,
     /// Link records kept in memory for links without a live actor.
     pub cache_capacity: usize,
 }

@@ -36,6 +36,47 @@ pub enum StoreError {
     Decode(#[from] DecodeError),
     #[error("stored data is inconsistent: {0}")]
     Inconsistent(String),
+    #[error("the store in {dir} is damaged: {cause}")]
+    Damaged { dir: String, cause: String },
+}
+
+impl StoreError {
+    /// Sorts a fjall error met while opening or checking the store in `dir`: the lock held by
+    /// another process, damaged files (a check failed or a file ends early), or anything else
+    /// (an I/O error, say).
+    fn opening(dir: &Path, e: fjall::Error) -> Self {
+        use std::io::ErrorKind::{InvalidData, InvalidInput, UnexpectedEof};
+
+        use fjall::{Error as E, LsmError as L};
+        let damage = match &e {
+            E::Locked => return Self::Locked(dir.display().to_string()),
+            E::JournalRecovery(_) => "a batch in the journal (*.jnl) fails its check",
+            E::Io(io) | E::Storage(L::Io(io))
+                if matches!(io.kind(), UnexpectedEof | InvalidData | InvalidInput) =>
+            {
+                "a file ends early or holds invalid data"
+            }
+            E::Io(_) | E::Storage(L::Io(_)) | E::Poisoned | E::KeyspaceDeleted => {
+                return Self::Fjall(e);
+            }
+            E::InvalidVersion(_) | E::Storage(L::InvalidVersion(_)) => {
+                "its format version is unknown or unreadable"
+            }
+            _ => "a table or manifest file fails its check",
+        };
+        Self::Damaged {
+            dir: dir.display().to_string(),
+            cause: format!("{damage} ({e}); restore the data directory from a backup"),
+        }
+    }
+}
+
+/// What [`Store::verify`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verified {
+    pub links: u64,
+    pub codes_clicked: u64,
+    pub clicks: u64,
 }
 
 /// What a code's actor starts from.
@@ -43,6 +84,58 @@ pub enum StoreError {
 pub struct Counter {
     pub count: u64,
     pub last: Option<ClickEvent>,
+}
+
+/// The file in the data directory that remembers how much the store held when it was last
+/// opened. Links and clicks are only ever added, and what an open finds is on disk (fjall
+/// syncs the journal it recovered), so a later open that finds less has lost data: fjall reads
+/// a journal damaged before its end only up to the damage, and says nothing.
+const FLOOR_FILE: &str = "linkpulse-verified";
+
+/// Refuses a store that holds fewer links or clicks than at its last open, then records what
+/// it holds now.
+fn check_floor(dir: &Path, seen: Verified) -> Result<(), StoreError> {
+    let path = dir.join(FLOOR_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(StoreError::Fjall(e.into())),
+    };
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (links, clicks) = (value("links "), value("clicks "));
+    if seen.links < links || seen.clicks < clicks {
+        return Err(StoreError::Damaged {
+            dir: dir.display().to_string(),
+            cause: format!(
+                "it holds {} links and {} clicks but held {links} links and {clicks} clicks \
+                 when it was last opened, so part of it is lost (a journal damaged before its \
+                 end is read only up to the damage); restore the data directory from a backup, \
+                 or delete {} to accept the loss",
+                seen.links,
+                seen.clicks,
+                path.display()
+            ),
+        });
+    }
+    if (seen.links, seen.clicks) != (links, clicks) {
+        let tmp = dir.join(format!("{FLOOR_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(
+                &mut file,
+                format!("links {}\nclicks {}\n", seen.links, seen.clicks).as_bytes(),
+            )?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| StoreError::Fjall(e.into()))?;
+    }
+    Ok(())
 }
 
 /// Handle to the open database. Cloning is cheap; every call is synchronous (use it from the
@@ -56,19 +149,93 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` and checks it with [`Store::verify`], so a
+    /// damaged store is refused here instead of failing code by code while it serves.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = Database::builder(dir).open().map_err(|e| match e {
-            fjall::Error::Locked => StoreError::Locked(dir.display().to_string()),
-            other => StoreError::Fjall(other),
-        })?;
-        let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
-        Ok(Self {
+        let opening = |e| StoreError::opening(dir, e);
+        let db = Database::builder(dir).open().map_err(opening)?;
+        let open = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(opening)
+        };
+        let store = Self {
             links: open("links")?,
             clicks: open("clicks")?,
             keys: open("keys")?,
             db,
-        })
+        };
+        let seen = store.verify().map_err(|e| match e {
+            StoreError::Fjall(e) => StoreError::opening(dir, e),
+            other => other,
+        })?;
+        check_floor(dir, seen)?;
+        Ok(store)
+    }
+
+    /// Reads every link and every click key once, so every block of those keyspaces passes
+    /// its checksum, and checks that each code's clicks are numbered 1, 2, ... without a gap
+    /// and that its last click record says the number its key says: then each stored count
+    /// is its number of click events. Takes time in proportion to the store's size.
+    pub fn verify(&self) -> Result<Verified, StoreError> {
+        let mut seen = Verified::default();
+        for guard in self.links.iter() {
+            let (_, value) = guard.into_inner()?;
+            records::decode_link(&value)?;
+            seen.links += 1;
+        }
+        // The code being read, its last number, and its last record.
+        let mut current: Option<(Vec<u8>, u64, fjall::UserValue)> = None;
+        let check_last = |code: &[u8], seq: u64, value: &[u8]| -> Result<(), StoreError> {
+            let last = records::decode_click(value)?;
+            if last.seq == seq {
+                return Ok(());
+            }
+            Err(StoreError::Inconsistent(format!(
+                "code {}: click stored under number {seq} says it is number {}",
+                String::from_utf8_lossy(code),
+                last.seq
+            )))
+        };
+        for guard in self.clicks.iter() {
+            let (key, value) = guard.into_inner()?;
+            // `code 0x00 seq(big-endian, 8 bytes)`.
+            let split = key
+                .len()
+                .checked_sub(9)
+                .filter(|&at| key[at] == 0)
+                .ok_or_else(|| {
+                    StoreError::Inconsistent(format!("malformed click key {}", hex::encode(&key)))
+                })?;
+            let code = &key[..split];
+            let seq = records::click_seq(&key, split + 1)?;
+            let expected = match &mut current {
+                Some((same, last, last_value)) if same.as_slice() == code => {
+                    let expected = *last + 1;
+                    *last = seq;
+                    *last_value = value;
+                    expected
+                }
+                other => {
+                    if let Some((previous, last, last_value)) = other {
+                        check_last(previous, *last, last_value)?;
+                    }
+                    *other = Some((code.to_vec(), seq, value));
+                    seen.codes_clicked += 1;
+                    1
+                }
+            };
+            if seq != expected {
+                return Err(StoreError::Inconsistent(format!(
+                    "code {}: click number {seq} where number {expected} was due",
+                    String::from_utf8_lossy(code)
+                )));
+            }
+            seen.clicks += 1;
+        }
+        if let Some((code, last, value)) = &current {
+            check_last(code, *last, value)?;
+        }
+        Ok(seen)
     }
 
     pub fn link(&self, code: &str) -> Result<Option<Link>, StoreError> {

@@ -259,7 +259,12 @@ mod tests {
                 (device, any::<bool>()),
             )
                 .prop_map(
-                    |((seq, at, ip), (user_agent, referer), (country, browser, os), (device, bot))| {
+                    |(
+                        (seq, at, ip),
+                        (user_agent, referer),
+                        (country, browser, os),
+                        (device, bot),
+                    )| {
                         ClickEvent {
                             seq,
                             at,

@@ -2,8 +2,10 @@
 //! store, and talks to it over HTTP like a user would.
 
 mod api;
+mod bad_input;
 mod binary;
 mod browser;
+mod faults;
 mod lifecycle;
 mod realtime;
 mod redirect;

@@ -275,10 +275,15 @@ async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() -> Test
     let text = read_until(&mut fresh, "\"clickCount\":1").await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("content-type: text/event-stream"), "{text}");
-    assert!(text.contains("retry: 2000\n\nid: 1\ndata: {\"clickCount\":1,"), "{text}");
+    assert!(
+        text.contains("retry: 2000\n\nid: 1\ndata: {\"clickCount\":1,"),
+        "{text}"
+    );
 
     let mut reused = tokio::net::TcpStream::connect(app.addr).await?;
-    reused.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await?;
+    reused
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await?;
     let health = read_until(&mut reused, "\"ok\"").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     reused
@@ -291,12 +296,21 @@ async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() -> Test
 
     // Both see the next click.
     app.click("both").await;
-    assert!(read_until(&mut fresh, "id: 2\n").await.contains("\"clickCount\":2"));
-    assert!(read_until(&mut reused, "id: 2\n").await.contains("\"clickCount\":2"));
+    assert!(
+        read_until(&mut fresh, "id: 2\n")
+            .await
+            .contains("\"clickCount\":2")
+    );
+    assert!(
+        read_until(&mut reused, "id: 2\n")
+            .await
+            .contains("\"clickCount\":2")
+    );
 
     // Errors on the lean path are JSON too.
     let mut bad = tokio::net::TcpStream::connect(app.addr).await?;
-    bad.write_all(b"GET /realtime/nope HTTP/1.1\r\nHost: t\r\n\r\n").await?;
+    bad.write_all(b"GET /realtime/nope HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await?;
     let text = read_until(&mut bad, "}").await;
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
     assert!(text.contains("{\"error\":\"no such link\"}"), "{text}");
