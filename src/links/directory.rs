@@ -63,9 +63,23 @@ impl Directory {
         self.map.get(code).map(|e| e.link.clone())
     }
 
-    /// Queues a click for a live actor: the redirect's fast path. The click comes back when
-    /// there is no live actor to take it.
-    pub fn push_click(&self, code: &str, click: Click) -> Result<(), Click> {
+    /// Queues a click for the link's actor, starting the actor if there is none: the redirect's
+    /// path. The click comes back only when the actor is stopping (or the service is), for the
+    /// caller to deliver once the successor may start.
+    pub fn push_click(
+        &self,
+        shared: &Arc<Shared>,
+        link: &Arc<Link>,
+        click: Click,
+    ) -> Result<(), Click> {
+        let code = link.code.as_str();
+        if !self.map.contains_key(code) {
+            // Start it now, so the click is queued before the redirect is answered and a read
+            // right after the redirect sees it.
+            if let Route::Closed = self.route(shared, link) {
+                return Err(click);
+            }
+        }
         let Some(entry) = self.map.get(code) else {
             return Err(click);
         };

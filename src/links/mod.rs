@@ -147,7 +147,7 @@ impl Links {
     /// its successor.
     pub fn click(&self, link: &Arc<Link>, click: Click) {
         self.shared.metrics.click();
-        let Err(click) = self.shared.directory.push_click(link.code.as_str(), click) else {
+        let Err(click) = self.shared.directory.push_click(&self.shared, link, click) else {
             return;
         };
         let shared = self.shared.clone();

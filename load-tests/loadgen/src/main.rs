@@ -5,6 +5,7 @@ mod fanout;
 mod http;
 mod redirect;
 mod report;
+mod restart;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,10 @@ enum Mode {
     Fanout(fanout::Args),
     /// N codes clicked once each: server memory and live actors over time.
     Distinct(distinct::Args),
+    /// Writes click events straight into a data directory (for `restart`).
+    Seed(restart::SeedArgs),
+    /// Start-up time of the server on a seeded store beside an empty one.
+    Restart(restart::RestartArgs),
 }
 
 #[tokio::main]
@@ -59,6 +64,8 @@ async fn main() -> ExitCode {
         Mode::Redirect(args) => redirect::run(&cli.common, args).await,
         Mode::Fanout(args) => fanout::run(&cli.common, args, nofile).await,
         Mode::Distinct(args) => distinct::run(&cli.common, args).await,
+        Mode::Seed(args) => restart::seed(args).await,
+        Mode::Restart(args) => restart::restart(&cli.common, args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
