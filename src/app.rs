@@ -75,6 +75,7 @@ impl App {
             .unwrap_or_else(|| format!("http://{local_addr}"))
             .trim_end_matches('/')
             .to_owned();
+        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
         let state = Arc::new(AppState {
             links,
             keys,
@@ -83,6 +84,7 @@ impl App {
             base_url,
             metrics,
             shutdown: CancellationToken::new(),
+            connections,
         });
         Ok(Self {
             listener,
@@ -124,14 +126,13 @@ impl App {
         let config = &state.config;
         let grace = config.shutdown_timeout;
         let fuse = FuseConfig::default()
-            .with_http1_header_timeout(Duration::from_secs(10))
-            .with_request_body_timeout(Duration::from_secs(10))
-            .with_connection_idle_timeout(Duration::from_secs(60).max(config.sse_heartbeat * 3))
+            .with_http1_header_timeout(config.header_timeout)
+            .with_request_body_timeout(config.header_timeout)
+            .with_connection_idle_timeout(config.keep_alive_timeout.max(config.sse_heartbeat * 3))
             .with_write_stall_timeout(config.sse_stuck_timeout);
+        // The front door counts every connection against --max-connections.
         let acceptor = crate::http::front::start(listener, state.clone())?;
-        let server = Server::new(acceptor)
-            .fuse_config(fuse)
-            .max_connections(config.max_connections);
+        let server = Server::new(acceptor).fuse_config(fuse);
         let handle = server.handle();
         let service = Service::new(router(state.clone()));
         let serving = tokio::spawn(server.try_serve(service));

@@ -115,6 +115,10 @@ pub struct ServeConfig {
         default_value_t = 100_000
     )]
     pub sse_deliveries_per_sec: u64,
+    /// Kernel send buffer of a stream's socket (bytes): bounds the memory a reader that stops
+    /// reading can pin.
+    #[arg(long, env = "LINKPULSE_SSE_SEND_BUFFER", default_value_t = 64 * 1024)]
+    pub sse_send_buffer: usize,
     /// The reconnect delay suggested to browsers (`retry:`).
     #[arg(long, env = "LINKPULSE_SSE_RETRY", value_parser = duration, default_value = "2s")]
     pub sse_retry: Duration,
@@ -127,9 +131,16 @@ pub struct ServeConfig {
     /// Request header carrying the client's country, set by a trusted proxy (e.g. CF-IPCountry).
     #[arg(long, env = "LINKPULSE_COUNTRY_HEADER")]
     pub country_header: Option<String>,
-    /// Most open connections.
+    /// Most open connections (streams included); past it new connections wait in the kernel's
+    /// backlog until one closes.
     #[arg(long, env = "LINKPULSE_MAX_CONNECTIONS", default_value_t = 18_000)]
     pub max_connections: usize,
+    /// How long a client may take to send a request head (slow-header clients are cut off).
+    #[arg(long, env = "LINKPULSE_HEADER_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may sit idle between requests.
+    #[arg(long, env = "LINKPULSE_KEEP_ALIVE_TIMEOUT", value_parser = duration, default_value = "60s")]
+    pub keep_alive_timeout: Duration,
     /// How long a clean stop waits for connections and actors.
     #[arg(long, env = "LINKPULSE_SHUTDOWN_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub shutdown_timeout: Duration,

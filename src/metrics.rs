@@ -16,6 +16,8 @@ pub struct Metrics {
     actors_stopped: AtomicU64,
     subscribers: AtomicUsize,
     subscribers_refused: AtomicU64,
+    /// Clicks waiting in actors' inboxes.
+    queued_clicks: AtomicUsize,
 }
 
 impl Metrics {
@@ -29,6 +31,14 @@ impl Metrics {
 
     pub fn actor_stopped(&self) {
         self.actors_stopped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn clicks_queued(&self, n: usize) {
+        self.queued_clicks.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn clicks_taken(&self, n: usize) {
+        self.queued_clicks.fetch_sub(n, Ordering::Relaxed);
     }
 
     pub fn subscribers(&self) -> usize {
@@ -80,11 +90,18 @@ impl Metrics {
             );
         }
         let subscribers = self.subscribers() as u64;
-        let own = [(
-            "linkpulse_subscribers",
-            "Live SSE subscribers.",
-            subscribers,
-        )];
+        let own = [
+            (
+                "linkpulse_subscribers",
+                "Live SSE subscribers.",
+                subscribers,
+            ),
+            (
+                "linkpulse_inbox_clicks",
+                "Clicks waiting in link actors' inboxes (their mailboxes hold one message per batch).",
+                self.queued_clicks.load(Ordering::Relaxed) as u64,
+            ),
+        ];
         for (name, help, value) in own.iter().chain(gauges) {
             let _ = writeln!(
                 out,

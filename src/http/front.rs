@@ -26,15 +26,13 @@ use salvo::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::mpsc,
+    sync::{OwnedSemaphorePermit, mpsc},
 };
 use tracing::warn;
 
 use super::{AppState, sse};
 
 const SSE_PREFIX: &[u8] = b"GET /realtime/";
-/// How long a new connection may take to send its first bytes.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections accepted but not yet taken by salvo.
 const HANDOFF_QUEUE: usize = 1024;
 
@@ -59,6 +57,14 @@ async fn accept_loop(
     to_salvo: mpsc::Sender<(Rewind, SocketAddr)>,
 ) {
     loop {
+        // One place per open connection: at the limit, new ones wait in the backlog.
+        let place = tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            place = state.connections.clone().acquire_owned() => match place {
+                Ok(place) => place,
+                Err(_) => return,
+            },
+        };
         let accepted = tokio::select! {
             () = state.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
@@ -66,7 +72,7 @@ async fn accept_loop(
         match accepted {
             Ok((conn, peer)) => {
                 let _ = conn.set_nodelay(true);
-                tokio::spawn(sort(conn, peer, state.clone(), to_salvo.clone()));
+                tokio::spawn(sort(conn, peer, place, state.clone(), to_salvo.clone()));
             }
             Err(e) => {
                 // Out of file descriptors, most likely: wait rather than spin.
@@ -81,12 +87,15 @@ async fn accept_loop(
 async fn sort(
     mut conn: TcpStream,
     peer: SocketAddr,
+    place: OwnedSemaphorePermit,
     state: Arc<AppState>,
     to_salvo: mpsc::Sender<(Rewind, SocketAddr)>,
 ) {
     let mut buf = BytesMut::with_capacity(1024);
+    // The whole request head must arrive within the header timeout.
+    let deadline = tokio::time::Instant::now() + state.config.header_timeout;
     loop {
-        match tokio::time::timeout(FIRST_BYTES_TIMEOUT, conn.read_buf(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             // Closed, failed or silent: nothing to serve.
             _ => return,
@@ -96,13 +105,15 @@ async fn sort(
             let conn = Rewind {
                 prefix: buf.freeze(),
                 inner: conn,
+                _place: place,
             };
             // If salvo has stopped taking connections, the connection is dropped.
             let _ = to_salvo.send((conn, peer)).await;
             return;
         }
         if seen == SSE_PREFIX.len() {
-            sse::serve(conn, buf, state).await;
+            sse::serve(conn, buf, deadline, state).await;
+            drop(place);
             return;
         }
     }
@@ -162,10 +173,12 @@ impl Acceptor for FrontAcceptor {
     }
 }
 
-/// A socket with bytes already read from it put back in front.
+/// A socket with bytes already read from it put back in front. It holds the connection's
+/// place until salvo drops it.
 pub struct Rewind {
     prefix: Bytes,
     inner: TcpStream,
+    _place: OwnedSemaphorePermit,
 }
 
 impl AsyncRead for Rewind {

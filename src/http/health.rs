@@ -39,6 +39,15 @@ impl Handler for MetricsText {
                 "Items waiting for the group-commit writer.",
                 state.links.writer().queue_len() as u64,
             ),
+            (
+                "linkpulse_connections",
+                "Open client connections.",
+                state
+                    .config
+                    .max_connections
+                    .max(1)
+                    .saturating_sub(state.connections.available_permits()) as u64,
+            ),
         ];
         res.render(Text::Plain(state.metrics.render(&gauges)));
     }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled at shutdown: ends every live stream.
     pub shutdown: CancellationToken,
+    /// One place per open connection (`--max-connections`).
+    pub connections: Arc<tokio::sync::Semaphore>,
     /// Link creations allowed per API key and per client address.
     pub create_limits: limit::CreateLimits,
 }

@@ -21,8 +21,6 @@ use super::{
 const MAX_HEAD: usize = 16 * 1024;
 /// Most request headers taken.
 const MAX_HEADERS: usize = 64;
-/// How long the rest of the request head may take.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a last write (an error, the farewell) may take.
 const LAST_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -30,7 +28,12 @@ const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\
 cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
 /// Serves one stream; `buf` holds what was read so far.
-pub async fn serve(mut conn: TcpStream, mut buf: BytesMut, state: Arc<AppState>) {
+pub async fn serve(
+    mut conn: TcpStream,
+    mut buf: BytesMut,
+    deadline: tokio::time::Instant,
+    state: Arc<AppState>,
+) {
     let head_end = loop {
         if let Some(end) = find_head_end(&buf) {
             break end;
@@ -42,7 +45,8 @@ pub async fn serve(mut conn: TcpStream, mut buf: BytesMut, state: Arc<AppState>)
             );
             return refuse(&mut conn, &e, None).await;
         }
-        match tokio::time::timeout(HEAD_TIMEOUT, conn.read_buf(&mut buf)).await {
+        // One deadline for the whole head: a client sending a byte now and then is cut off.
+        match tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return,
         }
@@ -91,6 +95,12 @@ pub async fn serve(mut conn: TcpStream, mut buf: BytesMut, state: Arc<AppState>)
         guard,
     } = opened;
     let stuck = state.config.sse_stuck_timeout;
+    // A small send buffer bounds the kernel memory a reader that stops reading can pin, and
+    // lets the stuck limit below notice it soon.
+    if let Err(e) = socket2::SockRef::from(&conn).set_send_buffer_size(state.config.sse_send_buffer)
+    {
+        tracing::debug!(cause = %e, "cannot set the send buffer of a stream");
+    }
     let mut first = BytesMut::with_capacity(STREAM_HEAD.len() + head.len());
     first.extend_from_slice(STREAM_HEAD);
     first.extend_from_slice(&head);

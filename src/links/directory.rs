@@ -133,7 +133,7 @@ impl Directory {
             }
             MapEntry::Vacant(slot) => {
                 let (done_tx, done) = watch::channel(false);
-                let inbox = Arc::new(Inbox::default());
+                let inbox = Arc::new(Inbox::new(shared.metrics.clone()));
                 let args = LinkArgs {
                     code: link.code.clone(),
                     shared: shared.clone(),

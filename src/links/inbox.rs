@@ -2,9 +2,10 @@
 //! message only when the inbox goes from empty to not empty, so under load one actor message
 //! carries a whole batch of clicks (fewer allocations and task wake-ups per click).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::actor::Click;
+use crate::metrics::Metrics;
 
 #[derive(Default)]
 struct State {
@@ -15,9 +16,9 @@ struct State {
     closed: bool,
 }
 
-#[derive(Default)]
 pub(crate) struct Inbox {
     state: Mutex<State>,
+    metrics: Arc<Metrics>,
 }
 
 pub(crate) enum Push {
@@ -30,6 +31,13 @@ pub(crate) enum Push {
 }
 
 impl Inbox {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            state: Mutex::default(),
+            metrics,
+        }
+    }
+
     pub fn push(&self, click: Click) -> Push {
         let Ok(mut state) = self.state.lock() else {
             return Push::Closed(click);
@@ -38,6 +46,7 @@ impl Inbox {
             return Push::Closed(click);
         }
         state.clicks.push(click);
+        self.metrics.clicks_queued(1);
         if state.scheduled {
             Push::Queued
         } else {
@@ -51,7 +60,9 @@ impl Inbox {
         match self.state.lock() {
             Ok(mut state) => {
                 state.scheduled = false;
-                std::mem::take(&mut state.clicks)
+                let clicks = std::mem::take(&mut state.clicks);
+                self.metrics.clicks_taken(clicks.len());
+                clicks
             }
             Err(_) => Vec::new(),
         }
@@ -59,16 +70,13 @@ impl Inbox {
 
     /// Refuses further pushes and returns what the actor did not collect.
     pub fn close(&self) -> Vec<Click> {
-        match self.state.lock() {
-            Ok(mut state) => {
-                state.closed = true;
-                std::mem::take(&mut state.clicks)
-            }
-            Err(poisoned) => {
-                let mut state = poisoned.into_inner();
-                state.closed = true;
-                std::mem::take(&mut state.clicks)
-            }
-        }
+        let mut state = match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        state.closed = true;
+        let clicks = std::mem::take(&mut state.clicks);
+        self.metrics.clicks_taken(clicks.len());
+        clicks
     }
 }

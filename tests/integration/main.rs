@@ -7,6 +7,7 @@ mod binary;
 mod browser;
 mod faults;
 mod lifecycle;
+mod overload;
 mod realtime;
 mod redirect;
 mod support;
