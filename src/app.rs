@@ -99,7 +99,7 @@ impl App {
         self.local_addr
     }
 
-    /// The link handle of this app (benches drive actors through it).
+    /// The link handle of this app (benches and fault-injection tests drive actors through it).
     pub fn links(&self) -> &crate::links::Links {
         &self.state.links
     }

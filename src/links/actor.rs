@@ -70,6 +70,8 @@ pub enum LinkMsg {
     Snapshot(RpcReplyPort<Snapshot>),
     /// Send the current state to the subscribers (scheduled after a change).
     Flush,
+    /// Fault injection (tests): the handler fails as a bug would, and the actor dies.
+    Fail,
     /// Timer: heartbeats, catching up or dropping slow subscribers, idleness. Carries the
     /// generation of the timer that sent it; only the latest timer counts.
     Tick(u64),
@@ -367,6 +369,7 @@ impl Actor for LinkActor {
                     subscribers: state.subscribers.len(),
                 });
             }
+            LinkMsg::Fail => return Err("fault injected".into()),
             LinkMsg::Tick(generation) => {
                 if generation == state.timer && !state.draining {
                     state.tick(&myself);

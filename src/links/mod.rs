@@ -236,6 +236,13 @@ impl Links {
         Ok(())
     }
 
+    /// Makes the link's actor fail as a bug in it would (fault-injection tests): it dies, and the
+    /// next message for the code starts a successor from the stored state.
+    #[doc(hidden)]
+    pub async fn inject_failure(&self, link: &Arc<Link>) -> Result<(), LinkError> {
+        self.deliver(link, LinkMsg::Fail).await
+    }
+
     /// Live actors now.
     pub fn active_actors(&self) -> usize {
         self.shared.directory.len()

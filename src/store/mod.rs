@@ -45,16 +45,19 @@ impl StoreError {
     /// another process, damaged files (a check failed or a file ends early), or anything else
     /// (an I/O error, say).
     fn opening(dir: &Path, e: fjall::Error) -> Self {
-        use std::io::ErrorKind::{InvalidData, InvalidInput, UnexpectedEof};
+        use std::io::ErrorKind::{InvalidData, InvalidInput, NotFound, UnexpectedEof};
 
         use fjall::{Error as E, LsmError as L};
         let damage = match &e {
             E::Locked => return Self::Locked(dir.display().to_string()),
             E::JournalRecovery(_) => "a batch in the journal (*.jnl) fails its check",
             E::Io(io) | E::Storage(L::Io(io))
-                if matches!(io.kind(), UnexpectedEof | InvalidData | InvalidInput) =>
+                if matches!(
+                    io.kind(),
+                    UnexpectedEof | InvalidData | InvalidInput | NotFound
+                ) =>
             {
-                "a file ends early or holds invalid data"
+                "a file is missing, ends early or holds invalid data"
             }
             E::Io(_) | E::Storage(L::Io(_)) | E::Poisoned | E::KeyspaceDeleted => {
                 return Self::Fjall(e);

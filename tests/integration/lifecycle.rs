@@ -117,3 +117,36 @@ async fn shutdown_ends_streams_with_a_retry_hint() -> TestResult {
     stopping.await?;
     Ok(())
 }
+
+/// An actor that fails (as a bug would make it) takes nothing else down: other links keep
+/// counting, and the next click starts a successor from the stored count; clicks that were
+/// waiting in the failed actor's inbox are handed to the successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_actor_is_restarted_from_the_store() -> TestResult {
+    let (app, links) = crate::support::spawn_with_links(None, |_| {}).await;
+    app.create_link("fragile").await;
+    app.create_link("steady").await;
+    for _ in 0..10 {
+        assert_eq!(app.click("fragile").await.status(), 302);
+        assert_eq!(app.click("steady").await.status(), 302);
+    }
+    let code = linkpulse::domain::ShortCode::parse("fragile")?;
+    let link = links.find(&code).await?.ok_or("no link")?;
+    links.inject_failure(&link).await?;
+    // Clicks right behind the failure, some possibly queued for the dying actor.
+    for _ in 0..5 {
+        assert_eq!(app.click("fragile").await.status(), 302);
+    }
+    assert_eq!(app.count("steady").await, 10);
+    eventually(WAIT, "the successor has all 15 clicks", || async {
+        app.count("fragile").await == 15
+    })
+    .await;
+    assert!(app.metric("linkpulse_actors_started_total").await >= 3);
+    // The handle holds the store open; let it go before reading the store directly.
+    drop((link, links));
+    let dir = app.stop().await;
+    assert_eq!(stored(dir.path(), "fragile"), (15, 15));
+    assert_eq!(stored(dir.path(), "steady"), (10, 10));
+    Ok(())
+}

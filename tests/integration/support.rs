@@ -35,23 +35,33 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the app, on `dir` if given (a restart), with the configuration changed by `tweak`.
 pub async fn spawn_with(dir: Option<TempDir>, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    spawn_with_links(dir, tweak).await.0
+}
+
+/// Like [`spawn_with`], also returning the app's link handle (for fault injection).
+pub async fn spawn_with_links(
+    dir: Option<TempDir>,
+    tweak: impl FnOnce(&mut ServeConfig),
+) -> (TestApp, linkpulse::links::Links) {
     let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
     let mut config = ServeConfig::for_dir(dir.path());
     config.initial_api_key = Some(KEY.to_owned());
     tweak(&mut config);
     let app = App::build(config).await.expect("app builds");
+    let links = app.links().clone();
     let addr = app.local_addr();
     let stop = CancellationToken::new();
     let signal = stop.clone();
     let task = tokio::spawn(app.run(async move { signal.cancelled().await }));
-    TestApp {
+    let app = TestApp {
         addr,
         base: format!("http://{addr}"),
         client: client(),
         dir,
         stop,
         task,
-    }
+    };
+    (app, links)
 }
 
 /// A client that does not follow redirects, as a test of a redirect service must not.
