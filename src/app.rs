@@ -125,10 +125,13 @@ impl App {
         } = self;
         let config = &state.config;
         let grace = config.shutdown_timeout;
+        // The header timeout also closes kept-alive connections idle between requests (hyper
+        // starts it when it waits for a request head), so no idle timer is armed per read and
+        // write. The write-stall timer only runs while a write is blocked: it cuts off a stuck
+        // reader of a stream served by salvo.
         let fuse = FuseConfig::default()
             .with_http1_header_timeout(config.header_timeout)
             .with_request_body_timeout(config.header_timeout)
-            .with_connection_idle_timeout(config.keep_alive_timeout.max(config.sse_heartbeat * 3))
             .with_write_stall_timeout(config.sse_stuck_timeout);
         // The front door counts every connection against --max-connections.
         let acceptor = crate::http::front::start(listener, state.clone())?;

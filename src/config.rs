@@ -135,12 +135,10 @@ pub struct ServeConfig {
     /// backlog until one closes.
     #[arg(long, env = "LINKPULSE_MAX_CONNECTIONS", default_value_t = 18_000)]
     pub max_connections: usize,
-    /// How long a client may take to send a request head (slow-header clients are cut off).
+    /// How long a client may take to send a request head (slow-header clients are cut off); a
+    /// kept-alive connection idle this long between requests is closed too.
     #[arg(long, env = "LINKPULSE_HEADER_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub header_timeout: Duration,
-    /// How long a kept-alive connection may sit idle between requests.
-    #[arg(long, env = "LINKPULSE_KEEP_ALIVE_TIMEOUT", value_parser = duration, default_value = "60s")]
-    pub keep_alive_timeout: Duration,
     /// How long a clean stop waits for connections and actors.
     #[arg(long, env = "LINKPULSE_SHUTDOWN_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub shutdown_timeout: Duration,

@@ -258,3 +258,18 @@ async fn a_hot_link_with_many_watchers_stays_bounded_and_exact() -> TestResult {
     app.stop().await;
     Ok(())
 }
+
+/// A kept-alive connection that goes quiet after a request is closed after the header timeout.
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed() -> TestResult {
+    let app = spawn_with(None, |c| c.header_timeout = Duration::from_millis(300)).await;
+    let mut conn = TcpStream::connect(app.addr).await?;
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await?;
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(WAIT, conn.read(&mut buf)).await??;
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    closed_by_server(conn).await?;
+    app.stop().await;
+    Ok(())
+}
