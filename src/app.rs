@@ -154,9 +154,10 @@ impl App {
         state.links.shutdown(grace).await;
         info!("committing and syncing the store");
         let store = state.links.store().clone();
+        let dir = state.config.data_dir.clone();
         tokio::task::spawn_blocking(move || {
             writer.stop();
-            store.sync()
+            store.close_clean(&dir)
         })
         .await?
         .context("final sync of the store failed")?;
