@@ -55,6 +55,8 @@ http {
 NGINX
 nginx -c "$TMP/nginx.conf" -p "$TMP"
 
+# Creating the test links goes far past the default per-key and per-address create limits.
+LINKPULSE_CREATE_RATE_PER_KEY=0 LINKPULSE_CREATE_RATE_PER_IP=0 \
 LINKPULSE_INITIAL_API_KEY=$KEY LINKPULSE_LOG=warn "$BIN" --listen "127.0.0.1:$LP_PORT" \
     --data-dir "$TMP/data" --durability "$DURABILITY" >"$TMP/linkpulse.log" 2>&1 &
 LP_PID=$!

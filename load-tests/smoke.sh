@@ -38,6 +38,8 @@ healthy() {
 for _ in 1 2 3 4 5; do
     PORT=$((20000 + RANDOM % 40000))
     rm -rf "$TMP/data"
+    # Load runs create links far faster than the default per-key and per-address limits allow.
+    LINKPULSE_CREATE_RATE_PER_KEY=0 LINKPULSE_CREATE_RATE_PER_IP=0 \
     LINKPULSE_INITIAL_API_KEY=$KEY LINKPULSE_LOG=warn "$SERVER" --listen "127.0.0.1:$PORT" \
         --data-dir "$TMP/data" >"$TMP/server.log" 2>&1 &
     SERVER_PID=$!
