@@ -74,7 +74,7 @@ pub struct ServeConfig {
         default_value = "default"
     )]
     pub durability: Durability,
-    /// Longest wait before a group commit.
+    /// Longest wait before a group commit (default durability; strict commits at once).
     #[arg(long, env = "LINKPULSE_COMMIT_INTERVAL", value_parser = duration, default_value = "2ms")]
     pub commit_interval: Duration,
     /// Most items in one group commit.

@@ -215,9 +215,14 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, healthy: &Atomic
         };
         let mut group = Group::default();
         let urgent = group.add(first);
-        if !urgent && !config.commit_interval.is_zero() {
-            // Let the group fill. Sleeping (instead of waiting on the channel) means senders
-            // do not wake this thread for every click: one wake-up per group.
+        // In default durability, let the group fill: sleeping (instead of waiting on the
+        // channel) means senders do not wake this thread for every click, one wake-up per
+        // group. In strict durability every click waits for its fsync, so waiting longer only
+        // adds latency: the clicks that arrive during one fsync form the next group anyway.
+        if !urgent
+            && config.durability == Durability::Default
+            && !config.commit_interval.is_zero()
+        {
             thread::sleep(config.commit_interval);
         }
         while group.len() < config.max_batch {
@@ -285,7 +290,9 @@ fn commit(store: &Store, group: &Group) -> Result<Vec<bool>, StoreError> {
 }
 
 fn sync(store: &Store, healthy: &AtomicBool) -> bool {
-    match store.db.persist(PersistMode::SyncAll) {
+    // fdatasync: the journal's data and what is needed to read it back (its length), without
+    // the timestamps a full fsync also writes.
+    match store.db.persist(PersistMode::SyncData) {
         Ok(()) => true,
         Err(e) => {
             error!(cause = %e, "fsync of the journal failed");
