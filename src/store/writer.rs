@@ -219,9 +219,7 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, healthy: &Atomic
         // channel) means senders do not wake this thread for every click, one wake-up per
         // group. In strict durability every click waits for its fsync, so waiting longer only
         // adds latency: the clicks that arrive during one fsync form the next group anyway.
-        if !urgent
-            && config.durability == Durability::Default
-            && !config.commit_interval.is_zero()
+        if !urgent && config.durability == Durability::Default && !config.commit_interval.is_zero()
         {
             thread::sleep(config.commit_interval);
         }
