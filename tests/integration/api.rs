@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{KEY, TestResult, spawn_app};
+use crate::support::{KEY, TestResult, json_error, spawn_app};
 
 #[tokio::test]
 async fn create_redirect_and_read_back() -> TestResult {
@@ -66,24 +66,6 @@ async fn generated_codes_are_seven_base62_characters() -> TestResult {
     Ok(())
 }
 
-async fn error_of(res: reqwest::Response) -> (u16, String) {
-    let status = res.status().as_u16();
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/json"),
-        "{status}: {content_type}"
-    );
-    let body: Value = res.json().await.unwrap_or(Value::Null);
-    let message = body["error"].as_str().unwrap_or_default().to_owned();
-    assert!(!message.is_empty(), "error body names the problem: {body}");
-    (status, message)
-}
-
 #[tokio::test]
 async fn every_create_error_has_its_status_and_a_json_message() -> TestResult {
     let app = spawn_app().await;
@@ -91,7 +73,7 @@ async fn every_create_error_has_its_status_and_a_json_message() -> TestResult {
     let body = json!({"url": "https://example.com/"});
 
     let res = app.client.post(&url).json(&body).send().await?;
-    let (status, msg) = error_of(res).await;
+    let (status, msg) = json_error(res).await;
     assert_eq!((status, msg.contains("Authorization")), (401, true));
 
     let res = app
@@ -101,7 +83,7 @@ async fn every_create_error_has_its_status_and_a_json_message() -> TestResult {
         .json(&body)
         .send()
         .await?;
-    assert_eq!(error_of(res).await, (401, "invalid API key".to_owned()));
+    assert_eq!(json_error(res).await, (401, "invalid API key".to_owned()));
 
     let res = app
         .client
@@ -111,7 +93,7 @@ async fn every_create_error_has_its_status_and_a_json_message() -> TestResult {
         .body("{not json")
         .send()
         .await?;
-    let (status, msg) = error_of(res).await;
+    let (status, msg) = json_error(res).await;
     assert_eq!((status, msg.starts_with("invalid JSON body")), (400, true));
 
     let res = app
@@ -122,7 +104,7 @@ async fn every_create_error_has_its_status_and_a_json_message() -> TestResult {
         .body(r#"{"code": "x"}"#)
         .send()
         .await?;
-    let (status, msg) = error_of(res).await;
+    let (status, msg) = json_error(res).await;
     assert_eq!((status, msg.contains("url")), (400, true), "{msg}");
 
     for (bad_url, needle) in [
@@ -131,12 +113,12 @@ async fn every_create_error_has_its_status_and_a_json_message() -> TestResult {
         ("/relative", "absolute"),
         ("https://example.com/\r\nX-Evil: 1", "control"),
     ] {
-        let (status, msg) = error_of(app.create(json!({"url": bad_url})).await).await;
+        let (status, msg) = json_error(app.create(json!({"url": bad_url})).await).await;
         assert_eq!(status, 400, "{bad_url}");
         assert!(msg.contains(needle), "{bad_url}: {msg}");
     }
     let long = format!("https://example.com/{}", "a".repeat(8 * 1024));
-    let (status, msg) = error_of(app.create(json!({"url": long})).await).await;
+    let (status, msg) = json_error(app.create(json!({"url": long})).await).await;
     assert_eq!((status, msg.contains("8192")), (400, true), "{msg}");
 
     for bad_code in [
@@ -152,7 +134,7 @@ async fn every_create_error_has_its_status_and_a_json_message() -> TestResult {
         let res = app
             .create(json!({"url": "https://example.com/", "code": bad_code}))
             .await;
-        let (status, msg) = error_of(res).await;
+        let (status, msg) = json_error(res).await;
         assert_eq!(status, 400, "{bad_code}: {msg}");
         assert!(msg.starts_with("code"), "{bad_code}: {msg}");
     }
@@ -162,7 +144,7 @@ async fn every_create_error_has_its_status_and_a_json_message() -> TestResult {
         .create(json!({"url": "https://example.org/", "code": "taken"}))
         .await;
     assert_eq!(
-        error_of(res).await,
+        json_error(res).await,
         (409, "code 'taken' is already taken".to_owned())
     );
     assert_eq!(
@@ -172,7 +154,7 @@ async fn every_create_error_has_its_status_and_a_json_message() -> TestResult {
     );
 
     let huge = json!({"url": "https://example.com/", "pad": "x".repeat(70 * 1024)});
-    let (status, _) = error_of(app.create(huge).await).await;
+    let (status, _) = json_error(app.create(huge).await).await;
     assert_eq!(status, 413);
 
     let res = app
@@ -183,7 +165,7 @@ async fn every_create_error_has_its_status_and_a_json_message() -> TestResult {
         .body(r#"{"url": "https://example.com/"}"#)
         .send()
         .await?;
-    assert_eq!(error_of(res).await.0, 415);
+    assert_eq!(json_error(res).await.0, 415);
     app.stop().await;
     Ok(())
 }
@@ -193,7 +175,7 @@ async fn reading_needs_a_key_and_unknown_links_are_404() -> TestResult {
     let app = spawn_app().await;
     app.create_link("mine").await;
     let res = app.client.get(app.url("/api/links/mine")).send().await?;
-    assert_eq!(error_of(res).await.0, 401);
+    assert_eq!(json_error(res).await.0, 401);
     for code in ["nothere", "bad.code"] {
         let res = app
             .client
@@ -201,7 +183,7 @@ async fn reading_needs_a_key_and_unknown_links_are_404() -> TestResult {
             .bearer_auth(KEY)
             .send()
             .await?;
-        assert_eq!(error_of(res).await, (404, "no such link".to_owned()));
+        assert_eq!(json_error(res).await, (404, "no such link".to_owned()));
     }
     app.stop().await;
     Ok(())

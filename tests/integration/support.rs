@@ -265,3 +265,25 @@ fn parse_event(raw: &str) -> Event {
     }
     event
 }
+
+/// The status and the `error` message of a JSON error answer (asserting it is one).
+pub async fn json_error(res: reqwest::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{status}: content-type {content_type:?}"
+    );
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    let message = body["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        !message.is_empty(),
+        "{status}: the body names the problem: {body}"
+    );
+    (status, message)
+}
