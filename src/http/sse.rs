@@ -111,6 +111,9 @@ pub async fn serve(
         return;
     }
     drop(first);
+    // A client sends nothing more on a stream; reading lets us see it leave at once (instead of
+    // at the next write) and give its places back.
+    let mut probe = [0u8; 64];
     loop {
         let frame = tokio::select! {
             biased;
@@ -118,6 +121,10 @@ pub async fn serve(
                 let _ = tokio::time::timeout(LAST_WRITE_TIMEOUT, conn.write_all(&realtime::farewell())).await;
                 break;
             }
+            read = conn.read(&mut probe) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            },
             frame = frames.recv() => match frame {
                 Some(frame) => frame,
                 // The actor let this subscriber go (stuck, or stopping): close, the client

@@ -58,8 +58,6 @@ pub struct Snapshot {
 }
 
 pub enum LinkMsg {
-    /// One click (the path of clicks whose actor was stopping when they came).
-    Click(Click),
     /// Take the clicks waiting in the inbox.
     Collect,
     Subscribe {
@@ -103,7 +101,6 @@ pub struct LinkState {
     /// The encoded frame of the current count, built when first needed.
     frame: Option<Bytes>,
     subscribers: Vec<Subscriber>,
-    next_subscriber: u64,
     last_activity: Instant,
     last_heartbeat: Instant,
     last_broadcast: Instant,
@@ -303,7 +300,6 @@ impl Actor for LinkActor {
             last: counter.last.map(Arc::new),
             frame: None,
             subscribers: Vec::new(),
-            next_subscriber: 1,
             last_activity: now,
             last_heartbeat: now,
             last_broadcast: now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
@@ -325,11 +321,6 @@ impl Actor for LinkActor {
         state: &mut LinkState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            LinkMsg::Click(click) => {
-                state.last_activity = Instant::now();
-                state.count_click(click);
-                state.schedule_flush(&myself);
-            }
             LinkMsg::Collect => {
                 let clicks = state.inbox.take();
                 if !clicks.is_empty() {
@@ -410,8 +401,10 @@ fn subscribe(
     }
     let (tx, frames) = mpsc::channel(state.shared.settings.queue_frames);
     let initial = (last_event_id != Some(state.count)).then(|| state.current_frame());
-    let id = state.next_subscriber;
-    state.next_subscriber += 1;
+    let id = state
+        .shared
+        .next_subscriber
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     state.subscribers.push(Subscriber {
         id,
         tx,

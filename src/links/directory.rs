@@ -98,6 +98,24 @@ impl Directory {
         }
     }
 
+    /// What to wait for before a read of the store can see every click of `code`: the end of
+    /// its stopping actor, if it is stopping.
+    pub fn stopping(&self, code: &str) -> Option<watch::Receiver<bool>> {
+        self.map
+            .get(code)
+            .and_then(|e| e.draining.then(|| e.done.clone()))
+    }
+
+    /// What a click that came back from [`Directory::push_click`] waits for: the end of the
+    /// code's current actor (or nothing, when there is none).
+    fn current(&self, code: &str) -> Option<watch::Receiver<bool>> {
+        self.map.get(code).map(|e| e.done.clone())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// True while any actor or watcher is alive.
     pub fn is_idle(&self, shared: &Shared) -> bool {
         self.map.is_empty() && shared.tracker.is_empty()
@@ -184,7 +202,7 @@ impl Directory {
                         .remove_if(&code, |_, e| e.actor.get_id() == id);
                     let _ = done_tx.send(true);
                     for click in leftovers {
-                        if let Err(e) = deliver(&watcher, &watched, LinkMsg::Click(click)).await {
+                        if let Err(e) = deliver_click(&watcher, &watched, click).await {
                             error!(code = %code, cause = %e, "click lost");
                         }
                     }
@@ -241,6 +259,38 @@ pub(crate) async fn deliver(
             .is_err()
         {
             warn!(code = %link.code, "a stopping link actor is slow to finish");
+        }
+    }
+    Err(LinkError::Timeout)
+}
+
+/// Queues a click for the code's actor like the redirect does, through its inbox, waiting out a
+/// stopping predecessor. Going through the inbox (not the mailbox) means a click is never lost
+/// with a successor that dies before handling it: its watcher hands the inbox on again.
+pub(crate) async fn deliver_click(
+    shared: &Arc<Shared>,
+    link: &Arc<Link>,
+    mut click: Click,
+) -> Result<(), LinkError> {
+    for _ in 0..MAX_ATTEMPTS {
+        click = match shared.directory.push_click(shared, link, click) {
+            Ok(()) => return Ok(()),
+            Err(back) => back,
+        };
+        if shared.directory.is_closed() {
+            return Err(LinkError::ShuttingDown);
+        }
+        match shared.directory.current(link.code.as_str()) {
+            Some(mut done) => {
+                if tokio::time::timeout(STOP_WAIT, done.wait_for(|gone| *gone))
+                    .await
+                    .is_err()
+                {
+                    warn!(code = %link.code, "a stopping link actor is slow to finish");
+                }
+            }
+            // Gone between the push and this look: try again at once.
+            None => tokio::task::yield_now().await,
         }
     }
     Err(LinkError::Timeout)

@@ -61,6 +61,9 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// The tasks that wait for actors to end.
     pub tracker: TaskTracker,
+    /// Subscriber ids, unique across actors: a stream outliving its actor must not unsubscribe
+    /// a viewer of the successor.
+    pub next_subscriber: std::sync::atomic::AtomicU64,
 }
 
 /// Why a link operation failed (server side).
@@ -108,6 +111,7 @@ impl Links {
                 directory: Directory::default(),
                 metrics,
                 tracker: TaskTracker::new(),
+                next_subscriber: std::sync::atomic::AtomicU64::new(1),
             }),
             cache,
             inflight: TaskTracker::new(),
@@ -119,16 +123,20 @@ impl Links {
         if let Some(link) = self.shared.directory.link(code.as_str()) {
             return Ok(Some(link));
         }
-        if let Some(cached) = self.cache.get(code) {
-            return Ok(cached);
-        }
+        // A placeholder guards the read: if a create stores the link meanwhile, its insert
+        // replaces the placeholder and this (older) answer is dropped instead of caching
+        // "no such link" over the new link.
+        let guard = match self.cache.get_value_or_guard_async(code).await {
+            Ok(cached) => return Ok(cached),
+            Err(guard) => guard,
+        };
         let store = self.shared.store.clone();
         let key = code.clone();
         let found = tokio::task::spawn_blocking(move || store.link(key.as_str()))
             .await
             .map_err(|_| LinkError::ShuttingDown)??
             .map(Arc::new);
-        self.cache.insert(code.clone(), found.clone());
+        let _ = guard.insert(found.clone());
         Ok(found)
     }
 
@@ -153,7 +161,7 @@ impl Links {
         let shared = self.shared.clone();
         let link = link.clone();
         self.inflight.spawn(async move {
-            if let Err(e) = directory::deliver(&shared, &link, LinkMsg::Click(click)).await {
+            if let Err(e) = directory::deliver_click(&shared, &link, click).await {
                 error!(code = %link.code, cause = %e, "click lost");
             }
         });
@@ -210,6 +218,7 @@ impl Links {
     /// The current count and latest click: from the actor if it is live, else from the store
     /// (where everything of a stopped actor is committed).
     pub async fn snapshot(&self, link: &Arc<Link>) -> Result<Snapshot, LinkError> {
+        self.await_stopping(link).await;
         if self.shared.directory.live(link.code.as_str()).is_some() {
             return self.ask(link, LinkMsg::Snapshot).await;
         }
@@ -228,6 +237,7 @@ impl Links {
     /// Waits until every click this link's actor has taken so far is committed, so a read of
     /// the store sees all clicks counted before the call.
     pub async fn settle(&self, link: &Arc<Link>) -> Result<(), LinkError> {
+        self.await_stopping(link).await;
         if self.shared.directory.live(link.code.as_str()).is_some() {
             // The actor answers after handling everything queued before the question.
             self.ask(link, LinkMsg::Snapshot).await?;
@@ -241,6 +251,14 @@ impl Links {
     #[doc(hidden)]
     pub async fn inject_failure(&self, link: &Arc<Link>) -> Result<(), LinkError> {
         self.deliver(link, LinkMsg::Fail).await
+    }
+
+    /// Waits (bounded) for the code's actor to finish stopping, if it is stopping: until then
+    /// the store may lack clicks it still holds.
+    async fn await_stopping(&self, link: &Arc<Link>) {
+        if let Some(mut done) = self.shared.directory.stopping(link.code.as_str()) {
+            let _ = tokio::time::timeout(CALL_TIMEOUT, done.wait_for(|gone| *gone)).await;
+        }
     }
 
     /// Live actors now.

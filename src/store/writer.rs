@@ -41,7 +41,7 @@ pub struct WriterConfig {
 }
 
 /// Why a write was not confirmed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
     #[error("the writer has stopped")]
     Stopped,
@@ -195,6 +195,7 @@ impl Group {
 }
 
 fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, healthy: &AtomicBool) {
+    let mut failed = false;
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
@@ -232,7 +233,14 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, healthy: &Atomic
         let must_sync = stop
             || !group.links.is_empty()
             || (config.durability == Durability::Strict && !group.clicks.is_empty());
-        let mut result = commit(store, &group).map_err(|e| WriteError::Failed(e.to_string()));
+        let mut result = if failed {
+            // After a failed commit nothing more is committed: later clicks would leave a gap
+            // in their code's numbering. The service reports itself unhealthy.
+            Err(WriteError::Failed("an earlier commit failed".into()))
+        } else {
+            commit(store, &group).map_err(|e| WriteError::Failed(e.to_string()))
+        };
+        failed |= result.is_err();
         if result.is_ok() {
             unsynced = true;
             if must_sync || last_sync.elapsed() >= config.fsync_interval {
@@ -255,7 +263,7 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, healthy: &Atomic
 
 /// Writes the group as one atomic batch. Returns, for each new link in order, whether it was
 /// stored (false: the code was taken).
-fn commit(store: &Store, group: &Group) -> Result<Vec<bool>, StoreError> {
+fn commit(store: &Store, group: &Group) -> Result<Vec<Result<bool, WriteError>>, StoreError> {
     if group.clicks.is_empty() && group.links.is_empty() {
         return Ok(Vec::new());
     }
@@ -272,11 +280,16 @@ fn commit(store: &Store, group: &Group) -> Result<Vec<bool>, StoreError> {
     let mut outcomes = Vec::with_capacity(group.links.len());
     for (link, _) in &group.links {
         let code = link.code.as_str();
-        let free = !store.links.contains_key(code)? && taken_here.insert(code);
-        if free {
+        // A failed read fails this link only: the clicks of the group must still be
+        // committed, or their numbers would leave a gap.
+        let outcome = match store.links.contains_key(code) {
+            Ok(stored) => Ok(!stored && taken_here.insert(code)),
+            Err(e) => Err(WriteError::Failed(e.to_string())),
+        };
+        if outcome == Ok(true) {
             batch.insert(&store.links, code, records::encode_link(link));
         }
-        outcomes.push(free);
+        outcomes.push(outcome);
     }
     debug!(
         clicks = group.clicks.len(),
@@ -302,14 +315,14 @@ fn sync(store: &Store, healthy: &AtomicBool) -> bool {
 
 /// Tells everyone waiting on the group how it went. A waiter that is gone is ignored: the
 /// redirect it belonged to may have timed out.
-fn answer(group: Group, result: &Result<Vec<bool>, WriteError>) {
+fn answer(group: Group, result: &Result<Vec<Result<bool, WriteError>>, WriteError>) {
     match result {
         Ok(outcomes) => {
             for ack in group.acks {
                 let _ = ack.send(());
             }
-            for ((_, reply), free) in group.links.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(*free));
+            for ((_, reply), outcome) in group.links.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome.clone());
             }
             for barrier in group.barriers {
                 let _ = barrier.send(Ok(()));

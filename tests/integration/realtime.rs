@@ -317,3 +317,28 @@ async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() -> Test
     app.stop().await;
     Ok(())
 }
+
+/// A subscriber that disconnects gives its place back at once, not at the next heartbeat.
+#[tokio::test]
+async fn a_closed_stream_gives_its_place_back() -> TestResult {
+    let app = spawn_with(None, |c| {
+        c.sse_max_total = 1;
+        c.sse_heartbeat = Duration::from_secs(3600);
+    })
+    .await;
+    app.create_link("one").await;
+    let mut first = tokio::net::TcpStream::connect(app.addr).await?;
+    first
+        .write_all(b"GET /realtime/one HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await?;
+    assert!(read_until(&mut first, "id: 0").await.contains("200 OK"));
+    drop(first);
+    crate::support::eventually(WAIT, "the place comes free without a heartbeat", || async {
+        app.metric("linkpulse_subscribers").await == 0
+    })
+    .await;
+    let second = app.subscribe("one").await;
+    assert_eq!(second.status, 200);
+    app.stop().await;
+    Ok(())
+}
