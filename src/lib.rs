@@ -4,13 +4,15 @@
 //! How a click flows through the modules:
 //!
 //! ```text
+//! http::front (accept loop) ─┬─ first request GET /realtime/.. ─▶ http::sse (lean stream writer)
+//!                            └─ anything else ─▶ salvo ─▶ http::redirect, api, pages, realtime
 //! http::redirect ──302──▶ browser
-//!     │ links::Links::click (cast, never waits)
+//!     │ links::Links::click: push into the actor's inbox (links::inbox), never waits
 //!     ▼
-//! links::actor (one per code, started by links::directory)
-//!     │ numbers the click, classifies it (analytics)
-//!     ├──▶ store::writer (one thread, group commit: count + click in one atomic batch)
-//!     └──▶ links::frame (encoded once) ──try_send──▶ each subscriber's queue ──▶ http::realtime
+//! links::actor (one per code, started on demand and stopped when idle by links::directory)
+//!     │ numbers the click (1, 2, ...), classifies it (analytics)
+//!     ├──▶ store::writer (one thread, group commit: clicks of many codes in one atomic batch)
+//!     └──▶ links::frame (encoded once) ──try_send──▶ each subscriber's queue ──▶ its stream
 //! ```
 //!
 //! - [`config`]: command line and environment.

@@ -1,6 +1,7 @@
 //! The HTTP layer (salvo): one file per area, one mapping from errors to statuses here.
 //! Handlers are small structs holding the shared [`AppState`], so the hot redirect path does
-//! no per-request lookups of state.
+//! no per-request lookups of state. [`front`] is the accept loop in front of salvo that gives
+//! connections opening with a stream to the lean writer in `sse`.
 
 mod api;
 pub mod front;
