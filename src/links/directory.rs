@@ -73,15 +73,19 @@ impl Directory {
         click: Click,
     ) -> Result<(), Click> {
         let code = link.code.as_str();
-        if !self.map.contains_key(code) {
-            // Start it now, so the click is queued before the redirect is answered and a read
-            // right after the redirect sees it.
-            if let Route::Closed = self.route(shared, link) {
-                return Err(click);
+        let entry = match self.map.get(code) {
+            Some(entry) => entry,
+            None => {
+                // Start it now, so the click is queued before the redirect is answered and a
+                // read right after the redirect sees it.
+                if let Route::Closed = self.route(shared, link) {
+                    return Err(click);
+                }
+                match self.map.get(code) {
+                    Some(entry) => entry,
+                    None => return Err(click),
+                }
             }
-        }
-        let Some(entry) = self.map.get(code) else {
-            return Err(click);
         };
         if entry.draining {
             return Err(click);
