@@ -95,4 +95,8 @@ if [ "$status" -ne 0 ]; then
     tail -n 50 "$TMP/server.log" >&2
     exit 1
 fi
+
+echo "== linkpulse-load seed + restart (a small store written directly, then two starts)"
+timeout 120 "$LOAD" seed --data-dir "$TMP/seeded" --events 2000 --codes 10
+timeout 120 "$LOAD" restart --bin "$SERVER" --data-dir "$TMP/seeded" --codes 10 --per-code 200 --rounds 2
 echo "smoke: ok"
