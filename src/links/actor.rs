@@ -339,15 +339,24 @@ impl Actor for LinkActor {
                 last_event_id,
                 reply,
             } => {
+                if reply.is_closed() {
+                    // The caller gave up waiting: no one would read this subscription.
+                    return Ok(());
+                }
                 let answer = subscribe(state, last_event_id);
-                if answer.is_ok() && state.timer_due > Instant::now() + state.shared.settings.tick {
+                let id = answer.as_ref().ok().map(|s| s.id);
+                if id.is_some() && state.timer_due > Instant::now() + state.shared.settings.tick {
                     // Heartbeats and slow readers need the faster timer from now on.
                     let tick = state.shared.settings.tick;
                     state.arm(&myself, tick);
                 }
-                // If the caller has given up waiting, the subscription is dropped with the
-                // reply and its queue reads as closed at the next send.
-                let _ = reply.send(answer);
+                if reply.send(answer).is_err()
+                    && let Some(id) = id
+                {
+                    // Gave up just now: take the subscriber out at once rather than at the next
+                    // send, so it does not count against the limits or keep the actor alive.
+                    state.subscribers.retain(|s| s.id != id);
+                }
             }
             LinkMsg::Unsubscribe(id) => {
                 state.subscribers.retain(|s| s.id != id);

@@ -75,3 +75,24 @@ async fn concurrent_redirects_to_one_code_are_counted_exactly() -> TestResult {
     );
     Ok(())
 }
+
+/// A code looked up before it exists (and remembered as missing) works as soon as it is
+/// created: the cache of unknown codes never hides a new link.
+#[tokio::test]
+async fn a_code_missed_before_it_was_created_redirects_after() -> TestResult {
+    let app = spawn_app().await;
+    for path in ["/later", "/realtime/later", "/links/later"] {
+        assert_eq!(
+            app.client.get(app.url(path)).send().await?.status(),
+            404,
+            "{path}"
+        );
+    }
+    app.create_link("later").await;
+    let res = app.click("later").await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(app.count("later").await, 1);
+    assert_eq!(app.subscribe("later").await.status, 200);
+    app.stop().await;
+    Ok(())
+}
