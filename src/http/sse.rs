@@ -114,10 +114,14 @@ pub async fn serve(
     // A client sends nothing more on a stream; reading lets us see it leave at once (instead of
     // at the next write) and give its places back.
     let mut probe = [0u8; 64];
+    // Made once: registering with the shared token on every frame would have every stream
+    // take the token's lock once per frame.
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         let frame = tokio::select! {
             biased;
-            () = state.shutdown.cancelled() => {
+            () = &mut shutdown => {
                 let _ = tokio::time::timeout(LAST_WRITE_TIMEOUT, conn.write_all(&realtime::farewell())).await;
                 break;
             }
