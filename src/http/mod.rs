@@ -110,11 +110,9 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
-    pub fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> (Self, u32) {
-        (
-            Self::new(StatusCode::SERVICE_UNAVAILABLE, message),
-            retry_after_secs,
-        )
+    /// A `503` telling the client when to try again.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message).with_retry_after(retry_after_secs)
     }
 
     pub fn write(&self, res: &mut Response) {
@@ -150,13 +148,6 @@ impl From<LinkError> for ApiError {
             }
         }
     }
-}
-
-/// Answers a 503 with `Retry-After`.
-pub fn write_unavailable(res: &mut Response, (err, retry_after): (ApiError, u32)) {
-    res.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    err.write(res);
 }
 
 /// The caller behind `Authorization: Bearer <key>`, or a 401.

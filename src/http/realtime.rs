@@ -25,7 +25,7 @@ use salvo::{
 use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::{ApiError, AppState, code_param, write_unavailable};
+use super::{ApiError, AppState, code_param};
 use crate::{
     domain::ShortCode,
     links::{Links, SubscribeError, frame},
@@ -40,26 +40,13 @@ pub(crate) struct Opened {
     pub guard: Unsubscribe,
 }
 
-/// Why a stream was not opened.
-pub(crate) enum Refused {
-    Error(ApiError),
-    /// Try again after this many seconds.
-    Unavailable(ApiError, u32),
-}
-
-impl From<ApiError> for Refused {
-    fn from(e: ApiError) -> Self {
-        Self::Error(e)
-    }
-}
-
 /// Opens a stream on `raw_code` for a client that has seen the state `last_event_id` (the raw
 /// header value, if sent).
 pub(crate) async fn open(
     state: &AppState,
     raw_code: &str,
     last_event_id: Option<&[u8]>,
-) -> Result<Opened, Refused> {
+) -> Result<Opened, ApiError> {
     let missing = || ApiError::not_found("no such link");
     let code = ShortCode::parse(raw_code).map_err(|_| missing())?;
     let link = state
@@ -81,23 +68,23 @@ pub(crate) async fn open(
         .metrics
         .take_subscriber_place(state.config.sse_max_total)
     else {
-        let (e, retry) = ApiError::unavailable("too many live subscribers", 5);
-        return Err(Refused::Unavailable(e, retry));
+        return Err(ApiError::unavailable("too many live subscribers", 5));
     };
     let subscription = match state.links.subscribe(&link, last_event_id).await {
         Ok(Ok(s)) => s,
         Ok(Err(SubscribeError::LinkFull)) => {
-            let (e, retry) = ApiError::unavailable("too many live subscribers on this link", 5);
-            return Err(Refused::Unavailable(e, retry));
+            return Err(ApiError::unavailable(
+                "too many live subscribers on this link",
+                5,
+            ));
         }
         Ok(Err(e @ SubscribeError::AheadOfCount { .. })) => {
-            return Err(ApiError::bad_request(e.to_string()).into());
+            return Err(ApiError::bad_request(e.to_string()));
         }
         Ok(Err(SubscribeError::Stopping)) => {
-            let (e, retry) = ApiError::unavailable("try again", 1);
-            return Err(Refused::Unavailable(e, retry));
+            return Err(ApiError::unavailable("try again", 1));
         }
-        Err(e) => return Err(ApiError::from(e).into()),
+        Err(e) => return Err(ApiError::from(e)),
     };
     let retry_ms = u64::try_from(state.config.sse_retry.as_millis()).unwrap_or(u64::MAX);
     let mut head = BytesMut::from(&frame::retry_frame(retry_ms)[..]);
@@ -150,8 +137,7 @@ impl Handler for Realtime {
                     _guard: opened.guard,
                 });
             }
-            Err(Refused::Error(e)) => e.write(res),
-            Err(Refused::Unavailable(e, retry)) => write_unavailable(res, (e, retry)),
+            Err(e) => e.write(res),
         }
     }
 }

@@ -98,8 +98,7 @@ impl Handler for Redirect {
             if let Some(fsynced) = fsynced
                 && !matches!(tokio::time::timeout(STRICT_WAIT, fsynced).await, Ok(Ok(())))
             {
-                let err = super::ApiError::unavailable("the click could not be stored", 1);
-                return super::write_unavailable(res, err);
+                return super::ApiError::unavailable("the click could not be stored", 1).write(res);
             }
         }
         res.status_code(StatusCode::FOUND);

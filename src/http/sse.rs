@@ -12,10 +12,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{
-    ApiError, AppState,
-    realtime::{self, Refused},
-};
+use super::{ApiError, AppState, realtime};
 
 /// Largest request head taken.
 const MAX_HEAD: usize = 16 * 1024;
@@ -43,7 +40,7 @@ pub async fn serve(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request head too large",
             );
-            return refuse(&mut conn, &e, None).await;
+            return refuse(&mut conn, &e).await;
         }
         // One deadline for the whole head: a client sending a byte now and then is cut off.
         match tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)).await {
@@ -69,11 +66,11 @@ pub async fn serve(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 format!("more than {MAX_HEADERS} request headers"),
             );
-            return refuse(&mut conn, &e, None).await;
+            return refuse(&mut conn, &e).await;
         }
         _ => {
             let e = ApiError::bad_request("malformed request");
-            return refuse(&mut conn, &e, None).await;
+            return refuse(&mut conn, &e).await;
         }
     };
     drop(buf);
@@ -86,8 +83,7 @@ pub async fn serve(
         .unwrap_or("");
     let opened = match realtime::open(&state, raw_code, last_event_id.as_deref()).await {
         Ok(opened) => opened,
-        Err(Refused::Error(e)) => return refuse(&mut conn, &e, None).await,
-        Err(Refused::Unavailable(e, retry)) => return refuse(&mut conn, &e, Some(retry)).await,
+        Err(e) => return refuse(&mut conn, &e).await,
     };
     let realtime::Opened {
         head,
@@ -150,10 +146,11 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Answers with a JSON error and closes.
-async fn refuse(conn: &mut TcpStream, error: &ApiError, retry_after: Option<u32>) {
+async fn refuse(conn: &mut TcpStream, error: &ApiError) {
     let body = serde_json::json!({ "error": error.message }).to_string();
     let reason = error.status.canonical_reason().unwrap_or("");
-    let retry = retry_after
+    let retry = error
+        .retry_after
         .map(|s| format!("retry-after: {s}\r\n"))
         .unwrap_or_default();
     let answer = format!(

@@ -258,14 +258,19 @@ pub(crate) async fn deliver(
             Route::Wait(done) => done,
             Route::Closed => return Err(LinkError::ShuttingDown),
         };
-        if tokio::time::timeout(STOP_WAIT, done.wait_for(|gone| *gone))
-            .await
-            .is_err()
-        {
-            warn!(code = %link.code, "a stopping link actor is slow to finish");
-        }
+        await_end(&mut done, link).await;
     }
     Err(LinkError::Timeout)
+}
+
+/// Waits (bounded) until a stopping actor's entry is gone and a successor may start.
+async fn await_end(done: &mut watch::Receiver<bool>, link: &Link) {
+    if tokio::time::timeout(STOP_WAIT, done.wait_for(|gone| *gone))
+        .await
+        .is_err()
+    {
+        warn!(code = %link.code, "a stopping link actor is slow to finish");
+    }
 }
 
 /// Queues a click for the code's actor like the redirect does, through its inbox, waiting out a
@@ -285,14 +290,7 @@ pub(crate) async fn deliver_click(
             return Err(LinkError::ShuttingDown);
         }
         match shared.directory.current(link.code.as_str()) {
-            Some(mut done) => {
-                if tokio::time::timeout(STOP_WAIT, done.wait_for(|gone| *gone))
-                    .await
-                    .is_err()
-                {
-                    warn!(code = %link.code, "a stopping link actor is slow to finish");
-                }
-            }
+            Some(mut done) => await_end(&mut done, link).await,
             // Gone between the push and this look: try again at once.
             None => tokio::task::yield_now().await,
         }

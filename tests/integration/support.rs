@@ -208,12 +208,7 @@ impl SseClient {
         }
         let res = req.send().await.expect("stream request sent");
         let status = res.status().as_u16();
-        let content_type = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let content_type = content_type(&res);
         Self {
             status,
             content_type,
@@ -269,12 +264,7 @@ fn parse_event(raw: &str) -> Event {
 /// The status and the `error` message of a JSON error answer (asserting it is one).
 pub async fn json_error(res: reqwest::Response) -> (u16, String) {
     let status = res.status().as_u16();
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let content_type = content_type(&res);
     assert!(
         content_type.starts_with("application/json"),
         "{status}: content-type {content_type:?}"
@@ -286,4 +276,13 @@ pub async fn json_error(res: reqwest::Response) -> (u16, String) {
         "{status}: the body names the problem: {body}"
     );
     (status, message)
+}
+
+/// The `Content-Type` of an answer (empty when missing).
+pub fn content_type(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
 }
