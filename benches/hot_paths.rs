@@ -166,7 +166,7 @@ fn actor_and_redirect(c: &mut Criterion) {
     group.bench_function("linkpulse_1000_clicks_counted", |b| {
         b.to_async(&rt).iter(|| async {
             for _ in 0..1000 {
-                links.click(
+                let _ = links.click(
                     &link,
                     Click {
                         at: now_ms(),
@@ -230,14 +230,20 @@ fn group_commit(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             for _ in 0..1000 {
                 n += 1;
-                handle.click(code.clone(), Arc::new(event(n)), None);
+                handle.clicks(linkpulse::store::ClickBatch {
+                    code: code.clone(),
+                    events: vec![Arc::new(event(n))],
+                    acks: Vec::new(),
+                    listener: None,
+                    permit: linkpulse::store::Permit::empty(),
+                });
             }
             let handle = handle.clone();
             async move { handle.barrier().await }
         })
     });
     group.finish();
-    writer.stop();
+    let _ = writer.stop();
 }
 
 criterion_group!(benches, encoding, actor_and_redirect, group_commit);

@@ -10,15 +10,15 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use salvo::{fuse::FuseConfig, prelude::*};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     config::ServeConfig,
     http::{AppState, limit::CreateLimits, router},
     keys::{self, ApiKeys},
     links::{LinkSettings, Links},
-    metrics::Metrics,
-    store::{Store, Writer, WriterConfig},
+    metrics::{DropReason, Metrics},
+    store::{Backlog, Store, Writer, WriterConfig},
 };
 
 /// A bound, ready-to-run service.
@@ -63,6 +63,7 @@ impl App {
             writer.handle(),
             link_settings(&config),
             metrics.clone(),
+            Backlog::new(config.click_backlog),
         );
 
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -142,25 +143,75 @@ impl App {
         info!(address = %local_addr, base_url = %state.base_url, "linkpulse listening");
 
         shutdown.await;
+        // One deadline for the whole stop: a stalled or failed disk must not keep the process
+        // alive past it.
+        let deadline = tokio::time::Instant::now() + grace;
         info!("stopping: no new connections, ending live streams");
         handle.stop_graceful(Some(grace));
         state.shutdown.cancel();
-        match serving.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(cause = %e, "the server ended with an error"),
-            Err(e) => warn!(cause = %e, "the server task failed"),
+        match tokio::time::timeout_at(deadline, serving).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(cause = %e, "the server ended with an error"),
+            Ok(Err(e)) => warn!(cause = %e, "the server task failed"),
+            Err(_) => warn!("connections still open at the end of the shutdown timeout"),
         }
         info!("stopping link actors");
-        state.links.shutdown(grace).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        state.links.shutdown(left).await;
+        let links = &state.links;
+        if let Some(failure) = links.writer().failure() {
+            // Closing would wait for flushes the disk can never take; what is committed is in
+            // the journal, and the next start recovers it.
+            let lost = links.writer().lost_clicks()
+                + links.backlog().pending() as u64
+                + state.metrics.dropped(DropReason::StoreFailed);
+            error!(
+                lost,
+                cause = %failure,
+                "the store failed; the clicks counted since then could not be saved"
+            );
+            anyhow::bail!(
+                "the store failed ({failure}); {lost} clicks could not be saved; \
+                 the committed ones are recovered at the next start"
+            );
+        }
         info!("committing and syncing the store");
-        let store = state.links.store().clone();
+        let store = links.store().clone();
         let dir = state.config.data_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            writer.stop();
-            store.close_clean(&dir)
-        })
-        .await?
-        .context("final sync of the store failed")?;
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        // A thread of its own, not the blocking pool: if the disk never answers, the process
+        // must still be able to exit (the runtime waits for its blocking tasks, not for this).
+        std::thread::Builder::new()
+            .name("linkpulse-close".into())
+            .spawn(move || {
+                let result = writer
+                    .stop()
+                    .map_err(|e| anyhow::anyhow!("the final commit failed: {e}"))
+                    .and_then(|()| {
+                        store
+                            .close_clean(&dir)
+                            .context("closing the store cleanly failed")
+                    });
+                let _ = done_tx.send(result);
+            })
+            .context("cannot start the closing thread")?;
+        // At least a moment for the last commit, even when the connections took all the time.
+        let close_by = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        match tokio::time::timeout_at(close_by, done).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => anyhow::bail!("the closing thread ended without an answer"),
+            Err(_) => {
+                let waiting = links.backlog().pending();
+                error!(
+                    waiting,
+                    "the store did not finish closing within the shutdown timeout"
+                );
+                anyhow::bail!(
+                    "the store did not finish closing within the shutdown timeout; {waiting} \
+                     clicks were still waiting to be committed"
+                );
+            }
+        }
         info!("stopped cleanly");
         Ok(())
     }

@@ -80,6 +80,12 @@ pub struct ServeConfig {
     /// Most items in one group commit.
     #[arg(long, env = "LINKPULSE_COMMIT_MAX", default_value_t = 4096)]
     pub commit_max: usize,
+    /// Most clicks taken but not yet committed (in actors' inboxes and the writer's queue).
+    /// Past it, while the disk is slow or stalled, a click is dropped and counted
+    /// (`linkpulse_clicks_dropped_total{reason="backlog"}`) but its redirect is still answered;
+    /// in strict durability it is answered 503.
+    #[arg(long, env = "LINKPULSE_CLICK_BACKLOG", default_value_t = 50_000)]
+    pub click_backlog: usize,
     /// Longest time between fsyncs in default durability.
     #[arg(long, env = "LINKPULSE_FSYNC_INTERVAL", value_parser = duration, default_value = "1s")]
     pub fsync_interval: Duration,

@@ -51,9 +51,12 @@ async fn serve(config: linkpulse::ServeConfig) -> anyhow::Result<()> {
         println!("linkpulse made its first API key; it is shown only this once:");
         println!("{key}");
     }
-    app.run(stop)
-        .await
-        .context("linkpulse stopped with an error")
+    if let Err(e) = app.run(stop).await {
+        // Exit at once: a thread stuck on a failed disk must not hold the process.
+        eprintln!("Error: linkpulse stopped with an error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -9,9 +9,47 @@ use std::{
     },
 };
 
+/// Why a click was not counted (the `reason` label of `linkpulse_clicks_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The backlog of uncommitted clicks was full (the disk is slow or stalled).
+    Backlog,
+    /// The store has failed; nothing is committed any more.
+    StoreFailed,
+    /// The code's actor could not start and is backing off.
+    ActorUnavailable,
+    /// A stopping actor's successor did not take the click in time.
+    Timeout,
+    /// The service was stopping.
+    ShuttingDown,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 5] = [
+        DropReason::Backlog,
+        DropReason::StoreFailed,
+        DropReason::ActorUnavailable,
+        DropReason::Timeout,
+        DropReason::ShuttingDown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Backlog => "backlog",
+            DropReason::StoreFailed => "store_failed",
+            DropReason::ActorUnavailable => "actor_unavailable",
+            DropReason::Timeout => "timeout",
+            DropReason::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     clicks: AtomicU64,
+    /// Indexed like [`DropReason::ALL`].
+    dropped: [AtomicU64; 5],
+    actor_start_failures: AtomicU64,
     actors_started: AtomicU64,
     actors_stopped: AtomicU64,
     subscribers: AtomicUsize,
@@ -27,6 +65,24 @@ impl Metrics {
 
     pub fn actor_started(&self) {
         self.actors_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn clicks_dropped(&self, reason: DropReason, n: usize) {
+        if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
+            self.dropped[i].fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Clicks dropped for `reason` so far.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.dropped[i].load(Ordering::Relaxed))
+    }
+
+    pub fn actor_start_failed(&self) {
+        self.actor_start_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn actor_stopped(&self) {
@@ -81,11 +137,29 @@ impl Metrics {
                 "Stream requests refused for the total subscriber limit.",
                 &self.subscribers_refused,
             ),
+            (
+                "linkpulse_actor_start_failures_total",
+                "Link actors that failed to start (their code backs off before the next try).",
+                &self.actor_start_failures,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let name = "linkpulse_clicks_dropped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Redirects answered whose click was not counted, by reason.\n# TYPE {name} counter"
+        );
+        for (reason, value) in DropReason::ALL.iter().zip(&self.dropped) {
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{}\"}} {}",
+                reason.as_str(),
                 value.load(Ordering::Relaxed)
             );
         }

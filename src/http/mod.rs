@@ -20,7 +20,7 @@ use salvo::{
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::{
     config::ServeConfig,
@@ -135,12 +135,13 @@ impl From<LinkError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service is shutting down",
             ),
+            LinkError::Unavailable => Self::unavailable(
+                "this link cannot be served right now, try again",
+                1,
+            ),
             LinkError::Timeout => {
-                error!(cause = %e, "link operation timed out");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the service is busy, try again",
-                )
+                warn!(cause = %e, "link operation timed out");
+                Self::unavailable("the service is busy, try again", 1)
             }
             other => {
                 error!(cause = %other, "link operation failed");

@@ -78,9 +78,6 @@ pub(crate) async fn open(
                 5,
             ));
         }
-        Ok(Err(e @ SubscribeError::AheadOfCount { .. })) => {
-            return Err(ApiError::bad_request(e.to_string()));
-        }
         Ok(Err(SubscribeError::Stopping)) => {
             return Err(ApiError::unavailable("try again", 1));
         }

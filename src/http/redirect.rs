@@ -94,9 +94,14 @@ impl Handler for Redirect {
             } else {
                 None
             };
-            self.state.links.click(&link, click);
+            // In default durability a click that cannot be taken (the store failed, the backlog
+            // is full) is dropped and counted in the metrics; the visitor still gets the
+            // redirect. In strict durability the redirect waits for the click's fsync, so a
+            // click that cannot be stored is a 503.
+            let taken = self.state.links.click(&link, click);
             if let Some(fsynced) = fsynced
-                && !matches!(tokio::time::timeout(STRICT_WAIT, fsynced).await, Ok(Ok(())))
+                && (taken.is_err()
+                    || !matches!(tokio::time::timeout(STRICT_WAIT, fsynced).await, Ok(Ok(()))))
             {
                 return super::ApiError::unavailable("the click could not be stored", 1).write(res);
             }

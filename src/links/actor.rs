@@ -2,32 +2,31 @@
 //! owns the list of live subscribers, so clicks never race and a frame is encoded once per
 //! change. It never awaits a socket or the disk while handling a message: clicks go to the
 //! writer's queue, frames into each subscriber's bounded queue with `try_send`.
+//!
+//! Two counts: `count`, the clicks it has numbered, and `committed`, the highest of them the
+//! store holds (fsynced, in strict durability), which the writer reports through the code's
+//! [`CommitWatch`]. Frames and answers carry only the committed state, so no viewer ever sees a
+//! count that a crash takes back, and an id is never shown for two different clicks.
 
 use std::{
-    sync::Arc,
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+    },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::{Shared, frame, inbox::Inbox};
-use crate::domain::{ClickEvent, ShortCode};
-
-/// A click as the redirect handler saw it, before it has a number.
-#[derive(Debug)]
-pub struct Click {
-    /// Epoch milliseconds.
-    pub at: i64,
-    pub ip: Option<String>,
-    pub user_agent: String,
-    pub referer: Option<String>,
-    pub country: Option<String>,
-    /// Fired once the click is committed (and fsynced in strict mode).
-    pub ack: Option<oneshot::Sender<()>>,
-}
+use super::{Shared, frame, inbox::Inbox, subscribers::Subscribers};
+use crate::{
+    domain::{ClickEvent, ShortCode},
+    store::{ClickBatch, CommitListener},
+};
 
 /// A new subscriber's end: its first frame (if any) and its queue.
 #[derive(Debug)]
@@ -42,14 +41,12 @@ pub struct Subscription {
 pub enum SubscribeError {
     #[error("this link has the maximum number of live subscribers")]
     LinkFull,
-    #[error("Last-Event-ID {given} is larger than the click count {count}")]
-    AheadOfCount { given: u64, count: u64 },
     /// The actor is stopping; the caller retries on its successor.
     #[error("the link's actor is stopping")]
     Stopping,
 }
 
-/// A code's current state.
+/// A code's committed state.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub count: u64,
@@ -60,11 +57,15 @@ pub struct Snapshot {
 pub enum LinkMsg {
     /// Take the clicks waiting in the inbox.
     Collect,
+    /// The writer has committed more of this code's clicks.
+    Committed,
     Subscribe {
         last_event_id: Option<u64>,
         reply: RpcReplyPort<Result<Subscription, SubscribeError>>,
     },
     Unsubscribe(u64),
+    /// The committed state, answered once every click counted before the question is
+    /// committed (a read right after a redirect sees its click).
     Snapshot(RpcReplyPort<Snapshot>),
     /// Send the current state to the subscribers (scheduled after a change).
     Flush,
@@ -75,6 +76,27 @@ pub enum LinkMsg {
     Tick(u64),
 }
 
+/// What the writer reports a code's commits to. It always records the number; it wakes the
+/// actor only while someone waits for it (subscribers or a snapshot), so codes nobody watches
+/// cost no message per commit.
+pub(super) struct CommitWatch {
+    committed: AtomicU64,
+    wanted: AtomicBool,
+    actor: ActorRef<LinkMsg>,
+}
+
+impl CommitListener for CommitWatch {
+    fn committed(&self, seq: u64) {
+        // SeqCst on both sides: either the actor, setting `wanted` and then reading
+        // `committed`, sees this number, or this load sees `wanted` set.
+        self.committed.fetch_max(seq, SeqCst);
+        if self.wanted.load(SeqCst) {
+            // An actor that has stopped needs no news.
+            let _ = self.actor.cast(LinkMsg::Committed);
+        }
+    }
+}
+
 pub struct LinkActor;
 
 pub struct LinkArgs {
@@ -83,24 +105,24 @@ pub struct LinkArgs {
     pub inbox: Arc<Inbox>,
 }
 
-struct Subscriber {
-    id: u64,
-    tx: mpsc::Sender<Bytes>,
-    /// The count of the last state frame this subscriber was given.
-    sent: u64,
-    /// Since when its queue has been full, if it is.
-    behind_since: Option<Instant>,
-}
-
 pub struct LinkState {
     code: ShortCode,
     shared: Arc<Shared>,
     inbox: Arc<Inbox>,
+    watch: Arc<CommitWatch>,
+    /// Clicks numbered so far.
     count: u64,
+    /// The highest click number the store holds.
+    committed: u64,
+    /// The click numbered `committed`.
     last: Option<Arc<ClickEvent>>,
-    /// The encoded frame of the current count, built when first needed.
+    /// Clicks numbered but not yet reported committed, in order.
+    uncommitted: VecDeque<Arc<ClickEvent>>,
+    /// The encoded frame of the committed state, built when first needed.
     frame: Option<Bytes>,
-    subscribers: Vec<Subscriber>,
+    subscribers: Subscribers,
+    /// Snapshot questions waiting for the commit of the clicks counted before them.
+    waiters: Vec<(u64, RpcReplyPort<Snapshot>)>,
     last_activity: Instant,
     last_heartbeat: Instant,
     last_broadcast: Instant,
@@ -112,26 +134,96 @@ pub struct LinkState {
 }
 
 impl LinkState {
-    fn count_click(&mut self, click: Click) {
-        self.count += 1;
-        let agent = self.shared.agents.classify(&click.user_agent);
-        let event = Arc::new(ClickEvent {
-            seq: self.count,
-            at: click.at,
-            ip: click.ip,
-            user_agent: click.user_agent,
-            referer: click.referer,
-            country: click.country,
-            browser: agent.browser,
-            os: agent.os,
-            device: agent.device,
-            bot: agent.bot,
+    fn count_clicks(&mut self) {
+        let (clicks, permit) = self.inbox.take();
+        if clicks.is_empty() {
+            return;
+        }
+        self.last_activity = Instant::now();
+        let mut events = Vec::with_capacity(clicks.len());
+        let mut acks = Vec::new();
+        for click in clicks {
+            self.count += 1;
+            let agent = self.shared.agents.classify(&click.user_agent);
+            let event = Arc::new(ClickEvent {
+                seq: self.count,
+                at: click.at,
+                ip: click.ip,
+                user_agent: click.user_agent,
+                referer: click.referer,
+                country: click.country,
+                browser: agent.browser,
+                os: agent.os,
+                device: agent.device,
+                bot: agent.bot,
+            });
+            self.uncommitted.push_back(event.clone());
+            events.push(event);
+            acks.extend(click.ack);
+        }
+        self.shared.writer.clicks(ClickBatch {
+            code: self.code.clone(),
+            events,
+            acks,
+            listener: Some(self.watch.clone()),
+            permit,
         });
-        self.shared
-            .writer
-            .click(self.code.clone(), event.clone(), click.ack);
-        self.last = Some(event);
+    }
+
+    /// Takes in what the writer has committed since last looked. True if the state moved.
+    fn sync_committed(&mut self) -> bool {
+        let committed = self.watch.committed.load(SeqCst);
+        if committed <= self.committed {
+            return false;
+        }
+        while self
+            .uncommitted
+            .front()
+            .is_some_and(|event| event.seq <= committed)
+        {
+            self.last = self.uncommitted.pop_front();
+        }
+        self.committed = committed;
         self.frame = None;
+        true
+    }
+
+    /// Asks the writer to wake this actor on commits while anyone waits for them.
+    fn update_wanted(&mut self) {
+        let wanted = !self.subscribers.is_empty() || !self.waiters.is_empty();
+        self.watch.wanted.store(wanted, SeqCst);
+        if wanted {
+            // A commit reported before `wanted` was set sent no message.
+            self.sync_committed();
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            count: self.committed,
+            last: self.last.clone(),
+            subscribers: self.subscribers.len(),
+        }
+    }
+
+    /// Answers the snapshot questions whose clicks are committed now (all of them if the store
+    /// has failed: their clicks never will be).
+    fn answer_waiters(&mut self) {
+        let all = !self.shared.writer.is_healthy();
+        let committed = self.committed;
+        if !self.waiters.iter().any(|(target, _)| all || *target <= committed) {
+            return;
+        }
+        let snapshot = self.snapshot();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(target, _)| all || *target <= committed);
+        self.waiters = waiting;
+        for (_, reply) in ready {
+            // A caller that gave up waiting is ignored on purpose.
+            let _ = reply.send(snapshot.clone());
+        }
+        self.update_wanted();
     }
 
     /// Arms the timer to fire after `delay`; an earlier timer is forgotten.
@@ -142,11 +234,11 @@ impl LinkState {
         myself.send_after(delay, move || LinkMsg::Tick(generation));
     }
 
-    /// When the timer should fire next: often while someone watches, else when the actor
-    /// would become idle.
+    /// When the timer should fire next: often while someone watches or waits, else when the
+    /// actor would become idle.
     fn next_tick(&self) -> Duration {
         let settings = &self.shared.settings;
-        if self.subscribers.is_empty() {
+        if self.subscribers.is_empty() && self.waiters.is_empty() {
             (self.last_activity + settings.idle_timeout)
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(5))
@@ -156,7 +248,7 @@ impl LinkState {
     }
 
     fn current_frame(&mut self) -> Bytes {
-        let (code, count, last) = (&self.code, self.count, self.last.as_deref());
+        let (code, count, last) = (&self.code, self.committed, self.last.as_deref());
         self.frame
             .get_or_insert_with(|| frame::state_frame(code.as_str(), count, last))
             .clone()
@@ -164,22 +256,8 @@ impl LinkState {
 
     fn broadcast(&mut self) {
         let frame = self.current_frame();
-        let count = self.count;
         let now = Instant::now();
-        self.subscribers
-            .retain_mut(|s| match s.tx.try_send(frame.clone()) {
-                Ok(()) => {
-                    s.sent = count;
-                    s.behind_since = None;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Conflation: it skips this frame and gets the newest one when it drains.
-                    s.behind_since.get_or_insert(now);
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+        self.subscribers.deliver(&frame, self.committed, now, None);
         self.last_broadcast = now;
     }
 
@@ -198,7 +276,7 @@ impl LinkState {
         let gap = settings.min_frame_interval.max(round);
         let since = self.last_broadcast.elapsed();
         if since >= gap {
-            // Goes behind the clicks already queued, so one frame covers a burst.
+            // Goes behind the messages already queued, so one frame covers a burst.
             if myself.cast(LinkMsg::Flush).is_err() {
                 self.flush_pending = false;
             }
@@ -215,42 +293,18 @@ impl LinkState {
         };
         if now.duration_since(self.last_heartbeat) >= heartbeat {
             self.last_heartbeat = now;
-            self.subscribers.retain(|s| {
-                !matches!(
-                    s.tx.try_send(frame::HEARTBEAT),
-                    Err(mpsc::error::TrySendError::Closed(_))
-                )
-            });
+            self.subscribers.heartbeat();
         }
-        let count = self.count;
-        let behind = self
-            .subscribers
-            .iter()
-            .any(|s| s.sent < count || s.behind_since.is_some());
-        if behind {
+        self.sync_committed();
+        if self.subscribers.any_behind(self.committed) {
             let frame = self.current_frame();
-            let code = &self.code;
-            self.subscribers.retain_mut(|s| {
-                if let Some(since) = s.behind_since
-                    && now.duration_since(since) >= stuck
-                {
-                    debug!(code = %code, subscriber = s.id, "dropping a stuck subscriber");
-                    return false;
-                }
-                if s.sent < count {
-                    match s.tx.try_send(frame.clone()) {
-                        Ok(()) => {
-                            s.sent = count;
-                            s.behind_since = None;
-                        }
-                        Err(mpsc::error::TrySendError::Full(_)) => {}
-                        Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                    }
-                }
-                true
-            });
+            self.subscribers
+                .deliver(&frame, self.committed, now, Some(stuck));
         }
+        self.answer_waiters();
+        self.update_wanted();
         if self.subscribers.is_empty()
+            && self.waiters.is_empty()
             && !self.draining
             && now.duration_since(self.last_activity) >= idle
             && self
@@ -267,6 +321,32 @@ impl LinkState {
         }
         let next = self.next_tick();
         self.arm(myself, next);
+    }
+
+    fn subscribe(&mut self, last_event_id: Option<u64>) -> Result<Subscription, SubscribeError> {
+        if self.draining {
+            return Err(SubscribeError::Stopping);
+        }
+        if self.subscribers.len() >= self.shared.settings.max_subscribers_per_link {
+            return Err(SubscribeError::LinkFull);
+        }
+        let (tx, frames) = mpsc::channel(self.shared.settings.queue_frames);
+        let id = self.shared.next_subscriber.fetch_add(1, SeqCst);
+        // From now on commits are wanted, so none is missed; then read the latest.
+        self.watch.wanted.store(true, SeqCst);
+        self.sync_committed();
+        // A client that has the committed state gets nothing at first. One with a larger id
+        // (it saw a count a crash took back, or another node's) gets the state as it is: an
+        // `EventSource` answered with anything but 200 stops reconnecting for good.
+        let initial = (last_event_id != Some(self.committed)).then(|| self.current_frame());
+        // It has the committed state now: the next frame is for a later one, never this id.
+        self.subscribers.add(id, tx, self.committed);
+        self.last_activity = Instant::now();
+        Ok(Subscription {
+            id,
+            initial,
+            frames,
+        })
     }
 }
 
@@ -285,6 +365,7 @@ impl Actor for LinkActor {
             shared,
             inbox,
         } = args;
+        shared.check_start_fault(&code)?;
         // A predecessor of this code may have clicks still queued for the writer; wait until
         // they are committed so the count read below includes them.
         shared.writer.barrier().await?;
@@ -293,13 +374,22 @@ impl Actor for LinkActor {
         let counter = tokio::task::spawn_blocking(move || store.counter(key.as_str())).await??;
         let now = Instant::now();
         shared.metrics.actor_started();
+        let watch = Arc::new(CommitWatch {
+            committed: AtomicU64::new(counter.count),
+            wanted: AtomicBool::new(false),
+            actor: myself.clone(),
+        });
         let mut state = LinkState {
             code,
             inbox,
+            watch,
             count: counter.count,
+            committed: counter.count,
             last: counter.last.map(Arc::new),
+            uncommitted: VecDeque::new(),
             frame: None,
-            subscribers: Vec::new(),
+            subscribers: Subscribers::default(),
+            waiters: Vec::new(),
             last_activity: now,
             last_heartbeat: now,
             last_broadcast: now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
@@ -321,18 +411,16 @@ impl Actor for LinkActor {
         state: &mut LinkState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            LinkMsg::Collect => {
-                let clicks = state.inbox.take();
-                if !clicks.is_empty() {
-                    state.last_activity = Instant::now();
-                    for click in clicks {
-                        state.count_click(click);
-                    }
+            LinkMsg::Collect => state.count_clicks(),
+            LinkMsg::Committed => {
+                if state.sync_committed() {
+                    state.answer_waiters();
                     state.schedule_flush(&myself);
                 }
             }
             LinkMsg::Flush => {
                 state.flush_pending = false;
+                state.sync_committed();
                 state.broadcast();
             }
             LinkMsg::Subscribe {
@@ -343,31 +431,35 @@ impl Actor for LinkActor {
                     // The caller gave up waiting: no one would read this subscription.
                     return Ok(());
                 }
-                let answer = subscribe(state, last_event_id);
+                let answer = state.subscribe(last_event_id);
                 let id = answer.as_ref().ok().map(|s| s.id);
-                if id.is_some() && state.timer_due > Instant::now() + state.shared.settings.tick {
-                    // Heartbeats and slow readers need the faster timer from now on.
-                    let tick = state.shared.settings.tick;
-                    state.arm(&myself, tick);
+                if id.is_some() {
+                    state.fast_timer(&myself);
                 }
                 if reply.send(answer).is_err()
                     && let Some(id) = id
                 {
                     // Gave up just now: take the subscriber out at once rather than at the next
                     // send, so it does not count against the limits or keep the actor alive.
-                    state.subscribers.retain(|s| s.id != id);
+                    state.subscribers.remove(id);
+                    state.update_wanted();
                 }
             }
             LinkMsg::Unsubscribe(id) => {
-                state.subscribers.retain(|s| s.id != id);
+                if state.subscribers.remove(id) {
+                    state.update_wanted();
+                }
                 state.last_activity = Instant::now();
             }
             LinkMsg::Snapshot(reply) => {
-                let _ = reply.send(Snapshot {
-                    count: state.count,
-                    last: state.last.clone(),
-                    subscribers: state.subscribers.len(),
-                });
+                state.sync_committed();
+                if state.committed >= state.count || !state.shared.writer.is_healthy() {
+                    let _ = reply.send(state.snapshot());
+                } else {
+                    state.waiters.push((state.count, reply));
+                    state.update_wanted();
+                    state.fast_timer(&myself);
+                }
             }
             LinkMsg::Fail => return Err("fault injected".into()),
             LinkMsg::Tick(generation) => {
@@ -384,46 +476,19 @@ impl Actor for LinkActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut LinkState,
     ) -> Result<(), ActorProcessingErr> {
+        state.watch.wanted.store(false, SeqCst);
         state.shared.metrics.actor_stopped();
         debug!(code = %state.code, count = state.count, "link actor stopped");
         Ok(())
     }
 }
 
-fn subscribe(
-    state: &mut LinkState,
-    last_event_id: Option<u64>,
-) -> Result<Subscription, SubscribeError> {
-    if state.draining {
-        return Err(SubscribeError::Stopping);
+impl LinkState {
+    /// Heartbeats, slow readers and waiting questions need the faster timer from now on.
+    fn fast_timer(&mut self, myself: &ActorRef<LinkMsg>) {
+        let tick = self.shared.settings.tick;
+        if self.timer_due > Instant::now() + tick {
+            self.arm(myself, tick);
+        }
     }
-    if state.subscribers.len() >= state.shared.settings.max_subscribers_per_link {
-        return Err(SubscribeError::LinkFull);
-    }
-    if let Some(given) = last_event_id
-        && given > state.count
-    {
-        return Err(SubscribeError::AheadOfCount {
-            given,
-            count: state.count,
-        });
-    }
-    let (tx, frames) = mpsc::channel(state.shared.settings.queue_frames);
-    let initial = (last_event_id != Some(state.count)).then(|| state.current_frame());
-    let id = state
-        .shared
-        .next_subscriber
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    state.subscribers.push(Subscriber {
-        id,
-        tx,
-        sent: state.count,
-        behind_since: None,
-    });
-    state.last_activity = Instant::now();
-    Ok(Subscription {
-        id,
-        initial,
-        frames,
-    })
 }

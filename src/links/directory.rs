@@ -2,6 +2,10 @@
 //! lock together with the actor (spawned without waiting for its start), so two requests racing
 //! for a new code find one actor. An entry leaves only after its actor has ended and everything
 //! it sent to the writer is committed, so a successor always starts from the stored count.
+//!
+//! An actor that fails to start (its store read fails, or the writer has failed) is not started
+//! again for every click: the code backs off (100 ms, doubling up to 30 s), and its clicks are
+//! refused meanwhile (the redirect still answers in default durability; strict answers 503).
 
 use std::{
     sync::{
@@ -13,20 +17,24 @@ use std::{
 
 use dashmap::{DashMap, mapref::entry::Entry as MapEntry};
 use ractor::{ActorId, ActorRef, ActorRuntime};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tracing::{error, warn};
-
-/// How long a message waits for a stopping actor's successor, per attempt.
-const STOP_WAIT: Duration = Duration::from_secs(5);
-/// How many times a message is re-sent when its actor was stopping.
-const MAX_ATTEMPTS: usize = 20;
 
 use super::{
     LinkError, Shared,
-    actor::{Click, LinkActor, LinkArgs, LinkMsg},
+    actor::{LinkActor, LinkArgs, LinkMsg},
+    click::Click,
     inbox::{Inbox, Push},
 };
-use crate::domain::{Link, ShortCode};
+use crate::{
+    domain::{Link, ShortCode},
+    metrics::DropReason,
+    store::Permit,
+};
+
+/// The first pause after a failed start; it doubles with each failure in a row.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(crate) struct Entry {
     pub actor: ActorRef<LinkMsg>,
@@ -38,18 +46,36 @@ pub(crate) struct Entry {
     pub done: watch::Receiver<bool>,
 }
 
+/// Failed starts of a code in a row, and when the next may be tried.
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
 /// Where a message for a code can go now.
 pub(crate) enum Route {
     Live(ActorRef<LinkMsg>, watch::Receiver<bool>),
     /// The actor is stopping; wait for this and try again.
     Wait(watch::Receiver<bool>),
+    /// The code's actor failed to start and is backing off.
+    Unavailable,
     /// The service is shutting down.
     Closed,
+}
+
+/// What became of a click handed to [`Directory::push_click`].
+pub(crate) enum Pushed {
+    Queued,
+    /// The actor is stopping: deliver it to the successor once it may start.
+    Later(Click, Permit),
+    /// Not queued, for this reason (the click is dropped).
+    Refused(DropReason),
 }
 
 #[derive(Default)]
 pub(crate) struct Directory {
     map: DashMap<ShortCode, Entry>,
+    backoff: DashMap<ShortCode, Backoff>,
     closed: AtomicBool,
 }
 
@@ -64,41 +90,43 @@ impl Directory {
     }
 
     /// Queues a click for the link's actor, starting the actor if there is none: the redirect's
-    /// path. The click comes back only when the actor is stopping (or the service is), for the
-    /// caller to deliver once the successor may start.
+    /// path.
     pub fn push_click(
         &self,
         shared: &Arc<Shared>,
         link: &Arc<Link>,
         click: Click,
-    ) -> Result<(), Click> {
+        permit: Permit,
+    ) -> Pushed {
         let code = link.code.as_str();
         let entry = match self.map.get(code) {
             Some(entry) => entry,
             None => {
                 // Start it now, so the click is queued before the redirect is answered and a
                 // read right after the redirect sees it.
-                if let Route::Closed = self.route(shared, link) {
-                    return Err(click);
+                match self.route(shared, link) {
+                    Route::Closed => return Pushed::Refused(DropReason::ShuttingDown),
+                    Route::Unavailable => return Pushed::Refused(DropReason::ActorUnavailable),
+                    Route::Live(..) | Route::Wait(_) => {}
                 }
                 match self.map.get(code) {
                     Some(entry) => entry,
-                    None => return Err(click),
+                    None => return Pushed::Later(click, permit),
                 }
             }
         };
         if entry.draining {
-            return Err(click);
+            return Pushed::Later(click, permit);
         }
-        match entry.inbox.push(click) {
-            Push::Queued => Ok(()),
+        match entry.inbox.push(click, permit) {
+            Push::Queued => Pushed::Queued,
             Push::Wake => {
                 // If the actor is stopping it refuses the message; the click stays in the
                 // inbox and its watcher hands it to the successor.
                 let _ = entry.actor.cast(LinkMsg::Collect);
-                Ok(())
+                Pushed::Queued
             }
-            Push::Closed(click) => Err(click),
+            Push::Closed(click, permit) => Pushed::Later(click, permit),
         }
     }
 
@@ -132,6 +160,29 @@ impl Directory {
             .and_then(|e| (!e.draining).then(|| e.actor.clone()))
     }
 
+    /// Whether a failed start of `code` is still backing off.
+    fn backing_off(&self, code: &str) -> bool {
+        self.backoff
+            .get(code)
+            .is_some_and(|b| b.until > Instant::now())
+    }
+
+    fn record_start(&self, code: &ShortCode, ok: bool) {
+        if ok {
+            self.backoff.remove(code.as_str());
+            return;
+        }
+        let mut entry = self.backoff.entry(code.clone()).or_insert(Backoff {
+            failures: 0,
+            until: Instant::now(),
+        });
+        entry.failures = entry.failures.saturating_add(1);
+        let pause = FIRST_BACKOFF
+            .saturating_mul(1 << (entry.failures - 1).min(16))
+            .min(MAX_BACKOFF);
+        entry.until = Instant::now() + pause;
+    }
+
     /// Finds the code's actor, starting one if there is none.
     pub fn route(&self, shared: &Arc<Shared>, link: &Arc<Link>) -> Route {
         if let Some(e) = self.map.get(link.code.as_str()) {
@@ -143,6 +194,9 @@ impl Directory {
         }
         if self.closed.load(Ordering::Acquire) {
             return Route::Closed;
+        }
+        if self.backing_off(link.code.as_str()) {
+            return Route::Unavailable;
         }
         match self.map.entry(link.code.clone()) {
             MapEntry::Occupied(e) => {
@@ -178,36 +232,57 @@ impl Directory {
                     done: done.clone(),
                 });
                 let watcher = shared.clone();
-                let code = link.code.clone();
                 let watched = link.clone();
                 let id = actor.get_id();
                 shared.tracker.spawn(async move {
-                    match started.await {
+                    let code = &watched.code;
+                    let started_ok = match started.await {
                         Ok(Ok(running)) => {
+                            watcher.directory.record_start(code, true);
                             if running.await.is_err() {
                                 warn!(code = %code, "link actor task failed");
                             }
+                            true
                         }
                         Ok(Err(e)) => {
-                            error!(code = %code, cause = %e, "link actor failed to start")
+                            error!(code = %code, cause = %e, "link actor failed to start");
+                            false
                         }
-                        Err(e) => error!(code = %code, cause = %e, "link actor task failed"),
+                        Err(e) => {
+                            error!(code = %code, cause = %e, "link actor task failed");
+                            false
+                        }
+                    };
+                    if !started_ok {
+                        watcher.metrics.actor_start_failed();
+                        watcher.directory.record_start(code, false);
                     }
                     // Clicks pushed after the actor's last collection go to its successor.
-                    let leftovers = inbox.close();
+                    let (leftovers, mut permit) = inbox.close();
                     // Whatever the actor handed to the writer is queued there; a successor may
                     // only read the count once it is committed.
                     if let Err(e) = watcher.writer.barrier().await {
-                        error!(code = %code, cause = %e, "writer barrier failed");
+                        warn!(code = %code, cause = %e, "writer barrier failed");
                     }
                     watcher
                         .directory
                         .map
-                        .remove_if(&code, |_, e| e.actor.get_id() == id);
+                        .remove_if(code, |_, e| e.actor.get_id() == id);
                     let _ = done_tx.send(true);
+                    if !started_ok {
+                        // The code backs off: its waiting clicks are dropped, and counted.
+                        watcher
+                            .metrics
+                            .clicks_dropped(DropReason::ActorUnavailable, leftovers.len());
+                        return;
+                    }
+                    let deadline = Instant::now() + super::CALL_TIMEOUT;
                     for click in leftovers {
-                        if let Err(e) = deliver_click(&watcher, &watched, click).await {
-                            error!(code = %code, cause = %e, "click lost");
+                        let permit = permit.split_one();
+                        if let Err(reason) =
+                            deliver_click(&watcher, &watched, click, permit, deadline).await
+                        {
+                            watcher.metrics.clicks_dropped(reason, 1);
                         }
                     }
                 });
@@ -239,13 +314,14 @@ impl Directory {
 }
 
 /// Sends a message to the code's actor, starting it if needed and waiting out a stopping
-/// predecessor.
+/// predecessor, all before `deadline`.
 pub(crate) async fn deliver(
     shared: &Arc<Shared>,
     link: &Arc<Link>,
     mut msg: LinkMsg,
+    deadline: Instant,
 ) -> Result<(), LinkError> {
-    for _ in 0..MAX_ATTEMPTS {
+    loop {
         let mut done = match shared.directory.route(shared, link) {
             Route::Live(actor, done) => match actor.cast(msg) {
                 Ok(()) => return Ok(()),
@@ -256,44 +332,59 @@ pub(crate) async fn deliver(
                 Err(_) => return Err(LinkError::ShuttingDown),
             },
             Route::Wait(done) => done,
+            Route::Unavailable => return Err(LinkError::Unavailable),
             Route::Closed => return Err(LinkError::ShuttingDown),
         };
-        await_end(&mut done, link).await;
+        if !await_end(&mut done, link, deadline).await {
+            return Err(LinkError::Timeout);
+        }
     }
-    Err(LinkError::Timeout)
 }
 
-/// Waits (bounded) until a stopping actor's entry is gone and a successor may start.
-async fn await_end(done: &mut watch::Receiver<bool>, link: &Link) {
-    if tokio::time::timeout(STOP_WAIT, done.wait_for(|gone| *gone))
+/// Waits until a stopping actor's entry is gone and a successor may start; false if
+/// `deadline` came first.
+async fn await_end(done: &mut watch::Receiver<bool>, link: &Link, deadline: Instant) -> bool {
+    if tokio::time::timeout_at(deadline, done.wait_for(|gone| *gone))
         .await
         .is_err()
     {
-        warn!(code = %link.code, "a stopping link actor is slow to finish");
+        warn!(code = %link.code, "a stopping link actor did not finish in time");
+        return false;
     }
+    true
 }
 
 /// Queues a click for the code's actor like the redirect does, through its inbox, waiting out a
-/// stopping predecessor. Going through the inbox (not the mailbox) means a click is never lost
-/// with a successor that dies before handling it: its watcher hands the inbox on again.
+/// stopping predecessor until `deadline`. Going through the inbox (not the mailbox) means a
+/// click is never lost with a successor that dies before handling it: its watcher hands the
+/// inbox on again.
 pub(crate) async fn deliver_click(
     shared: &Arc<Shared>,
     link: &Arc<Link>,
     mut click: Click,
-) -> Result<(), LinkError> {
-    for _ in 0..MAX_ATTEMPTS {
-        click = match shared.directory.push_click(shared, link, click) {
-            Ok(()) => return Ok(()),
-            Err(back) => back,
+    mut permit: Permit,
+    deadline: Instant,
+) -> Result<(), DropReason> {
+    loop {
+        if Instant::now() >= deadline {
+            return Err(DropReason::Timeout);
+        }
+        (click, permit) = match shared.directory.push_click(shared, link, click, permit) {
+            Pushed::Queued => return Ok(()),
+            Pushed::Refused(reason) => return Err(reason),
+            Pushed::Later(click, permit) => (click, permit),
         };
         if shared.directory.is_closed() {
-            return Err(LinkError::ShuttingDown);
+            return Err(DropReason::ShuttingDown);
         }
         match shared.directory.current(link.code.as_str()) {
-            Some(mut done) => await_end(&mut done, link).await,
+            Some(mut done) => {
+                if !await_end(&mut done, link, deadline).await {
+                    return Err(DropReason::Timeout);
+                }
+            }
             // Gone between the push and this look: try again at once.
             None => tokio::task::yield_now().await,
         }
     }
-    Err(LinkError::Timeout)
 }

@@ -6,7 +6,10 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::domain::{ClickEvent, DeviceClass, format_ms};
+use crate::{
+    analytics::anonymise_ip,
+    domain::{ClickEvent, DeviceClass, format_ms},
+};
 
 /// A comment line: keeps proxies and browsers from timing the stream out.
 pub const HEARTBEAT: Bytes = Bytes::from_static(b": keep-alive\n\n");
@@ -15,10 +18,38 @@ pub const HEARTBEAT: Bytes = Bytes::from_static(b": keep-alive\n\n");
 #[serde(rename_all = "camelCase")]
 struct Frame<'a> {
     click_count: u64,
-    click_analytics: Option<Analytics<'a>>,
+    click_analytics: Option<PublicAnalytics<'a>>,
 }
 
-/// The public details of one click, as the live stream and the API show them.
+/// What anyone watching a link may see of a click: the original app's fields, with the
+/// address always anonymised (also with `--store-full-ip`). The rest is the owner's.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublicAnalytics<'a> {
+    short_code: &'a str,
+    created_at: String,
+    ip_address: Option<String>,
+    user_agent: &'a str,
+    country: Option<&'a str>,
+}
+
+impl<'a> PublicAnalytics<'a> {
+    fn of(code: &'a str, event: &'a ClickEvent) -> Self {
+        Self {
+            short_code: code,
+            created_at: format_ms(event.at),
+            ip_address: event
+                .ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok())
+                .map(|ip| anonymise_ip(ip).to_string()),
+            user_agent: &event.user_agent,
+            country: event.country.as_deref(),
+        }
+    }
+}
+
+/// The details of one click as its owner sees them (the API).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Analytics<'a> {
@@ -55,7 +86,7 @@ impl<'a> Analytics<'a> {
 pub fn state_frame(code: &str, count: u64, last: Option<&ClickEvent>) -> Bytes {
     let frame = Frame {
         click_count: count,
-        click_analytics: last.map(|e| Analytics::of(code, e)),
+        click_analytics: last.map(|e| PublicAnalytics::of(code, e)),
     };
     // Serialising a struct of strings and numbers cannot fail.
     let json = serde_json::to_string(&frame).unwrap_or_default();
@@ -81,9 +112,10 @@ mod tests {
         let event = ClickEvent {
             seq: 3,
             at: 0,
-            ip: Some("192.0.2.0".into()),
+            // Stored in full (--store-full-ip): the public frame still anonymises it.
+            ip: Some("192.0.2.77".into()),
             user_agent: "ua \"quoted\"\nline".into(),
-            referer: None,
+            referer: Some("https://private.example/".into()),
             country: None,
             browser: "Chrome".into(),
             os: "Linux".into(),
@@ -92,7 +124,13 @@ mod tests {
         };
         let frame = state_frame("abc", 3, Some(&event));
         let text = String::from_utf8(frame.to_vec()).unwrap_or_default();
-        assert!(text.starts_with("id: 3\ndata: {\"clickCount\":3,\"clickAnalytics\":{\"shortCode\":\"abc\",\"createdAt\":\"1970-01-01T00:00:00Z\",\"ipAddress\":\"192.0.2.0\""));
+        assert_eq!(
+            text,
+            "id: 3\ndata: {\"clickCount\":3,\"clickAnalytics\":{\"shortCode\":\"abc\",\
+             \"createdAt\":\"1970-01-01T00:00:00Z\",\"ipAddress\":\"192.0.2.0\",\
+             \"userAgent\":\"ua \\\"quoted\\\"\\nline\",\"country\":null}}\n\n",
+            "only the original's fields, the address anonymised, no referrer or browser"
+        );
         assert_eq!(
             text.matches('\n').count(),
             3,

@@ -2,31 +2,39 @@
 //! in-memory cache in front of fjall), sends clicks, subscribes viewers and stops everything at
 //! shutdown. It never exposes actor references or reply ports.
 //!
-//! A click: `Links::click` casts it to the code's actor (started on demand by the
-//! [`directory`]); the actor numbers it, hands it to the store's writer and schedules one frame
-//! for all subscribers.
+//! A click: `Links::click` takes a place for it in the backlog (or refuses it), queues it for
+//! the code's actor (started on demand by the [`directory`]); the actor numbers it and hands it
+//! to the store's writer; once the writer reports it committed, one frame goes to all
+//! subscribers.
+//!
+//! Every wait on an actor (delivering a message, a subscription, waiting out a stopping
+//! predecessor) runs under one deadline per request, [`CALL_TIMEOUT`].
 
 mod actor;
+mod click;
 mod directory;
 pub mod frame;
 mod inbox;
+mod subscribers;
 
 use std::{sync::Arc, time::Duration};
 
 use quick_cache::sync::Cache;
 use ractor::concurrency::oneshot;
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use tracing::{error, warn};
+use tracing::warn;
 
 use actor::LinkMsg;
-pub use actor::{Click, Snapshot, SubscribeError, Subscription};
-use directory::Directory;
+pub use actor::{Snapshot, SubscribeError, Subscription};
+pub use click::Click;
+use directory::{Directory, Pushed};
 
 use crate::{
     analytics::AgentParser,
     domain::{Link, ShortCode},
-    metrics::Metrics,
-    store::{Store, StoreError, WriteError, WriterHandle},
+    metrics::{DropReason, Metrics},
+    store::{Backlog, Store, StoreError, WriteError, WriterHandle},
 };
 
 /// How link actors behave; taken from the configuration.
@@ -61,6 +69,10 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// The tasks that wait for actors to end.
     pub tracker: TaskTracker,
+    /// Clicks taken and not yet committed, bounded.
+    pub backlog: Arc<Backlog>,
+    /// Codes whose actors fail to start (fault injection in tests).
+    start_faults: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Subscriber ids, unique across actors: a stream outliving its actor must not unsubscribe
     /// a viewer of the successor.
     pub next_subscriber: std::sync::atomic::AtomicU64,
@@ -75,14 +87,30 @@ pub enum LinkError {
     Write(#[from] WriteError),
     #[error("the link's actor did not answer in time")]
     Timeout,
+    #[error("the link's actor cannot start now; it is tried again later")]
+    Unavailable,
     #[error("the service is shutting down")]
     ShuttingDown,
 }
 
-/// How long a caller waits for an actor's answer.
+/// The one deadline over everything a request waits for from an actor.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How many times a subscription is tried again when its actor was stopping.
-const MAX_ATTEMPTS: usize = 20;
+
+impl Shared {
+    /// Fails an actor's start as a failing disk would, for the codes a test chose.
+    fn check_start_fault(&self, code: &ShortCode) -> Result<(), String> {
+        match self.start_faults.lock() {
+            Ok(faults) if faults.contains(code.as_str()) => {
+                Err(format!("injected start failure for {code}"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a click was not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped(pub DropReason);
 
 #[derive(Clone)]
 pub struct Links {
@@ -100,6 +128,7 @@ impl Links {
         writer: WriterHandle,
         settings: LinkSettings,
         metrics: Arc<Metrics>,
+        backlog: Arc<Backlog>,
     ) -> Self {
         let cache = Arc::new(Cache::new(settings.cache_capacity.max(16)));
         Self {
@@ -111,6 +140,8 @@ impl Links {
                 directory: Directory::default(),
                 metrics,
                 tracker: TaskTracker::new(),
+                backlog,
+                start_faults: std::sync::Mutex::default(),
                 next_subscriber: std::sync::atomic::AtomicU64::new(1),
             }),
             cache,
@@ -152,34 +183,62 @@ impl Links {
     }
 
     /// Counts a click. Never waits: when the actor is stopping, a task carries the click to
-    /// its successor.
-    pub fn click(&self, link: &Arc<Link>, click: Click) {
-        self.shared.metrics.click();
-        let Err(click) = self.shared.directory.push_click(&self.shared, link, click) else {
-            return;
+    /// its successor. Refused (and counted in the metrics) when the store has failed, when the
+    /// backlog of uncommitted clicks is full, or while the code's actor cannot start.
+    pub fn click(&self, link: &Arc<Link>, click: Click) -> Result<(), Dropped> {
+        let shared = &self.shared;
+        let refuse = |reason| {
+            shared.metrics.clicks_dropped(reason, 1);
+            Err(Dropped(reason))
         };
-        let shared = self.shared.clone();
+        if !shared.writer.is_healthy() {
+            return refuse(DropReason::StoreFailed);
+        }
+        let Some(permit) = shared.backlog.admit() else {
+            return refuse(DropReason::Backlog);
+        };
+        let (click, permit) = match shared.directory.push_click(shared, link, click, permit) {
+            Pushed::Queued => {
+                shared.metrics.click();
+                return Ok(());
+            }
+            Pushed::Refused(reason) => return refuse(reason),
+            Pushed::Later(click, permit) => (click, permit),
+        };
+        shared.metrics.click();
+        let shared = shared.clone();
         let link = link.clone();
+        let deadline = Instant::now() + CALL_TIMEOUT;
         self.inflight.spawn(async move {
-            if let Err(e) = directory::deliver_click(&shared, &link, click).await {
-                error!(code = %link.code, cause = %e, "click lost");
+            if let Err(reason) =
+                directory::deliver_click(&shared, &link, click, permit, deadline).await
+            {
+                warn!(code = %link.code, reason = reason.as_str(), "click dropped");
+                shared.metrics.clicks_dropped(reason, 1);
             }
         });
+        Ok(())
     }
 
-    async fn deliver(&self, link: &Arc<Link>, msg: LinkMsg) -> Result<(), LinkError> {
-        directory::deliver(&self.shared, link, msg).await
+    async fn deliver(
+        &self,
+        link: &Arc<Link>,
+        msg: LinkMsg,
+        deadline: Instant,
+    ) -> Result<(), LinkError> {
+        directory::deliver(&self.shared, link, msg, deadline).await
     }
 
-    /// Asks the code's actor something and waits (bounded) for the answer.
+    /// Asks the code's actor something and waits for the answer until `deadline`.
     async fn ask<T: Send + 'static>(
         &self,
         link: &Arc<Link>,
         make: impl FnOnce(ractor::RpcReplyPort<T>) -> LinkMsg,
+        deadline: Instant,
     ) -> Result<T, LinkError> {
         let (tx, rx) = oneshot();
-        self.deliver(link, make(tx.into())).await?;
-        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+        self.deliver(link, make(tx.into()), deadline).await?;
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             // The actor stopped (dropping the port) or took too long; either way no answer.
             Ok(Err(_)) | Err(_) => Err(LinkError::Timeout),
@@ -192,19 +251,28 @@ impl Links {
         link: &Arc<Link>,
         last_event_id: Option<u64>,
     ) -> Result<Result<Subscription, SubscribeError>, LinkError> {
-        for _ in 0..MAX_ATTEMPTS {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
             let answer = self
-                .ask(link, |reply| LinkMsg::Subscribe {
-                    last_event_id,
-                    reply,
-                })
+                .ask(
+                    link,
+                    |reply| LinkMsg::Subscribe {
+                        last_event_id,
+                        reply,
+                    },
+                    deadline,
+                )
                 .await?;
             match answer {
-                Err(SubscribeError::Stopping) => tokio::task::yield_now().await,
+                Err(SubscribeError::Stopping) => {
+                    if Instant::now() >= deadline {
+                        return Err(LinkError::Timeout);
+                    }
+                    tokio::task::yield_now().await;
+                }
                 other => return Ok(other),
             }
         }
-        Err(LinkError::Timeout)
     }
 
     /// Tells the actor a subscriber has gone (its stream was dropped).
@@ -218,9 +286,10 @@ impl Links {
     /// The current count and latest click: from the actor if it is live, else from the store
     /// (where everything of a stopped actor is committed).
     pub async fn snapshot(&self, link: &Arc<Link>) -> Result<Snapshot, LinkError> {
-        self.await_stopping(link).await;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        self.await_stopping(link, deadline).await?;
         if self.shared.directory.live(link.code.as_str()).is_some() {
-            return self.ask(link, LinkMsg::Snapshot).await;
+            return self.ask(link, LinkMsg::Snapshot, deadline).await;
         }
         let store = self.shared.store.clone();
         let code = link.code.clone();
@@ -237,28 +306,55 @@ impl Links {
     /// Waits until every click this link's actor has taken so far is committed, so a read of
     /// the store sees all clicks counted before the call.
     pub async fn settle(&self, link: &Arc<Link>) -> Result<(), LinkError> {
-        self.await_stopping(link).await;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        self.await_stopping(link, deadline).await?;
         if self.shared.directory.live(link.code.as_str()).is_some() {
-            // The actor answers after handling everything queued before the question.
-            self.ask(link, LinkMsg::Snapshot).await?;
+            // The actor answers once everything counted before the question is committed.
+            self.ask(link, LinkMsg::Snapshot, deadline).await?;
         }
-        self.shared.writer.barrier().await?;
-        Ok(())
+        match tokio::time::timeout_at(deadline, self.shared.writer.barrier()).await {
+            Ok(done) => Ok(done?),
+            Err(_) => Err(LinkError::Timeout),
+        }
     }
 
     /// Makes the link's actor fail as a bug in it would (fault-injection tests): it dies, and the
     /// next message for the code starts a successor from the stored state.
     #[doc(hidden)]
     pub async fn inject_failure(&self, link: &Arc<Link>) -> Result<(), LinkError> {
-        self.deliver(link, LinkMsg::Fail).await
+        self.deliver(link, LinkMsg::Fail, Instant::now() + CALL_TIMEOUT)
+            .await
     }
 
-    /// Waits (bounded) for the code's actor to finish stopping, if it is stopping: until then
-    /// the store may lack clicks it still holds.
-    async fn await_stopping(&self, link: &Arc<Link>) {
-        if let Some(mut done) = self.shared.directory.stopping(link.code.as_str()) {
-            let _ = tokio::time::timeout(CALL_TIMEOUT, done.wait_for(|gone| *gone)).await;
+    /// Makes every start of `code`'s actor fail (`fail`), as a failing store read would, or
+    /// lets them succeed again (fault-injection tests).
+    #[doc(hidden)]
+    pub fn inject_start_failures(&self, code: &str, fail: bool) {
+        if let Ok(mut faults) = self.shared.start_faults.lock() {
+            if fail {
+                faults.insert(code.to_owned());
+            } else {
+                faults.remove(code);
+            }
         }
+    }
+
+    /// Waits for the code's actor to finish stopping, if it is stopping: until then the store
+    /// may lack clicks it still holds.
+    async fn await_stopping(&self, link: &Arc<Link>, deadline: Instant) -> Result<(), LinkError> {
+        if let Some(mut done) = self.shared.directory.stopping(link.code.as_str())
+            && tokio::time::timeout_at(deadline, done.wait_for(|gone| *gone))
+                .await
+                .is_err()
+        {
+            return Err(LinkError::Timeout);
+        }
+        Ok(())
+    }
+
+    /// Clicks taken and not yet committed, and their bound.
+    pub fn backlog(&self) -> &Backlog {
+        &self.shared.backlog
     }
 
     /// Live actors now.

@@ -13,6 +13,7 @@
 //! prefix of the batches). Keeping the count in the click keys rather than in a record of its
 //! own halves the writes per click; reading it is one reverse seek.
 
+mod backlog;
 mod clean;
 pub mod records;
 mod writer;
@@ -22,7 +23,10 @@ use std::path::Path;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 pub use records::{DecodeError, KeyRecord};
-pub use writer::{Durability, WriteError, Writer, WriterConfig, WriterHandle};
+pub use backlog::{Backlog, Permit};
+pub use writer::{
+    ClickBatch, CommitListener, Durability, Fault, WriteError, Writer, WriterConfig, WriterHandle,
+};
 
 use crate::domain::{ClickEvent, Link};
 

@@ -1,15 +1,23 @@
 //! The single writer: one OS thread that takes every click, link and barrier from a channel
 //! and commits them in group commits. A group is everything that arrives within
 //! `commit_interval` of its first item (or `max_batch` items, whichever comes first; a new link
-//! or a barrier closes the group at once); it is one atomic fjall batch across keyspaces. In `strict` durability a group is fsynced before any of
-//! its clicks is acknowledged; in the default mode the journal is fsynced at least every
-//! `fsync_interval`.
+//! or a barrier closes the group at once); it is one atomic fjall batch across keyspaces,
+//! handed to the OS at once (so a killed process loses nothing committed). In `strict`
+//! durability a group is fsynced before any of its clicks is acknowledged; in the default mode
+//! the journal is fsynced at least every `fsync_interval`.
+//!
+//! After a group is committed (fsynced, in strict durability) the writer tells each code's
+//! [`CommitListener`] the highest click number it now holds: live frames show only those.
+//!
+//! The first commit or fsync that fails stops all further commits (after a failed fsync the
+//! kernel may have dropped the dirty pages, so nothing written later could be trusted: the
+//! "fsyncgate" lesson). It is logged once; [`WriterHandle::failure`] says why from then on.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -20,7 +28,7 @@ use fjall::PersistMode;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info};
 
-use super::{Store, StoreError, records};
+use super::{Permit, Store, StoreError, records};
 use crate::domain::{ClickEvent, Link, ShortCode};
 
 /// How soon a click must be on disk.
@@ -49,12 +57,25 @@ pub enum WriteError {
     Failed(String),
 }
 
+/// Told, after a commit, the highest click number of its code that the store now holds
+/// (fsynced, in strict durability). Called on the writer thread: it must not block.
+pub trait CommitListener: Send + Sync {
+    fn committed(&self, seq: u64);
+}
+
+/// Clicks of one code, numbered in order by its actor.
+pub struct ClickBatch {
+    pub code: ShortCode,
+    pub events: Vec<Arc<ClickEvent>>,
+    /// Fired once the batch is committed (and fsynced in strict mode).
+    pub acks: Vec<oneshot::Sender<()>>,
+    pub listener: Option<Arc<dyn CommitListener>>,
+    /// The clicks' places in the backlog, given back once they are committed (or lost).
+    pub permit: Permit,
+}
+
 enum Op {
-    Click {
-        code: ShortCode,
-        event: Arc<ClickEvent>,
-        ack: Option<oneshot::Sender<()>>,
-    },
+    Clicks(ClickBatch),
     CreateLink {
         link: Link,
         reply: oneshot::Sender<Result<bool, WriteError>>,
@@ -63,18 +84,61 @@ enum Op {
     Stop,
 }
 
+/// Faults a test can make the writer suffer, as a failing disk would.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Every commit waits until [`Fault::Resume`] (a disk that stops answering).
+    Stall,
+    Resume,
+    /// The next commit fails (a disk that returns an I/O error).
+    FailCommit,
+    /// The next fsync fails.
+    FailSync,
+}
+
+/// What the writer thread and its handles share.
+#[derive(Default)]
+struct Health {
+    /// Set once, by the first failed commit or fsync.
+    failure: Mutex<Option<String>>,
+    failed: AtomicBool,
+    /// Clicks handed to the writer that it did not commit (after the failure).
+    lost: AtomicU64,
+    stalled: AtomicBool,
+    fail_commit: AtomicBool,
+    fail_sync: AtomicBool,
+}
+
+impl Health {
+    fn fail(&self, reason: String) {
+        if let Ok(mut failure) = self.failure.lock()
+            && failure.is_none()
+        {
+            error!(
+                cause = %reason,
+                "the store failed: no more clicks or links are committed; /healthz answers 503 \
+                 until linkpulse is restarted on a working disk"
+            );
+            *failure = Some(reason);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+}
+
 /// The sending side, cloned into every actor and handler.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: Sender<Op>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
 impl WriterHandle {
-    /// Queues a click; `ack` fires once it is committed (and fsynced in strict mode).
-    pub fn click(&self, code: ShortCode, event: Arc<ClickEvent>, ack: Option<oneshot::Sender<()>>) {
-        if self.tx.send(Op::Click { code, event, ack }).is_err() {
-            error!("click written after the writer stopped; it is lost");
+    /// Queues a code's clicks. They are dropped (and their acks with them) if the writer has
+    /// stopped.
+    pub fn clicks(&self, batch: ClickBatch) {
+        if self.tx.send(Op::Clicks(batch)).is_err() {
+            error!("clicks written after the writer stopped; they are lost");
         }
     }
 
@@ -102,9 +166,31 @@ impl WriterHandle {
         self.tx.len()
     }
 
-    /// False once a commit has failed: fjall refuses further writes after an I/O failure.
+    /// False once a commit or an fsync has failed: nothing is committed after that.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        !self.health.failed.load(Ordering::Acquire)
+    }
+
+    /// Why the writer stopped committing, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Clicks that reached the writer and were not committed because the store had failed.
+    pub fn lost_clicks(&self) -> u64 {
+        self.health.lost.load(Ordering::Relaxed)
+    }
+
+    /// Makes the writer suffer `fault` (tests).
+    #[doc(hidden)]
+    pub fn inject(&self, fault: Fault) {
+        let h = &self.health;
+        match fault {
+            Fault::Stall => h.stalled.store(true, Ordering::Release),
+            Fault::Resume => h.stalled.store(false, Ordering::Release),
+            Fault::FailCommit => h.fail_commit.store(true, Ordering::Release),
+            Fault::FailSync => h.fail_sync.store(true, Ordering::Release),
+        }
     }
 }
 
@@ -117,14 +203,14 @@ pub struct Writer {
 impl Writer {
     pub fn start(store: Store, config: WriterConfig) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let healthy = Arc::new(AtomicBool::new(true));
+        let health = Arc::new(Health::default());
         let handle = WriterHandle {
             tx,
-            healthy: healthy.clone(),
+            health: health.clone(),
         };
         let thread = thread::Builder::new()
             .name("linkpulse-writer".into())
-            .spawn(move || run(&store, &rx, &config, &healthy))?;
+            .spawn(move || run(&store, &rx, &config, &health))?;
         Ok(Self {
             handle,
             thread: Some(thread),
@@ -135,13 +221,18 @@ impl Writer {
         self.handle.clone()
     }
 
-    /// Commits whatever is queued, fsyncs, and ends the thread. Blocking.
-    pub fn stop(mut self) {
+    /// Commits whatever is queued, fsyncs, and ends the thread. Blocking: on a disk that does
+    /// not answer this does not return (run it where a deadline can give up on it).
+    pub fn stop(mut self) -> Result<(), String> {
         let _ = self.handle.tx.send(Op::Stop);
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
-            error!("the writer thread panicked");
+            return Err("the writer thread panicked".into());
+        }
+        match self.handle.failure() {
+            Some(reason) => Err(reason),
+            None => Ok(()),
         }
     }
 }
@@ -160,6 +251,9 @@ impl Drop for Writer {
 struct Group {
     clicks: Vec<(ShortCode, Arc<ClickEvent>)>,
     acks: Vec<oneshot::Sender<()>>,
+    /// Each listener with the highest click number of its code in this group.
+    listeners: Vec<(Arc<dyn CommitListener>, u64)>,
+    permits: Permit,
     links: Vec<(Link, oneshot::Sender<Result<bool, WriteError>>)>,
     barriers: Vec<oneshot::Sender<Result<(), WriteError>>>,
     stop: bool,
@@ -173,9 +267,15 @@ impl Group {
     /// Adds an item; true when it asks for an immediate commit.
     fn add(&mut self, op: Op) -> bool {
         match op {
-            Op::Click { code, event, ack } => {
-                self.clicks.push((code, event));
-                self.acks.extend(ack);
+            Op::Clicks(batch) => {
+                if let (Some(listener), Some(last)) = (batch.listener, batch.events.last()) {
+                    self.listeners.push((listener, last.seq));
+                }
+                let code = batch.code;
+                self.clicks
+                    .extend(batch.events.into_iter().map(|e| (code.clone(), e)));
+                self.acks.extend(batch.acks);
+                self.permits.merge(batch.permit);
                 false
             }
             Op::CreateLink { link, reply } => {
@@ -192,10 +292,29 @@ impl Group {
             }
         }
     }
+
+    /// Tells each code's listener its highest committed click, once per code.
+    fn notify(&mut self) {
+        let mut seen: HashMap<*const (), usize> = HashMap::with_capacity(self.listeners.len());
+        let mut last: Vec<(Arc<dyn CommitListener>, u64)> = Vec::new();
+        for (listener, seq) in self.listeners.drain(..) {
+            let key = Arc::as_ptr(&listener).cast::<()>();
+            match seen.get(&key) {
+                // Batches of one code arrive in order: the later one has the higher number.
+                Some(&i) => last[i].1 = last[i].1.max(seq),
+                None => {
+                    seen.insert(key, last.len());
+                    last.push((listener, seq));
+                }
+            }
+        }
+        for (listener, seq) in last {
+            listener.committed(seq);
+        }
+    }
 }
 
-fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, healthy: &AtomicBool) {
-    let mut failed = false;
+fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, health: &Health) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
@@ -207,7 +326,8 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, healthy: &Atomic
         let first = match rx.recv_timeout(wait) {
             Ok(op) => op,
             Err(RecvTimeoutError::Timeout) => {
-                sync(store, healthy);
+                // A failure is reported (once) by `sync`; nothing is committed after it.
+                let _ = sync(store, health);
                 last_sync = Instant::now();
                 unsynced = false;
                 continue;
@@ -228,37 +348,59 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, healthy: &Atomic
             let Ok(op) = rx.try_recv() else { break };
             group.add(op);
         }
+        // A disk that does not answer (fault injection): the group waits, and so does
+        // everything queued behind it.
+        while health.stalled.load(Ordering::Acquire) {
+            thread::sleep(Duration::from_millis(5));
+        }
 
         let stop = group.stop;
         let must_sync = stop
             || !group.links.is_empty()
             || (config.durability == Durability::Strict && !group.clicks.is_empty());
-        let mut result = if failed {
-            // After a failed commit nothing more is committed: later clicks would leave a gap
-            // in their code's numbering. The service reports itself unhealthy.
-            Err(WriteError::Failed("an earlier commit failed".into()))
-        } else {
-            commit(store, &group).map_err(|e| WriteError::Failed(e.to_string()))
+        let mut result = match health.failure.lock().ok().and_then(|f| f.clone()) {
+            // After a failed commit or fsync nothing more is committed: later clicks would
+            // leave a gap in their code's numbering, or sit on pages the kernel dropped.
+            Some(reason) => Err(WriteError::Failed(reason)),
+            None => commit_to_os(store, &group, health),
         };
-        failed |= result.is_err();
         if result.is_ok() {
             unsynced = true;
             if must_sync || last_sync.elapsed() >= config.fsync_interval {
-                if !sync(store, healthy) {
-                    result = Err(WriteError::Failed("fsync failed".into()));
+                if let Err(e) = sync(store, health) {
+                    result = Err(e);
                 }
                 last_sync = Instant::now();
                 unsynced = false;
             }
-        } else {
-            healthy.store(false, Ordering::Relaxed);
         }
-        answer(group, &result);
+        answer(&mut group, &result, health);
         if stop {
             info!("writer stopped");
             return;
         }
     }
+}
+
+/// Commits the group and hands the journal to the OS, so a killed process keeps it.
+fn commit_to_os(
+    store: &Store,
+    group: &Group,
+    health: &Health,
+) -> Result<Vec<Result<bool, WriteError>>, WriteError> {
+    let failed = |e: String| {
+        health.fail(format!("a commit failed: {e}"));
+        WriteError::Failed(e)
+    };
+    if health.fail_commit.swap(false, Ordering::AcqRel) {
+        return Err(failed("injected I/O error".into()));
+    }
+    let outcomes = commit(store, group).map_err(|e| failed(e.to_string()))?;
+    store
+        .db
+        .persist(PersistMode::Buffer)
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(outcomes)
 }
 
 /// Writes the group as one atomic batch. Returns, for each new link in order, whether it was
@@ -300,41 +442,59 @@ fn commit(store: &Store, group: &Group) -> Result<Vec<Result<bool, WriteError>>,
     Ok(outcomes)
 }
 
-fn sync(store: &Store, healthy: &AtomicBool) -> bool {
+fn sync(store: &Store, health: &Health) -> Result<(), WriteError> {
+    if health.failed.load(Ordering::Acquire) {
+        return Err(WriteError::Failed("the store has failed".into()));
+    }
     // fdatasync: the journal's data and what is needed to read it back (its length), without
     // the timestamps a full fsync also writes.
-    match store.db.persist(PersistMode::SyncData) {
-        Ok(()) => true,
-        Err(e) => {
-            error!(cause = %e, "fsync of the journal failed");
-            healthy.store(false, Ordering::Relaxed);
-            false
-        }
-    }
+    let result = if health.fail_sync.swap(false, Ordering::AcqRel) {
+        Err("injected I/O error".to_owned())
+    } else {
+        store
+            .db
+            .persist(PersistMode::SyncData)
+            .map_err(|e| e.to_string())
+    };
+    result.map_err(|e| {
+        health.fail(format!("an fsync of the journal failed: {e}"));
+        WriteError::Failed(e)
+    })
 }
 
 /// Tells everyone waiting on the group how it went. A waiter that is gone is ignored: the
 /// redirect it belonged to may have timed out.
-fn answer(group: Group, result: &Result<Vec<Result<bool, WriteError>>, WriteError>) {
+fn answer(
+    group: &mut Group,
+    result: &Result<Vec<Result<bool, WriteError>>, WriteError>,
+    health: &Health,
+) {
     match result {
         Ok(outcomes) => {
-            for ack in group.acks {
+            group.notify();
+            for ack in group.acks.drain(..) {
                 let _ = ack.send(());
             }
-            for ((_, reply), outcome) in group.links.into_iter().zip(outcomes) {
+            for ((_, reply), outcome) in group.links.drain(..).zip(outcomes) {
                 let _ = reply.send(outcome.clone());
             }
-            for barrier in group.barriers {
+            for barrier in group.barriers.drain(..) {
                 let _ = barrier.send(Ok(()));
             }
         }
         Err(e) => {
-            error!(cause = %e, clicks = group.clicks.len(), "group commit failed");
+            // Logged once, when the store failed (`Health::fail`); groups after that only
+            // count what they could not save.
+            debug!(cause = %e, clicks = group.clicks.len(), "group not committed");
+            health
+                .lost
+                .fetch_add(group.clicks.len() as u64, Ordering::Relaxed);
             // Dropping the click acks tells strict-mode redirects that their click is not safe.
-            for (_, reply) in group.links {
+            group.acks.clear();
+            for (_, reply) in group.links.drain(..) {
                 let _ = reply.send(Err(e.clone()));
             }
-            for barrier in group.barriers {
+            for barrier in group.barriers.drain(..) {
                 let _ = barrier.send(Err(e.clone()));
             }
         }

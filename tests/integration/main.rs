@@ -10,4 +10,6 @@ mod lifecycle;
 mod overload;
 mod realtime;
 mod redirect;
+mod stall;
 mod support;
+mod truth;

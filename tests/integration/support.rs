@@ -78,6 +78,25 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// Stops the app the way a signal does; returns its data directory and how the stop went.
+    pub async fn stop_result(self) -> (TempDir, anyhow::Result<()>) {
+        self.stop.cancel();
+        let result = self.task.await.expect("app task joins");
+        (self.dir, result)
+    }
+
+    /// `GET /healthz`: the status code and the JSON body.
+    pub async fn health(&self) -> (u16, Value) {
+        let res = self
+            .client
+            .get(self.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz sent");
+        let status = res.status().as_u16();
+        (status, res.json().await.expect("healthz is JSON"))
+    }
+
     /// Stops the app the way a signal does and returns its data directory.
     pub async fn stop(self) -> TempDir {
         self.stop.cancel();
