@@ -391,4 +391,71 @@ mod tests {
         .into_error();
         assert_eq!(err.retry_after, Some(3));
     }
+
+    #[test]
+    fn places_are_capped_per_address_and_given_back() {
+        let limits = ClientLimits::new(0, 0);
+        let places = &limits.streams;
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let b: IpAddr = [192, 0, 2, 2].into();
+        let first = places.take(Some(a), 2);
+        let second = places.take(Some(a), 2);
+        assert!(first.is_ok() && second.is_ok());
+        let full = places.take(Some(a), 2).err();
+        assert_eq!(
+            full,
+            Some(Full {
+                kind: "streams",
+                limit: 2
+            })
+        );
+        let other = places.take(Some(b), 2);
+        assert!(other.is_ok(), "another address has its own places");
+        assert_eq!((places.held(a), places.held(b)), (2, 1));
+        drop(first);
+        assert_eq!(places.held(a), 1);
+        let again = places.take(Some(a), 2);
+        assert!(again.is_ok(), "a place given back is taken again");
+        drop((second, again, other));
+        assert_eq!(
+            places.clients(),
+            0,
+            "an address holding nothing is forgotten"
+        );
+    }
+
+    #[test]
+    fn ipv6_places_are_shared_by_a_slash_64_and_zero_is_no_limit() {
+        let limits = ClientLimits::new(0, 0);
+        let places = &limits.connections;
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let held = places.take(Some(a), 1);
+        assert!(held.is_ok());
+        assert!(places.take(Some(b), 1).is_err(), "same /64");
+        assert!(places.take(Some(c), 1).is_ok(), "another /64");
+        let unlimited: Vec<_> = (0..100).map(|_| places.take(Some(b), 0)).collect();
+        assert!(unlimited.iter().all(Result::is_ok));
+        assert_eq!(places.held(a), 1, "a limit of 0 counts nothing");
+        assert!(
+            places.take(None, 1).is_ok(),
+            "no address: nothing to count by"
+        );
+    }
+
+    #[test]
+    fn a_full_address_is_told_429_with_retry_after() {
+        let err = Full {
+            kind: "connections",
+            limit: 3,
+        }
+        .into_error();
+        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(err.retry_after, Some(PLACE_RETRY_AFTER));
+        assert_eq!(
+            err.message,
+            "too many open connections from this address (at most 3), try again later"
+        );
+    }
 }

@@ -40,13 +40,13 @@ pub async fn serve(
     state: Arc<AppState>,
 ) {
     // Parsed again after each read until complete: heads are small, and httparse is what
-    // decides where a head ends (CRLF or bare LF), as it does for hyper.
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match httparse::Request::new(&mut headers).parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => break,
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return refuse(&mut conn, &head_error(e)).await,
+    // decides where a head ends (CRLF or bare LF), as it does for hyper. The parsing is done in
+    // plain functions, so its header array never becomes part of this (long-lived) future.
+    let head = loop {
+        match read_head(&buf) {
+            Ok(Some(head)) => break head,
+            Ok(None) => {}
+            Err(e) => return refuse(&mut conn, &e).await,
         }
         if buf.len() > MAX_HEAD {
             let e = ApiError::new(
@@ -60,38 +60,22 @@ pub async fn serve(
             Ok(Ok(n)) if n > 0 => {}
             _ => return,
         }
-    }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    if request.parse(&buf).is_err() {
-        // Parsed complete just above: cannot happen.
-        return;
-    }
-    if let Err(e) = check_head(&request) {
-        return refuse(&mut conn, &e).await;
-    }
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
     };
+    drop(buf);
     let opened = stream::open(
         &state,
         StreamRequest {
-            raw_code: stream::code_in_target(request.path.unwrap_or("")),
-            last_event_id: header("last-event-id"),
+            raw_code: stream::code_in_target(&head.target),
+            last_event_id: head.last_event_id.as_deref(),
             client: client_addr(
                 state.config.trust_forwarded_for,
                 Some(peer.ip()),
-                header("x-forwarded-for"),
+                head.forwarded_for.as_deref(),
             ),
         },
     )
     .await;
-    drop(request);
-    drop(buf);
+    drop(head);
     let stream::Opened {
         head,
         mut frames,
@@ -149,6 +133,37 @@ pub async fn serve(
         }
     }
     drop(guard);
+}
+
+/// What the stream needs of a request head.
+struct Head {
+    target: String,
+    last_event_id: Option<Vec<u8>>,
+    forwarded_for: Option<Vec<u8>>,
+}
+
+/// The head in `buf` if it is complete (`None`: read on), or the answer refusing it.
+fn read_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(head_error(e)),
+    }
+    check_head(&request)?;
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.to_vec())
+    };
+    Ok(Some(Head {
+        target: request.path.unwrap_or("").to_owned(),
+        last_event_id: header("last-event-id"),
+        forwarded_for: header("x-forwarded-for"),
+    }))
 }
 
 /// A head httparse refused, answered as hyper answers it on the salvo path.

@@ -1,9 +1,13 @@
-//! Request heads: bad `Last-Event-ID` values and heads over the size limits.
+//! Request heads: bad `Last-Event-ID` values, heads over the size limits, and the heads both
+//! stream transports (the lean writer and salvo) must take and refuse alike.
 
 use std::time::Duration;
 
 use super::raw::{assert_not_created, raw_get, send_raw};
-use crate::support::{KEY, TestResult, json_error, spawn_app, stored};
+use crate::{
+    support::{KEY, TestResult, json_error, spawn_app, spawn_with, stored},
+    wire::{Answer, exchange, kept_alive_from, read_until},
+};
 
 #[tokio::test]
 async fn a_bad_last_event_id_is_400_and_subscribes_nothing() -> TestResult {
@@ -143,5 +147,127 @@ async fn huge_heads_are_refused_and_count_nothing() -> TestResult {
         (1, 1),
         "only the good click is stored"
     );
+    Ok(())
+}
+
+/// A stream asked for with `head` on a fresh connection (the lean writer) and on a kept-alive
+/// connection that already carried a request (salvo): the answers of both.
+async fn on_both_transports(app: &crate::support::TestApp, head: &[u8]) -> [Option<Answer>; 2] {
+    let mut fresh = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connects");
+    let lean = exchange(&mut fresh, head).await;
+    let mut kept = kept_alive_from([127, 0, 0, 1], app.addr).await;
+    let salvo = exchange(&mut kept, head).await;
+    [lean, salvo]
+}
+
+#[tokio::test]
+async fn a_head_with_bare_lf_line_ends_is_served_on_both_transports() -> TestResult {
+    // A head that never ended would wait for this long; the answers come well before.
+    let app = spawn_with(None, |c| c.header_timeout = Duration::from_secs(3600)).await;
+    app.create_link("lf").await;
+    let mut streams = Vec::new();
+    for head in [
+        &b"GET /realtime/lf HTTP/1.1\nHost: t\nLast-Event-ID: 0\n\n"[..],
+        b"GET /realtime/lf HTTP/1.1\r\nHost: t\nLast-Event-ID: 0\r\n\n",
+        b"GET /realtime/lf HTTP/1.1\nHost: t\r\n\r\n",
+    ] {
+        let shown = String::from_utf8_lossy(head).into_owned();
+        let mut fresh = tokio::net::TcpStream::connect(app.addr).await?;
+        let answer = exchange(&mut fresh, head).await.ok_or("no answer")?;
+        assert!(answer.is_stream(), "lean, {shown:?}: {}", answer.head);
+        let mut kept = kept_alive_from([127, 0, 0, 1], app.addr).await;
+        let answer = exchange(&mut kept, head).await.ok_or("no answer")?;
+        assert!(answer.is_stream(), "salvo, {shown:?}: {}", answer.head);
+        streams.push(fresh);
+        streams.push(kept);
+    }
+    // Each of them is live: the next click reaches all.
+    app.click("lf").await;
+    for conn in &mut streams {
+        assert!(read_until(conn, "\"clickCount\":1").await.contains("id: 1"));
+    }
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn both_stream_transports_accept_and_refuse_the_same_heads() -> TestResult {
+    let app = spawn_with(None, |c| c.header_timeout = Duration::from_secs(3600)).await;
+    app.create_link("hd").await;
+    let head = |lines: &str| format!("GET /realtime/hd HTTP/1.1\r\nHost: t\r\n{lines}\r\n");
+    let many = |n: usize| (0..n).map(|i| format!("X-H{i}: v\r\n")).collect::<String>();
+    let padded = |n: usize, each: usize| {
+        (0..n)
+            .map(|i| format!("X-Pad-{i}: {}\r\n", "p".repeat(each)))
+            .collect::<String>()
+    };
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("CRLF", head(""), 200),
+        (
+            "bare LF",
+            "GET /realtime/hd HTTP/1.1\nHost: t\n\n".to_owned(),
+            200,
+        ),
+        (
+            "HTTP/1.0",
+            "GET /realtime/hd HTTP/1.0\r\n\r\n".to_owned(),
+            200,
+        ),
+        (
+            "no Host",
+            "GET /realtime/hd HTTP/1.1\r\n\r\n".to_owned(),
+            200,
+        ),
+        ("a query", head("").replacen("/hd", "/hd?x=1", 1), 200),
+        ("Content-Length: 0", head("Content-Length: 0\r\n"), 200),
+        ("100 headers", head(&many(99)), 200),
+        ("20 KiB in 4 headers", head(&padded(4, 5 * 1024)), 200),
+        ("Last-Event-ID: abc", head("Last-Event-ID: abc\r\n"), 400),
+        ("101 headers", head(&many(100)), 431),
+        ("a 9 KiB header", head(&padded(1, 9 * 1024)), 431),
+        ("40 KiB in 40 headers", head(&padded(40, 1000)), 431),
+        ("a folded header", head("X-A: a\r\n b\r\n"), 400),
+        ("a space before the colon", head("X-A : a\r\n"), 400),
+        ("a bad header name", head("X(A): a\r\n"), 400),
+        ("a NUL in a value", head("X-A: a\0b\r\n"), 400),
+        (
+            "HTTP/2.0",
+            "GET /realtime/hd HTTP/2.0\r\n\r\n".to_owned(),
+            400,
+        ),
+        ("no version", "GET /realtime/hd\r\n\r\n".to_owned(), 400),
+        ("Content-Length: abc", head("Content-Length: abc\r\n"), 400),
+        ("Content-Length: -1", head("Content-Length: -1\r\n"), 400),
+        (
+            "two Content-Lengths",
+            head("Content-Length: 1\r\nContent-Length: 2\r\n"),
+            400,
+        ),
+        (
+            "Transfer-Encoding: gzip",
+            head("Transfer-Encoding: gzip\r\n"),
+            400,
+        ),
+        (
+            "Transfer-Encoding in HTTP/1.0",
+            "GET /realtime/hd HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned(),
+            400,
+        ),
+    ];
+    for (what, head, status) in cases {
+        let [lean, salvo] = on_both_transports(&app, head.as_bytes()).await;
+        let lean = lean.map(|a| a.status);
+        let salvo = salvo.map(|a| a.status);
+        assert_eq!(lean, salvo, "{what}: lean writer vs salvo");
+        assert_eq!(lean, Some(status), "{what}");
+    }
+    assert_eq!(
+        app.metric("linkpulse_subscribers").await,
+        0,
+        "no refused or closed stream is left open"
+    );
+    app.stop().await;
     Ok(())
 }
