@@ -141,6 +141,19 @@ pub struct ServeConfig {
     /// backlog until one closes.
     #[arg(long, env = "LINKPULSE_MAX_CONNECTIONS", default_value_t = 18_000)]
     pub max_connections: usize,
+    /// Most open streams one client address (IPv6: one /64) may hold; past it `429` +
+    /// `Retry-After` (0: no limit). With --trust-forwarded-for the address is the forwarded one.
+    #[arg(long, env = "LINKPULSE_SSE_MAX_PER_CLIENT", default_value_t = 1_000)]
+    pub sse_max_per_client: usize,
+    /// Most open connections one client address (IPv6: one /64) may hold, streams included;
+    /// past it a new connection is answered `429` + `Retry-After` and closed (0: no limit).
+    /// Not applied with --trust-forwarded-for: there the peer is the proxy.
+    #[arg(
+        long,
+        env = "LINKPULSE_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 2_000
+    )]
+    pub max_connections_per_client: usize,
     /// How long a client may take to send a request head (slow-header clients are cut off); a
     /// kept-alive connection idle this long between requests is closed too.
     #[arg(long, env = "LINKPULSE_HEADER_TIMEOUT", value_parser = duration, default_value = "10s")]

@@ -3,6 +3,10 @@
 //! own connection) is served by the lean stream writer in [`super::sse`]; every other goes to
 //! salvo unchanged, the bytes already read put back in front of the socket ([`Rewind`]).
 //!
+//! Each connection takes a place in `--max-connections` (past it, new ones wait in the kernel's
+//! backlog) and one of its client address's `--max-connections-per-client` places (past it,
+//! the connection is answered `429` + `Retry-After` and closed, before anything is read).
+//!
 //! Why: a connection served by salvo/hyper keeps about 16 KiB of read and write buffers for its
 //! whole life, and every frame passes through its body machinery. For thousands of idle-most-
 //! of-the-time subscribers the lean writer keeps a few hundred bytes and makes one `write` per
@@ -24,17 +28,26 @@ use salvo::{
     http::{Version, uri::Scheme},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, mpsc},
 };
 use tracing::warn;
 
-use super::{AppState, sse};
+use super::{AppState, limit::Place, sse};
 
 const SSE_PREFIX: &[u8] = b"GET /realtime/";
 /// Connections accepted but not yet taken by salvo.
 const HANDOFF_QUEUE: usize = 1024;
+/// How long a refused connection is read (and what it sent dropped) after its answer, so
+/// closing it does not reset it before the client has read the answer.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// The places an open connection holds: one of all, one of its client address's.
+struct Places {
+    _total: OwnedSemaphorePermit,
+    _client: Place,
+}
 
 /// Starts the accept loop on `listener` and returns the acceptor salvo serves from.
 pub fn start(listener: TcpListener, state: Arc<AppState>) -> io::Result<FrontAcceptor> {
@@ -72,7 +85,22 @@ async fn accept_loop(
         match accepted {
             Ok((conn, peer)) => {
                 let _ = conn.set_nodelay(true);
-                tokio::spawn(sort(conn, peer, place, state.clone(), to_salvo.clone()));
+                // Behind a trusted proxy the peer is the proxy: only streams are limited per
+                // client there (by the forwarded address).
+                let client = (!state.config.trust_forwarded_for).then_some(peer.ip());
+                let limit = state.config.max_connections_per_client;
+                match state.client_limits().connections.take(client, limit) {
+                    Ok(client_place) => {
+                        let places = Places {
+                            _total: place,
+                            _client: client_place,
+                        };
+                        tokio::spawn(sort(conn, peer, places, state.clone(), to_salvo.clone()));
+                    }
+                    Err(full) => {
+                        tokio::spawn(refuse(conn, full.into_error(), place));
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors, most likely: wait rather than spin.
@@ -83,11 +111,23 @@ async fn accept_loop(
     }
 }
 
+/// Answers a connection over its client's cap with `error`, then reads and drops what it sent
+/// until it closes or [`LINGER`] passes. Holds its place in `--max-connections` meanwhile.
+async fn refuse(mut conn: TcpStream, error: super::ApiError, _place: OwnedSemaphorePermit) {
+    sse::refuse(&mut conn, &error).await;
+    let _ = conn.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
 /// Reads until the first bytes tell a stream from anything else.
 async fn sort(
     mut conn: TcpStream,
     peer: SocketAddr,
-    place: OwnedSemaphorePermit,
+    place: Places,
     state: Arc<AppState>,
     to_salvo: mpsc::Sender<(Rewind, SocketAddr)>,
 ) {
@@ -112,7 +152,7 @@ async fn sort(
             return;
         }
         if seen == SSE_PREFIX.len() {
-            sse::serve(conn, buf, deadline, state).await;
+            sse::serve(conn, peer, buf, deadline, state).await;
             drop(place);
             return;
         }
@@ -178,7 +218,7 @@ impl Acceptor for FrontAcceptor {
 pub struct Rewind {
     prefix: Bytes,
     inner: TcpStream,
-    _place: OwnedSemaphorePermit,
+    _place: Places,
 }
 
 impl AsyncRead for Rewind {

@@ -1,15 +1,21 @@
 //! Limits on what one client may ask for: link creations per API key and per client address
-//! (keyed GCRA limiters from `governor`), and the size of request headers.
+//! (keyed GCRA limiters from `governor`), open streams and open connections per client address
+//! ([`Places`]), and the size of request headers.
 
 use std::{
     net::IpAddr,
     num::NonZeroU32,
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
+use dashmap::{DashMap, mapref::entry::Entry};
 use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
 use salvo::{http::StatusCode, prelude::*};
+use tracing::warn;
 
 use super::ApiError;
 
@@ -22,13 +28,22 @@ pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// The most bytes all request headers together may have.
 pub const MAX_HEADERS_BYTES: usize = 32 * 1024;
 
-/// Link creations allowed per API key and per client address, each `rate` per second with a
-/// burst of `rate`.
-pub struct CreateLimits {
+/// What one client may take: link creations per API key and per client address, each `rate`
+/// per second with a burst of `rate`; and open streams and open connections per client
+/// address, each capped by its flag (passed where a place is taken).
+pub struct ClientLimits {
     per_key: Option<DefaultKeyedRateLimiter<String>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     checks: AtomicU64,
+    /// Open streams per client address (`--sse-max-per-client`), on both stream transports.
+    pub streams: Places,
+    /// Open connections per client address (`--max-connections-per-client`), taken in the
+    /// accept loop.
+    pub connections: Places,
 }
+
+/// The name the limits were first given, when they held only creation rates.
+pub type CreateLimits = ClientLimits;
 
 /// Why a creation was refused: which limit, and how long until one more is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,20 +76,22 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(rate: u32) -> Option<DefaultKeyedRat
 
 /// The key an address is limited by: IPv4 addresses one by one, IPv6 by /64 (what one
 /// subscriber usually holds), IPv4-mapped IPv6 as IPv4.
-fn ip_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6((v6.to_bits() & !u128::from(u64::MAX)).into()),
         v4 => v4,
     }
 }
 
-impl CreateLimits {
-    /// `0` turns a limit off.
+impl ClientLimits {
+    /// Creation rates per second; `0` turns a limit off.
     pub fn new(per_key: u32, per_ip: u32) -> Self {
         Self {
             per_key: limiter(per_key),
             per_ip: limiter(per_ip),
             checks: AtomicU64::new(0),
+            streams: Places::new("streams", "--sse-max-per-client"),
+            connections: Places::new("connections", "--max-connections-per-client"),
         }
     }
 
@@ -126,6 +143,140 @@ impl CreateLimits {
     }
 }
 
+/// Seconds a client over a per-address cap is told to wait before trying again.
+pub const PLACE_RETRY_AFTER: u32 = 5;
+/// At most one log line per kind of place in this interval; it tells how many were refused.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Open places of one kind (streams, connections) per client address. A place is held by a
+/// [`Place`] guard and given back when it is dropped; an address holding none is forgotten, so
+/// the map holds only addresses with something open.
+pub struct Places {
+    kind: &'static str,
+    flag: &'static str,
+    open: Arc<DashMap<IpAddr, usize>>,
+    log: Mutex<RefusalLog>,
+}
+
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    /// Refusals not logged since `last`.
+    quiet: u64,
+}
+
+/// One place held by a client address; dropping it gives the place back.
+#[must_use = "the place is given back when this is dropped"]
+pub struct Place(Option<(Arc<DashMap<IpAddr, usize>>, IpAddr)>);
+
+/// A client address holds as many places as it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full {
+    pub kind: &'static str,
+    pub limit: usize,
+}
+
+impl Full {
+    /// `429` with `Retry-After`: the client itself holds too much.
+    pub fn into_error(self) -> ApiError {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many open {} from this address (at most {}), try again later",
+                self.kind, self.limit
+            ),
+        )
+        .with_retry_after(PLACE_RETRY_AFTER)
+    }
+}
+
+impl Places {
+    fn new(kind: &'static str, flag: &'static str) -> Self {
+        Self {
+            kind,
+            flag,
+            open: Arc::default(),
+            log: Mutex::default(),
+        }
+    }
+
+    /// Takes a place for the client at `ip` if it holds fewer than `limit` (`0`: no limit, and
+    /// nothing is counted). A refusal is logged here, at most once a second per kind, so every
+    /// caller (both stream transports, the accept loop) logs it the same way.
+    pub fn take(&self, ip: Option<IpAddr>, limit: usize) -> Result<Place, Full> {
+        let Some(ip) = ip.filter(|_| limit > 0) else {
+            return Ok(Place(None));
+        };
+        let key = ip_key(ip);
+        match self.open.entry(key) {
+            Entry::Occupied(mut held) => {
+                if *held.get() >= limit {
+                    drop(held);
+                    self.log_refusal(key, limit);
+                    return Err(Full {
+                        kind: self.kind,
+                        limit,
+                    });
+                }
+                *held.get_mut() += 1;
+            }
+            Entry::Vacant(none) => {
+                none.insert(1);
+            }
+        }
+        Ok(Place(Some((self.open.clone(), key))))
+    }
+
+    /// Places held now by the client at `ip` (for tests).
+    pub fn held(&self, ip: IpAddr) -> usize {
+        self.open.get(&ip_key(ip)).map_or(0, |n| *n)
+    }
+
+    /// Client addresses holding at least one place.
+    pub fn clients(&self) -> usize {
+        self.open.len()
+    }
+
+    fn log_refusal(&self, key: IpAddr, limit: usize) {
+        let Ok(mut log) = self.log.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if log
+            .last
+            .is_some_and(|last| now.duration_since(last) < LOG_EVERY)
+        {
+            log.quiet += 1;
+            return;
+        }
+        let before = std::mem::take(&mut log.quiet);
+        log.last = Some(now);
+        drop(log);
+        warn!(
+            client = %key,
+            limit,
+            refused_before = before,
+            "refused: too many open {} from one client address (raise {} to allow more)",
+            self.kind,
+            self.flag
+        );
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some((open, key)) = self.0.take()
+            && let Entry::Occupied(mut held) = open.entry(key)
+        {
+            if *held.get() <= 1 {
+                held.remove();
+            } else {
+                *held.get_mut() -= 1;
+            }
+        }
+    }
+}
+
 /// Refuses requests whose headers are larger than [`MAX_HEADER_BYTES`] one by one or
 /// [`MAX_HEADERS_BYTES`] together with `431`, before any handler sees them (hyper alone takes
 /// up to about 400 KiB of headers, and refuses more than 100 of them with an empty `431`).
@@ -140,30 +291,39 @@ impl Handler for HeaderLimit {
         res: &mut Response,
         ctrl: &mut FlowCtrl,
     ) {
-        let mut total = 0;
-        let mut too_large = false;
-        for (name, value) in req.headers() {
-            let size = name.as_str().len() + value.len();
-            total += size;
-            if size > MAX_HEADER_BYTES || total > MAX_HEADERS_BYTES {
-                too_large = true;
-                break;
+        let sizes = req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len());
+        match check_header_sizes(sizes) {
+            Ok(()) => {
+                ctrl.call_next(req, depot, res).await;
+            }
+            Err(e) => {
+                e.write(res);
+                ctrl.skip_rest();
             }
         }
-        if too_large {
-            ApiError::new(
+    }
+}
+
+/// The header size limits of [`HeaderLimit`], for each header's name and value length: shared
+/// with the lean stream writer so both transports refuse the same heads.
+pub fn check_header_sizes(sizes: impl IntoIterator<Item = usize>) -> Result<(), ApiError> {
+    let mut total = 0;
+    for size in sizes {
+        total += size;
+        if size > MAX_HEADER_BYTES || total > MAX_HEADERS_BYTES {
+            return Err(ApiError::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 format!(
                     "request headers are too large (at most {MAX_HEADER_BYTES} bytes each, \
                      {MAX_HEADERS_BYTES} in all)"
                 ),
-            )
-            .write(res);
-            ctrl.skip_rest();
-        } else {
-            ctrl.call_next(req, depot, res).await;
+            ));
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -230,5 +390,72 @@ mod tests {
         }
         .into_error();
         assert_eq!(err.retry_after, Some(3));
+    }
+
+    #[test]
+    fn places_are_capped_per_address_and_given_back() {
+        let limits = ClientLimits::new(0, 0);
+        let places = &limits.streams;
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let b: IpAddr = [192, 0, 2, 2].into();
+        let first = places.take(Some(a), 2);
+        let second = places.take(Some(a), 2);
+        assert!(first.is_ok() && second.is_ok());
+        let full = places.take(Some(a), 2).err();
+        assert_eq!(
+            full,
+            Some(Full {
+                kind: "streams",
+                limit: 2
+            })
+        );
+        let other = places.take(Some(b), 2);
+        assert!(other.is_ok(), "another address has its own places");
+        assert_eq!((places.held(a), places.held(b)), (2, 1));
+        drop(first);
+        assert_eq!(places.held(a), 1);
+        let again = places.take(Some(a), 2);
+        assert!(again.is_ok(), "a place given back is taken again");
+        drop((second, again, other));
+        assert_eq!(
+            places.clients(),
+            0,
+            "an address holding nothing is forgotten"
+        );
+    }
+
+    #[test]
+    fn ipv6_places_are_shared_by_a_slash_64_and_zero_is_no_limit() {
+        let limits = ClientLimits::new(0, 0);
+        let places = &limits.connections;
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let held = places.take(Some(a), 1);
+        assert!(held.is_ok());
+        assert!(places.take(Some(b), 1).is_err(), "same /64");
+        assert!(places.take(Some(c), 1).is_ok(), "another /64");
+        let unlimited: Vec<_> = (0..100).map(|_| places.take(Some(b), 0)).collect();
+        assert!(unlimited.iter().all(Result::is_ok));
+        assert_eq!(places.held(a), 1, "a limit of 0 counts nothing");
+        assert!(
+            places.take(None, 1).is_ok(),
+            "no address: nothing to count by"
+        );
+    }
+
+    #[test]
+    fn a_full_address_is_told_429_with_retry_after() {
+        let err = Full {
+            kind: "connections",
+            limit: 3,
+        }
+        .into_error();
+        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(err.retry_after, Some(PLACE_RETRY_AFTER));
+        assert_eq!(
+            err.message,
+            "too many open connections from this address (at most 3), try again later"
+        );
     }
 }

@@ -1,7 +1,13 @@
 //! The HTTP layer (salvo): one file per area, one mapping from errors to statuses here.
 //! Handlers are small structs holding the shared [`AppState`], so the hot redirect path does
 //! no per-request lookups of state. [`front`] is the accept loop in front of salvo that gives
-//! connections opening with a stream to the lean writer in `sse`.
+//! connections opening with a stream to the lean writer in `sse`; both stream transports open
+//! their streams through `stream`.
+//!
+//! Routing rules, the same on every route: a method a route does not have is `405` with
+//! `Allow` and a JSON error; every route that answers `GET` also answers `HEAD` (without a
+//! body), except the stream; empty path segments do not count, so a trailing slash (or a
+//! doubled one) names the same route as without it, on both stream transports too.
 
 mod api;
 pub mod front;
@@ -11,6 +17,7 @@ mod pages;
 mod realtime;
 mod redirect;
 mod sse;
+mod stream;
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -41,25 +48,68 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// One place per open connection (`--max-connections`).
     pub connections: Arc<tokio::sync::Semaphore>,
-    /// Link creations allowed per API key and per client address.
-    pub create_limits: limit::CreateLimits,
+    /// What one client may take: link creations per API key and per address, open streams
+    /// and connections per address. Read it through [`AppState::client_limits`].
+    pub create_limits: limit::ClientLimits,
 }
 
-/// The routes of the service.
+impl AppState {
+    /// What one client may take (the `create_limits` field, named for what it first held).
+    pub fn client_limits(&self) -> &limit::ClientLimits {
+        &self.create_limits
+    }
+}
+
+/// What a route answers to; anything else is `405`.
+const GET_HEAD: &str = "GET, HEAD";
+
+/// The routes of the service. Each route's own goal answers the methods it does not have.
 pub fn router(state: Arc<AppState>) -> Router {
     let s = || state.clone();
     Router::new()
         .hoop(limit::HeaderLimit)
-        .push(Router::with_path("healthz").get(health::Health(s())))
-        .push(Router::with_path("metrics").get(health::MetricsText(s())))
-        .push(Router::with_path("api/links").post(api::CreateLink(s())))
+        .push(
+            Router::with_path("healthz")
+                .get(health::Health(s()))
+                .head(health::Health(s()))
+                .goal(NotAllowed(GET_HEAD)),
+        )
+        .push(
+            Router::with_path("metrics")
+                .get(health::MetricsText(s()))
+                .head(health::MetricsText(s()))
+                .goal(NotAllowed(GET_HEAD)),
+        )
+        .push(
+            Router::with_path("api/links")
+                .post(api::CreateLink(s()))
+                .goal(NotAllowed("POST")),
+        )
         .push(
             Router::with_path("api/links/{code}")
                 .get(api::ReadLink(s()))
-                .push(Router::with_path("clicks").get(api::ListClicks(s()))),
+                .head(api::ReadLink(s()))
+                .push(
+                    Router::with_path("clicks")
+                        .get(api::ListClicks(s()))
+                        .head(api::ListClicks(s()))
+                        .goal(NotAllowed(GET_HEAD)),
+                )
+                .goal(NotAllowed(GET_HEAD)),
         )
-        .push(Router::with_path("realtime/{code}").get(realtime::Realtime(s())))
-        .push(Router::with_path("links/{code}").get(pages::StatsPage(s())))
+        .push(
+            Router::with_path("realtime/{code}")
+                .get(realtime::Realtime(s()))
+                .goal(NotAllowed("GET")),
+        )
+        // `/realtime` without a code is an API path that names nothing, not a short code.
+        .push(Router::with_path("realtime").goal(pages::Fallback))
+        .push(
+            Router::with_path("links/{code}")
+                .get(pages::StatsPage(s()))
+                .head(pages::StatsPage(s()))
+                .goal(NotAllowed(GET_HEAD)),
+        )
         .push(
             Router::with_path("{code}")
                 .get(redirect::Redirect {
@@ -69,9 +119,30 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .head(redirect::Redirect {
                     state: s(),
                     count: false,
-                }),
+                })
+                .goal(NotAllowed(GET_HEAD)),
         )
         .push(Router::with_path("{**rest}").goal(pages::Fallback))
+}
+
+/// A method the route does not have: `405` with `Allow` and a JSON error.
+struct NotAllowed(&'static str);
+
+#[async_trait]
+impl Handler for NotAllowed {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(self.0));
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "method {} is not allowed here; allowed: {}",
+                req.method(),
+                self.0
+            ),
+        )
+        .write(res);
+    }
 }
 
 /// A client or server error answered as `{"error": "..."}`.
@@ -174,17 +245,31 @@ pub fn authenticate(state: &AppState, req: &Request) -> Result<Caller, ApiError>
 /// The client address: the socket peer, or the last `X-Forwarded-For` entry when the operator
 /// trusts a proxy in front.
 pub fn client_ip(state: &AppState, req: &Request) -> Option<IpAddr> {
-    if state.config.trust_forwarded_for
-        && let Some(forwarded) = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .map(HeaderValue::as_bytes);
+    client_addr(
+        state.config.trust_forwarded_for,
+        req.remote_addr().ip(),
+        forwarded,
+    )
+}
+
+/// [`client_ip`] from its parts, for the lean stream writer, which has no salvo request.
+pub(crate) fn client_addr(
+    trust_forwarded_for: bool,
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&[u8]>,
+) -> Option<IpAddr> {
+    if trust_forwarded_for
+        && let Some(forwarded) = forwarded_for.and_then(|v| std::str::from_utf8(v).ok())
         && let Some(last) = forwarded.rsplit(',').next()
         && let Ok(ip) = last.trim().parse::<IpAddr>()
     {
         return Some(ip);
     }
-    req.remote_addr().ip()
+    peer
 }
 
 /// The `{code}` path parameter. Codes never hold `%`, so a path with a percent-escape names no

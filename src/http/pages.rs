@@ -1,15 +1,29 @@
-//! HTML pages: the stats page of a link, and the page for an unknown code.
+//! HTML pages: the stats page of a link, and the page for an unknown code. The stats page is an
+//! askama template (`src/pages/stats.html`, checked at compile time): every value is escaped
+//! and none is ever read as template.
 
 use std::sync::Arc;
 
-use html_escape::encode_double_quoted_attribute as attr;
+use askama::Template;
 use salvo::{http::StatusCode, prelude::*};
 
-use super::{AppState, code_param};
+use super::{ApiError, AppState, code_param};
 use crate::domain::ShortCode;
 
-const STATS: &str = include_str!("../pages/stats.html");
 const NOT_FOUND: &str = include_str!("../pages/not_found.html");
+
+/// The stats page: what it shows when it opens, before the stream brings it up to date.
+#[derive(Template)]
+#[template(path = "stats.html")]
+struct Stats<'a> {
+    code: &'a str,
+    /// The path of the page's stream.
+    stream: String,
+    short_url: String,
+    target: &'a str,
+    /// The count when the page was made, or `…` when it could not be read.
+    count: String,
+}
 
 /// A small HTML 404 for people who followed a bad link.
 pub fn not_found(res: &mut Response) {
@@ -17,15 +31,15 @@ pub fn not_found(res: &mut Response) {
     res.render(Text::Html(NOT_FOUND));
 }
 
-/// Anything no route matched: JSON under `/api/`, the HTML page elsewhere.
+/// Anything no route matched: JSON under `/api/` and `/realtime/`, the HTML page elsewhere.
 pub struct Fallback;
 
 #[async_trait]
 impl Handler for Fallback {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
-        let path = req.uri().path();
-        if path.starts_with("/api/") || path.starts_with("/realtime/") {
-            super::ApiError::not_found("no such API endpoint").write(res);
+        let first = req.uri().path().split('/').find(|s| !s.is_empty());
+        if matches!(first, Some("api" | "realtime")) {
+            ApiError::not_found("no such API endpoint").write(res);
         } else {
             not_found(res);
         }
@@ -45,21 +59,27 @@ impl Handler for StatsPage {
         let link = match state.links.find(&code).await {
             Ok(Some(link)) => link,
             Ok(None) => return not_found(res),
-            Err(e) => return super::ApiError::from(e).write(res),
+            Err(e) => return ApiError::from(e).write(res),
         };
         // The page opens with the count it has and the stream brings it up to date.
         let count = match state.links.snapshot(&link).await {
             Ok(snapshot) => snapshot.count.to_string(),
             Err(_) => "…".to_owned(),
         };
-        let short_url = format!("{}/{}", state.base_url, link.code);
-        let stream = format!("/realtime/{}", link.code);
-        let page = STATS
-            .replace("{{code}}", &attr(link.code.as_str()))
-            .replace("{{stream}}", &attr(&stream))
-            .replace("{{short_url}}", &attr(&short_url))
-            .replace("{{target}}", &attr(link.target.as_str()))
-            .replace("{{count}}", &count);
-        res.render(Text::Html(page));
+        let page = Stats {
+            code: link.code.as_str(),
+            stream: format!("/realtime/{}", link.code),
+            short_url: format!("{}/{}", state.base_url, link.code),
+            target: link.target.as_str(),
+            count,
+        };
+        match page.render() {
+            Ok(html) => res.render(Text::Html(html)),
+            Err(e) => {
+                // Cannot happen with these fields (rendering them does not fail); logged if it does.
+                tracing::error!(cause = %e, "the stats page could not be rendered");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").write(res);
+            }
+        }
     }
 }

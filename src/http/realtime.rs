@@ -3,10 +3,10 @@
 //! for slow readers), a heartbeat comment every so often, and at shutdown a last `retry:` with
 //! a random delay so browsers come back spread out.
 //!
-//! Opening a stream ([`open`]) is shared by two transports: the salvo handler here, for a
-//! stream requested on a connection that already carried other requests, and the lean writer
-//! in [`super::sse`], for a connection whose first request is a stream (what `EventSource`
-//! does), which costs far less memory and CPU per subscriber.
+//! This is the salvo transport, for a stream requested on a connection that already carried
+//! other requests; a connection whose first request is a stream (what `EventSource` does) is
+//! served by the lean writer in [`super::sse`], which costs far less memory and CPU per
+//! subscriber. Both open their streams through [`super::stream`].
 
 use std::{
     convert::Infallible,
@@ -15,9 +15,8 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Future, Stream};
-use rand::Rng;
 use salvo::{
     http::{HeaderValue, StatusCode, header},
     prelude::*,
@@ -25,85 +24,10 @@ use salvo::{
 use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::{ApiError, AppState, code_param};
-use crate::{
-    domain::ShortCode,
-    links::{Links, SubscribeError, frame},
-    metrics::SubscriberPlace,
+use super::{
+    AppState, client_ip, code_param,
+    stream::{self, StreamRequest, Unsubscribe},
 };
-
-/// A stream that may start: its first chunk and its queue of frames.
-pub(crate) struct Opened {
-    pub head: Bytes,
-    pub frames: mpsc::Receiver<Bytes>,
-    /// Tells the actor when the stream goes away; gives back the subscriber place.
-    pub guard: Unsubscribe,
-}
-
-/// Opens a stream on `raw_code` for a client that has seen the state `last_event_id` (the raw
-/// header value, if sent).
-pub(crate) async fn open(
-    state: &AppState,
-    raw_code: &str,
-    last_event_id: Option<&[u8]>,
-) -> Result<Opened, ApiError> {
-    let missing = || ApiError::not_found("no such link");
-    let code = ShortCode::parse(raw_code).map_err(|_| missing())?;
-    let link = state
-        .links
-        .find(&code)
-        .await
-        .map_err(ApiError::from)?
-        .ok_or_else(missing)?;
-    let last_event_id = match last_event_id {
-        None => None,
-        Some(raw) => Some(
-            std::str::from_utf8(raw)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a click count"))?,
-        ),
-    };
-    let Some(place) = state
-        .metrics
-        .take_subscriber_place(state.config.sse_max_total)
-    else {
-        return Err(ApiError::unavailable("too many live subscribers", 5));
-    };
-    let subscription = match state.links.subscribe(&link, last_event_id).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(SubscribeError::LinkFull)) => {
-            return Err(ApiError::unavailable(
-                "too many live subscribers on this link",
-                5,
-            ));
-        }
-        Ok(Err(SubscribeError::Stopping)) => {
-            return Err(ApiError::unavailable("try again", 1));
-        }
-        Err(e) => return Err(ApiError::from(e)),
-    };
-    let retry_ms = u64::try_from(state.config.sse_retry.as_millis()).unwrap_or(u64::MAX);
-    let mut head = BytesMut::from(&frame::retry_frame(retry_ms)[..]);
-    if let Some(initial) = &subscription.initial {
-        head.extend_from_slice(initial);
-    }
-    Ok(Opened {
-        head: head.freeze(),
-        frames: subscription.frames,
-        guard: Unsubscribe {
-            links: state.links.clone(),
-            code,
-            id: subscription.id,
-            _place: place,
-        },
-    })
-}
-
-/// The last chunk of a stream at shutdown: reconnect after a random 1 to 10 s.
-pub(crate) fn farewell() -> Bytes {
-    frame::retry_frame(rand::rng().random_range(1_000..=10_000))
-}
 
 pub struct Realtime(pub Arc<AppState>);
 
@@ -111,11 +35,15 @@ pub struct Realtime(pub Arc<AppState>);
 impl Handler for Realtime {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
-        let last_event_id = req
-            .headers()
-            .get("last-event-id")
-            .map(HeaderValue::as_bytes);
-        match open(state, code_param(req), last_event_id).await {
+        let request = StreamRequest {
+            raw_code: code_param(req),
+            last_event_id: req
+                .headers()
+                .get("last-event-id")
+                .map(HeaderValue::as_bytes),
+            client: client_ip(state, req),
+        };
+        match stream::open(state, request).await {
             Ok(opened) => {
                 res.status_code(StatusCode::OK);
                 let headers = res.headers_mut();
@@ -136,20 +64,6 @@ impl Handler for Realtime {
             }
             Err(e) => e.write(res),
         }
-    }
-}
-
-/// Tells the actor when the stream goes away, and gives back the subscriber place.
-pub(crate) struct Unsubscribe {
-    links: Links,
-    code: ShortCode,
-    id: u64,
-    _place: SubscriberPlace,
-}
-
-impl Drop for Unsubscribe {
-    fn drop(&mut self) {
-        self.links.unsubscribe(&self.code, self.id);
     }
 }
 
@@ -174,7 +88,7 @@ impl Stream for SseStream {
         }
         if this.shutdown.as_mut().poll(cx).is_ready() {
             this.ended = true;
-            return Poll::Ready(Some(Ok(farewell())));
+            return Poll::Ready(Some(Ok(stream::farewell())));
         }
         this.frames.poll_recv(cx).map(|frame| frame.map(Ok))
     }

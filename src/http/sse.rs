@@ -1,9 +1,11 @@
 //! The lean stream writer: serves a connection whose first request is `GET /realtime/{code}`
-//! straight on the socket. The request head is parsed with `httparse`; the answer is written
-//! by hand (status line, a few fixed headers, `Connection: close`), then each frame is one
-//! `write`. The connection is not reused afterwards, so the body needs no chunk framing.
+//! straight on the socket. The request head is parsed with `httparse` (what hyper parses with,
+//! so both transports take the same heads: bare-LF line ends, the same header count and size
+//! limits, the same body framing checks); the answer is written by hand (status line, a few
+//! fixed headers, `Connection: close`), then each frame is one `write`. The connection is not
+//! reused afterwards, so the body needs no chunk framing.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use salvo::http::StatusCode;
@@ -12,14 +14,19 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{ApiError, AppState, realtime};
+use super::{
+    ApiError, AppState, client_addr,
+    limit::{self, MAX_HEADERS_BYTES},
+    stream::{self, StreamRequest},
+};
 
-/// Largest request head taken.
-const MAX_HEAD: usize = 16 * 1024;
-/// Most request headers taken.
-const MAX_HEADERS: usize = 64;
+/// Most request headers taken (hyper's limit on the salvo path).
+const MAX_HEADERS: usize = 100;
+/// Largest request head taken: all headers at their limit plus a long request line. A head
+/// that salvo would serve always fits.
+const MAX_HEAD: usize = MAX_HEADERS_BYTES + 32 * 1024;
 /// How long a last write (an error, the farewell) may take.
-const LAST_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const LAST_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
 cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
@@ -27,13 +34,19 @@ cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
 /// Serves one stream; `buf` holds what was read so far.
 pub async fn serve(
     mut conn: TcpStream,
+    peer: SocketAddr,
     mut buf: BytesMut,
     deadline: tokio::time::Instant,
     state: Arc<AppState>,
 ) {
-    let head_end = loop {
-        if let Some(end) = find_head_end(&buf) {
-            break end;
+    // Parsed again after each read until complete: heads are small, and httparse is what
+    // decides where a head ends (CRLF or bare LF), as it does for hyper. The parsing is done in
+    // plain functions, so its header array never becomes part of this (long-lived) future.
+    let head = loop {
+        match read_head(&buf) {
+            Ok(Some(head)) => break head,
+            Ok(None) => {}
+            Err(e) => return refuse(&mut conn, &e).await,
         }
         if buf.len() > MAX_HEAD {
             let e = ApiError::new(
@@ -48,48 +61,29 @@ pub async fn serve(
             _ => return,
         }
     };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let parsed = request.parse(&buf[..head_end]);
-    let (path, last_event_id) = match parsed {
-        Ok(httparse::Status::Complete(_)) => {
-            let path = request.path.unwrap_or("");
-            let last_event_id = request
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
-                .map(|h| h.value.to_vec());
-            (path.to_owned(), last_event_id)
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            let e = ApiError::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                format!("more than {MAX_HEADERS} request headers"),
-            );
-            return refuse(&mut conn, &e).await;
-        }
-        _ => {
-            let e = ApiError::bad_request("malformed request");
-            return refuse(&mut conn, &e).await;
-        }
-    };
     drop(buf);
-    // `/realtime/{code}`, without a query string.
-    let raw_code = path
-        .strip_prefix("/realtime/")
-        .unwrap_or("")
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("");
-    let opened = match realtime::open(&state, raw_code, last_event_id.as_deref()).await {
-        Ok(opened) => opened,
-        Err(e) => return refuse(&mut conn, &e).await,
-    };
-    let realtime::Opened {
+    let opened = stream::open(
+        &state,
+        StreamRequest {
+            raw_code: stream::code_in_target(&head.target),
+            last_event_id: head.last_event_id.as_deref(),
+            client: client_addr(
+                state.config.trust_forwarded_for,
+                Some(peer.ip()),
+                head.forwarded_for.as_deref(),
+            ),
+        },
+    )
+    .await;
+    drop(head);
+    let stream::Opened {
         head,
         mut frames,
         guard,
-    } = opened;
+    } = match opened {
+        Ok(opened) => opened,
+        Err(e) => return refuse(&mut conn, &e).await,
+    };
     let stuck = state.config.sse_stuck_timeout;
     // A small send buffer bounds the kernel memory a reader that stops reading can pin, and
     // lets the stuck limit below notice it soon.
@@ -118,7 +112,7 @@ pub async fn serve(
         let frame = tokio::select! {
             biased;
             () = &mut shutdown => {
-                let _ = tokio::time::timeout(LAST_WRITE_TIMEOUT, conn.write_all(&realtime::farewell())).await;
+                let _ = tokio::time::timeout(LAST_WRITE_TIMEOUT, conn.write_all(&stream::farewell())).await;
                 break;
             }
             read = conn.read(&mut probe) => match read {
@@ -141,12 +135,87 @@ pub async fn serve(
     drop(guard);
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+/// What the stream needs of a request head.
+struct Head {
+    target: String,
+    last_event_id: Option<Vec<u8>>,
+    forwarded_for: Option<Vec<u8>>,
 }
 
-/// Answers with a JSON error and closes.
-async fn refuse(conn: &mut TcpStream, error: &ApiError) {
+/// The head in `buf` if it is complete (`None`: read on), or the answer refusing it.
+fn read_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(head_error(e)),
+    }
+    check_head(&request)?;
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.to_vec())
+    };
+    Ok(Some(Head {
+        target: request.path.unwrap_or("").to_owned(),
+        last_event_id: header("last-event-id"),
+        forwarded_for: header("x-forwarded-for"),
+    }))
+}
+
+/// A head httparse refused, answered as hyper answers it on the salvo path.
+fn head_error(e: httparse::Error) -> ApiError {
+    match e {
+        httparse::Error::TooManyHeaders => ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("more than {MAX_HEADERS} request headers"),
+        ),
+        _ => ApiError::bad_request("malformed request"),
+    }
+}
+
+/// What hyper and the salvo path check of a parsed head besides its syntax: header sizes
+/// ([`limit::check_header_sizes`]) and body framing (a `Content-Length` of digits only and the
+/// same in every copy; `Transfer-Encoding` only in HTTP/1.1 and ending in `chunked`).
+fn check_head(request: &httparse::Request<'_, '_>) -> Result<(), ApiError> {
+    limit::check_header_sizes(request.headers.iter().map(|h| h.name.len() + h.value.len()))?;
+    let malformed = || ApiError::bad_request("malformed request");
+    let (mut length, mut chunked, mut encoded) = (None, false, false);
+    for h in request.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if request.version != Some(1) {
+                return Err(malformed());
+            }
+            encoded = true;
+            chunked = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") && !encoded {
+            let digits = !h.value.is_empty() && h.value.iter().all(u8::is_ascii_digit);
+            let value = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|_| digits)
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(malformed)?;
+            if length.is_some_and(|seen| seen != value) {
+                return Err(malformed());
+            }
+            length = Some(value);
+        }
+    }
+    if encoded && !chunked {
+        return Err(malformed());
+    }
+    Ok(())
+}
+
+/// Answers with a JSON error and closes. Also used by the accept loop to refuse a connection
+/// before reading from it.
+pub(super) async fn refuse(conn: &mut TcpStream, error: &ApiError) {
     let body = serde_json::json!({ "error": error.message }).to_string();
     let reason = error.status.canonical_reason().unwrap_or("");
     let retry = error

@@ -19,6 +19,9 @@ async fn stuck_subscribers_are_cut_off_and_the_reader_keeps_up() -> TestResult {
     let app = spawn_with(None, |c| {
         c.sse_stuck_timeout = Duration::from_secs(2);
         c.sse_heartbeat = Duration::from_millis(500);
+        // 1,001 streams from one address (127.0.0.1).
+        c.sse_max_per_client = 0;
+        c.max_connections_per_client = 0;
     })
     .await;
     app.create_link("crowd").await;

@@ -1,0 +1,347 @@
+//! The `linkpulse` binary as a child process, talking to it over HTTP, and redirect load on it:
+//! what every fault test shares.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::ExitStatusExt,
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use linkpulse::store::Store;
+use serde_json::json;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use crate::support::{KEY, client};
+
+pub(super) const BIN: &str = env!("CARGO_BIN_EXE_linkpulse");
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type Res<T> = Result<T, BoxError>;
+
+/// Longest wait for a start to serve or fail (a deadline, not a timing assertion).
+pub(super) const START_LIMIT: Duration = Duration::from_secs(30);
+/// Longest wait for a process to end after SIGKILL, or after it said it cannot start.
+pub(super) const EXIT_LIMIT: Duration = Duration::from_secs(10);
+/// Longest wait for a clean stop after SIGTERM.
+pub(super) const STOP_LIMIT: Duration = Duration::from_secs(20);
+/// Concurrent redirect clients; each has at most one request in flight.
+pub(super) const TASKS: usize = 16;
+
+// ---------------------------------------------------------------------------------------------
+// The child process.
+
+/// A running `linkpulse` process. Dropping it kills the process if it still runs, so a failing
+/// test leaves nothing behind.
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) base: String,
+    pub(super) addr: String,
+    pub(super) log: Arc<Mutex<String>>,
+    pub(super) reader: Option<thread::JoinHandle<()>>,
+}
+
+/// How a start ended.
+pub(super) enum Started {
+    Serving(Server),
+    /// The process ended without serving: its exit status and its log (standard error).
+    Exited {
+        status: ExitStatus,
+        log: String,
+    },
+}
+
+/// Starts `linkpulse` on `dir` with extra `args` and waits until it serves or ends.
+pub(super) async fn start(dir: &Path, args: &[&str]) -> Res<Started> {
+    let mut command = Command::new(BIN);
+    // Only what the test says: no LINKPULSE_* setting of the environment running the tests.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LINKPULSE_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env("LINKPULSE_INITIAL_API_KEY", KEY)
+        .env("LINKPULSE_LOG", "info")
+        // Keep an error report to its message; a panic still prints "panicked at".
+        .env("RUST_LIB_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = oneshot::channel::<String>();
+    let reader = {
+        let log = log.clone();
+        // Reads the whole log, so the child never blocks on a full pipe.
+        thread::spawn(move || {
+            let mut tx = Some(tx);
+            let mut stderr = BufReader::new(stderr);
+            let mut raw = Vec::new();
+            while matches!(stderr.read_until(b'\n', &mut raw), Ok(n) if n > 0) {
+                let line = String::from_utf8_lossy(&raw).into_owned();
+                raw.clear();
+                log.lock().expect("log lock").push_str(&line);
+                if line.contains("linkpulse listening")
+                    && let Some(addr) = line
+                        .split("address=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        })
+    };
+    let mut server = Server {
+        child,
+        base: String::new(),
+        addr: String::new(),
+        log,
+        reader: Some(reader),
+    };
+    match tokio::time::timeout(START_LIMIT, rx).await {
+        Ok(Ok(addr)) => {
+            server.base = format!("http://{addr}");
+            server.addr = addr;
+            Ok(Started::Serving(server))
+        }
+        // The log ended without the listening line: the process is ending.
+        Ok(Err(_)) => {
+            let status = server.wait_exit(EXIT_LIMIT).await?;
+            let log = server.log();
+            Ok(Started::Exited { status, log })
+        }
+        Err(_) => Err(format!(
+            "linkpulse neither served nor exited within {START_LIMIT:?}:\n{}",
+            server.log()
+        )
+        .into()),
+    }
+}
+
+/// Starts `linkpulse` and insists that it serves.
+pub(super) async fn serving(dir: &Path, args: &[&str]) -> Res<Server> {
+    match start(dir, args).await? {
+        Started::Serving(server) => Ok(server),
+        Started::Exited { status, log } => {
+            Err(format!("linkpulse did not start ({status}):\n{log}").into())
+        }
+    }
+}
+
+impl Server {
+    pub(super) fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    pub(super) fn signal(&self, name: &str) -> Res<()> {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            return Err(format!("kill -{name} failed: {status}").into());
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to end (polling, with a deadline) and for its whole log.
+    pub(super) async fn wait_exit(&mut self, limit: Duration) -> Res<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "linkpulse did not exit within {limit:?}; its log:\n{}",
+                    self.log()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        Ok(status)
+    }
+
+    /// SIGKILL, and the process is gone.
+    pub(super) async fn kill(&mut self) -> Res<()> {
+        self.signal("KILL")?;
+        let status = self.wait_exit(EXIT_LIMIT).await?;
+        assert_eq!(status.signal(), Some(9), "ended by SIGKILL: {status}");
+        assert_no_panic(&self.log(), "before the SIGKILL");
+        Ok(())
+    }
+
+    /// SIGTERM, and the process stops cleanly (exit code 0). Returns how long it took.
+    pub(super) async fn terminate(&mut self) -> Res<Duration> {
+        let sent = Instant::now();
+        self.signal("TERM")?;
+        let status = self.wait_exit(STOP_LIMIT).await?;
+        let took = sent.elapsed();
+        let log = self.log();
+        assert_eq!(status.code(), Some(0), "a clean stop exits with 0:\n{log}");
+        assert_no_panic(&log, "a clean stop");
+        Ok(took)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub(super) fn assert_no_panic(log: &str, when: &str) {
+    assert!(!log.contains("panicked"), "a panic ({when}):\n{log}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Talking to it.
+
+pub(super) async fn create_code(http: &reqwest::Client, base: &str, code: &str) -> Res<()> {
+    let res = http
+        .post(format!("{base}/api/links"))
+        .bearer_auth(KEY)
+        .json(&json!({"url": "https://example.com/target", "code": code}))
+        .send()
+        .await?;
+    if res.status() != 201 {
+        return Err(format!("creating {code}: {}", res.status()).into());
+    }
+    Ok(())
+}
+
+/// The count the server shows for each code (`None`: the server does not know the code).
+pub(super) async fn api_counts(
+    http: &reqwest::Client,
+    base: &str,
+    codes: &[&str],
+) -> Res<Vec<Option<u64>>> {
+    let mut out = Vec::with_capacity(codes.len());
+    for code in codes {
+        let res = http
+            .get(format!("{base}/api/links/{code}"))
+            .bearer_auth(KEY)
+            .send()
+            .await?;
+        match res.status().as_u16() {
+            200 => {
+                let body: serde_json::Value = res.json().await?;
+                let count = body["clickCount"].as_u64().ok_or("clickCount missing")?;
+                out.push(Some(count));
+            }
+            404 => out.push(None),
+            other => return Err(format!("reading {code}: {other}").into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Counts every code must have: a code the server does not know is an error.
+pub(super) async fn known_counts(
+    http: &reqwest::Client,
+    base: &str,
+    codes: &[&str],
+) -> Res<Vec<u64>> {
+    api_counts(http, base, codes)
+        .await?
+        .into_iter()
+        .zip(codes)
+        .map(|(count, code)| count.ok_or_else(|| format!("{code} is unknown").into()))
+        .collect()
+}
+
+/// (stored count, stored click events) of each code, read straight from the store. The
+/// process using the directory must have ended.
+pub(super) fn stored_counts(dir: &Path, codes: &[&str]) -> Res<Vec<(u64, u64)>> {
+    let store = Store::open(dir)?;
+    codes
+        .iter()
+        .map(|code| Ok((store.counter(code)?.count, store.count_click_events(code)?)))
+        .collect()
+}
+
+/// What the redirect clients of one code saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Tally {
+    /// `302` answers received.
+    pub(super) found: u64,
+    /// Other answers (a strict-mode `503`, say).
+    pub(super) other: u64,
+    /// Requests that got no answer (the server went away): each may or may not be counted.
+    /// A client stops at its first, so this is at most its requests in flight.
+    pub(super) unanswered: u64,
+}
+
+/// Redirect clients hammering the codes until stopped.
+pub(super) struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<(usize, JoinHandle<Tally>)>,
+    codes: usize,
+}
+
+/// Starts `TASKS` clients, client `i` following code `i % codes.len()` in a loop.
+pub(super) fn start_load(base: &str, codes: &[&str]) -> Load {
+    let http = client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = (0..TASKS)
+        .map(|i| {
+            let index = i % codes.len();
+            let url = format!("{base}/{}", codes[index]);
+            let (http, stop) = (http.clone(), stop.clone());
+            let task = tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while !stop.load(Ordering::Relaxed) {
+                    match http.get(&url).timeout(Duration::from_secs(10)).send().await {
+                        Ok(res) if res.status() == 302 => tally.found += 1,
+                        Ok(_) => tally.other += 1,
+                        Err(_) => {
+                            tally.unanswered += 1;
+                            break;
+                        }
+                    }
+                }
+                tally
+            });
+            (index, task)
+        })
+        .collect();
+    Load {
+        stop,
+        tasks,
+        codes: codes.len(),
+    }
+}
+
+impl Load {
+    /// Stops the clients and sums up per code.
+    pub(super) async fn finish(self) -> Res<Vec<Tally>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut out = vec![Tally::default(); self.codes];
+        for (index, task) in self.tasks {
+            let t = task.await?;
+            out[index].found += t.found;
+            out[index].other += t.other;
+            out[index].unanswered += t.unanswered;
+        }
+        Ok(out)
+    }
+}
