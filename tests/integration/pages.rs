@@ -74,8 +74,6 @@ async fn a_target_that_looks_like_template_or_markup_is_shown_literally() -> Tes
         "lastCreatedAt",
         "lastIp",
         "lastCountry",
-        "lastBrowser",
-        "lastReferer",
         "lastUserAgent",
     ] {
         assert!(html.contains(&format!(r#"id="{id}""#)), "#{id} missing");

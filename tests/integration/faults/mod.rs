@@ -12,13 +12,16 @@
 //!
 //! One file per fault: `kill` (SIGKILL under load), `shutdown` (SIGTERM with thousands of open
 //! streams), `damage` (damaged journals and tables, and the long sweep of flipped words),
-//! `held` (a data directory another linkpulse holds). `process` (the child process, talking to
+//! `held` (a data directory another linkpulse holds), `screen` (what a viewer saw survives
+//! SIGKILL), `disk` (the disk fills up while serving). `process` (the child process, talking to
 //! it, redirect load) and `store_files` (prepared, copied and damaged data directories) hold
 //! what they share.
 
 mod damage;
+mod disk;
 mod held;
 mod kill;
 mod process;
+mod screen;
 mod shutdown;
 mod store_files;

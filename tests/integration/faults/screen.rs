@@ -1,0 +1,51 @@
+//! What a viewer saw survives a crash: a frame carries only committed clicks, and committed
+//! clicks are with the OS, so after SIGKILL and a restart the store holds at least every count
+//! any viewer was shown.
+
+use std::time::Duration;
+
+use super::process::{create_code, known_counts, serving, start_load};
+use crate::support::{SseClient, TestResult, client};
+
+#[tokio::test]
+async fn after_sigkill_the_store_holds_every_count_a_viewer_saw() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let http = client();
+    let code = "seen";
+    for round in 0..3 {
+        let mut server = serving(dir.path(), &[]).await?;
+        if round == 0 {
+            create_code(&http, &server.base, code).await?;
+        }
+        let url = format!("{}/realtime/{code}", server.base);
+        let mut sse = SseClient::open(&http, &url, None).await;
+        assert_eq!(sse.status, 200);
+        // The viewer reads until the stream ends with the process.
+        let viewer = tokio::spawn(async move {
+            let mut max = 0;
+            while let Some(event) = sse.next(Duration::from_secs(20)).await {
+                if let Some(count) = event.count() {
+                    max = max.max(count);
+                }
+            }
+            max
+        });
+        let load = start_load(&server.base, &[code]);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        server.kill().await?;
+        load.finish().await?;
+        let seen = viewer.await?;
+        drop(server);
+
+        let mut again = serving(dir.path(), &[]).await?;
+        let stored = known_counts(&http, &again.base, &[code]).await?[0];
+        eprintln!("round {round}: the viewer saw {seen}, the store holds {stored}");
+        assert!(seen > 0, "round {round}: the viewer saw clicks");
+        assert!(
+            stored >= seen,
+            "round {round}: a viewer saw count {seen} but the store holds {stored}"
+        );
+        again.terminate().await?;
+    }
+    Ok(())
+}
