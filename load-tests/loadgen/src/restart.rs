@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, bail};
 use linkpulse::{
     domain::{ClickEvent, DeviceClass, Link, ShortCode, TargetUrl, now_ms},
-    store::{Durability, Store, Writer, WriterConfig},
+    store::{ClickBatch, Durability, Permit, Store, Writer, WriterConfig},
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -85,7 +85,13 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<bool> {
                 device: DeviceClass::Desktop,
                 bot: false,
             };
-            handle.click(seed_code(i)?, Arc::new(event), None);
+            handle.clicks(ClickBatch {
+                code: seed_code(i)?,
+                events: vec![Arc::new(event)],
+                acks: Vec::new(),
+                listener: None,
+                permit: Permit::empty(),
+            });
             written += 1;
         }
         // Keep the writer's queue (and this process's memory) bounded.
@@ -94,7 +100,9 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<bool> {
         }
     }
     handle.barrier().await?;
-    tokio::task::spawn_blocking(move || writer.stop()).await?;
+    tokio::task::spawn_blocking(move || writer.stop())
+        .await?
+        .map_err(|e| anyhow::anyhow!("the final commit failed: {e}"))?;
     let secs = started.elapsed().as_secs_f64();
     let mut summary = Summary::default();
     summary.add("mode", "seed");
