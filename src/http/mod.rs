@@ -206,10 +206,9 @@ impl From<LinkError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service is shutting down",
             ),
-            LinkError::Unavailable => Self::unavailable(
-                "this link cannot be served right now, try again",
-                1,
-            ),
+            LinkError::Unavailable => {
+                Self::unavailable("this link cannot be served right now, try again", 1)
+            }
             LinkError::Timeout => {
                 warn!(cause = %e, "link operation timed out");
                 Self::unavailable("the service is busy, try again", 1)

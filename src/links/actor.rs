@@ -211,7 +211,11 @@ impl LinkState {
     fn answer_waiters(&mut self) {
         let all = !self.shared.writer.is_healthy();
         let committed = self.committed;
-        if !self.waiters.iter().any(|(target, _)| all || *target <= committed) {
+        if !self
+            .waiters
+            .iter()
+            .any(|(target, _)| all || *target <= committed)
+        {
             return;
         }
         let snapshot = self.snapshot();

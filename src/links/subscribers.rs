@@ -140,7 +140,12 @@ mod tests {
         subs.deliver(&Bytes::from_static(b"1"), 1, t0, stuck);
         subs.deliver(&Bytes::from_static(b"2"), 2, t0, stuck);
         assert_eq!(subs.len(), 1, "behind, not yet stuck");
-        subs.deliver(&Bytes::from_static(b"3"), 3, t0 + Duration::from_secs(31), stuck);
+        subs.deliver(
+            &Bytes::from_static(b"3"),
+            3,
+            t0 + Duration::from_secs(31),
+            stuck,
+        );
         assert!(subs.is_empty());
     }
 }

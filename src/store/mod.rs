@@ -22,8 +22,8 @@ use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-pub use records::{DecodeError, KeyRecord};
 pub use backlog::{Backlog, Permit};
+pub use records::{DecodeError, KeyRecord};
 pub use writer::{
     ClickBatch, CommitListener, Durability, Fault, WriteError, Writer, WriterConfig, WriterHandle,
 };

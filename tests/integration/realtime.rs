@@ -75,7 +75,13 @@ async fn first_frame_at_once_then_rising_counts_with_ids() -> TestResult {
         fields.sort_unstable();
         assert_eq!(
             fields,
-            ["country", "createdAt", "ipAddress", "shortCode", "userAgent"]
+            [
+                "country",
+                "createdAt",
+                "ipAddress",
+                "shortCode",
+                "userAgent"
+            ]
         );
         last = count;
         frames += 1;
@@ -132,7 +138,10 @@ async fn last_event_id_skips_a_state_the_client_has() -> TestResult {
     let ahead = SseClient::open(&app.client, &url, Some("99")).await;
     assert_eq!(ahead.status, 200);
     let mut ahead = ahead;
-    let state = ahead.next_data(WAIT).await.ok_or("no state for a client ahead")?;
+    let state = ahead
+        .next_data(WAIT)
+        .await
+        .ok_or("no state for a client ahead")?;
     assert_eq!((state.id, state.count()), (Some(4), Some(4)));
     let missing = SseClient::open(&app.client, &app.url("/realtime/none"), None).await;
     assert_eq!(missing.status, 404);

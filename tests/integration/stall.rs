@@ -16,8 +16,8 @@ fn dropped(reason: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_stalled_disk_holds_at_most_the_backlog_and_the_rest_is_dropped_and_counted()
--> TestResult {
+async fn a_stalled_disk_holds_at_most_the_backlog_and_the_rest_is_dropped_and_counted() -> TestResult
+{
     let (app, links) = spawn_with_links(None, |c| c.click_backlog = 100).await;
     app.create_link("slow").await;
     let (status, health) = app.health().await;
@@ -128,7 +128,9 @@ async fn a_failed_commit_stops_all_commits_and_the_stop_says_what_was_lost() -> 
 
     let (dir, stopped) = app.stop_result().await;
     drop(links);
-    let err = stopped.err().ok_or("a stop after a failed commit must report it")?;
+    let err = stopped
+        .err()
+        .ok_or("a stop after a failed commit must report it")?;
     let text = format!("{err:#}");
     assert!(
         text.contains("the store failed") && text.contains("could not be saved"),

@@ -33,7 +33,10 @@ async fn a_frame_never_shows_a_click_the_store_does_not_hold() -> TestResult {
     links.writer().inject(Fault::Resume);
     let mut seen = 0;
     while seen < 5 {
-        let event = sse.next_data(WAIT).await.ok_or("no frame after the commit")?;
+        let event = sse
+            .next_data(WAIT)
+            .await
+            .ok_or("no frame after the commit")?;
         let count = event.count().ok_or("frame without a count")?;
         assert!(count > seen && count <= 5, "{seen} then {count}");
         seen = count;
@@ -87,7 +90,10 @@ async fn a_last_event_id_from_before_a_crash_gets_the_state_as_it_is() -> TestRe
     let url = app.url("/realtime/ahead");
     // A browser that saw count 40 (a crash took it back, or another node had it) reconnects.
     let mut sse = SseClient::open(&app.client, &url, Some("40")).await;
-    assert_eq!(sse.status, 200, "anything but 200 ends an EventSource for good");
+    assert_eq!(
+        sse.status, 200,
+        "anything but 200 ends an EventSource for good"
+    );
     let state = sse.next_data(WAIT).await.ok_or("no state")?;
     assert_eq!((state.id, state.count()), (Some(1), Some(1)));
     app.click("ahead").await;

@@ -72,7 +72,11 @@ async fn a_full_disk_is_reported_once_and_sigterm_still_ends_the_process() -> Te
     // The shutdown timeout is 3 s; the limit here only keeps a hang from stalling the suite.
     let status = server.wait_exit(Duration::from_secs(15)).await?;
     let log = server.log();
-    assert_ne!(status.code(), Some(0), "a stop that lost clicks is not clean:\n{log}");
+    assert_ne!(
+        status.code(),
+        Some(0),
+        "a stop that lost clicks is not clean:\n{log}"
+    );
     assert!(log.contains("could not be saved"), "{log}");
     assert_eq!(
         log.matches("the store failed: no more clicks").count(),
@@ -85,7 +89,10 @@ async fn a_full_disk_is_reported_once_and_sigterm_still_ends_the_process() -> Te
 
 /// Free bytes on the file system holding `path`.
 fn fs_free(path: &std::path::Path) -> Res<u64> {
-    let out = Command::new("df").args(["-B1", "--output=avail"]).arg(path).output()?;
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()?;
     let text = String::from_utf8(out.stdout)?;
     Ok(text
         .lines()
