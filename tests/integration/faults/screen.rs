@@ -12,8 +12,10 @@ async fn after_sigkill_the_store_holds_every_count_a_viewer_saw() -> TestResult 
     let dir = tempfile::tempdir()?;
     let http = client();
     let code = "seen";
-    for round in 0..3 {
-        let mut server = serving(dir.path(), &[]).await?;
+    // Frames as often as clicks come, so the viewer sees the newest counts up to the kill.
+    let args = ["--sse-min-interval", "1ms"];
+    for round in 0..5 {
+        let mut server = serving(dir.path(), &args).await?;
         if round == 0 {
             create_code(&http, &server.base, code).await?;
         }
@@ -37,7 +39,7 @@ async fn after_sigkill_the_store_holds_every_count_a_viewer_saw() -> TestResult 
         let seen = viewer.await?;
         drop(server);
 
-        let mut again = serving(dir.path(), &[]).await?;
+        let mut again = serving(dir.path(), &args).await?;
         let stored = known_counts(&http, &again.base, &[code]).await?[0];
         eprintln!("round {round}: the viewer saw {seen}, the store holds {stored}");
         assert!(seen > 0, "round {round}: the viewer saw clicks");
