@@ -70,6 +70,8 @@ pub struct StartupReport {
     pub totals: Totals,
     /// API keys stored.
     pub keys: u64,
+    /// What a full check read.
+    pub verified: Option<super::Verified>,
     pub took: Duration,
 }
 

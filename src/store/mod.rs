@@ -186,6 +186,7 @@ impl Store {
                 clean_close,
                 totals: Totals::default(),
                 keys: 0,
+                verified: None,
                 took: std::time::Duration::ZERO,
             }),
             _keeper: None,
@@ -208,6 +209,12 @@ impl Store {
             let unchecked = clean::still_there(dir, unchecked).map_err(io)?;
             let paths: Vec<&str> = unchecked.iter().map(|line| clean::path_of(line)).collect();
             let keyspaces = [&store.links, &store.clicks, &store.keys, &store.meta];
+            info!(
+                check = "quick",
+                files = paths.len(),
+                "start-up check of the store: after an unclean stop: journal replayed, totals \
+                 against the floor, files written since the last check against their checksums"
+            );
             match check::check_new_files(dir, &paths, &keyspaces).map_err(|e| e.opened(dir))? {
                 Some(files_checked) => StartupCheck::Quick { files_checked },
                 None => StartupCheck::Full {
@@ -219,9 +226,14 @@ impl Store {
                 },
             }
         };
+        if !matches!(check, StartupCheck::Quick { .. }) {
+            info!(check = check.kind(), "start-up check of the store: {check}");
+        }
+        let mut verified = None;
         let totals = match (&check, record) {
             (StartupCheck::Full { .. }, record) => {
                 let seen = store.verify().map_err(|e| e.opened(dir))?;
+                verified = Some(seen);
                 let counted = Totals {
                     v: records::RECORD_VERSION,
                     links: seen.links,
@@ -247,15 +259,16 @@ impl Store {
             clean_close,
             totals,
             keys,
+            verified,
             took: started.elapsed(),
         };
         info!(
             check = report.check.kind(),
             links = totals.links,
             clicks = totals.clicks,
+            keys,
             took_ms = u64::try_from(report.took.as_millis()).unwrap_or(u64::MAX),
-            "start-up check of the store: {}",
-            report.check
+            "store opened and checked"
         );
         store.report = Arc::new(report);
         Ok(store)

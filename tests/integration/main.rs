@@ -10,4 +10,5 @@ mod lifecycle;
 mod overload;
 mod realtime;
 mod redirect;
+mod restart;
 mod support;
