@@ -183,8 +183,9 @@ pub fn record_checked(dir: &Path) -> std::io::Result<String> {
     update_checked(dir, None)
 }
 
-/// Keeps the checked listing of an open store current: every [`KEEP_EVERY`] it adds the files
-/// this process wrote (and drops those it deleted). Stops when dropped.
+/// Keeps the checked listing of an open store current: every [`KEEP_EVERY`] it runs `tick`
+/// (upkeep of the store's own) and then adds the files this process wrote (and drops those it
+/// deleted). Stops when dropped.
 pub struct Keeper {
     stop: Option<crossbeam_channel::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -192,7 +193,11 @@ pub struct Keeper {
 
 impl Keeper {
     /// Starts keeping the listing of `dir`, last written as `last`.
-    pub fn start(dir: PathBuf, mut last: String) -> std::io::Result<Self> {
+    pub fn start(
+        dir: PathBuf,
+        mut last: String,
+        mut tick: impl FnMut() + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let thread = std::thread::Builder::new()
             .name("linkpulse-checked".into())
@@ -201,6 +206,7 @@ impl Keeper {
                 while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(KEEP_EVERY)
                 {
+                    tick();
                     let result = update_checked(&dir, Some(&last)).map(|now| last = now);
                     // Only costs the next open after a crash a full check.
                     if let Err(e) = result
@@ -260,7 +266,7 @@ mod tests {
     fn the_keeper_records_new_files_while_the_store_is_open() {
         let dir = tempfile::tempdir().expect("temp dir");
         let last = record_checked(dir.path()).expect("record");
-        let keeper = Keeper::start(dir.path().to_owned(), last).expect("keeper");
+        let keeper = Keeper::start(dir.path().to_owned(), last, || {}).expect("keeper");
         fs::write(dir.path().join("v7"), b"manifest").expect("write");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !unchecked(dir.path()).expect("unchecked").is_empty() {

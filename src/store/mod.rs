@@ -110,6 +110,10 @@ pub struct Counter {
     pub last: Option<ClickEvent>,
 }
 
+/// The size at which the clicks memtable is flushed (see `Store::journal_upkeep`). An 8 MiB
+/// memtable for clicks made no difference to sustained redirect throughput (README).
+const CLICKS_MEMTABLE: u64 = 16 * 1024 * 1024;
+
 /// Handle to the open database. Cloning is cheap; every call is synchronous (use it from the
 /// writer thread or `spawn_blocking`).
 #[derive(Clone)]
@@ -252,7 +256,7 @@ impl Store {
         check::check_floor(dir, totals, keys)?;
         let listed = clean::record_checked(dir).map_err(io)?;
         store._keeper = Some(Arc::new(
-            clean::Keeper::start(dir.to_owned(), listed).map_err(io)?,
+            clean::Keeper::start(dir.to_owned(), listed, store.journal_upkeep()).map_err(io)?,
         ));
         let report = StartupReport {
             check,
@@ -272,6 +276,40 @@ impl Store {
         );
         store.report = Arc::new(report);
         Ok(store)
+    }
+
+    /// Keeps what a crash leaves to replay small (run by the keeper every 200 ms). A start
+    /// after a crash replays the journal: fjall reads every batch of every journal file still
+    /// on disk (about 70 MB/s here when the data is already in tables, 30 MB/s when it must go
+    /// back into memory). fjall starts a new journal file after 64 MB, and deletes a sealed
+    /// one only once every keyspace with data in it has flushed, so:
+    ///
+    /// - when a journal is sealed, the small keyspaces (links, keys, meta: their memtables
+    ///   rarely fill) are flushed too, instead of holding every sealed journal until fjall's
+    ///   512 MiB limit;
+    /// - the clicks memtable is flushed at [`CLICKS_MEMTABLE`] instead of fjall's 64 MiB, so
+    ///   a crash leaves at most that much to put back into memory, and a sealed journal is
+    ///   freed soon after it is sealed.
+    ///
+    /// Errors are left to the writer, which meets them on its next commit.
+    fn journal_upkeep(&self) -> impl FnMut() + Send + 'static {
+        use fjall::AbstractTree;
+        let (db, clicks) = (self.db.clone(), self.clicks.clone());
+        let small = [self.links.clone(), self.keys.clone(), self.meta.clone()];
+        let mut journals = db.journal_count();
+        move || {
+            let now = db.journal_count();
+            if now > journals {
+                for keyspace in &small {
+                    // Public but hidden in fjall 3; does nothing on an empty memtable.
+                    let _ = keyspace.rotate_memtable();
+                }
+            }
+            journals = now;
+            if clicks.tree.active_memtable().size() >= CLICKS_MEMTABLE {
+                let _ = clicks.rotate_memtable();
+            }
+        }
     }
 
     /// Which check the open ran, what it found and how long it took.

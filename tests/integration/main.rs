@@ -6,6 +6,7 @@ mod bad_input;
 mod binary;
 mod browser;
 mod faults;
+mod first_key;
 mod lifecycle;
 mod overload;
 mod realtime;
