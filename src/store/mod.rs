@@ -112,7 +112,7 @@ pub struct Counter {
 
 /// The size at which the clicks memtable is flushed (see `Store::journal_upkeep`). An 8 MiB
 /// memtable for clicks made no difference to sustained redirect throughput (README).
-const CLICKS_MEMTABLE: u64 = 16 * 1024 * 1024;
+const CLICKS_MEMTABLE: u64 = 8 * 1024 * 1024;
 
 /// Handle to the open database. Cloning is cheap; every call is synchronous (use it from the
 /// writer thread or `spawn_blocking`).
