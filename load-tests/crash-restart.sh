@@ -36,6 +36,8 @@ start() {
     status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$BASE/s0000001")
     echo "$1: healthz ${up} ms, first redirect ($status) $(ms "$t0") ms," \
         "$(grep -o 'check="[a-z]*"' "$LOG" | tail -1)"
+    # Why a full check ran, if one did.
+    grep -o 'full check of every record (.*' "$LOG" | sed 's/^/  /' || true
 }
 
 use_and_kill() {

@@ -152,8 +152,8 @@ fn file_checksum(path: &Path) -> std::io::Result<u128> {
 /// Checks the files `paths` (relative to `dir`, written since the last check) against the
 /// checksums fjall recorded for them: a table against its entry in the current manifest of its
 /// keyspace, the current manifest (`v<N>`, named in `current`) against the checksum in
-/// `current`. A table or manifest that is no longer current is skipped: nothing reads it any
-/// more (a compaction that replaced a table since the open read every block of it, each
+/// `current`. A table or manifest that is no longer current, or a temporary file left by a
+/// crash, is skipped: nothing reads it any more (a compaction that replaced a table since the open read every block of it, each
 /// against its own checksum). Returns how many files it checked, or `None` when one is of
 /// another kind (the caller then reads everything); a mismatch is damage.
 ///
@@ -189,8 +189,12 @@ pub fn check_new_files(
                 let Ok(table) = table.parse::<u64>() else {
                     return Ok(None);
                 };
-                // fjall's own keyspace (`keyspaces/0`) has no handle here.
-                let Some(keyspace) = keyspaces.iter().find(|k| k.path() == folder) else {
+                // By the folder's name: fjall keeps the path made absolute. fjall's own
+                // keyspace (`keyspaces/0`) has no handle here.
+                let Some(keyspace) = keyspaces
+                    .iter()
+                    .find(|k| k.path().file_name() == Some(std::ffi::OsStr::new(id)))
+                else {
                     return Ok(None);
                 };
                 let expected = keyspace
@@ -208,6 +212,9 @@ pub fn check_new_files(
                     None => {}
                 }
             }
+            // What a crash leaves of fjall rewriting `current` (a temporary file it renames):
+            // never read.
+            [name] if name.starts_with(".tmp") => {}
             [name] if *name == "current" || name.starts_with('v') => {
                 let mut current = [0u8; 25];
                 std::fs::File::open(folder.join("current"))

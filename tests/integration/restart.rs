@@ -61,10 +61,12 @@ fn command(args: &[&str]) -> Command {
     command
 }
 
-/// Starts the server on `dir` and waits until it serves or ends.
+/// Starts the server on `dir` and waits until it serves or ends. The data directory is given
+/// relative to the server's working directory, as an operator would often give it.
 async fn start(dir: &Path) -> Res<Started> {
     let mut child = command(&["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
+        .arg(dir.file_name().ok_or("a data directory with a name")?)
+        .current_dir(dir.parent().ok_or("a data directory with a parent")?)
         .env("LINKPULSE_INITIAL_API_KEY", KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
