@@ -631,7 +631,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("opens");
         clicks(&store, "a", 1..=3);
         click_untallied(&store, "a", 4);
-        let refused = store.verify().err().expect("refused");
+        let refused = store.verify().expect_err("refused");
         assert!(
             refused.to_string().contains("says 0 links and 3 clicks"),
             "{refused}"
