@@ -31,8 +31,11 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the store in `config.data_dir` and binds `config.listen`.
+    /// Opens the store in `config.data_dir` and binds `config.listen`. The first API key is
+    /// made last, once everything else that can fail has worked, so a start that fails (a port
+    /// taken, say) leaves no key behind that nobody was shown.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        let initial = initial_key(config.initial_api_key.as_deref())?;
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!(
                 "cannot create the data directory {}",
@@ -44,9 +47,6 @@ impl App {
             .await?
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
 
-        let generated_key = bootstrap_keys(&store, config.initial_api_key.as_deref())?;
-        let keys = ApiKeys::load(&store).context("cannot read the API keys")?;
-
         let writer = Writer::start(
             store.clone(),
             WriterConfig {
@@ -57,6 +57,22 @@ impl App {
             },
         )
         .context("cannot start the writer thread")?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+
+        let generated_key = bootstrap_keys(&store, initial)?;
+        let keys = ApiKeys::load(&store).context("cannot read the API keys")?;
+        if generated_key.is_none() && initial.is_none() {
+            info!(
+                keys = store.startup_report().keys,
+                "API keys are stored; to make another (with the server stopped): linkpulse keys \
+                 create --admin --data-dir {}",
+                config.data_dir.display()
+            );
+        }
+
         let metrics = Arc::new(Metrics::default());
         let links = Links::new(
             store,
@@ -65,11 +81,6 @@ impl App {
             metrics.clone(),
             Backlog::new(config.click_backlog),
         );
-
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let local_addr = listener.local_addr()?;
         let base_url = config
             .base_url
             .clone()
@@ -232,14 +243,22 @@ fn link_settings(config: &ServeConfig) -> LinkSettings {
     }
 }
 
+/// The key given with `--initial-api-key`, if any, checked before anything else is done.
+fn initial_key(given: Option<&str>) -> anyhow::Result<Option<&str>> {
+    let Some(key) = given.map(str::trim).filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        key.len() >= 16,
+        "LINKPULSE_INITIAL_API_KEY must be at least 16 characters"
+    );
+    Ok(Some(key))
+}
+
 /// Makes the initial key valid, or makes a key when there is none. Returns a key that was
 /// generated (to be shown once).
 fn bootstrap_keys(store: &Store, initial: Option<&str>) -> anyhow::Result<Option<String>> {
-    if let Some(key) = initial.map(str::trim).filter(|k| !k.is_empty()) {
-        anyhow::ensure!(
-            key.len() >= 16,
-            "LINKPULSE_INITIAL_API_KEY must be at least 16 characters"
-        );
+    if let Some(key) = initial {
         keys::store_key(store, key, "initial", true).context("cannot store the initial API key")?;
         return Ok(None);
     }
@@ -255,13 +274,62 @@ fn bootstrap_keys(store: &Store, initial: Option<&str>) -> anyhow::Result<Option
     Ok(None)
 }
 
+/// Opens the store in `data_dir` for a command run while the server is stopped, runs `work`,
+/// and leaves the store's clean-close mark as it found it: a store that was closed cleanly is
+/// closed cleanly again, so the next start skips its checks but the floor.
+fn with_stopped_store<T>(
+    data_dir: &std::path::Path,
+    open: fn(&std::path::Path) -> Result<Store, crate::store::StoreError>,
+    work: impl FnOnce(&Store) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let store = open(data_dir)
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let out = work(&store)?;
+    if store.startup_report().clean_close {
+        store
+            .close_clean(data_dir)
+            .context("cannot close the store cleanly")?;
+    }
+    Ok(out)
+}
+
 /// `linkpulse keys create`: stores a new key and returns it.
 pub fn create_key(data_dir: &std::path::Path, name: &str, admin: bool) -> anyhow::Result<String> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let store = Store::open(data_dir)
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let key = keys::generate_key();
-    keys::store_key(&store, &key, name, admin).context("cannot store the key")?;
-    Ok(key)
+    with_stopped_store(data_dir, Store::open, |store| {
+        let key = keys::generate_key();
+        keys::store_key(store, &key, name, admin).context("cannot store the key")?;
+        Ok(key)
+    })
+}
+
+/// `linkpulse check`: reads the whole store in `data_dir` (see [`Store::verify`]) and returns
+/// what it read, one `name: value` a line; an error says what is wrong.
+pub fn check_store(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        data_dir.join("version").exists(),
+        "there is no linkpulse store in {}",
+        data_dir.display()
+    );
+    with_stopped_store(data_dir, Store::open_and_read_all, |store| {
+        let report = store.startup_report();
+        let seen = report.verified.unwrap_or_default();
+        Ok(format!(
+            "store: {}\napi keys: {}\nlinks: {}\nclicks: {} (in {} codes, each numbered 1..n \
+             without a gap)\ntotals record: {}\nfloor: not below the last open's\n\
+             took: {} ms\nresult: sound\n",
+            data_dir.display(),
+            seen.keys,
+            seen.links,
+            seen.clicks,
+            seen.codes_clicked,
+            if seen.totals_record {
+                "agrees"
+            } else {
+                "written now (the store had none)"
+            },
+            report.took.as_millis(),
+        ))
+    })
 }

@@ -30,6 +30,13 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Read the whole store and check it (with the server stopped): every record's checksum
+    /// and format, every link's clicks numbered 1..n without a gap, the totals record, and
+    /// the floor. Prints what it read and exits 0, or exits non-zero saying what is wrong.
+    Check {
+        #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -38,6 +38,13 @@ async fn main() -> anyhow::Result<()> {
             println!("{key}");
             Ok(())
         }
+        Some(Command::Check { data_dir }) => {
+            let report =
+                tokio::task::spawn_blocking(move || linkpulse::app::check_store(&data_dir))
+                    .await??;
+            print!("{report}");
+            Ok(())
+        }
         Some(Command::Serve(config)) => serve(*config).await,
         None => serve(cli.serve).await,
     }
@@ -46,10 +53,16 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config: linkpulse::ServeConfig) -> anyhow::Result<()> {
     // Register the signal handlers before anything is served, so a signal is never missed.
     let stop = shutdown_signal().context("cannot install signal handlers")?;
+    let data_dir = config.data_dir.clone();
     let app = App::build(config).await?;
     if let Some(key) = app.generated_key() {
         println!("linkpulse made its first API key; it is shown only this once:");
         println!("{key}");
+        println!(
+            "To make another key later, stop the server and run: linkpulse keys create --admin \
+             --data-dir {}",
+            data_dir.display()
+        );
     }
     if let Err(e) = app.run(stop).await {
         // Exit at once: a thread stuck on a failed disk must not hold the process.

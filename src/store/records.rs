@@ -49,6 +49,20 @@ struct ClickRecord {
     bot: bool,
 }
 
+/// How many links and clicks the store holds, kept in the `meta` keyspace under [`TOTALS_KEY`]
+/// and written by the group-commit writer in the same atomic batch as each group's clicks and
+/// links. The journal replays a prefix of the batches, so after a crash the record still equals
+/// what is stored, and the start-up check reads one record instead of counting the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub v: u8,
+    pub links: u64,
+    pub clicks: u64,
+}
+
+/// The key of the [`Totals`] record in the `meta` keyspace.
+pub const TOTALS_KEY: &[u8] = b"totals";
+
 /// An API key as stored: only its hash is the key of the record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -151,6 +165,19 @@ pub fn decode_key(bytes: &[u8]) -> Result<KeyRecord, DecodeError> {
     Ok(r)
 }
 
+pub fn encode_totals(totals: &Totals) -> Vec<u8> {
+    encode(&Totals {
+        v: RECORD_VERSION,
+        ..*totals
+    })
+}
+
+pub fn decode_totals(bytes: &[u8]) -> Result<Totals, DecodeError> {
+    let r: Totals = decode("totals", bytes)?;
+    check_version("totals", r.v)?;
+    Ok(r)
+}
+
 /// The click number at the end of a click key whose prefix is `prefix_len` bytes.
 pub fn click_seq(key: &[u8], prefix_len: usize) -> Result<u64, DecodeError> {
     let raw: [u8; 8] = key
@@ -229,6 +256,21 @@ mod tests {
         ));
         future.v = RECORD_VERSION;
         assert!(decode_click(&encode_compact(&future)).is_ok());
+    }
+
+    #[test]
+    fn totals_round_trip_and_refuse_future_versions() {
+        let totals = Totals {
+            v: RECORD_VERSION,
+            links: 3,
+            clicks: 10_000_000_000,
+        };
+        assert_eq!(decode_totals(&encode_totals(&totals)).ok(), Some(totals));
+        let future = encode(&Totals { v: 9, ..totals });
+        assert!(matches!(
+            decode_totals(&future),
+            Err(DecodeError::Version { version: 9, .. })
+        ));
     }
 
     #[test]
@@ -359,6 +401,7 @@ mod tests {
                 let _ = decode_click(&bytes);
                 let _ = decode_link(&bytes);
                 let _ = decode_key(&bytes);
+                let _ = decode_totals(&bytes);
                 if let Ok(seq) = click_seq(&bytes, prefix_len) {
                     prop_assert_eq!(bytes.len().checked_sub(prefix_len), Some(8));
                     prop_assert_eq!(&click_key("", seq)[1..], &bytes[prefix_len..]);

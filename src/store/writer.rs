@@ -433,12 +433,16 @@ fn commit(store: &Store, group: &Group) -> Result<Vec<Result<bool, WriteError>>,
         }
         outcomes.push(outcome);
     }
+    // One totals record per group, in the same atomic batch (see `records::Totals`).
+    let stored_links = outcomes.iter().filter(|o| **o == Ok(true)).count();
+    let totals = store.stage_totals(&mut batch, stored_links as u64, group.clicks.len() as u64);
     debug!(
         clicks = group.clicks.len(),
         links = group.links.len(),
         "group commit"
     );
     batch.commit()?;
+    store.committed(totals);
     Ok(outcomes)
 }
 
