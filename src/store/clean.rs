@@ -81,6 +81,16 @@ fn listing(dir: &Path, journals: bool) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// One of our listings, `None` if there is none. Damaged bytes only make lines that match no
+/// file (so those files count as changed, and are checked), never an error.
+fn read_ours(path: &Path) -> std::io::Result<Option<String>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The relative path of a listing line.
 pub fn path_of(line: &str) -> &str {
     line.rsplitn(3, ' ').nth(2).unwrap_or(line)
@@ -116,10 +126,9 @@ pub fn mark(dir: &Path, patience: Duration, busy: impl Fn() -> bool) -> std::io:
 /// Takes the mark away (durably) and says whether the store is as it was marked.
 pub fn take(dir: &Path) -> std::io::Result<bool> {
     let path = dir.join(MARK_FILE);
-    let marked = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
+    let marked = match read_ours(&path)? {
+        Some(text) => text,
+        None => return Ok(false),
     };
     fs::remove_file(&path)?;
     fs::File::open(dir)?.sync_all()?;
@@ -135,11 +144,7 @@ pub fn take(dir: &Path) -> std::io::Result<bool> {
 /// The store files (journals aside) that the checked listing does not hold as they are now:
 /// new, or changed since. Without a listing, every file.
 pub fn unchecked(dir: &Path) -> std::io::Result<Vec<String>> {
-    let checked = match fs::read_to_string(dir.join(CHECKED_FILE)) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
+    let checked = read_ours(&dir.join(CHECKED_FILE))?.unwrap_or_default();
     let checked: std::collections::HashSet<&str> = checked.lines().collect();
     Ok(listing(dir, false)?
         .into_iter()
@@ -250,6 +255,13 @@ mod tests {
         // The journal changes all the time and is not listed.
         fs::write(dir.path().join("0.jnl"), b"journal grows").expect("write");
         assert!(unchecked(dir.path()).expect("unchecked").is_empty());
+        // A damaged listing (here no longer UTF-8) has the files checked, and is no error.
+        let listed = fs::read(dir.path().join(CHECKED_FILE)).expect("read");
+        let mut damaged = listed.clone();
+        damaged[3] = 0xff;
+        fs::write(dir.path().join(CHECKED_FILE), damaged).expect("write");
+        assert_eq!(unchecked(dir.path()).expect("unchecked").len(), 1);
+        fs::write(dir.path().join(CHECKED_FILE), listed).expect("write");
         fs::write(tables.join("2"), b"two").expect("write");
         std::thread::sleep(Duration::from_millis(5));
         fs::write(tables.join("1"), b"ONE").expect("write");
