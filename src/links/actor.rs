@@ -116,8 +116,11 @@ pub struct LinkState {
     committed: u64,
     /// The click numbered `committed`.
     last: Option<Arc<ClickEvent>>,
-    /// Clicks numbered but not yet reported committed, in order.
+    /// The last click of each batch handed to the writer and not yet reported committed, in
+    /// order (the writer reports a batch's last number, so the others are never needed).
     uncommitted: VecDeque<Arc<ClickEvent>>,
+    /// The committed state moved since frames and waiting questions were last seen to.
+    progressed: bool,
     /// The encoded frame of the committed state, built when first needed.
     frame: Option<Bytes>,
     subscribers: Subscribers,
@@ -139,6 +142,8 @@ impl LinkState {
         if clicks.is_empty() {
             return;
         }
+        // Lets go of what is committed meanwhile, also on a busy link nobody watches.
+        self.sync_committed();
         self.last_activity = Instant::now();
         let mut events = Vec::with_capacity(clicks.len());
         let mut acks = Vec::new();
@@ -157,9 +162,11 @@ impl LinkState {
                 device: agent.device,
                 bot: agent.bot,
             });
-            self.uncommitted.push_back(event.clone());
             events.push(event);
             acks.extend(click.ack);
+        }
+        if let Some(last) = events.last() {
+            self.uncommitted.push_back(last.clone());
         }
         self.shared.writer.clicks(ClickBatch {
             code: self.code.clone(),
@@ -185,7 +192,17 @@ impl LinkState {
         }
         self.committed = committed;
         self.frame = None;
+        self.progressed = true;
         true
+    }
+
+    /// After any message: if the committed state moved (on whatever path it was noticed),
+    /// answer the questions it satisfies and schedule a frame.
+    fn follow_progress(&mut self, myself: &ActorRef<LinkMsg>) {
+        if std::mem::take(&mut self.progressed) {
+            self.answer_waiters();
+            self.schedule_flush(myself);
+        }
     }
 
     /// Asks the writer to wake this actor on commits while anyone waits for them.
@@ -305,6 +322,8 @@ impl LinkState {
             self.subscribers
                 .deliver(&frame, self.committed, now, Some(stuck));
         }
+        // Questions whose callers gave up (a stalled disk) are let go.
+        self.waiters.retain(|(_, reply)| !reply.is_closed());
         self.answer_waiters();
         self.update_wanted();
         if self.subscribers.is_empty()
@@ -391,6 +410,7 @@ impl Actor for LinkActor {
             committed: counter.count,
             last: counter.last.map(Arc::new),
             uncommitted: VecDeque::new(),
+            progressed: false,
             frame: None,
             subscribers: Subscribers::default(),
             waiters: Vec::new(),
@@ -417,15 +437,15 @@ impl Actor for LinkActor {
         match message {
             LinkMsg::Collect => state.count_clicks(),
             LinkMsg::Committed => {
-                if state.sync_committed() {
-                    state.answer_waiters();
-                    state.schedule_flush(&myself);
-                }
+                state.sync_committed();
             }
             LinkMsg::Flush => {
                 state.flush_pending = false;
                 state.sync_committed();
                 state.broadcast();
+                // This frame carries the newest state: nothing more to schedule for it.
+                state.answer_waiters();
+                state.progressed = false;
             }
             LinkMsg::Subscribe {
                 last_event_id,
@@ -472,6 +492,7 @@ impl Actor for LinkActor {
                 }
             }
         }
+        state.follow_progress(&myself);
         Ok(())
     }
 

@@ -150,7 +150,7 @@ impl Directory {
 
     /// True while any actor or watcher is alive.
     pub fn is_idle(&self, shared: &Shared) -> bool {
-        self.map.is_empty() && shared.tracker.is_empty()
+        shared.tracker.is_empty() && self.map.is_empty()
     }
 
     /// The actor of a live, not draining entry.
@@ -171,6 +171,11 @@ impl Directory {
         if ok {
             self.backoff.remove(code.as_str());
             return;
+        }
+        if self.backoff.len() >= 1024 {
+            // Codes that failed once and were not clicked since are forgotten.
+            let now = Instant::now();
+            self.backoff.retain(|_, b| b.until + MAX_BACKOFF > now);
         }
         let mut entry = self.backoff.entry(code.clone()).or_insert(Backoff {
             failures: 0,

@@ -175,7 +175,10 @@ impl Links {
     pub async fn create(&self, link: Link) -> Result<bool, LinkError> {
         let code = link.code.clone();
         let stored = Arc::new(link.clone());
-        let created = self.shared.writer.create_link(link).await?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let created = tokio::time::timeout_at(deadline, self.shared.writer.create_link(link))
+            .await
+            .map_err(|_| LinkError::Timeout)??;
         if created {
             self.cache.insert(code, Some(stored));
         }
@@ -289,7 +292,14 @@ impl Links {
         let deadline = Instant::now() + CALL_TIMEOUT;
         self.await_stopping(link, deadline).await?;
         if self.shared.directory.live(link.code.as_str()).is_some() {
-            return self.ask(link, LinkMsg::Snapshot, deadline).await;
+            match self.ask(link, LinkMsg::Snapshot, deadline).await {
+                // The actor stopped (idle) before its clicks were committed and let the
+                // question go: once it is gone, the store has them.
+                Err(LinkError::Timeout) if Instant::now() < deadline => {
+                    self.await_stopping(link, deadline).await?;
+                }
+                answer => return answer,
+            }
         }
         let store = self.shared.store.clone();
         let code = link.code.clone();
@@ -376,7 +386,9 @@ impl Links {
         let deadline = tokio::time::Instant::now() + timeout;
         // Stopping an actor can hand clicks to a successor (clicks that came while it
         // stopped), so repeat until no actor, watcher or click in flight is left.
-        while !(self.shared.directory.is_idle(&self.shared) && self.inflight.is_empty()) {
+        // Read in causal order: a click in flight can start an actor (an entry and its watcher),
+        // and a watcher's end follows its entry's removal.
+        while !(self.inflight.is_empty() && self.shared.directory.is_idle(&self.shared)) {
             if tokio::time::Instant::now() >= deadline {
                 warn!(
                     actors = self.shared.directory.len(),
