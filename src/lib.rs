@@ -7,12 +7,17 @@
 //! http::front (accept loop) ─┬─ first request GET /realtime/.. ─▶ http::sse (lean stream writer)
 //!                            └─ anything else ─▶ salvo ─▶ http::redirect, api, pages, realtime
 //! http::redirect ──302──▶ browser
-//!     │ links::Links::click: push into the actor's inbox (links::inbox), never waits
+//!     │ links::Links::click: a place in the backlog (store::backlog), then the actor's inbox
+//!     │ (links::inbox); never waits, refuses (and counts) when the backlog is full
 //!     ▼
 //! links::actor (one per code, started on demand and stopped when idle by links::directory)
 //!     │ numbers the click (1, 2, ...), classifies it (analytics)
-//!     ├──▶ store::writer (one thread, group commit: clicks of many codes in one atomic batch)
-//!     └──▶ links::frame (encoded once) ──try_send──▶ each subscriber's queue ──▶ its stream
+//!     ▼
+//! store::writer (one thread, group commit: clicks of many codes in one atomic batch)
+//!     │ tells each code's actor the highest click it committed (links::actor::CommitWatch)
+//!     ▼
+//! links::actor ──▶ links::frame of the committed state (encoded once)
+//!     ──try_send──▶ each subscriber's queue (links::subscribers) ──▶ its stream (http::stream)
 //! ```
 //!
 //! - [`config`]: command line and environment.
