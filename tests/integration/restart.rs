@@ -7,118 +7,40 @@
 //! store and refuses a damaged one.
 
 use std::{
-    io::{BufRead, BufReader},
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::{Arc, Mutex},
-    thread,
-    time::{Duration, Instant},
+    process::Output,
+    time::Duration,
 };
 
 use linkpulse::store::Store;
 use serde_json::json;
 use tempfile::TempDir;
-use tokio::sync::oneshot;
 
-use crate::support::{KEY, TestResult, client};
+use crate::{
+    faults::process::{self, Res, Started},
+    support::{KEY, TestResult, client},
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_linkpulse");
-
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// Longest wait for a start to serve or fail (a deadline, not a timing assertion).
-const START_LIMIT: Duration = Duration::from_secs(30);
+/// Longest wait for a process to end.
 const EXIT_LIMIT: Duration = Duration::from_secs(20);
 
-/// A running `linkpulse`; dropping it kills the process if it still runs.
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-    reader: Option<thread::JoinHandle<()>>,
-}
-
-enum Started {
-    Serving(Server),
-    Exited { status: ExitStatus, log: String },
-}
-
-/// A `linkpulse` command with only the settings the test gives (none from the environment
-/// running the tests).
-fn command(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("LINKPULSE_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .args(args)
-        .env("LINKPULSE_LOG", "info")
-        .env("RUST_LIB_BACKTRACE", "0")
-        .stdin(Stdio::null());
-    command
-}
+/// A running `linkpulse` (the fault tests' child process), with what these tests ask of it.
+struct Server(process::Server);
 
 /// Starts the server on `dir` and waits until it serves or ends. The data directory is given
 /// relative to the server's working directory, as an operator would often give it.
 async fn start(dir: &Path) -> Res<Started> {
-    let mut child = command(&["--listen", "127.0.0.1:0", "--data-dir"])
+    let mut command = process::command(&["--listen", "127.0.0.1:0", "--data-dir"]);
+    command
         .arg(dir.file_name().ok_or("a data directory with a name")?)
-        .current_dir(dir.parent().ok_or("a data directory with a parent")?)
-        .env("LINKPULSE_INITIAL_API_KEY", KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = oneshot::channel::<String>();
-    let reader = {
-        let log = log.clone();
-        thread::spawn(move || {
-            let mut tx = Some(tx);
-            let mut stderr = BufReader::new(stderr);
-            let mut raw = Vec::new();
-            while matches!(stderr.read_until(b'\n', &mut raw), Ok(n) if n > 0) {
-                let line = String::from_utf8_lossy(&raw).into_owned();
-                raw.clear();
-                log.lock().expect("log lock").push_str(&line);
-                if line.contains("linkpulse listening")
-                    && let Some(addr) = line
-                        .split("address=")
-                        .nth(1)
-                        .and_then(|rest| rest.split_whitespace().next())
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        })
-    };
-    let mut server = Server {
-        child,
-        base: String::new(),
-        log,
-        reader: Some(reader),
-    };
-    match tokio::time::timeout(START_LIMIT, rx).await {
-        Ok(Ok(addr)) => {
-            server.base = format!("http://{addr}");
-            Ok(Started::Serving(server))
-        }
-        Ok(Err(_)) => {
-            let status = server.wait_exit().await?;
-            let log = server.log();
-            Ok(Started::Exited { status, log })
-        }
-        Err(_) => Err(format!("neither served nor exited:\n{}", server.log()).into()),
-    }
+        .current_dir(dir.parent().ok_or("a data directory with a parent")?);
+    process::launch(command).await
 }
 
 async fn serving(dir: &Path) -> Res<Server> {
     match start(dir).await? {
-        Started::Serving(server) => Ok(server),
+        Started::Serving(server) => Ok(Server(server)),
         Started::Exited { status, log } => Err(format!("did not start ({status}):\n{log}").into()),
     }
 }
@@ -136,53 +58,32 @@ async fn refused(dir: &Path) -> Res<String> {
 }
 
 impl Server {
+    fn base(&self) -> &str {
+        &self.0.base
+    }
+
     fn log(&self) -> String {
-        self.log.lock().expect("log lock").clone()
-    }
-
-    fn signal(&self, name: &str) -> Res<()> {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()?;
-        assert!(status.success(), "kill -{name}: {status}");
-        Ok(())
-    }
-
-    async fn wait_exit(&mut self) -> Res<ExitStatus> {
-        let deadline = Instant::now() + EXIT_LIMIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait()? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("did not exit:\n{}", self.log()).into());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        Ok(status)
+        self.0.log()
     }
 
     async fn kill(mut self) -> Res<String> {
-        self.signal("KILL")?;
-        let status = self.wait_exit().await?;
+        self.0.signal("KILL")?;
+        let status = self.0.wait_exit(EXIT_LIMIT).await?;
         assert_eq!(status.signal(), Some(9), "ended by SIGKILL: {status}");
-        Ok(self.log())
+        Ok(self.0.log())
     }
 
     async fn terminate(mut self) -> Res<String> {
-        self.signal("TERM")?;
-        let status = self.wait_exit().await?;
-        let log = self.log();
+        self.0.signal("TERM")?;
+        let status = self.0.wait_exit(EXIT_LIMIT).await?;
+        let log = self.0.log();
         assert_eq!(status.code(), Some(0), "a clean stop exits with 0:\n{log}");
         Ok(log)
     }
 
     async fn create(&self, code: &str) -> Res<()> {
         let res = client()
-            .post(format!("{}/api/links", self.base))
+            .post(format!("{}/api/links", self.base()))
             .bearer_auth(KEY)
             .json(&json!({"url": "https://example.com/", "code": code}))
             .send()
@@ -194,7 +95,7 @@ impl Server {
     async fn click(&self, code: &str, times: u64) -> Res<()> {
         let http = client();
         for _ in 0..times {
-            let res = http.get(format!("{}/{code}", self.base)).send().await?;
+            let res = http.get(format!("{}/{code}", self.base())).send().await?;
             assert_eq!(res.status(), 302);
         }
         Ok(())
@@ -202,7 +103,7 @@ impl Server {
 
     async fn count(&self, code: &str) -> Res<u64> {
         let res = client()
-            .get(format!("{}/api/links/{code}", self.base))
+            .get(format!("{}/api/links/{code}", self.base()))
             .bearer_auth(KEY)
             .send()
             .await?;
@@ -215,21 +116,12 @@ impl Server {
     /// waits for them), so a SIGKILL cannot take them.
     async fn committed(&self, code: &str) -> Res<()> {
         let res = client()
-            .get(format!("{}/api/links/{code}/clicks?limit=1", self.base))
+            .get(format!("{}/api/links/{code}/clicks?limit=1", self.base()))
             .bearer_auth(KEY)
             .send()
             .await?;
         assert_eq!(res.status(), 200);
         Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -251,7 +143,7 @@ fn stored(dir: &Path, code: &str) -> Res<(u64, u64)> {
 
 /// Runs `linkpulse <args> --data-dir <dir>`.
 fn tool(args: &[&str], dir: &Path) -> Res<Output> {
-    Ok(command(args).arg("--data-dir").arg(dir).output()?)
+    Ok(process::command(args).arg("--data-dir").arg(dir).output()?)
 }
 
 /// A copy of `from` whose files keep their modification times, so they count as checked
@@ -461,7 +353,7 @@ async fn keys_create_and_check_leave_a_cleanly_stopped_store_marked_clean() -> T
     let server = serving(dir.path()).await?;
     assert_eq!(check_in(&server.log()), "clean", "after keys create");
     let res = client()
-        .post(format!("{}/api/links", server.base))
+        .post(format!("{}/api/links", server.base()))
         .bearer_auth(&key)
         .json(&json!({"url": "https://example.com/"}))
         .send()
@@ -608,6 +500,7 @@ async fn a_word_flipped_in_a_crashed_store_is_refused_or_harmless() -> TestResul
                     }
                 }
                 Started::Serving(server) => {
+                    let server = Server(server);
                     for code in codes {
                         assert_eq!(server.count(code).await?, 40, "{label}: {code}");
                     }

@@ -21,7 +21,7 @@ mod damage;
 mod disk;
 mod held;
 mod kill;
-mod process;
+pub(crate) mod process;
 mod screen;
 mod shutdown;
 mod store_files;

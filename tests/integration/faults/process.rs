@@ -22,13 +22,13 @@ use crate::support::{KEY, client};
 
 pub(super) const BIN: &str = env!("CARGO_BIN_EXE_linkpulse");
 
-pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub(super) type Res<T> = Result<T, BoxError>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Res<T> = Result<T, BoxError>;
 
 /// Longest wait for a start to serve or fail (a deadline, not a timing assertion).
 pub(super) const START_LIMIT: Duration = Duration::from_secs(30);
 /// Longest wait for a process to end after SIGKILL, or after it said it cannot start.
-pub(super) const EXIT_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const EXIT_LIMIT: Duration = Duration::from_secs(10);
 /// Longest wait for a clean stop after SIGTERM.
 pub(super) const STOP_LIMIT: Duration = Duration::from_secs(20);
 /// Concurrent redirect clients; each has at most one request in flight.
@@ -39,16 +39,16 @@ pub(super) const TASKS: usize = 16;
 
 /// A running `linkpulse` process. Dropping it kills the process if it still runs, so a failing
 /// test leaves nothing behind.
-pub(super) struct Server {
-    pub(super) child: Child,
-    pub(super) base: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     pub(super) addr: String,
     pub(super) log: Arc<Mutex<String>>,
     pub(super) reader: Option<thread::JoinHandle<()>>,
 }
 
 /// How a start ended.
-pub(super) enum Started {
+pub(crate) enum Started {
     Serving(Server),
     /// The process ended without serving: its exit status and its log (standard error).
     Exited {
@@ -57,24 +57,35 @@ pub(super) enum Started {
     },
 }
 
-/// Starts `linkpulse` on `dir` with extra `args` and waits until it serves or ends.
-pub(super) async fn start(dir: &Path, args: &[&str]) -> Res<Started> {
+/// A `linkpulse` command with only the settings a test gives: no `LINKPULSE_*` setting of the
+/// environment running the tests.
+pub(crate) fn command(args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
-    // Only what the test says: no LINKPULSE_* setting of the environment running the tests.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("LINKPULSE_") {
             command.env_remove(name);
         }
     }
-    let mut child = command
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
+    command
         .args(args)
-        .env("LINKPULSE_INITIAL_API_KEY", KEY)
         .env("LINKPULSE_LOG", "info")
         // Keep an error report to its message; a panic still prints "panicked at".
         .env("RUST_LIB_BACKTRACE", "0")
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    command
+}
+
+/// Starts `linkpulse` on `dir` with extra `args` and waits until it serves or ends.
+pub(super) async fn start(dir: &Path, args: &[&str]) -> Res<Started> {
+    let mut command = command(&["--listen", "127.0.0.1:0", "--data-dir"]);
+    command.arg(dir).args(args);
+    launch(command).await
+}
+
+/// Spawns `command` (with the test key) and waits until it serves or ends.
+pub(crate) async fn launch(mut command: Command) -> Res<Started> {
+    let mut child = command
+        .env("LINKPULSE_INITIAL_API_KEY", KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -142,11 +153,11 @@ pub(super) async fn serving(dir: &Path, args: &[&str]) -> Res<Server> {
 }
 
 impl Server {
-    pub(super) fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
     }
 
-    pub(super) fn signal(&self, name: &str) -> Res<()> {
+    pub(crate) fn signal(&self, name: &str) -> Res<()> {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])
             .status()?;
@@ -157,7 +168,7 @@ impl Server {
     }
 
     /// Waits for the process to end (polling, with a deadline) and for its whole log.
-    pub(super) async fn wait_exit(&mut self, limit: Duration) -> Res<ExitStatus> {
+    pub(crate) async fn wait_exit(&mut self, limit: Duration) -> Res<ExitStatus> {
         let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
