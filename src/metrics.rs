@@ -10,6 +10,7 @@ use std::{
 };
 
 /// Why a click was not counted (the `reason` label of `linkpulse_clicks_dropped_total`).
+/// Its value indexes the counters, in the order of [`DropReason::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     /// The backlog of uncommitted clicks was full (the disk is slow or stalled).
@@ -68,17 +69,12 @@ impl Metrics {
     }
 
     pub fn clicks_dropped(&self, reason: DropReason, n: usize) {
-        if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
-            self.dropped[i].fetch_add(n as u64, Ordering::Relaxed);
-        }
+        self.dropped[reason as usize].fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Clicks dropped for `reason` so far.
     pub fn dropped(&self, reason: DropReason) -> u64 {
-        DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.dropped[i].load(Ordering::Relaxed))
+        self.dropped[reason as usize].load(Ordering::Relaxed)
     }
 
     pub fn actor_start_failed(&self) {

@@ -108,10 +108,6 @@ impl Shared {
     }
 }
 
-/// Why a click was not counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dropped(pub DropReason);
-
 #[derive(Clone)]
 pub struct Links {
     shared: Arc<Shared>,
@@ -188,11 +184,11 @@ impl Links {
     /// Counts a click. Never waits: when the actor is stopping, a task carries the click to
     /// its successor. Refused (and counted in the metrics) when the store has failed, when the
     /// backlog of uncommitted clicks is full, or while the code's actor cannot start.
-    pub fn click(&self, link: &Arc<Link>, click: Click) -> Result<(), Dropped> {
+    pub fn click(&self, link: &Arc<Link>, click: Click) -> Result<(), DropReason> {
         let shared = &self.shared;
         let refuse = |reason| {
             shared.metrics.clicks_dropped(reason, 1);
-            Err(Dropped(reason))
+            Err(reason)
         };
         if !shared.writer.is_healthy() {
             return refuse(DropReason::StoreFailed);
