@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
+    analytics::{AggregateSettings, CountryDb},
     config::ServeConfig,
     http::{AppState, limit::CreateLimits, router},
     keys::{self, ApiKeys},
@@ -36,6 +37,12 @@ impl App {
     /// taken, say) leaves no key behind that nobody was shown.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         let initial = initial_key(config.initial_api_key.as_deref())?;
+        let country_db = config
+            .geoip_db
+            .as_deref()
+            .map(CountryDb::open)
+            .transpose()?
+            .map(Arc::new);
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!(
                 "cannot create the data directory {}",
@@ -97,6 +104,7 @@ impl App {
             metrics,
             shutdown: CancellationToken::new(),
             connections,
+            country_db,
         });
         Ok(Self {
             listener,
@@ -256,7 +264,17 @@ fn link_settings(config: &ServeConfig) -> LinkSettings {
         min_frame_interval: config.sse_min_interval,
         deliveries_per_sec: config.sse_deliveries_per_sec,
         cache_capacity: config.link_cache,
+        aggregates: AggregateSettings {
+            minute_retention_ms: millis(config.minute_retention),
+            hour_retention_ms: millis(config.hour_retention),
+            day_retention_ms: config.day_retention.map(millis),
+            top_values: config.top_values.max(1),
+        },
     }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 /// The key given with `--initial-api-key`, if any, checked before anything else is done.

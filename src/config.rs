@@ -144,6 +144,24 @@ pub struct ServeConfig {
     /// Request header carrying the client's country, set by a trusted proxy (e.g. CF-IPCountry).
     #[arg(long, env = "LINKPULSE_COUNTRY_HEADER")]
     pub country_header: Option<String>,
+    /// A country `.mmdb` file (MaxMind GeoLite2/GeoIP2 Country, DB-IP lite country, or an
+    /// `@ip-location-db` country file): the country of a click when no --country-header gives
+    /// one. Looked up before the address is anonymised.
+    #[arg(long, env = "LINKPULSE_GEOIP_DB")]
+    pub geoip_db: Option<PathBuf>,
+    /// How long minute buckets of the aggregates are kept.
+    #[arg(long, env = "LINKPULSE_MINUTE_RETENTION", value_parser = duration, default_value = "48h")]
+    pub minute_retention: Duration,
+    /// How long hour buckets are kept.
+    #[arg(long, env = "LINKPULSE_HOUR_RETENTION", value_parser = duration, default_value = "90days")]
+    pub hour_retention: Duration,
+    /// How long day buckets are kept (default: for ever).
+    #[arg(long, env = "LINKPULSE_DAY_RETENTION", value_parser = duration)]
+    pub day_retention: Option<Duration>,
+    /// Distinct values each top list (referrer, country, browser, OS, device) keeps per link
+    /// and day; later values are counted under `(other)`.
+    #[arg(long, env = "LINKPULSE_TOP_VALUES", default_value_t = 100)]
+    pub top_values: usize,
     /// Most open connections (streams included); past it new connections wait in the kernel's
     /// backlog until one closes.
     #[arg(long, env = "LINKPULSE_MAX_CONNECTIONS", default_value_t = 18_000)]

@@ -1,4 +1,5 @@
-//! User-agent classification with `woothee` (a small, dependency-light, table-driven parser).
+//! User-agent classification with `woothee` (a small, dependency-light, table-driven parser),
+//! and the bot flag: woothee's crawlers, the list in `bots.txt`, or no user agent at all.
 
 use crate::domain::DeviceClass;
 
@@ -54,17 +55,22 @@ impl AgentParser {
                 bot: true,
             };
         }
+        let listed = super::bots::listed(user_agent);
         let Some(found) = self.inner.parse(user_agent) else {
             return Agent {
                 browser: "unknown".into(),
                 os: "unknown".into(),
-                device: DeviceClass::Other,
-                bot: false,
+                device: if listed {
+                    DeviceClass::Bot
+                } else {
+                    DeviceClass::Other
+                },
+                bot: listed,
             };
         };
-        let bot = found.category == "crawler";
+        let bot = found.category == "crawler" || listed;
         let device = match found.category {
-            "crawler" => DeviceClass::Bot,
+            _ if bot => DeviceClass::Bot,
             "pc" => DeviceClass::Desktop,
             "smartphone" | "mobilephone" => {
                 if found.os == "iPad" || user_agent.contains("Tablet") {
@@ -119,5 +125,8 @@ mod tests {
         assert_eq!(bot.device, DeviceClass::Bot);
 
         assert!(parser.classify("").bot, "no user agent at all is a script");
+        let preview = parser.classify("WhatsApp/2.23.20.0 A");
+        assert!(preview.bot, "a link-preview fetcher woothee does not know");
+        assert_eq!(preview.device, DeviceClass::Bot);
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, authenticate, client_ip, code_param, limit::Limited};
 use crate::{
+    analytics::StatsQuery,
     domain::{Link, ShortCode, TargetUrl, format_ms, now_ms},
     keys::Caller,
     links::{Snapshot, frame::Analytics},
@@ -186,6 +187,40 @@ impl Handler for ReadLink {
         .await;
         match result {
             Ok((link, snapshot)) => res.render(Json(link_body(state, &link, Some(&snapshot)))),
+            Err(e) => e.write(res),
+        }
+    }
+}
+
+/// `GET /api/links/{code}/stats?from=&to=&interval=minute|hour|day&tz=`: totals, series and
+/// top lists of a window, from the link's aggregates (see `analytics::query`).
+pub struct LinkStats(pub Arc<AppState>);
+
+#[async_trait]
+impl Handler for LinkStats {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let state = &self.0;
+        let result = async {
+            let (_, link) = owned_link(state, req).await?;
+            let param = |name: &str| req.query::<String>(name);
+            let (from, to, interval, tz) =
+                (param("from"), param("to"), param("interval"), param("tz"));
+            let query = StatsQuery::parse(
+                from.as_deref(),
+                to.as_deref(),
+                interval.as_deref(),
+                tz.as_deref(),
+            )
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            state
+                .links
+                .stats(&link, query)
+                .await?
+                .map_err(|e| ApiError::bad_request(e.to_string()))
+        }
+        .await;
+        match result {
+            Ok(answer) => res.render(Json(answer)),
             Err(e) => e.write(res),
         }
     }

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::{
+    analytics::CountryDb,
     config::ServeConfig,
     keys::{ApiKeys, Caller},
     links::{LinkError, Links},
@@ -51,6 +52,8 @@ pub struct AppState {
     /// What one client may take: link creations per API key and per address, open streams
     /// and connections per address. Read it through [`AppState::client_limits`].
     pub create_limits: limit::ClientLimits,
+    /// `--geoip-db`, open.
+    pub country_db: Option<Arc<CountryDb>>,
 }
 
 impl AppState {
@@ -89,6 +92,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             Router::with_path("api/links/{code}")
                 .get(api::ReadLink(s()))
                 .head(api::ReadLink(s()))
+                .push(
+                    Router::with_path("stats")
+                        .get(api::LinkStats(s()))
+                        .head(api::LinkStats(s()))
+                        .goal(NotAllowed(GET_HEAD)),
+                )
                 .push(
                     Router::with_path("clicks")
                         .get(api::ListClicks(s()))

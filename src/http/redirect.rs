@@ -38,18 +38,25 @@ impl Redirect {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
         };
-        let ip = client_ip(state, req).map(|ip| {
+        let client = client_ip(state, req);
+        let referer = header_text(header::REFERER);
+        // The proxy's header first, else the country database, with the full address.
+        let country = state
+            .config
+            .country_header
+            .as_deref()
+            .and_then(|name| {
+                let value = req.headers().get(name)?.to_str().ok()?.trim();
+                (value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphabetic()))
+                    .then(|| value.to_ascii_uppercase())
+            })
+            .or_else(|| state.country_db.as_ref()?.country(client?));
+        let ip = client.map(|ip| {
             if state.config.store_full_ip {
                 ip.to_string()
             } else {
                 anonymise_ip(ip).to_string()
             }
-        });
-        let referer = header_text(header::REFERER);
-        let country = state.config.country_header.as_deref().and_then(|name| {
-            let value = req.headers().get(name)?.to_str().ok()?.trim();
-            (value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphabetic()))
-                .then(|| value.to_ascii_uppercase())
         });
         Click {
             at: now_ms(),

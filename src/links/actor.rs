@@ -7,6 +7,10 @@
 //! store holds (fsynced, in strict durability), which the writer reports through the code's
 //! [`CommitWatch`]. Frames and answers carry only the committed state, so no viewer ever sees a
 //! count that a crash takes back, and an id is never shown for two different clicks.
+//!
+//! The actor also keeps the link's [`Aggregates`], folding each click in once it is committed,
+//! so they describe exactly the clicks the store holds. It stores a snapshot of them now and
+//! then (and when it stops); its successor loads that and folds in the clicks after it.
 
 use std::{
     collections::VecDeque,
@@ -24,9 +28,20 @@ use tracing::debug;
 
 use super::{Shared, frame, inbox::Inbox, subscribers::Subscribers};
 use crate::{
-    domain::{ClickEvent, ShortCode},
-    store::{ClickBatch, CommitListener},
+    analytics::{
+        Aggregates, QueryError, StatsAnswer, StatsQuery, aggregates::encode_snapshot, query,
+    },
+    domain::{ClickEvent, ShortCode, now_ms},
+    store::{ClickBatch, CommitListener, StoreError},
 };
+
+/// A snapshot of the aggregates is stored once this many clicks are folded in since the last
+/// one and [`SNAPSHOT_GAP`] has passed (and whenever the actor stops): a restart after a crash
+/// folds in at most about this many clicks per link again.
+const SNAPSHOT_CLICKS: u64 = 10_000;
+const SNAPSHOT_GAP: Duration = Duration::from_secs(10);
+/// At most one `stats` event per link in this interval.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A new subscriber's end: its first frame (if any) and its queue.
 #[derive(Debug)]
@@ -67,6 +82,9 @@ pub enum LinkMsg {
     /// The committed state, answered once every click counted before the question is
     /// committed (a read right after a redirect sees its click).
     Snapshot(RpcReplyPort<Snapshot>),
+    /// The stats of a window, answered once every click counted before the question is
+    /// committed.
+    Stats(Box<StatsAsk>),
     /// Send the current state to the subscribers (scheduled after a change).
     Flush,
     /// Fault injection (tests): the handler fails as a bug would, and the actor dies.
@@ -97,6 +115,29 @@ impl CommitListener for CommitWatch {
     }
 }
 
+/// A stats question: the window, the link's creation time (where its life begins) and where
+/// to answer.
+pub struct StatsAsk {
+    pub query: StatsQuery,
+    pub created_at: i64,
+    pub reply: RpcReplyPort<Result<StatsAnswer, QueryError>>,
+}
+
+/// A question waiting for the commit of the clicks counted before it.
+enum Waiter {
+    Snapshot(RpcReplyPort<Snapshot>),
+    Stats(Box<StatsAsk>),
+}
+
+impl Waiter {
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Snapshot(reply) => reply.is_closed(),
+            Self::Stats(ask) => ask.reply.is_closed(),
+        }
+    }
+}
+
 pub struct LinkActor;
 
 pub struct LinkArgs {
@@ -116,16 +157,24 @@ pub struct LinkState {
     committed: u64,
     /// The click numbered `committed`.
     last: Option<Arc<ClickEvent>>,
-    /// The last click of each batch handed to the writer and not yet reported committed, in
-    /// order (the writer reports a batch's last number, so the others are never needed).
+    /// The clicks handed to the writer and not yet reported committed, in order: each is
+    /// folded into the aggregates once it is.
     uncommitted: VecDeque<Arc<ClickEvent>>,
+    /// The aggregates of clicks 1..=`committed`.
+    aggregates: Aggregates,
+    /// The last click the stored aggregates snapshot covers, and when it was stored.
+    stored_covers: u64,
+    stored_at: Instant,
+    /// The aggregates moved since the last `stats` event; when that was sent.
+    stats_changed: bool,
+    stats_sent: Instant,
     /// The committed state moved since frames and waiting questions were last seen to.
     progressed: bool,
     /// The encoded frame of the committed state, built when first needed.
     frame: Option<Bytes>,
     subscribers: Subscribers,
-    /// Snapshot questions waiting for the commit of the clicks counted before them.
-    waiters: Vec<(u64, RpcReplyPort<Snapshot>)>,
+    /// Questions waiting for the commit of the clicks counted before them.
+    waiters: Vec<(u64, Waiter)>,
     last_activity: Instant,
     last_heartbeat: Instant,
     last_broadcast: Instant,
@@ -165,9 +214,7 @@ impl LinkState {
             events.push(event);
             acks.extend(click.ack);
         }
-        if let Some(last) = events.last() {
-            self.uncommitted.push_back(last.clone());
-        }
+        self.uncommitted.extend(events.iter().cloned());
         self.shared.writer.clicks(ClickBatch {
             code: self.code.clone(),
             events,
@@ -188,12 +235,65 @@ impl LinkState {
             .front()
             .is_some_and(|event| event.seq <= committed)
         {
-            self.last = self.uncommitted.pop_front();
+            let Some(event) = self.uncommitted.pop_front() else {
+                break;
+            };
+            let shared = &self.shared;
+            if let Err(e) =
+                self.aggregates
+                    .fold(&event, &shared.visitor_key, &shared.settings.aggregates)
+            {
+                // Cannot happen: clicks are numbered here and committed in order.
+                tracing::error!(code = %self.code, cause = %e, "aggregates out of step");
+            }
+            self.last = Some(event);
         }
         self.committed = committed;
         self.frame = None;
         self.progressed = true;
+        self.stats_changed = true;
+        self.store_aggregates(false);
         true
+    }
+
+    /// Stores a snapshot of the aggregates when enough has changed (`force`: when anything
+    /// has). They cover only committed clicks, so the snapshot is never ahead of the log.
+    fn store_aggregates(&mut self, force: bool) {
+        let covers = self.aggregates.covers();
+        let due = covers > self.stored_covers
+            && (force
+                || (covers - self.stored_covers >= SNAPSHOT_CLICKS
+                    && self.stored_at.elapsed() >= SNAPSHOT_GAP));
+        if due {
+            let bytes = encode_snapshot(&self.aggregates);
+            self.shared.writer.aggregates(self.code.clone(), bytes);
+            self.stored_covers = covers;
+            self.stored_at = Instant::now();
+        }
+    }
+
+    /// Answers a stats question from the aggregates (of committed clicks).
+    fn stats(&self, ask: &StatsAsk) -> Result<StatsAnswer, QueryError> {
+        query::answer(
+            self.code.as_str(),
+            &self.aggregates,
+            &ask.query,
+            &self.shared.settings.aggregates,
+            ask.created_at,
+            now_ms(),
+        )
+    }
+
+    /// The `stats` event of the aggregates as they are.
+    fn stats_frame(&mut self) -> Bytes {
+        self.stats_changed = false;
+        self.stats_sent = Instant::now();
+        let live = query::live(
+            &self.aggregates,
+            &self.shared.settings.aggregates,
+            now_ms(),
+        );
+        frame::stats_frame(&live)
     }
 
     /// After any message: if the committed state moved (on whatever path it was noticed),
@@ -240,9 +340,17 @@ impl LinkState {
             .into_iter()
             .partition(|(target, _)| all || *target <= committed);
         self.waiters = waiting;
-        for (_, reply) in ready {
-            // A caller that gave up waiting is ignored on purpose.
-            let _ = reply.send(snapshot.clone());
+        // A caller that gave up waiting is ignored on purpose.
+        for (_, waiter) in ready {
+            match waiter {
+                Waiter::Snapshot(reply) => {
+                    let _ = reply.send(snapshot.clone());
+                }
+                Waiter::Stats(ask) => {
+                    let answer = self.stats(&ask);
+                    let _ = ask.reply.send(answer);
+                }
+            }
         }
         self.update_wanted();
     }
@@ -276,10 +384,19 @@ impl LinkState {
     }
 
     fn broadcast(&mut self) {
-        let frame = self.current_frame();
+        let mut frame = self.current_frame();
+        if self.stats_due() {
+            // One write per subscriber carries both events.
+            let stats = self.stats_frame();
+            frame = [stats, frame].concat().into();
+        }
         let now = Instant::now();
         self.subscribers.deliver(&frame, self.committed, now, None);
         self.last_broadcast = now;
+    }
+
+    fn stats_due(&self) -> bool {
+        self.stats_changed && self.stats_sent.elapsed() >= STATS_INTERVAL
     }
 
     fn schedule_flush(&mut self, myself: &ActorRef<LinkMsg>) {
@@ -317,13 +434,18 @@ impl LinkState {
             self.subscribers.heartbeat();
         }
         self.sync_committed();
+        if self.stats_due() && !self.subscribers.is_empty() {
+            // Changes that came too soon after the last `stats` event for the frames.
+            let stats = self.stats_frame();
+            self.subscribers.send_all(&stats);
+        }
         if self.subscribers.any_behind(self.committed) {
             let frame = self.current_frame();
             self.subscribers
                 .deliver(&frame, self.committed, now, Some(stuck));
         }
         // Questions whose callers gave up (a stalled disk) are let go.
-        self.waiters.retain(|(_, reply)| !reply.is_closed());
+        self.waiters.retain(|(_, waiter)| !waiter.is_closed());
         self.answer_waiters();
         self.update_wanted();
         if self.subscribers.is_empty()
@@ -361,7 +483,14 @@ impl LinkState {
         // A client that has the committed state gets nothing at first. One with a larger id
         // (it saw a count a crash took back, or another node's) gets the state as it is: an
         // `EventSource` answered with anything but 200 stops reconnecting for good.
-        let initial = (last_event_id != Some(self.committed)).then(|| self.current_frame());
+        // The aggregates come first, as a `stats` event (the original's clients ignore it).
+        let stats = self.stats_frame();
+        let initial = if last_event_id == Some(self.committed) {
+            stats
+        } else {
+            [stats, self.current_frame()].concat().into()
+        };
+        let initial = Some(initial);
         // It has the committed state now: the next frame is for a later one, never this id.
         self.subscribers.add(id, tx, self.committed);
         self.last_activity = Instant::now();
@@ -392,9 +521,44 @@ impl Actor for LinkActor {
         // A predecessor of this code may have clicks still queued for the writer; wait until
         // they are committed so the count read below includes them.
         shared.writer.barrier().await?;
-        let store = shared.store.clone();
-        let key = code.clone();
-        let counter = tokio::task::spawn_blocking(move || store.counter(key.as_str())).await??;
+        let (store, key, visitors, settings) = (
+            shared.store.clone(),
+            code.clone(),
+            shared.visitor_key.clone(),
+            shared.settings.aggregates.clone(),
+        );
+        let (counter, aggregates, stored_covers) = tokio::task::spawn_blocking(move || {
+            let code = key.as_str();
+            let counter = store.counter(code)?;
+            let mut aggregates = match store.aggregates(code)? {
+                Some(stored) if stored.covers() <= counter.count => stored,
+                Some(stored) => {
+                    tracing::warn!(
+                        code,
+                        covers = stored.covers(),
+                        count = counter.count,
+                        "aggregates ahead of the click log; rebuilding them"
+                    );
+                    Aggregates::default()
+                }
+                None => Aggregates::default(),
+            };
+            let stored_covers = aggregates.covers();
+            store.clicks_after(code, stored_covers, |event| {
+                aggregates
+                    .fold(&event, &visitors, &settings)
+                    .map_err(|e| StoreError::Inconsistent(format!("code {code}: {e}")))
+            })?;
+            if aggregates.covers() != counter.count {
+                return Err(StoreError::Inconsistent(format!(
+                    "code {code}: the aggregates cover {} of {} clicks",
+                    aggregates.covers(),
+                    counter.count
+                )));
+            }
+            Ok::<_, StoreError>((counter, aggregates, stored_covers))
+        })
+        .await??;
         let now = Instant::now();
         shared.metrics.actor_started();
         let watch = Arc::new(CommitWatch {
@@ -410,6 +574,12 @@ impl Actor for LinkActor {
             committed: counter.count,
             last: counter.last.map(Arc::new),
             uncommitted: VecDeque::new(),
+            aggregates,
+            stored_covers,
+            // What was folded in again is stored at the next chance.
+            stored_at: now.checked_sub(SNAPSHOT_GAP).unwrap_or(now),
+            stats_changed: false,
+            stats_sent: now.checked_sub(STATS_INTERVAL).unwrap_or(now),
             progressed: false,
             frame: None,
             subscribers: Subscribers::default(),
@@ -480,9 +650,16 @@ impl Actor for LinkActor {
                 if state.committed >= state.count || !state.shared.writer.is_healthy() {
                     let _ = reply.send(state.snapshot());
                 } else {
-                    state.waiters.push((state.count, reply));
-                    state.update_wanted();
-                    state.fast_timer(&myself);
+                    state.wait(&myself, Waiter::Snapshot(reply));
+                }
+            }
+            LinkMsg::Stats(ask) => {
+                state.sync_committed();
+                if state.committed >= state.count || !state.shared.writer.is_healthy() {
+                    let answer = state.stats(&ask);
+                    let _ = ask.reply.send(answer);
+                } else {
+                    state.wait(&myself, Waiter::Stats(ask));
                 }
             }
             LinkMsg::Fail => return Err("fault injected".into()),
@@ -502,6 +679,8 @@ impl Actor for LinkActor {
         state: &mut LinkState,
     ) -> Result<(), ActorProcessingErr> {
         state.watch.wanted.store(false, SeqCst);
+        state.sync_committed();
+        state.store_aggregates(true);
         state.shared.metrics.actor_stopped();
         debug!(code = %state.code, count = state.count, "link actor stopped");
         Ok(())
@@ -509,6 +688,13 @@ impl Actor for LinkActor {
 }
 
 impl LinkState {
+    /// Parks a question until the clicks counted before it are committed.
+    fn wait(&mut self, myself: &ActorRef<LinkMsg>, waiter: Waiter) {
+        self.waiters.push((self.count, waiter));
+        self.update_wanted();
+        self.fast_timer(myself);
+    }
+
     /// Heartbeats, slow readers and waiting questions need the faster timer from now on.
     fn fast_timer(&mut self, myself: &ActorRef<LinkMsg>) {
         let tick = self.shared.settings.tick;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::{
-    analytics::anonymise_ip,
+    analytics::{anonymise_ip, query::LiveStats},
     domain::{ClickEvent, DeviceClass, format_ms},
 };
 
@@ -91,6 +91,14 @@ pub fn state_frame(code: &str, count: u64, last: Option<&ClickEvent>) -> Bytes {
     // Serialising a struct of strings and numbers cannot fail.
     let json = serde_json::to_string(&frame).unwrap_or_default();
     Bytes::from(format!("id: {count}\ndata: {json}\n\n"))
+}
+
+/// A `stats` event: the link's aggregates as anyone watching may see them (no referrers).
+/// Named, so the original's `EventSource` clients (which listen to unnamed events) never see
+/// it, and without an id, so `Last-Event-ID` stays the count.
+pub fn stats_frame(stats: &LiveStats) -> Bytes {
+    let json = serde_json::to_string(stats).unwrap_or_default();
+    Bytes::from(format!("event: stats\ndata: {json}\n\n"))
 }
 
 /// Tells the browser how long to wait before reconnecting.

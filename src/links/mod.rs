@@ -25,12 +25,13 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use actor::LinkMsg;
+use actor::{LinkMsg, StatsAsk};
 pub use actor::{Snapshot, SubscribeError, Subscription};
 pub use click::Click;
 use directory::{Directory, Pushed};
 
 use crate::{
+    analytics::{AggregateSettings, QueryError, StatsAnswer, StatsQuery, VisitorKey},
     analytics::AgentParser,
     domain::{Link, ShortCode},
     metrics::{DropReason, Metrics},
@@ -57,6 +58,8 @@ pub struct LinkSettings {
     pub deliveries_per_sec: u64,
     /// Link records kept in memory for links without a live actor.
     pub cache_capacity: usize,
+    /// Bucket retention and top-list caps of the aggregates.
+    pub aggregates: AggregateSettings,
 }
 
 /// What every actor shares.
@@ -65,6 +68,8 @@ pub(crate) struct Shared {
     pub writer: WriterHandle,
     pub settings: LinkSettings,
     pub agents: AgentParser,
+    /// The store's visitor-hash secret (unique visitors).
+    pub visitor_key: VisitorKey,
     pub directory: Directory,
     pub metrics: Arc<Metrics>,
     /// The tasks that wait for actors to end.
@@ -129,6 +134,7 @@ impl Links {
         let cache = Arc::new(Cache::new(settings.cache_capacity.max(16)));
         Self {
             shared: Arc::new(Shared {
+                visitor_key: store.visitor_key(),
                 store,
                 writer,
                 settings,
@@ -307,6 +313,33 @@ impl Links {
             last: counter.last.map(Arc::new),
             subscribers: 0,
         })
+    }
+
+    /// The stats of a window, from the link's actor (started if it is not live), once every
+    /// click counted before the question is committed.
+    pub async fn stats(
+        &self,
+        link: &Arc<Link>,
+        query: StatsQuery,
+    ) -> Result<Result<StatsAnswer, QueryError>, LinkError> {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
+            self.await_stopping(link, deadline).await?;
+            let ask = |reply| {
+                LinkMsg::Stats(Box::new(StatsAsk {
+                    query: query.clone(),
+                    created_at: link.created_at,
+                    reply,
+                }))
+            };
+            match self.ask(link, ask, deadline).await {
+                // The actor stopped (idle) and let the question go: ask its successor.
+                Err(LinkError::Timeout) if Instant::now() < deadline => {
+                    tokio::task::yield_now().await;
+                }
+                answer => return answer,
+            }
+        }
     }
 
     /// Waits until every click this link's actor has taken so far is committed, so a read of

@@ -90,9 +90,15 @@ impl Subscribers {
 
     /// A heartbeat comment to everyone with room for it; drops those whose stream has gone.
     pub fn heartbeat(&mut self) {
+        self.send_all(&frame::HEARTBEAT);
+    }
+
+    /// A frame outside the numbered states (a heartbeat, a `stats` event) to everyone with
+    /// room for it; drops those whose stream has gone.
+    pub fn send_all(&mut self, frame: &Bytes) {
         self.map.retain(|_, s| {
             !matches!(
-                s.tx.try_send(frame::HEARTBEAT),
+                s.tx.try_send(frame.clone()),
                 Err(TrySendError::Closed(_))
             )
         });

@@ -7,6 +7,8 @@
 //! | `clicks` | code, 0x00, seq u64 big-endian | click record |
 //! | `keys` | SHA-256 of an API key | key record |
 //! | `meta` | `totals` | how many links and clicks are stored (see [`records::Totals`]) |
+//! | `meta` | `visitor-key` | the secret of visitor hashes (unique visitors) |
+//! | `stats` | code | the link's aggregates, tagged with the last click they cover |
 //!
 //! A code's stored count is the number of its last stored click: clicks are numbered from 1
 //! without gaps by the code's actor and committed in order, each group in one atomic batch, so
@@ -27,7 +29,7 @@ use std::{
 };
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use backlog::{Backlog, Permit};
 pub use check::{StartupCheck, StartupReport};
@@ -36,7 +38,13 @@ pub use writer::{
     ClickBatch, CommitListener, Durability, Fault, WriteError, Writer, WriterConfig, WriterHandle,
 };
 
-use crate::domain::{ClickEvent, Link};
+use crate::{
+    analytics::{Aggregates, VisitorKey, aggregates},
+    domain::{ClickEvent, Link},
+};
+
+/// The key of the visitor-hash secret in the `meta` keyspace.
+const VISITOR_KEY: &[u8] = b"visitor-key";
 
 /// A storage failure. Carries the cause for the log; HTTP answers say nothing of it.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +135,11 @@ pub struct Store {
     clicks: Keyspace,
     keys: Keyspace,
     meta: Keyspace,
+    /// Each link's aggregates snapshot (code -> MessagePack), tagged with the last click it
+    /// covers.
+    stats: Keyspace,
+    /// The secret behind visitor hashes, made once per store.
+    visitor_key: [u8; 32],
     /// What is stored, as the last committed totals record says. Only the writer changes it.
     totals: Arc<Mutex<Totals>>,
     report: Arc<StartupReport>,
@@ -187,6 +200,8 @@ impl Store {
             clicks: open("clicks")?,
             keys: open("keys")?,
             meta: open("meta")?,
+            stats: open("stats")?,
+            visitor_key: [0; 32],
             db,
             totals: Arc::default(),
             report: Arc::new(StartupReport {
@@ -200,6 +215,7 @@ impl Store {
             _keeper: None,
         };
         let record = store.totals_record().map_err(|e| e.opened(dir))?;
+        store.visitor_key = store.load_visitor_key().map_err(|e| e.opened(dir))?;
 
         let check = if read_all {
             StartupCheck::Full {
@@ -216,7 +232,13 @@ impl Store {
         } else {
             let unchecked = clean::still_there(dir, unchecked).map_err(io)?;
             let paths: Vec<&str> = unchecked.iter().map(|line| clean::path_of(line)).collect();
-            let keyspaces = [&store.links, &store.clicks, &store.keys, &store.meta];
+            let keyspaces = [
+                &store.links,
+                &store.clicks,
+                &store.keys,
+                &store.meta,
+                &store.stats,
+            ];
             info!(
                 check = "quick",
                 files = paths.len(),
@@ -299,7 +321,12 @@ impl Store {
     fn journal_upkeep(&self) -> impl FnMut() + Send + 'static {
         use fjall::AbstractTree;
         let (db, clicks) = (self.db.clone(), self.clicks.clone());
-        let small = [self.links.clone(), self.keys.clone(), self.meta.clone()];
+        let small = [
+            self.links.clone(),
+            self.keys.clone(),
+            self.meta.clone(),
+            self.stats.clone(),
+        ];
         let mut journals = db.journal_count();
         move || {
             let now = db.journal_count();
@@ -324,6 +351,54 @@ impl Store {
     /// How many links and clicks are stored (as of the last commit).
     pub fn totals(&self) -> Totals {
         *self.totals.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The store's visitor-hash secret, made (and fsynced) at its first open.
+    fn load_visitor_key(&self) -> Result<[u8; 32], StoreError> {
+        if let Some(bytes) = self.meta.get(VISITOR_KEY)? {
+            return <[u8; 32]>::try_from(bytes.as_ref()).map_err(|_| {
+                StoreError::Inconsistent(format!("the visitor key has {} bytes", bytes.len()))
+            });
+        }
+        let key: [u8; 32] = rand::random();
+        self.meta.insert(VISITOR_KEY, key)?;
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(key)
+    }
+
+    pub fn visitor_key(&self) -> VisitorKey {
+        VisitorKey::new(self.visitor_key)
+    }
+
+    /// A link's stored aggregates snapshot. One that cannot be read is reported and left out:
+    /// the caller rebuilds the aggregates from the click log.
+    pub fn aggregates(&self, code: &str) -> Result<Option<Aggregates>, StoreError> {
+        let Some(bytes) = self.stats.get(code)? else {
+            return Ok(None);
+        };
+        match aggregates::decode_snapshot(&bytes) {
+            Ok(aggregates) => Ok(Some(aggregates)),
+            Err(cause) => {
+                warn!(code, %cause, "unreadable aggregates; rebuilding them from the click log");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Calls `each` with every stored click of `code` numbered above `after`, in order.
+    pub fn clicks_after(
+        &self,
+        code: &str,
+        after: u64,
+        mut each: impl FnMut(ClickEvent) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let start = records::click_key(code, after.saturating_add(1));
+        let end = records::click_key(code, u64::MAX);
+        for guard in self.clicks.range(start..=end) {
+            let (_, value) = guard.into_inner()?;
+            each(records::decode_click(&value)?)?;
+        }
+        Ok(())
     }
 
     fn count_keys(&self) -> Result<u64, StoreError> {

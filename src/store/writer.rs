@@ -80,6 +80,11 @@ enum Op {
         link: Link,
         reply: oneshot::Sender<Result<bool, WriteError>>,
     },
+    /// A link's aggregates, covering clicks that are already committed.
+    Aggregates {
+        code: ShortCode,
+        bytes: Vec<u8>,
+    },
     Barrier(oneshot::Sender<Result<(), WriteError>>),
     Stop,
 }
@@ -150,6 +155,14 @@ impl WriterHandle {
             .send(Op::CreateLink { link, reply })
             .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Stores a link's aggregates snapshot with the next group. It must cover only clicks that
+    /// are committed already (or queued before it), so the journal never holds a snapshot
+    /// ahead of the clicks it counts.
+    pub fn aggregates(&self, code: ShortCode, bytes: Vec<u8>) {
+        // A snapshot that cannot be written is rebuilt from the click log at the next start.
+        let _ = self.tx.send(Op::Aggregates { code, bytes });
     }
 
     /// Resolves once everything queued before it is committed (visible to reads).
@@ -255,13 +268,14 @@ struct Group {
     listeners: Vec<(Arc<dyn CommitListener>, u64)>,
     permits: Permit,
     links: Vec<(Link, oneshot::Sender<Result<bool, WriteError>>)>,
+    aggregates: Vec<(ShortCode, Vec<u8>)>,
     barriers: Vec<oneshot::Sender<Result<(), WriteError>>>,
     stop: bool,
 }
 
 impl Group {
     fn len(&self) -> usize {
-        self.clicks.len() + self.links.len() + self.barriers.len()
+        self.clicks.len() + self.links.len() + self.aggregates.len() + self.barriers.len()
     }
 
     /// Adds an item; true when it asks for an immediate commit.
@@ -281,6 +295,10 @@ impl Group {
             Op::CreateLink { link, reply } => {
                 self.links.push((link, reply));
                 true
+            }
+            Op::Aggregates { code, bytes } => {
+                self.aggregates.push((code, bytes));
+                false
             }
             Op::Barrier(tx) => {
                 self.barriers.push(tx);
@@ -406,10 +424,13 @@ fn commit_to_os(
 /// Writes the group as one atomic batch. Returns, for each new link in order, whether it was
 /// stored (false: the code was taken).
 fn commit(store: &Store, group: &Group) -> Result<Vec<Result<bool, WriteError>>, StoreError> {
-    if group.clicks.is_empty() && group.links.is_empty() {
+    if group.clicks.is_empty() && group.links.is_empty() && group.aggregates.is_empty() {
         return Ok(Vec::new());
     }
     let mut batch = store.db.batch();
+    for (code, bytes) in &group.aggregates {
+        batch.insert(&store.stats, code.as_str(), bytes.as_slice());
+    }
     for (code, event) in &group.clicks {
         batch.insert(
             &store.clicks,
