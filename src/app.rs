@@ -269,6 +269,8 @@ fn link_settings(config: &ServeConfig) -> LinkSettings {
             hour_retention_ms: millis(config.hour_retention),
             day_retention_ms: config.day_retention.map(millis),
             top_values: config.top_values.max(1),
+            snapshot_clicks: config.aggregates_snapshot_clicks.max(1),
+            snapshot_gap: config.aggregates_snapshot_interval,
         },
     }
 }

@@ -162,6 +162,13 @@ pub struct ServeConfig {
     /// and day; later values are counted under `(other)`.
     #[arg(long, env = "LINKPULSE_TOP_VALUES", default_value_t = 100)]
     pub top_values: usize,
+    /// A link's aggregates snapshot is stored after this many new clicks (and when its actor
+    /// stops); a restart after a crash folds in at most about this many clicks per link again.
+    #[arg(long, env = "LINKPULSE_AGGREGATES_SNAPSHOT_CLICKS", default_value_t = 10_000)]
+    pub aggregates_snapshot_clicks: u64,
+    /// ...and at most once per this interval per link.
+    #[arg(long, env = "LINKPULSE_AGGREGATES_SNAPSHOT_INTERVAL", value_parser = duration, default_value = "10s")]
+    pub aggregates_snapshot_interval: Duration,
     /// Most open connections (streams included); past it new connections wait in the kernel's
     /// backlog until one closes.
     #[arg(long, env = "LINKPULSE_MAX_CONNECTIONS", default_value_t = 18_000)]

@@ -63,6 +63,7 @@ const HOLD_MS = Math.max(1, WARMUP + SECONDS - 1) * 1000;
 
 const frames = new Counter('linkpulse_sse_frames'); // data frames received, all viewers
 const heartbeats = new Counter('linkpulse_sse_heartbeats'); // ": keep-alive" comments received
+const namedEvents = new Counter('linkpulse_sse_named_events'); // `stats` events, all viewers
 const sseErrors = new Counter('linkpulse_sse_errors'); // error events on a stream still wanted
 const clickToFrame = new Trend('linkpulse_sse_click_to_frame', true); // receipt time - createdAt
 const clicks302 = new Counter('linkpulse_redirects_302');
@@ -111,7 +112,10 @@ export function viewer(data) {
 
     client.on('event', function (event) {
       const receivedAt = Date.now();
-      if (event.data) {
+      if (event.name && event.name !== 'message') {
+        // A named event (`stats`: the link's aggregates); the original's clients ignore these.
+        namedEvents.add(1);
+      } else if (event.data) {
         received += 1;
         frames.add(1);
         let body = null;

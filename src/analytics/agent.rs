@@ -51,7 +51,7 @@ impl AgentParser {
             return Agent {
                 browser: "unknown".into(),
                 os: "unknown".into(),
-                device: DeviceClass::Other,
+                device: DeviceClass::Bot,
                 bot: true,
             };
         }

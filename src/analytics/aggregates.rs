@@ -40,6 +40,11 @@ pub struct AggregateSettings {
     pub day_retention_ms: Option<i64>,
     /// Distinct values a top list keeps before filing the rest under `(other)`.
     pub top_values: usize,
+    /// A link's snapshot is stored once this many clicks are folded in since the last one and
+    /// `snapshot_gap` has passed (and whenever its actor stops): a restart after a crash folds
+    /// in about this many clicks per link again, at most.
+    pub snapshot_clicks: u64,
+    pub snapshot_gap: std::time::Duration,
 }
 
 impl Default for AggregateSettings {
@@ -49,6 +54,8 @@ impl Default for AggregateSettings {
             hour_retention_ms: 90 * DAY_MS,
             day_retention_ms: None,
             top_values: 100,
+            snapshot_clicks: 10_000,
+            snapshot_gap: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -35,11 +35,6 @@ use crate::{
     store::{ClickBatch, CommitListener, StoreError},
 };
 
-/// A snapshot of the aggregates is stored once this many clicks are folded in since the last
-/// one and [`SNAPSHOT_GAP`] has passed (and whenever the actor stops): a restart after a crash
-/// folds in at most about this many clicks per link again.
-const SNAPSHOT_CLICKS: u64 = 10_000;
-const SNAPSHOT_GAP: Duration = Duration::from_secs(10);
 /// At most one `stats` event per link in this interval.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -260,10 +255,11 @@ impl LinkState {
     /// has). They cover only committed clicks, so the snapshot is never ahead of the log.
     fn store_aggregates(&mut self, force: bool) {
         let covers = self.aggregates.covers();
+        let settings = &self.shared.settings.aggregates;
         let due = covers > self.stored_covers
             && (force
-                || (covers - self.stored_covers >= SNAPSHOT_CLICKS
-                    && self.stored_at.elapsed() >= SNAPSHOT_GAP));
+                || (covers - self.stored_covers >= settings.snapshot_clicks
+                    && self.stored_at.elapsed() >= settings.snapshot_gap));
         if due {
             let bytes = encode_snapshot(&self.aggregates);
             self.shared.writer.aggregates(self.code.clone(), bytes);
@@ -577,7 +573,9 @@ impl Actor for LinkActor {
             aggregates,
             stored_covers,
             // What was folded in again is stored at the next chance.
-            stored_at: now.checked_sub(SNAPSHOT_GAP).unwrap_or(now),
+            stored_at: now
+                .checked_sub(shared.settings.aggregates.snapshot_gap)
+                .unwrap_or(now),
             stats_changed: false,
             stats_sent: now.checked_sub(STATS_INTERVAL).unwrap_or(now),
             progressed: false,

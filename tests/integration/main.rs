@@ -16,6 +16,7 @@ mod redirect;
 mod restart;
 mod routes;
 mod stall;
+mod stats;
 mod support;
 mod truth;
 mod wire;

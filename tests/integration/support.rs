@@ -199,6 +199,8 @@ where
 /// One SSE event.
 #[derive(Debug, Default, Clone)]
 pub struct Event {
+    /// The event's name (`event:`); `None` for the unnamed frames an `onmessage` gets.
+    pub name: Option<String>,
     pub id: Option<u64>,
     pub data: Option<Value>,
     pub retry: Option<u64>,
@@ -251,13 +253,29 @@ impl SseClient {
         }
     }
 
-    /// The next event that carries data (skipping retry hints and heartbeats).
+    /// The next unnamed event that carries data, as the original's `onmessage` gets them
+    /// (skipping retry hints, heartbeats and named events such as `stats`).
     pub async fn next_data(&mut self, limit: Duration) -> Option<Event> {
+        self.next_matching(limit, |e| e.name.is_none() && e.data.is_some())
+            .await
+    }
+
+    /// The next event named `name`.
+    pub async fn next_named(&mut self, name: &str, limit: Duration) -> Option<Event> {
+        self.next_matching(limit, |e| e.name.as_deref() == Some(name))
+            .await
+    }
+
+    async fn next_matching(
+        &mut self,
+        limit: Duration,
+        wanted: impl Fn(&Event) -> bool,
+    ) -> Option<Event> {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let event = self.next(left).await?;
-            if event.data.is_some() {
+            if wanted(&event) {
                 return Some(event);
             }
         }
@@ -269,6 +287,8 @@ fn parse_event(raw: &str) -> Event {
     for line in raw.lines() {
         if line.starts_with(':') {
             event.comment = true;
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            event.name = Some(v.to_owned());
         } else if let Some(v) = line.strip_prefix("id: ") {
             event.id = v.parse().ok();
         } else if let Some(v) = line.strip_prefix("data: ") {

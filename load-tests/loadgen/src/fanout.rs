@@ -396,6 +396,10 @@ async fn subscribe(
         let now = shared.now();
         parser.push(&chunk, &mut events);
         for event in events.drain(..) {
+            if event.name.is_some() {
+                // A `stats` event (aggregates), next to the count frames.
+                continue;
+            }
             let Some(count) = event.click_count() else {
                 shared.bad_frames.fetch_add(1, Relaxed);
                 continue;

@@ -280,8 +280,10 @@ pub async fn ensure_links(api: &Api, prefix: &str, n: usize) -> Result<Vec<Strin
     Ok(codes)
 }
 
-/// One SSE event: its `id:` and its `data:` lines joined.
+/// One SSE event: its `event:` name, its `id:` and its `data:` lines joined.
 pub struct SseEvent {
+    /// `None` for the unnamed state frames; `stats` for linkpulse's aggregate events.
+    pub name: Option<String>,
     pub id: Option<u64>,
     pub data: Option<String>,
 }
@@ -335,12 +337,15 @@ impl SseParser {
 
 fn parse_event(block: &[u8]) -> Option<SseEvent> {
     let mut event = SseEvent {
+        name: None,
         id: None,
         data: None,
     };
     for line in block.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(id) = line.strip_prefix(b"id:") {
+        if let Some(name) = line.strip_prefix(b"event:") {
+            event.name = Some(String::from_utf8_lossy(name).trim().to_owned());
+        } else if let Some(id) = line.strip_prefix(b"id:") {
             event.id = std::str::from_utf8(id)
                 .ok()
                 .and_then(|s| s.trim().parse().ok());
