@@ -3,7 +3,10 @@
 
 use std::{path::Path, time::Duration};
 
-use super::process::{Res, Tally, create_code, known_counts, serving, start_load, stored_counts};
+use super::process::{
+    Res, Tally, assert_aggregates_count, create_code, known_counts, serving, start_load,
+    stored_counts, whole_life_stats,
+};
 use crate::support::{TestResult, client};
 
 // ---------------------------------------------------------------------------------------------
@@ -17,6 +20,8 @@ struct KillRound {
     tallies: Vec<Tally>,
     /// Counts served by the restarted process.
     served_after: Vec<u64>,
+    /// Whole-life stats served by the restarted process.
+    stats_after: Vec<serde_json::Value>,
     /// (count, click events) in the store after the clean stop of the restarted process.
     stored: Vec<(u64, u64)>,
 }
@@ -29,6 +34,19 @@ async fn kill_round(
     load_for: Duration,
 ) -> Res<KillRound> {
     let http = client();
+    // Aggregates snapshots all through the load, so a kill falls between two of them and the
+    // restart folds in the clicks after the last one.
+    let args = [
+        args,
+        &[
+            "--aggregates-snapshot-clicks",
+            "200",
+            "--aggregates-snapshot-interval",
+            "0s",
+        ],
+    ]
+    .concat();
+    let args = args.as_slice();
     let mut server = serving(dir, args).await?;
     if create {
         for code in codes {
@@ -44,12 +62,14 @@ async fn kill_round(
 
     let mut again = serving(dir, args).await?;
     let served_after = known_counts(&http, &again.base, codes).await?;
+    let stats_after = whole_life_stats(&http, &again.base, codes).await?;
     again.terminate().await?;
     let stored = stored_counts(dir, codes)?;
     Ok(KillRound {
         before,
         tallies,
         served_after,
+        stats_after,
         stored,
     })
 }
@@ -70,6 +90,8 @@ fn check_kill_round(label: &str, codes: &[&str], round: &KillRound, strict: bool
             round.served_after[i], count,
             "{label} {code}: the restarted server serves the stored count"
         );
+        // count == stored events == every breakdown of the aggregates.
+        assert_aggregates_count(&format!("{label} {code}"), &round.stats_after[i], count);
         assert!(
             count >= round.before[i],
             "{label} {code}: the count went down from {} to {count}",

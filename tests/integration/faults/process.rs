@@ -266,6 +266,50 @@ pub(super) async fn api_counts(
     Ok(out)
 }
 
+/// Each code's whole-life stats (`GET /api/links/{code}/stats`).
+pub(super) async fn whole_life_stats(
+    http: &reqwest::Client,
+    base: &str,
+    codes: &[&str],
+) -> Res<Vec<serde_json::Value>> {
+    let mut out = Vec::with_capacity(codes.len());
+    for code in codes {
+        let res = http
+            .get(format!("{base}/api/links/{code}/stats"))
+            .bearer_auth(KEY)
+            .send()
+            .await?;
+        if res.status() != 200 {
+            return Err(format!("stats of {code}: {}", res.status()).into());
+        }
+        out.push(res.json().await?);
+    }
+    Ok(out)
+}
+
+/// Checks that a whole-life stats answer counts `count` clicks in its totals, its day series
+/// and each of its top lists.
+pub(super) fn assert_aggregates_count(label: &str, stats: &serde_json::Value, count: u64) {
+    let totals = &stats["totals"];
+    let number = |v: &serde_json::Value| v.as_u64().unwrap_or(u64::MAX);
+    assert_eq!(number(&totals["clicks"]), count, "{label}: totals: {stats}");
+    assert_eq!(
+        number(&totals["humanClicks"]) + number(&totals["botClicks"]),
+        count,
+        "{label}: humans and bots: {stats}"
+    );
+    let series: u64 = stats["series"]
+        .as_array()
+        .map_or(u64::MAX, |points| points.iter().map(|p| number(&p["clicks"])).sum());
+    assert_eq!(series, count, "{label}: the day series: {stats}");
+    for list in ["referrers", "countries", "browsers", "os", "devices"] {
+        let sum: u64 = stats["top"][list]
+            .as_array()
+            .map_or(u64::MAX, |entries| entries.iter().map(|e| number(&e["clicks"])).sum());
+        assert_eq!(sum, count, "{label}: top.{list}: {stats}");
+    }
+}
+
 /// Counts every code must have: a code the server does not know is an error.
 pub(super) async fn known_counts(
     http: &reqwest::Client,
@@ -302,6 +346,18 @@ pub(super) struct Tally {
     pub(super) unanswered: u64,
 }
 
+/// The user agents of the load's clients (a browser, a phone, a preview fetcher, a script
+/// that sends none).
+const AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 \
+     Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like \
+     Gecko) Version/17.0 Mobile/15E148 Safari/604.1",
+    "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+    "",
+];
+const REFERERS: [&str; 3] = ["https://news.example/a", "https://blog.example/b", ""];
+
 /// Redirect clients hammering the codes until stopped.
 pub(super) struct Load {
     stop: Arc<AtomicBool>,
@@ -318,10 +374,20 @@ pub(super) fn start_load(base: &str, codes: &[&str]) -> Load {
             let index = i % codes.len();
             let url = format!("{base}/{}", codes[index]);
             let (http, stop) = (http.clone(), stop.clone());
+            // Clients differ as visitors do, so the aggregates have something to split.
+            let agent = AGENTS[i % AGENTS.len()];
+            let referer = REFERERS[i % REFERERS.len()];
             let task = tokio::spawn(async move {
                 let mut tally = Tally::default();
                 while !stop.load(Ordering::Relaxed) {
-                    match http.get(&url).timeout(Duration::from_secs(10)).send().await {
+                    let mut req = http.get(&url).timeout(Duration::from_secs(10));
+                    if !agent.is_empty() {
+                        req = req.header("User-Agent", agent);
+                    }
+                    if !referer.is_empty() {
+                        req = req.header("Referer", referer);
+                    }
+                    match req.send().await {
                         Ok(res) if res.status() == 302 => tally.found += 1,
                         Ok(_) => tally.other += 1,
                         Err(_) => {
