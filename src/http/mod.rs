@@ -114,6 +114,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         // `/realtime` without a code is an API path that names nothing, not a short code.
         .push(Router::with_path("realtime").goal(pages::Fallback))
         .push(
+            Router::with_path("assets/{name}")
+                .get(pages::Asset)
+                .head(pages::Asset)
+                .goal(NotAllowed(GET_HEAD)),
+        )
+        .push(
             Router::with_path("links/{code}")
                 .get(pages::StatsPage(s()))
                 .head(pages::StatsPage(s()))

@@ -5,12 +5,46 @@
 use std::sync::Arc;
 
 use askama::Template;
-use salvo::{http::StatusCode, prelude::*};
+use salvo::{
+    http::{HeaderValue, StatusCode, header},
+    prelude::*,
+};
 
 use super::{ApiError, AppState, code_param};
 use crate::domain::ShortCode;
 
 const NOT_FOUND: &str = include_str!("../pages/not_found.html");
+
+/// uPlot (MIT, `src/pages/vendor/uplot/LICENSE`), served from the binary: no CDN. Its version is
+/// in the path, so browsers may keep it for good.
+const UPLOT_JS: &[u8] = include_bytes!("../pages/vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &[u8] = include_bytes!("../pages/vendor/uplot/uPlot.min.css");
+pub const UPLOT_JS_PATH: &str = "/assets/uplot-1.6.32.min.js";
+pub const UPLOT_CSS_PATH: &str = "/assets/uplot-1.6.32.min.css";
+
+/// `GET /assets/{name}`: the files the pages load.
+pub struct Asset;
+
+#[async_trait]
+impl Handler for Asset {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let path = req.uri().path();
+        let (body, content_type) = if path == UPLOT_JS_PATH {
+            (UPLOT_JS, "text/javascript; charset=utf-8")
+        } else if path == UPLOT_CSS_PATH {
+            (UPLOT_CSS, "text/css; charset=utf-8")
+        } else {
+            return not_found(res);
+        };
+        let headers = res.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=31536000, immutable"),
+        );
+        let _ = res.write_body(body);
+    }
+}
 
 /// The stats page: what it shows when it opens, before the stream brings it up to date.
 #[derive(Template)]
@@ -23,6 +57,8 @@ struct Stats<'a> {
     target: &'a str,
     /// The count when the page was made, or `…` when it could not be read.
     count: String,
+    uplot_js: &'static str,
+    uplot_css: &'static str,
 }
 
 /// A small HTML 404 for people who followed a bad link.
@@ -72,6 +108,8 @@ impl Handler for StatsPage {
             short_url: format!("{}/{}", state.base_url, link.code),
             target: link.target.as_str(),
             count,
+            uplot_js: UPLOT_JS_PATH,
+            uplot_css: UPLOT_CSS_PATH,
         };
         match page.render() {
             Ok(html) => res.render(Text::Html(html)),

@@ -14,6 +14,9 @@ use crate::support::{TestResult, eventually, spawn_app, spawn_with};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+const CHROME: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+                      Chrome/120.0.0.0 Safari/537.36";
+
 #[tokio::test]
 async fn the_stats_page_names_its_stream() -> TestResult {
     let app = spawn_app().await;
@@ -29,6 +32,17 @@ async fn the_stats_page_names_its_stream() -> TestResult {
     assert!(html.contains(r#"id="clickCount""#));
     assert!(html.contains(r#"data-stream="/realtime/page""#));
     assert!(html.contains("new EventSource(stream)"));
+    assert!(html.contains(r#"addEventListener("stats""#));
+    // The chart library comes from the binary itself, not a CDN.
+    let script = html
+        .split(r#"<script src=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .ok_or("the page loads a script")?;
+    assert!(script.starts_with("/assets/"), "{script}");
+    let res = app.client.get(app.url(script)).send().await?;
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await?.contains("uPlot"));
     assert!(html.contains("https://example.com/target"));
     let res = app.client.get(app.url("/links/unknown")).send().await?;
     assert_eq!(res.status(), 404);
@@ -126,7 +140,26 @@ async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
         text_of("status").await == "live"
     })
     .await;
-    for _ in 0..5 {
+    let attr_of = |id: &'static str, name: &'static str| {
+        let browser = browser.clone();
+        async move {
+            match browser.find(Locator::Id(id)).await {
+                Ok(el) => el.attr(name).await.ok().flatten().unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        }
+    };
+    // Three people on a desktop browser and two clicks without a user agent (bots).
+    for _ in 0..3 {
+        let res = app
+            .client
+            .get(app.url("/watch"))
+            .header("User-Agent", CHROME)
+            .send()
+            .await?;
+        assert_eq!(res.status(), 302);
+    }
+    for _ in 0..2 {
         app.click("watch").await;
     }
     eventually(WAIT, "the page shows 5 clicks", || async {
@@ -135,6 +168,36 @@ async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
     .await;
     // The public stream's details of the latest click: the address, anonymised.
     assert_eq!(text_of("lastIp").await, "127.0.0.0");
+    // The `stats` event moves the totals, the chart and the top lists.
+    eventually(WAIT, "the page shows 3 clicks by people", || async {
+        text_of("humanClicks").await == "3" && text_of("botClicks").await == "2"
+    })
+    .await;
+    eventually(WAIT, "the chart holds the 5 clicks", || async {
+        attr_of("chart", "data-clicks").await == "5"
+    })
+    .await;
+    assert_eq!(attr_of("chart", "data-points").await, "60", "an hour by minute");
+    let chart = browser
+        .find(Locator::Css("#chart canvas"))
+        .await
+        .map_err(|e| format!("uPlot drew no canvas: {e}"))?;
+    assert!(chart.is_displayed().await?, "the chart is visible");
+    let devices = browser.find_all(Locator::Css("#top-devices li")).await?;
+    let mut shown = Vec::new();
+    for item in devices {
+        let value = item.find(Locator::Css(".value")).await?.text().await?;
+        let n = item.find(Locator::Css(".n")).await?.text().await?;
+        shown.push(format!("{value}={n}"));
+    }
+    assert_eq!(shown, ["desktop=3", "bot=2"], "the devices top list");
+    // Frames conflate clicks that come close together: at least the last one is listed.
+    let rows = browser.find_all(Locator::Css("#latest tr")).await?;
+    assert!((1..=5).contains(&rows.len()), "{} latest clicks", rows.len());
+    let shot = browser.screenshot().await?;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("stats-page.png");
+    std::fs::write(&path, shot)?;
+    eprintln!("stats page screenshot: {}", path.display());
 
     // Restart the server on the same port and data: the page reconnects by itself.
     let dir = app.stop().await;
@@ -147,6 +210,10 @@ async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
         "the page shows 7 clicks after the restart",
         || async { text_of("clickCount").await == "7" },
     )
+    .await;
+    eventually(WAIT, "the totals follow after the restart", || async {
+        text_of("botClicks").await == "4"
+    })
     .await;
     browser.close().await?;
     app.stop().await;

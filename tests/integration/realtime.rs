@@ -312,10 +312,12 @@ async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() -> Test
     let text = read_until(&mut fresh, "\"clickCount\":1").await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("content-type: text/event-stream"), "{text}");
+    // The retry hint, the aggregates (a named event), then the count frames.
     assert!(
-        text.contains("retry: 2000\n\nid: 1\ndata: {\"clickCount\":1,"),
+        text.contains("\r\n\r\nretry: 2000\n\nevent: stats\ndata: {\"totals\":{"),
         "{text}"
     );
+    assert!(text.contains("\n\nid: 1\ndata: {\"clickCount\":1,"), "{text}");
 
     let mut reused = tokio::net::TcpStream::connect(app.addr).await?;
     reused
