@@ -386,17 +386,17 @@ impl Store {
     }
 
     /// Calls `each` with every stored click of `code` numbered above `after`, in order.
-    pub fn clicks_after(
+    pub fn clicks_after<E: From<StoreError>>(
         &self,
         code: &str,
         after: u64,
-        mut each: impl FnMut(ClickEvent) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+        mut each: impl FnMut(ClickEvent) -> Result<(), E>,
+    ) -> Result<(), E> {
         let start = records::click_key(code, after.saturating_add(1));
         let end = records::click_key(code, u64::MAX);
         for guard in self.clicks.range(start..=end) {
-            let (_, value) = guard.into_inner()?;
-            each(records::decode_click(&value)?)?;
+            let (_, value) = guard.into_inner().map_err(StoreError::from)?;
+            each(records::decode_click(&value).map_err(StoreError::from)?)?;
         }
         Ok(())
     }

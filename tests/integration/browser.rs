@@ -123,6 +123,8 @@ async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
         }
     };
 
+    // Tall enough for the whole page in the screenshot.
+    browser.set_window_size(1100, 1500).await?;
     let app = spawn_app().await;
     let addr = app.addr;
     app.create_link("watch").await;

@@ -330,3 +330,59 @@ async fn the_stream_carries_a_stats_event_beside_the_count_frames() -> TestResul
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn clicks_export_as_csv_in_order_with_every_field() -> TestResult {
+    let app = spawn_with(None, |c| c.trust_forwarded_for = true).await;
+    app.create_link("csv").await;
+    // Long agents with a comma and quotes, so the export spans several chunks and needs quoting.
+    let agent = format!("Agent \"quoted\", with comma {}", "x".repeat(300));
+    const N: u64 = 300;
+    for _ in 0..N {
+        visit(&app, "csv", Some(&agent), Some("https://news.example/"), "192.0.2.1", None).await;
+    }
+    let res = app
+        .client
+        .get(app.url("/api/links/csv/clicks"))
+        .header("Accept", "text/csv")
+        .bearer_auth(KEY)
+        .send()
+        .await?;
+    assert_eq!(res.status(), 200);
+    assert!(
+        crate::support::content_type(&res).starts_with("text/csv"),
+        "{}",
+        crate::support::content_type(&res)
+    );
+    let body = res.text().await?;
+    assert!(body.len() > 64 * 1024, "more than one chunk: {} bytes", body.len());
+    let mut reader = csv::Reader::from_reader(body.as_bytes());
+    let header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
+    assert_eq!(
+        header,
+        [
+            "seq", "createdAt", "ipAddress", "userAgent", "referer", "country", "browser", "os",
+            "device", "bot"
+        ]
+    );
+    let mut seq = 0;
+    for row in reader.records() {
+        let row = row?;
+        seq += 1;
+        assert_eq!(row.get(0), Some(seq.to_string().as_str()), "in order, none missing");
+        assert_eq!(row.get(2), Some("192.0.2.0"), "the address as stored: anonymised");
+        assert_eq!(row.get(3), Some(agent.as_str()), "quoted and back");
+        assert_eq!(row.get(4), Some("https://news.example/"));
+    }
+    assert_eq!(seq, N);
+    // Without the Accept header: the JSON page, as before.
+    let res = app
+        .client
+        .get(app.url("/api/links/csv/clicks?limit=2"))
+        .bearer_auth(KEY)
+        .send()
+        .await?;
+    let page: Value = res.json().await?;
+    assert_eq!(page["clicks"][0]["seq"], N, "newest first");
+    Ok(())
+}
