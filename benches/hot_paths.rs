@@ -7,6 +7,7 @@
 //! | an actor counting 1,000 clicks (through its inbox: numbering, user agent, hand-off to the writer) | 1,000 `ractor` casts to an actor that does nothing |
 //! | a group commit of 1,000 clicks through the writer | one fjall batch of 1,000 plain inserts of the same size |
 //! | the redirect handler in-process (salvo test client) | a salvo handler answering a fixed `302` |
+//! | the stats answer of a link with 10 million clicks over a year (whole life by day, 30 days by hour, a year by day with its top lists) | a scan of 100,000 stored clicks (1% of that link's log), what answering from the clicks would cost |
 //!
 //! `cargo bench --bench hot_paths` prints criterion's figures, then a table of ratios.
 
@@ -246,7 +247,128 @@ fn group_commit(c: &mut Criterion) {
     let _ = writer.stop();
 }
 
-criterion_group!(benches, encoding, actor_and_redirect, group_commit);
+/// Aggregates of `n` clicks spread over a year: 50,000 visitors, 40 referrers, 30 countries,
+/// four agents (one a bot).
+fn aggregates_of(n: u64) -> linkpulse::analytics::Aggregates {
+    use linkpulse::analytics::{AggregateSettings, Aggregates, VisitorKey};
+    let key = VisitorKey::new([9; 32]);
+    let settings = AggregateSettings::default();
+    let mut agg = Aggregates::default();
+    let year = 365 * 86_400_000i64;
+    let start = now_ms() - year;
+    let agents = [
+        ("Chrome", "Linux", DeviceClass::Desktop, false),
+        ("Safari", "iOS", DeviceClass::Mobile, false),
+        ("Firefox", "Windows 10", DeviceClass::Desktop, false),
+        ("Googlebot", "UNKNOWN", DeviceClass::Bot, true),
+    ];
+    let step = year / i64::try_from(n).unwrap_or(1).max(1);
+    for seq in 1..=n {
+        let i = seq as usize;
+        let (browser, os, device, bot) = agents[i % agents.len()];
+        let mut e = event(seq);
+        e.at = start + step * i64::try_from(seq).unwrap_or(0);
+        e.ip = Some(format!("10.{}.{}.0", (i / 256) % 200, i % 256));
+        e.referer = Some(format!("https://site{}.example/page", i % 40));
+        e.country = Some(format!("C{}", (b'A' + (i % 26) as u8) as char));
+        e.browser = browser.into();
+        e.os = os.into();
+        e.device = device;
+        e.bot = bot;
+        let _ = agg.fold(&e, &key, &settings);
+    }
+    agg
+}
+
+fn stats(c: &mut Criterion) {
+    use linkpulse::analytics::{AggregateSettings, StatsQuery, query};
+    const CLICKS: u64 = 10_000_000;
+    const SCANNED: u64 = 100_000;
+    let built = std::time::Instant::now();
+    let agg = aggregates_of(CLICKS);
+    let snapshot = linkpulse::analytics::aggregates::encode_snapshot(&agg);
+    println!(
+        "aggregates of {CLICKS} clicks folded in {:.1} s; snapshot {} KiB",
+        built.elapsed().as_secs_f64(),
+        snapshot.len() / 1024
+    );
+    let settings = AggregateSettings::default();
+    let created = now_ms() - 366 * 86_400_000;
+    let now = now_ms();
+
+    // The reference: reading stored clicks back, as a stats answer built from the log would.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Database::builder(dir.path()).open().expect("fjall opens");
+    let clicks = db
+        .keyspace("clicks", KeyspaceCreateOptions::default)
+        .expect("keyspace");
+    for chunk in (1..=SCANNED).collect::<Vec<_>>().chunks(10_000) {
+        let mut batch = db.batch();
+        for &seq in chunk {
+            batch.insert(
+                &clicks,
+                records::click_key("big", seq),
+                records::encode_click(&event(seq)),
+            );
+        }
+        batch.commit().expect("commit");
+    }
+
+    let mut group = c.benchmark_group("stats_10m_clicks");
+    group.sample_size(20);
+    group.bench_function("reference_scan_100k_stored_clicks", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            for guard in clicks.prefix(records::click_prefix("big")) {
+                let (_, value) = guard.into_inner().expect("read");
+                n += records::decode_click(&value).map_or(0, |e| e.seq & 1);
+            }
+            n
+        })
+    });
+    let whole = StatsQuery::whole_life();
+    let month = StatsQuery::parse(
+        Some(&jiff::Timestamp::from_millisecond(now - 30 * 86_400_000).map_or_else(|_| String::new(), |t| t.to_string())),
+        None,
+        Some("hour"),
+        None,
+    )
+    .expect("query");
+    let year = StatsQuery::parse(
+        Some(&jiff::Timestamp::from_millisecond(now - 365 * 86_400_000).map_or_else(|_| String::new(), |t| t.to_string())),
+        Some(&jiff::Timestamp::from_millisecond(now).map_or_else(|_| String::new(), |t| t.to_string())),
+        Some("day"),
+        None,
+    )
+    .expect("query");
+    let quarter = StatsQuery::parse(
+        Some(&jiff::Timestamp::from_millisecond(now - 89 * 86_400_000).map_or_else(|_| String::new(), |t| t.to_string())),
+        None,
+        Some("day"),
+        Some("Europe/Berlin"),
+    )
+    .expect("query");
+    for (name, q) in [
+        ("whole_life_by_day", &whole),
+        ("last_30_days_by_hour", &month),
+        ("a_year_by_day_with_its_top_lists", &year),
+        ("89_days_by_berlin_day", &quarter),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let answer = query::answer("big", black_box(&agg), q, &settings, created, now)
+                    .expect("answers");
+                serde_json::to_vec(&answer).expect("json").len()
+            })
+        });
+    }
+    group.bench_function("decode_snapshot", |b| {
+        b.iter(|| linkpulse::analytics::aggregates::decode_snapshot(black_box(&snapshot)).is_ok())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encoding, actor_and_redirect, group_commit, stats);
 
 /// Runs the benches, then prints each one as a ratio to the reference of its group.
 fn main() {
@@ -262,6 +384,7 @@ fn main() {
         "redirect",
         "actor_1000_clicks",
         "group_commit_1000",
+        "stats_10m_clicks",
     ] {
         let dir = root.join(group);
         let Ok(entries) = std::fs::read_dir(&dir) else {

@@ -392,6 +392,33 @@ impl Aggregates {
         out
     }
 
+    /// Unique visitors in `[from, to)`. A visitor is one per UTC day (the day is in the hash),
+    /// so the visitors of a window are the sum over its days: a whole day reads its day
+    /// bucket's estimate, a part of a day merges the hour (or minute) buckets in it. The cost
+    /// follows the number of days, not of buckets.
+    pub fn visitors_between(&self, from: i64, to: i64) -> u64 {
+        let mut total = 0;
+        let mut day = floor(from, DAY_MS);
+        while day < to {
+            let (lo, hi) = (from.max(day), to.min(day + DAY_MS));
+            total += if lo == day && hi == day + DAY_MS {
+                self.days
+                    .get(&day)
+                    .map_or(0, |bucket| bucket.visitors.estimate() as u64)
+            } else {
+                let source = if lo % HOUR_MS == 0 && hi % HOUR_MS == 0 {
+                    Interval::Hour
+                } else {
+                    Interval::Minute
+                };
+                let part = Self::sum(self.buckets(source, lo, hi).map(|(_, b)| b));
+                part.visitors.estimate() as u64
+            };
+            day += DAY_MS;
+        }
+        total
+    }
+
     /// Sums buckets (the window's totals and unique visitors).
     pub fn sum<'a>(buckets: impl Iterator<Item = &'a Bucket>) -> Bucket {
         let mut out = Bucket::default();

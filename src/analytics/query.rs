@@ -15,7 +15,7 @@ use jiff::{Timestamp, civil::Date, tz::TimeZone};
 use serde::Serialize;
 
 use super::aggregates::{
-    AggregateSettings, Aggregates, Breakdown, Bucket, DAY_MS, HOUR_MS, Interval, floor,
+    AggregateSettings, Aggregates, Breakdown, Bucket, Counts, DAY_MS, HOUR_MS, Interval, floor,
 };
 
 /// The most points one answer may have.
@@ -163,16 +163,6 @@ pub struct Totals {
     pub unique_visitors: u64,
 }
 
-impl Totals {
-    fn of(bucket: &Bucket) -> Self {
-        Self {
-            clicks: bucket.counts.clicks,
-            human_clicks: bucket.counts.human,
-            bot_clicks: bucket.counts.bots(),
-            unique_visitors: bucket.visitors.estimate() as u64,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -268,7 +258,9 @@ struct Series {
     start: i64,
     to: i64,
     points: Vec<Point>,
-    sum: Bucket,
+    /// The clicks of the points.
+    sum: Counts,
+    visitors: u64,
 }
 
 fn series(
@@ -301,20 +293,18 @@ fn series(
         });
     }
     let mut points = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-    let mut sum = Bucket::default();
-    let mut push = |t: i64, bucket: &Bucket| {
-        let totals = Totals::of(bucket);
+    let mut sum = Counts::default();
+    let mut push = |t: i64, bucket: &Bucket, visitors: u64| {
         points.push(Point {
             t: show(t, query),
             ms: t,
-            clicks: totals.clicks,
-            human_clicks: totals.human_clicks,
-            bot_clicks: totals.bot_clicks,
-            unique_visitors: totals.unique_visitors,
+            clicks: bucket.counts.clicks,
+            human_clicks: bucket.counts.human,
+            bot_clicks: bucket.counts.bots(),
+            unique_visitors: visitors,
         });
-        sum.counts.clicks += bucket.counts.clicks;
-        sum.counts.human += bucket.counts.human;
-        sum.visitors.merge(&bucket.visitors);
+        sum.clicks += bucket.counts.clicks;
+        sum.human += bucket.counts.human;
     };
     if local_days {
         let Some((first, next)) = local_day(from.max(horizon), &query.tz) else {
@@ -327,8 +317,12 @@ fn series(
             let Some((_, next)) = local_day(day, &query.tz) else {
                 break;
             };
-            let hours = aggregates.buckets(Interval::Hour, day, next).map(|(_, b)| b);
-            push(day, &Aggregates::sum(hours));
+            let mut bucket = Bucket::default();
+            for (_, hour) in aggregates.buckets(Interval::Hour, day, next) {
+                bucket.counts.clicks += hour.counts.clicks;
+                bucket.counts.human += hour.counts.human;
+            }
+            push(day, &bucket, aggregates.visitors_between(day, next));
             day = next;
         }
     } else {
@@ -337,17 +331,19 @@ fn series(
         let mut t = start;
         while t < to {
             match kept.next_if(|(at, _)| *at == t) {
-                Some((_, bucket)) => push(t, bucket),
-                None => push(t, &empty),
+                Some((_, bucket)) => push(t, bucket, bucket.visitors.estimate() as u64),
+                None => push(t, &empty, 0),
             }
             t += width;
         }
     }
+    let visitors = aggregates.visitors_between(start, to);
     Ok(Series {
         start,
         to,
         points,
         sum,
+        visitors,
     })
 }
 
@@ -365,6 +361,7 @@ pub fn answer(
         to,
         points,
         sum,
+        visitors,
     } = series(aggregates, query, settings, created_at, now)?;
     let whole_life = query.from.is_none() && query.to.is_none();
     let (top_from, top_to) = if whole_life {
@@ -386,7 +383,12 @@ pub fn answer(
         to: show(to, query),
         interval: query.interval,
         tz: query.tz_name.clone(),
-        totals: Totals::of(&sum),
+        totals: Totals {
+            clicks: sum.clicks,
+            human_clicks: sum.human,
+            bot_clicks: sum.bots(),
+            unique_visitors: visitors,
+        },
         series: points,
         top: Top::of(tops, None, true),
         top_from: show(top_from, query),
