@@ -328,21 +328,33 @@ fn stats(c: &mut Criterion) {
     });
     let whole = StatsQuery::whole_life();
     let month = StatsQuery::parse(
-        Some(&jiff::Timestamp::from_millisecond(now - 30 * 86_400_000).map_or_else(|_| String::new(), |t| t.to_string())),
+        Some(
+            &jiff::Timestamp::from_millisecond(now - 30 * 86_400_000)
+                .map_or_else(|_| String::new(), |t| t.to_string()),
+        ),
         None,
         Some("hour"),
         None,
     )
     .expect("query");
     let year = StatsQuery::parse(
-        Some(&jiff::Timestamp::from_millisecond(now - 365 * 86_400_000).map_or_else(|_| String::new(), |t| t.to_string())),
-        Some(&jiff::Timestamp::from_millisecond(now).map_or_else(|_| String::new(), |t| t.to_string())),
+        Some(
+            &jiff::Timestamp::from_millisecond(now - 365 * 86_400_000)
+                .map_or_else(|_| String::new(), |t| t.to_string()),
+        ),
+        Some(
+            &jiff::Timestamp::from_millisecond(now)
+                .map_or_else(|_| String::new(), |t| t.to_string()),
+        ),
         Some("day"),
         None,
     )
     .expect("query");
     let quarter = StatsQuery::parse(
-        Some(&jiff::Timestamp::from_millisecond(now - 89 * 86_400_000).map_or_else(|_| String::new(), |t| t.to_string())),
+        Some(
+            &jiff::Timestamp::from_millisecond(now - 89 * 86_400_000)
+                .map_or_else(|_| String::new(), |t| t.to_string()),
+        ),
         None,
         Some("day"),
         Some("Europe/Berlin"),

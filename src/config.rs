@@ -164,7 +164,11 @@ pub struct ServeConfig {
     pub top_values: usize,
     /// A link's aggregates snapshot is stored after this many new clicks (and when its actor
     /// stops); a restart after a crash folds in at most about this many clicks per link again.
-    #[arg(long, env = "LINKPULSE_AGGREGATES_SNAPSHOT_CLICKS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "LINKPULSE_AGGREGATES_SNAPSHOT_CLICKS",
+        default_value_t = 10_000
+    )]
     pub aggregates_snapshot_clicks: u64,
     /// ...and at most once per this interval per link.
     #[arg(long, env = "LINKPULSE_AGGREGATES_SNAPSHOT_INTERVAL", value_parser = duration, default_value = "10s")]

@@ -369,7 +369,12 @@ impl Aggregates {
     }
 
     /// The buckets of `interval` whose start lies in `[from, to)`.
-    pub fn buckets(&self, interval: Interval, from: i64, to: i64) -> impl Iterator<Item = (i64, &Bucket)> {
+    pub fn buckets(
+        &self,
+        interval: Interval,
+        from: i64,
+        to: i64,
+    ) -> impl Iterator<Item = (i64, &Bucket)> {
         let map = match interval {
             Interval::Minute => &self.minutes,
             Interval::Hour => &self.hours,
@@ -380,7 +385,9 @@ impl Aggregates {
 
     /// The first bucket start of `interval` still kept.
     pub fn first_kept(&self, interval: Interval) -> Option<i64> {
-        self.buckets(interval, i64::MIN, i64::MAX).next().map(|(t, _)| t)
+        self.buckets(interval, i64::MIN, i64::MAX)
+            .next()
+            .map(|(t, _)| t)
     }
 
     /// The top lists of the UTC days whose start lies in `[from, to)`.
@@ -433,7 +440,10 @@ impl Aggregates {
     pub fn check(&self) -> Result<(), String> {
         let count = self.covers;
         if self.totals.clicks != count {
-            return Err(format!("totals count {} of {count} clicks", self.totals.clicks));
+            return Err(format!(
+                "totals count {} of {count} clicks",
+                self.totals.clicks
+            ));
         }
         for (name, list) in self.life.lists() {
             let sum = list.sum();
@@ -520,7 +530,14 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Aggregates, String> {
 mod tests {
     use super::*;
 
-    fn event(seq: u64, at: i64, ip: &str, ua: &str, bot: bool, referer: Option<&str>) -> ClickEvent {
+    fn event(
+        seq: u64,
+        at: i64,
+        ip: &str,
+        ua: &str,
+        bot: bool,
+        referer: Option<&str>,
+    ) -> ClickEvent {
         ClickEvent {
             seq,
             at,
@@ -530,7 +547,11 @@ mod tests {
             country: Some("SE".into()),
             browser: "Firefox".into(),
             os: "Linux".into(),
-            device: if bot { DeviceClass::Bot } else { DeviceClass::Desktop },
+            device: if bot {
+                DeviceClass::Bot
+            } else {
+                DeviceClass::Desktop
+            },
             bot,
         }
     }
@@ -552,7 +573,14 @@ mod tests {
         ];
         for (i, referer) in refs.iter().enumerate() {
             let seq = i as u64 + 1;
-            let e = event(seq, seq as i64 * HOUR_MS, "192.0.2.1", "ua", i == 2, *referer);
+            let e = event(
+                seq,
+                seq as i64 * HOUR_MS,
+                "192.0.2.1",
+                "ua",
+                i == 2,
+                *referer,
+            );
             assert_eq!(agg.fold(&e, &key, &settings), Ok(()));
         }
         let skipped = event(9, 0, "192.0.2.1", "ua", false, None);
@@ -561,7 +589,13 @@ mod tests {
             Err(OutOfOrder { covers: 5, got: 9 })
         );
         assert_eq!(agg.check(), Ok(()));
-        assert_eq!(agg.totals(), Counts { clicks: 5, human: 4 });
+        assert_eq!(
+            agg.totals(),
+            Counts {
+                clicks: 5,
+                human: 4
+            }
+        );
         let referrers: Vec<(String, u64)> = agg
             .life()
             .referrers
@@ -642,7 +676,10 @@ mod tests {
     fn referrer_hosts() {
         assert_eq!(referrer_host(None), DIRECT);
         assert_eq!(referrer_host(Some(" ")), DIRECT);
-        assert_eq!(referrer_host(Some("https://WWW.Example.com/x?y")), "example.com");
+        assert_eq!(
+            referrer_host(Some("https://WWW.Example.com/x?y")),
+            "example.com"
+        );
         assert_eq!(referrer_host(Some("android-app://com.slack")), "com.slack");
         assert_eq!(referrer_host(Some("garbage")), UNKNOWN);
     }

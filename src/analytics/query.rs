@@ -32,7 +32,9 @@ pub enum QueryError {
     Time(&'static str),
     #[error("from must be before to")]
     Order,
-    #[error("the window holds {points} {interval} buckets; at most {MAX_POINTS}: ask for a shorter window or a longer interval")]
+    #[error(
+        "the window holds {points} {interval} buckets; at most {MAX_POINTS}: ask for a shorter window or a longer interval"
+    )]
     TooLong { points: i64, interval: &'static str },
 }
 
@@ -94,12 +96,17 @@ impl StatsQuery {
     }
 
     fn utc(&self) -> bool {
-        self.tz.iana_name() == Some("UTC") || self.tz.to_fixed_offset().is_ok_and(|o| o.seconds() == 0)
+        self.tz.iana_name() == Some("UTC")
+            || self.tz.to_fixed_offset().is_ok_and(|o| o.seconds() == 0)
     }
 }
 
 fn parse_zone(name: &str) -> Result<TimeZone, QueryError> {
-    if let Some(sign) = name.strip_prefix('+').map(|r| (1, r)).or(name.strip_prefix('-').map(|r| (-1, r))) {
+    if let Some(sign) = name
+        .strip_prefix('+')
+        .map(|r| (1, r))
+        .or(name.strip_prefix('-').map(|r| (-1, r)))
+    {
         let (sign, rest) = sign;
         let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
         let (h, m): (i32, i32) = (
@@ -127,7 +134,12 @@ fn parse_time(text: &str, tz: &TimeZone, end: bool) -> Option<i64> {
     }
     let date: Date = text.parse().ok()?;
     let date = if end { date.tomorrow().ok()? } else { date };
-    Some(date.to_zoned_datetime(tz.clone()).ok()?.timestamp().as_millisecond())
+    Some(
+        date.to_zoned_datetime(tz.clone())
+            .ok()?
+            .timestamp()
+            .as_millisecond(),
+    )
 }
 
 /// RFC 3339 in `tz` (`Z` in UTC).
@@ -145,7 +157,9 @@ fn show(ms: i64, query: &StatsQuery) -> String {
 
 /// The start of the local day holding `ms`, and of the next.
 fn local_day(ms: i64, tz: &TimeZone) -> Option<(i64, i64)> {
-    let zdt = Timestamp::from_millisecond(ms).ok()?.to_zoned_datetime(tz.clone());
+    let zdt = Timestamp::from_millisecond(ms)
+        .ok()?
+        .to_zoned_datetime(tz.clone());
     let start = zdt.start_of_day().ok()?;
     let next = start.tomorrow().ok()?.start_of_day().ok()?;
     Some((
@@ -162,7 +176,6 @@ pub struct Totals {
     pub bot_clicks: u64,
     pub unique_visitors: u64,
 }
-
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -417,7 +430,8 @@ pub fn live(aggregates: &Aggregates, settings: &AggregateSettings, now: i64) -> 
         tz: TimeZone::UTC,
         tz_name: "UTC".into(),
     };
-    let points = series(aggregates, &hour, settings, now, now).map_or_else(|_| Vec::new(), |s| s.points);
+    let points =
+        series(aggregates, &hour, settings, now, now).map_or_else(|_| Vec::new(), |s| s.points);
     let totals = aggregates.totals();
     LiveStats {
         totals: Totals {
@@ -479,14 +493,22 @@ mod tests {
         );
         let q = StatsQuery::parse(Some("2026-11-30"), Some("2026-11-30"), None, Some("+02:00"));
         let q = q.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(q.to.unwrap_or(0) - q.from.unwrap_or(0), DAY_MS, "a date `to` includes its day");
+        assert_eq!(
+            q.to.unwrap_or(0) - q.from.unwrap_or(0),
+            DAY_MS,
+            "a date `to` includes its day"
+        );
         assert!(StatsQuery::parse(None, None, None, Some("Europe/Berlin")).is_ok());
     }
 
     #[test]
     fn the_series_fills_empty_buckets_and_the_totals_are_its_sum() {
         let day0 = 20_000 * DAY_MS;
-        let agg = agg_with(&[day0 + 5 * MINUTE_MS, day0 + 5 * MINUTE_MS + 1, day0 + 2 * DAY_MS]);
+        let agg = agg_with(&[
+            day0 + 5 * MINUTE_MS,
+            day0 + 5 * MINUTE_MS + 1,
+            day0 + 2 * DAY_MS,
+        ]);
         let settings = AggregateSettings::default();
         let whole = StatsQuery::whole_life();
         let a = answer("c", &agg, &whole, &settings, day0, day0 + 2 * DAY_MS + 10)

@@ -284,11 +284,7 @@ impl LinkState {
     fn stats_frame(&mut self) -> Bytes {
         self.stats_changed = false;
         self.stats_sent = Instant::now();
-        let live = query::live(
-            &self.aggregates,
-            &self.shared.settings.aggregates,
-            now_ms(),
-        );
+        let live = query::live(&self.aggregates, &self.shared.settings.aggregates, now_ms());
         frame::stats_frame(&live)
     }
 

@@ -31,8 +31,8 @@ pub use click::Click;
 use directory::{Directory, Pushed};
 
 use crate::{
-    analytics::{AggregateSettings, QueryError, StatsAnswer, StatsQuery, VisitorKey},
     analytics::AgentParser,
+    analytics::{AggregateSettings, QueryError, StatsAnswer, StatsQuery, VisitorKey},
     domain::{Link, ShortCode},
     metrics::{DropReason, Metrics},
     store::{Backlog, Store, StoreError, WriteError, WriterHandle},

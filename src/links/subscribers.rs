@@ -96,12 +96,8 @@ impl Subscribers {
     /// A frame outside the numbered states (a heartbeat, a `stats` event) to everyone with
     /// room for it; drops those whose stream has gone.
     pub fn send_all(&mut self, frame: &Bytes) {
-        self.map.retain(|_, s| {
-            !matches!(
-                s.tx.try_send(frame.clone()),
-                Err(TrySendError::Closed(_))
-            )
-        });
+        self.map
+            .retain(|_, s| !matches!(s.tx.try_send(frame.clone()), Err(TrySendError::Closed(_))));
     }
 }
 

@@ -179,7 +179,11 @@ async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
         attr_of("chart", "data-clicks").await == "5"
     })
     .await;
-    assert_eq!(attr_of("chart", "data-points").await, "60", "an hour by minute");
+    assert_eq!(
+        attr_of("chart", "data-points").await,
+        "60",
+        "an hour by minute"
+    );
     let chart = browser
         .find(Locator::Css("#chart canvas"))
         .await
@@ -195,7 +199,11 @@ async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
     assert_eq!(shown, ["desktop=3", "bot=2"], "the devices top list");
     // Frames conflate clicks that come close together: at least the last one is listed.
     let rows = browser.find_all(Locator::Css("#latest tr")).await?;
-    assert!((1..=5).contains(&rows.len()), "{} latest clicks", rows.len());
+    assert!(
+        (1..=5).contains(&rows.len()),
+        "{} latest clicks",
+        rows.len()
+    );
     let shot = browser.screenshot().await?;
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("stats-page.png");
     std::fs::write(&path, shot)?;

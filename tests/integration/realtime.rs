@@ -317,7 +317,10 @@ async fn streams_on_fresh_and_reused_connections_carry_the_same_frames() -> Test
         text.contains("\r\n\r\nretry: 2000\n\nevent: stats\ndata: {\"totals\":{"),
         "{text}"
     );
-    assert!(text.contains("\n\nid: 1\ndata: {\"clickCount\":1,"), "{text}");
+    assert!(
+        text.contains("\n\nid: 1\ndata: {\"clickCount\":1,"),
+        "{text}"
+    );
 
     let mut reused = tokio::net::TcpStream::connect(app.addr).await?;
     reused

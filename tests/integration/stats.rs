@@ -118,7 +118,11 @@ fn assert_consistent(stats: &Value, clicks: u64) {
         clicks,
         "{stats}"
     );
-    assert_eq!(series_sum(stats, "clicks"), clicks, "the series sums to the totals");
+    assert_eq!(
+        series_sum(stats, "clicks"),
+        clicks,
+        "the series sums to the totals"
+    );
     for name in ["referrers", "countries", "browsers", "os", "devices"] {
         let sum: u64 = list(stats, name).iter().map(|(_, c, _)| c).sum();
         assert_eq!(sum, clicks, "top.{name} sums to the count: {stats}");
@@ -163,7 +167,10 @@ async fn a_known_set_of_clicks_gives_known_series_and_top_lists() -> TestResult 
     assert_consistent(&whole, 7);
     let totals = &whole["totals"];
     assert_eq!(totals["humanClicks"], 5, "{whole}");
-    assert_eq!(totals["botClicks"], 2, "the preview fetcher and the script are bots");
+    assert_eq!(
+        totals["botClicks"], 2,
+        "the preview fetcher and the script are bots"
+    );
     // Visitors: (address /24, agent, day): Chrome, iPhone, Slack, the script.
     assert_eq!(totals["uniqueVisitors"], 4, "{whole}");
     assert_eq!(whole["interval"], "day");
@@ -173,7 +180,10 @@ async fn a_known_set_of_clicks_gives_known_series_and_top_lists() -> TestResult 
     assert_eq!(series[0]["humanClicks"], 5);
     assert_eq!(series[0]["uniqueVisitors"], 4);
     assert!(
-        series[0]["t"].as_str().unwrap_or("").ends_with("T00:00:00Z"),
+        series[0]["t"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("T00:00:00Z"),
         "a UTC day starts at midnight: {}",
         series[0]["t"]
     );
@@ -181,11 +191,20 @@ async fn a_known_set_of_clicks_gives_known_series_and_top_lists() -> TestResult 
     let s = |v: &str, c: u64, h: u64| (v.to_owned(), c, h);
     assert_eq!(
         list(&whole, "referrers"),
-        vec![s("news.example", 3, 3), s("(direct)", 2, 0), s("blog.example", 2, 2)]
+        vec![
+            s("news.example", 3, 3),
+            s("(direct)", 2, 0),
+            s("blog.example", 2, 2)
+        ]
     );
     assert_eq!(
         list(&whole, "countries"),
-        vec![s("SE", 3, 3), s("US", 2, 2), s("(unknown)", 1, 0), s("DE", 1, 0)]
+        vec![
+            s("SE", 3, 3),
+            s("US", 2, 2),
+            s("(unknown)", 1, 0),
+            s("DE", 1, 0)
+        ]
     );
     assert_eq!(
         list(&whole, "devices"),
@@ -196,7 +215,11 @@ async fn a_known_set_of_clicks_gives_known_series_and_top_lists() -> TestResult 
     assert_eq!(browsers[1], s("Safari", 2, 2), "{browsers:?}");
 
     // The same clicks by hour, by minute, and by day in a zone 5:30 ahead.
-    for query in ["?interval=hour", "?interval=minute", "?interval=day&tz=%2B05:30"] {
+    for query in [
+        "?interval=hour",
+        "?interval=minute",
+        "?interval=day&tz=%2B05:30",
+    ] {
         let (status, answer) = stats(&app, "known", query).await;
         assert_eq!(status, 200, "{query}: {answer}");
         assert_consistent(&answer, 7);
@@ -282,7 +305,10 @@ async fn aggregates_are_the_same_after_a_restart_and_after_an_idle_stop() -> Tes
     known_clicks(&app, "kept").await;
     let (_, twice) = stats(&app, "kept", "").await;
     assert_consistent(&twice, 14);
-    assert_eq!(twice["totals"]["uniqueVisitors"], 4, "the same visitors, the same day");
+    assert_eq!(
+        twice["totals"]["uniqueVisitors"], 4,
+        "the same visitors, the same day"
+    );
     let dir = app.stop().await;
     assert_eq!(stored(dir.path(), "kept"), (14, 14));
 
@@ -299,8 +325,14 @@ async fn the_stream_carries_a_stats_event_beside_the_count_frames() -> TestResul
     let app = spawn_with(None, |c| c.trust_forwarded_for = true).await;
     app.create_link("live").await;
     let mut sse = app.subscribe("live").await;
-    let first = sse.next_named("stats", WAIT).await.ok_or("no stats event")?;
-    assert_eq!(first.id, None, "a stats event has no id: Last-Event-ID stays the count");
+    let first = sse
+        .next_named("stats", WAIT)
+        .await
+        .ok_or("no stats event")?;
+    assert_eq!(
+        first.id, None,
+        "a stats event has no id: Last-Event-ID stays the count"
+    );
     let data = first.data.ok_or("stats data")?;
     assert_eq!(data["totals"]["clicks"], 0);
     let state = sse.next_data(WAIT).await.ok_or("no state frame")?;
@@ -339,7 +371,15 @@ async fn clicks_export_as_csv_in_order_with_every_field() -> TestResult {
     let agent = format!("Agent \"quoted\", with comma {}", "x".repeat(300));
     const N: u64 = 300;
     for _ in 0..N {
-        visit(&app, "csv", Some(&agent), Some("https://news.example/"), "192.0.2.1", None).await;
+        visit(
+            &app,
+            "csv",
+            Some(&agent),
+            Some("https://news.example/"),
+            "192.0.2.1",
+            None,
+        )
+        .await;
     }
     let res = app
         .client
@@ -355,22 +395,42 @@ async fn clicks_export_as_csv_in_order_with_every_field() -> TestResult {
         crate::support::content_type(&res)
     );
     let body = res.text().await?;
-    assert!(body.len() > 64 * 1024, "more than one chunk: {} bytes", body.len());
+    assert!(
+        body.len() > 64 * 1024,
+        "more than one chunk: {} bytes",
+        body.len()
+    );
     let mut reader = csv::Reader::from_reader(body.as_bytes());
     let header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
     assert_eq!(
         header,
         [
-            "seq", "createdAt", "ipAddress", "userAgent", "referer", "country", "browser", "os",
-            "device", "bot"
+            "seq",
+            "createdAt",
+            "ipAddress",
+            "userAgent",
+            "referer",
+            "country",
+            "browser",
+            "os",
+            "device",
+            "bot"
         ]
     );
     let mut seq = 0;
     for row in reader.records() {
         let row = row?;
         seq += 1;
-        assert_eq!(row.get(0), Some(seq.to_string().as_str()), "in order, none missing");
-        assert_eq!(row.get(2), Some("192.0.2.0"), "the address as stored: anonymised");
+        assert_eq!(
+            row.get(0),
+            Some(seq.to_string().as_str()),
+            "in order, none missing"
+        );
+        assert_eq!(
+            row.get(2),
+            Some("192.0.2.0"),
+            "the address as stored: anonymised"
+        );
         assert_eq!(row.get(3), Some(agent.as_str()), "quoted and back");
         assert_eq!(row.get(4), Some("https://news.example/"));
     }

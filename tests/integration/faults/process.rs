@@ -298,14 +298,14 @@ pub(super) fn assert_aggregates_count(label: &str, stats: &serde_json::Value, co
         count,
         "{label}: humans and bots: {stats}"
     );
-    let series: u64 = stats["series"]
-        .as_array()
-        .map_or(u64::MAX, |points| points.iter().map(|p| number(&p["clicks"])).sum());
+    let series: u64 = stats["series"].as_array().map_or(u64::MAX, |points| {
+        points.iter().map(|p| number(&p["clicks"])).sum()
+    });
     assert_eq!(series, count, "{label}: the day series: {stats}");
     for list in ["referrers", "countries", "browsers", "os", "devices"] {
-        let sum: u64 = stats["top"][list]
-            .as_array()
-            .map_or(u64::MAX, |entries| entries.iter().map(|e| number(&e["clicks"])).sum());
+        let sum: u64 = stats["top"][list].as_array().map_or(u64::MAX, |entries| {
+            entries.iter().map(|e| number(&e["clicks"])).sum()
+        });
         assert_eq!(sum, count, "{label}: top.{list}: {stats}");
     }
 }
