@@ -286,7 +286,7 @@ fn stats(c: &mut Criterion) {
     const SCANNED: u64 = 100_000;
     let built = std::time::Instant::now();
     let agg = aggregates_of(CLICKS);
-    let snapshot = linkpulse::analytics::aggregates::encode_snapshot(&agg);
+    let snapshot = linkpulse::analytics::aggregates::encode_snapshot(&agg).expect("encodes");
     println!(
         "aggregates of {CLICKS} clicks folded in {:.1} s; snapshot {} KiB",
         built.elapsed().as_secs_f64(),

@@ -19,7 +19,7 @@ use crate::{
     keys::{self, ApiKeys},
     links::{LinkSettings, Links},
     metrics::{DropReason, Metrics},
-    store::{Backlog, Store, Writer, WriterConfig},
+    store::{Backlog, Retention, Store, Writer, WriterConfig},
 };
 
 /// A bound, ready-to-run service.
@@ -28,6 +28,7 @@ pub struct App {
     local_addr: SocketAddr,
     state: Arc<AppState>,
     writer: Writer,
+    retention: Option<Retention>,
     generated_key: Option<String>,
 }
 
@@ -54,6 +55,12 @@ impl App {
             .await?
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
 
+        let settings = link_settings(&config);
+        let built = store.clone();
+        let aggregates = settings.aggregates.clone();
+        tokio::task::spawn_blocking(move || built.build_missing_aggregates(&aggregates))
+            .await?
+            .context("cannot build the aggregates of the stored links")?;
         let writer = Writer::start(
             store.clone(),
             WriterConfig {
@@ -80,11 +87,19 @@ impl App {
             );
         }
 
+        let retention = config.click_retention_days.map(|days| {
+            Retention::start(
+                store.clone(),
+                writer.handle(),
+                Duration::from_secs(u64::from(days) * 86_400),
+                config.click_retention_check,
+            )
+        });
         let metrics = Arc::new(Metrics::default());
         let links = Links::new(
             store,
             writer.handle(),
-            link_settings(&config),
+            settings,
             metrics.clone(),
             Backlog::new(config.click_backlog),
         );
@@ -111,6 +126,7 @@ impl App {
             local_addr,
             state,
             writer,
+            retention,
             generated_key,
         })
     }
@@ -141,6 +157,7 @@ impl App {
             local_addr,
             state,
             writer,
+            retention,
             ..
         } = self;
         let config = &state.config;
@@ -162,6 +179,7 @@ impl App {
         info!(address = %local_addr, base_url = %state.base_url, "linkpulse listening");
 
         shutdown.await;
+        drop(retention);
         // One deadline for the whole stop: a stalled or failed disk must not keep the process
         // alive past it.
         let deadline = tokio::time::Instant::now() + grace;

@@ -162,6 +162,13 @@ pub struct ServeConfig {
     /// and day; later values are counted under `(other)`.
     #[arg(long, env = "LINKPULSE_TOP_VALUES", default_value_t = 100)]
     pub top_values: usize,
+    /// Raw clicks older than this many days are deleted (their counts and aggregates stay;
+    /// a link's last click is kept, it carries the count). Off by default: clicks are kept.
+    #[arg(long, env = "LINKPULSE_CLICK_RETENTION_DAYS")]
+    pub click_retention_days: Option<u32>,
+    /// How often expired clicks are looked for (with --click-retention-days).
+    #[arg(long, env = "LINKPULSE_CLICK_RETENTION_CHECK", value_parser = duration, default_value = "1h")]
+    pub click_retention_check: Duration,
     /// A link's aggregates snapshot is stored after this many new clicks (and when its actor
     /// stops); a restart after a crash folds in at most about this many clicks per link again.
     #[arg(

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use cardinality_estimator::CardinalityEstimator;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::anonymise_ip;
 use crate::domain::{ClickEvent, DeviceClass};
@@ -241,33 +240,45 @@ pub fn referrer_host(referer: Option<&str>) -> String {
 /// The secret that makes visitor hashes unlinkable to addresses: 32 random bytes made once per
 /// store and kept in it, so a restart rebuilds the same unique counts.
 #[derive(Clone)]
-pub struct VisitorKey([u8; 32]);
+pub struct VisitorKey {
+    k0: u64,
+    k1: u64,
+}
 
 impl VisitorKey {
     pub fn new(bytes: [u8; 32]) -> Self {
-        Self(bytes)
+        let word = |at: usize| {
+            let mut w = [0; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        // SipHash takes a 128-bit key; the two other words fold into it.
+        Self {
+            k0: word(0) ^ word(16),
+            k1: word(8) ^ word(24),
+        }
     }
 
-    /// A keyed hash of (anonymised address, user agent, UTC day): one visitor per day. Never
-    /// stored; only the sketch registers it sets are.
+    /// A keyed hash (SipHash-1-3, a keyed PRF) of (anonymised address, user agent, UTC day):
+    /// one visitor per day. Never stored; only the sketch registers it sets are.
     pub fn visitor(&self, event: &ClickEvent) -> u64 {
-        let mut hash = Sha256::new();
-        hash.update(self.0);
-        let ip = event
+        use std::hash::Hasher;
+        let mut hash = siphasher::sip::SipHasher13::new_with_keys(self.k0, self.k1);
+        match event
             .ip
             .as_deref()
             .and_then(|ip| ip.parse().ok())
-            .map(|ip| anonymise_ip(ip).to_string())
-            .unwrap_or_default();
-        hash.update(ip.as_bytes());
-        hash.update([0]);
-        hash.update(event.user_agent.as_bytes());
-        hash.update([0]);
-        hash.update(event.at.div_euclid(DAY_MS).to_be_bytes());
-        let digest = hash.finalize();
-        let mut first = [0; 8];
-        first.copy_from_slice(&digest[..8]);
-        u64::from_le_bytes(first)
+            .map(anonymise_ip)
+        {
+            Some(std::net::IpAddr::V4(v4)) => hash.write(&v4.octets()),
+            Some(std::net::IpAddr::V6(v6)) => hash.write(&v6.octets()),
+            None => hash.write(&[]),
+        }
+        hash.write_u8(0xff);
+        hash.write(event.user_agent.as_bytes());
+        hash.write_u8(0xff);
+        hash.write_i64(event.at.div_euclid(DAY_MS));
+        hash.finish()
     }
 }
 
@@ -288,6 +299,9 @@ pub fn floor(ms: i64, width: i64) -> i64 {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Aggregates {
     covers: u64,
+    /// Clicks 1..=covers that are not in the aggregates (see [`Aggregates::skip_to`]).
+    #[serde(default)]
+    missing: u64,
     totals: Counts,
     visitors: Visitors,
     minutes: BTreeMap<i64, Bucket>,
@@ -315,6 +329,21 @@ impl Aggregates {
 
     pub fn life(&self) -> &Breakdown {
         &self.life
+    }
+
+    /// Clicks the aggregates never saw: a log whose start expired (`--click-retention-days`)
+    /// and whose snapshot was lost.
+    pub fn missing(&self) -> u64 {
+        self.missing
+    }
+
+    /// Goes on from click `seq` when the clicks before it are gone from the log: they are
+    /// counted as missing, not folded in.
+    pub fn skip_to(&mut self, seq: u64) {
+        if seq > self.covers + 1 {
+            self.missing += seq - 1 - self.covers;
+            self.covers = seq - 1;
+        }
     }
 
     /// Folds in the next click. Clicks come in order of their numbers, each once.
@@ -360,11 +389,19 @@ impl Aggregates {
         fn keep_from<T>(map: &mut BTreeMap<i64, T>, horizon: i64) {
             *map = map.split_off(&horizon);
         }
-        keep_from(&mut self.minutes, now - settings.minute_retention_ms);
-        keep_from(&mut self.hours, now - settings.hour_retention_ms);
+        // A bucket goes once all of it is past the retention.
+        let horizon = |keep: i64, width: i64| floor(now.saturating_sub(keep), width);
+        keep_from(
+            &mut self.minutes,
+            horizon(settings.minute_retention_ms, MINUTE_MS),
+        );
+        keep_from(
+            &mut self.hours,
+            horizon(settings.hour_retention_ms, HOUR_MS),
+        );
         if let Some(keep) = settings.day_retention_ms {
-            keep_from(&mut self.days, now - keep);
-            keep_from(&mut self.day_tops, now - keep);
+            keep_from(&mut self.days, horizon(keep, DAY_MS));
+            keep_from(&mut self.day_tops, horizon(keep, DAY_MS));
         }
     }
 
@@ -413,13 +450,19 @@ impl Aggregates {
                     .get(&day)
                     .map_or(0, |bucket| bucket.visitors.estimate() as u64)
             } else {
-                let source = if lo % HOUR_MS == 0 && hi % HOUR_MS == 0 {
-                    Interval::Hour
+                // Hour buckets when the part is whole hours or minute buckets no longer reach
+                // back to it (then the part is widened to whole hours).
+                let minutes_kept = self.minutes.keys().next().is_some_and(|&m| m <= lo);
+                let (source, lo, hi) = if lo % HOUR_MS == 0 && hi % HOUR_MS == 0 || !minutes_kept {
+                    (Interval::Hour, floor(lo, HOUR_MS), hi)
                 } else {
-                    Interval::Minute
+                    (Interval::Minute, lo, hi)
                 };
-                let part = Self::sum(self.buckets(source, lo, hi).map(|(_, b)| b));
-                part.visitors.estimate() as u64
+                let mut part = Visitors::default();
+                for (_, bucket) in self.buckets(source, lo, hi) {
+                    part.merge(&bucket.visitors);
+                }
+                part.estimate() as u64
             };
             day += DAY_MS;
         }
@@ -438,7 +481,7 @@ impl Aggregates {
     /// Checks the invariant every stored state keeps: the totals, the day series and every
     /// top list count the same clicks as `covers` (when no day bucket has been let go).
     pub fn check(&self) -> Result<(), String> {
-        let count = self.covers;
+        let count = self.covers - self.missing;
         if self.totals.clicks != count {
             return Err(format!(
                 "totals count {} of {count} clicks",
@@ -504,7 +547,7 @@ struct SnapshotRecord {
 const SNAPSHOT_VERSION: u8 = 1;
 
 /// Encodes aggregates for the `stats` keyspace (MessagePack, fields by position).
-pub fn encode_snapshot(aggregates: &Aggregates) -> Vec<u8> {
+pub fn encode_snapshot(aggregates: &Aggregates) -> Option<Vec<u8>> {
     #[derive(Serialize)]
     struct Ref<'a> {
         v: u8,
@@ -514,7 +557,7 @@ pub fn encode_snapshot(aggregates: &Aggregates) -> Vec<u8> {
         v: SNAPSHOT_VERSION,
         aggregates,
     })
-    .unwrap_or_default()
+    .ok()
 }
 
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Aggregates, String> {
@@ -620,7 +663,9 @@ mod tests {
         // One address and agent on one day: one visitor.
         assert_eq!(agg.visitors(), 1);
 
-        let restored = decode_snapshot(&encode_snapshot(&agg)).unwrap_or_default();
+        let restored = encode_snapshot(&agg)
+            .and_then(|bytes| decode_snapshot(&bytes).ok())
+            .unwrap_or_default();
         assert_eq!(restored.covers(), 5);
         assert_eq!(restored.totals(), agg.totals());
         assert_eq!(restored.visitors(), 1);

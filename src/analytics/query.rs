@@ -269,6 +269,8 @@ pub struct StatsAnswer {
 /// The series a window asks for: its first bucket start, the points, and their sum.
 struct Series {
     start: i64,
+    /// The window was cut short by retention.
+    cut: bool,
     to: i64,
     points: Vec<Point>,
     /// The clicks of the points.
@@ -297,8 +299,9 @@ fn series(
     };
     let unit = if local_days { HOUR_MS } else { width };
     let horizon = retention.map_or(i64::MIN, |keep| floor(now.saturating_sub(keep), unit));
-    let mut start = floor(from, width).max(horizon);
-    let count = (to - start) / width + 1;
+    let floored = floor(from, width);
+    let mut start = floored.max(horizon);
+    let count = (to - start + width - 1) / width;
     if count > MAX_POINTS {
         return Err(QueryError::TooLong {
             points: count,
@@ -319,6 +322,8 @@ fn series(
         sum.clicks += bucket.counts.clicks;
         sum.human += bucket.counts.human;
     };
+    // The end of the last bucket.
+    let mut end;
     if local_days {
         let Some((first, next)) = local_day(from.max(horizon), &query.tz) else {
             return Err(QueryError::TimeZone);
@@ -326,10 +331,12 @@ fn series(
         // A local day only partly kept in hour buckets is left out.
         start = if first < horizon { next } else { first };
         let mut day = start;
+        end = start;
         while day < to {
             let Some((_, next)) = local_day(day, &query.tz) else {
                 break;
             };
+            end = next;
             let mut bucket = Bucket::default();
             for (_, hour) in aggregates.buckets(Interval::Hour, day, next) {
                 bucket.counts.clicks += hour.counts.clicks;
@@ -349,10 +356,12 @@ fn series(
             }
             t += width;
         }
+        end = t;
     }
-    let visitors = aggregates.visitors_between(start, to);
+    let visitors = aggregates.visitors_between(start, end);
     Ok(Series {
         start,
+        cut: start > floored,
         to,
         points,
         sum,
@@ -371,16 +380,22 @@ pub fn answer(
 ) -> Result<StatsAnswer, QueryError> {
     let Series {
         start,
+        cut,
         to,
         points,
         sum,
         visitors,
     } = series(aggregates, query, settings, created_at, now)?;
-    let whole_life = query.from.is_none() && query.to.is_none();
+    // The whole life's top lists, unless the series was cut short: then those of its days.
+    let whole_life = query.from.is_none() && query.to.is_none() && !cut;
     let (top_from, top_to) = if whole_life {
         (created_at, to)
     } else {
-        let from = query.from.unwrap_or(created_at).min(to);
+        let from = if cut {
+            start
+        } else {
+            query.from.unwrap_or(created_at).min(to)
+        };
         (floor(from, DAY_MS), floor(to - 1, DAY_MS) + DAY_MS)
     };
     let window;
@@ -409,15 +424,26 @@ pub fn answer(
     })
 }
 
-/// What a `stats` event carries: the link's whole-life totals, its last hour by minute, and
-/// the coarse top lists (the first [`LIVE_TOP`] values of each; no referrers).
+/// What a `stats` event carries: the link's whole-life totals, its last hour by minute (as two
+/// arrays, to keep the event small: it goes to every viewer), and the coarse top lists (the
+/// first [`LIVE_TOP`] values of each; no referrers).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LiveStats {
     pub totals: Totals,
-    pub interval: Interval,
-    pub series: Vec<Point>,
+    pub minutes: Minutes,
     pub top: Top,
+}
+
+/// Clicks per minute: `clicks[i]` is the minute starting at `fromMs + i * stepMs`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Minutes {
+    pub from: String,
+    pub from_ms: i64,
+    pub step_ms: i64,
+    pub clicks: Vec<u64>,
+    pub human_clicks: Vec<u64>,
 }
 
 pub const LIVE_TOP: usize = 10;
@@ -433,6 +459,7 @@ pub fn live(aggregates: &Aggregates, settings: &AggregateSettings, now: i64) -> 
     let points =
         series(aggregates, &hour, settings, now, now).map_or_else(|_| Vec::new(), |s| s.points);
     let totals = aggregates.totals();
+    let from_ms = points.first().map_or(now, |p| p.ms);
     LiveStats {
         totals: Totals {
             clicks: totals.clicks,
@@ -440,8 +467,13 @@ pub fn live(aggregates: &Aggregates, settings: &AggregateSettings, now: i64) -> 
             bot_clicks: totals.bots(),
             unique_visitors: aggregates.visitors(),
         },
-        interval: Interval::Minute,
-        series: points,
+        minutes: Minutes {
+            from: show(from_ms, &hour),
+            from_ms,
+            step_ms: super::aggregates::MINUTE_MS,
+            clicks: points.iter().map(|p| p.clicks).collect(),
+            human_clicks: points.iter().map(|p| p.human_clicks).collect(),
+        },
         top: Top::of(aggregates.life(), Some(LIVE_TOP), false),
     }
 }

@@ -255,6 +255,33 @@ const CSV_HEADER: [&str; 10] = [
 /// client, so an export holds about 256 KiB whatever the number of clicks.
 const CSV_CHUNK: usize = 64 * 1024;
 const CSV_CHUNKS: usize = 4;
+/// How long an export waits for a client that does not read.
+const CSV_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR) gets a leading
+/// `'` (OWASP's advice for CSV injection); only the free-text columns a visitor controls.
+fn defused(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}").into()
+    } else {
+        value.into()
+    }
+}
+
+/// Whether the `Accept` header asks for CSV (`text/csv`, not with `q=0`).
+fn accepts_csv(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        parts
+            .next()
+            .is_some_and(|m| m.eq_ignore_ascii_case("text/csv"))
+            && !parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            })
+    })
+}
 
 /// Why an export stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -279,12 +306,18 @@ fn export_csv(state: &AppState, link: &Link, res: &mut Response) {
             // Writing into a Vec cannot fail.
             let _ = out.write_record(row);
         };
+        let runtime = tokio::runtime::Handle::current();
         let flush = |out: &mut csv::Writer<Vec<u8>>| -> Result<(), ExportError> {
             let chunk = std::mem::replace(out, fresh())
                 .into_inner()
                 .unwrap_or_default();
-            tx.blocking_send(Ok(chunk.into()))
-                .map_err(|_| ExportError::Gone)
+            // A client that stops reading for this long lets the reader (a blocking thread
+            // and a store iterator) go.
+            let sent = runtime.block_on(tokio::time::timeout(CSV_STALL, tx.send(Ok(chunk.into()))));
+            match sent {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(ExportError::Gone),
+            }
         };
         write(&mut out, &CSV_HEADER);
         let walked = store.clicks_after(code.as_str(), 0, |e| {
@@ -297,8 +330,8 @@ fn export_csv(state: &AppState, link: &Link, res: &mut Response) {
                     &seq,
                     &at,
                     e.ip.as_deref().unwrap_or(""),
-                    &e.user_agent,
-                    e.referer.as_deref().unwrap_or(""),
+                    &defused(&e.user_agent),
+                    &defused(e.referer.as_deref().unwrap_or("")),
                     e.country.as_deref().unwrap_or(""),
                     &e.browser,
                     &e.os,
@@ -351,7 +384,7 @@ impl Handler for ListClicks {
             .headers()
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|accept| accept.contains("text/csv"));
+            .is_some_and(accepts_csv);
         if csv {
             let result = async {
                 let (_, link) = owned_link(state, req).await?;

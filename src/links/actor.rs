@@ -160,8 +160,11 @@ pub struct LinkState {
     /// The last click the stored aggregates snapshot covers, and when it was stored.
     stored_covers: u64,
     stored_at: Instant,
-    /// The aggregates moved since the last `stats` event; when that was sent.
+    /// The aggregates moved since the last `stats` event; when that was sent; the encoded
+    /// event of the aggregates as they are.
     stats_changed: bool,
+    stats_bytes: Option<Bytes>,
+    stats_minute: i64,
     stats_sent: Instant,
     /// The committed state moved since frames and waiting questions were last seen to.
     progressed: bool,
@@ -247,12 +250,15 @@ impl LinkState {
         self.frame = None;
         self.progressed = true;
         self.stats_changed = true;
+        self.stats_bytes = None;
         self.store_aggregates(false);
         true
     }
 
     /// Stores a snapshot of the aggregates when enough has changed (`force`: when anything
-    /// has). They cover only committed clicks, so the snapshot is never ahead of the log.
+    /// has). They cover only committed clicks, so the snapshot is never ahead of the log. The
+    /// actor only copies them; the encoding (tens of ms for a link with millions of clicks)
+    /// runs on the blocking pool, and the writer keeps the snapshot covering the most.
     fn store_aggregates(&mut self, force: bool) {
         let covers = self.aggregates.covers();
         let settings = &self.shared.settings.aggregates;
@@ -260,12 +266,26 @@ impl LinkState {
             && (force
                 || (covers - self.stored_covers >= settings.snapshot_clicks
                     && self.stored_at.elapsed() >= settings.snapshot_gap));
-        if due {
-            let bytes = encode_snapshot(&self.aggregates);
-            self.shared.writer.aggregates(self.code.clone(), bytes);
-            self.stored_covers = covers;
-            self.stored_at = Instant::now();
+        if !due {
+            return;
         }
+        let (copy, writer, code) = (
+            self.aggregates.clone(),
+            self.shared.writer.clone(),
+            self.code.clone(),
+        );
+        let encode = move || match encode_snapshot(&copy) {
+            Some(bytes) => writer.aggregates(code, covers, bytes),
+            None => tracing::error!(code = %code, "aggregates could not be encoded"),
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Tracked, so a clean stop waits for the last snapshots.
+            self.shared.tracker.spawn_blocking_on(encode, &runtime);
+        } else {
+            encode();
+        }
+        self.stored_covers = covers;
+        self.stored_at = Instant::now();
     }
 
     /// Answers a stats question from the aggregates (of committed clicks).
@@ -280,12 +300,26 @@ impl LinkState {
         )
     }
 
-    /// The `stats` event of the aggregates as they are.
-    fn stats_frame(&mut self) -> Bytes {
+    /// The `stats` event of the aggregates as they are, built once per change.
+    fn stats_event(&mut self) -> Bytes {
+        let now = now_ms();
+        let minute = now.div_euclid(60_000);
+        // Its last hour moves on with the clock, even without clicks.
+        if self.stats_minute != minute {
+            self.stats_bytes = None;
+            self.stats_minute = minute;
+        }
+        let (aggregates, settings) = (&self.aggregates, &self.shared.settings.aggregates);
+        self.stats_bytes
+            .get_or_insert_with(|| frame::stats_frame(&query::live(aggregates, settings, now)))
+            .clone()
+    }
+
+    /// The `stats` event for a round of deliveries: what it sends is no longer pending.
+    fn stats_round(&mut self) -> Bytes {
         self.stats_changed = false;
         self.stats_sent = Instant::now();
-        let live = query::live(&self.aggregates, &self.shared.settings.aggregates, now_ms());
-        frame::stats_frame(&live)
+        self.stats_event()
     }
 
     /// After any message: if the committed state moved (on whatever path it was noticed),
@@ -379,7 +413,7 @@ impl LinkState {
         let mut frame = self.current_frame();
         if self.stats_due() {
             // One write per subscriber carries both events.
-            let stats = self.stats_frame();
+            let stats = self.stats_round();
             frame = [stats, frame].concat().into();
         }
         let now = Instant::now();
@@ -428,7 +462,7 @@ impl LinkState {
         self.sync_committed();
         if self.stats_due() && !self.subscribers.is_empty() {
             // Changes that came too soon after the last `stats` event for the frames.
-            let stats = self.stats_frame();
+            let stats = self.stats_round();
             self.subscribers.send_all(&stats);
         }
         if self.subscribers.any_behind(self.committed) {
@@ -476,7 +510,7 @@ impl LinkState {
         // (it saw a count a crash took back, or another node's) gets the state as it is: an
         // `EventSource` answered with anything but 200 stops reconnecting for good.
         // The aggregates come first, as a `stats` event (the original's clients ignore it).
-        let stats = self.stats_frame();
+        let stats = self.stats_event();
         let initial = if last_event_id == Some(self.committed) {
             stats
         } else {
@@ -537,6 +571,16 @@ impl Actor for LinkActor {
             };
             let stored_covers = aggregates.covers();
             store.clicks_after(code, stored_covers, |event| {
+                if event.seq > aggregates.covers() + 1 {
+                    // The clicks before expired (`--click-retention-days`) and no snapshot
+                    // covering them could be read: counting goes on, they stay missing.
+                    tracing::error!(
+                        code,
+                        missing = event.seq - 1 - aggregates.covers(),
+                        "the aggregates lack expired clicks their lost snapshot covered"
+                    );
+                    aggregates.skip_to(event.seq);
+                }
                 aggregates
                     .fold(&event, &visitors, &settings)
                     .map_err(|e| StoreError::Inconsistent(format!("code {code}: {e}")))
@@ -573,6 +617,8 @@ impl Actor for LinkActor {
                 .checked_sub(shared.settings.aggregates.snapshot_gap)
                 .unwrap_or(now),
             stats_changed: false,
+            stats_bytes: None,
+            stats_minute: 0,
             stats_sent: now.checked_sub(STATS_INTERVAL).unwrap_or(now),
             progressed: false,
             frame: None,

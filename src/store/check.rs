@@ -90,11 +90,13 @@ pub fn check_floor(dir: &Path, totals: Totals, keys: u64) -> Result<(), StoreErr
             .unwrap_or(0)
     };
     let (links, clicks, floor_keys) = (value("links "), value("clicks "), value("keys "));
-    let lost = if totals.links < links || totals.clicks < clicks {
+    // Clicks expired by retention were stored once: they count towards the floor.
+    let ever = totals.clicks_ever();
+    let lost = if totals.links < links || ever < clicks {
         Some(format!(
-            "it holds {} links and {} clicks but held {links} links and {clicks} clicks when \
-             it was last opened",
-            totals.links, totals.clicks
+            "it holds {} links and {ever} clicks (stored or expired) but held {links} links and \
+             {clicks} clicks when it was last opened",
+            totals.links
         ))
     } else if keys < floor_keys {
         Some(format!(
@@ -114,17 +116,13 @@ pub fn check_floor(dir: &Path, totals: Totals, keys: u64) -> Result<(), StoreErr
             ),
         });
     }
-    if (totals.links, totals.clicks, keys) != (links, clicks, floor_keys) {
+    if (totals.links, ever, keys) != (links, clicks, floor_keys) {
         let tmp = dir.join(format!("{FLOOR_FILE}.tmp"));
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::File::create(&tmp)?;
             std::io::Write::write_all(
                 &mut file,
-                format!(
-                    "links {}\nclicks {}\nkeys {keys}\n",
-                    totals.links, totals.clicks
-                )
-                .as_bytes(),
+                format!("links {}\nclicks {ever}\nkeys {keys}\n", totals.links).as_bytes(),
             )?;
             file.sync_all()?;
             std::fs::rename(&tmp, &path)?;

@@ -20,6 +20,7 @@ mod backlog;
 mod check;
 mod clean;
 pub mod records;
+mod retention;
 mod writer;
 
 use std::{
@@ -34,6 +35,7 @@ use tracing::{info, warn};
 pub use backlog::{Backlog, Permit};
 pub use check::{StartupCheck, StartupReport};
 pub use records::{DecodeError, KeyRecord, Totals};
+pub use retention::Retention;
 pub use writer::{
     ClickBatch, CommitListener, Durability, Fault, WriteError, Writer, WriterConfig, WriterHandle,
 };
@@ -45,6 +47,8 @@ use crate::{
 
 /// The key of the visitor-hash secret in the `meta` keyspace.
 const VISITOR_KEY: &[u8] = b"visitor-key";
+/// Set in the `meta` keyspace once every code has an aggregates snapshot.
+const AGGREGATES_BUILT: &[u8] = b"aggregates-built";
 
 /// A storage failure. Carries the cause for the log; HTTP answers say nothing of it.
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +272,7 @@ impl Store {
                     v: records::RECORD_VERSION,
                     links: seen.links,
                     clicks: seen.clicks,
+                    expired: record.map_or(0, |r| r.expired),
                 };
                 if record.is_none() {
                     store.put_totals(counted).map_err(|e| e.opened(dir))?;
@@ -370,11 +375,18 @@ impl Store {
         VisitorKey::new(self.visitor_key)
     }
 
-    /// A link's stored aggregates snapshot. One that cannot be read is reported and left out:
-    /// the caller rebuilds the aggregates from the click log.
+    /// A link's stored aggregates snapshot. One that cannot be read (a damaged block, an
+    /// undecodable record) is reported and left out: the caller rebuilds the aggregates from the
+    /// click log, which holds everything they are made of.
     pub fn aggregates(&self, code: &str) -> Result<Option<Aggregates>, StoreError> {
-        let Some(bytes) = self.stats.get(code)? else {
-            return Ok(None);
+        let bytes = match self.stats.get(code) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            // A damaged block of derived data: the click log has it all.
+            Err(e) => {
+                warn!(code, cause = %e, "unreadable aggregates; rebuilding them from the click log");
+                return Ok(None);
+            }
         };
         match aggregates::decode_snapshot(&bytes) {
             Ok(aggregates) => Ok(Some(aggregates)),
@@ -383,6 +395,131 @@ impl Store {
                 Ok(None)
             }
         }
+    }
+
+    /// The last click the stored aggregates snapshot of `code` covers (0: none).
+    pub fn covers(&self, code: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .stats
+            .get(records::covers_key(code))?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Once per store: gives every code with clicks but no aggregates snapshot (a store made
+    /// before analytics) its snapshot, in one pass over their clicks, before the service starts
+    /// (so no actor has to fold millions of clicks while its link is being clicked). Returns
+    /// how many codes it built. Later starts read one marker record.
+    pub fn build_missing_aggregates(
+        &self,
+        settings: &aggregates::AggregateSettings,
+    ) -> Result<u64, StoreError> {
+        if self.meta.get(AGGREGATES_BUILT)?.is_some() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let key = self.visitor_key();
+        let mut built = 0;
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let Some(first) = self.clicks.range(from.clone()..).next() else {
+                break;
+            };
+            let first = first.key()?;
+            let split = first
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or_else(|| StoreError::Inconsistent("a click key without a code".into()))?;
+            let code = String::from_utf8_lossy(&first[..split]).into_owned();
+            from = first[..split].to_vec();
+            from.push(1);
+            if self.covers(&code)? > 0 {
+                continue;
+            }
+            let mut aggregates = Aggregates::default();
+            self.clicks_after(&code, 0, |event| {
+                aggregates
+                    .fold(&event, &key, settings)
+                    .map_err(|e| StoreError::Inconsistent(format!("code {code}: {e}")))
+            })?;
+            let bytes = aggregates::encode_snapshot(&aggregates).ok_or_else(|| {
+                StoreError::Inconsistent(format!("code {code}: aggregates not encodable"))
+            })?;
+            let mut batch = self.db.batch();
+            batch.insert(&self.stats, code.as_str(), bytes);
+            batch.insert(
+                &self.stats,
+                records::covers_key(&code),
+                aggregates.covers().to_be_bytes(),
+            );
+            batch.commit()?;
+            built += 1;
+        }
+        self.meta.insert(AGGREGATES_BUILT, [1])?;
+        self.db.persist(PersistMode::SyncAll)?;
+        if built > 0 {
+            info!(
+                codes = built,
+                took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "built the aggregates of links stored before analytics"
+            );
+        }
+        Ok(built)
+    }
+
+    /// Finds the clicks `--click-retention-days` lets go: of each code, those made before
+    /// `cutoff` (epoch ms) that its stored aggregates cover, never its last click (it carries
+    /// the count). Walks each code from its first click and skips to the next code at the first
+    /// click that must stay. Hands the keys to `delete` in chunks of at most `chunk`; stops
+    /// when `delete` says so. Returns how many were handed over.
+    pub fn expirable(
+        &self,
+        cutoff: i64,
+        chunk: usize,
+        mut delete: impl FnMut(Vec<Vec<u8>>) -> bool,
+    ) -> Result<u64, StoreError> {
+        let mut found = 0;
+        let mut keys = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        'codes: loop {
+            // The first click of the next code.
+            let Some(first) = self.clicks.range(from.clone()..).next() else {
+                break;
+            };
+            let key = first.key()?;
+            let split = key
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or_else(|| StoreError::Inconsistent("a click key without a code".into()))?;
+            let code = String::from_utf8_lossy(&key[..split]).into_owned();
+            let prefix = records::click_prefix(&code);
+            // Past every click of this code: the code followed by 0x01.
+            from = key[..split].to_vec();
+            from.push(1);
+            // Only what a readable snapshot covers: a click expired under a snapshot that
+            // cannot be read back could never be folded in again.
+            let covers = self
+                .aggregates(&code)?
+                .map_or(0, |a| a.covers())
+                .min(self.covers(&code)?);
+            let last = self.counter(&code)?.count;
+            for guard in self.clicks.prefix(&prefix) {
+                let (key, value) = guard.into_inner()?;
+                let click = records::decode_click(&value)?;
+                if click.at >= cutoff || click.seq > covers || click.seq >= last {
+                    break;
+                }
+                keys.push(key.to_vec());
+                found += 1;
+                if keys.len() >= chunk && !delete(std::mem::take(&mut keys)) {
+                    break 'codes;
+                }
+            }
+        }
+        if !keys.is_empty() {
+            delete(keys);
+        }
+        Ok(found)
     }
 
     /// Calls `each` with every stored click of `code` numbered above `after`, in order.
@@ -427,12 +564,19 @@ impl Store {
     /// Puts the totals after a group commit of `links` new links and `clicks` clicks into the
     /// group's `batch` (one record per group, so the batch's atomicity keeps it equal to what
     /// is stored). Pass the result to [`Store::committed`] once the batch is committed.
-    fn stage_totals(&self, batch: &mut fjall::OwnedWriteBatch, links: u64, clicks: u64) -> Totals {
+    fn stage_totals(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        links: u64,
+        clicks: u64,
+        expired: u64,
+    ) -> Totals {
         let before = self.totals();
         let after = Totals {
             v: records::RECORD_VERSION,
             links: before.links + links,
-            clicks: before.clicks + clicks,
+            clicks: (before.clicks + clicks).saturating_sub(expired),
+            expired: before.expired + expired,
         };
         batch.insert(
             &self.meta,
@@ -452,7 +596,13 @@ impl Store {
     /// which lets the next open skip its checks but the floor. Call last, when nothing writes
     /// any more.
     pub fn close_clean(&self, dir: &Path) -> Result<(), StoreError> {
-        for keyspace in [&self.links, &self.clicks, &self.keys, &self.meta] {
+        for keyspace in [
+            &self.links,
+            &self.clicks,
+            &self.keys,
+            &self.meta,
+            &self.stats,
+        ] {
             // Public but hidden in fjall 3 (pinned in Cargo.lock).
             keyspace.rotate_memtable_and_wait()?;
         }
@@ -526,7 +676,16 @@ impl Store {
                     }
                     *other = Some((code.to_vec(), seq, value));
                     seen.codes_clicked += 1;
-                    1
+                    // Clicks before the first may have expired (`--click-retention-days`),
+                    // but only ones the stored aggregates cover.
+                    let covers = snapshot
+                        .get(
+                            &self.stats,
+                            records::covers_key(&String::from_utf8_lossy(code)),
+                        )?
+                        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+                        .map_or(0, u64::from_be_bytes);
+                    if seq > 1 && seq <= covers + 1 { seq } else { 1 }
                 }
             };
             if seq != expected {
@@ -667,9 +826,75 @@ mod tests {
             batch.insert(&store.clicks, key, records::encode_click(&event(seq)));
             n += 1;
         }
-        let totals = store.stage_totals(&mut batch, 0, n);
+        let totals = store.stage_totals(&mut batch, 0, n, 0);
         batch.commit().expect("commit");
         store.committed(totals);
+    }
+
+    #[test]
+    fn a_store_made_before_analytics_gets_its_aggregates_built_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("opens");
+        clicks(&store, "a", 1..=5);
+        clicks(&store, "b", 1..=2);
+        let settings = aggregates::AggregateSettings::default();
+        assert_eq!(store.build_missing_aggregates(&settings).expect("built"), 2);
+        let a = store
+            .aggregates("a")
+            .expect("read")
+            .expect("a has aggregates");
+        assert_eq!((a.covers(), a.totals().clicks), (5, 5));
+        assert_eq!(store.covers("b").expect("covers"), 2);
+        assert_eq!(store.build_missing_aggregates(&settings).expect("again"), 0);
+    }
+
+    #[test]
+    fn only_old_clicks_a_readable_snapshot_covers_expire_and_never_the_last() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("opens");
+        clicks(&store, "a", 1..=10);
+        clicks(&store, "b", 1..=3);
+        // Aggregates of clicks 1..=6 of `a`, stored as the writer stores them.
+        let key = store.visitor_key();
+        let settings = aggregates::AggregateSettings::default();
+        let mut agg = Aggregates::default();
+        for seq in 1..=6 {
+            agg.fold(&event(seq), &key, &settings).expect("folds");
+        }
+        let put = |code: &str, bytes: Vec<u8>, covers: u64| {
+            store.stats.insert(code, bytes).expect("snapshot");
+            store
+                .stats
+                .insert(records::covers_key(code), covers.to_be_bytes())
+                .expect("covers");
+        };
+        put("a", aggregates::encode_snapshot(&agg).expect("encodes"), 6);
+        // `b` claims to cover everything but its snapshot cannot be read.
+        put("b", b"garbage".to_vec(), 3);
+        let expirable = |cutoff: i64| {
+            let mut keys = Vec::new();
+            store
+                .expirable(cutoff, 4, |chunk| {
+                    keys.extend(chunk);
+                    true
+                })
+                .expect("scan");
+            keys
+        };
+        let all = expirable(i64::MAX);
+        let expected: Vec<Vec<u8>> = (1..=6).map(|seq| records::click_key("a", seq)).collect();
+        assert_eq!(
+            all, expected,
+            "a: 1..=6 (covered); b: nothing (unreadable snapshot)"
+        );
+        assert!(expirable(0).is_empty(), "nothing is older than the epoch");
+        // Once the snapshot covers all of `a`, its last click still stays.
+        let mut agg = Aggregates::default();
+        for seq in 1..=10 {
+            agg.fold(&event(seq), &key, &settings).expect("folds");
+        }
+        put("a", aggregates::encode_snapshot(&agg).expect("encodes"), 10);
+        assert_eq!(expirable(i64::MAX).len(), 9);
     }
 
     /// Stores a click without the totals record, as a version without it did.
@@ -785,6 +1010,7 @@ mod tests {
                 v: records::RECORD_VERSION,
                 links: 0,
                 clicks: 1,
+                expired: 0,
             }),
         );
         batch.commit().expect("commit");

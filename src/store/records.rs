@@ -57,7 +57,18 @@ struct ClickRecord {
 pub struct Totals {
     pub v: u8,
     pub links: u64,
+    /// Clicks stored now.
     pub clicks: u64,
+    /// Clicks deleted by `--click-retention-days` (their counts and aggregates stay).
+    #[serde(default)]
+    pub expired: u64,
+}
+
+impl Totals {
+    /// Every click ever stored: what the floor compares, since expiry takes clicks away.
+    pub fn clicks_ever(&self) -> u64 {
+        self.clicks + self.expired
+    }
 }
 
 /// The key of the [`Totals`] record in the `meta` keyspace.
@@ -197,6 +208,12 @@ pub fn click_key(code: &str, seq: u64) -> Vec<u8> {
     key
 }
 
+/// `code 0x00`: in the `stats` keyspace, the last click a code's aggregates snapshot (stored
+/// under the bare code) covers, as a big-endian u64.
+pub fn covers_key(code: &str) -> Vec<u8> {
+    click_prefix(code)
+}
+
 pub fn click_prefix(code: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(code.len() + 9);
     key.extend_from_slice(code.as_bytes());
@@ -264,6 +281,7 @@ mod tests {
             v: RECORD_VERSION,
             links: 3,
             clicks: 10_000_000_000,
+            expired: 7,
         };
         assert_eq!(decode_totals(&encode_totals(&totals)).ok(), Some(totals));
         let future = encode(&Totals { v: 9, ..totals });

@@ -80,10 +80,16 @@ enum Op {
         link: Link,
         reply: oneshot::Sender<Result<bool, WriteError>>,
     },
-    /// A link's aggregates, covering clicks that are already committed.
+    /// A link's aggregates, covering clicks 1..=`covers`, all already committed.
     Aggregates {
         code: ShortCode,
+        covers: u64,
         bytes: Vec<u8>,
+    },
+    /// Clicks `--click-retention-days` lets go (see `Store::expirable`).
+    Expire {
+        keys: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Result<(), WriteError>>,
     },
     Barrier(oneshot::Sender<Result<(), WriteError>>),
     Stop,
@@ -160,9 +166,23 @@ impl WriterHandle {
     /// Stores a link's aggregates snapshot with the next group. It must cover only clicks that
     /// are committed already (or queued before it), so the journal never holds a snapshot
     /// ahead of the clicks it counts.
-    pub fn aggregates(&self, code: ShortCode, bytes: Vec<u8>) {
+    pub fn aggregates(&self, code: ShortCode, covers: u64, bytes: Vec<u8>) {
         // A snapshot that cannot be written is rebuilt from the click log at the next start.
-        let _ = self.tx.send(Op::Aggregates { code, bytes });
+        let _ = self.tx.send(Op::Aggregates {
+            code,
+            covers,
+            bytes,
+        });
+    }
+
+    /// Deletes expired clicks (and counts them in the totals record) in the next group; waits
+    /// for the commit. Blocking: call it from a thread of its own, not from async code.
+    pub fn expire_blocking(&self, keys: Vec<Vec<u8>>) -> Result<(), WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Expire { keys, reply })
+            .map_err(|_| WriteError::Stopped)?;
+        rx.blocking_recv().map_err(|_| WriteError::Stopped)?
     }
 
     /// Resolves once everything queued before it is committed (visible to reads).
@@ -268,14 +288,20 @@ struct Group {
     listeners: Vec<(Arc<dyn CommitListener>, u64)>,
     permits: Permit,
     links: Vec<(Link, oneshot::Sender<Result<bool, WriteError>>)>,
-    aggregates: Vec<(ShortCode, Vec<u8>)>,
+    aggregates: Vec<(ShortCode, u64, Vec<u8>)>,
+    expired: Vec<Vec<u8>>,
+    expire_replies: Vec<oneshot::Sender<Result<(), WriteError>>>,
     barriers: Vec<oneshot::Sender<Result<(), WriteError>>>,
     stop: bool,
 }
 
 impl Group {
     fn len(&self) -> usize {
-        self.clicks.len() + self.links.len() + self.aggregates.len() + self.barriers.len()
+        self.clicks.len()
+            + self.links.len()
+            + self.aggregates.len()
+            + self.expired.len()
+            + self.barriers.len()
     }
 
     /// Adds an item; true when it asks for an immediate commit.
@@ -296,8 +322,17 @@ impl Group {
                 self.links.push((link, reply));
                 true
             }
-            Op::Aggregates { code, bytes } => {
-                self.aggregates.push((code, bytes));
+            Op::Aggregates {
+                code,
+                covers,
+                bytes,
+            } => {
+                self.aggregates.push((code, covers, bytes));
+                false
+            }
+            Op::Expire { keys, reply } => {
+                self.expired.extend(keys);
+                self.expire_replies.push(reply);
                 false
             }
             Op::Barrier(tx) => {
@@ -424,12 +459,36 @@ fn commit_to_os(
 /// Writes the group as one atomic batch. Returns, for each new link in order, whether it was
 /// stored (false: the code was taken).
 fn commit(store: &Store, group: &Group) -> Result<Vec<Result<bool, WriteError>>, StoreError> {
-    if group.clicks.is_empty() && group.links.is_empty() && group.aggregates.is_empty() {
+    if group.clicks.is_empty()
+        && group.links.is_empty()
+        && group.aggregates.is_empty()
+        && group.expired.is_empty()
+    {
         return Ok(Vec::new());
     }
     let mut batch = store.db.batch();
-    for (code, bytes) in &group.aggregates {
-        batch.insert(&store.stats, code.as_str(), bytes.as_slice());
+    // Snapshots are encoded off the actors and may arrive out of order: the one covering the
+    // most clicks stays (retention relies on the stored one never going back). One write per
+    // code and group.
+    let mut newest: HashMap<&str, (u64, &[u8])> = HashMap::new();
+    for (code, covers, bytes) in &group.aggregates {
+        let entry = newest.entry(code.as_str()).or_insert((0, &[]));
+        if *covers > entry.0 {
+            *entry = (*covers, bytes.as_slice());
+        }
+    }
+    for (code, (covers, bytes)) in newest {
+        if covers > store.covers(code)? {
+            batch.insert(&store.stats, code, bytes);
+            batch.insert(
+                &store.stats,
+                records::covers_key(code),
+                covers.to_be_bytes(),
+            );
+        }
+    }
+    for key in &group.expired {
+        batch.remove(&store.clicks, key.as_slice());
     }
     for (code, event) in &group.clicks {
         batch.insert(
@@ -456,7 +515,12 @@ fn commit(store: &Store, group: &Group) -> Result<Vec<Result<bool, WriteError>>,
     }
     // One totals record per group, in the same atomic batch (see `records::Totals`).
     let stored_links = outcomes.iter().filter(|o| **o == Ok(true)).count();
-    let totals = store.stage_totals(&mut batch, stored_links as u64, group.clicks.len() as u64);
+    let totals = store.stage_totals(
+        &mut batch,
+        stored_links as u64,
+        group.clicks.len() as u64,
+        group.expired.len() as u64,
+    );
     debug!(
         clicks = group.clicks.len(),
         links = group.links.len(),
@@ -506,6 +570,9 @@ fn answer(
             for barrier in group.barriers.drain(..) {
                 let _ = barrier.send(Ok(()));
             }
+            for reply in group.expire_replies.drain(..) {
+                let _ = reply.send(Ok(()));
+            }
         }
         Err(e) => {
             // Logged once, when the store failed (`Health::fail`); groups after that only
@@ -521,6 +588,9 @@ fn answer(
             }
             for barrier in group.barriers.drain(..) {
                 let _ = barrier.send(Err(e.clone()));
+            }
+            for reply in group.expire_replies.drain(..) {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }

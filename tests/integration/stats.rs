@@ -348,13 +348,11 @@ async fn the_stream_carries_a_stats_event_beside_the_count_frames() -> TestResul
             .ok_or("no stats event after the clicks")?;
     }
     assert_eq!(latest["totals"]["humanClicks"], 5);
-    let minutes: u64 = latest["series"]
-        .as_array()
-        .ok_or("series")?
-        .iter()
-        .map(|p| p["clicks"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(minutes, 7, "the last hour by minute: {latest}");
+    let minutes = latest["minutes"]["clicks"].as_array().ok_or("minutes")?;
+    assert_eq!(minutes.len(), 60, "the last hour by minute: {latest}");
+    let sum: u64 = minutes.iter().map(|n| n.as_u64().unwrap_or(0)).sum();
+    assert_eq!(sum, 7, "the last hour by minute: {latest}");
+    assert_eq!(latest["minutes"]["stepMs"], 60_000);
     assert_eq!(latest["top"]["devices"][0]["value"], "desktop");
     assert!(
         latest["top"].get("referrers").is_none(),
@@ -435,6 +433,38 @@ async fn clicks_export_as_csv_in_order_with_every_field() -> TestResult {
         assert_eq!(row.get(4), Some("https://news.example/"));
     }
     assert_eq!(seq, N);
+    // A user agent a spreadsheet would run as a formula is defused.
+    visit(
+        &app,
+        "csv",
+        Some("=HYPERLINK(\"x\")"),
+        None,
+        "192.0.2.1",
+        None,
+    )
+    .await;
+    let res = app
+        .client
+        .get(app.url("/api/links/csv/clicks"))
+        .header("Accept", "text/csv")
+        .bearer_auth(KEY)
+        .send()
+        .await?;
+    let body = res.text().await?;
+    let last = csv::Reader::from_reader(body.as_bytes())
+        .records()
+        .last()
+        .ok_or("rows")??;
+    assert_eq!(last.get(3), Some("'=HYPERLINK(\"x\")"));
+    // CSV refused (q=0): the JSON page.
+    let res = app
+        .client
+        .get(app.url("/api/links/csv/clicks?limit=1"))
+        .header("Accept", "text/csv;q=0, application/json")
+        .bearer_auth(KEY)
+        .send()
+        .await?;
+    assert!(crate::support::content_type(&res).starts_with("application/json"));
     // Without the Accept header: the JSON page, as before.
     let res = app
         .client
@@ -443,6 +473,72 @@ async fn clicks_export_as_csv_in_order_with_every_field() -> TestResult {
         .send()
         .await?;
     let page: Value = res.json().await?;
-    assert_eq!(page["clicks"][0]["seq"], N, "newest first");
+    assert_eq!(page["clicks"][0]["seq"], N + 1, "newest first");
+    Ok(())
+}
+
+/// The rows of a link's CSV export (its stored clicks), by number.
+async fn exported(app: &TestApp, code: &str) -> Vec<u64> {
+    let body = app
+        .client
+        .get(app.url(&format!("/api/links/{code}/clicks")))
+        .header("Accept", "text/csv")
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("export sent")
+        .text()
+        .await
+        .expect("export read");
+    csv::Reader::from_reader(body.as_bytes())
+        .records()
+        .filter_map(|row| row.ok()?.get(0)?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn raw_clicks_past_the_retention_go_and_counts_and_aggregates_stay() -> TestResult {
+    let retain = |c: &mut linkpulse::ServeConfig| {
+        c.trust_forwarded_for = true;
+        // Every click is past a retention of 0 days; looked for every 100 ms.
+        c.click_retention_days = Some(0);
+        c.click_retention_check = Duration::from_millis(100);
+        c.idle_timeout = Duration::from_millis(300);
+    };
+    let app = spawn_with(None, retain).await;
+    app.create_link("old").await;
+    for _ in 0..3 {
+        known_clicks(&app, "old").await;
+    }
+    let (_, before) = stats(&app, "old", "").await;
+    assert_consistent(&before, 21);
+    // Once the idle actor has stored aggregates covering them, every click but the last goes.
+    crate::support::eventually(WAIT, "the clicks expire", || async {
+        exported(&app, "old").await == [21]
+    })
+    .await;
+    assert_eq!(app.count("old").await, 21, "the count stays");
+    let (_, after) = stats(&app, "old", "").await;
+    assert_consistent(&after, 21);
+    assert_eq!(after["top"], before["top"], "the aggregates stay");
+    assert_eq!(after["totals"], before["totals"]);
+
+    let dir = app.stop().await;
+    assert_eq!(
+        stored(dir.path(), "old"),
+        (21, 1),
+        "count 21, one click stored"
+    );
+    // A full check of the store accepts a log that starts past expired clicks.
+    let seen = Store::open_and_read_all(dir.path())?.verify()?;
+    assert_eq!(seen.clicks, 1);
+
+    let app = spawn_with(Some(dir), retain).await;
+    let (_, restarted) = stats(&app, "old", "").await;
+    assert_eq!(restarted["totals"], before["totals"]);
+    known_clicks(&app, "old").await;
+    let (_, more) = stats(&app, "old", "").await;
+    assert_consistent(&more, 28);
+    assert_eq!(app.count("old").await, 28);
     Ok(())
 }
