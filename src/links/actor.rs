@@ -466,7 +466,8 @@ impl LinkState {
             self.subscribers.send_all(&stats);
         }
         if self.subscribers.any_behind(self.committed) {
-            let frame = self.current_frame();
+            // A reader catching up gets the aggregates it may have missed with the count.
+            let frame: Bytes = [self.stats_event(), self.current_frame()].concat().into();
             self.subscribers
                 .deliver(&frame, self.committed, now, Some(stuck));
         }
