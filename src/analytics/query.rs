@@ -183,10 +183,8 @@ pub struct Point {
     pub t: String,
     /// The bucket start in epoch milliseconds (for charts).
     pub ms: i64,
-    pub clicks: u64,
-    pub human_clicks: u64,
-    pub bot_clicks: u64,
-    pub unique_visitors: u64,
+    #[serde(flatten)]
+    pub counts: Totals,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -314,10 +312,12 @@ fn series(
         points.push(Point {
             t: show(t, query),
             ms: t,
-            clicks: bucket.counts.clicks,
-            human_clicks: bucket.counts.human,
-            bot_clicks: bucket.counts.bots(),
-            unique_visitors: visitors,
+            counts: Totals {
+                clicks: bucket.counts.clicks,
+                human_clicks: bucket.counts.human,
+                bot_clicks: bucket.counts.bots(),
+                unique_visitors: visitors,
+            },
         });
         sum.clicks += bucket.counts.clicks;
         sum.human += bucket.counts.human;
@@ -471,8 +471,8 @@ pub fn live(aggregates: &Aggregates, settings: &AggregateSettings, now: i64) -> 
             from: show(from_ms, &hour),
             from_ms,
             step_ms: super::aggregates::MINUTE_MS,
-            clicks: points.iter().map(|p| p.clicks).collect(),
-            human_clicks: points.iter().map(|p| p.human_clicks).collect(),
+            clicks: points.iter().map(|p| p.counts.clicks).collect(),
+            human_clicks: points.iter().map(|p| p.counts.human_clicks).collect(),
         },
         top: Top::of(aggregates.life(), Some(LIVE_TOP), false),
     }
@@ -545,7 +545,7 @@ mod tests {
         let whole = StatsQuery::whole_life();
         let a = answer("c", &agg, &whole, &settings, day0, day0 + 2 * DAY_MS + 10)
             .unwrap_or_else(|e| panic!("{e}"));
-        let clicks: Vec<u64> = a.series.iter().map(|p| p.clicks).collect();
+        let clicks: Vec<u64> = a.series.iter().map(|p| p.counts.clicks).collect();
         assert_eq!(clicks, vec![2, 0, 1]);
         assert_eq!(a.totals.clicks, 3);
         assert_eq!(a.totals.human_clicks, 2);
@@ -559,7 +559,7 @@ mod tests {
         let a = answer("c", &agg, &q, &settings, day0, day0 + 2 * DAY_MS + 10)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.series[0].t, "2024-10-04T00:00:00+02:00");
-        assert_eq!(a.series[0].clicks, 2);
+        assert_eq!(a.series[0].counts.clicks, 2);
         assert_eq!(a.totals.clicks, 3);
     }
 

@@ -406,6 +406,22 @@ impl Store {
             .map_or(0, u64::from_be_bytes))
     }
 
+    /// The code of the first click at or after the key `from`, and `from` moved past every
+    /// click of that code (the code followed by 0x01): one seek per code.
+    fn next_clicked_code(&self, from: &mut Vec<u8>) -> Result<Option<String>, StoreError> {
+        let Some(first) = self.clicks.range(from.clone()..).next() else {
+            return Ok(None);
+        };
+        let key = first.key()?;
+        let split = key
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(|| StoreError::Inconsistent("a click key without a code".into()))?;
+        *from = key[..split].to_vec();
+        from.push(1);
+        Ok(Some(String::from_utf8_lossy(&key[..split]).into_owned()))
+    }
+
     /// Once per store: gives every code with clicks but no aggregates snapshot (a store made
     /// before analytics) its snapshot, in one pass over their clicks, before the service starts
     /// (so no actor has to fold millions of clicks while its link is being clicked). Returns
@@ -421,18 +437,7 @@ impl Store {
         let key = self.visitor_key();
         let mut built = 0;
         let mut from: Vec<u8> = Vec::new();
-        loop {
-            let Some(first) = self.clicks.range(from.clone()..).next() else {
-                break;
-            };
-            let first = first.key()?;
-            let split = first
-                .iter()
-                .position(|b| *b == 0)
-                .ok_or_else(|| StoreError::Inconsistent("a click key without a code".into()))?;
-            let code = String::from_utf8_lossy(&first[..split]).into_owned();
-            from = first[..split].to_vec();
-            from.push(1);
+        while let Some(code) = self.next_clicked_code(&mut from)? {
             if self.covers(&code)? > 0 {
                 continue;
             }
@@ -481,21 +486,8 @@ impl Store {
         let mut found = 0;
         let mut keys = Vec::new();
         let mut from: Vec<u8> = Vec::new();
-        'codes: loop {
-            // The first click of the next code.
-            let Some(first) = self.clicks.range(from.clone()..).next() else {
-                break;
-            };
-            let key = first.key()?;
-            let split = key
-                .iter()
-                .position(|b| *b == 0)
-                .ok_or_else(|| StoreError::Inconsistent("a click key without a code".into()))?;
-            let code = String::from_utf8_lossy(&key[..split]).into_owned();
+        'codes: while let Some(code) = self.next_clicked_code(&mut from)? {
             let prefix = records::click_prefix(&code);
-            // Past every click of this code: the code followed by 0x01.
-            from = key[..split].to_vec();
-            from.push(1);
             // Only what a readable snapshot covers: a click expired under a snapshot that
             // cannot be read back could never be folded in again.
             let covers = self

@@ -379,13 +379,7 @@ async fn clicks_export_as_csv_in_order_with_every_field() -> TestResult {
         )
         .await;
     }
-    let res = app
-        .client
-        .get(app.url("/api/links/csv/clicks"))
-        .header("Accept", "text/csv")
-        .bearer_auth(KEY)
-        .send()
-        .await?;
+    let res = csv_export(&app, "csv").await;
     assert_eq!(res.status(), 200);
     assert!(
         crate::support::content_type(&res).starts_with("text/csv"),
@@ -443,14 +437,7 @@ async fn clicks_export_as_csv_in_order_with_every_field() -> TestResult {
         None,
     )
     .await;
-    let res = app
-        .client
-        .get(app.url("/api/links/csv/clicks"))
-        .header("Accept", "text/csv")
-        .bearer_auth(KEY)
-        .send()
-        .await?;
-    let body = res.text().await?;
+    let body = csv_export(&app, "csv").await.text().await?;
     let last = csv::Reader::from_reader(body.as_bytes())
         .records()
         .last()
@@ -477,16 +464,21 @@ async fn clicks_export_as_csv_in_order_with_every_field() -> TestResult {
     Ok(())
 }
 
-/// The rows of a link's CSV export (its stored clicks), by number.
-async fn exported(app: &TestApp, code: &str) -> Vec<u64> {
-    let body = app
-        .client
+/// `GET /api/links/{code}/clicks` with `Accept: text/csv`.
+async fn csv_export(app: &TestApp, code: &str) -> reqwest::Response {
+    app.client
         .get(app.url(&format!("/api/links/{code}/clicks")))
         .header("Accept", "text/csv")
         .bearer_auth(KEY)
         .send()
         .await
         .expect("export sent")
+}
+
+/// The rows of a link's CSV export (its stored clicks), by number.
+async fn exported(app: &TestApp, code: &str) -> Vec<u64> {
+    let body = csv_export(app, code)
+        .await
         .text()
         .await
         .expect("export read");
