@@ -720,6 +720,23 @@ mod tests {
     }
 
     #[test]
+    fn a_log_whose_start_expired_is_counted_as_missing_not_folded() {
+        let key = VisitorKey::new([5; 32]);
+        let settings = AggregateSettings::default();
+        let mut agg = Aggregates::default();
+        agg.skip_to(3);
+        for seq in 3..=4 {
+            let e = event(seq, 0, "192.0.2.1", "ua", false, None);
+            assert_eq!(agg.fold(&e, &key, &settings), Ok(()));
+        }
+        assert_eq!(
+            (agg.covers(), agg.missing(), agg.totals().clicks),
+            (4, 2, 2)
+        );
+        assert_eq!(agg.check(), Ok(()), "the missing clicks are accounted for");
+    }
+
+    #[test]
     fn referrer_hosts() {
         assert_eq!(referrer_host(None), DIRECT);
         assert_eq!(referrer_host(Some(" ")), DIRECT);

@@ -262,6 +262,14 @@ pub struct StatsAnswer {
     pub top: Top,
     pub top_from: String,
     pub top_to: String,
+    /// Clicks counted but not in the aggregates: only when retention deleted raw clicks and
+    /// the snapshot covering them was then lost (see the README). Absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub clicks_not_in_aggregates: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The series a window asks for: its first bucket start, the points, and their sum.
@@ -421,6 +429,7 @@ pub fn answer(
         top: Top::of(tops, None, true),
         top_from: show(top_from, query),
         top_to: show(top_to, query),
+        clicks_not_in_aggregates: aggregates.missing(),
     })
 }
 
