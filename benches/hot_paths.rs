@@ -326,35 +326,22 @@ fn stats(c: &mut Criterion) {
             n
         })
     });
+    // RFC 3339, as a stats question carries it.
+    let at = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms).map_or_else(|_| String::new(), |t| t.to_string())
+    };
     let whole = StatsQuery::whole_life();
-    let month = StatsQuery::parse(
-        Some(
-            &jiff::Timestamp::from_millisecond(now - 30 * 86_400_000)
-                .map_or_else(|_| String::new(), |t| t.to_string()),
-        ),
-        None,
-        Some("hour"),
-        None,
-    )
-    .expect("query");
+    let month = StatsQuery::parse(Some(&at(now - 30 * 86_400_000)), None, Some("hour"), None)
+        .expect("query");
     let year = StatsQuery::parse(
-        Some(
-            &jiff::Timestamp::from_millisecond(now - 365 * 86_400_000)
-                .map_or_else(|_| String::new(), |t| t.to_string()),
-        ),
-        Some(
-            &jiff::Timestamp::from_millisecond(now)
-                .map_or_else(|_| String::new(), |t| t.to_string()),
-        ),
+        Some(&at(now - 365 * 86_400_000)),
+        Some(&at(now)),
         Some("day"),
         None,
     )
     .expect("query");
     let quarter = StatsQuery::parse(
-        Some(
-            &jiff::Timestamp::from_millisecond(now - 89 * 86_400_000)
-                .map_or_else(|_| String::new(), |t| t.to_string()),
-        ),
+        Some(&at(now - 89 * 86_400_000)),
         None,
         Some("day"),
         Some("Europe/Berlin"),

@@ -94,11 +94,6 @@ impl Bucket {
         self.counts.add(human);
         self.visitors.insert_hash(visitor);
     }
-
-    fn merge(&mut self, other: &Bucket) {
-        self.counts.merge(&other.counts);
-        self.visitors.merge(&other.visitors);
-    }
 }
 
 /// The clicks of one dimension by value, capped. Ten lookups per click (five lists, per day
@@ -422,13 +417,6 @@ impl Aggregates {
         map.range(from..to.max(from)).map(|(t, b)| (*t, b))
     }
 
-    /// The first bucket start of `interval` still kept.
-    pub fn first_kept(&self, interval: Interval) -> Option<i64> {
-        self.buckets(interval, i64::MIN, i64::MAX)
-            .next()
-            .map(|(t, _)| t)
-    }
-
     /// The top lists of the UTC days whose start lies in `[from, to)`.
     pub fn tops_between(&self, from: i64, to: i64) -> Breakdown {
         let mut out = Breakdown::default();
@@ -469,15 +457,6 @@ impl Aggregates {
             day += DAY_MS;
         }
         total
-    }
-
-    /// Sums buckets (the window's totals and unique visitors).
-    pub fn sum<'a>(buckets: impl Iterator<Item = &'a Bucket>) -> Bucket {
-        let mut out = Bucket::default();
-        for bucket in buckets {
-            out.merge(bucket);
-        }
-        out
     }
 
     /// Checks the invariant every stored state keeps: the totals, the day series and every

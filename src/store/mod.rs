@@ -399,11 +399,8 @@ impl Store {
 
     /// The last click the stored aggregates snapshot of `code` covers (0: none).
     pub fn covers(&self, code: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .stats
-            .get(records::covers_key(code))?
-            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes))
+        let bytes = self.stats.get(records::covers_key(code))?;
+        Ok(records::decode_covers(bytes.as_deref()))
     }
 
     /// The code of the first click at or after the key `from`, and `from` moved past every
@@ -670,13 +667,12 @@ impl Store {
                     seen.codes_clicked += 1;
                     // Clicks before the first may have expired (`--click-retention-days`),
                     // but only ones the stored aggregates cover.
-                    let covers = snapshot
-                        .get(
-                            &self.stats,
-                            records::covers_key(&String::from_utf8_lossy(code)),
-                        )?
-                        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
-                        .map_or(0, u64::from_be_bytes);
+                    let code_text = String::from_utf8_lossy(code);
+                    let covers = records::decode_covers(
+                        snapshot
+                            .get(&self.stats, records::covers_key(&code_text))?
+                            .as_deref(),
+                    );
                     if seq > 1 && seq <= covers + 1 { seq } else { 1 }
                 }
             };

@@ -214,6 +214,13 @@ pub fn covers_key(code: &str) -> Vec<u8> {
     click_prefix(code)
 }
 
+/// The value under a [`covers_key`] (0 when absent or not 8 bytes: no snapshot to rely on).
+pub fn decode_covers(bytes: Option<&[u8]>) -> u64 {
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 pub fn click_prefix(code: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(code.len() + 9);
     key.extend_from_slice(code.as_bytes());
