@@ -176,6 +176,7 @@ fn actor_and_redirect(c: &mut Criterion) {
                         referer: None,
                         country: None,
                         ack: None,
+                        admit: None,
                     },
                 );
             }
@@ -220,6 +221,7 @@ fn group_commit(c: &mut Criterion) {
             commit_interval: Duration::ZERO,
             max_batch: 4096,
             fsync_interval: Duration::from_secs(1),
+            deleted_code_hold: Duration::ZERO,
         },
     )
     .unwrap_or_else(|e| panic!("writer: {e}"));

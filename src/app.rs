@@ -61,6 +61,10 @@ impl App {
         tokio::task::spawn_blocking(move || built.build_missing_aggregates(&aggregates))
             .await?
             .context("cannot build the aggregates of the stored links")?;
+        let built = store.clone();
+        tokio::task::spawn_blocking(move || built.build_link_index())
+            .await?
+            .context("cannot build the listing index of the stored links")?;
         let writer = Writer::start(
             store.clone(),
             WriterConfig {
@@ -68,6 +72,7 @@ impl App {
                 commit_interval: config.commit_interval,
                 max_batch: config.commit_max.max(1),
                 fsync_interval: config.fsync_interval,
+                deleted_code_hold: config.deleted_code_hold,
             },
         )
         .context("cannot start the writer thread")?;

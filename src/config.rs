@@ -166,6 +166,15 @@ pub struct ServeConfig {
     /// a link's last click is kept, it carries the count). Off by default: clicks are kept.
     #[arg(long, env = "LINKPULSE_CLICK_RETENTION_DAYS")]
     pub click_retention_days: Option<u32>,
+    /// A deleted link's code cannot be used for a new link for this long, so a short link
+    /// already shared never starts pointing somewhere else. Its clicks and aggregates are
+    /// deleted at once.
+    #[arg(long, env = "LINKPULSE_DELETED_CODE_HOLD", value_parser = duration, default_value = "30days")]
+    pub deleted_code_hold: Duration,
+    /// At most this many password checks (argon2, about 20 ms of CPU each) run at once; more
+    /// wait their turn.
+    #[arg(long, env = "LINKPULSE_PASSWORD_CHECKS", default_value_t = 2)]
+    pub password_checks: usize,
     /// How often expired clicks are looked for (with --click-retention-days).
     #[arg(long, env = "LINKPULSE_CLICK_RETENTION_CHECK", value_parser = duration, default_value = "1h")]
     pub click_retention_check: Duration,

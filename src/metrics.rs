@@ -23,15 +23,18 @@ pub enum DropReason {
     Timeout,
     /// The service was stopping.
     ShuttingDown,
+    /// The link was deleted while the click was on its way.
+    LinkDeleted,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 5] = [
+    const ALL: [DropReason; 6] = [
         DropReason::Backlog,
         DropReason::StoreFailed,
         DropReason::ActorUnavailable,
         DropReason::Timeout,
         DropReason::ShuttingDown,
+        DropReason::LinkDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl DropReason {
             DropReason::ActorUnavailable => "actor_unavailable",
             DropReason::Timeout => "timeout",
             DropReason::ShuttingDown => "shutting_down",
+            DropReason::LinkDeleted => "link_deleted",
         }
     }
 }

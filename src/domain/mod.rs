@@ -9,7 +9,9 @@ mod target;
 
 pub use click::{ClickEvent, DeviceClass};
 pub use code::{CodeError, ShortCode};
-pub use link::{KeyId, Link};
+pub use link::{
+    KeyId, Link, MAX_RULES, MAX_TAG, MAX_TAGS, MAX_TITLE, RedirectRule, RuleDevice, rule_device,
+};
 pub use target::{TargetUrl, UrlError};
 
 /// Milliseconds since the Unix epoch, the one clock format stored on disk.

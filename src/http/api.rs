@@ -1,4 +1,5 @@
-//! The JSON API for link owners: create a link, read it with its count, list its clicks.
+//! The JSON API for link owners: create a link, read it with its count and stats, list its
+//! clicks. Listing, changing and deleting links are in `manage`.
 
 use std::sync::Arc;
 
@@ -6,12 +7,16 @@ use salvo::{
     http::{StatusCode, header, mime},
     prelude::*,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{ApiError, AppState, authenticate, client_ip, code_param, limit::Limited};
+use super::{
+    ApiError, AppState, authenticate, client_ip, code_param,
+    fields::{LinkFields, hash_password},
+    limit::Limited,
+};
 use crate::{
     analytics::StatsQuery,
-    domain::{Link, ShortCode, TargetUrl, format_ms, now_ms},
+    domain::{Link, RedirectRule, ShortCode, format_ms, now_ms},
     keys::Caller,
     links::{Snapshot, frame::Analytics},
 };
@@ -21,28 +26,58 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// How many times a generated code is drawn again when it is taken.
 const GENERATE_ATTEMPTS: usize = 8;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateRequest {
-    url: String,
-    #[serde(default)]
-    code: Option<String>,
-}
-
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct LinkBody<'a> {
+struct RuleOut<'a> {
+    device: Option<crate::domain::RuleDevice>,
+    country: Option<&'a str>,
+    url: &'a str,
+}
+
+impl<'a> RuleOut<'a> {
+    fn of(rule: &'a RedirectRule) -> Self {
+        Self {
+            device: rule.device,
+            country: rule.country.as_deref(),
+            url: rule.url.as_str(),
+        }
+    }
+}
+
+/// A link as the API shows it (`GET /api/links/{code}`, and each entry of a listing).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct LinkBody<'a> {
     code: &'a str,
     url: &'a str,
     short_url: String,
     stats_url: String,
     realtime_url: String,
+    qr_url: String,
     created_at: String,
+    updated_at: String,
+    title: Option<&'a str>,
+    tags: &'a [String],
+    expires_at: Option<String>,
+    expired_url: Option<&'a str>,
+    max_visits: Option<u64>,
+    redirect_status: u16,
+    forward_query: bool,
+    public_stats: bool,
+    password_protected: bool,
+    rules: Vec<RuleOut<'a>>,
     click_count: u64,
     last_click: Option<Analytics<'a>>,
 }
 
-fn link_body<'a>(state: &AppState, link: &'a Link, snapshot: Option<&'a Snapshot>) -> LinkBody<'a> {
+/// The redirect status of a link without its own.
+pub const DEFAULT_REDIRECT_STATUS: u16 = 302;
+
+pub(super) fn link_body<'a>(
+    state: &AppState,
+    link: &'a Link,
+    snapshot: Option<&'a Snapshot>,
+) -> LinkBody<'a> {
     let base = &state.base_url;
     let code = link.code.as_str();
     LinkBody {
@@ -51,10 +86,80 @@ fn link_body<'a>(state: &AppState, link: &'a Link, snapshot: Option<&'a Snapshot
         short_url: format!("{base}/{code}"),
         stats_url: format!("{base}/links/{code}"),
         realtime_url: format!("{base}/realtime/{code}"),
+        qr_url: format!("{base}/api/links/{code}/qr"),
         created_at: format_ms(link.created_at),
+        updated_at: format_ms(link.updated_at),
+        title: link.title.as_deref(),
+        tags: &link.tags,
+        expires_at: link.expires_at.map(format_ms),
+        expired_url: link.expired_url.as_ref().map(|u| u.as_str()),
+        max_visits: link.max_visits,
+        redirect_status: link.redirect_status.unwrap_or(DEFAULT_REDIRECT_STATUS),
+        forward_query: link.forward_query,
+        public_stats: link.public_stats,
+        password_protected: link.password.is_some(),
+        rules: link.rules.iter().map(RuleOut::of).collect(),
         click_count: snapshot.map_or(0, |s| s.count),
         last_click: snapshot.and_then(|s| s.last.as_deref().map(|e| Analytics::of(code, e))),
     }
+}
+
+/// Reads a JSON object body of at most [`MAX_BODY`] bytes into `T`, or says what is wrong
+/// with it (415, 413, 400).
+pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
+    req: &mut Request,
+) -> Result<T, ApiError> {
+    let is_json = req
+        .content_type()
+        .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {MAX_BODY} bytes"),
+        )
+    };
+    // Refused before reading: salvo would wait for a body it is told is too large.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let body = req
+        .payload_with_max_size(MAX_BODY)
+        .await
+        .map_err(|e| match e {
+            salvo::http::ParseError::PayloadTooLarge => too_large(),
+            _ => ApiError::bad_request("could not read the request body"),
+        })?;
+    // serde would also take a JSON array as the fields in order.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("JSON body must be an object"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Hashes a password sent in a body off the async threads (`None`: none sent or removed).
+pub(super) async fn password_hash(password: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(password) = password.map(str::to_owned) else {
+        return Ok(None);
+    };
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|_| ApiError::unavailable("shutting down", 1))?
+        .map(Some)
+        .map_err(|e| {
+            tracing::error!(cause = %e, "a password could not be hashed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        })
 }
 
 pub struct CreateLink(pub Arc<AppState>);
@@ -73,53 +178,24 @@ impl CreateLink {
             .create_limits
             .check_key(&caller.key_id)
             .map_err(Limited::into_error)?;
-        let is_json = req
-            .content_type()
-            .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
-        if !is_json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Content-Type must be application/json",
-            ));
-        }
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_BODY} bytes"),
-            )
+        let request: LinkFields = read_json(req).await?;
+        let mut patch = request.check().map_err(ApiError::bad_request)?;
+        let Some(target) = patch.target.take() else {
+            return Err(ApiError::bad_request("url is required"));
         };
-        // Refused before reading: salvo would wait for a body it is told is too large.
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(too_large());
-        }
-        let body = req
-            .payload_with_max_size(MAX_BODY)
-            .await
-            .map_err(|e| match e {
-                salvo::http::ParseError::PayloadTooLarge => too_large(),
-                _ => ApiError::bad_request("could not read the request body"),
-            })?;
-        // serde would also take a JSON array as the fields in order.
-        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::bad_request("JSON body must be an object"));
-        }
-        let request: CreateRequest = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        let target =
-            TargetUrl::parse(&request.url).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let chosen = request
             .code
-            .map(|c| ShortCode::parse(&c).map_err(|e| ApiError::bad_request(e.to_string())))
+            .as_deref()
+            .map(|c| ShortCode::parse(c).map_err(|e| ApiError::bad_request(e.to_string())))
             .transpose()?;
-        let new_link = |code: ShortCode| Link {
-            code,
-            target: target.clone(),
-            owner: caller.key_id.clone(),
-            created_at: now_ms(),
+        patch.password = Some(password_hash(request.password.flatten().as_deref()).await?);
+        let new_link = |code: ShortCode| {
+            patch.apply(&Link::new(
+                code,
+                target.clone(),
+                caller.key_id.clone(),
+                now_ms(),
+            ))
         };
         if let Some(code) = chosen {
             let link = new_link(code);
@@ -128,7 +204,11 @@ impl CreateLink {
             } else {
                 Err(ApiError::new(
                     StatusCode::CONFLICT,
-                    format!("code '{}' is already taken", link.code),
+                    format!(
+                        "code '{}' is already taken (or was deleted recently: a deleted code \
+                         is held for a while before it can be used again)",
+                        link.code
+                    ),
                 ))
             };
         }
@@ -162,7 +242,10 @@ impl Handler for CreateLink {
 
 /// Finds the link named in the path if the caller may see it. Another owner's link answers
 /// 404 like a missing one, so codes cannot be probed.
-async fn owned_link(state: &AppState, req: &Request) -> Result<(Caller, Arc<Link>), ApiError> {
+pub(super) async fn owned_link(
+    state: &AppState,
+    req: &Request,
+) -> Result<(Caller, Arc<Link>), ApiError> {
     let caller = authenticate(state, req)?;
     let missing = || ApiError::not_found("no such link");
     let code = ShortCode::parse(code_param(req)).map_err(|_| missing())?;

@@ -10,9 +10,11 @@
 //! doubled one) names the same route as without it, on both stream transports too.
 
 mod api;
+mod fields;
 pub mod front;
 mod health;
 pub mod limit;
+mod manage;
 mod pages;
 mod realtime;
 mod redirect;
@@ -86,12 +88,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .push(
             Router::with_path("api/links")
                 .post(api::CreateLink(s()))
-                .goal(NotAllowed("POST")),
+                .get(manage::ListLinks(s()))
+                .head(manage::ListLinks(s()))
+                .goal(NotAllowed("GET, HEAD, POST")),
         )
         .push(
             Router::with_path("api/links/{code}")
                 .get(api::ReadLink(s()))
                 .head(api::ReadLink(s()))
+                .patch(manage::PatchLink(s()))
+                .delete(manage::DeleteLink(s()))
                 .push(
                     Router::with_path("stats")
                         .get(api::LinkStats(s()))
@@ -104,7 +110,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                         .head(api::ListClicks(s()))
                         .goal(NotAllowed(GET_HEAD)),
                 )
-                .goal(NotAllowed(GET_HEAD)),
+                .goal(NotAllowed("GET, HEAD, PATCH, DELETE")),
         )
         .push(
             Router::with_path("realtime/{code}")
@@ -135,7 +141,17 @@ pub fn router(state: Arc<AppState>) -> Router {
                     state: s(),
                     count: false,
                 })
-                .goal(NotAllowed(GET_HEAD)),
+                // The answer to a protected link's password form.
+                .post(redirect::Unlock {
+                    redirect: redirect::Redirect {
+                        state: s(),
+                        count: true,
+                    },
+                    checks: Arc::new(tokio::sync::Semaphore::new(
+                        state.config.password_checks.max(1),
+                    )),
+                })
+                .goal(NotAllowed("GET, HEAD, POST")),
         )
         .push(Router::with_path("{**rest}").goal(pages::Fallback))
 }
@@ -146,6 +162,12 @@ struct NotAllowed(&'static str);
 #[async_trait]
 impl Handler for NotAllowed {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        self.answer(req, res);
+    }
+}
+
+impl NotAllowed {
+    fn answer(&self, req: &Request, res: &mut Response) {
         res.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(self.0));
         ApiError::new(

@@ -57,6 +57,8 @@ struct Stats<'a> {
     target: &'a str,
     /// The count when the page was made, or `…` when it could not be read.
     count: String,
+    /// Whether the page shows more than the count (`publicStats`).
+    public: bool,
     uplot_js: &'static str,
     uplot_css: &'static str,
 }
@@ -65,6 +67,45 @@ struct Stats<'a> {
 pub fn not_found(res: &mut Response) {
     res.status_code(StatusCode::NOT_FOUND);
     res.render(Text::Html(NOT_FOUND));
+}
+
+/// A small HTML 410 for a link past its expiry or visit limit (without an `expiredUrl`).
+pub fn gone(res: &mut Response) {
+    res.status_code(StatusCode::GONE);
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=0, no-store"),
+    );
+    res.render(Text::Html(GONE));
+}
+
+const GONE: &str = include_str!("../pages/gone.html");
+
+/// The password form of a protected link (`wrong`: after a wrong password, with `401`).
+#[derive(Template)]
+#[template(path = "password.html")]
+struct PasswordForm<'a> {
+    code: &'a str,
+    wrong: bool,
+}
+
+pub fn password_form(res: &mut Response, code: &str, wrong: bool) {
+    res.status_code(if wrong {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    });
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=0, no-store"),
+    );
+    match (PasswordForm { code, wrong }).render() {
+        Ok(html) => res.render(Text::Html(html)),
+        Err(e) => {
+            tracing::error!(cause = %e, "the password form could not be rendered");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").write(res);
+        }
+    }
 }
 
 /// Anything no route matched: JSON under `/api/` and `/realtime/`, the HTML page elsewhere.
@@ -108,6 +149,7 @@ impl Handler for StatsPage {
             short_url: format!("{}/{}", state.base_url, link.code),
             target: link.target.as_str(),
             count,
+            public: link.public_stats,
             uplot_js: UPLOT_JS_PATH,
             uplot_css: UPLOT_CSS_PATH,
         };

@@ -1,5 +1,8 @@
-//! `GET /{code}`: answer `302` at once and cast the click; `HEAD /{code}` answers the same
-//! without counting. In strict durability the answer waits for the click's fsync.
+//! `GET /{code}`: answer `302` (or the link's status) at once and cast the click; `HEAD /{code}`
+//! answers the same without counting. In strict durability the answer waits for the click's
+//! fsync. A plain link takes the short path; one with an expiry, a visit limit, rules, a
+//! forwarded query or a password takes [`Redirect::managed`]: a visit limit makes the answer
+//! wait for the actor to number the click (or refuse it), so it is exact.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,10 +13,10 @@ use salvo::{
 use tokio::sync::oneshot;
 use tracing::error;
 
-use super::{AppState, client_ip, code_param, pages};
+use super::{AppState, client_ip, code_param, fields::verify_password, pages};
 use crate::{
     analytics::{anonymise_ip, clip},
-    domain::{ShortCode, now_ms},
+    domain::{Link, ShortCode, now_ms, rule_device},
     links::Click,
     store::Durability,
 };
@@ -65,6 +68,7 @@ impl Redirect {
             referer: (!referer.is_empty()).then(|| clip(referer, MAX_REFERER)),
             country,
             ack: None,
+            admit: None,
         }
     }
 }
@@ -86,6 +90,13 @@ impl Handler for Redirect {
             Ok(None) => return pages::not_found(res),
             Err(e) => return super::ApiError::from(e).write(res),
         };
+        if !link.is_plain() {
+            if link.password.is_some() {
+                // The form first; its answer (a POST) is what redirects and counts.
+                return pages::password_form(res, link.code.as_str(), false);
+            }
+            return self.managed(req, res, &link, None).await;
+        }
         let Ok(location) = HeaderValue::from_str(link.target.as_str()) else {
             // Cannot happen: targets are ASCII without control characters by construction.
             error!(code = %code, "stored target is not a valid header value");
@@ -94,34 +105,205 @@ impl Handler for Redirect {
         };
         if self.count {
             let mut click = self.click(req);
-            let fsynced = if self.state.config.durability == Durability::Strict {
-                let (tx, rx) = oneshot::channel();
-                click.ack = Some(tx);
-                Some(rx)
-            } else {
-                None
-            };
-            // In default durability a click that cannot be taken (the store failed, the backlog
-            // is full) is dropped and counted in the metrics; the visitor still gets the
-            // redirect. In strict durability the redirect waits for the click's fsync, so a
-            // click that cannot be stored is a 503.
+            let fsynced = self.strict_ack(&mut click);
             let taken = self.state.links.click(&link, click);
-            if let Some(fsynced) = fsynced
-                && (taken.is_err()
-                    || !matches!(tokio::time::timeout(STRICT_WAIT, fsynced).await, Ok(Ok(()))))
-            {
+            if !self.stored(taken, fsynced).await {
                 return super::ApiError::unavailable("the click could not be stored", 1).write(res);
             }
         }
-        res.status_code(StatusCode::FOUND);
-        let headers = res.headers_mut();
-        headers.insert(header::LOCATION, location);
-        // Said explicitly so HEAD answers carry it too (load tools wait for a length).
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        // Every click must reach us: no caching of the redirect by browsers or proxies.
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("private, max-age=0, no-store"),
-        );
+        redirect(res, status_of(&link), location);
+    }
+}
+
+/// The status a link redirects with.
+fn status_of(link: &Link) -> StatusCode {
+    link.redirect_status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::FOUND)
+}
+
+fn redirect(res: &mut Response, status: StatusCode, location: HeaderValue) {
+    res.status_code(status);
+    let headers = res.headers_mut();
+    headers.insert(header::LOCATION, location);
+    // Said explicitly so HEAD answers carry it too (load tools wait for a length).
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    // Every click must reach us: no caching of the redirect by browsers or proxies.
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=0, no-store"),
+    );
+}
+
+/// `target` with the short URL's query string appended (before any fragment).
+fn with_query(target: &str, query: Option<&str>) -> String {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return target.to_owned();
+    };
+    let (base, fragment) = match target.find('#') {
+        Some(at) => target.split_at(at),
+        None => (target, ""),
+    };
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}{query}{fragment}")
+}
+
+impl Redirect {
+    /// In strict durability, a click carries a sender for its fsync.
+    fn strict_ack(&self, click: &mut Click) -> Option<oneshot::Receiver<()>> {
+        if self.state.config.durability != Durability::Strict {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        click.ack = Some(tx);
+        Some(rx)
+    }
+
+    /// In default durability a click that cannot be taken (the store failed, the backlog is
+    /// full) is dropped and counted in the metrics; the visitor still gets the redirect. In
+    /// strict durability the redirect waits for the click's fsync, so a click that cannot be
+    /// stored is a 503 (false here).
+    async fn stored(
+        &self,
+        taken: Result<(), crate::metrics::DropReason>,
+        fsynced: Option<oneshot::Receiver<()>>,
+    ) -> bool {
+        match fsynced {
+            None => true,
+            Some(fsynced) => {
+                taken.is_ok()
+                    && matches!(tokio::time::timeout(STRICT_WAIT, fsynced).await, Ok(Ok(())))
+            }
+        }
+    }
+
+    /// What a link that is no longer available answers: its `expiredUrl`, else `410`.
+    fn gone(res: &mut Response, link: &Link) {
+        match link
+            .expired_url
+            .as_ref()
+            .and_then(|u| HeaderValue::from_str(u.as_str()).ok())
+        {
+            Some(location) => redirect(res, StatusCode::FOUND, location),
+            None => pages::gone(res),
+        }
+    }
+
+    /// The redirect of a link with more than a target: expiry, a visit limit, rules, the query
+    /// string forwarded, a password (`status` is then the answer to its form).
+    pub(super) async fn managed(
+        &self,
+        req: &Request,
+        res: &mut Response,
+        link: &Arc<Link>,
+        status: Option<StatusCode>,
+    ) {
+        let state = &self.state;
+        if link.expired_at(now_ms()) {
+            return Self::gone(res, link);
+        }
+        let mut click = self.click(req);
+        let target = if link.rules.is_empty() {
+            &link.target
+        } else {
+            let agent = state.links.classify(&click.user_agent);
+            let device = rule_device(&agent.os, agent.device);
+            link.rules
+                .iter()
+                .find(|r| r.matches(device, click.country.as_deref()))
+                .map_or(&link.target, |r| &r.url)
+        };
+        let target = if link.forward_query {
+            with_query(target.as_str(), req.uri().query())
+        } else {
+            target.as_str().to_owned()
+        };
+        let Ok(location) = HeaderValue::from_str(&target) else {
+            // A query string a client sent that is not a valid header value.
+            return super::ApiError::bad_request("the query string cannot be forwarded")
+                .write(res);
+        };
+        let status = status.unwrap_or_else(|| status_of(link));
+        if !self.count {
+            // HEAD: the answer a GET would get now, without counting.
+            if let Some(max) = link.max_visits {
+                match state.links.snapshot(link).await {
+                    Ok(s) if s.count >= max => return Self::gone(res, link),
+                    Ok(_) => {}
+                    Err(e) => return super::ApiError::from(e).write(res),
+                }
+            }
+            return redirect(res, status, location);
+        }
+        let admitted = link.max_visits.map(|_| {
+            let (tx, rx) = oneshot::channel();
+            click.admit = Some(tx);
+            rx
+        });
+        let fsynced = self.strict_ack(&mut click);
+        let taken = state.links.click(link, click);
+        if let Some(admitted) = admitted {
+            match tokio::time::timeout(STRICT_WAIT, admitted).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    // Past the limit, or deleted meanwhile.
+                    return match state.links.find(&link.code).await {
+                        Ok(Some(_)) => Self::gone(res, link),
+                        Ok(None) => pages::not_found(res),
+                        Err(e) => super::ApiError::from(e).write(res),
+                    };
+                }
+                // Not taken (the store failed, the backlog is full, the actor cannot start):
+                // unknown whether it would be within the limit.
+                _ => {
+                    return super::ApiError::unavailable("the click could not be counted", 1)
+                        .write(res);
+                }
+            }
+        }
+        if !self.stored(taken, fsynced).await {
+            return super::ApiError::unavailable("the click could not be stored", 1).write(res);
+        }
+        redirect(res, status, location);
+    }
+}
+
+/// `POST /{code}`: the password form's answer. A wrong password is `401` with the form again
+/// and counts nothing; the right one counts the click and redirects (`303`, so the password
+/// is not sent on to the target).
+pub struct Unlock {
+    pub redirect: Redirect,
+    /// Password checks running at once (`--password-checks`).
+    pub checks: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait]
+impl Handler for Unlock {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let state = &self.redirect.state;
+        let Ok(code) = ShortCode::parse(code_param(req)) else {
+            return pages::not_found(res);
+        };
+        let link = match state.links.find(&code).await {
+            Ok(Some(link)) => link,
+            Ok(None) => return pages::not_found(res),
+            Err(e) => return super::ApiError::from(e).write(res),
+        };
+        let Some(hash) = link.password.clone() else {
+            return super::NotAllowed(super::GET_HEAD).answer(req, res);
+        };
+        let password = req.form::<String>("password").await.unwrap_or_default();
+        let Ok(_turn) = self.checks.acquire().await else {
+            return super::ApiError::unavailable("shutting down", 1).write(res);
+        };
+        let right = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+            .await
+            .unwrap_or(false);
+        if !right {
+            return pages::password_form(res, link.code.as_str(), true);
+        }
+        self.redirect
+            .managed(req, res, &link, Some(StatusCode::SEE_OTHER))
+            .await;
     }
 }

@@ -31,8 +31,8 @@ use crate::{
     analytics::{
         Aggregates, QueryError, StatsAnswer, StatsQuery, aggregates::encode_snapshot, query,
     },
-    domain::{ClickEvent, ShortCode, now_ms},
-    store::{ClickBatch, CommitListener, StoreError},
+    domain::{ClickEvent, Link, ShortCode, now_ms},
+    store::{ClickBatch, CommitListener, StoreError, WriteError},
 };
 
 /// At most one `stats` event per link in this interval.
@@ -82,6 +82,12 @@ pub enum LinkMsg {
     Stats(Box<StatsAsk>),
     /// Send the current state to the subscribers (scheduled after a change).
     Flush,
+    /// The link changed (a newer copy; an older one is ignored).
+    Replace(Arc<Link>),
+    /// Delete the link: refuse clicks from now on, queue the deletion behind the clicks
+    /// already numbered, send subscribers a last `deleted` event, end their streams and stop.
+    /// Answered with the store's answer (`false`: no such link).
+    Delete(RpcReplyPort<Result<bool, WriteError>>),
     /// Fault injection (tests): the handler fails as a bug would, and the actor dies.
     Fail,
     /// Timer: heartbeats, catching up or dropping slow subscribers, idleness. Carries the
@@ -137,12 +143,18 @@ pub struct LinkActor;
 
 pub struct LinkArgs {
     pub code: ShortCode,
+    /// The link as its first message saw it; a newer stored copy wins.
+    pub link: Arc<Link>,
     pub shared: Arc<Shared>,
     pub inbox: Arc<Inbox>,
 }
 
 pub struct LinkState {
     code: ShortCode,
+    /// The newest copy of the link: its visit limit and whether its stats are public.
+    link: Arc<Link>,
+    /// Set by a deletion: clicks are refused, nothing more is stored.
+    deleted: bool,
     shared: Arc<Shared>,
     inbox: Arc<Inbox>,
     watch: Arc<CommitWatch>,
@@ -194,7 +206,16 @@ impl LinkState {
         self.last_activity = Instant::now();
         let mut events = Vec::with_capacity(clicks.len());
         let mut acks = Vec::new();
-        for click in clicks {
+        for mut click in clicks {
+            // The visit limit is checked here, where clicks are numbered one at a time: never
+            // one more than the limit, however many race for the last place.
+            let refused = self.deleted || self.link.max_visits.is_some_and(|max| self.count >= max);
+            if let Some(admit) = click.admit.take() {
+                let _ = admit.send(!refused);
+            }
+            if refused {
+                continue;
+            }
             self.count += 1;
             let agent = self.shared.agents.classify(&click.user_agent);
             let event = Arc::new(ClickEvent {
@@ -211,6 +232,9 @@ impl LinkState {
             });
             events.push(event);
             acks.extend(click.ack);
+        }
+        if events.is_empty() {
+            return;
         }
         self.uncommitted.extend(events.iter().cloned());
         self.shared.writer.clicks(ClickBatch {
@@ -300,8 +324,12 @@ impl LinkState {
         )
     }
 
-    /// The `stats` event of the aggregates as they are, built once per change.
+    /// The `stats` event of the aggregates as they are, built once per change (nothing for a
+    /// link whose stats are not public).
     fn stats_event(&mut self) -> Bytes {
+        if !self.link.public_stats {
+            return Bytes::new();
+        }
         let now = now_ms();
         let minute = now.div_euclid(60_000);
         // Its last hour moves on with the clock, even without clicks.
@@ -403,7 +431,9 @@ impl LinkState {
     }
 
     fn current_frame(&mut self) -> Bytes {
-        let (code, count, last) = (&self.code, self.committed, self.last.as_deref());
+        // Beyond the count, a private link's frames say nothing.
+        let last = self.last.as_deref().filter(|_| self.link.public_stats);
+        let (code, count) = (&self.code, self.committed);
         self.frame
             .get_or_insert_with(|| frame::state_frame(code.as_str(), count, last))
             .clone()
@@ -463,7 +493,9 @@ impl LinkState {
         if self.stats_due() && !self.subscribers.is_empty() {
             // Changes that came too soon after the last `stats` event for the frames.
             let stats = self.stats_round();
-            self.subscribers.send_all(&stats);
+            if !stats.is_empty() {
+                self.subscribers.send_all(&stats);
+            }
         }
         if self.subscribers.any_behind(self.committed) {
             // A reader catching up gets the aggregates it may have missed with the count.
@@ -541,6 +573,7 @@ impl Actor for LinkActor {
     ) -> Result<LinkState, ActorProcessingErr> {
         let LinkArgs {
             code,
+            link,
             shared,
             inbox,
         } = args;
@@ -554,8 +587,13 @@ impl Actor for LinkActor {
             shared.visitor_key.clone(),
             shared.settings.aggregates.clone(),
         );
-        let (counter, aggregates, stored_covers) = tokio::task::spawn_blocking(move || {
+        let (stored, counter, aggregates, stored_covers) = tokio::task::spawn_blocking(move || {
             let code = key.as_str();
+            // A click that found the link just before its deletion must not start an actor
+            // that would store it for a deleted code.
+            let Some(stored) = store.link(code)? else {
+                return Ok(None);
+            };
             let counter = store.counter(code)?;
             let mut aggregates = match store.aggregates(code)? {
                 Some(stored) if stored.covers() <= counter.count => stored,
@@ -593,9 +631,15 @@ impl Actor for LinkActor {
                     counter.count
                 )));
             }
-            Ok::<_, StoreError>((counter, aggregates, stored_covers))
+            Ok::<_, StoreError>(Some((stored, counter, aggregates, stored_covers)))
         })
-        .await??;
+        .await??
+        .ok_or("the link was deleted")?;
+        let link = if stored.rev > link.rev {
+            Arc::new(stored)
+        } else {
+            link
+        };
         let now = Instant::now();
         shared.metrics.actor_started();
         let watch = Arc::new(CommitWatch {
@@ -605,6 +649,8 @@ impl Actor for LinkActor {
         });
         let mut state = LinkState {
             code,
+            link,
+            deleted: false,
             inbox,
             watch,
             count: counter.count,
@@ -703,6 +749,15 @@ impl Actor for LinkActor {
                     state.wait(&myself, Waiter::Stats(ask));
                 }
             }
+            LinkMsg::Replace(link) => {
+                if link.rev > state.link.rev {
+                    state.link = link;
+                    // Whether stats are public may have changed.
+                    state.frame = None;
+                    state.stats_bytes = None;
+                }
+            }
+            LinkMsg::Delete(reply) => state.delete(&myself, reply),
             LinkMsg::Fail => return Err("fault injected".into()),
             LinkMsg::Tick(generation) => {
                 if generation == state.timer && !state.draining {
@@ -721,7 +776,9 @@ impl Actor for LinkActor {
     ) -> Result<(), ActorProcessingErr> {
         state.watch.wanted.store(false, SeqCst);
         state.sync_committed();
-        state.store_aggregates(true);
+        if !state.deleted {
+            state.store_aggregates(true);
+        }
         state.shared.metrics.actor_stopped();
         debug!(code = %state.code, count = state.count, "link actor stopped");
         Ok(())
@@ -729,6 +786,26 @@ impl Actor for LinkActor {
 }
 
 impl LinkState {
+    fn delete(&mut self, myself: &ActorRef<LinkMsg>, reply: RpcReplyPort<Result<bool, WriteError>>) {
+        self.deleted = true;
+        // Clicks already in the inbox are refused (their visitors get the deleted link's 404).
+        self.count_clicks();
+        // Queued now, behind every click batch this actor sent: the purge finds them all.
+        let deleted = self.shared.writer.delete_link(self.code.clone());
+        tokio::spawn(async move {
+            let _ = reply.send(deleted.await);
+        });
+        self.subscribers
+            .send_all(&frame::deleted_frame(self.code.as_str()));
+        self.subscribers.clear();
+        self.waiters.clear();
+        self.update_wanted();
+        if !self.draining && self.shared.directory.begin_drain(&self.code, myself.get_id()) {
+            self.draining = true;
+            let _ = myself.drain();
+        }
+    }
+
     /// Parks a question until the clicks counted before it are committed.
     fn wait(&mut self, myself: &ActorRef<LinkMsg>, waiter: Waiter) {
         self.waiters.push((self.count, waiter));

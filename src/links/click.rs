@@ -13,4 +13,7 @@ pub struct Click {
     pub country: Option<String>,
     /// Fired once the click is committed (and fsynced in strict mode); dropped if it never is.
     pub ack: Option<oneshot::Sender<()>>,
+    /// For a link with a visit limit: told whether the click was counted (within the limit)
+    /// as soon as the actor numbers it; dropped if the actor never takes it.
+    pub admit: Option<oneshot::Sender<bool>>,
 }

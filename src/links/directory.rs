@@ -38,7 +38,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(crate) struct Entry {
     pub actor: ActorRef<LinkMsg>,
+    /// The newest copy of the link (replaced by every change).
     pub link: Arc<Link>,
+    /// The link is being deleted: its entry no longer answers for it.
+    pub gone: bool,
     pub inbox: Arc<Inbox>,
     /// Set when the actor has decided to stop: new messages should wait for `done`.
     pub draining: bool,
@@ -61,6 +64,8 @@ pub(crate) enum Route {
     Unavailable,
     /// The service is shutting down.
     Closed,
+    /// The link was deleted: no actor starts for it.
+    Gone,
 }
 
 /// What became of a click handed to [`Directory::push_click`].
@@ -76,6 +81,9 @@ pub(crate) enum Pushed {
 pub(crate) struct Directory {
     map: DashMap<ShortCode, Entry>,
     backoff: DashMap<ShortCode, Backoff>,
+    /// Codes deleted while this process runs: no new actor starts for them (a click that
+    /// found the link just before its deletion is dropped, not stored for a deleted code).
+    gone: dashmap::DashSet<ShortCode>,
     closed: AtomicBool,
 }
 
@@ -86,7 +94,33 @@ impl Directory {
 
     /// The link of a live entry, if there is one (the hot path of a redirect).
     pub fn link(&self, code: &str) -> Option<Arc<Link>> {
-        self.map.get(code).map(|e| e.link.clone())
+        self.map
+            .get(code)
+            .and_then(|e| (!e.gone).then(|| e.link.clone()))
+    }
+
+    /// Puts a changed link in the code's entry (if it is newer) and tells its actor.
+    pub fn replace_link(&self, link: &Arc<Link>) {
+        if let Some(mut e) = self.map.get_mut(link.code.as_str())
+            && e.link.rev < link.rev
+        {
+            e.link = link.clone();
+            let _ = e.actor.cast(LinkMsg::Replace(link.clone()));
+        }
+    }
+
+    /// Marks a code as being deleted: its entry stops answering for it, and no new actor
+    /// starts for it.
+    pub fn mark_gone(&self, code: &ShortCode) {
+        self.gone.insert(code.clone());
+        if let Some(mut e) = self.map.get_mut(code.as_str()) {
+            e.gone = true;
+        }
+    }
+
+    /// A code made again after its hold.
+    pub fn unmark_gone(&self, code: &ShortCode) {
+        self.gone.remove(code);
     }
 
     /// Queues a click for the link's actor, starting the actor if there is none: the redirect's
@@ -107,6 +141,7 @@ impl Directory {
                 match self.route(shared, link) {
                     Route::Closed => return Pushed::Refused(DropReason::ShuttingDown),
                     Route::Unavailable => return Pushed::Refused(DropReason::ActorUnavailable),
+                    Route::Gone => return Pushed::Refused(DropReason::LinkDeleted),
                     Route::Live(..) | Route::Wait(_) => {}
                 }
                 match self.map.get(code) {
@@ -140,7 +175,7 @@ impl Directory {
 
     /// What a click that came back from [`Directory::push_click`] waits for: the end of the
     /// code's current actor (or nothing, when there is none).
-    fn current(&self, code: &str) -> Option<watch::Receiver<bool>> {
+    pub fn current(&self, code: &str) -> Option<watch::Receiver<bool>> {
         self.map.get(code).map(|e| e.done.clone())
     }
 
@@ -213,10 +248,21 @@ impl Directory {
                 }
             }
             MapEntry::Vacant(slot) => {
+                if self.gone.contains(&link.code) {
+                    return Route::Gone;
+                }
+                // The caller's copy may predate a change applied since: the cache has the
+                // newest one.
+                let link = match shared.cache.peek(&link.code) {
+                    Some(Some(cached)) if cached.rev > link.rev => cached,
+                    _ => link.clone(),
+                };
+                let link = &link;
                 let (done_tx, done) = watch::channel(false);
                 let inbox = Arc::new(Inbox::new(shared.metrics.clone()));
                 let args = LinkArgs {
                     code: link.code.clone(),
+                    link: link.clone(),
                     shared: shared.clone(),
                     inbox: inbox.clone(),
                 };
@@ -232,6 +278,7 @@ impl Directory {
                 slot.insert(Entry {
                     actor: actor.clone(),
                     link: link.clone(),
+                    gone: false,
                     inbox: inbox.clone(),
                     draining: false,
                     done: done.clone(),
@@ -339,6 +386,7 @@ pub(crate) async fn deliver(
             Route::Wait(done) => done,
             Route::Unavailable => return Err(LinkError::Unavailable),
             Route::Closed => return Err(LinkError::ShuttingDown),
+            Route::Gone => return Err(LinkError::Gone),
         };
         if !await_end(&mut done, link, deadline).await {
             return Err(LinkError::Timeout);

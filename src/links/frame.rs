@@ -101,6 +101,13 @@ pub fn stats_frame(stats: &LiveStats) -> Bytes {
     Bytes::from(format!("event: stats\ndata: {json}\n\n"))
 }
 
+/// The last event of a deleted link's streams: `event: deleted` (the original's `onmessage`
+/// clients never see it; their stream just ends, and its reconnection gets `404`).
+pub fn deleted_frame(code: &str) -> Bytes {
+    let json = serde_json::json!({ "code": code, "deleted": true });
+    Bytes::from(format!("event: deleted\ndata: {json}\n\n"))
+}
+
 /// Tells the browser how long to wait before reconnecting.
 pub fn retry_frame(millis: u64) -> Bytes {
     Bytes::from(format!("retry: {millis}\n\n"))

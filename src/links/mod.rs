@@ -35,7 +35,7 @@ use crate::{
     analytics::{AggregateSettings, QueryError, StatsAnswer, StatsQuery, VisitorKey},
     domain::{Link, ShortCode},
     metrics::{DropReason, Metrics},
-    store::{Backlog, Store, StoreError, WriteError, WriterHandle},
+    store::{Backlog, LinkChange, Store, StoreError, WriteError, WriterHandle},
 };
 
 /// How link actors behave; taken from the configuration.
@@ -71,6 +71,9 @@ pub(crate) struct Shared {
     /// The store's visitor-hash secret (unique visitors).
     pub visitor_key: VisitorKey,
     pub directory: Directory,
+    /// Link records, also for codes that do not exist (`None`), so unknown codes do not reach
+    /// the disk each time.
+    pub cache: Cache<ShortCode, Option<Arc<Link>>>,
     pub metrics: Arc<Metrics>,
     /// The tasks that wait for actors to end.
     pub tracker: TaskTracker,
@@ -96,6 +99,8 @@ pub enum LinkError {
     Unavailable,
     #[error("the service is shutting down")]
     ShuttingDown,
+    #[error("the link was deleted")]
+    Gone,
 }
 
 /// The one deadline over everything a request waits for from an actor.
@@ -116,11 +121,11 @@ impl Shared {
 #[derive(Clone)]
 pub struct Links {
     shared: Arc<Shared>,
-    /// Link records, also for codes that do not exist (`None`), so unknown codes do not reach
-    /// the disk each time.
-    cache: Arc<Cache<ShortCode, Option<Arc<Link>>>>,
     /// Clicks whose actor was stopping when they came, on their way to its successor.
     inflight: TaskTracker,
+    /// Held by each change or deletion of a link, from the store's answer until every copy in
+    /// memory has it: two changes never apply out of order.
+    changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Links {
@@ -131,7 +136,7 @@ impl Links {
         metrics: Arc<Metrics>,
         backlog: Arc<Backlog>,
     ) -> Self {
-        let cache = Arc::new(Cache::new(settings.cache_capacity.max(16)));
+        let cache = Cache::new(settings.cache_capacity.max(16));
         Self {
             shared: Arc::new(Shared {
                 visitor_key: store.visitor_key(),
@@ -140,14 +145,15 @@ impl Links {
                 settings,
                 agents: AgentParser::new(),
                 directory: Directory::default(),
+                cache,
                 metrics,
                 tracker: TaskTracker::new(),
                 backlog,
                 start_faults: std::sync::Mutex::default(),
                 next_subscriber: std::sync::atomic::AtomicU64::new(1),
             }),
-            cache,
             inflight: TaskTracker::new(),
+            changes: Arc::default(),
         }
     }
 
@@ -159,7 +165,7 @@ impl Links {
         // A placeholder guards the read: if a create stores the link meanwhile, its insert
         // replaces the placeholder and this (older) answer is dropped instead of caching
         // "no such link" over the new link.
-        let guard = match self.cache.get_value_or_guard_async(code).await {
+        let guard = match self.shared.cache.get_value_or_guard_async(code).await {
             Ok(cached) => return Ok(cached),
             Err(guard) => guard,
         };
@@ -182,9 +188,74 @@ impl Links {
             .await
             .map_err(|_| LinkError::Timeout)??;
         if created {
-            self.cache.insert(code, Some(stored));
+            self.shared.directory.unmark_gone(&code);
+            self.shared.cache.insert(code, Some(stored));
         }
         Ok(created)
+    }
+
+    /// Changes a link: the store applies `change` to its stored record (so changes never
+    /// race), then every copy in memory (the cache, the live entry, the actor) takes the new
+    /// one before this returns. `None`: no such link; `Some(Err)`: the change was refused.
+    pub async fn update(
+        &self,
+        code: &ShortCode,
+        change: LinkChange,
+    ) -> Result<Option<Result<Arc<Link>, String>>, LinkError> {
+        let _order = self.changes.lock().await;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let updated = tokio::time::timeout_at(
+            deadline,
+            self.shared.writer.update_link(code.clone(), change),
+        )
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+        Ok(updated.map(|result| {
+            result.map(|link| {
+                let link = Arc::new(link);
+                self.shared.cache.insert(code.clone(), Some(link.clone()));
+                self.shared.directory.replace_link(&link);
+                link
+            })
+        }))
+    }
+
+    /// Deletes a link. From the first step on every path answers as for an unknown code; the
+    /// actor sends its subscribers a last `deleted` event, ends their streams and stops; the
+    /// store removes the record (and holds the code), then purges the clicks and aggregates.
+    /// Returns once the record is removed and the actor has stopped. `false`: no such link.
+    pub async fn delete(&self, link: &Arc<Link>) -> Result<bool, LinkError> {
+        let _order = self.changes.lock().await;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let code = &link.code;
+        self.shared.directory.mark_gone(code);
+        self.shared.cache.insert(code.clone(), None);
+        let mut found = false;
+        if self.shared.directory.live(code.as_str()).is_some() {
+            // The actor hands the deletion to the writer behind the clicks it numbered.
+            match self.ask(link, LinkMsg::Delete, deadline).await {
+                Ok(answer) => found = answer?,
+                // It was stopping (idle) and let the question go, or ended: the store is asked
+                // below.
+                Err(LinkError::Timeout | LinkError::Gone) if Instant::now() < deadline => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.await_stopping(link, deadline).await?;
+        if !found {
+            found = tokio::time::timeout_at(deadline, self.shared.writer.delete_link(code.clone()))
+                .await
+                .map_err(|_| LinkError::Timeout)??;
+        }
+        // The entry goes once the actor has ended and its writes are committed.
+        if let Some(mut done) = self.shared.directory.current(code.as_str())
+            && tokio::time::timeout_at(deadline, done.wait_for(|gone| *gone))
+                .await
+                .is_err()
+        {
+            return Err(LinkError::Timeout);
+        }
+        Ok(found)
     }
 
     /// Counts a click. Never waits: when the actor is stopping, a task carries the click to
@@ -399,6 +470,11 @@ impl Links {
     /// Live actors now.
     pub fn active_actors(&self) -> usize {
         self.shared.directory.len()
+    }
+
+    /// The browser, system and device class of a user agent (cached per agent).
+    pub fn classify(&self, user_agent: &str) -> crate::analytics::Agent {
+        self.shared.agents.classify(user_agent)
     }
 
     pub fn store(&self) -> &Store {

@@ -37,6 +37,11 @@ impl Subscribers {
         self.map.is_empty()
     }
 
+    /// Ends every subscription: their queues close once drained.
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
     /// Adds a subscriber that has seen the state `sent`.
     pub fn add(&mut self, id: u64, tx: mpsc::Sender<Bytes>, sent: u64) {
         self.map.insert(

@@ -92,11 +92,11 @@ pub fn check_floor(dir: &Path, totals: Totals, keys: u64) -> Result<(), StoreErr
     let (links, clicks, floor_keys) = (value("links "), value("clicks "), value("keys "));
     // Clicks expired by retention were stored once: they count towards the floor.
     let ever = totals.clicks_ever();
-    let lost = if totals.links < links || ever < clicks {
+    let links_ever = totals.links_ever();
+    let lost = if links_ever < links || ever < clicks {
         Some(format!(
-            "it holds {} links and {ever} clicks (stored or expired) but held {links} links and \
-             {clicks} clicks when it was last opened",
-            totals.links
+            "it holds {links_ever} links and {ever} clicks (stored, expired or deleted) but \
+             held {links} links and {clicks} clicks when it was last opened"
         ))
     } else if keys < floor_keys {
         Some(format!(
@@ -116,13 +116,13 @@ pub fn check_floor(dir: &Path, totals: Totals, keys: u64) -> Result<(), StoreErr
             ),
         });
     }
-    if (totals.links, ever, keys) != (links, clicks, floor_keys) {
+    if (links_ever, ever, keys) != (links, clicks, floor_keys) {
         let tmp = dir.join(format!("{FLOOR_FILE}.tmp"));
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::File::create(&tmp)?;
             std::io::Write::write_all(
                 &mut file,
-                format!("links {}\nclicks {ever}\nkeys {keys}\n", totals.links).as_bytes(),
+                format!("links {links_ever}\nclicks {ever}\nkeys {keys}\n").as_bytes(),
             )?;
             file.sync_all()?;
             std::fs::rename(&tmp, &path)?;

@@ -9,6 +9,8 @@
 //! | `meta` | `totals` | how many links and clicks are stored (see [`records::Totals`]) |
 //! | `meta` | `visitor-key` | the secret of visitor hashes (unique visitors) |
 //! | `stats` | code | the link's aggregates, tagged with the last click they cover |
+//! | `meta` | `gone`, 0x00, code | a deleted code, held until a time (see `links.rs`) |
+//! | `index` | `t`, created_at, code / `o`, owner, 0x00, created_at, code | links newest first |
 //!
 //! A code's stored count is the number of its last stored click: clicks are numbered from 1
 //! without gaps by the code's actor and committed in order, each group in one atomic batch, so
@@ -19,6 +21,7 @@
 mod backlog;
 mod check;
 mod clean;
+mod links;
 pub mod records;
 mod retention;
 mod writer;
@@ -34,10 +37,12 @@ use tracing::{info, warn};
 
 pub use backlog::{Backlog, Permit};
 pub use check::{StartupCheck, StartupReport};
+pub use links::{Cursor, Page};
 pub use records::{DecodeError, KeyRecord, Totals};
 pub use retention::Retention;
 pub use writer::{
-    ClickBatch, CommitListener, Durability, Fault, WriteError, Writer, WriterConfig, WriterHandle,
+    ClickBatch, CommitListener, Durability, Fault, LinkChange, WriteError, Writer, WriterConfig,
+    WriterHandle,
 };
 
 use crate::{
@@ -108,6 +113,16 @@ impl StoreError {
     }
 }
 
+/// What one commit adds to and takes from the [`Totals`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TotalsChange {
+    pub links: u64,
+    pub clicks: u64,
+    pub expired: u64,
+    pub deleted_links: u64,
+    pub deleted_clicks: u64,
+}
+
 /// What [`Store::verify`] read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Verified {
@@ -142,6 +157,8 @@ pub struct Store {
     /// Each link's aggregates snapshot (code -> MessagePack), tagged with the last click it
     /// covers.
     stats: Keyspace,
+    /// The links by creation time, for listings (see `links.rs`).
+    index: Keyspace,
     /// The secret behind visitor hashes, made once per store.
     visitor_key: [u8; 32],
     /// What is stored, as the last committed totals record says. Only the writer changes it.
@@ -205,6 +222,7 @@ impl Store {
             keys: open("keys")?,
             meta: open("meta")?,
             stats: open("stats")?,
+            index: open("index")?,
             visitor_key: [0; 32],
             db,
             totals: Arc::default(),
@@ -242,6 +260,7 @@ impl Store {
                 &store.keys,
                 &store.meta,
                 &store.stats,
+                &store.index,
             ];
             info!(
                 check = "quick",
@@ -273,6 +292,8 @@ impl Store {
                     links: seen.links,
                     clicks: seen.clicks,
                     expired: record.map_or(0, |r| r.expired),
+                    deleted_links: record.map_or(0, |r| r.deleted_links),
+                    deleted_clicks: record.map_or(0, |r| r.deleted_clicks),
                 };
                 if record.is_none() {
                     store.put_totals(counted).map_err(|e| e.opened(dir))?;
@@ -331,6 +352,7 @@ impl Store {
             self.keys.clone(),
             self.meta.clone(),
             self.stats.clone(),
+            self.index.clone(),
         ];
         let mut journals = db.journal_count();
         move || {
@@ -550,22 +572,19 @@ impl Store {
         Ok(())
     }
 
-    /// Puts the totals after a group commit of `links` new links and `clicks` clicks into the
-    /// group's `batch` (one record per group, so the batch's atomicity keeps it equal to what
-    /// is stored). Pass the result to [`Store::committed`] once the batch is committed.
-    fn stage_totals(
-        &self,
-        batch: &mut fjall::OwnedWriteBatch,
-        links: u64,
-        clicks: u64,
-        expired: u64,
-    ) -> Totals {
+    /// Puts the totals after a group commit of `change` into the group's `batch` (one record
+    /// per group, so the batch's atomicity keeps it equal to what is stored). Pass the result
+    /// to [`Store::committed`] once the batch is committed.
+    fn stage_totals(&self, batch: &mut fjall::OwnedWriteBatch, change: TotalsChange) -> Totals {
         let before = self.totals();
         let after = Totals {
             v: records::RECORD_VERSION,
-            links: before.links + links,
-            clicks: (before.clicks + clicks).saturating_sub(expired),
-            expired: before.expired + expired,
+            links: (before.links + change.links).saturating_sub(change.deleted_links),
+            clicks: (before.clicks + change.clicks)
+                .saturating_sub(change.expired + change.deleted_clicks),
+            expired: before.expired + change.expired,
+            deleted_links: before.deleted_links + change.deleted_links,
+            deleted_clicks: before.deleted_clicks + change.deleted_clicks,
         };
         batch.insert(
             &self.meta,
@@ -591,6 +610,7 @@ impl Store {
             &self.keys,
             &self.meta,
             &self.stats,
+            &self.index,
         ] {
             // Public but hidden in fjall 3 (pinned in Cargo.lock).
             keyspace.rotate_memtable_and_wait()?;
@@ -814,7 +834,13 @@ mod tests {
             batch.insert(&store.clicks, key, records::encode_click(&event(seq)));
             n += 1;
         }
-        let totals = store.stage_totals(&mut batch, 0, n, 0);
+        let totals = store.stage_totals(
+            &mut batch,
+            TotalsChange {
+                clicks: n,
+                ..TotalsChange::default()
+            },
+        );
         batch.commit().expect("commit");
         store.committed(totals);
     }
@@ -998,7 +1024,7 @@ mod tests {
                 v: records::RECORD_VERSION,
                 links: 0,
                 clicks: 1,
-                expired: 0,
+                ..Totals::default()
             }),
         );
         batch.commit().expect("commit");

@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ClickEvent, DeviceClass, KeyId, Link, ShortCode, TargetUrl};
+use crate::domain::{
+    ClickEvent, DeviceClass, KeyId, Link, RedirectRule, RuleDevice, ShortCode, TargetUrl,
+};
 
 /// The current version of every record kind.
 pub const RECORD_VERSION: u8 = 1;
@@ -25,6 +27,8 @@ pub enum DecodeError {
     Invalid { what: &'static str, cause: String },
 }
 
+/// Fields after `created_at` came with link management; records without them decode as the
+/// plain links they were.
 #[derive(Serialize, Deserialize)]
 struct LinkRecord {
     v: u8,
@@ -32,6 +36,41 @@ struct LinkRecord {
     url: String,
     owner: String,
     created_at: i64,
+    #[serde(default)]
+    rev: u64,
+    #[serde(default)]
+    updated_at: Option<i64>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    expires_at: Option<i64>,
+    #[serde(default)]
+    expired_url: Option<String>,
+    #[serde(default)]
+    max_visits: Option<u64>,
+    #[serde(default)]
+    redirect_status: Option<u16>,
+    #[serde(default)]
+    forward_query: bool,
+    #[serde(default = "yes")]
+    public_stats: bool,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    rules: Vec<RuleRecord>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize)]
+struct RuleRecord {
+    device: Option<RuleDevice>,
+    country: Option<String>,
+    url: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -62,12 +101,23 @@ pub struct Totals {
     /// Clicks deleted by `--click-retention-days` (their counts and aggregates stay).
     #[serde(default)]
     pub expired: u64,
+    /// Links deleted through the API, and their clicks deleted so far.
+    #[serde(default)]
+    pub deleted_links: u64,
+    #[serde(default)]
+    pub deleted_clicks: u64,
 }
 
 impl Totals {
-    /// Every click ever stored: what the floor compares, since expiry takes clicks away.
+    /// Every click ever stored: what the floor compares, since expiry and deletion take
+    /// clicks away.
     pub fn clicks_ever(&self) -> u64 {
-        self.clicks + self.expired
+        self.clicks + self.expired + self.deleted_clicks
+    }
+
+    /// Every link ever stored.
+    pub fn links_ever(&self) -> u64 {
+        self.links + self.deleted_links
     }
 }
 
@@ -115,6 +165,26 @@ pub fn encode_link(link: &Link) -> Vec<u8> {
         url: link.target.to_string(),
         owner: link.owner.clone(),
         created_at: link.created_at,
+        rev: link.rev,
+        updated_at: Some(link.updated_at),
+        title: link.title.clone(),
+        tags: link.tags.clone(),
+        expires_at: link.expires_at,
+        expired_url: link.expired_url.as_ref().map(ToString::to_string),
+        max_visits: link.max_visits,
+        redirect_status: link.redirect_status,
+        forward_query: link.forward_query,
+        public_stats: link.public_stats,
+        password: link.password.clone(),
+        rules: link
+            .rules
+            .iter()
+            .map(|r| RuleRecord {
+                device: r.device,
+                country: r.country.clone(),
+                url: r.url.to_string(),
+            })
+            .collect(),
     })
 }
 
@@ -125,12 +195,89 @@ pub fn decode_link(bytes: &[u8]) -> Result<Link, DecodeError> {
         what: "link",
         cause,
     };
+    let url = |raw: &str| TargetUrl::parse(raw).map_err(|e| invalid(e.to_string()));
+    let rules = r
+        .rules
+        .iter()
+        .map(|rule| {
+            Ok(RedirectRule {
+                device: rule.device,
+                country: rule.country.clone(),
+                url: url(&rule.url)?,
+            })
+        })
+        .collect::<Result<_, DecodeError>>()?;
     Ok(Link {
         code: ShortCode::parse(&r.code).map_err(|e| invalid(e.to_string()))?,
-        target: TargetUrl::parse(&r.url).map_err(|e| invalid(e.to_string()))?,
+        target: url(&r.url)?,
         owner: r.owner,
         created_at: r.created_at,
+        rev: r.rev,
+        updated_at: r.updated_at.unwrap_or(r.created_at),
+        title: r.title,
+        tags: r.tags,
+        expires_at: r.expires_at,
+        expired_url: r.expired_url.as_deref().map(url).transpose()?,
+        max_visits: r.max_visits,
+        redirect_status: r.redirect_status,
+        forward_query: r.forward_query,
+        public_stats: r.public_stats,
+        password: r.password,
+        rules,
     })
+}
+
+/// `gone 0x00 code` in the `meta` keyspace: a deleted code, held until the time it stores
+/// (epoch milliseconds, big-endian) so it is not reused meanwhile.
+pub fn gone_key(code: &str) -> Vec<u8> {
+    let mut key = b"gone\0".to_vec();
+    key.extend_from_slice(code.as_bytes());
+    key
+}
+
+/// The prefix of every [`gone_key`].
+pub const GONE_PREFIX: &[u8] = b"gone\0";
+
+/// The time under a [`gone_key`] (0 when malformed: the hold is over).
+pub fn decode_gone(bytes: &[u8]) -> i64 {
+    <[u8; 8]>::try_from(bytes).map_or(0, i64::from_be_bytes)
+}
+
+/// In the `index` keyspace, the links by creation time, newest last:
+/// `t created_at(be) code` for every link and `o owner 0x00 created_at(be) code` for each
+/// owner's (values empty). `created_at` is shifted to sort as unsigned.
+pub fn time_index_key(link: &Link) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + link.code.as_str().len());
+    key.push(b't');
+    key.extend_from_slice(&sortable_ms(link.created_at));
+    key.extend_from_slice(link.code.as_str().as_bytes());
+    key
+}
+
+pub fn owner_index_prefix(owner: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + owner.len());
+    key.push(b'o');
+    key.extend_from_slice(owner.as_bytes());
+    key.push(SEP);
+    key
+}
+
+pub fn owner_index_key(link: &Link) -> Vec<u8> {
+    let mut key = owner_index_prefix(&link.owner);
+    key.extend_from_slice(&sortable_ms(link.created_at));
+    key.extend_from_slice(link.code.as_str().as_bytes());
+    key
+}
+
+/// An index key's place in its list: the creation time and code after `prefix_len` bytes.
+pub fn index_position(key: &[u8], prefix_len: usize) -> Option<(&[u8], &str)> {
+    let tail = key.get(prefix_len..)?;
+    let (time, code) = tail.split_at_checked(8)?;
+    Some((time, std::str::from_utf8(code).ok()?))
+}
+
+fn sortable_ms(ms: i64) -> [u8; 8] {
+    ((ms as u64) ^ (1 << 63)).to_be_bytes()
 }
 
 pub fn encode_click(event: &ClickEvent) -> Vec<u8> {
@@ -289,6 +436,8 @@ mod tests {
             links: 3,
             clicks: 10_000_000_000,
             expired: 7,
+            deleted_links: 2,
+            deleted_clicks: 5,
         };
         assert_eq!(decode_totals(&encode_totals(&totals)).ok(), Some(totals));
         let future = encode(&Totals { v: 9, ..totals });
@@ -356,12 +505,12 @@ mod tests {
                 any::<i64>(),
             )
                 .prop_filter_map("a valid code and URL", |(code, url, owner, created_at)| {
-                    Some(Link {
-                        code: ShortCode::parse(&code).ok()?,
-                        target: TargetUrl::parse(&url).ok()?,
+                    Some(Link::new(
+                        ShortCode::parse(&code).ok()?,
+                        TargetUrl::parse(&url).ok()?,
                         owner,
                         created_at,
-                    })
+                    ))
                 })
         }
 

@@ -14,7 +14,7 @@
 //! "fsyncgate" lesson). It is logged once; [`WriterHandle::failure`] says why from then on.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -28,8 +28,12 @@ use fjall::PersistMode;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info};
 
-use super::{Permit, Store, StoreError, records};
-use crate::domain::{ClickEvent, Link, ShortCode};
+use super::{Permit, Store, StoreError, TotalsChange, records};
+use crate::domain::{ClickEvent, Link, ShortCode, now_ms};
+
+/// Clicks of a deleted link removed per commit: a purge of millions goes in steps between the
+/// groups of clicks, never holding them up for long.
+const PURGE_CHUNK: usize = 10_000;
 
 /// How soon a click must be on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,6 +50,8 @@ pub struct WriterConfig {
     pub commit_interval: Duration,
     pub max_batch: usize,
     pub fsync_interval: Duration,
+    /// How long a deleted code stays unusable for a new link.
+    pub deleted_code_hold: Duration,
 }
 
 /// Why a write was not confirmed.
@@ -74,12 +80,60 @@ pub struct ClickBatch {
     pub permit: Permit,
 }
 
+/// A change to a stored link, taken in the order the writer receives it.
+pub type LinkChange = Box<dyn Fn(&Link) -> Result<Link, String> + Send>;
+
+/// What became of a link operation.
+enum LinkOp {
+    /// Answered `false` when the code is taken (or held after a deletion).
+    Create(Link, oneshot::Sender<Result<bool, WriteError>>),
+    /// Answered with the new link, the change's refusal, or `None` when there is no such link.
+    Update(
+        ShortCode,
+        LinkChange,
+        oneshot::Sender<Result<Option<Result<Link, String>>, WriteError>>,
+    ),
+    /// Answered `false` when there is no such link.
+    Delete(ShortCode, oneshot::Sender<Result<bool, WriteError>>),
+}
+
+#[derive(Clone)]
+enum LinkOutcome {
+    Created(bool),
+    Updated(Option<Result<Link, String>>),
+    Deleted(bool),
+}
+
+impl LinkOp {
+    /// Tells the caller what became of the operation (a caller that is gone is ignored).
+    fn answer(self, outcome: Result<LinkOutcome, WriteError>) {
+        let mismatch = || WriteError::Failed("mismatched link outcome".into());
+        match self {
+            Self::Create(_, reply) => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    LinkOutcome::Created(free) => Ok(free),
+                    _ => Err(mismatch()),
+                }));
+            }
+            Self::Update(_, _, reply) => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    LinkOutcome::Updated(updated) => Ok(updated),
+                    _ => Err(mismatch()),
+                }));
+            }
+            Self::Delete(_, reply) => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    LinkOutcome::Deleted(found) => Ok(found),
+                    _ => Err(mismatch()),
+                }));
+            }
+        }
+    }
+}
+
 enum Op {
     Clicks(ClickBatch),
-    CreateLink {
-        link: Link,
-        reply: oneshot::Sender<Result<bool, WriteError>>,
-    },
+    Link(LinkOp),
     /// A link's aggregates, covering clicks 1..=`covers`, all already committed.
     Aggregates {
         code: ShortCode,
@@ -158,9 +212,39 @@ impl WriterHandle {
     pub async fn create_link(&self, link: Link) -> Result<bool, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Op::CreateLink { link, reply })
+            .send(Op::Link(LinkOp::Create(link, reply)))
             .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Applies `change` to the stored link (read and written by the writer, so changes never
+    /// race) and stores the result with `rev` one higher, fsynced before the answer. `None`:
+    /// no such link; `Some(Err)`: the change refused.
+    pub async fn update_link(
+        &self,
+        code: ShortCode,
+        change: LinkChange,
+    ) -> Result<Option<Result<Link, String>>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Link(LinkOp::Update(code, change, reply)))
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Deletes a link: its record at once (fsynced before the answer), holding the code for
+    /// `deleted_code_hold`; its clicks and aggregates in steps after. Queued when called, so
+    /// it follows every click batch sent before it. `false`: no such link.
+    pub fn delete_link(
+        &self,
+        code: ShortCode,
+    ) -> impl Future<Output = Result<bool, WriteError>> + use<> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Op::Link(LinkOp::Delete(code, reply)));
+        async move {
+            sent.map_err(|_| WriteError::Stopped)?;
+            rx.await.map_err(|_| WriteError::Stopped)?
+        }
     }
 
     /// Stores a link's aggregates snapshot with the next group. It must cover only clicks that
@@ -243,7 +327,14 @@ impl Writer {
         };
         let thread = thread::Builder::new()
             .name("linkpulse-writer".into())
-            .spawn(move || run(&store, &rx, &config, &health))?;
+            .spawn(move || {
+                // Purges a stop interrupted go on.
+                let purges = store.unpurged().unwrap_or_else(|e| {
+                    error!(cause = %e, "cannot list the deleted links left to purge");
+                    Vec::new()
+                });
+                run(&store, &rx, &config, &health, purges.into());
+            })?;
         Ok(Self {
             handle,
             thread: Some(thread),
@@ -287,7 +378,7 @@ struct Group {
     /// Each listener with the highest click number of its code in this group.
     listeners: Vec<(Arc<dyn CommitListener>, u64)>,
     permits: Permit,
-    links: Vec<(Link, oneshot::Sender<Result<bool, WriteError>>)>,
+    links: Vec<LinkOp>,
     aggregates: Vec<(ShortCode, u64, Vec<u8>)>,
     expired: Vec<Vec<u8>>,
     expire_replies: Vec<oneshot::Sender<Result<(), WriteError>>>,
@@ -318,8 +409,8 @@ impl Group {
                 self.permits.merge(batch.permit);
                 false
             }
-            Op::CreateLink { link, reply } => {
-                self.links.push((link, reply));
+            Op::Link(op) => {
+                self.links.push(op);
                 true
             }
             Op::Aggregates {
@@ -367,10 +458,34 @@ impl Group {
     }
 }
 
-fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, health: &Health) {
+fn run(
+    store: &Store,
+    rx: &Receiver<Op>,
+    config: &WriterConfig,
+    health: &Health,
+    mut purges: std::collections::VecDeque<ShortCode>,
+) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
+        // One step of a purge between groups, while nothing else waits.
+        if let Some(code) = purges.front().cloned()
+            && rx.is_empty()
+            && !health.failed.load(Ordering::Acquire)
+        {
+            match purge_step(store, &code) {
+                Ok(true) => {
+                    purges.pop_front();
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    health.fail(format!("a purge failed: {e}"));
+                    purges.clear();
+                }
+            }
+            unsynced = true;
+            continue;
+        }
         let wait = if unsynced {
             config.fsync_interval.saturating_sub(last_sync.elapsed())
         } else {
@@ -415,7 +530,7 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, health: &Health)
             // After a failed commit or fsync nothing more is committed: later clicks would
             // leave a gap in their code's numbering, or sit on pages the kernel dropped.
             Some(reason) => Err(WriteError::Failed(reason)),
-            None => commit_to_os(store, &group, health),
+            None => commit_to_os(store, &group, health, config.deleted_code_hold),
         };
         if result.is_ok() {
             unsynced = true;
@@ -425,6 +540,13 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, health: &Health)
                 }
                 last_sync = Instant::now();
                 unsynced = false;
+            }
+        }
+        if let Ok(outcomes) = &result {
+            for (op, outcome) in group.links.iter().zip(outcomes) {
+                if let (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) = (op, outcome) {
+                    purges.push_back(code.clone());
+                }
             }
         }
         answer(&mut group, &result, health);
@@ -440,7 +562,8 @@ fn commit_to_os(
     store: &Store,
     group: &Group,
     health: &Health,
-) -> Result<Vec<Result<bool, WriteError>>, WriteError> {
+    hold: Duration,
+) -> Result<Vec<Result<LinkOutcome, WriteError>>, WriteError> {
     let failed = |e: String| {
         health.fail(format!("a commit failed: {e}"));
         WriteError::Failed(e)
@@ -448,7 +571,7 @@ fn commit_to_os(
     if health.fail_commit.swap(false, Ordering::AcqRel) {
         return Err(failed("injected I/O error".into()));
     }
-    let outcomes = commit(store, group).map_err(|e| failed(e.to_string()))?;
+    let outcomes = commit(store, group, hold).map_err(|e| failed(e.to_string()))?;
     store
         .db
         .persist(PersistMode::Buffer)
@@ -456,9 +579,12 @@ fn commit_to_os(
     Ok(outcomes)
 }
 
-/// Writes the group as one atomic batch. Returns, for each new link in order, whether it was
-/// stored (false: the code was taken).
-fn commit(store: &Store, group: &Group) -> Result<Vec<Result<bool, WriteError>>, StoreError> {
+/// Writes the group as one atomic batch. Returns what became of each link operation, in order.
+fn commit(
+    store: &Store,
+    group: &Group,
+    hold: Duration,
+) -> Result<Vec<Result<LinkOutcome, WriteError>>, StoreError> {
     if group.clicks.is_empty()
         && group.links.is_empty()
         && group.aggregates.is_empty()
@@ -467,6 +593,9 @@ fn commit(store: &Store, group: &Group) -> Result<Vec<Result<bool, WriteError>>,
         return Ok(Vec::new());
     }
     let mut batch = store.db.batch();
+    let mut change = TotalsChange::default();
+    // Link operations first, each seeing the ones before it in the group.
+    let outcomes = stage_links(store, &mut batch, &group.links, hold, &mut change);
     // Snapshots are encoded off the actors and may arrive out of order: the one covering the
     // most clicks stays (retention relies on the stored one never going back). One write per
     // code and group.
@@ -478,7 +607,8 @@ fn commit(store: &Store, group: &Group) -> Result<Vec<Result<bool, WriteError>>,
         }
     }
     for (code, (covers, bytes)) in newest {
-        if covers > store.covers(code)? {
+        // The last snapshot of a deleted link's actor is not kept.
+        if covers > store.covers(code)? && store.links.contains_key(code)? {
             batch.insert(&store.stats, code, bytes);
             batch.insert(
                 &store.stats,
@@ -497,30 +627,10 @@ fn commit(store: &Store, group: &Group) -> Result<Vec<Result<bool, WriteError>>,
             records::encode_click(event),
         );
     }
-    // A new link is free when it is not stored and not taken earlier in this group.
-    let mut taken_here = HashSet::new();
-    let mut outcomes = Vec::with_capacity(group.links.len());
-    for (link, _) in &group.links {
-        let code = link.code.as_str();
-        // A failed read fails this link only: the clicks of the group must still be
-        // committed, or their numbers would leave a gap.
-        let outcome = match store.links.contains_key(code) {
-            Ok(stored) => Ok(!stored && taken_here.insert(code)),
-            Err(e) => Err(WriteError::Failed(e.to_string())),
-        };
-        if outcome == Ok(true) {
-            batch.insert(&store.links, code, records::encode_link(link));
-        }
-        outcomes.push(outcome);
-    }
     // One totals record per group, in the same atomic batch (see `records::Totals`).
-    let stored_links = outcomes.iter().filter(|o| **o == Ok(true)).count();
-    let totals = store.stage_totals(
-        &mut batch,
-        stored_links as u64,
-        group.clicks.len() as u64,
-        group.expired.len() as u64,
-    );
+    change.clicks = group.clicks.len() as u64;
+    change.expired = group.expired.len() as u64;
+    let totals = store.stage_totals(&mut batch, change);
     debug!(
         clicks = group.clicks.len(),
         links = group.links.len(),
@@ -529,6 +639,133 @@ fn commit(store: &Store, group: &Group) -> Result<Vec<Result<bool, WriteError>>,
     batch.commit()?;
     store.committed(totals);
     Ok(outcomes)
+}
+
+/// Stages the group's link operations in `batch`, in order. A failed read fails that
+/// operation only (before it staged anything): the clicks of the group must still be
+/// committed, or their numbers would leave a gap.
+fn stage_links(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    ops: &[LinkOp],
+    hold: Duration,
+    change: &mut TotalsChange,
+) -> Vec<Result<LinkOutcome, WriteError>> {
+    // The links as this group leaves them (`None`: deleted here).
+    let mut here: HashMap<ShortCode, Option<Link>> = HashMap::new();
+    let now = now_ms();
+    ops.iter()
+        .map(|op| {
+            stage_link(store, batch, op, hold, now, &mut here, change)
+                .map_err(|e| WriteError::Failed(e.to_string()))
+        })
+        .collect()
+}
+
+fn stage_link(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    op: &LinkOp,
+    hold: Duration,
+    now: i64,
+    here: &mut HashMap<ShortCode, Option<Link>>,
+    change: &mut TotalsChange,
+) -> Result<LinkOutcome, StoreError> {
+    let code = match op {
+        LinkOp::Create(link, _) => &link.code,
+        LinkOp::Update(code, ..) | LinkOp::Delete(code, _) => code,
+    };
+    let current = match here.get(code) {
+        Some(link) => link.clone(),
+        None => store.link(code.as_str())?,
+    };
+    Ok(match op {
+            LinkOp::Create(link, _) => {
+                let held = match store.gone_until(code.as_str())? {
+                    Some(until) if !here.contains_key(code) => until > now,
+                    // Deleted in this very group.
+                    Some(_) | None => here.contains_key(code),
+                };
+                let free = current.is_none() && !held;
+                if free {
+                    batch.remove(&store.meta, records::gone_key(code.as_str()));
+                    batch.insert(&store.links, code.as_str(), records::encode_link(link));
+                    batch.insert(
+                        &store.index,
+                        records::time_index_key(link),
+                        link.owner.as_bytes(),
+                    );
+                    batch.insert(&store.index, records::owner_index_key(link), []);
+                    change.links += 1;
+                    here.insert(code.clone(), Some(link.clone()));
+                }
+                LinkOutcome::Created(free)
+            }
+            LinkOp::Update(_, change, _) => match current {
+                None => LinkOutcome::Updated(None),
+                Some(link) => match change(&link) {
+                    Err(refused) => LinkOutcome::Updated(Some(Err(refused))),
+                    Ok(mut new) => {
+                        // What identifies a link never changes.
+                        new.code = link.code.clone();
+                        new.owner = link.owner.clone();
+                        new.created_at = link.created_at;
+                        new.rev = link.rev + 1;
+                        new.updated_at = now.max(link.updated_at);
+                        batch.insert(&store.links, code.as_str(), records::encode_link(&new));
+                        here.insert(code.clone(), Some(new.clone()));
+                        LinkOutcome::Updated(Some(Ok(new)))
+                    }
+                },
+            },
+            LinkOp::Delete(..) => match current {
+                None => LinkOutcome::Deleted(false),
+                Some(link) => {
+                    batch.remove(&store.links, code.as_str());
+                    batch.remove(&store.index, records::time_index_key(&link));
+                    batch.remove(&store.index, records::owner_index_key(&link));
+                    let until = now.saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX));
+                    batch.insert(
+                        &store.meta,
+                        records::gone_key(code.as_str()),
+                        until.to_be_bytes(),
+                    );
+                    change.deleted_links += 1;
+                    here.insert(code.clone(), None);
+                    LinkOutcome::Deleted(true)
+                }
+            },
+    })
+}
+
+/// One step of purging a deleted link: removes up to [`PURGE_CHUNK`] of its clicks from the
+/// end, and its aggregates with the last of them, in one batch with the totals. True when
+/// nothing is left.
+fn purge_step(store: &Store, code: &ShortCode) -> Result<bool, StoreError> {
+    let keys = store.last_click_keys(code.as_str(), PURGE_CHUNK)?;
+    let done = keys.len() < PURGE_CHUNK;
+    let mut batch = store.db.batch();
+    for key in &keys {
+        batch.remove(&store.clicks, key.as_slice());
+    }
+    if done {
+        batch.remove(&store.stats, code.as_str());
+        batch.remove(&store.stats, records::covers_key(code.as_str()));
+    }
+    let totals = store.stage_totals(
+        &mut batch,
+        TotalsChange {
+            deleted_clicks: keys.len() as u64,
+            ..TotalsChange::default()
+        },
+    );
+    batch.commit()?;
+    store.db.persist(PersistMode::Buffer)?;
+    store.committed(totals);
+    if done {
+        debug!(code = %code, "deleted link purged");
+    }
+    Ok(done)
 }
 
 fn sync(store: &Store, health: &Health) -> Result<(), WriteError> {
@@ -555,7 +792,7 @@ fn sync(store: &Store, health: &Health) -> Result<(), WriteError> {
 /// redirect it belonged to may have timed out.
 fn answer(
     group: &mut Group,
-    result: &Result<Vec<Result<bool, WriteError>>, WriteError>,
+    result: &Result<Vec<Result<LinkOutcome, WriteError>>, WriteError>,
     health: &Health,
 ) {
     match result {
@@ -564,8 +801,8 @@ fn answer(
             for ack in group.acks.drain(..) {
                 let _ = ack.send(());
             }
-            for ((_, reply), outcome) in group.links.drain(..).zip(outcomes) {
-                let _ = reply.send(outcome.clone());
+            for (op, outcome) in group.links.drain(..).zip(outcomes) {
+                op.answer(outcome.clone());
             }
             for barrier in group.barriers.drain(..) {
                 let _ = barrier.send(Ok(()));
@@ -583,8 +820,8 @@ fn answer(
                 .fetch_add(group.clicks.len() as u64, Ordering::Relaxed);
             // Dropping the click acks tells strict-mode redirects that their click is not safe.
             group.acks.clear();
-            for (_, reply) in group.links.drain(..) {
-                let _ = reply.send(Err(e.clone()));
+            for op in group.links.drain(..) {
+                op.answer(Err(e.clone()));
             }
             for barrier in group.barriers.drain(..) {
                 let _ = barrier.send(Err(e.clone()));

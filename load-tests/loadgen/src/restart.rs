@@ -53,6 +53,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<bool> {
             commit_interval: Duration::from_millis(2),
             max_batch: 16_384,
             fsync_interval: Duration::from_secs(1),
+            deleted_code_hold: Duration::ZERO,
         },
     )?;
     let handle = writer.handle();
@@ -60,12 +61,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<bool> {
         TargetUrl::parse("https://example.com/seeded").map_err(|e| anyhow::anyhow!("{e}"))?;
     let codes = args.codes.max(1);
     for i in 1..=codes {
-        let link = Link {
-            code: seed_code(i)?,
-            target: target.clone(),
-            owner: "seed".into(),
-            created_at: now_ms(),
-        };
+        let link = Link::new(seed_code(i)?, target.clone(), "seed".into(), now_ms());
         handle.create_link(link).await?;
     }
     let started = Instant::now();

@@ -1,0 +1,175 @@
+//! Managing links: `GET /api/links` (a listing, newest first), `PATCH /api/links/{code}` and
+//! `DELETE /api/links/{code}`. Changes go through the store's writer and reach every copy of the
+//! link in memory before the answer (see `Links::update` and `Links::delete`).
+
+use std::sync::Arc;
+
+use salvo::{http::StatusCode, prelude::*};
+use serde::Serialize;
+
+use super::{
+    ApiError, AppState,
+    api::{LinkBody, link_body, owned_link, password_hash, read_json},
+    authenticate,
+    fields::LinkFields,
+};
+use crate::{
+    domain::Link,
+    links::Snapshot,
+    store::{Cursor, LinkChange},
+};
+
+/// Links per page: the default and the most.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 1000;
+/// Index entries one listing request reads at most (see `Store::list_links`).
+const MAX_SCAN: usize = 10_000;
+
+#[derive(Serialize)]
+struct Listing<'a> {
+    links: Vec<LinkBody<'a>>,
+    next: Option<String>,
+}
+
+/// Whether a link matches the listing's `q` (code, URL or title, any case) and `tag`.
+fn matches(link: &Link, q: Option<&str>, tag: Option<&str>) -> bool {
+    let has = |text: &str, needle: &str| text.to_lowercase().contains(needle);
+    q.is_none_or(|q| {
+        has(link.code.as_str(), q)
+            || has(link.target.as_str(), q)
+            || link.title.as_deref().is_some_and(|t| has(t, q))
+    }) && tag.is_none_or(|tag| link.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)))
+}
+
+/// `GET /api/links?cursor=&limit=&q=&tag=`: the caller's links (an admin's: everyone's),
+/// newest first, with their counts.
+pub struct ListLinks(pub Arc<AppState>);
+
+impl ListLinks {
+    async fn list(
+        &self,
+        req: &Request,
+    ) -> Result<(Vec<(Arc<Link>, Snapshot)>, Option<Cursor>), ApiError> {
+        let state = &self.0;
+        let caller = authenticate(state, req)?;
+        let param = |name: &str| req.query::<String>(name);
+        let limit = match param("limit") {
+            None => DEFAULT_PAGE,
+            Some(raw) => raw
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}")))?,
+        };
+        let cursor = match param("cursor").filter(|c| !c.is_empty()) {
+            None => None,
+            Some(raw) => Some(Cursor::parse(&raw).ok_or_else(|| {
+                ApiError::bad_request("cursor is not one this API gave (use the listing's next)")
+            })?),
+        };
+        let q = param("q").map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
+        let tag = param("tag").map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+        let owner = (!caller.admin).then(|| caller.key_id.clone());
+        let store = state.links.store().clone();
+        let page = tokio::task::spawn_blocking(move || {
+            store.list_links(owner.as_deref(), cursor.as_ref(), limit, MAX_SCAN, |link| {
+                matches(link, q.as_deref(), tag.as_deref())
+            })
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("shutting down", 1))?
+        .map_err(|e| ApiError::from(crate::links::LinkError::from(e)))?;
+        // Each count as `GET /api/links/{code}` gives it (live actors answer for theirs).
+        let links: Vec<Arc<Link>> = page.links.into_iter().map(Arc::new).collect();
+        let counts =
+            futures_util::future::join_all(links.iter().map(|link| state.links.snapshot(link)))
+                .await;
+        let mut out = Vec::with_capacity(links.len());
+        for (link, count) in links.into_iter().zip(counts) {
+            out.push((link, count?));
+        }
+        Ok((out, page.next))
+    }
+}
+
+#[async_trait]
+impl Handler for ListLinks {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        match self.list(req).await {
+            Ok((links, next)) => res.render(Json(Listing {
+                links: links
+                    .iter()
+                    .map(|(link, snapshot)| link_body(&self.0, link, Some(snapshot)))
+                    .collect(),
+                next: next.map(|c| c.to_string()),
+            })),
+            Err(e) => e.write(res),
+        }
+    }
+}
+
+/// `PATCH /api/links/{code}`: changes any of the fields `POST /api/links` takes but the code.
+pub struct PatchLink(pub Arc<AppState>);
+
+impl PatchLink {
+    async fn patch(&self, req: &mut Request) -> Result<(Arc<Link>, Snapshot), ApiError> {
+        let state = &self.0;
+        let (_, link) = owned_link(state, req).await?;
+        let request: LinkFields = read_json(req).await?;
+        if request.code.is_some() {
+            return Err(ApiError::bad_request(
+                "the code of a link cannot be changed (links already shared use it); create a \
+                 new link with the code you want instead",
+            ));
+        }
+        let mut patch = request.check().map_err(ApiError::bad_request)?;
+        if let Some(password) = &request.password {
+            patch.password = Some(password_hash(password.as_deref()).await?);
+        }
+        let change: LinkChange = Box::new(move |link| Ok(patch.apply(link)));
+        let missing = || ApiError::not_found("no such link");
+        let updated = state
+            .links
+            .update(&link.code, change)
+            .await?
+            .ok_or_else(missing)?
+            .map_err(ApiError::bad_request)?;
+        let snapshot = state.links.snapshot(&updated).await?;
+        Ok((updated, snapshot))
+    }
+}
+
+#[async_trait]
+impl Handler for PatchLink {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        match self.patch(req).await {
+            Ok((link, snapshot)) => res.render(Json(link_body(&self.0, &link, Some(&snapshot)))),
+            Err(e) => e.write(res),
+        }
+    }
+}
+
+/// `DELETE /api/links/{code}`: `204`; the code answers `404` everywhere from then on.
+pub struct DeleteLink(pub Arc<AppState>);
+
+#[async_trait]
+impl Handler for DeleteLink {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let state = &self.0;
+        let result = async {
+            let (_, link) = owned_link(state, req).await?;
+            if state.links.delete(&link).await? {
+                Ok(())
+            } else {
+                Err(ApiError::not_found("no such link"))
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                res.status_code(StatusCode::NO_CONTENT);
+            }
+            Err(e) => e.write(res),
+        }
+    }
+}

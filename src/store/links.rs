@@ -1,0 +1,170 @@
+//! Link management in the store: the listing index, deleted codes and the purge of a deleted
+//! link's clicks. Every write here is staged by the writer (see `writer.rs`), in the same
+//! atomic batch as the link record it follows.
+
+use fjall::PersistMode;
+use tracing::info;
+
+use super::{Store, StoreError, records};
+use crate::domain::{Link, ShortCode};
+
+/// Set in the `meta` keyspace once every link is in the listing index.
+const LINK_INDEX_BUILT: &[u8] = b"link-index-built";
+
+/// A place in a listing: the creation time (as the index sorts it) and code of the last link
+/// a page held. Shown to clients as an opaque hex string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(Vec<u8>);
+
+impl Cursor {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let bytes = hex::decode(raw).ok()?;
+        let (_, code) = bytes.split_at_checked(8)?;
+        ShortCode::parse(std::str::from_utf8(code).ok()?).ok()?;
+        Some(Self(bytes))
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(&self.0))
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug)]
+pub struct Page {
+    pub links: Vec<Link>,
+    /// Where the next page starts, if anything may follow.
+    pub next: Option<Cursor>,
+}
+
+impl Store {
+    /// Once per store: puts every link stored before the listing index into it. Later starts
+    /// read one marker record.
+    pub fn build_link_index(&self) -> Result<u64, StoreError> {
+        if self.meta.get(LINK_INDEX_BUILT)?.is_some() {
+            return Ok(0);
+        }
+        let mut built = 0;
+        let mut batch = self.db.batch();
+        for guard in self.links.iter() {
+            let (_, value) = guard.into_inner()?;
+            let link = records::decode_link(&value)?;
+            batch.insert(&self.index, records::time_index_key(&link), link.owner.as_bytes());
+            batch.insert(&self.index, records::owner_index_key(&link), []);
+            built += 1;
+            if built % 10_000 == 0 {
+                std::mem::replace(&mut batch, self.db.batch()).commit()?;
+            }
+        }
+        batch.insert(&self.meta, LINK_INDEX_BUILT, [1]);
+        batch.commit()?;
+        self.db.persist(PersistMode::SyncAll)?;
+        if built > 0 {
+            info!(links = built, "built the listing index of links stored before it");
+        }
+        Ok(built)
+    }
+
+    /// Links newest first: an owner's, or everyone's (`None`), from after `cursor`, those
+    /// `keep` accepts, at most `limit` of them. Reads at most `scan` index entries, so a filter
+    /// that matches little cannot make one request read the whole store: the page then holds
+    /// fewer links, and `next` says where to go on.
+    pub fn list_links(
+        &self,
+        owner: Option<&str>,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&Link) -> bool,
+    ) -> Result<Page, StoreError> {
+        let prefix = match owner {
+            Some(owner) => records::owner_index_prefix(owner),
+            None => b"t".to_vec(),
+        };
+        let end = match cursor {
+            Some(cursor) => [prefix.as_slice(), &cursor.0].concat(),
+            None => {
+                let mut end = prefix.clone();
+                end.push(0xff);
+                end
+            }
+        };
+        let mut links = Vec::new();
+        let mut scanned = 0;
+        let mut last: Option<Vec<u8>> = None;
+        let mut entries = self.index.range(prefix.clone()..end).rev();
+        for guard in entries.by_ref() {
+            let key = guard.key()?;
+            let Some((time, code)) = records::index_position(&key, prefix.len()) else {
+                return Err(StoreError::Inconsistent(format!(
+                    "malformed index key {}",
+                    hex::encode(&key)
+                )));
+            };
+            last = Some([time, code.as_bytes()].concat());
+            scanned += 1;
+            // A link deleted between the index read and this one is left out.
+            if let Some(link) = self.link(code)?
+                && keep(&link)
+            {
+                links.push(link);
+            }
+            if links.len() >= limit || scanned >= scan {
+                break;
+            }
+        }
+        let more = entries.next().is_some();
+        Ok(Page {
+            links,
+            next: last.filter(|_| more).map(Cursor),
+        })
+    }
+
+    /// Until when a deleted code is held (epoch milliseconds), if it was deleted.
+    pub fn gone_until(&self, code: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .meta
+            .get(records::gone_key(code))?
+            .map(|v| records::decode_gone(&v)))
+    }
+
+    /// Deleted codes whose clicks or aggregates are not all purged yet (a stop during a purge).
+    pub fn unpurged(&self) -> Result<Vec<ShortCode>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.meta.prefix(records::GONE_PREFIX) {
+            let key = guard.key()?;
+            let Some(code) = std::str::from_utf8(&key[records::GONE_PREFIX.len()..])
+                .ok()
+                .and_then(|c| ShortCode::parse(c).ok())
+            else {
+                continue;
+            };
+            let has_clicks = self
+                .clicks
+                .prefix(records::click_prefix(code.as_str()))
+                .next()
+                .is_some();
+            if (has_clicks || self.stats.contains_key(code.as_str())?)
+                && !self.links.contains_key(code.as_str())?
+            {
+                out.push(code);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The keys of up to `max` of a code's clicks, newest first: a purge takes them from the
+    /// end, so what is left is always numbered 1, 2, ... as the full check expects.
+    pub fn last_click_keys(&self, code: &str, max: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys = Vec::new();
+        for guard in self.clicks.prefix(records::click_prefix(code)).rev() {
+            keys.push(guard.key()?.to_vec());
+            if keys.len() >= max {
+                break;
+            }
+        }
+        Ok(keys)
+    }
+}
