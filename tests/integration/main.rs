@@ -9,6 +9,7 @@ mod client_limits;
 mod faults;
 mod first_key;
 mod lifecycle;
+mod manage;
 mod overload;
 mod pages;
 mod realtime;
