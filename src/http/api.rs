@@ -8,7 +8,9 @@ use salvo::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, authenticate, client_ip, code_param, limit::Limited};
+use super::{
+    ApiError, AppState, authenticate, client_ip, code_param, limit::Limited, require_write,
+};
 use crate::{
     analytics::StatsQuery,
     domain::{Link, ShortCode, TargetUrl, format_ms, now_ms},
@@ -69,6 +71,7 @@ impl CreateLink {
                 .map_err(Limited::into_error)?;
         }
         let caller = authenticate(state, req)?;
+        require_write(&caller)?;
         state
             .create_limits
             .check_key(&caller.key_id)
