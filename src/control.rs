@@ -153,8 +153,10 @@ pub fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<Answer>
         Ok(stream) => stream,
         Err(e) if matches!(e.kind(), NotFound | ConnectionRefused) => return Ok(None),
         Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context(format!("cannot connect to the server at {}", path.display())));
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot connect to the server at {}",
+                path.display()
+            )));
         }
     };
     let mut talk = || -> std::io::Result<Answer> {
@@ -167,7 +169,7 @@ pub fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<Answer>
         BufReader::new(&stream).read_line(&mut line)?;
         Ok(serde_json::from_str(&line)?)
     };
-    talk()
-        .map(Some)
-        .map_err(|e| anyhow::Error::new(e).context("the server did not answer on its control socket"))
+    talk().map(Some).map_err(|e| {
+        anyhow::Error::new(e).context("the server did not answer on its control socket")
+    })
 }

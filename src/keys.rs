@@ -22,16 +22,14 @@ const KEY_RANDOM_LEN: usize = 32;
 pub const MAX_NAME_CHARS: usize = 100;
 
 /// What a key may do.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Every link, and the keys themselves.
     Admin,
     /// Full control of its own links.
     Links,
-    /// Reading its own links and their stats, nothing else.
+    /// Reading links and their stats (every link: an admin makes it), nothing else.
     Read,
 }
 
@@ -104,10 +102,11 @@ impl Caller {
         self.scope == Scope::Admin
     }
 
-    /// Whether this caller may see a link owned by `owner` (and change it, if
-    /// [`Caller::may_write`]).
+    /// Whether this caller may see a link owned by `owner`, and change it if
+    /// [`Caller::may_write`]: an admin key every link, a `links` key its own, a `read` key
+    /// (made by an admin, for dashboards) every link, read-only.
     pub fn may_manage(&self, owner: &str) -> bool {
-        self.is_admin() || self.key_id == owner
+        self.scope != Scope::Links || self.key_id == owner
     }
 
     /// Whether this caller may change anything (a `read` key may not).
@@ -404,8 +403,8 @@ mod tests {
     }
 
     #[test]
-    fn revoked_keys_are_refused_and_last_use_is_saved_once() -> Result<(), Box<dyn std::error::Error>>
-    {
+    fn revoked_keys_are_refused_and_last_use_is_saved_once()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path())?;
         let keys = ApiKeys::load(&store)?;
@@ -414,18 +413,24 @@ mod tests {
         let caller = keys.authenticate(&admin.key).ok_or("admin key valid")?;
         assert!(caller.is_admin() && caller.may_write());
         let read = keys.authenticate(&reader.key).ok_or("read key valid")?;
-        assert!(!read.may_write() && read.may_manage(&reader.id) && !read.may_manage("other"));
+        assert!(!read.may_write() && read.may_manage("any owner"));
         // Both were used: one batch saves both, a second save has nothing new.
         assert_eq!(keys.save_last_used()?, 2);
         assert_eq!(keys.save_last_used()?, 0);
         let stored = store.api_keys()?;
-        assert!(stored.iter().all(|(_, r)| r.last_used_at.is_some()), "{stored:?}");
+        assert!(
+            stored.iter().all(|(_, r)| r.last_used_at.is_some()),
+            "{stored:?}"
+        );
 
         assert!(matches!(
             keys.revoke(&admin.id, Some(&caller)),
             Err(KeyError::LastAdmin)
         ));
-        assert!(matches!(keys.revoke("nope", None), Err(KeyError::NotFound(_))));
+        assert!(matches!(
+            keys.revoke("nope", None),
+            Err(KeyError::NotFound(_))
+        ));
         keys.revoke(&reader.id, Some(&caller))?;
         assert_eq!(keys.authenticate(&reader.key), None);
         assert_eq!(ApiKeys::load(&store)?.authenticate(&reader.key), None);

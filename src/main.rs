@@ -27,9 +27,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Some(Command::Keys { command }) => {
-            let out =
-                tokio::task::spawn_blocking(move || linkpulse::app::keys_command(command))
-                    .await??;
+            let out = tokio::task::spawn_blocking(move || linkpulse::app::keys_command(command))
+                .await??;
             print!("{out}");
             Ok(())
         }

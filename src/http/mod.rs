@@ -316,18 +316,16 @@ pub async fn read_json_object<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    let body = req
-        .payload_with_max_size(max)
-        .await
-        .map_err(|e| match e {
-            salvo::http::ParseError::PayloadTooLarge => too_large(),
-            _ => ApiError::bad_request("could not read the request body"),
-        })?;
+    let body = req.payload_with_max_size(max).await.map_err(|e| match e {
+        salvo::http::ParseError::PayloadTooLarge => too_large(),
+        _ => ApiError::bad_request("could not read the request body"),
+    })?;
     // serde would also take a JSON array as the fields in order.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::bad_request("JSON body must be an object"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// The caller behind `Authorization: Bearer <key>`, or a 401.
