@@ -14,9 +14,10 @@ use tracing::{error, info, warn};
 
 use crate::{
     analytics::{AggregateSettings, CountryDb},
-    config::ServeConfig,
+    config::{KeysCommand, ServeConfig},
+    control::{self, ControlSocket},
     http::{AppState, limit::CreateLimits, router},
-    keys::{self, ApiKeys},
+    keys::{self, ApiKeys, Scope},
     links::{LinkSettings, Links},
     metrics::{DropReason, Metrics},
     store::{Backlog, Retention, Store, Writer, WriterConfig},
@@ -30,7 +31,13 @@ pub struct App {
     writer: Writer,
     retention: Option<Retention>,
     generated_key: Option<String>,
+    /// `<data-dir>/control.sock`, for `linkpulse keys` while the server runs (`None` when it
+    /// could not be bound: the command then says the store is in use).
+    control: Option<ControlSocket>,
 }
+
+/// How often last-used times of API keys are saved (and once more at a clean stop).
+const LAST_USED_SAVE: Duration = Duration::from_secs(60);
 
 impl App {
     /// Opens the store in `config.data_dir` and binds `config.listen`. The first API key is
@@ -80,13 +87,25 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        // Bound while holding the store, so a socket file already there is a dead server's.
+        let control = match ControlSocket::bind(&config.data_dir) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                warn!(
+                    cause = %e,
+                    dir = %config.data_dir.display(),
+                    "cannot make the control socket; `linkpulse keys` needs the server stopped"
+                );
+                None
+            }
+        };
 
         let generated_key = bootstrap_keys(&store, initial)?;
-        let keys = ApiKeys::load(&store).context("cannot read the API keys")?;
+        let keys = Arc::new(ApiKeys::load(&store).context("cannot read the API keys")?);
         if generated_key.is_none() && initial.is_none() {
             info!(
                 keys = store.startup_report().keys,
-                "API keys are stored; to make another (with the server stopped): linkpulse keys \
+                "API keys are stored; to make another (the server may run): linkpulse keys \
                  create --admin --data-dir {}",
                 config.data_dir.display()
             );
@@ -133,6 +152,7 @@ impl App {
             writer,
             retention,
             generated_key,
+            control,
         })
     }
 
@@ -163,6 +183,7 @@ impl App {
             state,
             writer,
             retention,
+            control,
             ..
         } = self;
         let config = &state.config;
@@ -181,6 +202,10 @@ impl App {
         let handle = server.handle();
         let service = Service::new(router(state.clone()));
         let serving = tokio::spawn(server.try_serve(service));
+        if let Some(control) = control {
+            tokio::spawn(control.serve(state.keys.clone(), state.shutdown.clone()));
+        }
+        tokio::spawn(save_last_used(state.keys.clone(), state.shutdown.clone()));
         info!(address = %local_addr, base_url = %state.base_url, "linkpulse listening");
 
         shutdown.await;
@@ -225,6 +250,7 @@ impl App {
         info!("committing and syncing the store");
         let store = links.store().clone();
         let dir = state.config.data_dir.clone();
+        let keys = state.keys.clone();
         let (committed_tx, committed) = tokio::sync::oneshot::channel();
         let (closed_tx, closed) = tokio::sync::oneshot::channel();
         // A thread of its own, not the blocking pool: if the disk never answers, the process
@@ -232,6 +258,9 @@ impl App {
         std::thread::Builder::new()
             .name("linkpulse-close".into())
             .spawn(move || {
+                if let Err(e) = keys.save_last_used() {
+                    warn!(cause = %e, "the last-used times of API keys were not saved");
+                }
                 let stopped = writer.stop();
                 let ok = stopped.is_ok();
                 let _ = committed_tx.send(stopped);
@@ -272,6 +301,24 @@ impl App {
         }
         info!("stopped cleanly");
         Ok(())
+    }
+}
+
+/// Saves the last-used times of API keys every [`LAST_USED_SAVE`] until `stop`.
+async fn save_last_used(keys: Arc<ApiKeys>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(LAST_USED_SAVE);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let keys = keys.clone();
+        match tokio::task::spawn_blocking(move || keys.save_last_used()).await {
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(e)) => warn!(cause = %e, "the last-used times of API keys were not saved"),
+        }
     }
 }
 
@@ -352,15 +399,53 @@ fn with_stopped_store<T>(
     Ok(out)
 }
 
-/// `linkpulse keys create`: stores a new key and returns it.
-pub fn create_key(data_dir: &std::path::Path, name: &str, admin: bool) -> anyhow::Result<String> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    with_stopped_store(data_dir, Store::open, |store| {
-        let key = keys::generate_key();
-        keys::store_key(store, &key, name, admin).context("cannot store the key")?;
-        Ok(key)
-    })
+/// `linkpulse keys create|list|revoke`: through the running server's control socket, or, when
+/// no server answers there, on the store opened here. Returns what to print on standard
+/// output: the key alone (`create`), one JSON object a line (`list`), or the revoked id.
+/// Blocking.
+pub fn keys_command(command: KeysCommand) -> anyhow::Result<String> {
+    let (data_dir, request) = match command {
+        KeysCommand::Create {
+            data_dir,
+            name,
+            scope,
+            admin,
+        } => {
+            let scope = if admin { Scope::Admin } else { scope };
+            (data_dir, control::Request::Create { name, scope })
+        }
+        KeysCommand::List { data_dir } => (data_dir, control::Request::List),
+        KeysCommand::Revoke { id, data_dir } => (data_dir, control::Request::Revoke { id }),
+    };
+    let answer = match control::call(&data_dir, &request)? {
+        Some(answer) => answer,
+        None => {
+            if matches!(request, control::Request::Create { .. }) {
+                std::fs::create_dir_all(&data_dir).with_context(|| {
+                    format!("cannot create the data directory {}", data_dir.display())
+                })?;
+            } else {
+                anyhow::ensure!(
+                    data_dir.join("version").exists(),
+                    "there is no linkpulse store in {}",
+                    data_dir.display()
+                );
+            }
+            with_stopped_store(&data_dir, Store::open, |store| {
+                let keys = ApiKeys::load(store).context("cannot read the API keys")?;
+                Ok(control::execute(&keys, request))
+            })?
+        }
+    };
+    match answer {
+        control::Answer::Created(made) => Ok(format!("{}\n", made.key)),
+        control::Answer::Keys(list) => Ok(list
+            .iter()
+            .map(|key| serde_json::to_string(key).unwrap_or_default() + "\n")
+            .collect()),
+        control::Answer::Revoked(id) => Ok(format!("revoked {id}\n")),
+        control::Answer::Error(message) => Err(anyhow::anyhow!(message)),
+    }
 }
 
 /// `linkpulse check`: reads the whole store in `data_dir` (see [`Store::verify`]) and returns

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::store::Durability;
+use crate::{keys::Scope, store::Durability};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,7 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the API, redirects and live streams (the default).
     Serve(Box<ServeConfig>),
-    /// Manage API keys (with the server stopped: the store allows one process at a time).
+    /// Manage API keys: through the running server (its control socket in the data
+    /// directory), or on the store itself when no server runs.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -41,16 +42,32 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Make a new key and print it on the last line of standard output.
+    /// Make a new key and print it (alone) on standard output; it is shown only this once.
     Create {
         #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
-        /// A name to remember the key by.
-        #[arg(long, default_value = "")]
+        /// A name to remember the key by (1 to 100 characters).
+        #[arg(long, default_value = "cli")]
         name: String,
-        /// An admin key sees and manages every link.
-        #[arg(long)]
+        /// admin: every link and the keys; links: full control of its own links; read: reading
+        /// its own links and their stats.
+        #[arg(long, value_enum, default_value_t = Scope::Links)]
+        scope: Scope,
+        /// The same as --scope admin.
+        #[arg(long, conflicts_with = "scope")]
         admin: bool,
+    },
+    /// List the keys, one JSON object a line (id, name, scope, createdAt, lastUsedAt).
+    List {
+        #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Revoke the key with this id: its next request is refused.
+    Revoke {
+        /// The key's id, as `keys list` shows it.
+        id: String,
+        #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
     },
 }
 

@@ -1,35 +1,140 @@
 //! API keys. A key is shown once, when it is made; the store keeps only its SHA-256 hash. Keys
 //! are random (190 bits), so a plain hash is enough: there is nothing to brute-force.
 
+use std::sync::{
+    Mutex, PoisonError, RwLock,
+    atomic::{AtomicI64, Ordering},
+};
+
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::{
-    domain::{KeyId, now_ms},
+    domain::{KeyId, format_ms, now_ms},
     store::{KeyRecord, Store, StoreError, records::RECORD_VERSION},
 };
 
 const KEY_ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const KEY_RANDOM_LEN: usize = 32;
+/// The longest key name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every link, and the keys themselves.
+    Admin,
+    /// Full control of its own links.
+    Links,
+    /// Reading links and their stats (every link: an admin makes it), nothing else.
+    Read,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Links => "links",
+            Self::Read => "read",
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A key's name: 1 to [`MAX_NAME_CHARS`] characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyName(String);
+
+impl KeyName {
+    pub fn parse(raw: &str) -> Result<Self, KeyError> {
+        let chars = raw.chars().count();
+        if !(1..=MAX_NAME_CHARS).contains(&chars) {
+            return Err(KeyError::BadName(format!(
+                "name must be 1 to {MAX_NAME_CHARS} characters, not {chars}"
+            )));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(KeyError::BadName(
+                "name must not hold control characters".into(),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a key operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{0}")]
+    BadName(String),
+    #[error("no key with id '{0}'")]
+    NotFound(String),
+    #[error(
+        "this is the last admin key and the one making the request; make another admin key \
+         before revoking it"
+    )]
+    LastAdmin,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Who a request is on behalf of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub key_id: KeyId,
-    pub admin: bool,
+    pub scope: Scope,
 }
 
 impl Caller {
-    /// Whether this caller may see and manage a link owned by `owner`.
+    pub fn is_admin(&self) -> bool {
+        self.scope == Scope::Admin
+    }
+
+    /// Whether this caller may see a link owned by `owner`, and change it if
+    /// [`Caller::may_write`]: an admin key every link, a `links` key its own, a `read` key
+    /// (made by an admin, for dashboards) every link, read-only.
     pub fn may_manage(&self, owner: &str) -> bool {
-        self.admin || self.key_id == owner
+        self.scope != Scope::Links || self.key_id == owner
+    }
+
+    /// Whether this caller may change anything (a `read` key may not).
+    pub fn may_write(&self) -> bool {
+        self.scope != Scope::Read
     }
 }
 
-/// The valid keys, held in memory (they are few) and checked without early exit.
-pub struct ApiKeys {
-    keys: std::sync::RwLock<Vec<([u8; 32], KeyRecord)>>,
+/// A key as listed: never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyInfo {
+    pub id: KeyId,
+    pub name: String,
+    pub scope: Scope,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+}
+
+/// A key just made: the only time the key itself is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewKey {
+    pub id: KeyId,
+    pub name: String,
+    pub scope: Scope,
+    pub key: String,
+    pub created_at: String,
 }
 
 pub fn hash_key(key: &str) -> [u8; 32] {
@@ -49,62 +154,215 @@ pub fn generate_key() -> String {
     format!("lp_{random}")
 }
 
-/// Stores `key` (if it is not stored yet) and returns its record.
+fn new_record(hash: &[u8; 32], name: &str, scope: Scope) -> KeyRecord {
+    KeyRecord {
+        v: RECORD_VERSION,
+        id: key_id(hash),
+        name: name.to_owned(),
+        admin: scope == Scope::Admin,
+        created_at: now_ms(),
+        scope: Some(scope),
+        last_used_at: None,
+    }
+}
+
+/// Stores `key` (if it is not stored yet) as an `admin` or `links` key and returns its record
+/// (the first key, `--initial-api-key`, tests).
 pub fn store_key(
     store: &Store,
     key: &str,
     name: &str,
     admin: bool,
 ) -> Result<KeyRecord, StoreError> {
+    let scope = if admin { Scope::Admin } else { Scope::Links };
     let hash = hash_key(key);
     if let Some((_, record)) = store.api_keys()?.into_iter().find(|(h, _)| *h == hash) {
         return Ok(record);
     }
-    let record = KeyRecord {
-        v: RECORD_VERSION,
-        id: key_id(&hash),
-        name: name.to_owned(),
-        admin,
-        created_at: now_ms(),
-    };
+    let record = new_record(&hash, name, scope);
     store.put_api_key(hash, &record)?;
     Ok(record)
 }
 
+/// One valid key in memory.
+struct Entry {
+    hash: [u8; 32],
+    record: KeyRecord,
+    /// When it was last used (ms since the epoch, 0: never): set by every request, cheaply.
+    last_used: AtomicI64,
+    /// The `last_used` value the store holds.
+    saved: AtomicI64,
+}
+
+impl Entry {
+    fn new(hash: [u8; 32], record: KeyRecord) -> Self {
+        let at = record.last_used_at.unwrap_or(0);
+        Self {
+            hash,
+            record,
+            last_used: AtomicI64::new(at),
+            saved: AtomicI64::new(at),
+        }
+    }
+
+    fn info(&self) -> KeyInfo {
+        let last = self.last_used.load(Ordering::Relaxed);
+        KeyInfo {
+            id: self.record.id.clone(),
+            name: self.record.name.clone(),
+            scope: self.record.scope(),
+            created_at: format_ms(self.record.created_at),
+            last_used_at: (last > 0).then(|| format_ms(last)),
+        }
+    }
+}
+
+/// The valid keys, held in memory (they are few) and checked without early exit. Changes go
+/// to the store first (synced), then to memory, one at a time: a revoked key is refused from
+/// the moment its revocation is answered. Last-used times live in memory and reach the store
+/// through [`ApiKeys::save_last_used`] (once a minute, and at a clean stop), never per request.
+pub struct ApiKeys {
+    store: Store,
+    keys: RwLock<Vec<Entry>>,
+    /// Held by every write of key records, so a save of last-used times never brings back a
+    /// key revoked meanwhile.
+    writes: Mutex<()>,
+}
+
 impl ApiKeys {
     pub fn load(store: &Store) -> Result<Self, StoreError> {
+        let keys = store
+            .api_keys()?
+            .into_iter()
+            .map(|(hash, record)| Entry::new(hash, record))
+            .collect();
         Ok(Self {
-            keys: std::sync::RwLock::new(store.api_keys()?),
+            store: store.clone(),
+            keys: RwLock::new(keys),
+            writes: Mutex::new(()),
         })
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Entry>> {
+        self.keys.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.keys.read().map(|k| k.is_empty()).unwrap_or(true)
+        self.read().is_empty()
     }
 
-    /// Adds a key made after loading.
-    pub fn add(&self, key: &str, record: KeyRecord) {
-        if let Ok(mut keys) = self.keys.write() {
-            keys.push((hash_key(key), record));
-        }
-    }
-
-    /// The caller a presented key stands for, if it is valid.
+    /// The caller a presented key stands for, if it is valid; notes the use.
     pub fn authenticate(&self, presented: &str) -> Option<Caller> {
         let hash = hash_key(presented);
-        let keys = self.keys.read().ok()?;
+        let keys = self.read();
         let mut found = None;
         // Compare against every key, each in constant time, so timing says nothing about
         // which bytes matched.
-        for (stored, record) in keys.iter() {
-            if bool::from(stored.ct_eq(&hash)) {
-                found = Some(Caller {
-                    key_id: record.id.clone(),
-                    admin: record.admin,
-                });
+        for entry in keys.iter() {
+            if bool::from(entry.hash.ct_eq(&hash)) {
+                found = Some(entry);
             }
         }
-        found
+        let entry = found?;
+        entry.last_used.fetch_max(now_ms(), Ordering::Relaxed);
+        Some(Caller {
+            key_id: entry.record.id.clone(),
+            scope: entry.record.scope(),
+        })
+    }
+
+    /// Makes, stores (synced) and admits a new key. Blocking: call it off the async threads.
+    pub fn create(&self, name: &KeyName, scope: Scope) -> Result<NewKey, KeyError> {
+        let _writing = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = generate_key();
+        let hash = hash_key(&key);
+        let record = new_record(&hash, name.as_str(), scope);
+        self.store.put_api_key(hash, &record)?;
+        let made = NewKey {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            scope,
+            key,
+            created_at: format_ms(record.created_at),
+        };
+        self.keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Entry::new(hash, record));
+        Ok(made)
+    }
+
+    /// Every key, oldest first.
+    pub fn list(&self) -> Vec<KeyInfo> {
+        let keys = self.read();
+        let mut entries: Vec<&Entry> = keys.iter().collect();
+        entries.sort_by(|a, b| {
+            (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
+        });
+        entries.into_iter().map(Entry::info).collect()
+    }
+
+    /// Removes the key `id` from the store (synced), then from memory: its next request is
+    /// refused. With `by` (a request over HTTP), the last admin key may not revoke itself.
+    /// Blocking: call it off the async threads.
+    pub fn revoke(&self, id: &str, by: Option<&Caller>) -> Result<(), KeyError> {
+        let _writing = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        let (hash, scope) = {
+            let keys = self.read();
+            let entry = keys
+                .iter()
+                .find(|e| e.record.id == id)
+                .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+            let admins = keys
+                .iter()
+                .filter(|e| e.record.scope() == Scope::Admin)
+                .count();
+            let scope = entry.record.scope();
+            if by.is_some_and(|c| c.key_id == id) && scope == Scope::Admin && admins == 1 {
+                return Err(KeyError::LastAdmin);
+            }
+            (entry.hash, scope)
+        };
+        self.store.revoke_api_key(hash)?;
+        self.keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|e| e.hash != hash);
+        tracing::info!(id, scope = %scope, "API key revoked");
+        Ok(())
+    }
+
+    /// Writes the last-used times that changed since the last save, in one synced batch.
+    /// Returns how many. Blocking: call it off the async threads.
+    pub fn save_last_used(&self) -> Result<usize, StoreError> {
+        let _writing = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed: Vec<([u8; 32], KeyRecord, i64)> = self
+            .read()
+            .iter()
+            .filter_map(|e| {
+                let at = e.last_used.load(Ordering::Relaxed);
+                (at > e.saved.load(Ordering::Relaxed)).then(|| {
+                    let mut record = e.record.clone();
+                    record.last_used_at = Some(at);
+                    (e.hash, record, at)
+                })
+            })
+            .collect();
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let records: Vec<([u8; 32], KeyRecord)> = changed
+            .iter()
+            .map(|(hash, record, _)| (*hash, record.clone()))
+            .collect();
+        self.store.put_api_keys(&records)?;
+        let keys = self.read();
+        for (hash, _, at) in &changed {
+            if let Some(e) = keys.iter().find(|e| e.hash == *hash) {
+                e.saved.fetch_max(*at, Ordering::Relaxed);
+            }
+        }
+        Ok(changed.len())
     }
 }
 
@@ -133,7 +391,7 @@ mod tests {
             caller,
             Some(Caller {
                 key_id: record.id.clone(),
-                admin: false
+                scope: Scope::Links
             })
         );
         assert_eq!(keys.authenticate("lp_wrong"), None);
@@ -142,5 +400,49 @@ mod tests {
         assert_eq!(store_key(&store, &key, "again", true)?, record);
         assert_eq!(store.api_keys()?.len(), 1);
         Ok(())
+    }
+
+    #[test]
+    fn revoked_keys_are_refused_and_last_use_is_saved_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let keys = ApiKeys::load(&store)?;
+        let admin = keys.create(&KeyName::parse("ops")?, Scope::Admin)?;
+        let reader = keys.create(&KeyName::parse("dash")?, Scope::Read)?;
+        let caller = keys.authenticate(&admin.key).ok_or("admin key valid")?;
+        assert!(caller.is_admin() && caller.may_write());
+        let read = keys.authenticate(&reader.key).ok_or("read key valid")?;
+        assert!(!read.may_write() && read.may_manage("any owner"));
+        // Both were used: one batch saves both, a second save has nothing new.
+        assert_eq!(keys.save_last_used()?, 2);
+        assert_eq!(keys.save_last_used()?, 0);
+        let stored = store.api_keys()?;
+        assert!(
+            stored.iter().all(|(_, r)| r.last_used_at.is_some()),
+            "{stored:?}"
+        );
+
+        assert!(matches!(
+            keys.revoke(&admin.id, Some(&caller)),
+            Err(KeyError::LastAdmin)
+        ));
+        assert!(matches!(
+            keys.revoke("nope", None),
+            Err(KeyError::NotFound(_))
+        ));
+        keys.revoke(&reader.id, Some(&caller))?;
+        assert_eq!(keys.authenticate(&reader.key), None);
+        assert_eq!(ApiKeys::load(&store)?.authenticate(&reader.key), None);
+        assert_eq!(keys.list().len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn names_are_one_to_a_hundred_printable_characters() {
+        assert!(KeyName::parse("").is_err());
+        assert!(KeyName::parse(&"é".repeat(100)).is_ok());
+        assert!(KeyName::parse(&"a".repeat(101)).is_err());
+        assert!(KeyName::parse("tab\there").is_err());
     }
 }

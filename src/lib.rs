@@ -27,7 +27,8 @@
 //! - [`store`]: fjall keyspaces, record encoding, the group-commit writer.
 //! - [`http`]: routes, one file per area.
 //! - [`analytics`]: user agents, addresses.
-//! - [`keys`]: API keys, stored as hashes.
+//! - [`keys`]: API keys, stored as hashes, with scopes.
+//! - [`control`]: the Unix socket through which `linkpulse keys` reaches a running server.
 //! - [`metrics`]: counters and gauges for `/metrics`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -35,6 +36,7 @@
 pub mod analytics;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod domain;
 pub mod http;
 pub mod keys;

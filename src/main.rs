@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use linkpulse::{
     App,
-    config::{Cli, Command, KeysCommand},
+    config::{Cli, Command},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -26,16 +26,10 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Some(Command::Keys {
-            command:
-                KeysCommand::Create {
-                    data_dir,
-                    name,
-                    admin,
-                },
-        }) => {
-            let key = linkpulse::app::create_key(&data_dir, &name, admin)?;
-            println!("{key}");
+        Some(Command::Keys { command }) => {
+            let out = tokio::task::spawn_blocking(move || linkpulse::app::keys_command(command))
+                .await??;
+            print!("{out}");
             Ok(())
         }
         Some(Command::Check { data_dir }) => {
@@ -59,7 +53,7 @@ async fn serve(config: linkpulse::ServeConfig) -> anyhow::Result<()> {
         println!("linkpulse made its first API key; it is shown only this once:");
         println!("{key}");
         println!(
-            "To make another key later, stop the server and run: linkpulse keys create --admin \
+            "To make another key later (the server may run): linkpulse keys create --admin \
              --data-dir {}",
             data_dir.display()
         );

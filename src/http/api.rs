@@ -13,6 +13,7 @@ use super::{
     ApiError, AppState, authenticate, client_ip, code_param,
     fields::{LinkFields, hash_password},
     limit::Limited,
+    require_write,
 };
 use crate::{
     analytics::StatsQuery,
@@ -174,6 +175,7 @@ impl CreateLink {
                 .map_err(Limited::into_error)?;
         }
         let caller = authenticate(state, req)?;
+        require_write(&caller)?;
         state
             .create_limits
             .check_key(&caller.key_id)

@@ -12,9 +12,11 @@ use super::{
     api::{LinkBody, link_body, owned_link, password_hash, read_json},
     authenticate,
     fields::LinkFields,
+    require_write,
 };
 use crate::{
     domain::Link,
+    keys::Scope,
     links::Snapshot,
     store::{Cursor, LinkChange},
 };
@@ -69,7 +71,8 @@ impl ListLinks {
         };
         let q = param("q").map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
         let tag = param("tag").map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
-        let owner = (!caller.admin).then(|| caller.key_id.clone());
+        // A `links` key lists its own links; admin and read keys see every link.
+        let owner = (caller.scope == Scope::Links).then(|| caller.key_id.clone());
         let store = state.links.store().clone();
         let page = tokio::task::spawn_blocking(move || {
             store.list_links(owner.as_deref(), cursor.as_ref(), limit, MAX_SCAN, |link| {
@@ -114,7 +117,8 @@ pub struct PatchLink(pub Arc<AppState>);
 impl PatchLink {
     async fn patch(&self, req: &mut Request) -> Result<(Arc<Link>, Snapshot), ApiError> {
         let state = &self.0;
-        let (_, link) = owned_link(state, req).await?;
+        let (caller, link) = owned_link(state, req).await?;
+        require_write(&caller)?;
         let request: LinkFields = read_json(req).await?;
         if request.code.is_some() {
             return Err(ApiError::bad_request(
@@ -157,7 +161,8 @@ impl Handler for DeleteLink {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let result = async {
-            let (_, link) = owned_link(state, req).await?;
+            let (caller, link) = owned_link(state, req).await?;
+            require_write(&caller)?;
             if state.links.delete(&link).await? {
                 Ok(())
             } else {

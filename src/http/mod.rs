@@ -13,6 +13,7 @@ mod api;
 mod fields;
 pub mod front;
 mod health;
+mod keys;
 pub mod limit;
 mod manage;
 mod pages;
@@ -24,17 +25,17 @@ mod stream;
 use std::{net::IpAddr, sync::Arc};
 
 use salvo::{
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderValue, StatusCode, header, mime},
     prelude::*,
 };
-use serde::Serialize;
+use serde::{Serialize, de::DeserializeOwned};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::{
     analytics::CountryDb,
     config::ServeConfig,
-    keys::{ApiKeys, Caller},
+    keys::{ApiKeys, Caller, KeyError},
     links::{LinkError, Links},
     metrics::Metrics,
 };
@@ -42,7 +43,7 @@ use crate::{
 /// Everything a handler may need.
 pub struct AppState {
     pub links: Links,
-    pub keys: ApiKeys,
+    pub keys: Arc<ApiKeys>,
     pub config: ServeConfig,
     /// The public base URL, without a trailing slash.
     pub base_url: String,
@@ -91,6 +92,18 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .get(manage::ListLinks(s()))
                 .head(manage::ListLinks(s()))
                 .goal(NotAllowed("GET, HEAD, POST")),
+        )
+        .push(
+            Router::with_path("api/keys")
+                .post(keys::CreateKey(s()))
+                .get(keys::ListKeys(s()))
+                .head(keys::ListKeys(s()))
+                .goal(NotAllowed("GET, HEAD, POST")),
+        )
+        .push(
+            Router::with_path("api/keys/{id}")
+                .delete(keys::RevokeKey(s()))
+                .goal(NotAllowed("DELETE")),
         )
         .push(
             Router::with_path("api/links/{code}")
@@ -256,6 +269,85 @@ impl From<LinkError> for ApiError {
             }
         }
     }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::BadName(_) | KeyError::LastAdmin => Self::bad_request(e.to_string()),
+            KeyError::NotFound(_) => Self::not_found(e.to_string()),
+            KeyError::Store(cause) => {
+                error!(cause = %cause, "an API key operation failed");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        }
+    }
+}
+
+/// `403` for a `read` key asking to change something.
+pub fn require_write(caller: &Caller) -> Result<(), ApiError> {
+    if caller.may_write() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this key is read-only (scope read)",
+        ))
+    }
+}
+
+/// `403` for a key that is not an admin key.
+pub fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this needs an admin key (scope admin)",
+        ))
+    }
+}
+
+/// A JSON object body of at most `max` bytes, as `T`: `415` for another content type, `413`
+/// for a larger body (refused before it is read, when its length is declared), `400` for
+/// anything that is not a JSON object of `T`'s fields.
+pub async fn read_json_object<T: DeserializeOwned>(
+    req: &mut Request,
+    max: usize,
+) -> Result<T, ApiError> {
+    let is_json = req
+        .content_type()
+        .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {max} bytes"),
+        )
+    };
+    // Refused before reading: salvo would wait for a body it is told is too large.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let body = req.payload_with_max_size(max).await.map_err(|e| match e {
+        salvo::http::ParseError::PayloadTooLarge => too_large(),
+        _ => ApiError::bad_request("could not read the request body"),
+    })?;
+    // serde would also take a JSON array as the fields in order.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("JSON body must be an object"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// The caller behind `Authorization: Bearer <key>`, or a 401.

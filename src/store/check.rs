@@ -6,7 +6,8 @@
 //!   (fjall syncs the journal it recovered), so a later open that finds less has lost data:
 //!   fjall reads a journal damaged before its end only up to the damage, and says nothing. Links
 //!   and clicks come from the totals record (one point read), which the writer keeps equal to
-//!   what is stored; keys are few and counted. (fjall's sequence number is no floor: its
+//!   what is stored; keys are few and counted (with the revoked ones, which a counter in `meta`
+//!   keeps in the same batch as each revocation, so the number only grows). (fjall's sequence number is no floor: its
 //!   counter also moves for work a reopen does not replay, so a sound store can reopen with a
 //!   lower one, e.g. 9 before a clean close and 8 after it.)
 //! - **Files written since the last check**: tables and manifests that the checked listing

@@ -8,6 +8,7 @@
 //! | `keys` | SHA-256 of an API key | key record |
 //! | `meta` | `totals` | how many links and clicks are stored (see [`records::Totals`]) |
 //! | `meta` | `visitor-key` | the secret of visitor hashes (unique visitors) |
+//! | `meta` | `keys-revoked` | how many API keys were revoked, u64 big-endian (for the floor) |
 //! | `stats` | code | the link's aggregates, tagged with the last click they cover |
 //! | `meta` | `gone`, 0x00, code | a deleted code, held until a time (see `links.rs`) |
 //! | `index` | `t`, created_at, code / `o`, owner, 0x00, created_at, code | links newest first |
@@ -54,6 +55,9 @@ use crate::{
 const VISITOR_KEY: &[u8] = b"visitor-key";
 /// Set in the `meta` keyspace once every code has an aggregates snapshot.
 const AGGREGATES_BUILT: &[u8] = b"aggregates-built";
+/// How many API keys were revoked, in the `meta` keyspace: the floor counts keys ever stored
+/// (stored + revoked), which only grows, as links and clicks do.
+const KEYS_REVOKED: &[u8] = b"keys-revoked";
 
 /// A storage failure. Carries the cause for the log; HTTP answers say nothing of it.
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +309,8 @@ impl Store {
         };
         *store.totals.lock().unwrap_or_else(PoisonError::into_inner) = totals;
         let keys = store.count_keys().map_err(|e| e.opened(dir))?;
-        check::check_floor(dir, totals, keys)?;
+        let revoked = store.revoked_keys().map_err(|e| e.opened(dir))?;
+        check::check_floor(dir, totals, keys + revoked)?;
         let listed = clean::record_checked(dir).map_err(io)?;
         store._keeper = Some(Arc::new(
             clean::Keeper::start(dir.to_owned(), listed, store.journal_upkeep()).map_err(io)?,
@@ -798,6 +803,43 @@ impl Store {
         Ok(())
     }
 
+    /// Stores several API key records in one batch (last-used times), synced.
+    pub fn put_api_keys(&self, records: &[([u8; 32], KeyRecord)]) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        for (hash, record) in records {
+            batch.insert(&self.keys, hash.to_vec(), records::encode_key(record));
+        }
+        batch.commit()?;
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Removes an API key and counts it as revoked, in one atomic batch, synced before
+    /// returning. Returns whether it was stored.
+    pub fn revoke_api_key(&self, hash: [u8; 32]) -> Result<bool, StoreError> {
+        if self.keys.get(hash)?.is_none() {
+            return Ok(false);
+        }
+        let mut batch = self.db.batch();
+        batch.remove(&self.keys, hash.to_vec());
+        batch.insert(
+            &self.meta,
+            KEYS_REVOKED,
+            (self.revoked_keys()? + 1).to_be_bytes(),
+        );
+        batch.commit()?;
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(true)
+    }
+
+    /// How many API keys were ever revoked.
+    pub fn revoked_keys(&self) -> Result<u64, StoreError> {
+        let stored = self.meta.get(KEYS_REVOKED)?;
+        Ok(stored
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
     /// Syncs everything written so far to disk.
     pub fn sync(&self) -> Result<(), StoreError> {
         self.db.persist(PersistMode::SyncAll)?;
@@ -1056,6 +1098,8 @@ mod tests {
             name: String::new(),
             admin: false,
             created_at: 0,
+            scope: None,
+            last_used_at: None,
         };
         store.put_api_key([1; 32], &record("one")).expect("key");
         store.put_api_key([2; 32], &record("two")).expect("key");
@@ -1070,6 +1114,31 @@ mod tests {
             refused.to_string().contains("holds 1 API keys but held 2"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn a_revoked_key_is_gone_and_the_next_open_accepts_the_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("opens");
+        let record = KeyRecord {
+            v: records::RECORD_VERSION,
+            id: "one".into(),
+            name: String::new(),
+            admin: false,
+            created_at: 0,
+            scope: None,
+            last_used_at: None,
+        };
+        store.put_api_key([1; 32], &record).expect("key");
+        store.put_api_key([2; 32], &record).expect("key");
+        drop(store);
+        let store = Store::open(dir.path()).expect("opens again");
+        assert!(store.revoke_api_key([2; 32]).expect("revoked"));
+        assert!(!store.revoke_api_key([2; 32]).expect("no second time"));
+        drop(store);
+        let store = Store::open(dir.path()).expect("a revocation is no loss");
+        assert_eq!(store.api_keys().expect("keys").len(), 1);
+        assert_eq!(store.revoked_keys().expect("revoked"), 1);
     }
 
     #[test]

@@ -6,8 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{
-    ClickEvent, DeviceClass, KeyId, Link, RedirectRule, RuleDevice, ShortCode, TargetUrl,
+use crate::{
+    domain::{
+        ClickEvent, DeviceClass, KeyId, Link, RedirectRule, RuleDevice, ShortCode, TargetUrl,
+    },
+    keys::Scope,
 };
 
 /// The current version of every record kind.
@@ -130,8 +133,26 @@ pub struct KeyRecord {
     pub v: u8,
     pub id: KeyId,
     pub name: String,
+    /// Kept equal to `scope == admin`: what a record written before scopes says.
     pub admin: bool,
     pub created_at: i64,
+    /// `None` in a record written before scopes: see [`KeyRecord::scope`].
+    #[serde(default)]
+    pub scope: Option<Scope>,
+    /// Milliseconds since the epoch, saved at most once a minute (see `keys::ApiKeys`).
+    #[serde(default)]
+    pub last_used_at: Option<i64>,
+}
+
+impl KeyRecord {
+    /// The key's scope; a record from before scopes is `admin` or `links` as its flag says.
+    pub fn scope(&self) -> Scope {
+        self.scope.unwrap_or(if self.admin {
+            Scope::Admin
+        } else {
+            Scope::Links
+        })
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -400,6 +421,48 @@ mod tests {
         assert_eq!(decode_click(&encode_click(&e)).ok(), Some(e));
     }
 
+    /// A key record as versions before scopes wrote it: a map without `scope` and
+    /// `last_used_at`.
+    #[derive(Serialize)]
+    struct KeyRecordBeforeScopes {
+        v: u8,
+        id: String,
+        name: String,
+        admin: bool,
+        created_at: i64,
+    }
+
+    #[test]
+    fn key_records_from_before_scopes_decode_as_admin_or_links() {
+        for (admin, scope) in [(true, Scope::Admin), (false, Scope::Links)] {
+            let old = encode(&KeyRecordBeforeScopes {
+                v: RECORD_VERSION,
+                id: "0123456789abcdef".into(),
+                name: "old".into(),
+                admin,
+                created_at: 1_700_000_000_000,
+            });
+            let record = decode_key(&old).expect("an old record decodes");
+            assert_eq!(
+                (record.scope, record.last_used_at, record.scope()),
+                (None, None, scope)
+            );
+            assert_eq!((record.name.as_str(), record.admin), ("old", admin));
+        }
+        // A new record keeps its scope, which wins over the flag.
+        let new = KeyRecord {
+            v: RECORD_VERSION,
+            id: "x".into(),
+            name: "reader".into(),
+            admin: false,
+            created_at: 1,
+            scope: Some(Scope::Read),
+            last_used_at: Some(2),
+        };
+        let back = decode_key(&encode_key(&new)).expect("decodes");
+        assert_eq!((back.scope(), back.last_used_at), (Scope::Read, Some(2)));
+    }
+
     #[test]
     fn garbage_and_future_versions_are_errors() {
         assert!(matches!(
@@ -548,8 +611,16 @@ mod tests {
                 name in any::<String>(),
                 admin in any::<bool>(),
                 created_at in any::<i64>(),
+                scope in proptest::option::of(prop_oneof![
+                    Just(Scope::Admin),
+                    Just(Scope::Links),
+                    Just(Scope::Read)
+                ]),
+                last_used_at in any::<Option<i64>>(),
             ) {
-                let record = KeyRecord { v: RECORD_VERSION, id, name, admin, created_at };
+                let record = KeyRecord {
+                    v: RECORD_VERSION, id, name, admin, created_at, scope, last_used_at,
+                };
                 prop_assert_eq!(decode_key(&encode_key(&record)).ok(), Some(record));
             }
 

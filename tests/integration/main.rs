@@ -8,6 +8,7 @@ mod browser;
 mod client_limits;
 mod faults;
 mod first_key;
+mod keys;
 mod lifecycle;
 mod manage;
 mod overload;

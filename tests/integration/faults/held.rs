@@ -1,5 +1,6 @@
-//! A data directory another linkpulse holds: a second server and `keys create` refuse it with
-//! a message naming the problem, and the holder serves on undisturbed.
+//! A data directory another linkpulse holds: a second server and `check` refuse it with a
+//! message naming the problem (`keys create` goes through the holder's control socket), and
+//! the holder serves on undisturbed.
 
 use std::process::Command;
 
@@ -32,17 +33,26 @@ async fn a_data_dir_held_by_another_linkpulse_is_refused_and_the_holder_serves_o
         message.replace('\n', " ")
     );
 
-    let keys = Command::new(BIN)
-        .args(["keys", "create", "--data-dir"])
+    // `check` opens the store itself and is refused; `keys` goes through the holder.
+    let check = Command::new(BIN)
+        .args(["check", "--data-dir"])
         .arg(dir.path())
         .env("RUST_LIB_BACKTRACE", "0")
         .output()?;
-    let keys_log = String::from_utf8_lossy(&keys.stderr);
-    assert!(!keys.status.success(), "keys create on a held dir");
-    assert_no_panic(&keys_log, "keys create");
+    let check_log = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "check on a held dir");
+    assert_no_panic(&check_log, "check");
     assert!(
-        keys_log.contains("in use by another process"),
-        "keys create names the problem:\n{keys_log}"
+        check_log.contains("in use by another process"),
+        "check names the problem:\n{check_log}"
+    );
+    let keys = Command::new(BIN)
+        .args(["keys", "create", "--data-dir"])
+        .arg(dir.path())
+        .output()?;
+    assert!(
+        keys.status.success(),
+        "keys create through the holder: {keys:?}"
     );
 
     // The holder was not disturbed.

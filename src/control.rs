@@ -1,0 +1,175 @@
+//! The control socket, `<data-dir>/control.sock`: how `linkpulse keys create|list|revoke` manage
+//! keys while the server runs (the store admits one process). A connection carries one JSON
+//! request and one JSON answer, each on a line. The socket is made in a private directory with
+//! mode 0600 and renamed into place (replacing one a killed server left), so only the data
+//! directory's owner can talk to it; it is removed at a clean stop.
+//!
+//! The server and the command run the same [`execute`] on an [`ApiKeys`]: the server on its
+//! own, the command (when no server answers) on the store it opens itself.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::keys::{ApiKeys, KeyError, KeyInfo, KeyName, NewKey, Scope};
+
+/// The socket's file name in the data directory.
+pub const SOCKET_NAME: &str = "control.sock";
+/// The longest request taken.
+const MAX_REQUEST: u64 = 16 * 1024;
+/// How long either side waits for the other.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What the command asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Create { name: String, scope: Scope },
+    List,
+    Revoke { id: String },
+}
+
+/// What the server answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Answer {
+    Created(NewKey),
+    Keys(Vec<KeyInfo>),
+    Revoked(String),
+    Error(String),
+}
+
+/// Runs `request` on `keys` (blocking: store writes are synced).
+pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
+    let done = match request {
+        Request::Create { name, scope } => {
+            KeyName::parse(&name).and_then(|name| keys.create(&name, scope).map(Answer::Created))
+        }
+        Request::List => Ok(Answer::Keys(keys.list())),
+        // The command stands for whoever owns the data directory: it may revoke any key,
+        // the last admin key too (it can make another).
+        Request::Revoke { id } => keys.revoke(&id, None).map(|()| Answer::Revoked(id)),
+    };
+    done.unwrap_or_else(|e| {
+        if let KeyError::Store(cause) = &e {
+            warn!(cause = %cause, "a key operation from the control socket failed");
+        }
+        Answer::Error(e.to_string())
+    })
+}
+
+/// The bound socket of a server.
+pub struct ControlSocket {
+    path: PathBuf,
+    listener: tokio::net::UnixListener,
+}
+
+impl ControlSocket {
+    /// Binds `<data_dir>/control.sock`. Call it only while holding the store: any socket file
+    /// already there was left by a server that is gone.
+    pub fn bind(data_dir: &Path) -> std::io::Result<Self> {
+        let path = data_dir.join(SOCKET_NAME);
+        let private = data_dir.join(format!(".control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&private);
+        std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+        let bound = (|| {
+            let inner = private.join("s");
+            let listener = std::os::unix::net::UnixListener::bind(&inner)?;
+            std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&inner, &path)?;
+            listener.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(listener)
+        })();
+        let _ = std::fs::remove_dir_all(&private);
+        Ok(Self {
+            path,
+            listener: bound?,
+        })
+    }
+
+    /// Answers requests until `stop` is cancelled, then removes the socket file.
+    pub async fn serve(self, keys: Arc<ApiKeys>, stop: CancellationToken) {
+        info!(path = %self.path.display(), "control socket for `linkpulse keys` listening");
+        loop {
+            let stream = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        warn!(cause = %e, "control socket accept failed");
+                        continue;
+                    }
+                },
+            };
+            let keys = keys.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, keys).await {
+                    warn!(cause = %e, "a control socket connection failed");
+                }
+            });
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn answer(stream: tokio::net::UnixStream, keys: Arc<ApiKeys>) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST));
+    let read = tokio::time::timeout(WAIT, reader.read_line(&mut line)).await;
+    let answer = match read {
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => tokio::task::spawn_blocking(move || execute(&keys, request))
+                .await
+                .unwrap_or_else(|_| Answer::Error("the server is stopping".into())),
+            Err(e) => Answer::Error(format!("malformed request: {e}")),
+        },
+        Ok(Err(e)) => return Err(e),
+        Err(_) => Answer::Error("no request within the time limit".into()),
+    };
+    let mut out = serde_json::to_vec(&answer).unwrap_or_default();
+    out.push(b'\n');
+    tokio::time::timeout(WAIT, write.write_all(&out))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// Sends `request` to the server on `data_dir`: `Ok(None)` when no server is there (no socket,
+/// or one a killed server left). Blocking.
+pub fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<Answer>> {
+    use std::io::ErrorKind::{ConnectionRefused, NotFound};
+    let path = data_dir.join(SOCKET_NAME);
+    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(e) if matches!(e.kind(), NotFound | ConnectionRefused) => return Ok(None),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot connect to the server at {}",
+                path.display()
+            )));
+        }
+    };
+    let mut talk = || -> std::io::Result<Answer> {
+        stream.set_read_timeout(Some(WAIT))?;
+        stream.set_write_timeout(Some(WAIT))?;
+        let mut out = serde_json::to_vec(request)?;
+        out.push(b'\n');
+        stream.write_all(&out)?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line)?;
+        Ok(serde_json::from_str(&line)?)
+    };
+    talk().map(Some).map_err(|e| {
+        anyhow::Error::new(e).context("the server did not answer on its control socket")
+    })
+}

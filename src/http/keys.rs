@@ -1,0 +1,107 @@
+//! `/api/keys`: make, list and revoke API keys, with an admin key. A new key is shown once, in
+//! the answer that makes it; the store keeps only its hash (see `crate::keys`).
+
+use std::sync::Arc;
+
+use salvo::{http::StatusCode, prelude::*};
+use serde::Deserialize;
+
+use super::{ApiError, AppState, authenticate, read_json_object, require_admin};
+use crate::keys::{Caller, KeyError, KeyName, Scope};
+
+/// The largest body of `POST /api/keys` (a name and a scope).
+const MAX_BODY: usize = 4 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKeyRequest {
+    name: String,
+    scope: Scope,
+}
+
+/// The caller, if it holds an admin key: else `401` or `403`.
+fn admin(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
+    let caller = authenticate(state, req)?;
+    require_admin(&caller)?;
+    Ok(caller)
+}
+
+/// Runs a store operation on the blocking pool (fjall calls are synchronous).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, KeyError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is shutting down",
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+/// `POST /api/keys` `{"name", "scope"}`: `201 {"id","name","scope","key","createdAt"}`.
+pub struct CreateKey(pub Arc<AppState>);
+
+impl CreateKey {
+    async fn create(&self, req: &mut Request) -> Result<crate::keys::NewKey, ApiError> {
+        admin(&self.0, req)?;
+        let request: CreateKeyRequest = read_json_object(req, MAX_BODY).await?;
+        let name = KeyName::parse(&request.name)?;
+        let state = self.0.clone();
+        blocking(move || state.keys.create(&name, request.scope)).await
+    }
+}
+
+#[async_trait]
+impl Handler for CreateKey {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        match self.create(req).await {
+            Ok(made) => {
+                tracing::info!(id = %made.id, scope = %made.scope, "API key made");
+                res.status_code(StatusCode::CREATED);
+                res.render(Json(made));
+            }
+            Err(e) => e.write(res),
+        }
+    }
+}
+
+/// `GET /api/keys`: `{"keys": [{"id","name","scope","createdAt","lastUsedAt"}]}`, oldest
+/// first; `lastUsedAt` is `null` for a key never used.
+pub struct ListKeys(pub Arc<AppState>);
+
+#[async_trait]
+impl Handler for ListKeys {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        match admin(&self.0, req) {
+            Ok(_) => res.render(Json(serde_json::json!({ "keys": self.0.keys.list() }))),
+            Err(e) => e.write(res),
+        }
+    }
+}
+
+/// `DELETE /api/keys/{id}`: `204`; the key's next request is `401`.
+pub struct RevokeKey(pub Arc<AppState>);
+
+impl RevokeKey {
+    async fn revoke(&self, req: &Request) -> Result<(), ApiError> {
+        let caller = admin(&self.0, req)?;
+        let id = req.params().get("id").cloned().unwrap_or_default();
+        let state = self.0.clone();
+        blocking(move || state.keys.revoke(&id, Some(&caller))).await
+    }
+}
+
+#[async_trait]
+impl Handler for RevokeKey {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        match self.revoke(req).await {
+            Ok(()) => {
+                res.status_code(StatusCode::NO_CONTENT);
+            }
+            Err(e) => e.write(res),
+        }
+    }
+}
