@@ -220,6 +220,7 @@ fn group_commit(c: &mut Criterion) {
             commit_interval: Duration::ZERO,
             max_batch: 4096,
             fsync_interval: Duration::from_secs(1),
+            metrics: Default::default(),
         },
     )
     .unwrap_or_else(|e| panic!("writer: {e}"));

@@ -61,6 +61,7 @@ impl App {
         tokio::task::spawn_blocking(move || built.build_missing_aggregates(&aggregates))
             .await?
             .context("cannot build the aggregates of the stored links")?;
+        let metrics = Arc::new(Metrics::default());
         let writer = Writer::start(
             store.clone(),
             WriterConfig {
@@ -68,6 +69,7 @@ impl App {
                 commit_interval: config.commit_interval,
                 max_batch: config.commit_max.max(1),
                 fsync_interval: config.fsync_interval,
+                metrics: metrics.clone(),
             },
         )
         .context("cannot start the writer thread")?;
@@ -95,7 +97,6 @@ impl App {
                 config.click_retention_check,
             )
         });
-        let metrics = Arc::new(Metrics::default());
         let links = Links::new(
             store,
             writer.handle(),

@@ -410,6 +410,9 @@ impl LinkState {
     }
 
     fn broadcast(&mut self) {
+        if self.frame.is_none() && !self.subscribers.is_empty() {
+            self.shared.metrics.click_framed(self.last.as_deref());
+        }
         let mut frame = self.current_frame();
         if self.stats_due() {
             // One write per subscriber carries both events.

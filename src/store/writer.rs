@@ -46,6 +46,8 @@ pub struct WriterConfig {
     pub commit_interval: Duration,
     pub max_batch: usize,
     pub fsync_interval: Duration,
+    /// Where group commits are measured (`linkpulse_commit_*`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a write was not confirmed.
@@ -407,6 +409,7 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, health: &Health)
             thread::sleep(Duration::from_millis(5));
         }
 
+        let started = Instant::now();
         let stop = group.stop;
         let must_sync = stop
             || !group.links.is_empty()
@@ -426,6 +429,9 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, health: &Health)
                 last_sync = Instant::now();
                 unsynced = false;
             }
+        }
+        if result.is_ok() {
+            config.metrics.group_committed(group.clicks.len(), started.elapsed());
         }
         answer(&mut group, &result, health);
         if stop {

@@ -53,6 +53,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<bool> {
             commit_interval: Duration::from_millis(2),
             max_batch: 16_384,
             fsync_interval: Duration::from_secs(1),
+            metrics: Default::default(),
         },
     )?;
     let handle = writer.handle();
