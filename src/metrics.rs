@@ -275,7 +275,8 @@ impl Metrics {
         );
         let family = Family::<[(&'static str, &'static str); 1], Counter>::default();
         // Every reason is shown from the start, at 0.
-        let dropped = DropReason::ALL.map(|r| family.get_or_create(&[("reason", r.as_str())]).clone());
+        let dropped =
+            DropReason::ALL.map(|r| family.get_or_create(&[("reason", r.as_str())]).clone());
         registry.register(
             "linkpulse_clicks_dropped",
             "Redirects answered whose click was not counted, by reason",
@@ -287,14 +288,22 @@ impl Metrics {
             registry.register(name, help, gauge.clone());
             gauge
         };
-        let subscribers = gauge(&mut registry, "linkpulse_subscribers", "Live SSE subscribers");
+        let subscribers = gauge(
+            &mut registry,
+            "linkpulse_subscribers",
+            "Live SSE subscribers",
+        );
         let queued_clicks = gauge(
             &mut registry,
             "linkpulse_inbox_clicks",
             "Clicks waiting in link actors' inboxes (their mailboxes hold one message per batch)",
         );
         let scraped = ScrapedGauges {
-            active_actors: gauge(&mut registry, "linkpulse_active_actors", "Link actors alive now"),
+            active_actors: gauge(
+                &mut registry,
+                "linkpulse_active_actors",
+                "Link actors alive now",
+            ),
             writer_queue: gauge(
                 &mut registry,
                 "linkpulse_writer_queue",
@@ -320,7 +329,11 @@ impl Metrics {
                 "linkpulse_clicks_not_committed",
                 "Clicks counted that the writer could not commit because the store had failed",
             ),
-            connections: gauge(&mut registry, "linkpulse_connections", "Open client connections"),
+            connections: gauge(
+                &mut registry,
+                "linkpulse_connections",
+                "Open client connections",
+            ),
         };
 
         let histogram = |registry: &mut Registry, name: &str, help: &str, bounds, scale| {

@@ -162,7 +162,10 @@ impl Handler for CreateLink {
 
 /// Finds the link named in the path if the caller may see it. Another owner's link answers
 /// 404 like a missing one, so codes cannot be probed.
-pub(super) async fn owned_link(state: &AppState, req: &Request) -> Result<(Caller, Arc<Link>), ApiError> {
+pub(super) async fn owned_link(
+    state: &AppState,
+    req: &Request,
+) -> Result<(Caller, Arc<Link>), ApiError> {
     let caller = authenticate(state, req)?;
     let missing = || ApiError::not_found("no such link");
     let code = ShortCode::parse(code_param(req)).map_err(|_| missing())?;

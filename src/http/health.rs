@@ -95,7 +95,8 @@ impl Handler for MetricsText {
                 .config
                 .max_connections
                 .max(1)
-                .saturating_sub(state.connections.available_permits()) as u64,
+                .saturating_sub(state.connections.available_permits())
+                as u64,
         };
         res.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -431,7 +431,9 @@ fn run(store: &Store, rx: &Receiver<Op>, config: &WriterConfig, health: &Health)
             }
         }
         if result.is_ok() {
-            config.metrics.group_committed(group.clicks.len(), started.elapsed());
+            config
+                .metrics
+                .group_committed(group.clicks.len(), started.elapsed());
         }
         answer(&mut group, &result, health);
         if stop {
