@@ -222,6 +222,7 @@ fn group_commit(c: &mut Criterion) {
             max_batch: 4096,
             fsync_interval: Duration::from_secs(1),
             deleted_code_hold: Duration::ZERO,
+            metrics: Default::default(),
         },
     )
     .unwrap_or_else(|e| panic!("writer: {e}"));

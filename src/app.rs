@@ -72,6 +72,7 @@ impl App {
         tokio::task::spawn_blocking(move || built.build_link_index())
             .await?
             .context("cannot build the listing index of the stored links")?;
+        let metrics = Arc::new(Metrics::default());
         let writer = Writer::start(
             store.clone(),
             WriterConfig {
@@ -80,6 +81,7 @@ impl App {
                 max_batch: config.commit_max.max(1),
                 fsync_interval: config.fsync_interval,
                 deleted_code_hold: config.deleted_code_hold,
+                metrics: metrics.clone(),
             },
         )
         .context("cannot start the writer thread")?;
@@ -119,7 +121,6 @@ impl App {
                 config.click_retention_check,
             )
         });
-        let metrics = Arc::new(Metrics::default());
         let links = Links::new(
             store,
             writer.handle(),

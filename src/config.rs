@@ -71,6 +71,33 @@ pub enum KeysCommand {
     },
 }
 
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `*`, or an origin as browsers send it in `Origin`: `scheme://host[:port]`, no path.
+fn origin(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if raw == "*" {
+        return Ok(raw.to_owned());
+    }
+    let url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not an origin: {e}"))?;
+    let bare = url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
+        return Err(format!(
+            "{raw:?} is not an origin: expected scheme://host[:port], like https://dash.example.com"
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
 fn duration(raw: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(raw)
 }
@@ -237,6 +264,15 @@ pub struct ServeConfig {
     /// (0: no limit).
     #[arg(long, env = "LINKPULSE_CREATE_RATE_PER_IP", default_value_t = 100)]
     pub create_rate_per_ip: u32,
+    /// An origin (`https://dash.example.com`) whose pages may call `/api/*` from a browser;
+    /// repeat the flag or separate origins with commas; `*` allows every origin. None by
+    /// default: no CORS headers.
+    #[arg(long, env = "LINKPULSE_CORS_ORIGIN", value_delimiter = ',', value_parser = origin)]
+    pub cors_origin: Vec<String>,
+    /// How logs are written to standard error: `text` (for people) or `json` (one object per
+    /// line, for log collectors).
+    #[arg(long, env = "LINKPULSE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 impl ServeConfig {
@@ -255,5 +291,31 @@ impl ServeConfig {
             serve: ServeConfig,
         }
         Only::parse_from(["linkpulse"]).serve
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cors_origins_are_repeatable_or_comma_separated_and_checked() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["linkpulse"].iter().chain(args)).map(|cli| cli.serve.cors_origin)
+        };
+        assert_eq!(parse(&[]).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            parse(&[
+                "--cors-origin",
+                "https://a.example, http://b.example:8080/",
+                "--cors-origin",
+                "*"
+            ])
+            .unwrap(),
+            ["https://a.example", "http://b.example:8080", "*"]
+        );
+        assert!(parse(&["--cors-origin", "https://a.example/path"]).is_err());
+        assert!(parse(&["--cors-origin", "ftp://a.example"]).is_err());
+        assert!(parse(&["--cors-origin", "a.example"]).is_err());
     }
 }

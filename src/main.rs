@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use linkpulse::{
     App,
-    config::{Cli, Command},
+    config::{Cli, Command, LogFormat},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -18,13 +18,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let log_format = match &cli.command {
+        Some(Command::Serve(config)) => config.log_format,
+        _ => cli.serve.log_format,
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("LINKPULSE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line: {"timestamp","level","message",<fields>,"target"}.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match cli.command {
         Some(Command::Keys { command }) => {
             let out = tokio::task::spawn_blocking(move || linkpulse::app::keys_command(command))

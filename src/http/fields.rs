@@ -299,8 +299,8 @@ mod tests {
         assert_eq!(changed.title, None);
         assert_eq!(changed.tags, vec!["a".to_owned(), "b".to_owned()]);
         assert_eq!(changed.max_visits, Some(5), "absent: unchanged");
-        let changed = fields(r#"{"maxVisits":null,"expiresAt":"2030-01-31T12:00:00Z"}"#)?
-            .apply(&link);
+        let changed =
+            fields(r#"{"maxVisits":null,"expiresAt":"2030-01-31T12:00:00Z"}"#)?.apply(&link);
         assert_eq!(changed.max_visits, None);
         assert_eq!(changed.expires_at, Some(1_896_091_200_000));
         Ok(())
@@ -314,8 +314,14 @@ mod tests {
             (r#"{"expiresAt":"tomorrow"}"#, "expiresAt"),
             (r#"{"expiredUrl":"ftp://x"}"#, "expiredUrl"),
             (r#"{"rules":[{"url":"https://a.example/"}]}"#, "rules[0]"),
-            (r#"{"rules":[{"country":"NLD","url":"https://a.example/"}]}"#, "country"),
-            (r#"{"rules":[{"device":"tv","url":"https://a.example/"}]}"#, "device"),
+            (
+                r#"{"rules":[{"country":"NLD","url":"https://a.example/"}]}"#,
+                "country",
+            ),
+            (
+                r#"{"rules":[{"device":"tv","url":"https://a.example/"}]}"#,
+                "device",
+            ),
             (r#"{"password":""}"#, "password"),
             (r#"{"tags":[""]}"#, "tag"),
             (r#"{"nope":1}"#, "nope"),

@@ -1,11 +1,15 @@
-//! `GET /healthz` and `GET /metrics`.
+//! `GET /healthz`, `GET /readyz` and `GET /metrics`.
 
 use std::sync::Arc;
 
-use salvo::{http::StatusCode, prelude::*};
+use salvo::{
+    http::{HeaderValue, StatusCode, header},
+    prelude::*,
+};
 use serde_json::json;
 
 use super::AppState;
+use crate::metrics::{self, Scraped};
 
 pub struct Health(pub Arc<AppState>);
 
@@ -46,53 +50,58 @@ impl Handler for Health {
     }
 }
 
+/// `GET /readyz`: `200 {"ready":true}` while the service takes traffic; `503` with the reason
+/// once the store has failed (nothing is committed any more) or while it shuts down. Unlike
+/// `/healthz`, a full backlog is not a reason: redirects are still answered.
+pub struct Ready(pub Arc<AppState>);
+
+#[async_trait]
+impl Handler for Ready {
+    async fn handle(&self, _: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let state = &self.0;
+        let reason = if let Some(failure) = state.links.writer().failure() {
+            Some(format!("the store failed: {failure}"))
+        } else if state.shutdown.is_cancelled() {
+            Some("shutting down".to_owned())
+        } else {
+            None
+        };
+        match reason {
+            None => res.render(Json(json!({"ready": true}))),
+            Some(reason) => {
+                res.status_code(StatusCode::SERVICE_UNAVAILABLE);
+                res.render(Json(json!({"ready": false, "reason": reason})));
+            }
+        }
+    }
+}
+
 pub struct MetricsText(pub Arc<AppState>);
 
 #[async_trait]
 impl Handler for MetricsText {
     async fn handle(&self, _: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
-        let gauges = [
-            (
-                "linkpulse_active_actors",
-                "Link actors alive now.",
-                state.links.active_actors() as u64,
-            ),
-            (
-                "linkpulse_writer_queue",
-                "Items waiting for the group-commit writer.",
-                state.links.writer().queue_len() as u64,
-            ),
-            (
-                "linkpulse_backlog_clicks",
-                "Clicks taken and not yet committed (inboxes, mailboxes, the writer's queue).",
-                state.links.backlog().pending() as u64,
-            ),
-            (
-                "linkpulse_backlog_limit",
-                "The most clicks that may wait to be committed (--click-backlog).",
-                state.links.backlog().limit() as u64,
-            ),
-            (
-                "linkpulse_store_failed",
-                "1 once a commit or fsync has failed (nothing is committed after that).",
-                u64::from(!state.links.writer().is_healthy()),
-            ),
-            (
-                "linkpulse_clicks_not_committed",
-                "Clicks counted that the writer could not commit because the store had failed.",
-                state.links.writer().lost_clicks(),
-            ),
-            (
-                "linkpulse_connections",
-                "Open client connections.",
-                state
-                    .config
-                    .max_connections
-                    .max(1)
-                    .saturating_sub(state.connections.available_permits()) as u64,
-            ),
-        ];
-        res.render(Text::Plain(state.metrics.render(&gauges)));
+        let writer = state.links.writer();
+        let backlog = state.links.backlog();
+        let scraped = Scraped {
+            active_actors: state.links.active_actors() as u64,
+            writer_queue: writer.queue_len() as u64,
+            backlog_clicks: backlog.pending() as u64,
+            backlog_limit: backlog.limit() as u64,
+            store_failed: !writer.is_healthy(),
+            clicks_not_committed: writer.lost_clicks(),
+            connections: state
+                .config
+                .max_connections
+                .max(1)
+                .saturating_sub(state.connections.available_permits())
+                as u64,
+        };
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        res.write_body(state.metrics.render(&scraped)).ok();
     }
 }

@@ -69,8 +69,12 @@ impl ListLinks {
                 ApiError::bad_request("cursor is not one this API gave (use the listing's next)")
             })?),
         };
-        let q = param("q").map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
-        let tag = param("tag").map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+        let q = param("q")
+            .map(|q| q.trim().to_lowercase())
+            .filter(|q| !q.is_empty());
+        let tag = param("tag")
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
         // A `links` key lists its own links; admin and read keys see every link.
         let owner = (caller.scope == Scope::Links).then(|| caller.key_id.clone());
         let store = state.links.store().clone();

@@ -10,6 +10,7 @@
 //! doubled one) names the same route as without it, on both stream transports too.
 
 mod api;
+pub mod cors;
 mod fields;
 pub mod front;
 mod health;
@@ -17,12 +18,13 @@ mod keys;
 pub mod limit;
 mod manage;
 mod pages;
+mod qr;
 mod realtime;
 mod redirect;
 mod sse;
 mod stream;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use salvo::{
     http::{HeaderValue, StatusCode, header, mime},
@@ -87,44 +89,12 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .goal(NotAllowed(GET_HEAD)),
         )
         .push(
-            Router::with_path("api/links")
-                .post(api::CreateLink(s()))
-                .get(manage::ListLinks(s()))
-                .head(manage::ListLinks(s()))
-                .goal(NotAllowed("GET, HEAD, POST")),
+            Router::with_path("readyz")
+                .get(health::Ready(s()))
+                .head(health::Ready(s()))
+                .goal(NotAllowed(GET_HEAD)),
         )
-        .push(
-            Router::with_path("api/keys")
-                .post(keys::CreateKey(s()))
-                .get(keys::ListKeys(s()))
-                .head(keys::ListKeys(s()))
-                .goal(NotAllowed("GET, HEAD, POST")),
-        )
-        .push(
-            Router::with_path("api/keys/{id}")
-                .delete(keys::RevokeKey(s()))
-                .goal(NotAllowed("DELETE")),
-        )
-        .push(
-            Router::with_path("api/links/{code}")
-                .get(api::ReadLink(s()))
-                .head(api::ReadLink(s()))
-                .patch(manage::PatchLink(s()))
-                .delete(manage::DeleteLink(s()))
-                .push(
-                    Router::with_path("stats")
-                        .get(api::LinkStats(s()))
-                        .head(api::LinkStats(s()))
-                        .goal(NotAllowed(GET_HEAD)),
-                )
-                .push(
-                    Router::with_path("clicks")
-                        .get(api::ListClicks(s()))
-                        .head(api::ListClicks(s()))
-                        .goal(NotAllowed(GET_HEAD)),
-                )
-                .goal(NotAllowed("GET, HEAD, PATCH, DELETE")),
-        )
+        .push(api_router(&state))
         .push(
             Router::with_path("realtime/{code}")
                 .get(realtime::Realtime(s()))
@@ -146,14 +116,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .push(
             Router::with_path("{code}")
-                .get(redirect::Redirect {
+                .get(Timed(redirect::Redirect {
                     state: s(),
                     count: true,
-                })
-                .head(redirect::Redirect {
+                }))
+                .head(Timed(redirect::Redirect {
                     state: s(),
                     count: false,
-                })
+                }))
                 // The answer to a protected link's password form.
                 .post(redirect::Unlock {
                     redirect: redirect::Redirect {
@@ -167,6 +137,78 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .goal(NotAllowed("GET, HEAD, POST")),
         )
         .push(Router::with_path("{**rest}").goal(pages::Fallback))
+}
+
+/// `/api/*`, behind the CORS hoop when `--cors-origin` is given.
+fn api_router(state: &Arc<AppState>) -> Router {
+    let s = || state.clone();
+    let mut api = Router::with_path("api");
+    if let Some(cors) = cors::Cors::new(&state.config.cors_origin) {
+        api = api.hoop(cors);
+    }
+    api.push(
+        Router::with_path("links")
+            .post(api::CreateLink(s()))
+            .get(manage::ListLinks(s()))
+            .head(manage::ListLinks(s()))
+            .goal(NotAllowed("GET, HEAD, POST")),
+    )
+    .push(
+        Router::with_path("keys")
+            .post(keys::CreateKey(s()))
+            .get(keys::ListKeys(s()))
+            .head(keys::ListKeys(s()))
+            .goal(NotAllowed("GET, HEAD, POST")),
+    )
+    .push(
+        Router::with_path("keys/{id}")
+            .delete(keys::RevokeKey(s()))
+            .goal(NotAllowed("DELETE")),
+    )
+    .push(
+        Router::with_path("links/{code}")
+            .get(api::ReadLink(s()))
+            .head(api::ReadLink(s()))
+            .patch(manage::PatchLink(s()))
+            .delete(manage::DeleteLink(s()))
+            .push(
+                Router::with_path("stats")
+                    .get(api::LinkStats(s()))
+                    .head(api::LinkStats(s()))
+                    .goal(NotAllowed(GET_HEAD)),
+            )
+            .push(
+                Router::with_path("clicks")
+                    .get(api::ListClicks(s()))
+                    .head(api::ListClicks(s()))
+                    .goal(NotAllowed(GET_HEAD)),
+            )
+            .push(
+                Router::with_path("qr")
+                    .get(qr::Qr(s()))
+                    .head(qr::Qr(s()))
+                    .goal(NotAllowed(GET_HEAD)),
+            )
+            .goal(NotAllowed("GET, HEAD, PATCH, DELETE")),
+    )
+}
+
+/// The redirect handler, timed into `linkpulse_redirect_duration_seconds`.
+struct Timed(redirect::Redirect);
+
+#[async_trait]
+impl Handler for Timed {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        ctrl: &mut FlowCtrl,
+    ) {
+        let started = Instant::now();
+        self.0.handle(req, depot, res, ctrl).await;
+        self.0.state.metrics.redirect_took(started.elapsed());
+    }
 }
 
 /// A method the route does not have: `405` with `Allow` and a JSON error.

@@ -220,8 +220,7 @@ impl Redirect {
         };
         let Ok(location) = HeaderValue::from_str(&target) else {
             // A query string a client sent that is not a valid header value.
-            return super::ApiError::bad_request("the query string cannot be forwarded")
-                .write(res);
+            return super::ApiError::bad_request("the query string cannot be forwarded").write(res);
         };
         let status = status.unwrap_or_else(|| status_of(link));
         if !self.count {

@@ -440,6 +440,9 @@ impl LinkState {
     }
 
     fn broadcast(&mut self) {
+        if self.frame.is_none() && !self.subscribers.is_empty() {
+            self.shared.metrics.click_framed(self.last.as_deref());
+        }
         let mut frame = self.current_frame();
         if self.stats_due() {
             // One write per subscriber carries both events.
@@ -786,7 +789,11 @@ impl Actor for LinkActor {
 }
 
 impl LinkState {
-    fn delete(&mut self, myself: &ActorRef<LinkMsg>, reply: RpcReplyPort<Result<bool, WriteError>>) {
+    fn delete(
+        &mut self,
+        myself: &ActorRef<LinkMsg>,
+        reply: RpcReplyPort<Result<bool, WriteError>>,
+    ) {
         self.deleted = true;
         // Clicks already in the inbox are refused (their visitors get the deleted link's 404).
         self.count_clicks();
@@ -800,7 +807,12 @@ impl LinkState {
         self.subscribers.clear();
         self.waiters.clear();
         self.update_wanted();
-        if !self.draining && self.shared.directory.begin_drain(&self.code, myself.get_id()) {
+        if !self.draining
+            && self
+                .shared
+                .directory
+                .begin_drain(&self.code, myself.get_id())
+        {
             self.draining = true;
             let _ = myself.drain();
         }

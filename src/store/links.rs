@@ -51,7 +51,11 @@ impl Store {
         for guard in self.links.iter() {
             let (_, value) = guard.into_inner()?;
             let link = records::decode_link(&value)?;
-            batch.insert(&self.index, records::time_index_key(&link), link.owner.as_bytes());
+            batch.insert(
+                &self.index,
+                records::time_index_key(&link),
+                link.owner.as_bytes(),
+            );
             batch.insert(&self.index, records::owner_index_key(&link), []);
             built += 1;
             if built % 10_000 == 0 {
@@ -62,7 +66,10 @@ impl Store {
         batch.commit()?;
         self.db.persist(PersistMode::SyncAll)?;
         if built > 0 {
-            info!(links = built, "built the listing index of links stored before it");
+            info!(
+                links = built,
+                "built the listing index of links stored before it"
+            );
         }
         Ok(built)
     }

@@ -52,6 +52,8 @@ pub struct WriterConfig {
     pub fsync_interval: Duration,
     /// How long a deleted code stays unusable for a new link.
     pub deleted_code_hold: Duration,
+    /// Where group commits are measured (`linkpulse_commit_*`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a write was not confirmed.
@@ -522,6 +524,7 @@ fn run(
             thread::sleep(Duration::from_millis(5));
         }
 
+        let started = Instant::now();
         let stop = group.stop;
         let must_sync = stop
             || !group.links.is_empty()
@@ -548,6 +551,11 @@ fn run(
                     purges.push_back(code.clone());
                 }
             }
+        }
+        if result.is_ok() {
+            config
+                .metrics
+                .group_committed(group.clicks.len(), started.elapsed());
         }
         answer(&mut group, &result, health);
         if stop {
@@ -680,61 +688,61 @@ fn stage_link(
         None => store.link(code.as_str())?,
     };
     Ok(match op {
-            LinkOp::Create(link, _) => {
-                let held = match store.gone_until(code.as_str())? {
-                    Some(until) if !here.contains_key(code) => until > now,
-                    // Deleted in this very group.
-                    Some(_) | None => here.contains_key(code),
-                };
-                let free = current.is_none() && !held;
-                if free {
-                    batch.remove(&store.meta, records::gone_key(code.as_str()));
-                    batch.insert(&store.links, code.as_str(), records::encode_link(link));
-                    batch.insert(
-                        &store.index,
-                        records::time_index_key(link),
-                        link.owner.as_bytes(),
-                    );
-                    batch.insert(&store.index, records::owner_index_key(link), []);
-                    change.links += 1;
-                    here.insert(code.clone(), Some(link.clone()));
-                }
-                LinkOutcome::Created(free)
+        LinkOp::Create(link, _) => {
+            let held = match store.gone_until(code.as_str())? {
+                Some(until) if !here.contains_key(code) => until > now,
+                // Deleted in this very group.
+                Some(_) | None => here.contains_key(code),
+            };
+            let free = current.is_none() && !held;
+            if free {
+                batch.remove(&store.meta, records::gone_key(code.as_str()));
+                batch.insert(&store.links, code.as_str(), records::encode_link(link));
+                batch.insert(
+                    &store.index,
+                    records::time_index_key(link),
+                    link.owner.as_bytes(),
+                );
+                batch.insert(&store.index, records::owner_index_key(link), []);
+                change.links += 1;
+                here.insert(code.clone(), Some(link.clone()));
             }
-            LinkOp::Update(_, change, _) => match current {
-                None => LinkOutcome::Updated(None),
-                Some(link) => match change(&link) {
-                    Err(refused) => LinkOutcome::Updated(Some(Err(refused))),
-                    Ok(mut new) => {
-                        // What identifies a link never changes.
-                        new.code = link.code.clone();
-                        new.owner = link.owner.clone();
-                        new.created_at = link.created_at;
-                        new.rev = link.rev + 1;
-                        new.updated_at = now.max(link.updated_at);
-                        batch.insert(&store.links, code.as_str(), records::encode_link(&new));
-                        here.insert(code.clone(), Some(new.clone()));
-                        LinkOutcome::Updated(Some(Ok(new)))
-                    }
-                },
-            },
-            LinkOp::Delete(..) => match current {
-                None => LinkOutcome::Deleted(false),
-                Some(link) => {
-                    batch.remove(&store.links, code.as_str());
-                    batch.remove(&store.index, records::time_index_key(&link));
-                    batch.remove(&store.index, records::owner_index_key(&link));
-                    let until = now.saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX));
-                    batch.insert(
-                        &store.meta,
-                        records::gone_key(code.as_str()),
-                        until.to_be_bytes(),
-                    );
-                    change.deleted_links += 1;
-                    here.insert(code.clone(), None);
-                    LinkOutcome::Deleted(true)
+            LinkOutcome::Created(free)
+        }
+        LinkOp::Update(_, change, _) => match current {
+            None => LinkOutcome::Updated(None),
+            Some(link) => match change(&link) {
+                Err(refused) => LinkOutcome::Updated(Some(Err(refused))),
+                Ok(mut new) => {
+                    // What identifies a link never changes.
+                    new.code = link.code.clone();
+                    new.owner = link.owner.clone();
+                    new.created_at = link.created_at;
+                    new.rev = link.rev + 1;
+                    new.updated_at = now.max(link.updated_at);
+                    batch.insert(&store.links, code.as_str(), records::encode_link(&new));
+                    here.insert(code.clone(), Some(new.clone()));
+                    LinkOutcome::Updated(Some(Ok(new)))
                 }
             },
+        },
+        LinkOp::Delete(..) => match current {
+            None => LinkOutcome::Deleted(false),
+            Some(link) => {
+                batch.remove(&store.links, code.as_str());
+                batch.remove(&store.index, records::time_index_key(&link));
+                batch.remove(&store.index, records::owner_index_key(&link));
+                let until = now.saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX));
+                batch.insert(
+                    &store.meta,
+                    records::gone_key(code.as_str()),
+                    until.to_be_bytes(),
+                );
+                change.deleted_links += 1;
+                here.insert(code.clone(), None);
+                LinkOutcome::Deleted(true)
+            }
+        },
     })
 }
 

@@ -126,7 +126,11 @@ async fn listing_is_newest_first_paged_filtered_and_per_owner() -> TestResult {
     // `q` matches code, URL and title, in any case; `tag` a tag.
     let found: Value = app.list_as(OTHER, "?q=SALE").await.json().await?;
     assert_eq!(codes(&found), ["third", "first"]);
-    let found: Value = app.list_as(OTHER, "?q=example.com/sec").await.json().await?;
+    let found: Value = app
+        .list_as(OTHER, "?q=example.com/sec")
+        .await
+        .json()
+        .await?;
     assert_eq!(codes(&found), ["second"]);
     let found: Value = app.list_as(OTHER, "?tag=q4").await.json().await?;
     assert_eq!(codes(&found), ["third"]);
@@ -176,7 +180,10 @@ async fn a_change_reaches_the_redirect_at_once_and_survives_a_restart() -> TestR
     for (body, message) in [
         (json!({"code": "other"}), "code of a link cannot be changed"),
         (json!({"url": "javascript:alert(1)"}), "url"),
-        (json!({"redirectStatus": 200}), "redirectStatus must be 301, 302, 307 or 308"),
+        (
+            json!({"redirectStatus": 200}),
+            "redirectStatus must be 301, 302, 307 or 308",
+        ),
         (json!({"maxVisits": -1}), "invalid JSON body"),
         (json!({"color": "red"}), "unknown field"),
     ] {
@@ -234,7 +241,10 @@ async fn forwarded_queries_and_rules_pick_the_target() -> TestResult {
                 .await
                 .expect("sent");
             assert_eq!(res.status(), 302);
-            res.headers()["location"].to_str().unwrap_or_default().to_owned()
+            res.headers()["location"]
+                .to_str()
+                .unwrap_or_default()
+                .to_owned()
         }
     };
     let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 \
@@ -242,8 +252,14 @@ async fn forwarded_queries_and_rules_pick_the_target() -> TestResult {
     let android = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like \
                    Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
     let desktop = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
-    assert_eq!(go(iphone, "NL").await, "https://apps.apple.com/app?utm=a%20b");
-    assert_eq!(go(android, "DE").await, "https://play.google.com/app?utm=a%20b");
+    assert_eq!(
+        go(iphone, "NL").await,
+        "https://apps.apple.com/app?utm=a%20b"
+    );
+    assert_eq!(
+        go(android, "DE").await,
+        "https://play.google.com/app?utm=a%20b"
+    );
     assert_eq!(go(desktop, "NL").await, "https://example.nl/?utm=a%20b");
     assert_eq!(
         go(desktop, "DE").await,
@@ -297,12 +313,19 @@ async fn max_visits_is_exact_under_64_racing_clients() -> TestResult {
     let answers = race(&app, "limited", 4).await;
     let redirected = answers.iter().filter(|(s, _)| *s == 302).count();
     let gone = answers.iter().filter(|(s, _)| *s == 410).count();
-    assert_eq!((redirected, gone), (100, 156), "exactly the limit, then 410");
+    assert_eq!(
+        (redirected, gone),
+        (100, 156),
+        "exactly the limit, then 410"
+    );
     assert_eq!(app.count("limited").await, 100);
 
     // With an expiredUrl, the later ones go there instead, uncounted.
     let res = app
-        .patch("limited", json!({"maxVisits": 150, "expiredUrl": "https://example.com/sold-out"}))
+        .patch(
+            "limited",
+            json!({"maxVisits": 150, "expiredUrl": "https://example.com/sold-out"}),
+        )
         .await;
     assert_eq!(res.status(), 200);
     let answers = race(&app, "limited", 2).await;
@@ -321,8 +344,15 @@ async fn max_visits_is_exact_under_64_racing_clients() -> TestResult {
     if let Ok(app) = Arc::try_unwrap(app) {
         let dir = app.stop().await;
         let app = spawn_with(Some(dir), |_| {}).await;
-        assert_eq!(app.count("limited").await, 150, "the limit holds across a restart");
-        assert_eq!(app.click("limited").await.headers()["location"], "https://example.com/sold-out");
+        assert_eq!(
+            app.count("limited").await,
+            150,
+            "the limit holds across a restart"
+        );
+        assert_eq!(
+            app.click("limited").await.headers()["location"],
+            "https://example.com/sold-out"
+        );
         assert_eq!(app.count("limited").await, 150);
         app.stop().await;
     }
@@ -363,7 +393,11 @@ async fn expiry_is_exact_under_64_racing_clients() -> TestResult {
         assert_eq!(after, [410], "each client ends on 410, nothing else");
     }
     assert!(redirected > 0);
-    assert_eq!(app.count("soon").await, redirected, "every redirect answered is counted");
+    assert_eq!(
+        app.count("soon").await,
+        redirected,
+        "every redirect answered is counted"
+    );
     assert_eq!(app.click("soon").await.status(), 410);
     assert_eq!(app.count("soon").await, redirected, "and nothing after");
     Ok(())
@@ -395,7 +429,10 @@ async fn deletion_is_seen_at_once_everywhere_and_the_code_is_held() -> TestResul
         last.and_then(|e| e.data),
         Some(json!({"code": "doomed", "deleted": true}))
     );
-    assert!(stream.next(Duration::from_secs(5)).await.is_none(), "the stream ended");
+    assert!(
+        stream.next(Duration::from_secs(5)).await.is_none(),
+        "the stream ended"
+    );
 
     assert_eq!(app.click("doomed").await.status(), 404);
     assert_eq!(app.get("/links/doomed").await.status(), 404);
@@ -423,13 +460,24 @@ async fn deletion_is_seen_at_once_everywhere_and_the_code_is_held() -> TestResul
     let dir = app.stop().await;
     {
         let store = Store::open(dir.path())?;
-        assert_eq!(store.count_click_events("doomed")?, 0, "its clicks are gone");
+        assert_eq!(
+            store.count_click_events("doomed")?,
+            0,
+            "its clicks are gone"
+        );
         assert_eq!(store.link("doomed")?, None);
         let totals = store.totals();
-        assert_eq!((totals.links, totals.deleted_links, totals.deleted_clicks), (1, 1, 3));
+        assert_eq!(
+            (totals.links, totals.deleted_links, totals.deleted_clicks),
+            (1, 1, 3)
+        );
     }
     let app = spawn_with(Some(dir), |_| {}).await;
-    assert_eq!(app.click("doomed").await.status(), 404, "after a restart too");
+    assert_eq!(
+        app.click("doomed").await.status(),
+        404,
+        "after a restart too"
+    );
     assert_eq!(app.click("kept").await.status(), 302);
     app.stop().await;
     Ok(())
@@ -447,7 +495,11 @@ async fn a_deleted_code_can_be_used_again_after_its_hold() -> TestResult {
     assert_eq!(res.status(), 201);
     let res = app.click("reuse").await;
     assert_eq!(res.headers()["location"], "https://example.com/again");
-    assert_eq!(app.count("reuse").await, 1, "a new link starts from nothing");
+    assert_eq!(
+        app.count("reuse").await,
+        1,
+        "a new link starts from nothing"
+    );
     app.stop().await;
     Ok(())
 }
@@ -480,18 +532,30 @@ async fn a_password_link_shows_a_form_and_counts_only_the_right_password() -> Te
     let res = post("wrong").await;
     assert_eq!(res.status(), 401);
     assert!(res.text().await?.contains("Wrong password"));
-    assert_eq!(app.count("locked").await, 0, "a wrong password is not a click");
+    assert_eq!(
+        app.count("locked").await,
+        0,
+        "a wrong password is not a click"
+    );
     let res = post("open sesame").await;
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "https://example.com/secret");
     assert_eq!(app.count("locked").await, 1);
 
     // Removing the password makes it a plain link again.
-    assert_eq!(app.patch("locked", json!({"password": null})).await.status(), 200);
+    assert_eq!(
+        app.patch("locked", json!({"password": null}))
+            .await
+            .status(),
+        200
+    );
     assert_eq!(app.click("locked").await.status(), 302);
     let (status, error) = json_error(app.patch("locked", json!({"password": ""})).await).await;
     assert_eq!(status, 400);
-    assert!(error.contains("password must be 1 to 128 characters"), "{error}");
+    assert!(
+        error.contains("password must be 1 to 128 characters"),
+        "{error}"
+    );
     app.stop().await;
     Ok(())
 }
@@ -518,18 +582,36 @@ async fn private_stats_show_only_the_count() -> TestResult {
         }
     };
     assert_eq!(frame.count(), Some(1));
-    assert_eq!(frame.data.as_ref().map(|d| d["clickAnalytics"].clone()), Some(Value::Null));
+    assert_eq!(
+        frame.data.as_ref().map(|d| d["clickAnalytics"].clone()),
+        Some(Value::Null)
+    );
     assert!(named.is_empty(), "no stats event: {named:?}");
     let page = app.get("/links/quiet").await.text().await?;
-    assert!(!page.contains("https://example.com/private"), "the target is not shown");
+    assert!(
+        !page.contains("https://example.com/private"),
+        "the target is not shown"
+    );
     assert!(page.contains("keeps this link's details private"));
 
     // Made public: the next frame carries the click's details.
-    assert_eq!(app.patch("quiet", json!({"publicStats": true})).await.status(), 200);
+    assert_eq!(
+        app.patch("quiet", json!({"publicStats": true}))
+            .await
+            .status(),
+        200
+    );
     assert_eq!(app.click("quiet").await.status(), 302);
-    let frame = stream.next_data(Duration::from_secs(5)).await.ok_or("no frame")?;
+    let frame = stream
+        .next_data(Duration::from_secs(5))
+        .await
+        .ok_or("no frame")?;
     assert_eq!(frame.count(), Some(2));
-    assert!(frame.data.is_some_and(|d| d["clickAnalytics"]["shortCode"] == "quiet"));
+    assert!(
+        frame
+            .data
+            .is_some_and(|d| d["clickAnalytics"]["shortCode"] == "quiet")
+    );
     app.stop().await;
     Ok(())
 }

@@ -54,6 +54,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<bool> {
             max_batch: 16_384,
             fsync_interval: Duration::from_secs(1),
             deleted_code_hold: Duration::ZERO,
+            metrics: Default::default(),
         },
     )?;
     let handle = writer.handle();
