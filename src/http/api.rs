@@ -183,7 +183,9 @@ impl CreateLink {
         let request: LinkFields = read_json(req).await?;
         let mut patch = request.check().map_err(ApiError::bad_request)?;
         let Some(target) = patch.target.take() else {
-            return Err(ApiError::bad_request("url is required"));
+            return Err(ApiError::bad_request(
+                "invalid JSON body: missing field `url`",
+            ));
         };
         let chosen = request
             .code
@@ -201,18 +203,27 @@ impl CreateLink {
         };
         if let Some(code) = chosen {
             let link = new_link(code);
-            return if state.links.create(link.clone()).await? {
-                Ok(link)
-            } else {
-                Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "code '{}' is already taken (or was deleted recently: a deleted code \
-                         is held for a while before it can be used again)",
-                        link.code
-                    ),
-                ))
+            if state.links.create(link.clone()).await? {
+                return Ok(link);
+            }
+            let store = state.links.store().clone();
+            let code = link.code.clone();
+            let held = tokio::task::spawn_blocking(move || store.gone_until(code.as_str()))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .filter(|until| *until > now_ms());
+            let message = match held {
+                Some(until) => format!(
+                    "code '{}' belonged to a deleted link and is held until {} (so a link \
+                     already shared never points somewhere new)",
+                    link.code,
+                    format_ms(until)
+                ),
+                None => format!("code '{}' is already taken", link.code),
             };
+            return Err(ApiError::new(StatusCode::CONFLICT, message));
         }
         for _ in 0..GENERATE_ATTEMPTS {
             let link = new_link(ShortCode::generate());

@@ -33,8 +33,8 @@ pub struct RuleBody {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinkFields {
-    #[serde(default)]
-    pub url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub url: Field<String>,
     /// Only in `POST`; a `PATCH` naming it is refused.
     #[serde(default)]
     pub code: Option<String>,
@@ -90,15 +90,27 @@ fn text(name: &str, value: &str, max: usize) -> Result<String, String> {
 }
 
 fn url(name: &str, raw: &str) -> Result<TargetUrl, String> {
-    TargetUrl::parse(raw).map_err(|e| format!("{name}: {e}"))
+    TargetUrl::parse(raw).map_err(|e| {
+        // The target's own errors already begin with "url".
+        if name == "url" {
+            e.to_string()
+        } else {
+            format!("{name}: {e}")
+        }
+    })
 }
 
 impl LinkFields {
     /// Checks every field sent (all but `url`, `code` and `password`, which the handlers
     /// take themselves).
     pub fn check(&self) -> Result<LinkPatch, String> {
+        let target = match &self.url {
+            None => None,
+            Some(None) => return Err("url: invalid type: null, expected a URL string".into()),
+            Some(Some(raw)) => Some(url("url", raw)?),
+        };
         let mut patch = LinkPatch {
-            target: self.url.as_deref().map(|u| url("url", u)).transpose()?,
+            target,
             ..LinkPatch::default()
         };
         if let Some(title) = &self.title {
@@ -320,7 +332,7 @@ mod tests {
             ),
             (
                 r#"{"rules":[{"device":"tv","url":"https://a.example/"}]}"#,
-                "device",
+                "expected one of `ios`, `android`, `desktop`",
             ),
             (r#"{"password":""}"#, "password"),
             (r#"{"tags":[""]}"#, "tag"),

@@ -134,7 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                         state.config.password_checks.max(1),
                     )),
                 })
-                .goal(NotAllowed("GET, HEAD, POST")),
+                .goal(redirect::CodeNotAllowed(s())),
         )
         .push(Router::with_path("{**rest}").goal(pages::Fallback))
 }

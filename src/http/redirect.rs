@@ -267,6 +267,28 @@ impl Redirect {
     }
 }
 
+/// A method `/{code}` does not have: `405`; `POST` is allowed on a protected link (its form).
+pub struct CodeNotAllowed(pub Arc<AppState>);
+
+#[async_trait]
+impl Handler for CodeNotAllowed {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let protected = match ShortCode::parse(code_param(req)) {
+            Ok(code) => matches!(
+                self.0.links.find(&code).await,
+                Ok(Some(link)) if link.password.is_some()
+            ),
+            Err(_) => false,
+        };
+        let allow = if protected {
+            "GET, HEAD, POST"
+        } else {
+            super::GET_HEAD
+        };
+        super::NotAllowed(allow).answer(req, res);
+    }
+}
+
 /// `POST /{code}`: the password form's answer. A wrong password is `401` with the form again
 /// and counts nothing; the right one counts the click and redirects (`303`, so the password
 /// is not sent on to the target).

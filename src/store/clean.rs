@@ -30,9 +30,14 @@ const CHECKED_FILE: &str = "linkpulse-checked";
 /// How often an open store's checked listing is brought up to date.
 const KEEP_EVERY: Duration = Duration::from_millis(200);
 
-/// Files of our own that are not part of the store's state.
+/// Files of our own that are not part of the store's state (the control socket too, and the
+/// private directory it is made in).
 fn is_ours(name: &str) -> bool {
-    name.starts_with("linkpulse-") || name == "lock" || name.ends_with(".lock")
+    name.starts_with("linkpulse-")
+        || name == "lock"
+        || name.ends_with(".lock")
+        || name == crate::control::SOCKET_NAME
+        || name.starts_with(".control-")
 }
 
 fn is_journal(name: &str) -> bool {

@@ -455,7 +455,10 @@ async fn deletion_is_seen_at_once_everywhere_and_the_code_is_held() -> TestResul
     )
     .await;
     assert_eq!(status, 409);
-    assert!(error.contains("deleted recently"), "{error}");
+    assert!(
+        error.contains("belonged to a deleted link and is held until"),
+        "{error}"
+    );
 
     let dir = app.stop().await;
     {
@@ -532,6 +535,17 @@ async fn a_password_link_shows_a_form_and_counts_only_the_right_password() -> Te
     let res = post("wrong").await;
     assert_eq!(res.status(), 401);
     assert!(res.text().await?.contains("Wrong password"));
+    let trace = app
+        .client
+        .request(reqwest::Method::TRACE, app.url("/locked"))
+        .send()
+        .await?;
+    assert_eq!(trace.status(), 405);
+    assert_eq!(
+        trace.headers()["allow"],
+        "GET, HEAD, POST",
+        "the form's answer is a POST"
+    );
     assert_eq!(
         app.count("locked").await,
         0,

@@ -56,9 +56,11 @@ pub(super) fn copy_dir(from: &Path) -> Res<TempDir> {
         for entry in std::fs::read_dir(from)? {
             let entry = entry?;
             let target = to.join(entry.file_name());
-            if entry.file_type()?.is_dir() {
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
                 copy(&entry.path(), &target)?;
-            } else {
+            } else if kind.is_file() {
+                // A killed server's control socket is not data: a backup leaves it too.
                 std::fs::copy(entry.path(), target)?;
             }
         }
