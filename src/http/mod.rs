@@ -10,6 +10,7 @@
 //! doubled one) names the same route as without it, on both stream transports too.
 
 mod api;
+mod badge;
 pub mod cors;
 mod fields;
 pub mod front;
@@ -106,6 +107,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             Router::with_path("assets/{name}")
                 .get(pages::Asset)
                 .head(pages::Asset)
+                .goal(NotAllowed(GET_HEAD)),
+        )
+        .push(
+            Router::with_path("badge/{file}")
+                .get(badge::Badge(s()))
+                .head(badge::Badge(s()))
                 .goal(NotAllowed(GET_HEAD)),
         )
         .push(

@@ -59,6 +59,8 @@ struct Stats<'a> {
     count: String,
     /// Whether the page shows more than the count (`publicStats`).
     public: bool,
+    /// The short URL's QR code, an inline `<svg>` made here (empty if it cannot be made).
+    qr: String,
     uplot_js: &'static str,
     uplot_css: &'static str,
 }
@@ -150,6 +152,8 @@ impl Handler for StatsPage {
             target: link.target.as_str(),
             count,
             public: link.public_stats,
+            qr: super::qr::inline_svg(&format!("{}/{}", state.base_url, link.code), 160)
+                .unwrap_or_default(),
             uplot_js: UPLOT_JS_PATH,
             uplot_css: UPLOT_CSS_PATH,
         };

@@ -98,6 +98,13 @@ fn modules(code: &QrCode) -> (usize, impl Fn(usize, usize) -> bool + '_) {
     (width + 2 * QUIET_ZONE, dark)
 }
 
+/// The QR code of `text` as an inline `<svg>` element (no XML prolog), for a page.
+pub(super) fn inline_svg(text: &str, size: u32) -> Option<String> {
+    let code = QrCode::new(text.as_bytes()).ok()?;
+    let svg = svg(&code, size);
+    Some(svg[svg.find("<svg")?..].to_owned())
+}
+
 /// A `size`-pixel square SVG, one path of dark runs on white, drawn in module units.
 fn svg(code: &QrCode, size: u32) -> String {
     let (n, dark) = modules(code);

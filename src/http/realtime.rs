@@ -54,6 +54,9 @@ impl Handler for Realtime {
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 // Tells nginx not to buffer the stream.
                 headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+                if opened.public {
+                    super::cors::public_origin(res);
+                }
                 res.stream(SseStream {
                     head: Some(opened.head),
                     frames: opened.frames,

@@ -28,8 +28,9 @@ const MAX_HEAD: usize = MAX_HEADERS_BYTES + 32 * 1024;
 /// How long a last write (an error, the farewell) may take.
 pub(super) const LAST_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The stream's status line and headers, without the blank line that ends them.
 const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
-cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
+cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n";
 
 /// Serves one stream; `buf` holds what was read so far.
 pub async fn serve(
@@ -78,6 +79,7 @@ pub async fn serve(
     drop(head);
     let stream::Opened {
         head,
+        public,
         mut frames,
         guard,
     } = match opened {
@@ -91,8 +93,12 @@ pub async fn serve(
     {
         tracing::debug!(cause = %e, "cannot set the send buffer of a stream");
     }
-    let mut first = BytesMut::with_capacity(STREAM_HEAD.len() + head.len());
+    let mut first = BytesMut::with_capacity(STREAM_HEAD.len() + 64 + head.len());
     first.extend_from_slice(STREAM_HEAD);
+    if public {
+        first.extend_from_slice(super::cors::PUBLIC_ORIGIN_LINE.as_bytes());
+    }
+    first.extend_from_slice(b"\r\n");
     first.extend_from_slice(&head);
     if !matches!(
         tokio::time::timeout(stuck, conn.write_all(&first)).await,

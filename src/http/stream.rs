@@ -31,6 +31,8 @@ pub(crate) struct StreamRequest<'a> {
 /// A stream that may start: its first chunk and its queue of frames.
 pub(crate) struct Opened {
     pub head: Bytes,
+    /// The link's stats are public: any site may read the stream (CORS `*`).
+    pub public: bool,
     pub frames: mpsc::Receiver<Bytes>,
     /// Tells the actor when the stream goes away; gives back the subscriber places.
     pub guard: Unsubscribe,
@@ -87,6 +89,7 @@ pub(crate) async fn open(state: &AppState, request: StreamRequest<'_>) -> Result
     }
     Ok(Opened {
         head: head.freeze(),
+        public: link.public_stats,
         frames: subscription.frames,
         guard: Unsubscribe {
             links: state.links.clone(),

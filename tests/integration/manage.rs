@@ -629,3 +629,42 @@ async fn private_stats_show_only_the_count() -> TestResult {
     app.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn public_links_have_a_badge_and_embeddable_streams_private_ones_do_not() -> TestResult {
+    let app = spawn_with_other(|_| {}).await;
+    app.create_link("shown").await;
+    let body = json!({"url": "https://example.com/", "code": "hidden", "publicStats": false});
+    assert_eq!(app.create(body).await.status(), 201);
+    for _ in 0..1234 {
+        assert_eq!(app.click("shown").await.status(), 302);
+    }
+    let res = app.get("/badge/shown.svg").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "image/svg+xml; charset=utf-8");
+    assert_eq!(res.headers()["cache-control"], "public, max-age=5");
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let svg = res.text().await?;
+    assert!(svg.starts_with("<svg") && svg.contains(">1,234</text>"), "{svg}");
+    for path in ["/badge/hidden.svg", "/badge/nosuch.svg", "/badge/shown.png"] {
+        let (status, _) = json_error(app.get(path).await).await;
+        assert_eq!(status, 404, "{path}");
+    }
+
+    // A fresh connection (the lean stream writer) and one that carried a request first (salvo).
+    for client in [crate::support::client(), app.client.clone()] {
+        let _ = client.get(app.url("/healthz")).send().await?;
+        for (code, public) in [("shown", true), ("hidden", false)] {
+            let res = client.get(app.url(&format!("/realtime/{code}"))).send().await?;
+            assert_eq!(res.status(), 200);
+            let origin = res.headers().get("access-control-allow-origin");
+            assert_eq!(origin.is_some(), public, "{code}: {origin:?}");
+        }
+    }
+    // The stats page shows the short link's QR code.
+    let page = app.get("/links/shown").await.text().await?;
+    let figure = page.split("id=\"qr\"").nth(1).unwrap_or_default();
+    assert!(figure.contains("<svg") && figure.contains("<path"), "{page}");
+    app.stop().await;
+    Ok(())
+}
