@@ -242,22 +242,19 @@ impl Redirect {
         let fsynced = self.strict_ack(&mut click);
         let taken = state.links.click(link, click);
         if let Some(admitted) = admitted {
-            match tokio::time::timeout(STRICT_WAIT, admitted).await {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => {
-                    // Past the limit, or deleted meanwhile.
-                    return match state.links.find(&link.code).await {
-                        Ok(Some(_)) => Self::gone(res, link),
-                        Ok(None) => pages::not_found(res),
-                        Err(e) => super::ApiError::from(e).write(res),
-                    };
-                }
-                // Not taken (the store failed, the backlog is full, the actor cannot start):
-                // unknown whether it would be within the limit.
-                _ => {
-                    return super::ApiError::unavailable("the click could not be counted", 1)
-                        .write(res);
-                }
+            let answer = tokio::time::timeout(STRICT_WAIT, admitted).await;
+            if !matches!(answer, Ok(Ok(true))) {
+                // Refused (past the limit), or never taken: deleted meanwhile, or not countable
+                // now (the store failed, the backlog is full, the actor cannot start).
+                return match (state.links.find(&link.code).await, answer) {
+                    (Ok(None), _) => pages::not_found(res),
+                    (Ok(Some(_)), Ok(Ok(false))) => Self::gone(res, link),
+                    (Ok(Some(_)), _) => {
+                        super::ApiError::unavailable("the click could not be counted", 1)
+                            .write(res);
+                    }
+                    (Err(e), _) => super::ApiError::from(e).write(res),
+                };
             }
         }
         if !self.stored(taken, fsynced).await {

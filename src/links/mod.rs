@@ -226,6 +226,16 @@ impl Links {
     /// Returns once the record is removed and the actor has stopped. `false`: no such link.
     pub async fn delete(&self, link: &Arc<Link>) -> Result<bool, LinkError> {
         let _order = self.changes.lock().await;
+        let result = self.delete_in_order(link).await;
+        if result.is_err() {
+            // The store may still hold it: read it again rather than hide a live link.
+            self.shared.directory.unmark_gone(&link.code);
+            self.shared.cache.remove(&link.code);
+        }
+        result
+    }
+
+    async fn delete_in_order(&self, link: &Arc<Link>) -> Result<bool, LinkError> {
         let deadline = Instant::now() + CALL_TIMEOUT;
         let code = &link.code;
         self.shared.directory.mark_gone(code);

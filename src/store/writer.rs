@@ -518,6 +518,27 @@ fn run(
             let Ok(op) = rx.try_recv() else { break };
             group.add(op);
         }
+        // A code made again after its hold: what is left of its old clicks goes first, or the
+        // purge would take the new link's.
+        for op in &group.links {
+            if let LinkOp::Create(link, _) = op
+                && purges.contains(&link.code)
+            {
+                let purged = loop {
+                    match purge_step(store, &link.code) {
+                        Ok(true) => break true,
+                        Ok(false) => {}
+                        Err(e) => {
+                            health.fail(format!("a purge failed: {e}"));
+                            break false;
+                        }
+                    }
+                };
+                if purged {
+                    purges.retain(|c| *c != link.code);
+                }
+            }
+        }
         // A disk that does not answer (fault injection): the group waits, and so does
         // everything queued behind it.
         while health.stalled.load(Ordering::Acquire) {
@@ -695,8 +716,10 @@ fn stage_link(
                 Some(_) | None => here.contains_key(code),
             };
             let free = current.is_none() && !held;
-            if free {
+            if free && !here.contains_key(code) && store.gone_until(code.as_str())?.is_some() {
                 batch.remove(&store.meta, records::gone_key(code.as_str()));
+            }
+            if free {
                 batch.insert(&store.links, code.as_str(), records::encode_link(link));
                 batch.insert(
                     &store.index,
