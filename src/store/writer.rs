@@ -696,14 +696,7 @@ fn stage_link(
             };
             let free = current.is_none() && !held;
             if free {
-                batch.remove(&store.meta, records::gone_key(code.as_str()));
-                batch.insert(&store.links, code.as_str(), records::encode_link(link));
-                batch.insert(
-                    &store.index,
-                    records::time_index_key(link),
-                    link.owner.as_bytes(),
-                );
-                batch.insert(&store.index, records::owner_index_key(link), []);
+                store.stage_new_link(batch, link);
                 change.links += 1;
                 here.insert(code.clone(), Some(link.clone()));
             }
