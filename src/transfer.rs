@@ -181,9 +181,10 @@ impl LinkLine {
             .rules
             .iter()
             .map(|r| {
-                let country_ok = r.country.as_deref().is_none_or(|c| {
-                    c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase())
-                });
+                let country_ok = r
+                    .country
+                    .as_deref()
+                    .is_none_or(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()));
                 if !country_ok || (r.device.is_none() && r.country.is_none()) {
                     return Err(format!(
                         "a rule needs a device or an upper-case two-letter country: {:?}",
@@ -302,6 +303,9 @@ fn tags<'a>(raw: impl Iterator<Item = &'a str>) -> Result<Vec<String>, String> {
     Ok(checked)
 }
 
+/// A stored aggregates snapshot: the last click it covers and its bytes.
+type Snapshot = (u64, Vec<u8>);
+
 /// What an export wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Exported {
@@ -359,7 +363,7 @@ pub fn export(store: &Store, out: &mut impl Write) -> anyhow::Result<Exported> {
         anyhow::Ok(())
     })?;
     // The code being written and its snapshot, until it is written.
-    let mut current: Option<(String, Option<(u64, Vec<u8>)>)> = None;
+    let mut current: Option<(String, Option<Snapshot>)> = None;
     store.each_click(|code, event| {
         if current.as_ref().is_none_or(|(c, _)| c != code) {
             current = Some((code.to_owned(), store.snapshot_bytes(code)?));
@@ -433,7 +437,7 @@ struct Importing {
     /// The number of its first click (0: none yet).
     first: u64,
     /// A snapshot waiting for the clicks it covers.
-    snapshot: Option<(u64, Vec<u8>)>,
+    snapshot: Option<Snapshot>,
     /// Clicks that start above 1 (their predecessors expired), held until the snapshot that
     /// covers those predecessors comes: stored without it, they would leave a gap.
     held: Vec<ClickEvent>,
@@ -533,7 +537,10 @@ impl<'a> Importer<'a> {
         Self::state_in(&mut self.codes, code)
     }
 
-    fn state_in<'c>(codes: &'c mut HashMap<ShortCode, Seen>, code: &ShortCode) -> &'c mut Importing {
+    fn state_in<'c>(
+        codes: &'c mut HashMap<ShortCode, Seen>,
+        code: &ShortCode,
+    ) -> &'c mut Importing {
         match codes.get_mut(code) {
             Some(Seen::Importing(state)) => state,
             _ => unreachable!("entered codes are being imported"),
@@ -658,7 +665,10 @@ impl<'a> Importer<'a> {
     /// Commits what came before a failed line and says which line failed.
     fn fail(&mut self, line: u64, message: String) -> ImportError {
         let mut message = message;
-        if let Err(e) = self.flush().and_then(|()| self.store.sync().map_err(|e| e.to_string())) {
+        if let Err(e) = self
+            .flush()
+            .and_then(|()| self.store.sync().map_err(|e| e.to_string()))
+        {
             message = format!("{message}; then committing the lines before it failed: {e}");
         }
         ImportError {
@@ -759,11 +769,7 @@ pub fn import_jsonl(
 /// `url` is a header), all owned by `owner`. An empty code gets a generated one; tags are
 /// separated by `|` or `,` (a field with commas is quoted). Links whose code the store has are
 /// skipped. Stops at the first row it cannot take; the rows before it are imported.
-pub fn import_csv(
-    store: &Store,
-    input: impl Read,
-    owner: KeyId,
-) -> Result<Imported, ImportError> {
+pub fn import_csv(store: &Store, input: impl Read, owner: KeyId) -> Result<Imported, ImportError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -787,9 +793,8 @@ pub fn import_csv(
         if header || record.iter().all(str::is_empty) {
             continue;
         }
-        let result = csv_link(store, &record, &owner, importer.now).and_then(|link| {
-            importer.link(link)
-        });
+        let result =
+            csv_link(store, &record, &owner, importer.now).and_then(|link| importer.link(link));
         if let Err(message) = result {
             return Err(importer.fail(number, message));
         }
@@ -801,12 +806,7 @@ pub fn import_csv(
 }
 
 /// One CSV row as a new link.
-fn csv_link(
-    store: &Store,
-    row: &csv::StringRecord,
-    owner: &str,
-    now: i64,
-) -> Result<Link, String> {
+fn csv_link(store: &Store, row: &csv::StringRecord, owner: &str, now: i64) -> Result<Link, String> {
     if !(2..=4).contains(&row.len()) {
         return Err(format!(
             "{} fields; expected url,code[,title,tags]",
@@ -858,9 +858,7 @@ pub fn export_command(data_dir: &Path, output: &Path) -> anyhow::Result<String> 
                 .with_context(|| format!("cannot create {}", partial.display()))?;
             let mut out = std::io::BufWriter::new(file);
             let done = export(store, &mut out)?;
-            out.into_inner()
-                .map_err(|e| e.into_error())?
-                .sync_all()?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             std::fs::rename(&partial, output)
                 .with_context(|| format!("cannot write {}", output.display()))?;
             done

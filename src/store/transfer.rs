@@ -79,7 +79,10 @@ impl Store {
                 .ok_or_else(|| {
                     StoreError::Inconsistent(format!("malformed click key {}", hex::encode(&key)))
                 })?;
-            each(code, records::decode_click(&value).map_err(StoreError::from)?)?;
+            each(
+                code,
+                records::decode_click(&value).map_err(StoreError::from)?,
+            )?;
         }
         Ok(())
     }
@@ -143,11 +146,7 @@ impl Store {
         }
         for (code, covers, bytes) in &part.aggregates {
             batch.insert(&self.stats, code.as_str(), bytes.as_slice());
-            batch.insert(
-                &self.stats,
-                records::covers_key(code),
-                covers.to_be_bytes(),
-            );
+            batch.insert(&self.stats, records::covers_key(code), covers.to_be_bytes());
         }
         if !part.clicks.is_empty() {
             batch.remove(&self.meta, AGGREGATES_BUILT);

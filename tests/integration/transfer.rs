@@ -74,8 +74,8 @@ async fn seen(app: &TestApp, code: &str) -> Value {
 }
 
 #[tokio::test]
-async fn an_export_imported_into_an_empty_store_gives_the_same_links_clicks_and_stats()
--> TestResult {
+async fn an_export_imported_into_an_empty_store_gives_the_same_links_clicks_and_stats() -> TestResult
+{
     let app = spawn_app().await;
     let created = [
         json!({"url": "https://example.com/a", "code": "rt-full", "title": "Full, with rules",
@@ -115,7 +115,10 @@ async fn an_export_imported_into_an_empty_store_gives_the_same_links_clicks_and_
     }
     let codes = ["rt-full", "rt-plain", "rt-private", "rt-locked"];
     for (code, n) in [("rt-full", 3), ("rt-plain", 4), ("rt-private", 1)] {
-        eventually(WAIT, "clicks counted", || async { app.count(code).await == n }).await;
+        eventually(WAIT, "clicks counted", || async {
+            app.count(code).await == n
+        })
+        .await;
     }
     let mut before = Vec::new();
     for code in codes {
@@ -174,8 +177,8 @@ async fn an_export_imported_into_an_empty_store_gives_the_same_links_clicks_and_
 }
 
 #[tokio::test]
-async fn a_csv_import_takes_quoted_titles_tags_and_empty_codes_and_stops_at_a_bad_row()
--> TestResult {
+async fn a_csv_import_takes_quoted_titles_tags_and_empty_codes_and_stops_at_a_bad_row() -> TestResult
+{
     let dir = tempfile::tempdir()?;
     let (ok, key, stderr) = run(&["keys", "create", "--admin", "--name", "ops"], dir.path());
     assert!(ok, "{stderr}");
@@ -190,7 +193,10 @@ async fn a_csv_import_takes_quoted_titles_tags_and_empty_codes_and_stops_at_a_ba
          not a url,csv-bad,Bad,\n\
          https://example.com/four,csv-four\n",
     )?;
-    let (ok, stdout, stderr) = run(&["import", "--input", csv.to_str().unwrap_or("")], dir.path());
+    let (ok, stdout, stderr) = run(
+        &["import", "--input", csv.to_str().unwrap_or("")],
+        dir.path(),
+    );
     assert!(!ok, "a bad row fails the import: {stdout}");
     assert!(
         stderr.contains("line 5") && stderr.contains("not a url"),
@@ -251,7 +257,10 @@ async fn an_import_skips_the_codes_the_store_has_and_says_so() -> TestResult {
     let old = source.stop().await;
     let files = tempfile::tempdir()?;
     let export = files.path().join("export.jsonl");
-    let (ok, _, stderr) = run(&["export", "--output", export.to_str().unwrap_or("")], old.path());
+    let (ok, _, stderr) = run(
+        &["export", "--output", export.to_str().unwrap_or("")],
+        old.path(),
+    );
     assert!(ok, "{stderr}");
 
     let target = spawn_app().await;
@@ -260,10 +269,16 @@ async fn an_import_skips_the_codes_the_store_has_and_says_so() -> TestResult {
         .await;
     assert_eq!(res.status(), 201);
     visit(&target, "dup", IPHONE, None).await;
-    eventually(WAIT, "the click", || async { target.count("dup").await == 1 }).await;
+    eventually(WAIT, "the click", || async {
+        target.count("dup").await == 1
+    })
+    .await;
     let dir = target.stop().await;
 
-    let (ok, stdout, stderr) = run(&["import", "--input", export.to_str().unwrap_or("")], dir.path());
+    let (ok, stdout, stderr) = run(
+        &["import", "--input", export.to_str().unwrap_or("")],
+        dir.path(),
+    );
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "imported 1 links, 3 clicks, skipped 1\n");
 
