@@ -384,7 +384,7 @@ fn bootstrap_keys(store: &Store, initial: Option<&str>) -> anyhow::Result<Option
 /// Opens the store in `data_dir` for a command run while the server is stopped, runs `work`,
 /// and leaves the store's clean-close mark as it found it: a store that was closed cleanly is
 /// closed cleanly again, so the next start skips its checks but the floor.
-fn with_stopped_store<T>(
+pub(crate) fn with_stopped_store<T>(
     data_dir: &std::path::Path,
     open: fn(&std::path::Path) -> Result<Store, crate::store::StoreError>,
     work: impl FnOnce(&Store) -> anyhow::Result<T>,

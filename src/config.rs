@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{keys::Scope, store::Durability};
+use crate::{keys::Scope, store::Durability, transfer::ImportFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +37,33 @@ pub enum Command {
     Check {
         #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+    },
+    /// Write the store (server stopped) as JSON lines: a header, the API keys' owners (never
+    /// the keys), the links, their clicks and aggregates. Prints a summary on standard error.
+    Export {
+        #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// A file, or `-` for standard output.
+        #[arg(long, default_value = "-")]
+        output: PathBuf,
+    },
+    /// Read an export, or a CSV of `url,code[,title,tags]`, into the store (server stopped;
+    /// made if missing). Links whose code is taken are skipped. Stops at the first line it
+    /// cannot take, naming it; the lines before it are imported.
+    Import {
+        #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// A file, or `-` for standard input.
+        #[arg(long, default_value = "-")]
+        input: PathBuf,
+        /// Default: csv for a file named *.csv, else jsonl.
+        #[arg(long, value_enum)]
+        format: Option<ImportFormat>,
+        /// Give every imported link to the API key with this id (`linkpulse keys list`).
+        /// Without it, exported links keep their owner ids, and CSV links go to the oldest
+        /// admin key.
+        #[arg(long)]
+        owner: Option<String>,
     },
 }
 

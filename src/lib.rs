@@ -29,6 +29,7 @@
 //! - [`analytics`]: user agents, addresses.
 //! - [`keys`]: API keys, stored as hashes, with scopes.
 //! - [`control`]: the Unix socket through which `linkpulse keys` reaches a running server.
+//! - [`transfer`]: `linkpulse export` and `import` (JSON lines; CSV from other shorteners).
 //! - [`metrics`]: counters and gauges for `/metrics`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -43,6 +44,7 @@ pub mod keys;
 pub mod links;
 pub mod metrics;
 pub mod store;
+pub mod transfer;
 
 pub use app::App;
 pub use config::ServeConfig;

@@ -46,6 +46,27 @@ async fn main() -> anyhow::Result<()> {
             print!("{report}");
             Ok(())
         }
+        Some(Command::Export { data_dir, output }) => {
+            let summary = tokio::task::spawn_blocking(move || {
+                linkpulse::transfer::export_command(&data_dir, &output)
+            })
+            .await??;
+            eprint!("{summary}");
+            Ok(())
+        }
+        Some(Command::Import {
+            data_dir,
+            input,
+            format,
+            owner,
+        }) => {
+            let summary = tokio::task::spawn_blocking(move || {
+                linkpulse::transfer::import_command(&data_dir, &input, format, owner)
+            })
+            .await??;
+            print!("{summary}");
+            Ok(())
+        }
         Some(Command::Serve(config)) => serve(*config).await,
         None => serve(cli.serve).await,
     }

@@ -129,6 +129,21 @@ impl Store {
         })
     }
 
+    /// Stages a new link in `batch`: its record, its places in the listing index, and the end
+    /// of a hold on its code. The caller has checked that the code is free and counts the link
+    /// in the totals (the writer for the API, `transfer.rs` for an import).
+    pub(super) fn stage_new_link(&self, batch: &mut fjall::OwnedWriteBatch, link: &Link) {
+        let code = link.code.as_str();
+        batch.remove(&self.meta, records::gone_key(code));
+        batch.insert(&self.links, code, records::encode_link(link));
+        batch.insert(
+            &self.index,
+            records::time_index_key(link),
+            link.owner.as_bytes(),
+        );
+        batch.insert(&self.index, records::owner_index_key(link), []);
+    }
+
     /// Until when a deleted code is held (epoch milliseconds), if it was deleted.
     pub fn gone_until(&self, code: &str) -> Result<Option<i64>, StoreError> {
         Ok(self

@@ -25,6 +25,7 @@ mod clean;
 mod links;
 pub mod records;
 mod retention;
+mod transfer;
 mod writer;
 
 use std::{
@@ -41,6 +42,7 @@ pub use check::{StartupCheck, StartupReport};
 pub use links::{Cursor, Page};
 pub use records::{DecodeError, KeyRecord, Totals};
 pub use retention::Retention;
+pub use transfer::ImportBatch;
 pub use writer::{
     ClickBatch, CommitListener, Durability, Fault, LinkChange, WriteError, Writer, WriterConfig,
     WriterHandle,

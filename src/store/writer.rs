@@ -99,6 +99,8 @@ enum LinkOp {
     Delete(ShortCode, oneshot::Sender<Result<bool, WriteError>>),
 }
 
+// A few per group, answered at once: boxing the link would cost more than the size does.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum LinkOutcome {
     Created(bool),
@@ -716,17 +718,8 @@ fn stage_link(
                 Some(_) | None => here.contains_key(code),
             };
             let free = current.is_none() && !held;
-            if free && !here.contains_key(code) && store.gone_until(code.as_str())?.is_some() {
-                batch.remove(&store.meta, records::gone_key(code.as_str()));
-            }
             if free {
-                batch.insert(&store.links, code.as_str(), records::encode_link(link));
-                batch.insert(
-                    &store.index,
-                    records::time_index_key(link),
-                    link.owner.as_bytes(),
-                );
-                batch.insert(&store.index, records::owner_index_key(link), []);
+                store.stage_new_link(batch, link);
                 change.links += 1;
                 here.insert(code.clone(), Some(link.clone()));
             }

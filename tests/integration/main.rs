@@ -22,5 +22,6 @@ mod routes;
 mod stall;
 mod stats;
 mod support;
+mod transfer;
 mod truth;
 mod wire;

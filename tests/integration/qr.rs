@@ -112,7 +112,7 @@ async fn it_needs_a_key_and_hides_another_owners_link() -> TestResult {
     let url = app.url("/api/links/adminown/qr");
     let res = app.client.get(&url).send().await?;
     assert_eq!(json_error(res).await.0, 401);
-    let res = app.client.get(&url).bearer_auth(&other).send().await?;
+    let res = app.client.get(&url).bearer_auth(other).send().await?;
     assert_eq!(json_error(res).await, (404, "no such link".to_owned()));
     let res = app
         .client
