@@ -76,6 +76,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     let s = || state.clone();
     Router::new()
         .hoop(limit::HeaderLimit)
+        // `/` itself (a router with no path filter matches only where the path has ended).
+        .push(
+            Router::new()
+                .get(pages::Home)
+                .head(pages::Home)
+                .goal(NotAllowed(GET_HEAD)),
+        )
         .push(
             Router::with_path("healthz")
                 .get(health::Health(s()))
