@@ -6,11 +6,11 @@
 use std::sync::{Arc, LazyLock};
 
 use askama::Template;
-use sha2::{Digest, Sha256};
 use salvo::{
     http::{HeaderValue, StatusCode, header},
     prelude::*,
 };
+use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, code_param};
 use crate::domain::ShortCode;
@@ -44,11 +44,14 @@ fn inline_hash(html: &str, tag: &str) -> String {
 
 /// Standard base64 with padding (CSP hash sources use it).
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
