@@ -374,6 +374,19 @@ async fn the_home_page_creates_lists_edits_and_deletes_links() -> TestResult {
         .await?;
     assert_eq!(href.as_deref(), Some(app.url("/homey").as_str()));
 
+    // Clicks from elsewhere move the count in the list.
+    for _ in 0..2 {
+        assert_eq!(app.click("homey").await.status(), 302);
+    }
+    eventually(WAIT, "the list shows 2 clicks", || async {
+        text_at(&browser, count).await == "2"
+    })
+    .await;
+    let shot = browser.screenshot().await?;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("home-page.png");
+    std::fs::write(&path, shot)?;
+    eprintln!("home page screenshot: {}", path.display());
+
     // An API error reaches the status line: the code is taken now.
     create("homey").await?;
     eventually(WAIT, "the status line says the code is taken", || async {
@@ -392,19 +405,6 @@ async fn the_home_page_creates_lists_edits_and_deletes_links() -> TestResult {
         1,
         "no second row"
     );
-
-    // Clicks from elsewhere move the count in the list.
-    for _ in 0..2 {
-        assert_eq!(app.click("homey").await.status(), 302);
-    }
-    eventually(WAIT, "the list shows 2 clicks", || async {
-        text_at(&browser, count).await == "2"
-    })
-    .await;
-    let shot = browser.screenshot().await?;
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("home-page.png");
-    std::fs::write(&path, shot)?;
-    eprintln!("home page screenshot: {}", path.display());
 
     // The key stays in the browser: a reload lists the link without asking again.
     browser.refresh().await?;
@@ -506,6 +506,9 @@ async fn the_home_page_creates_lists_edits_and_deletes_links() -> TestResult {
         .await,
         "no horizontal scrolling at 375px"
     );
+    browser
+        .execute("document.getElementById('links').scrollIntoView();", vec![])
+        .await?;
     let shot = browser.screenshot().await?;
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("home-page-narrow.png");
     std::fs::write(&path, shot)?;
