@@ -76,9 +76,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     let s = || state.clone();
     Router::new()
         .hoop(limit::HeaderLimit)
-        // `/` itself (a router with no path filter matches only where the path has ended).
+        // `/` itself: the owner's page. Only a path of slashes alone names it (salvo would also
+        // end `/%2e%2e` here, which must stay a `404`).
         .push(
             Router::new()
+                .filter_fn(|req, _| req.uri().path().split('/').all(str::is_empty))
                 .get(pages::Home)
                 .head(pages::Home)
                 .goal(NotAllowed(GET_HEAD)),

@@ -285,9 +285,17 @@ async fn the_home_page_is_served_with_its_policy() -> TestResult {
     assert_eq!(res.status(), 405);
     assert_eq!(res.headers()["allow"], "GET, HEAD");
 
-    // Short codes still redirect next to it.
+    // Short codes still redirect next to it, and a path that only decodes to `/` is no page.
     app.create_link("beside").await;
     assert_eq!(app.click("beside").await.status(), 302);
+    assert_eq!(app.client.get(app.url("//")).send().await?.status(), 200);
+    // Sent as written (reqwest would resolve it to `/` itself before sending).
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await?;
+    let answer = crate::wire::exchange(&mut conn, &crate::wire::get("/%2e%2e"))
+        .await
+        .ok_or("no answer")?;
+    assert_eq!(answer.status, 404, "{}", answer.head);
+    assert!(answer.body.contains("Link not found"));
     app.stop().await;
     Ok(())
 }
