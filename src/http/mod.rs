@@ -77,6 +77,15 @@ pub fn router(state: Arc<AppState>) -> Router {
     let s = || state.clone();
     Router::new()
         .hoop(limit::HeaderLimit)
+        // `/` itself: the owner's page. Only a path of slashes alone names it (salvo would also
+        // end `/%2e%2e` here, which must stay a `404`).
+        .push(
+            Router::new()
+                .filter_fn(|req, _| req.uri().path().split('/').all(str::is_empty))
+                .get(pages::Home)
+                .head(pages::Home)
+                .goal(NotAllowed(GET_HEAD)),
+        )
         .push(
             Router::with_path("healthz")
                 .get(health::Health(s()))

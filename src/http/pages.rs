@@ -1,19 +1,87 @@
-//! HTML pages: the stats page of a link, and the page for an unknown code. The stats page is an
-//! askama template (`src/pages/stats.html`, checked at compile time): every value is escaped
-//! and none is ever read as template.
+//! HTML pages: the owner's home page, the stats page of a link, and the page for an unknown
+//! code. The stats page is an askama template (`src/pages/stats.html`, checked at compile
+//! time): every value is escaped and none is ever read as template. The home page is one static
+//! file with its script and style inline; it fills itself from the JSON API.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use askama::Template;
 use salvo::{
     http::{HeaderValue, StatusCode, header},
     prelude::*,
 };
+use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, code_param};
 use crate::domain::ShortCode;
 
 const NOT_FOUND: &str = include_str!("../pages/not_found.html");
+
+/// The owner's page (`src/pages/home.html`): one file, no build step.
+const HOME: &str = include_str!("../pages/home.html");
+
+/// The home page's policy: its one inline script and one inline style, allowed by their
+/// SHA-256 hashes (no `'unsafe-inline'`), the API on this origin, and QR images as blob URLs.
+static HOME_CSP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "default-src 'none'; script-src 'sha256-{}'; style-src 'sha256-{}'; \
+         connect-src 'self'; img-src 'self' blob: data:; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'",
+        inline_hash(HOME, "script"),
+        inline_hash(HOME, "style")
+    )
+});
+
+/// The base64 SHA-256 of the text inside the page's first `<tag>` element, as CSP hashes it.
+fn inline_hash(html: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let inner = html
+        .split_once(&open)
+        .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
+        .map_or("", |(inner, _)| inner);
+    base64(&Sha256::digest(inner.as_bytes()))
+}
+
+/// Standard base64 with padding (CSP hash sources use it).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `GET /` and `HEAD /`: the owner's page. It holds no data, so it is the same for everyone.
+pub struct Home;
+
+#[async_trait]
+impl Handler for Home {
+    async fn handle(&self, _: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let headers = res.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        if let Ok(csp) = HeaderValue::from_str(&HOME_CSP) {
+            headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+        }
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        res.render(Text::Html(HOME));
+    }
+}
 
 /// uPlot (MIT, `src/pages/vendor/uplot/LICENSE`), served from the binary: no CDN. Its version is
 /// in the path, so browsers may keep it for good.
@@ -165,5 +233,31 @@ impl Handler for StatsPage {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").write(res);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_base64_sha256_of_the_inline_text() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        // The SHA-256 of nothing, as browsers print it in a CSP report.
+        assert_eq!(
+            inline_hash("<p><script></script>", "script"),
+            "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
+    }
+
+    #[test]
+    fn the_home_page_has_one_inline_script_and_one_inline_style() {
+        // The policy allows the first of each by hash: a second one would be blocked.
+        assert_eq!(HOME.matches("<script").count(), 1);
+        assert_eq!(HOME.matches("<style").count(), 1);
+        assert!(HOME.contains("<script>") && HOME.contains("<style>"));
     }
 }

@@ -1,5 +1,6 @@
-//! The stats page in a real browser (headless Chromium driven through chromedriver): the count
-//! follows the clicks live, and the page reconnects by itself after a server restart.
+//! The pages in a real browser (headless Chromium driven through chromedriver): the stats
+//! page's count follows the clicks live and reconnects by itself after a server restart; the
+//! owner's home page creates, lists (with moving counts), edits and deletes links.
 
 use std::{
     net::TcpListener,
@@ -10,7 +11,7 @@ use std::{
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::support::{TestResult, eventually, spawn_app, spawn_with};
+use crate::support::{KEY, TestResult, content_type, eventually, spawn_app, spawn_with};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -71,11 +72,18 @@ fn find(name: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
+/// A headless Chromium session, with the chromedriver and profile it lives on; `None` when
+/// `LINKPULSE_SKIP_BROWSER` is set.
+struct Browser {
+    client: fantoccini::Client,
+    _driver: Driver,
+    _profile: tempfile::TempDir,
+}
+
+async fn start_browser() -> Result<Option<Browser>, Box<dyn std::error::Error + Send + Sync>> {
     if std::env::var_os("LINKPULSE_SKIP_BROWSER").is_some() {
         eprintln!("LINKPULSE_SKIP_BROWSER is set: browser test not run");
-        return Ok(());
+        return Ok(None);
     }
     let (Some(chromedriver), Some(chromium)) = (
         find("chromedriver"),
@@ -88,7 +96,7 @@ async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
         );
     };
     let port = free_port()?;
-    let _driver = Driver(
+    let driver = Driver(
         Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -109,7 +117,7 @@ async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
     });
     let caps = caps.as_object().cloned().unwrap_or_default();
     let deadline = std::time::Instant::now() + WAIT;
-    let browser = loop {
+    let client = loop {
         let attempt = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps.clone())
             .connect(&format!("http://127.0.0.1:{port}"))
@@ -122,6 +130,19 @@ async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
+    Ok(Some(Browser {
+        client,
+        _driver: driver,
+        _profile: profile,
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
+    let Some(session) = start_browser().await? else {
+        return Ok(());
+    };
+    let browser = session.client.clone();
 
     // Tall enough for the whole page in the screenshot.
     browser.set_window_size(1100, 1500).await?;
@@ -225,6 +246,280 @@ async fn the_stats_page_counts_live_and_survives_a_restart() -> TestResult {
         text_of("botClicks").await == "4"
     })
     .await;
+    browser.close().await?;
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_home_page_is_served_with_its_policy() -> TestResult {
+    let app = spawn_app().await;
+    let res = app.client.get(app.url("/")).send().await?;
+    assert_eq!(res.status(), 200);
+    assert_eq!(content_type(&res), "text/html; charset=utf-8");
+    assert_eq!(res.headers()["cache-control"], "no-cache");
+    let csp = res.headers()["content-security-policy"]
+        .to_str()?
+        .to_owned();
+    for part in [
+        "default-src 'none'",
+        "script-src 'sha256-",
+        "style-src 'sha256-",
+        "connect-src 'self'",
+        "img-src 'self' blob: data:",
+    ] {
+        assert!(csp.contains(part), "{part} in {csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    let html = res.text().await?;
+    assert!(html.contains(r#"<label for="key">"#), "the key field");
+    assert!(html.contains(r#"id="createForm""#), "the create form");
+    // Nothing from elsewhere: no CDN, no external font.
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+
+    let res = app.client.head(app.url("/")).send().await?;
+    assert_eq!(res.status(), 200);
+    assert!(content_type(&res).starts_with("text/html"));
+    assert!(res.bytes().await?.is_empty(), "HEAD / has no body");
+    let res = app.client.post(app.url("/")).send().await?;
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "GET, HEAD");
+
+    // Short codes still redirect next to it, and a path that only decodes to `/` is no page.
+    app.create_link("beside").await;
+    assert_eq!(app.click("beside").await.status(), 302);
+    assert_eq!(app.client.get(app.url("//")).send().await?.status(), 200);
+    // Sent as written (reqwest would resolve it to `/` itself before sending).
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await?;
+    let answer = crate::wire::exchange(&mut conn, &crate::wire::get("/%2e%2e"))
+        .await
+        .ok_or("no answer")?;
+    assert_eq!(answer.status, 404, "{}", answer.head);
+    assert!(answer.body.contains("Link not found"));
+    app.stop().await;
+    Ok(())
+}
+
+/// The text of the first element `css` finds, or nothing.
+async fn text_at(browser: &fantoccini::Client, css: &str) -> String {
+    match browser.find(Locator::Css(css)).await {
+        Ok(el) => el.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Whether `script` (a function body) returns `true` in the page.
+async fn holds(browser: &fantoccini::Client, script: &str) -> bool {
+    browser.execute(script, vec![]).await.ok() == Some(json!(true))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_page_creates_lists_edits_and_deletes_links() -> TestResult {
+    let Some(session) = start_browser().await? else {
+        return Ok(());
+    };
+    let browser = session.client.clone();
+    browser.set_window_size(1000, 1100).await?;
+    let app = spawn_app().await;
+    browser.goto(&app.url("/")).await?;
+
+    // The owner pastes the key; the page keeps it.
+    browser
+        .find(Locator::Id("key"))
+        .await?
+        .send_keys(KEY)
+        .await?;
+    browser.find(Locator::Id("useKey")).await?.click().await?;
+    eventually(WAIT, "the create form shows", || async {
+        match browser.find(Locator::Id("createForm")).await {
+            Ok(form) => form.is_displayed().await.unwrap_or(false),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert_eq!(text_at(&browser, "#links").await, "No links yet.");
+
+    // A link with a custom code and a visit limit, made through the form.
+    let create = |code: &'static str| {
+        let browser = browser.clone();
+        async move {
+            for (id, value) in [
+                ("url", "https://example.com/from-home"),
+                ("code", code),
+                ("title", "Made at home"),
+                ("maxVisits", "5"),
+            ] {
+                let input = browser.find(Locator::Id(id)).await?;
+                input.clear().await?;
+                input.send_keys(value).await?;
+            }
+            browser.find(Locator::Id("create")).await?.click().await?;
+            Ok::<_, fantoccini::error::CmdError>(())
+        }
+    };
+    create("homey").await?;
+    let count = r#"li[data-code="homey"] .count"#;
+    eventually(WAIT, "the new link is listed with 0 clicks", || async {
+        text_at(&browser, count).await == "0"
+    })
+    .await;
+    let item = text_at(&browser, r#"li[data-code="homey"]"#).await;
+    for shown in [
+        "/homey",
+        "https://example.com/from-home",
+        "Made at home",
+        "limit 5 visits",
+    ] {
+        assert!(item.contains(shown), "{shown} in {item}");
+    }
+    let link = app.read("homey").await;
+    assert_eq!(link["url"], "https://example.com/from-home");
+    assert_eq!(link["maxVisits"], 5);
+    let href = browser
+        .find(Locator::Css(r#"li[data-code="homey"] a.short"#))
+        .await?
+        .attr("href")
+        .await?;
+    assert_eq!(href.as_deref(), Some(app.url("/homey").as_str()));
+
+    // Clicks from elsewhere move the count in the list.
+    for _ in 0..2 {
+        assert_eq!(app.click("homey").await.status(), 302);
+    }
+    eventually(WAIT, "the list shows 2 clicks", || async {
+        text_at(&browser, count).await == "2"
+    })
+    .await;
+    let shot = browser.screenshot().await?;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("home-page.png");
+    std::fs::write(&path, shot)?;
+    eprintln!("home page screenshot: {}", path.display());
+
+    // An API error reaches the status line: the code is taken now.
+    create("homey").await?;
+    eventually(WAIT, "the status line says the code is taken", || async {
+        text_at(&browser, "#status").await.contains("already taken")
+    })
+    .await;
+    assert!(
+        holds(
+            &browser,
+            "return document.getElementById('status').dataset.kind === 'error';"
+        )
+        .await
+    );
+    assert_eq!(
+        browser.find_all(Locator::Css(".link")).await?.len(),
+        1,
+        "no second row"
+    );
+
+    // The key stays in the browser: a reload lists the link without asking again.
+    browser.refresh().await?;
+    eventually(WAIT, "the reloaded page lists the link", || async {
+        text_at(&browser, count).await == "2"
+    })
+    .await;
+
+    // Edit the target inline.
+    browser
+        .find(Locator::Css(r#"li[data-code="homey"] button.edit"#))
+        .await?
+        .click()
+        .await?;
+    let url = browser
+        .find(Locator::Css(r#"li[data-code="homey"] .edit-url"#))
+        .await?;
+    url.clear().await?;
+    url.send_keys("https://example.org/edited").await?;
+    browser
+        .find(Locator::Css(r#"li[data-code="homey"] button.save"#))
+        .await?
+        .click()
+        .await?;
+    eventually(WAIT, "the list shows the new target", || async {
+        text_at(&browser, r#"li[data-code="homey"] .target"#).await
+            == "→ https://example.org/edited"
+    })
+    .await;
+    let link = app.read("homey").await;
+    assert_eq!(link["url"], "https://example.org/edited");
+    assert_eq!(link["title"], "Made at home", "the title stayed");
+    assert_eq!(link["maxVisits"], 5, "the limit stayed");
+    assert_eq!(
+        app.click("homey").await.headers()["location"],
+        "https://example.org/edited"
+    );
+
+    // The QR dialog shows the SVG the API made.
+    browser
+        .find(Locator::Css(r#"li[data-code="homey"] button.qr"#))
+        .await?
+        .click()
+        .await?;
+    eventually(WAIT, "the QR dialog shows an image", || async {
+        holds(
+            &browser,
+            "const img = document.getElementById('qrImage');
+             return document.getElementById('qrDialog').open && img.src.startsWith('blob:')
+                 && img.complete && img.naturalWidth === 256;",
+        )
+        .await
+    })
+    .await;
+    let image = browser.find(Locator::Id("qrImage")).await?;
+    assert_eq!(
+        image.attr("data-type").await?.as_deref(),
+        Some("image/svg+xml")
+    );
+    assert_eq!(
+        image.attr("alt").await?,
+        Some(format!("QR code of {}", app.url("/homey")))
+    );
+    browser.find(Locator::Id("qrClose")).await?.click().await?;
+
+    // Delete, accepting the confirmation.
+    browser
+        .find(Locator::Css(r#"li[data-code="homey"] button.delete"#))
+        .await?
+        .click()
+        .await?;
+    eventually(WAIT, "the confirmation is accepted", || async {
+        browser.accept_alert().await.is_ok()
+    })
+    .await;
+    eventually(WAIT, "the link is gone from the list", || async {
+        text_at(&browser, "#links").await == "No links yet."
+    })
+    .await;
+    assert!(
+        text_at(&browser, "#status")
+            .await
+            .contains("Deleted /homey")
+    );
+    assert_eq!(app.click("homey").await.status(), 404);
+
+    // At a phone's width nothing sticks out sideways.
+    create("narrow").await?;
+    browser.set_window_size(375, 812).await?;
+    eventually(WAIT, "the narrow page lists the link", || async {
+        text_at(&browser, r#"li[data-code="narrow"] .count"#).await == "0"
+    })
+    .await;
+    assert!(
+        holds(
+            &browser,
+            "return document.documentElement.scrollWidth <= window.innerWidth;"
+        )
+        .await,
+        "no horizontal scrolling at 375px"
+    );
+    browser
+        .execute("document.getElementById('links').scrollIntoView();", vec![])
+        .await?;
+    let shot = browser.screenshot().await?;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("home-page-narrow.png");
+    std::fs::write(&path, shot)?;
     browser.close().await?;
     app.stop().await;
     Ok(())

@@ -22,7 +22,8 @@ async fn head_redirects_without_counting() -> TestResult {
 #[tokio::test]
 async fn unknown_codes_get_an_html_404() -> TestResult {
     let app = spawn_app().await;
-    for path in ["/nothing", "/bad.code", "/%2e%2e", "/api"] {
+    // (`/%2e%2e` is sent by reqwest as `/`, the home page; `browser.rs` sends it raw.)
+    for path in ["/nothing", "/bad.code", "/api"] {
         let res = app.client.get(app.url(path)).send().await?;
         assert_eq!(res.status(), 404, "{path}");
         let content_type = res.headers()["content-type"].to_str()?.to_owned();
