@@ -641,11 +641,17 @@ async fn public_links_have_a_badge_and_embeddable_streams_private_ones_do_not() 
     }
     let res = app.get("/badge/shown.svg").await;
     assert_eq!(res.status(), 200);
-    assert_eq!(res.headers()["content-type"], "image/svg+xml; charset=utf-8");
+    assert_eq!(
+        res.headers()["content-type"],
+        "image/svg+xml; charset=utf-8"
+    );
     assert_eq!(res.headers()["cache-control"], "public, max-age=5");
     assert_eq!(res.headers()["access-control-allow-origin"], "*");
     let svg = res.text().await?;
-    assert!(svg.starts_with("<svg") && svg.contains(">1,234</text>"), "{svg}");
+    assert!(
+        svg.starts_with("<svg") && svg.contains(">1,234</text>"),
+        "{svg}"
+    );
     for path in ["/badge/hidden.svg", "/badge/nosuch.svg", "/badge/shown.png"] {
         let (status, _) = json_error(app.get(path).await).await;
         assert_eq!(status, 404, "{path}");
@@ -655,7 +661,10 @@ async fn public_links_have_a_badge_and_embeddable_streams_private_ones_do_not() 
     for client in [crate::support::client(), app.client.clone()] {
         let _ = client.get(app.url("/healthz")).send().await?;
         for (code, public) in [("shown", true), ("hidden", false)] {
-            let res = client.get(app.url(&format!("/realtime/{code}"))).send().await?;
+            let res = client
+                .get(app.url(&format!("/realtime/{code}")))
+                .send()
+                .await?;
             assert_eq!(res.status(), 200);
             let origin = res.headers().get("access-control-allow-origin");
             assert_eq!(origin.is_some(), public, "{code}: {origin:?}");
@@ -664,7 +673,10 @@ async fn public_links_have_a_badge_and_embeddable_streams_private_ones_do_not() 
     // The stats page shows the short link's QR code.
     let page = app.get("/links/shown").await.text().await?;
     let figure = page.split("id=\"qr\"").nth(1).unwrap_or_default();
-    assert!(figure.contains("<svg") && figure.contains("<path"), "{page}");
+    assert!(
+        figure.contains("<svg") && figure.contains("<path"),
+        "{page}"
+    );
     app.stop().await;
     Ok(())
 }
