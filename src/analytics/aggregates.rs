@@ -483,7 +483,7 @@ impl Aggregates {
 }
 
 /// A series' bucket width.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, salvo_oapi::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Interval {
     Minute,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The kind of device a user agent belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, salvo_oapi::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceClass {
     Desktop,

@@ -12,7 +12,7 @@ use crate::keys::{Caller, KeyError, KeyName, Scope};
 /// The largest body of `POST /api/keys` (a name and a scope).
 const MAX_BODY: usize = 4 * 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, salvo_oapi::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKeyRequest {
     name: String,

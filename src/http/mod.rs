@@ -17,6 +17,7 @@ mod health;
 mod keys;
 pub mod limit;
 mod manage;
+mod openapi;
 mod pages;
 mod qr;
 mod realtime;
@@ -74,7 +75,8 @@ const GET_HEAD: &str = "GET, HEAD";
 /// The routes of the service. Each route's own goal answers the methods it does not have.
 pub fn router(state: Arc<AppState>) -> Router {
     let s = || state.clone();
-    Router::new()
+    let document = openapi::Document::default();
+    let router = Router::new()
         .hoop(limit::HeaderLimit)
         .push(
             Router::with_path("healthz")
@@ -94,7 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .head(health::Ready(s()))
                 .goal(NotAllowed(GET_HEAD)),
         )
-        .push(api_router(&state))
+        .push(api_router(&state, &document))
         .push(
             Router::with_path("realtime/{code}")
                 .get(realtime::Realtime(s()))
@@ -136,11 +138,19 @@ pub fn router(state: Arc<AppState>) -> Router {
                 })
                 .goal(NotAllowed("GET, HEAD, POST")),
         )
-        .push(Router::with_path("{**rest}").goal(pages::Fallback))
+        .push(Router::with_path("{**rest}").goal(pages::Fallback));
+    // The document describes the router it is served from, its own routes included.
+    match openapi::document(&router) {
+        Ok(doc) => {
+            let _ = document.set(doc);
+        }
+        Err(e) => error!(cause = %e, "the OpenAPI document could not be made"),
+    }
+    router
 }
 
 /// `/api/*`, behind the CORS hoop when `--cors-origin` is given.
-fn api_router(state: &Arc<AppState>) -> Router {
+fn api_router(state: &Arc<AppState>, document: &openapi::Document) -> Router {
     let s = || state.clone();
     let mut api = Router::with_path("api");
     if let Some(cors) = cors::Cors::new(&state.config.cors_origin) {
@@ -190,6 +200,18 @@ fn api_router(state: &Arc<AppState>) -> Router {
                     .goal(NotAllowed(GET_HEAD)),
             )
             .goal(NotAllowed("GET, HEAD, PATCH, DELETE")),
+    )
+    .push(
+        Router::with_path("openapi.json")
+            .get(openapi::OpenApiJson(document.clone()))
+            .head(openapi::OpenApiJson(document.clone()))
+            .goal(NotAllowed(GET_HEAD)),
+    )
+    .push(
+        Router::with_path("docs")
+            .get(openapi::ApiDocs)
+            .head(openapi::ApiDocs)
+            .goal(NotAllowed(GET_HEAD)),
     )
 }
 
