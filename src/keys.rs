@@ -23,8 +23,18 @@ pub const MAX_NAME_CHARS: usize = 100;
 
 /// What a key may do.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, salvo_oapi::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    salvo_oapi::ToSchema,
 )]
+#[salvo(schema(name = "Scope"))]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Every link, and the keys themselves.
@@ -119,6 +129,7 @@ impl Caller {
 
 /// A key as listed: never the key itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "KeyInfo"))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyInfo {
     pub id: KeyId,
@@ -130,6 +141,7 @@ pub struct KeyInfo {
 
 /// A key just made: the only time the key itself is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "NewKey"))]
 #[serde(rename_all = "camelCase")]
 pub struct NewKey {
     pub id: KeyId,

@@ -484,6 +484,7 @@ impl Aggregates {
 
 /// A series' bucket width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "Interval"))]
 #[serde(rename_all = "lowercase")]
 pub enum Interval {
     Minute,

@@ -169,6 +169,7 @@ fn local_day(ms: i64, tz: &TimeZone) -> Option<(i64, i64)> {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "Totals"))]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
     pub clicks: u64,
@@ -178,6 +179,7 @@ pub struct Totals {
 }
 
 #[derive(Debug, Clone, Serialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "Point"))]
 #[serde(rename_all = "camelCase")]
 pub struct Point {
     pub t: String,
@@ -198,6 +200,7 @@ pub struct Entry {
 }
 
 #[derive(Debug, Clone, Default, Serialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "Top"))]
 pub struct Top {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub referrers: Option<Vec<Entry>>,
@@ -251,6 +254,7 @@ impl Top {
 
 /// The answer of `GET /api/links/{code}/stats`.
 #[derive(Debug, Clone, Serialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "StatsAnswer"))]
 #[serde(rename_all = "camelCase")]
 pub struct StatsAnswer {
     pub code: String,

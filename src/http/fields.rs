@@ -33,6 +33,7 @@ pub struct RuleBody {
 /// The fields both `POST` and `PATCH` take, as sent. In a `PATCH` a field left out stays as it
 /// is and `null` clears it (the schema shows such fields as nullable).
 #[derive(Deserialize, Default, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "LinkFields"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinkFields {
     #[serde(default)]

@@ -31,6 +31,7 @@ use salvo::{
     http::{HeaderValue, StatusCode, header, mime},
     prelude::*,
 };
+use salvo_oapi::endpoint;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
@@ -218,8 +219,22 @@ fn api_router(state: &Arc<AppState>, document: &openapi::Document) -> Router {
 /// The redirect handler, timed into `linkpulse_redirect_duration_seconds`.
 struct Timed(redirect::Redirect);
 
-#[async_trait]
-impl Handler for Timed {
+/// Follow a short link (HEAD: the same answer, nothing counted)
+#[endpoint(
+    tags("public"),
+    parameters(("code" = String, Path, description = "The short code")),
+    responses(
+        (status_code = 301, description = "Moved permanently (the link's `redirectStatus`)", headers(("Location" = String))),
+        (status_code = 302, description = "Found: the default", headers(("Location" = String))),
+        (status_code = 307, description = "Temporary redirect (the link's `redirectStatus`)", headers(("Location" = String))),
+        (status_code = 308, description = "Permanent redirect (the link's `redirectStatus`)", headers(("Location" = String))),
+        (status_code = 200, description = "The password form of a protected link", content_type = "text/html", body = String),
+        (status_code = 404, description = "No such link", content_type = "text/html", body = String),
+        (status_code = 410, description = "Expired or past its visit limit", content_type = "text/html", body = String),
+        openapi::E503,
+    )
+)]
+impl Timed {
     async fn handle(
         &self,
         req: &mut Request,

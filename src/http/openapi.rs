@@ -15,8 +15,7 @@ use salvo::{
     prelude::*,
 };
 use salvo_oapi::{
-    Components, OpenApi, RefOr, Responses, SecurityScheme, ToResponses, ToSchema,
-    endpoint,
+    Components, OpenApi, RefOr, Responses, SecurityScheme, ToResponses, ToSchema, endpoint,
     security::{Http, HttpAuthScheme},
 };
 
@@ -130,6 +129,7 @@ pub mod schemas {
 
     /// An error answer (`super::ErrorBody`).
     #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "Error"))]
     pub struct Error {
         /// What was wrong (client errors), or `internal error`.
         error: String,
@@ -137,6 +137,7 @@ pub mod schemas {
 
     /// A link as the API shows it (`api::LinkBody`).
     #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "Link"))]
     #[serde(rename_all = "camelCase")]
     pub struct Link {
         code: String,
@@ -164,6 +165,7 @@ pub mod schemas {
 
     /// A redirect rule (`api::RuleOut`).
     #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "Rule"))]
     pub struct Rule {
         device: Option<RuleDevice>,
         country: Option<String>,
@@ -172,6 +174,7 @@ pub mod schemas {
 
     /// One click's details (`links::frame::Analytics`).
     #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "Click"))]
     #[serde(rename_all = "camelCase")]
     pub struct Click {
         short_code: String,
@@ -188,6 +191,7 @@ pub mod schemas {
 
     /// A stored click with its number (`api::ClickItem`).
     #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "NumberedClick"))]
     pub struct NumberedClick {
         seq: u64,
         #[serde(flatten)]
@@ -196,12 +200,14 @@ pub mod schemas {
 
     /// `GET /api/links/{code}/clicks`, newest first.
     #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "ClickPage"))]
     pub struct ClickPage {
         clicks: Vec<NumberedClick>,
     }
 
     /// `GET /api/links` (`manage::Listing`).
     #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "LinkPage"))]
     pub struct LinkPage {
         links: Vec<Link>,
         /// The `cursor` of the next page; `null` on the last.
@@ -210,12 +216,14 @@ pub mod schemas {
 
     /// `GET /api/keys`, oldest first.
     #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "KeyList"))]
     pub struct KeyList {
         keys: Vec<KeyInfo>,
     }
 
     /// What waits for the disk.
     #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "Backlog"))]
     #[serde(rename_all = "camelCase")]
     pub struct Backlog {
         clicks: u64,
@@ -225,6 +233,7 @@ pub mod schemas {
 
     /// `GET /healthz`.
     #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "Health"))]
     pub struct Health {
         /// `ok` or `unavailable`.
         status: String,
@@ -235,6 +244,7 @@ pub mod schemas {
 
     /// `GET /readyz`.
     #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "Ready"))]
     pub struct Ready {
         ready: bool,
         /// Why not ready.
