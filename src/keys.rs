@@ -22,7 +22,19 @@ const KEY_RANDOM_LEN: usize = 32;
 pub const MAX_NAME_CHARS: usize = 100;
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    salvo_oapi::ToSchema,
+)]
+#[salvo(schema(name = "Scope"))]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Every link, and the keys themselves.
@@ -116,7 +128,8 @@ impl Caller {
 }
 
 /// A key as listed: never the key itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "KeyInfo"))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyInfo {
     pub id: KeyId,
@@ -127,7 +140,8 @@ pub struct KeyInfo {
 }
 
 /// A key just made: the only time the key itself is shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "NewKey"))]
 #[serde(rename_all = "camelCase")]
 pub struct NewKey {
     pub id: KeyId,

@@ -483,7 +483,8 @@ impl Aggregates {
 }
 
 /// A series' bucket width.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "Interval"))]
 #[serde(rename_all = "lowercase")]
 pub enum Interval {
     Minute,

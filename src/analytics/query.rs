@@ -168,7 +168,8 @@ fn local_day(ms: i64, tz: &TimeZone) -> Option<(i64, i64)> {
     ))
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "Totals"))]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
     pub clicks: u64,
@@ -177,7 +178,8 @@ pub struct Totals {
     pub unique_visitors: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "Point"))]
 #[serde(rename_all = "camelCase")]
 pub struct Point {
     pub t: String,
@@ -187,8 +189,9 @@ pub struct Point {
     pub counts: Totals,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, salvo_oapi::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[salvo(schema(name = "TopEntry"))]
 pub struct Entry {
     pub value: String,
     pub clicks: u64,
@@ -196,7 +199,8 @@ pub struct Entry {
     pub bot_clicks: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "Top"))]
 pub struct Top {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub referrers: Option<Vec<Entry>>,
@@ -249,7 +253,8 @@ impl Top {
 }
 
 /// The answer of `GET /api/links/{code}/stats`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "StatsAnswer"))]
 #[serde(rename_all = "camelCase")]
 pub struct StatsAnswer {
     pub code: String,

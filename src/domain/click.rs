@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 /// The kind of device a user agent belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "DeviceClass"))]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceClass {
     Desktop,

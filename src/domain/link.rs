@@ -48,7 +48,8 @@ pub struct Link {
 }
 
 /// A device class a rule can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "RuleDevice"))]
 #[serde(rename_all = "lowercase")]
 pub enum RuleDevice {
     Ios,

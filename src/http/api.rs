@@ -9,18 +9,21 @@ use salvo::{
 };
 use serde::Serialize;
 
+use super::openapi::{E400, E401, E403, E404, E409, E413, E415, E429, E503, schemas};
 use super::{
     ApiError, AppState, authenticate, client_ip, code_param,
     fields::{LinkFields, hash_password},
     limit::Limited,
     require_write,
 };
+use crate::analytics::StatsAnswer;
 use crate::{
     analytics::StatsQuery,
     domain::{Link, RedirectRule, ShortCode, format_ms, now_ms},
     keys::Caller,
     links::{Snapshot, frame::Analytics},
 };
+use salvo_oapi::endpoint;
 
 /// The largest request body taken.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -238,8 +241,17 @@ impl CreateLink {
     }
 }
 
-#[async_trait]
-impl Handler for CreateLink {
+/// Create a link
+#[endpoint(
+    tags("links"),
+    security(("bearer" = [])),
+    request_body(content = LinkFields, description = "`url` is required; `code` is drawn when left out"),
+    responses(
+        (status_code = 201, description = "The link made; `Location` names it", body = schemas::Link),
+        E400, E401, E403, E409, E413, E415, E429, E503,
+    )
+)]
+impl CreateLink {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         match self.create(req).await {
             Ok(link) => {
@@ -271,8 +283,14 @@ pub(super) async fn owned_link(
 
 pub struct ReadLink(pub Arc<AppState>);
 
-#[async_trait]
-impl Handler for ReadLink {
+/// A link with its click count and latest click
+#[endpoint(
+    tags("links"),
+    security(("bearer" = [])),
+    parameters(("code" = String, Path, description = "The short code")),
+    responses((status_code = 200, description = "The link", body = schemas::Link), E401, E404, E503)
+)]
+impl ReadLink {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let result = async {
@@ -292,8 +310,23 @@ impl Handler for ReadLink {
 /// top lists of a window, from the link's aggregates (see `analytics::query`).
 pub struct LinkStats(pub Arc<AppState>);
 
-#[async_trait]
-impl Handler for LinkStats {
+/// Totals, a series and top lists of a time window
+#[endpoint(
+    tags("links"),
+    security(("bearer" = [])),
+    parameters(
+        ("code" = String, Path, description = "The short code"),
+        ("from" = Option<String>, Query, description = "Window start: an RFC 3339 time or a date (default: 7 days before `to`)"),
+        ("to" = Option<String>, Query, description = "Window end: an RFC 3339 time or a date (default: now)"),
+        ("interval" = Option<String>, Query, description = "Series bucket: `minute`, `hour` or `day`"),
+        ("tz" = Option<String>, Query, description = "IANA time zone of the buckets and dates (default UTC)"),
+    ),
+    responses(
+        (status_code = 200, description = "The window's figures", body = StatsAnswer),
+        E400, E401, E404, E503,
+    )
+)]
+impl LinkStats {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let result = async {
@@ -472,8 +505,25 @@ fn tokio_stream_from<T: Send + 'static>(
 
 const MAX_PAGE: usize = 1000;
 
-#[async_trait]
-impl Handler for ListClicks {
+/// Stored clicks, newest first; or all of them as CSV
+#[endpoint(
+    tags("links"),
+    security(("bearer" = [])),
+    parameters(
+        ("code" = String, Path, description = "The short code"),
+        ("limit" = Option<u32>, Query, description = "Clicks per page, 1 to 1000 (default 100)"),
+        ("before" = Option<u64>, Query, description = "Only clicks numbered below this (the next page)"),
+        ("Accept" = Option<String>, Header, description = "`text/csv`: every stored click, oldest first, streamed"),
+    ),
+    responses(
+        (status_code = 200, description = "A page of clicks (JSON), or the CSV export", content(
+            ("application/json" = schemas::ClickPage),
+            ("text/csv" = String),
+        )),
+        E400, E401, E404, E503,
+    )
+)]
+impl ListClicks {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let csv = req

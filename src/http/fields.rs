@@ -19,7 +19,8 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Field
 }
 
 /// A redirect rule as sent.
-#[derive(Deserialize)]
+#[derive(Deserialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "RuleIn"))]
 #[serde(deny_unknown_fields)]
 pub struct RuleBody {
     #[serde(default)]
@@ -29,8 +30,10 @@ pub struct RuleBody {
     url: String,
 }
 
-/// The fields both `POST` and `PATCH` take, as sent.
-#[derive(Deserialize, Default)]
+/// The fields both `POST` and `PATCH` take, as sent. In a `PATCH` a field left out stays as it
+/// is and `null` clears it (the schema shows such fields as nullable).
+#[derive(Deserialize, Default, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "LinkFields"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinkFields {
     #[serde(default, deserialize_with = "present")]
@@ -39,24 +42,32 @@ pub struct LinkFields {
     #[serde(default)]
     pub code: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(value_type = Option<String>))]
     title: Field<String>,
     #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(value_type = Option<Vec<String>>))]
     tags: Field<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(value_type = Option<String>))]
     expires_at: Field<String>,
     #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(value_type = Option<String>))]
     expired_url: Field<String>,
     #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(value_type = Option<u64>))]
     max_visits: Field<u64>,
     #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(value_type = Option<u16>))]
     redirect_status: Field<u16>,
     #[serde(default)]
     forward_query: Option<bool>,
     #[serde(default)]
     public_stats: Option<bool>,
     #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(value_type = Option<String>))]
     pub password: Field<String>,
     #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(value_type = Option<Vec<RuleBody>>))]
     rules: Field<Vec<RuleBody>>,
 }
 

@@ -9,12 +9,21 @@ use salvo::{
 use serde_json::json;
 
 use super::AppState;
+use super::openapi::schemas;
 use crate::metrics::{self, Scraped};
+use salvo_oapi::endpoint;
 
 pub struct Health(pub Arc<AppState>);
 
-#[async_trait]
-impl Handler for Health {
+/// Liveness, with what waits for the disk
+#[endpoint(
+    tags("operations"),
+    responses(
+        (status_code = 200, description = "Healthy", body = schemas::Health),
+        (status_code = 503, description = "The store failed, the disk is behind, or shutting down", body = schemas::Health),
+    )
+)]
+impl Health {
     async fn handle(&self, _: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let writer = state.links.writer();
@@ -55,8 +64,15 @@ impl Handler for Health {
 /// `/healthz`, a full backlog is not a reason: redirects are still answered.
 pub struct Ready(pub Arc<AppState>);
 
-#[async_trait]
-impl Handler for Ready {
+/// Whether the service takes traffic
+#[endpoint(
+    tags("operations"),
+    responses(
+        (status_code = 200, description = "Ready", body = schemas::Ready),
+        (status_code = 503, description = "The store failed, or shutting down", body = schemas::Ready),
+    )
+)]
+impl Ready {
     async fn handle(&self, _: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let reason = if let Some(failure) = state.links.writer().failure() {
@@ -78,8 +94,12 @@ impl Handler for Ready {
 
 pub struct MetricsText(pub Arc<AppState>);
 
-#[async_trait]
-impl Handler for MetricsText {
+/// Prometheus metrics (OpenMetrics text)
+#[endpoint(
+    tags("operations"),
+    responses((status_code = 200, description = "The metrics", content_type = "application/openmetrics-text", body = String))
+)]
+impl MetricsText {
     async fn handle(&self, _: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let writer = state.links.writer();

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use salvo::{http::StatusCode, prelude::*};
 use serde::Deserialize;
 
+use super::openapi::{E400, E401, E403, E404, E413, E415, E503, schemas};
 use super::{ApiError, AppState, authenticate, read_json_object, require_admin};
 use crate::keys::{Caller, KeyError, KeyName, Scope};
+use salvo_oapi::endpoint;
 
 /// The largest body of `POST /api/keys` (a name and a scope).
 const MAX_BODY: usize = 4 * 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, salvo_oapi::ToSchema)]
+#[salvo(schema(name = "CreateKeyRequest"))]
 #[serde(deny_unknown_fields)]
 struct CreateKeyRequest {
     name: String,
@@ -54,8 +57,17 @@ impl CreateKey {
     }
 }
 
-#[async_trait]
-impl Handler for CreateKey {
+/// Make an API key (admin); the key is shown only in this answer
+#[endpoint(
+    tags("keys"),
+    security(("bearer" = [])),
+    request_body = CreateKeyRequest,
+    responses(
+        (status_code = 201, description = "The key made", body = crate::keys::NewKey),
+        E400, E401, E403, E413, E415, E503,
+    )
+)]
+impl CreateKey {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         match self.create(req).await {
             Ok(made) => {
@@ -72,8 +84,13 @@ impl Handler for CreateKey {
 /// first; `lastUsedAt` is `null` for a key never used.
 pub struct ListKeys(pub Arc<AppState>);
 
-#[async_trait]
-impl Handler for ListKeys {
+/// Every API key, oldest first (admin); never the keys themselves
+#[endpoint(
+    tags("keys"),
+    security(("bearer" = [])),
+    responses((status_code = 200, description = "The keys", body = schemas::KeyList), E401, E403)
+)]
+impl ListKeys {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         match admin(&self.0, req) {
             Ok(_) => res.render(Json(serde_json::json!({ "keys": self.0.keys.list() }))),
@@ -94,8 +111,18 @@ impl RevokeKey {
     }
 }
 
-#[async_trait]
-impl Handler for RevokeKey {
+/// Revoke an API key (admin): its next request is 401
+#[endpoint(
+    tags("keys"),
+    security(("bearer" = [])),
+    parameters(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status_code = 204, description = "Revoked"),
+        (status_code = 400, description = "The last admin key cannot revoke itself", body = schemas::Error),
+        E401, E403, E404, E503,
+    )
+)]
+impl RevokeKey {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         match self.revoke(req).await {
             Ok(()) => {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use salvo::{http::StatusCode, prelude::*};
 use serde::Serialize;
 
+use super::openapi::{E400, E401, E403, E404, E413, E415, E503, schemas};
 use super::{
     ApiError, AppState,
     api::{LinkBody, link_body, owned_link, password_hash, read_json},
@@ -20,6 +21,7 @@ use crate::{
     links::Snapshot,
     store::{Cursor, LinkChange},
 };
+use salvo_oapi::endpoint;
 
 /// Links per page: the default and the most.
 const DEFAULT_PAGE: usize = 50;
@@ -99,8 +101,22 @@ impl ListLinks {
     }
 }
 
-#[async_trait]
-impl Handler for ListLinks {
+/// The caller's links (an admin's or read key's: every link), newest first
+#[endpoint(
+    tags("links"),
+    security(("bearer" = [])),
+    parameters(
+        ("limit" = Option<u32>, Query, description = "Links per page, 1 to 1000 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "The `next` of the previous page"),
+        ("q" = Option<String>, Query, description = "Only links whose code, URL or title holds this (any case)"),
+        ("tag" = Option<String>, Query, description = "Only links with this tag"),
+    ),
+    responses(
+        (status_code = 200, description = "A page of links", body = schemas::LinkPage),
+        E400, E401, E503,
+    )
+)]
+impl ListLinks {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         match self.list(req).await {
             Ok((links, next)) => res.render(Json(Listing {
@@ -147,8 +163,18 @@ impl PatchLink {
     }
 }
 
-#[async_trait]
-impl Handler for PatchLink {
+/// Change a link: a field left out stays, `null` clears it
+#[endpoint(
+    tags("links"),
+    security(("bearer" = [])),
+    parameters(("code" = String, Path, description = "The short code")),
+    request_body(content = LinkFields, description = "Any field but `code`"),
+    responses(
+        (status_code = 200, description = "The changed link", body = schemas::Link),
+        E400, E401, E403, E404, E413, E415, E503,
+    )
+)]
+impl PatchLink {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         match self.patch(req).await {
             Ok((link, snapshot)) => res.render(Json(link_body(&self.0, &link, Some(&snapshot)))),
@@ -160,8 +186,14 @@ impl Handler for PatchLink {
 /// `DELETE /api/links/{code}`: `204`; the code answers `404` everywhere from then on.
 pub struct DeleteLink(pub Arc<AppState>);
 
-#[async_trait]
-impl Handler for DeleteLink {
+/// Delete a link: its code answers 404 everywhere from then on
+#[endpoint(
+    tags("links"),
+    security(("bearer" = [])),
+    parameters(("code" = String, Path, description = "The short code")),
+    responses((status_code = 204, description = "Deleted"), E401, E403, E404, E503)
+)]
+impl DeleteLink {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let result = async {

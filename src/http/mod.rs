@@ -18,6 +18,7 @@ mod health;
 mod keys;
 pub mod limit;
 mod manage;
+mod openapi;
 mod pages;
 mod qr;
 mod realtime;
@@ -31,6 +32,7 @@ use salvo::{
     http::{HeaderValue, StatusCode, header, mime},
     prelude::*,
 };
+use salvo_oapi::endpoint;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
@@ -75,7 +77,8 @@ const GET_HEAD: &str = "GET, HEAD";
 /// The routes of the service. Each route's own goal answers the methods it does not have.
 pub fn router(state: Arc<AppState>) -> Router {
     let s = || state.clone();
-    Router::new()
+    let document = openapi::Document::default();
+    let router = Router::new()
         .hoop(limit::HeaderLimit)
         // `/` itself: the owner's page. Only a path of slashes alone names it (salvo would also
         // end `/%2e%2e` here, which must stay a `404`).
@@ -104,7 +107,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .head(health::Ready(s()))
                 .goal(NotAllowed(GET_HEAD)),
         )
-        .push(api_router(&state))
+        .push(api_router(&state, &document))
         .push(
             Router::with_path("realtime/{code}")
                 .get(realtime::Realtime(s()))
@@ -152,11 +155,19 @@ pub fn router(state: Arc<AppState>) -> Router {
                 })
                 .goal(redirect::CodeNotAllowed(s())),
         )
-        .push(Router::with_path("{**rest}").goal(pages::Fallback))
+        .push(Router::with_path("{**rest}").goal(pages::Fallback));
+    // The document describes the router it is served from, its own routes included.
+    match openapi::document(&router) {
+        Ok(doc) => {
+            let _ = document.set(doc);
+        }
+        Err(e) => error!(cause = %e, "the OpenAPI document could not be made"),
+    }
+    router
 }
 
 /// `/api/*`, behind the CORS hoop when `--cors-origin` is given.
-fn api_router(state: &Arc<AppState>) -> Router {
+fn api_router(state: &Arc<AppState>, document: &openapi::Document) -> Router {
     let s = || state.clone();
     let mut api = Router::with_path("api");
     if let Some(cors) = cors::Cors::new(&state.config.cors_origin) {
@@ -207,13 +218,39 @@ fn api_router(state: &Arc<AppState>) -> Router {
             )
             .goal(NotAllowed("GET, HEAD, PATCH, DELETE")),
     )
+    .push(
+        Router::with_path("openapi.json")
+            .get(openapi::OpenApiJson(document.clone()))
+            .head(openapi::OpenApiJson(document.clone()))
+            .goal(NotAllowed(GET_HEAD)),
+    )
+    .push(
+        Router::with_path("docs")
+            .get(openapi::ApiDocs)
+            .head(openapi::ApiDocs)
+            .goal(NotAllowed(GET_HEAD)),
+    )
 }
 
 /// The redirect handler, timed into `linkpulse_redirect_duration_seconds`.
 struct Timed(redirect::Redirect);
 
-#[async_trait]
-impl Handler for Timed {
+/// Follow a short link (HEAD: the same answer, nothing counted)
+#[endpoint(
+    tags("public"),
+    parameters(("code" = String, Path, description = "The short code")),
+    responses(
+        (status_code = 301, description = "Moved permanently (the link's `redirectStatus`)", headers(("Location" = String))),
+        (status_code = 302, description = "Found: the default", headers(("Location" = String))),
+        (status_code = 307, description = "Temporary redirect (the link's `redirectStatus`)", headers(("Location" = String))),
+        (status_code = 308, description = "Permanent redirect (the link's `redirectStatus`)", headers(("Location" = String))),
+        (status_code = 200, description = "The password form of a protected link", content_type = "text/html", body = String),
+        (status_code = 404, description = "No such link", content_type = "text/html", body = String),
+        (status_code = 410, description = "Expired or past its visit limit", content_type = "text/html", body = String),
+        openapi::E503,
+    )
+)]
+impl Timed {
     async fn handle(
         &self,
         req: &mut Request,

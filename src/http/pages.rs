@@ -12,8 +12,10 @@ use salvo::{
 };
 use sha2::{Digest, Sha256};
 
+use super::openapi::E503;
 use super::{ApiError, AppState, code_param};
 use crate::domain::ShortCode;
+use salvo_oapi::endpoint;
 
 const NOT_FOUND: &str = include_str!("../pages/not_found.html");
 
@@ -93,8 +95,16 @@ pub const UPLOT_CSS_PATH: &str = "/assets/uplot-1.6.32.min.css";
 /// `GET /assets/{name}`: the files the pages load.
 pub struct Asset;
 
-#[async_trait]
-impl Handler for Asset {
+/// A file the pages load (uPlot), cached for good
+#[endpoint(
+    tags("public"),
+    parameters(("name" = String, Path, description = "The file's name, with its version")),
+    responses(
+        (status_code = 200, description = "The file", content(("text/javascript" = String), ("text/css" = String))),
+        (status_code = 404, description = "No such file", content_type = "text/html", body = String),
+    )
+)]
+impl Asset {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let path = req.uri().path();
         let (body, content_type) = if path == UPLOT_JS_PATH {
@@ -196,8 +206,17 @@ impl Handler for Fallback {
 /// `GET /links/{code}`: the page an `EventSource` keeps current. Public, like the original.
 pub struct StatsPage(pub Arc<AppState>);
 
-#[async_trait]
-impl Handler for StatsPage {
+/// The stats page of a link, kept current by its stream
+#[endpoint(
+    tags("public"),
+    parameters(("code" = String, Path, description = "The short code")),
+    responses(
+        (status_code = 200, description = "The page", content_type = "text/html", body = String),
+        (status_code = 404, description = "No such link", content_type = "text/html", body = String),
+        E503,
+    )
+)]
+impl StatsPage {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let Ok(code) = ShortCode::parse(code_param(req)) else {

@@ -11,7 +11,9 @@ use salvo::{
 };
 use tracing::error;
 
+use super::openapi::{E400, E401, E404, E503};
 use super::{ApiError, AppState, api::owned_link};
+use salvo_oapi::endpoint;
 
 const DEFAULT_SIZE: u32 = 256;
 const SIZES: std::ops::RangeInclusive<u32> = 64..=2048;
@@ -26,8 +28,24 @@ enum Format {
 
 pub struct Qr(pub Arc<AppState>);
 
-#[async_trait]
-impl Handler for Qr {
+/// A QR code of the link's short URL
+#[endpoint(
+    tags("links"),
+    security(("bearer" = [])),
+    parameters(
+        ("code" = String, Path, description = "The short code"),
+        ("format" = Option<String>, Query, description = "`svg` (the default) or `png`"),
+        ("size" = Option<u32>, Query, description = "The image's side in pixels, 64 to 2048 (default 256)"),
+    ),
+    responses(
+        (status_code = 200, description = "The image", content(
+            ("image/svg+xml" = String),
+            ("image/png" = [u8]),
+        )),
+        E400, E401, E404, E503,
+    )
+)]
+impl Qr {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let result = async {

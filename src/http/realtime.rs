@@ -24,15 +24,28 @@ use salvo::{
 use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::openapi::{E400, E404, E503};
 use super::{
     AppState, client_ip, code_param,
     stream::{self, StreamRequest, Unsubscribe},
 };
+use salvo_oapi::endpoint;
 
 pub struct Realtime(pub Arc<AppState>);
 
-#[async_trait]
-impl Handler for Realtime {
+/// The live stream of a link's count and latest click (Server-Sent Events)
+#[endpoint(
+    tags("public"),
+    parameters(
+        ("code" = String, Path, description = "The short code"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "The count the client has (sent by a reconnecting `EventSource`)"),
+    ),
+    responses(
+        (status_code = 200, description = "`data: {\"clickCount\":N,\"clickAnalytics\":{..}}` frames with `id: N`, heartbeats and `retry:` hints", content_type = "text/event-stream", body = String),
+        E400, E404, E503,
+    )
+)]
+impl Realtime {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let request = StreamRequest {

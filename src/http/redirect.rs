@@ -13,6 +13,7 @@ use salvo::{
 use tokio::sync::oneshot;
 use tracing::error;
 
+use super::openapi::{E503, schemas};
 use super::{AppState, client_ip, code_param, fields::verify_password, pages};
 use crate::{
     analytics::{anonymise_ip, clip},
@@ -20,6 +21,7 @@ use crate::{
     links::Click,
     store::Durability,
 };
+use salvo_oapi::endpoint;
 
 const MAX_USER_AGENT: usize = 512;
 const MAX_REFERER: usize = 1024;
@@ -295,8 +297,21 @@ pub struct Unlock {
     pub checks: Arc<tokio::sync::Semaphore>,
 }
 
-#[async_trait]
-impl Handler for Unlock {
+/// The answer to a protected link's password form
+#[endpoint(
+    tags("public"),
+    parameters(("code" = String, Path, description = "The short code")),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "`password=...`"),
+    responses(
+        (status_code = 303, description = "The right password: counted, redirected to the target", headers(("Location" = String))),
+        (status_code = 401, description = "A wrong password: the form again", content_type = "text/html", body = String),
+        (status_code = 404, description = "No such link", content_type = "text/html", body = String),
+        (status_code = 405, description = "The link has no password", body = schemas::Error),
+        (status_code = 410, description = "Expired or past its visit limit", content_type = "text/html", body = String),
+        E503,
+    )
+)]
+impl Unlock {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.redirect.state;
         let Ok(code) = ShortCode::parse(code_param(req)) else {

@@ -11,6 +11,7 @@ mod first_key;
 mod keys;
 mod lifecycle;
 mod manage;
+mod openapi;
 mod ops;
 mod overload;
 mod pages;
