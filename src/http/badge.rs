@@ -9,8 +9,12 @@ use salvo::{
     prelude::*,
 };
 
-use super::{ApiError, AppState, cors};
+use super::{
+    ApiError, AppState, cors,
+    openapi::{E404, E503},
+};
 use crate::domain::ShortCode;
+use salvo_oapi::endpoint;
 
 /// How long browsers and caches may keep a badge.
 const MAX_AGE: &str = "public, max-age=5";
@@ -68,8 +72,17 @@ pub fn svg(count: u64) -> String {
     )
 }
 
-#[async_trait]
-impl Handler for Badge {
+#[endpoint(
+    tags("public"),
+    summary = "A badge with the link's click count",
+    parameters(("file" = String, Path, description = "The short code followed by `.svg`")),
+    responses(
+        (status_code = 200, description = "The badge (`Cache-Control: public, max-age=5`)", content_type = "image/svg+xml", body = String),
+        E404,
+        E503,
+    )
+)]
+impl Badge {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let missing = || ApiError::not_found("no such link, or its stats are not public");

@@ -69,8 +69,15 @@ fn base64(bytes: &[u8]) -> String {
 /// `GET /` and `HEAD /`: the owner's page. It holds no data, so it is the same for everyone.
 pub struct Home;
 
-#[async_trait]
-impl Handler for Home {
+#[endpoint(
+    tags("public"),
+    summary = "The home page",
+    description = "Paste a key, create, list (counts polled every 2 s), edit and delete links.",
+    responses(
+        (status_code = 200, description = "The page", content_type = "text/html", body = String),
+    )
+)]
+impl Home {
     async fn handle(&self, _: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let headers = res.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
