@@ -4,6 +4,10 @@
 #
 #   load-tests/compare.sh [rounds] [seconds] [connections] [codes]
 #
+# With LINKPULSE_BIN_B set to a second build (an older commit, say), each round also measures
+# that build right after the first, on its own store, and prints B's figures and A/B: a change
+# measured against the build before it in the same minutes.
+#
 # Needs: wrk and nginx (apt-get install wrk nginx), a release build (cargo build --release).
 # Everything listens on 127.0.0.1 only; each wrk run is bounded by its duration.
 set -euo pipefail
@@ -14,6 +18,7 @@ SECONDS_EACH=${2:-10}
 CONNS=${3:-64}
 NCODES=${4:-10000}
 BIN=${LINKPULSE_BIN:-${CARGO_TARGET_DIR:-target}/release/linkpulse}
+BIN_B=${LINKPULSE_BIN_B:-}
 DURABILITY=${DURABILITY:-default}
 KEY=lp_compare_key_0123456789abcdef
 
@@ -26,9 +31,15 @@ TMP=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NGINX_PORT=$(free_port)
 LP_PORT=$(free_port)
+LPB_PORT=$(free_port)
 
 cleanup() {
-    [ -n "${LP_PID:-}" ] && kill "$LP_PID" 2>/dev/null && wait "$LP_PID" 2>/dev/null || true
+    # The servers were started in command substitutions, so they are not this shell's
+    # children: wait for them to exit (at most 15 s) before their data goes.
+    for pid in ${LP_PID:-} ${LPB_PID:-}; do
+        kill "$pid" 2>/dev/null || continue
+        for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    done
     [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
     rm -rf "$TMP"
 }
@@ -56,23 +67,36 @@ NGINX
 nginx -c "$TMP/nginx.conf" -p "$TMP"
 
 # Creating the test links goes far past the default per-key and per-address create limits.
-LINKPULSE_CREATE_RATE_PER_KEY=0 LINKPULSE_CREATE_RATE_PER_IP=0 \
-LINKPULSE_INITIAL_API_KEY=$KEY LINKPULSE_LOG=warn "$BIN" --listen "127.0.0.1:$LP_PORT" \
-    --data-dir "$TMP/data" --durability "$DURABILITY" >"$TMP/linkpulse.log" 2>&1 &
-LP_PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$LP_PORT/healthz" >/dev/null && break; sleep 0.1; done
+start() { # binary port data-dir -> pid
+    LINKPULSE_CREATE_RATE_PER_KEY=0 LINKPULSE_CREATE_RATE_PER_IP=0 \
+    LINKPULSE_INITIAL_API_KEY=$KEY LINKPULSE_LOG=warn "$1" --listen "127.0.0.1:$2" \
+        --data-dir "$3" --durability "$DURABILITY" >"$3.log" 2>&1 &
+    echo $!
+}
+ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && break; sleep 0.1; done; }
+LP_PID=$(start "$BIN" "$LP_PORT" "$TMP/data")
+ready "$LP_PORT"
 
-create() {
-    curl -sf -o /dev/null -X POST "http://127.0.0.1:$LP_PORT/api/links" \
+create() { # port code
+    curl -sf -o /dev/null -X POST "http://127.0.0.1:$1/api/links" \
         -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-        -d "{\"url\":\"https://example.com/target\",\"code\":\"$1\"}"
+        -d "{\"url\":\"https://example.com/target\",\"code\":\"$2\"}"
 }
 export -f create
-export LP_PORT KEY
-create hot
-echo "creating $NCODES links..."
+export KEY
 seq -f "c%06g" 1 "$NCODES" > "$TMP/codes"
-xargs -P 8 -I{} bash -c 'create {}' < "$TMP/codes"
+links_on() { # port
+    create "$1" hot
+    echo "creating $NCODES links on port $1..."
+    xargs -P 8 -I{} bash -c "create $1 {}" < "$TMP/codes"
+}
+links_on "$LP_PORT"
+if [ -n "$BIN_B" ]; then
+    [ -x "$BIN_B" ] || { echo "no binary at LINKPULSE_BIN_B=$BIN_B"; exit 1; }
+    LPB_PID=$(start "$BIN_B" "$LPB_PORT" "$TMP/data-b")
+    ready "$LPB_PORT"
+    links_on "$LPB_PORT"
+fi
 
 rps() { # url [script] -> requests/s
     local out
@@ -90,7 +114,7 @@ hot_total_before=$(curl -sf -H "Authorization: Bearer $KEY" "http://127.0.0.1:$L
 # The wide runs use a wrk Lua script, which costs wrk itself time; nginx is measured with the
 # same script so each ratio compares like with like.
 printf "%-6s %10s %10s %8s %10s %10s %8s\n" round nginx hot hot/ng nginx-lua wide wide/ng
-ratios_hot=(); ratios_wide=()
+ratios_hot=(); ratios_wide=(); ab_hot=(); ab_wide=()
 for r in $(seq "$ROUNDS"); do
     ng=$(rps "http://127.0.0.1:$NGINX_PORT/hot")
     hot=$(rps "http://127.0.0.1:$LP_PORT/hot")
@@ -100,12 +124,25 @@ for r in $(seq "$ROUNDS"); do
     rw=$(python3 -c "print(f'{$wide/$ngw:.2f}')")
     ratios_hot+=("$rh"); ratios_wide+=("$rw")
     printf "%-6s %10.0f %10.0f %8s %10.0f %10.0f %8s\n" "$r" "$ng" "$hot" "$rh" "$ngw" "$wide" "$rw"
+    if [ -n "$BIN_B" ]; then
+        hotb=$(rps "http://127.0.0.1:$LPB_PORT/hot")
+        wideb=$(rps "http://127.0.0.1:$LPB_PORT/" load-tests/wrk-codes.lua)
+        ab_hot+=("$(python3 -c "print(f'{$hot/$hotb:.2f}')")")
+        ab_wide+=("$(python3 -c "print(f'{$wide/$wideb:.2f}')")")
+        printf "%-6s %10s %10.0f %8s %10s %10.0f %8s   A/B hot %s, wide %s\n" "$r B" "" "$hotb" \
+            "$(python3 -c "print(f'{$hotb/$ng:.2f}')")" "" "$wideb" \
+            "$(python3 -c "print(f'{$wideb/$ngw:.2f}')")" "${ab_hot[-1]}" "${ab_wide[-1]}"
+    fi
 done
 median() { printf "%s\n" "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "median ratio to nginx: hot code $(median "${ratios_hot[@]}"), $NCODES codes $(median "${ratios_wide[@]}")"
+if [ -n "$BIN_B" ]; then
+    echo "median A/B (A: $BIN, B: $BIN_B): hot code $(median "${ab_hot[@]}"), $NCODES codes $(median "${ab_wide[@]}")"
+fi
 
 # Every 302 must be a counted click: compare the server's count with wrk's totals.
 sleep 0.5
 hot_total=$(curl -sf -H "Authorization: Bearer $KEY" "http://127.0.0.1:$LP_PORT/api/links/hot" | python3 -c 'import json,sys; print(json.load(sys.stdin)["clickCount"])')
-wrk_hot=$(awk '/requests in/ {print $1}' "$TMP/wrk.log" | awk 'NR % 4 == 2 {s += $1} END {print s}')
+per_round=$([ -n "$BIN_B" ] && echo 6 || echo 4)
+wrk_hot=$(awk '/requests in/ {print $1}' "$TMP/wrk.log" | awk -v n="$per_round" 'NR % n == 2 {s += $1} END {print s}')
 echo "hot code: server counted $((hot_total - hot_total_before)) clicks, wrk completed $wrk_hot responses (in-flight requests at the end of a run are counted by the server but not by wrk)"

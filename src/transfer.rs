@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     analytics::aggregates,
     domain::{
-        ClickEvent, DeviceClass, KeyId, Link, MAX_RULES, MAX_TAG, MAX_TAGS, MAX_TITLE,
-        RedirectRule, RuleDevice, ShortCode, TargetUrl, format_ms, now_ms,
+        ClickEvent, DeviceClass, KeyId, Link, MAX_RULES, RedirectRule, RuleDevice, ShortCode,
+        TargetUrl, check_tags, check_title, format_ms, now_ms,
     },
     keys::Scope,
     store::{ImportBatch, Store},
@@ -207,7 +207,7 @@ impl LinkLine {
             rev: self.rev,
             updated_at: time("updatedAt", &self.updated_at)?,
             title: self.title.as_deref().map(title).transpose()?.flatten(),
-            tags: tags(self.tags.iter().map(String::as_str))?,
+            tags: check_tags(self.tags.iter().map(String::as_str))?,
             expires_at: self
                 .expires_at
                 .as_deref()
@@ -269,38 +269,6 @@ fn time(name: &str, raw: &str) -> Result<i64, String> {
     raw.parse::<jiff::Timestamp>()
         .map(|t| t.as_millisecond())
         .map_err(|_| format!("{name} must be an RFC 3339 time, not {raw:?}"))
-}
-
-/// Trimmed, at most `max` characters, no control characters (as the API takes text).
-fn text(name: &str, value: &str, max: usize) -> Result<String, String> {
-    let value = value.trim();
-    if value.chars().count() > max {
-        return Err(format!("{name} must be at most {max} characters"));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(format!("{name} must not contain control characters"));
-    }
-    Ok(value.to_owned())
-}
-
-/// A title as the API keeps it: `None` when empty.
-fn title(raw: &str) -> Result<Option<String>, String> {
-    Ok(Some(text("title", raw, MAX_TITLE)?).filter(|t| !t.is_empty()))
-}
-
-/// Tags as the API keeps them: trimmed, empty ones left out, duplicates (ignoring case) once.
-fn tags<'a>(raw: impl Iterator<Item = &'a str>) -> Result<Vec<String>, String> {
-    let mut checked: Vec<String> = Vec::new();
-    for tag in raw {
-        let tag = text("a tag", tag, MAX_TAG)?;
-        if !tag.is_empty() && !checked.iter().any(|t| t.eq_ignore_ascii_case(&tag)) {
-            checked.push(tag);
-        }
-    }
-    if checked.len() > MAX_TAGS {
-        return Err(format!("a link may have at most {MAX_TAGS} tags"));
-    }
-    Ok(checked)
 }
 
 /// A stored aggregates snapshot: the last click it covers and its bytes.
@@ -820,8 +788,8 @@ fn csv_link(store: &Store, row: &csv::StringRecord, owner: &str, now: i64) -> Re
         raw => ShortCode::parse(raw).map_err(|e| format!("code {raw:?}: {e}"))?,
     };
     let mut link = Link::new(code, target, owner.to_owned(), now);
-    link.title = title(field(2))?;
-    link.tags = tags(field(3).split(['|', ',']))?;
+    link.title = check_title(field(2))?;
+    link.tags = check_tags(field(3).split(['|', ',']))?;
     Ok(link)
 }
 

@@ -47,6 +47,39 @@ pub struct Link {
     pub rules: Vec<RedirectRule>,
 }
 
+/// Text as a link keeps it: trimmed, at most `max` characters, no control characters.
+fn text(name: &str, value: &str, max: usize) -> Result<String, String> {
+    let value = value.trim();
+    if value.chars().count() > max {
+        return Err(format!("{name} must be at most {max} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{name} must not contain control characters"));
+    }
+    Ok(value.to_owned())
+}
+
+/// A title as a link keeps it (the API and an import alike): `None` when empty.
+pub fn check_title(raw: &str) -> Result<Option<String>, String> {
+    Ok(Some(text("title", raw, MAX_TITLE)?).filter(|t| !t.is_empty()))
+}
+
+/// Tags as a link keeps them: trimmed, empty ones left out, duplicates (ignoring case) once,
+/// at most [`MAX_TAGS`].
+pub fn check_tags<'a>(raw: impl Iterator<Item = &'a str>) -> Result<Vec<String>, String> {
+    let mut checked: Vec<String> = Vec::new();
+    for tag in raw {
+        let tag = text("a tag", tag, MAX_TAG)?;
+        if !tag.is_empty() && !checked.iter().any(|t| t.eq_ignore_ascii_case(&tag)) {
+            checked.push(tag);
+        }
+    }
+    if checked.len() > MAX_TAGS {
+        return Err(format!("a link may have at most {MAX_TAGS} tags"));
+    }
+    Ok(checked)
+}
+
 /// A device class a rule can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, salvo_oapi::ToSchema)]
 #[salvo(schema(name = "RuleDevice"))]

@@ -10,7 +10,8 @@ mod target;
 pub use click::{ClickEvent, DeviceClass};
 pub use code::{CodeError, ShortCode};
 pub use link::{
-    KeyId, Link, MAX_RULES, MAX_TAG, MAX_TAGS, MAX_TITLE, RedirectRule, RuleDevice, rule_device,
+    KeyId, Link, MAX_RULES, MAX_TAG, MAX_TAGS, MAX_TITLE, RedirectRule, RuleDevice, check_tags,
+    check_title, rule_device,
 };
 pub use target::{TargetUrl, UrlError};
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Deserializer};
 
 use crate::domain::{
-    Link, MAX_RULES, MAX_TAG, MAX_TAGS, MAX_TITLE, RedirectRule, RuleDevice, TargetUrl,
+    Link, MAX_RULES, RedirectRule, RuleDevice, TargetUrl, check_tags, check_title,
 };
 
 /// The longest password, in characters.
@@ -89,17 +89,6 @@ pub struct LinkPatch {
     rules: Option<Vec<RedirectRule>>,
 }
 
-fn text(name: &str, value: &str, max: usize) -> Result<String, String> {
-    let value = value.trim();
-    if value.chars().count() > max {
-        return Err(format!("{name} must be at most {max} characters"));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(format!("{name} must not contain control characters"));
-    }
-    Ok(value.to_owned())
-}
-
 fn url(name: &str, raw: &str) -> Result<TargetUrl, String> {
     TargetUrl::parse(raw).map_err(|e| {
         // The target's own errors already begin with "url".
@@ -125,29 +114,10 @@ impl LinkFields {
             ..LinkPatch::default()
         };
         if let Some(title) = &self.title {
-            patch.title = Some(
-                title
-                    .as_deref()
-                    .map(|t| text("title", t, MAX_TITLE))
-                    .transpose()?
-                    .filter(|t| !t.is_empty()),
-            );
+            patch.title = Some(title.as_deref().map(check_title).transpose()?.flatten());
         }
         if let Some(tags) = &self.tags {
-            let mut checked: Vec<String> = Vec::new();
-            for tag in tags.iter().flatten() {
-                let tag = text("a tag", tag, MAX_TAG)?;
-                if tag.is_empty() {
-                    return Err("a tag must not be empty".into());
-                }
-                if !checked.iter().any(|t| t.eq_ignore_ascii_case(&tag)) {
-                    checked.push(tag);
-                }
-            }
-            if checked.len() > MAX_TAGS {
-                return Err(format!("a link may have at most {MAX_TAGS} tags"));
-            }
-            patch.tags = Some(checked);
+            patch.tags = Some(check_tags(tags.iter().flatten().map(String::as_str))?);
         }
         if let Some(expires_at) = &self.expires_at {
             patch.expires_at = Some(
@@ -346,7 +316,7 @@ mod tests {
                 "expected one of `ios`, `android`, `desktop`",
             ),
             (r#"{"password":""}"#, "password"),
-            (r#"{"tags":[""]}"#, "tag"),
+            (r#"{"tags":["x\u0007"]}"#, "a tag must not contain control characters"),
             (r#"{"nope":1}"#, "nope"),
         ] {
             let err = fields(json).err().unwrap_or_default();
