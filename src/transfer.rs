@@ -206,7 +206,12 @@ impl LinkLine {
             created_at,
             rev: self.rev,
             updated_at: time("updatedAt", &self.updated_at)?,
-            title: self.title.as_deref().map(title).transpose()?.flatten(),
+            title: self
+                .title
+                .as_deref()
+                .map(check_title)
+                .transpose()?
+                .flatten(),
             tags: check_tags(self.tags.iter().map(String::as_str))?,
             expires_at: self
                 .expires_at

@@ -316,7 +316,10 @@ mod tests {
                 "expected one of `ios`, `android`, `desktop`",
             ),
             (r#"{"password":""}"#, "password"),
-            (r#"{"tags":["x\u0007"]}"#, "a tag must not contain control characters"),
+            (
+                r#"{"tags":["x\u0007"]}"#,
+                "a tag must not contain control characters",
+            ),
             (r#"{"nope":1}"#, "nope"),
         ] {
             let err = fields(json).err().unwrap_or_default();
