@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use salvo::{
-    http::{StatusCode, header, mime},
+    http::{StatusCode, header},
     prelude::*,
 };
 use serde::Serialize;
@@ -14,7 +14,7 @@ use super::{
     ApiError, AppState, authenticate, client_ip, code_param,
     fields::{LinkFields, hash_password},
     limit::Limited,
-    require_write,
+    read_json_object, require_write,
 };
 use crate::analytics::StatsAnswer;
 use crate::{
@@ -108,47 +108,12 @@ pub(super) fn link_body<'a>(
     }
 }
 
-/// Reads a JSON object body of at most [`MAX_BODY`] bytes into `T`, or says what is wrong
-/// with it (415, 413, 400).
+/// Reads a JSON object body of at most [`MAX_BODY`] bytes into `T` (see
+/// [`read_json_object`]).
 pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     req: &mut Request,
 ) -> Result<T, ApiError> {
-    let is_json = req
-        .content_type()
-        .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
-    if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
-        ));
-    }
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {MAX_BODY} bytes"),
-        )
-    };
-    // Refused before reading: salvo would wait for a body it is told is too large.
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(too_large());
-    }
-    let body = req
-        .payload_with_max_size(MAX_BODY)
-        .await
-        .map_err(|e| match e {
-            salvo::http::ParseError::PayloadTooLarge => too_large(),
-            _ => ApiError::bad_request("could not read the request body"),
-        })?;
-    // serde would also take a JSON array as the fields in order.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::bad_request("JSON body must be an object"));
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    read_json_object(req, MAX_BODY).await
 }
 
 /// Hashes a password sent in a body off the async threads (`None`: none sent or removed).

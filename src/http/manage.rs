@@ -90,9 +90,13 @@ impl ListLinks {
         .map_err(|e| ApiError::from(crate::links::LinkError::from(e)))?;
         // Each count as `GET /api/links/{code}` gives it (live actors answer for theirs).
         let links: Vec<Arc<Link>> = page.links.into_iter().map(Arc::new).collect();
-        let counts =
-            futures_util::future::join_all(links.iter().map(|link| state.links.snapshot(link)))
-                .await;
+        // At most 16 at once: a counter read of a link without a live actor is a blocking task.
+        let mut counts = Vec::with_capacity(links.len());
+        for chunk in links.chunks(16) {
+            counts.extend(
+                futures_util::future::join_all(chunk.iter().map(|l| state.links.snapshot(l))).await,
+            );
+        }
         let mut out = Vec::with_capacity(links.len());
         for (link, count) in links.into_iter().zip(counts) {
             out.push((link, count?));

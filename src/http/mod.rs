@@ -351,6 +351,8 @@ impl From<LinkError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service is shutting down",
             ),
+            // Deleted while the request was on its way.
+            LinkError::Gone => Self::not_found("no such link"),
             LinkError::Unavailable => {
                 Self::unavailable("this link cannot be served right now, try again", 1)
             }

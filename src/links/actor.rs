@@ -82,8 +82,8 @@ pub enum LinkMsg {
     Stats(Box<StatsAsk>),
     /// Send the current state to the subscribers (scheduled after a change).
     Flush,
-    /// The link changed (a newer copy; an older one is ignored).
-    Replace(Arc<Link>),
+    /// The link changed (a newer copy; an older one is ignored). Answered once taken.
+    Replace(Arc<Link>, RpcReplyPort<()>),
     /// Delete the link: refuse clicks from now on, queue the deletion behind the clicks
     /// already numbered, send subscribers a last `deleted` event, end their streams and stop.
     /// Answered with the store's answer (`false`: no such link).
@@ -208,10 +208,16 @@ impl LinkState {
         let mut acks = Vec::new();
         for mut click in clicks {
             // The visit limit is checked here, where clicks are numbered one at a time: never
-            // one more than the limit, however many race for the last place.
-            let refused = self.deleted || self.link.max_visits.is_some_and(|max| self.count >= max);
+            // one more than the limit, however many race for the last place. Only a click that
+            // asked is refused: one without (its redirect found the link before a limit was
+            // set, and was answered) is counted.
+            let mut refused = self.deleted;
             if let Some(admit) = click.admit.take() {
-                let _ = admit.send(!refused);
+                refused |= self.link.max_visits.is_some_and(|max| self.count >= max);
+                // A redirect that stopped waiting answered no one: its click takes no place.
+                if admit.send(!refused).is_err() {
+                    refused = true;
+                }
             }
             if refused {
                 continue;
@@ -639,7 +645,10 @@ impl Actor for LinkActor {
         .await??
         .ok_or("the link was deleted")?;
         let link = if stored.rev > link.rev {
-            Arc::new(stored)
+            // The entry was made with an older copy (the cache had let the newer one go).
+            let stored = Arc::new(stored);
+            shared.directory.replace_link(&stored);
+            stored
         } else {
             link
         };
@@ -752,13 +761,14 @@ impl Actor for LinkActor {
                     state.wait(&myself, Waiter::Stats(ask));
                 }
             }
-            LinkMsg::Replace(link) => {
+            LinkMsg::Replace(link, reply) => {
                 if link.rev > state.link.rev {
                     state.link = link;
                     // Whether stats are public may have changed.
                     state.frame = None;
                     state.stats_bytes = None;
                 }
+                let _ = reply.send(());
             }
             LinkMsg::Delete(reply) => state.delete(&myself, reply),
             LinkMsg::Fail => return Err("fault injected".into()),

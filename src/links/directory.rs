@@ -99,13 +99,15 @@ impl Directory {
             .and_then(|e| (!e.gone).then(|| e.link.clone()))
     }
 
-    /// Puts a changed link in the code's entry (if it is newer) and tells its actor.
-    pub fn replace_link(&self, link: &Arc<Link>) {
-        if let Some(mut e) = self.map.get_mut(link.code.as_str())
-            && e.link.rev < link.rev
-        {
-            e.link = link.clone();
-            let _ = e.actor.cast(LinkMsg::Replace(link.clone()));
+    /// Puts a changed link in the code's entry if it is newer; returns the entry's actor, which
+    /// must be told too.
+    pub fn replace_link(&self, link: &Arc<Link>) -> Option<ActorRef<LinkMsg>> {
+        match self.map.get_mut(link.code.as_str()) {
+            Some(mut e) if e.link.rev < link.rev => {
+                e.link = link.clone();
+                Some(e.actor.clone())
+            }
+            _ => None,
         }
     }
 

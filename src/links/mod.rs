@@ -202,22 +202,48 @@ impl Links {
         code: &ShortCode,
         change: LinkChange,
     ) -> Result<Option<Result<Arc<Link>, String>>, LinkError> {
-        let _order = self.changes.lock().await;
+        let order = self.changes.clone().lock_owned().await;
         let deadline = Instant::now() + CALL_TIMEOUT;
-        let updated = tokio::time::timeout_at(
-            deadline,
-            self.shared.writer.update_link(code.clone(), change),
-        )
-        .await
-        .map_err(|_| LinkError::Timeout)??;
-        Ok(updated.map(|result| {
-            result.map(|link| {
-                let link = Arc::new(link);
-                self.shared.cache.insert(code.clone(), Some(link.clone()));
-                self.shared.directory.replace_link(&link);
-                link
+        let (links, code) = (self.clone(), code.clone());
+        // The store's answer is applied even if the caller stops waiting (a slow disk), so the
+        // copies in memory never lag behind the store.
+        let applied = tokio::spawn(async move {
+            let _order = order;
+            let updated = links.shared.writer.update_link(code, change).await?;
+            Ok::<_, LinkError>(match updated {
+                Some(Ok(link)) => {
+                    let link = Arc::new(link);
+                    links.apply(&link).await;
+                    Some(Ok(link))
+                }
+                Some(Err(refused)) => Some(Err(refused)),
+                None => None,
             })
-        }))
+        });
+        match tokio::time::timeout_at(deadline, applied).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(LinkError::ShuttingDown),
+            Err(_) => Err(LinkError::Timeout),
+        }
+    }
+
+    /// Puts a changed link in every copy: the cache, the live entry, and its actor, waiting
+    /// (bounded) until the actor has it, so every click it numbers from then on meets the new
+    /// limit.
+    async fn apply(&self, link: &Arc<Link>) {
+        self.shared
+            .cache
+            .insert(link.code.clone(), Some(link.clone()));
+        if let Some(actor) = self.shared.directory.replace_link(link) {
+            let (tx, rx) = oneshot();
+            // A stopping actor refuses it; its successor reads the store, which has the change.
+            if actor
+                .cast(LinkMsg::Replace(link.clone(), tx.into()))
+                .is_ok()
+            {
+                let _ = tokio::time::timeout(CALL_TIMEOUT, rx).await;
+            }
+        }
     }
 
     /// Deletes a link. From the first step on every path answers as for an unknown code; the
@@ -226,12 +252,11 @@ impl Links {
     /// Returns once the record is removed and the actor has stopped. `false`: no such link.
     pub async fn delete(&self, link: &Arc<Link>) -> Result<bool, LinkError> {
         let _order = self.changes.lock().await;
+        // On an error (a slow or failed disk) the link stays hidden: the deletion is queued
+        // and the owner asked for it.
         let result = self.delete_in_order(link).await;
-        if result.is_err() {
-            // The store may still hold it: read it again rather than hide a live link.
-            self.shared.directory.unmark_gone(&link.code);
-            self.shared.cache.remove(&link.code);
-        }
+        // A read that raced the deletion may have cached the record meanwhile.
+        self.shared.cache.insert(link.code.clone(), None);
         result
     }
 

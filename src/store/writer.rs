@@ -337,7 +337,8 @@ impl Writer {
                     error!(cause = %e, "cannot list the deleted links left to purge");
                     Vec::new()
                 });
-                run(&store, &rx, &config, &health, purges.into());
+                let purges = purges.into_iter().map(|code| (code, u64::MAX)).collect();
+                run(&store, &rx, &config, &health, purges);
             })?;
         Ok(Self {
             handle,
@@ -467,17 +468,18 @@ fn run(
     rx: &Receiver<Op>,
     config: &WriterConfig,
     health: &Health,
-    mut purges: std::collections::VecDeque<ShortCode>,
+    // Deleted codes still to purge, each with the number its next step starts below.
+    mut purges: std::collections::VecDeque<(ShortCode, u64)>,
 ) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
         // One step of a purge between groups, while nothing else waits.
-        if let Some(code) = purges.front().cloned()
+        if let Some((code, below)) = purges.front_mut()
             && rx.is_empty()
             && !health.failed.load(Ordering::Acquire)
         {
-            match purge_step(store, &code) {
+            match purge_step(store, code, below) {
                 Ok(true) => {
                     purges.pop_front();
                 }
@@ -488,6 +490,12 @@ fn run(
                 }
             }
             unsynced = true;
+            // A long purge still keeps the clicks before it within the fsync interval.
+            if last_sync.elapsed() >= config.fsync_interval {
+                let _ = sync(store, health);
+                last_sync = Instant::now();
+                unsynced = false;
+            }
             continue;
         }
         let wait = if unsynced {
@@ -524,10 +532,11 @@ fn run(
         // purge would take the new link's.
         for op in &group.links {
             if let LinkOp::Create(link, _) = op
-                && purges.contains(&link.code)
+                && let Some(at) = purges.iter().position(|(c, _)| *c == link.code)
             {
+                let mut below = purges[at].1;
                 let purged = loop {
-                    match purge_step(store, &link.code) {
+                    match purge_step(store, &link.code, &mut below) {
                         Ok(true) => break true,
                         Ok(false) => {}
                         Err(e) => {
@@ -537,7 +546,7 @@ fn run(
                     }
                 };
                 if purged {
-                    purges.retain(|c| *c != link.code);
+                    purges.retain(|(c, _)| *c != link.code);
                 }
             }
         }
@@ -571,7 +580,7 @@ fn run(
         if let Ok(outcomes) = &result {
             for (op, outcome) in group.links.iter().zip(outcomes) {
                 if let (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) = (op, outcome) {
-                    purges.push_back(code.clone());
+                    purges.push_back((code.clone(), u64::MAX));
                 }
             }
         }
@@ -648,8 +657,15 @@ fn commit(
             );
         }
     }
+    // Retention read these keys a while ago: only those still stored, of a code that still has
+    // its link, and covered by its stored aggregates, go (a deleted link's purge, or a new link
+    // made on its code after the hold, may have come in between). Only those are counted.
+    let mut expired = 0;
     for key in &group.expired {
-        batch.remove(&store.clicks, key.as_slice());
+        if still_expirable(store, key)? {
+            batch.remove(&store.clicks, key.as_slice());
+            expired += 1;
+        }
     }
     for (code, event) in &group.clicks {
         batch.insert(
@@ -660,7 +676,7 @@ fn commit(
     }
     // One totals record per group, in the same atomic batch (see `records::Totals`).
     change.clicks = group.clicks.len() as u64;
-    change.expired = group.expired.len() as u64;
+    change.expired = expired;
     let totals = store.stage_totals(&mut batch, change);
     debug!(
         clicks = group.clicks.len(),
@@ -762,12 +778,29 @@ fn stage_link(
     })
 }
 
+/// Whether a click key retention found is still one to delete (see `commit`).
+fn still_expirable(store: &Store, key: &[u8]) -> Result<bool, StoreError> {
+    let Some(split) = key.len().checked_sub(9).filter(|&at| key[at] == 0) else {
+        return Ok(false);
+    };
+    let Ok(code) = std::str::from_utf8(&key[..split]) else {
+        return Ok(false);
+    };
+    let seq = records::click_seq(key, split + 1)?;
+    Ok(store.clicks.contains_key(key)?
+        && store.links.contains_key(code)?
+        && seq <= store.covers(code)?)
+}
+
 /// One step of purging a deleted link: removes up to [`PURGE_CHUNK`] of its clicks from the
 /// end, and its aggregates with the last of them, in one batch with the totals. True when
 /// nothing is left.
-fn purge_step(store: &Store, code: &ShortCode) -> Result<bool, StoreError> {
-    let keys = store.last_click_keys(code.as_str(), PURGE_CHUNK)?;
+fn purge_step(store: &Store, code: &ShortCode, below: &mut u64) -> Result<bool, StoreError> {
+    let keys = store.last_click_keys(code.as_str(), *below, PURGE_CHUNK)?;
     let done = keys.len() < PURGE_CHUNK;
+    if let Some(lowest) = keys.last() {
+        *below = records::click_seq(lowest, lowest.len() - 8)?;
+    }
     let mut batch = store.db.batch();
     for key in &keys {
         batch.remove(&store.clicks, key.as_slice());
