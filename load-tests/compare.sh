@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Redirect throughput of linkpulse beside nginx answering a fixed 302, same machine, same load
-# tool (wrk), same run. Prints every round and the median ratio to nginx.
+# Redirect throughput of linkpulse beside nginx answering a fixed 302 and salvo's own ceiling
+# (load-tests/salvo-ref: a salvo app answering a fixed 302 on /{code}, nothing else), same
+# machine, same load tool (wrk), same run. Prints every round and the median ratios to nginx
+# and to salvo.
 #
 #   load-tests/compare.sh [rounds] [seconds] [connections] [codes]
 #
@@ -8,7 +10,8 @@
 # that build right after the first, on its own store, and prints B's figures and A/B: a change
 # measured against the build before it in the same minutes.
 #
-# Needs: wrk and nginx (apt-get install wrk nginx), a release build (cargo build --release).
+# Needs: wrk and nginx (apt-get install wrk nginx), a release build of the workspace
+# (cargo build --release --workspace: linkpulse and salvo-ref).
 # Everything listens on 127.0.0.1 only; each wrk run is bounded by its duration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +22,7 @@ CONNS=${3:-64}
 NCODES=${4:-10000}
 BIN=${LINKPULSE_BIN:-${CARGO_TARGET_DIR:-target}/release/linkpulse}
 BIN_B=${LINKPULSE_BIN_B:-}
+SALVO_BIN=${SALVO_REF_BIN:-$(dirname "$BIN")/salvo-ref}
 DURABILITY=${DURABILITY:-default}
 KEY=lp_compare_key_0123456789abcdef
 
@@ -26,17 +30,19 @@ for tool in wrk nginx curl; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install wrk nginx curl)"; exit 1; }
 done
 [ -x "$BIN" ] || { echo "no release binary at $BIN (cargo build --release)"; exit 1; }
+[ -x "$SALVO_BIN" ] || { echo "no salvo reference at $SALVO_BIN (cargo build --release -p salvo-ref)"; exit 1; }
 
 TMP=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 NGINX_PORT=$(free_port)
 LP_PORT=$(free_port)
 LPB_PORT=$(free_port)
+SALVO_PORT=$(free_port)
 
 cleanup() {
     # The servers were started in command substitutions, so they are not this shell's
     # children: wait for them to exit (at most 15 s) before their data goes.
-    for pid in ${LP_PID:-} ${LPB_PID:-}; do
+    for pid in ${LP_PID:-} ${LPB_PID:-} ${SALVO_PID:-}; do
         kill "$pid" 2>/dev/null || continue
         for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     done
@@ -76,6 +82,9 @@ start() { # binary port data-dir -> pid
 ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && break; sleep 0.1; done; }
 LP_PID=$(start "$BIN" "$LP_PORT" "$TMP/data")
 ready "$LP_PORT"
+"$SALVO_BIN" "127.0.0.1:$SALVO_PORT" >"$TMP/salvo-ref.log" 2>&1 &
+SALVO_PID=$!
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$SALVO_PORT/x" && break; sleep 0.1; done
 
 create() { # port code
     curl -sf -o /dev/null -X POST "http://127.0.0.1:$1/api/links" \
@@ -113,29 +122,38 @@ rps() { # url [script] -> requests/s
 hot_total_before=$(curl -sf -H "Authorization: Bearer $KEY" "http://127.0.0.1:$LP_PORT/api/links/hot" | python3 -c 'import json,sys; print(json.load(sys.stdin)["clickCount"])')
 # The wide runs use a wrk Lua script, which costs wrk itself time; nginx is measured with the
 # same script so each ratio compares like with like.
-printf "%-6s %10s %10s %8s %10s %10s %8s\n" round nginx hot hot/ng nginx-lua wide wide/ng
-ratios_hot=(); ratios_wide=(); ab_hot=(); ab_wide=()
+printf "%-6s %10s %10s %10s %8s %8s %10s %10s %10s %8s %8s\n" round nginx salvo hot hot/ng hot/sv \
+    nginx-lua salvo-lua wide wide/ng wide/sv
+ratios_hot=(); ratios_wide=(); sv_hot=(); sv_wide=(); ab_hot=(); ab_wide=()
 for r in $(seq "$ROUNDS"); do
     ng=$(rps "http://127.0.0.1:$NGINX_PORT/hot")
+    sv=$(rps "http://127.0.0.1:$SALVO_PORT/hot")
     hot=$(rps "http://127.0.0.1:$LP_PORT/hot")
     ngw=$(rps "http://127.0.0.1:$NGINX_PORT/" load-tests/wrk-codes.lua)
+    svw=$(rps "http://127.0.0.1:$SALVO_PORT/" load-tests/wrk-codes.lua)
     wide=$(rps "http://127.0.0.1:$LP_PORT/" load-tests/wrk-codes.lua)
     rh=$(python3 -c "print(f'{$hot/$ng:.2f}')")
     rw=$(python3 -c "print(f'{$wide/$ngw:.2f}')")
-    ratios_hot+=("$rh"); ratios_wide+=("$rw")
-    printf "%-6s %10.0f %10.0f %8s %10.0f %10.0f %8s\n" "$r" "$ng" "$hot" "$rh" "$ngw" "$wide" "$rw"
+    sh=$(python3 -c "print(f'{$hot/$sv:.2f}')")
+    sw=$(python3 -c "print(f'{$wide/$svw:.2f}')")
+    ratios_hot+=("$rh"); ratios_wide+=("$rw"); sv_hot+=("$sh"); sv_wide+=("$sw")
+    printf "%-6s %10.0f %10.0f %10.0f %8s %8s %10.0f %10.0f %10.0f %8s %8s\n" "$r" "$ng" "$sv" "$hot" \
+        "$rh" "$sh" "$ngw" "$svw" "$wide" "$rw" "$sw"
     if [ -n "$BIN_B" ]; then
         hotb=$(rps "http://127.0.0.1:$LPB_PORT/hot")
         wideb=$(rps "http://127.0.0.1:$LPB_PORT/" load-tests/wrk-codes.lua)
         ab_hot+=("$(python3 -c "print(f'{$hot/$hotb:.2f}')")")
         ab_wide+=("$(python3 -c "print(f'{$wide/$wideb:.2f}')")")
-        printf "%-6s %10s %10.0f %8s %10s %10.0f %8s   A/B hot %s, wide %s\n" "$r B" "" "$hotb" \
-            "$(python3 -c "print(f'{$hotb/$ng:.2f}')")" "" "$wideb" \
-            "$(python3 -c "print(f'{$wideb/$ngw:.2f}')")" "${ab_hot[-1]}" "${ab_wide[-1]}"
+        printf "%-6s %10s %10s %10.0f %8s %8s %10s %10s %10.0f %8s %8s   A/B hot %s, wide %s\n" \
+            "$r B" "" "" "$hotb" "$(python3 -c "print(f'{$hotb/$ng:.2f}')")" \
+            "$(python3 -c "print(f'{$hotb/$sv:.2f}')")" "" "" "$wideb" \
+            "$(python3 -c "print(f'{$wideb/$ngw:.2f}')")" "$(python3 -c "print(f'{$wideb/$svw:.2f}')")" \
+            "${ab_hot[-1]}" "${ab_wide[-1]}"
     fi
 done
 median() { printf "%s\n" "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "median ratio to nginx: hot code $(median "${ratios_hot[@]}"), $NCODES codes $(median "${ratios_wide[@]}")"
+echo "median ratio to salvo-ref: hot code $(median "${sv_hot[@]}"), $NCODES codes $(median "${sv_wide[@]}")"
 if [ -n "$BIN_B" ]; then
     echo "median A/B (A: $BIN, B: $BIN_B): hot code $(median "${ab_hot[@]}"), $NCODES codes $(median "${ab_wide[@]}")"
 fi
@@ -143,6 +161,7 @@ fi
 # Every 302 must be a counted click: compare the server's count with wrk's totals.
 sleep 0.5
 hot_total=$(curl -sf -H "Authorization: Bearer $KEY" "http://127.0.0.1:$LP_PORT/api/links/hot" | python3 -c 'import json,sys; print(json.load(sys.stdin)["clickCount"])')
-per_round=$([ -n "$BIN_B" ] && echo 6 || echo 4)
-wrk_hot=$(awk '/requests in/ {print $1}' "$TMP/wrk.log" | awk -v n="$per_round" 'NR % n == 2 {s += $1} END {print s}')
+# wrk runs per round: nginx, salvo, linkpulse (hot), the same three wide, then B's two.
+per_round=$([ -n "$BIN_B" ] && echo 8 || echo 6)
+wrk_hot=$(awk '/requests in/ {print $1}' "$TMP/wrk.log" | awk -v n="$per_round" 'NR % n == 3 {s += $1} END {print s}')
 echo "hot code: server counted $((hot_total - hot_total_before)) clicks, wrk completed $wrk_hot responses (in-flight requests at the end of a run are counted by the server but not by wrk)"
