@@ -670,15 +670,9 @@ impl Store {
         for guard in snapshot.iter(&self.clicks) {
             let (key, value) = guard.into_inner()?;
             // `code 0x00 seq(big-endian, 8 bytes)`.
-            let split = key
-                .len()
-                .checked_sub(9)
-                .filter(|&at| key[at] == 0)
-                .ok_or_else(|| {
-                    StoreError::Inconsistent(format!("malformed click key {}", hex::encode(&key)))
-                })?;
-            let code = &key[..split];
-            let seq = records::click_seq(&key, split + 1)?;
+            let (code, seq) = records::split_click_key(&key).ok_or_else(|| {
+                StoreError::Inconsistent(format!("malformed click key {}", hex::encode(&key)))
+            })?;
             let expected = match &mut current {
                 Some((same, last, last_value)) if same.as_slice() == code => {
                     let expected = *last + 1;

@@ -369,6 +369,12 @@ pub fn click_seq(key: &[u8], prefix_len: usize) -> Result<u64, DecodeError> {
     Ok(u64::from_be_bytes(raw))
 }
 
+/// The code and number of a click key (`code 0x00 seq(be)`), or `None` when it is not one.
+pub fn split_click_key(key: &[u8]) -> Option<(&[u8], u64)> {
+    let at = key.len().checked_sub(9).filter(|&at| key[at] == SEP)?;
+    Some((&key[..at], click_seq(key, at + 1).ok()?))
+}
+
 /// `code 0x00 seq(be)`: the clicks of one code sort together and by number.
 pub fn click_key(code: &str, seq: u64) -> Vec<u8> {
     let mut key = click_prefix(code);

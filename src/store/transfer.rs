@@ -71,11 +71,8 @@ impl Store {
         for guard in self.clicks.iter() {
             let (key, value) = guard.into_inner().map_err(StoreError::from)?;
             // `code 0x00 seq(big-endian, 8 bytes)`.
-            let code = key
-                .len()
-                .checked_sub(9)
-                .filter(|&at| key[at] == 0)
-                .and_then(|at| std::str::from_utf8(&key[..at]).ok())
+            let code = records::split_click_key(&key)
+                .and_then(|(code, _)| std::str::from_utf8(code).ok())
                 .ok_or_else(|| {
                     StoreError::Inconsistent(format!("malformed click key {}", hex::encode(&key)))
                 })?;

@@ -780,13 +780,12 @@ fn stage_link(
 
 /// Whether a click key retention found is still one to delete (see `commit`).
 fn still_expirable(store: &Store, key: &[u8]) -> Result<bool, StoreError> {
-    let Some(split) = key.len().checked_sub(9).filter(|&at| key[at] == 0) else {
+    let Some((code, seq)) = records::split_click_key(key) else {
         return Ok(false);
     };
-    let Ok(code) = std::str::from_utf8(&key[..split]) else {
+    let Ok(code) = std::str::from_utf8(code) else {
         return Ok(false);
     };
-    let seq = records::click_seq(key, split + 1)?;
     Ok(store.clicks.contains_key(key)?
         && store.links.contains_key(code)?
         && seq <= store.covers(code)?)
