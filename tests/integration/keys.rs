@@ -355,11 +355,9 @@ async fn last_used_is_set_by_a_use_and_kept_across_a_clean_stop() -> TestResult 
         .as_str()
         .ok_or("set by the use")?
         .to_owned();
-    // RFC 3339 in UTC with milliseconds sorts as time does.
-    assert!(
-        used.as_str() >= made["createdAt"].as_str().ok_or("createdAt")?,
-        "{after}"
-    );
+    // Compared as times: the text leaves trailing zeros of the milliseconds out.
+    let created: jiff::Timestamp = made["createdAt"].as_str().ok_or("createdAt")?.parse()?;
+    assert!(used.parse::<jiff::Timestamp>()? >= created, "{after}");
 
     let dir = app.stop().await;
     let app = spawn_with(Some(dir), |_| {}).await;
