@@ -335,6 +335,8 @@ fn link_settings(config: &ServeConfig) -> LinkSettings {
         min_frame_interval: config.sse_min_interval,
         deliveries_per_sec: config.sse_deliveries_per_sec,
         cache_capacity: config.link_cache,
+        max_actors: usize::try_from(config.actor_memory / crate::links::ACTOR_BYTES)
+            .unwrap_or(usize::MAX),
         aggregates: AggregateSettings {
             minute_retention_ms: millis(config.minute_retention),
             hour_retention_ms: millis(config.hour_retention),

@@ -125,6 +125,26 @@ fn origin(raw: &str) -> Result<String, String> {
     Ok(url.origin().ascii_serialization())
 }
 
+/// `4096`, `512KiB`, `128MiB`, `2GiB`.
+fn byte_size(raw: &str) -> Result<u64, String> {
+    let raw = raw.trim();
+    let digits = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a size such as 128MiB"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{raw} is too large"))
+}
+
 fn duration(raw: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(raw)
 }
@@ -170,6 +190,11 @@ pub struct ServeConfig {
     /// A link actor with no clicks and no subscribers for this long is stopped.
     #[arg(long, env = "LINKPULSE_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
     pub idle_timeout: Duration,
+    /// Memory live link actors may hold, about (an idle one holds about 10 KiB): past it the
+    /// least recently used idle actors stop first. Actors with viewers are not stopped for it.
+    /// Takes bytes or a KiB/MiB/GiB suffix.
+    #[arg(long, env = "LINKPULSE_ACTOR_MEMORY", value_parser = byte_size, default_value = "128MiB")]
+    pub actor_memory: u64,
     /// Link records cached in memory.
     #[arg(long, env = "LINKPULSE_LINK_CACHE", default_value_t = 100_000)]
     pub link_cache: usize,
@@ -324,6 +349,17 @@ impl ServeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_refuse_others() {
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert_eq!(byte_size("512KiB"), Ok(512 << 10));
+        assert_eq!(byte_size("128MiB"), Ok(128 << 20));
+        assert_eq!(byte_size("2 GiB"), Ok(2 << 30));
+        assert!(byte_size("128MB").is_err());
+        assert!(byte_size("MiB").is_err());
+        assert!(byte_size("99999999999GiB").is_err());
+    }
 
     #[test]
     fn cors_origins_are_repeatable_or_comma_separated_and_checked() {

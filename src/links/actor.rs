@@ -93,6 +93,9 @@ pub enum LinkMsg {
     /// Timer: heartbeats, catching up or dropping slow subscribers, idleness. Carries the
     /// generation of the timer that sent it; only the latest timer counts.
     Tick(u64),
+    /// The live actors are past their memory budget and this one was the least recently used:
+    /// stop now if idle (no subscribers, no waiting questions).
+    Passivate,
 }
 
 /// What the writer reports a code's commits to. It always records the number; it wakes the
@@ -369,6 +372,7 @@ impl LinkState {
     fn update_wanted(&mut self) {
         let wanted = !self.subscribers.is_empty() || !self.waiters.is_empty();
         self.watch.wanted.store(wanted, SeqCst);
+        self.inbox.set_busy(wanted);
         if wanted {
             // A commit reported before `wanted` was set sent no message.
             self.sync_committed();
@@ -516,24 +520,31 @@ impl LinkState {
         self.waiters.retain(|(_, waiter)| !waiter.is_closed());
         self.answer_waiters();
         self.update_wanted();
-        if self.subscribers.is_empty()
-            && self.waiters.is_empty()
-            && !self.draining
-            && now.duration_since(self.last_activity) >= idle
-            && self
-                .shared
-                .directory
-                .begin_drain(&self.code, myself.get_id())
-        {
-            debug!(code = %self.code, count = self.count, "idle; stopping");
-            self.draining = true;
-            // Messages already queued are still handled; later ones are refused and their
-            // senders wait for the successor.
-            let _ = myself.drain();
+        if now.duration_since(self.last_activity) >= idle && self.stop_if_idle(myself, "idle") {
             return;
         }
         let next = self.next_tick();
         self.arm(myself, next);
+    }
+
+    /// Stops the actor if nobody watches it or waits for it. True if it is stopping.
+    fn stop_if_idle(&mut self, myself: &ActorRef<LinkMsg>, why: &str) -> bool {
+        if !self.subscribers.is_empty()
+            || !self.waiters.is_empty()
+            || self.draining
+            || !self
+                .shared
+                .directory
+                .begin_drain(&self.code, myself.get_id())
+        {
+            return false;
+        }
+        debug!(code = %self.code, count = self.count, why, "stopping");
+        self.draining = true;
+        // Messages already queued are still handled; later ones are refused and their
+        // senders wait for the successor.
+        let _ = myself.drain();
+        true
     }
 
     fn subscribe(&mut self, last_event_id: Option<u64>) -> Result<Subscription, SubscribeError> {
@@ -547,6 +558,7 @@ impl LinkState {
         let id = self.shared.next_subscriber.fetch_add(1, SeqCst);
         // From now on commits are wanted, so none is missed; then read the latest.
         self.watch.wanted.store(true, SeqCst);
+        self.inbox.set_busy(true);
         self.sync_committed();
         // A client that has the committed state gets nothing at first. One with a larger id
         // (it saw a count a crash took back, or another node's) gets the state as it is: an
@@ -775,6 +787,12 @@ impl Actor for LinkActor {
             LinkMsg::Tick(generation) => {
                 if generation == state.timer && !state.draining {
                     state.tick(&myself);
+                }
+            }
+            LinkMsg::Passivate => {
+                if !state.draining {
+                    state.sync_committed();
+                    state.stop_if_idle(&myself, "passivated");
                 }
             }
         }

@@ -3,13 +3,20 @@
 //! for a new code find one actor. An entry leaves only after its actor has ended and everything
 //! it sent to the writer is committed, so a successor always starts from the stored count.
 //!
+//! A click of a code with no live actor starts none unless the [`Doorkeeper`] saw the code
+//! clicked recently: the writer numbers it (under the shard lock, so an actor that starts
+//! afterwards reads a count that includes it). Live actors are bounded by `--actor-memory`:
+//! past it, idle actors are stopped least recently used first (the CLOCK algorithm: a used
+//! actor gets a second chance), as Orleans collects idle activations.
+//!
 //! An actor that fails to start (its store read fails, or the writer has failed) is not started
 //! again for every click: the code backs off (100 ms, doubling up to 30 s), and its clicks are
 //! refused meanwhile (the redirect still answers in default durability; strict answers 503).
 
 use std::{
+    collections::VecDeque,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -24,12 +31,13 @@ use super::{
     LinkError, Shared,
     actor::{LinkActor, LinkArgs, LinkMsg},
     click::Click,
+    doorkeeper::Doorkeeper,
     inbox::{Inbox, Push},
 };
 use crate::{
-    domain::{Link, ShortCode},
+    domain::{ClickEvent, Link, ShortCode},
     metrics::DropReason,
-    store::Permit,
+    store::{FreshClick, Permit},
 };
 
 /// The first pause after a failed start; it doubles with each failure in a row.
@@ -47,6 +55,17 @@ pub(crate) struct Entry {
     pub draining: bool,
     /// Becomes true when the entry is gone and a successor may be started.
     pub done: watch::Receiver<bool>,
+    /// Used since the CLOCK hand last passed (see [`Directory::evict`]).
+    pub used: AtomicBool,
+}
+
+impl Entry {
+    fn touch(&self) {
+        // A load first: a hot code's clicks do not all write the same cache line.
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Failed starts of a code in a row, and when the next may be tried.
@@ -77,9 +96,21 @@ pub(crate) enum Pushed {
     Refused(DropReason),
 }
 
-#[derive(Default)]
+/// What [`Directory::push_fresh`] did with a click.
+enum Fresh {
+    Done(Pushed),
+    /// An actor of the code is live after all: here is the click back.
+    Back(Click, Permit),
+}
+
 pub(crate) struct Directory {
     map: DashMap<ShortCode, Entry>,
+    /// Live actors past which idle ones are stopped.
+    max_actors: usize,
+    /// The CLOCK: every started actor, oldest first; stale ones are dropped as the hand
+    /// passes.
+    clock: Mutex<VecDeque<(ShortCode, ActorId)>>,
+    doorkeeper: Doorkeeper,
     backoff: DashMap<ShortCode, Backoff>,
     /// Codes deleted while this process runs: no new actor starts for them (a click that
     /// found the link just before its deletion is dropped, not stored for a deleted code).
@@ -88,6 +119,18 @@ pub(crate) struct Directory {
 }
 
 impl Directory {
+    pub fn new(max_actors: usize) -> Self {
+        Self {
+            map: DashMap::default(),
+            max_actors: max_actors.max(1),
+            clock: Mutex::default(),
+            doorkeeper: Doorkeeper::default(),
+            backoff: DashMap::default(),
+            gone: dashmap::DashSet::default(),
+            closed: AtomicBool::default(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -135,9 +178,19 @@ impl Directory {
         permit: Permit,
     ) -> Pushed {
         let code = link.code.as_str();
-        let entry = match self.map.get(code) {
-            Some(entry) => entry,
+        let (entry, click, permit) = match self.map.get(code) {
+            Some(entry) => (entry, click, permit),
             None => {
+                // A code not clicked recently gets no actor: the writer numbers its click. A
+                // click that asks whether it is within a visit limit needs the actor.
+                let (click, permit) = if click.admit.is_none() && !self.doorkeeper.admit(code) {
+                    match self.push_fresh(shared, link, click, permit) {
+                        Fresh::Done(pushed) => return pushed,
+                        Fresh::Back(click, permit) => (click, permit),
+                    }
+                } else {
+                    (click, permit)
+                };
                 // Start it now, so the click is queued before the redirect is answered and a
                 // read right after the redirect sees it.
                 match self.route(shared, link) {
@@ -147,7 +200,7 @@ impl Directory {
                     Route::Live(..) | Route::Wait(_) => {}
                 }
                 match self.map.get(code) {
-                    Some(entry) => entry,
+                    Some(entry) => (entry, click, permit),
                     None => return Pushed::Later(click, permit),
                 }
             }
@@ -155,6 +208,7 @@ impl Directory {
         if entry.draining {
             return Pushed::Later(click, permit);
         }
+        entry.touch();
         match entry.inbox.push(click, permit) {
             Push::Queued => Pushed::Queued,
             Push::Wake => {
@@ -164,6 +218,104 @@ impl Directory {
                 Pushed::Queued
             }
             Push::Closed(click, permit) => Pushed::Later(click, permit),
+        }
+    }
+
+    /// Hands a click of a code with no live actor to the writer to number, holding the code's
+    /// shard lock so no actor of the code starts in between.
+    fn push_fresh(
+        &self,
+        shared: &Arc<Shared>,
+        link: &Arc<Link>,
+        click: Click,
+        permit: Permit,
+    ) -> Fresh {
+        // Classified before the lock is taken, to hold it only for the send.
+        let agent = shared.agents.classify(&click.user_agent);
+        let event = ClickEvent {
+            seq: 0,
+            at: click.at,
+            ip: click.ip,
+            user_agent: click.user_agent,
+            referer: click.referer,
+            country: click.country,
+            browser: agent.browser,
+            os: agent.os,
+            device: agent.device,
+            bot: agent.bot,
+        };
+        let MapEntry::Vacant(slot) = self.map.entry(link.code.clone()) else {
+            let click = Click {
+                at: event.at,
+                ip: event.ip,
+                user_agent: event.user_agent,
+                referer: event.referer,
+                country: event.country,
+                ack: click.ack,
+                admit: None,
+            };
+            return Fresh::Back(click, permit);
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return Fresh::Done(Pushed::Refused(DropReason::ShuttingDown));
+        }
+        if self.gone.contains(&link.code) {
+            return Fresh::Done(Pushed::Refused(DropReason::LinkDeleted));
+        }
+        shared.writer.fresh_click(FreshClick {
+            code: link.code.clone(),
+            event,
+            ack: click.ack,
+            permit,
+        });
+        drop(slot);
+        Fresh::Done(Pushed::Queued)
+    }
+
+    /// Past the actor budget, asks a few idle actors to stop, least recently used first: the
+    /// hand of the CLOCK passes each started actor in turn, gives one used since its last pass
+    /// a second chance, and asks the others to passivate (one with viewers or waiting
+    /// questions declines, and is asked again on a later turn).
+    fn evict(&self) {
+        let over = self.map.len().saturating_sub(self.max_actors);
+        if over == 0 {
+            return;
+        }
+        let Ok(mut clock) = self.clock.lock() else {
+            return;
+        };
+        let mut asked = 0;
+        for _ in 0..64 {
+            if asked >= over.min(4) {
+                break;
+            }
+            let Some((code, id)) = clock.pop_front() else {
+                break;
+            };
+            let Some(entry) = self.map.get(&code) else {
+                continue;
+            };
+            if entry.actor.get_id() != id || entry.draining {
+                continue;
+            }
+            // A watched actor would decline: it costs no request.
+            if !entry.inbox.is_busy() && !entry.used.swap(false, Ordering::Relaxed) {
+                let _ = entry.actor.cast(LinkMsg::Passivate);
+                asked += 1;
+            }
+            drop(entry);
+            clock.push_back((code, id));
+        }
+    }
+
+    /// Puts a started actor on the CLOCK; drops stale places when they outnumber live ones.
+    fn enter_clock(&self, code: ShortCode, id: ActorId) {
+        let Ok(mut clock) = self.clock.lock() else {
+            return;
+        };
+        clock.push_back((code, id));
+        if clock.len() > 2 * self.map.len() + 1024 {
+            clock.retain(|(code, id)| self.map.get(code).is_some_and(|e| e.actor.get_id() == *id));
         }
     }
 
@@ -231,6 +383,7 @@ impl Directory {
             return if e.draining {
                 Route::Wait(e.done.clone())
             } else {
+                e.touch();
                 Route::Live(e.actor.clone(), e.done.clone())
             };
         }
@@ -284,7 +437,11 @@ impl Directory {
                     inbox: inbox.clone(),
                     draining: false,
                     done: done.clone(),
+                    used: AtomicBool::new(true),
                 });
+                // The shard lock is released: the CLOCK may look at other entries.
+                self.enter_clock(link.code.clone(), actor.get_id());
+                self.evict();
                 let watcher = shared.clone();
                 let watched = link.clone();
                 let id = actor.get_id();

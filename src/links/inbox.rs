@@ -3,7 +3,10 @@
 //! carries a whole batch of clicks (fewer allocations and task wake-ups per click). The clicks'
 //! places in the backlog are merged into one [`Permit`] that travels with the batch.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
 
 use super::click::Click;
 use crate::{metrics::Metrics, store::Permit};
@@ -21,6 +24,9 @@ struct State {
 pub(crate) struct Inbox {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
+    /// The actor has subscribers or waiting questions: it declines to passivate, so the
+    /// directory's CLOCK passes it by.
+    busy: AtomicBool,
 }
 
 pub(crate) enum Push {
@@ -37,7 +43,16 @@ impl Inbox {
         Self {
             state: Mutex::default(),
             metrics,
+            busy: AtomicBool::new(false),
         }
+    }
+
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
     }
 
     pub fn push(&self, click: Click, permit: Permit) -> Push {

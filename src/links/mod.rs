@@ -13,6 +13,7 @@
 mod actor;
 mod click;
 mod directory;
+mod doorkeeper;
 pub mod frame;
 mod inbox;
 mod subscribers;
@@ -58,6 +59,9 @@ pub struct LinkSettings {
     pub deliveries_per_sec: u64,
     /// Link records kept in memory for links without a live actor.
     pub cache_capacity: usize,
+    /// Live actors past which idle ones are stopped, least recently used first
+    /// (`--actor-memory` / [`ACTOR_BYTES`]).
+    pub max_actors: usize,
     /// Bucket retention and top-list caps of the aggregates.
     pub aggregates: AggregateSettings,
 }
@@ -103,6 +107,10 @@ pub enum LinkError {
     Gone,
 }
 
+/// What an idle live actor holds, about: its task, mailbox, inbox, directory entry and empty
+/// aggregates (measured with `linkpulse-load distinct`: resident memory over live actors).
+pub const ACTOR_BYTES: u64 = 10 * 1024;
+
 /// The one deadline over everything a request waits for from an actor.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -137,6 +145,7 @@ impl Links {
         backlog: Arc<Backlog>,
     ) -> Self {
         let cache = Cache::new(settings.cache_capacity.max(16));
+        let max_actors = settings.max_actors;
         Self {
             shared: Arc::new(Shared {
                 visitor_key: store.visitor_key(),
@@ -144,7 +153,7 @@ impl Links {
                 writer,
                 settings,
                 agents: AgentParser::new(),
-                directory: Directory::default(),
+                directory: Directory::new(max_actors),
                 cache,
                 metrics,
                 tracker: TaskTracker::new(),
@@ -408,6 +417,13 @@ impl Links {
                 }
                 answer => return answer,
             }
+        }
+        // Clicks of a code with no actor are numbered by the writer: the ones queued before
+        // this question are committed once a barrier behind them is.
+        // A failed writer commits nothing more: the store has all there will be.
+        if self.shared.writer.is_healthy() {
+            let barrier = tokio::time::timeout_at(deadline, self.shared.writer.barrier());
+            barrier.await.map_err(|_| LinkError::Timeout)?.ok();
         }
         let store = self.shared.store.clone();
         let code = link.code.clone();

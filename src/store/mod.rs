@@ -44,8 +44,8 @@ pub use records::{DecodeError, KeyRecord, Totals};
 pub use retention::Retention;
 pub use transfer::ImportBatch;
 pub use writer::{
-    ClickBatch, CommitListener, Durability, Fault, LinkChange, WriteError, Writer, WriterConfig,
-    WriterHandle,
+    ClickBatch, CommitListener, Durability, Fault, FreshClick, LinkChange, WriteError, Writer,
+    WriterConfig, WriterHandle,
 };
 
 use crate::{
@@ -726,6 +726,15 @@ impl Store {
         match self.links.get(code)? {
             Some(bytes) => Ok(Some(records::decode_link(&bytes)?)),
             None => Ok(None),
+        }
+    }
+
+    /// The number of a code's last stored click (0: none), read from its key alone.
+    pub fn last_seq(&self, code: &str) -> Result<u64, StoreError> {
+        let prefix = records::click_prefix(code);
+        match self.clicks.prefix(&prefix).next_back() {
+            Some(guard) => Ok(records::click_seq(&guard.key()?, prefix.len())?),
+            None => Ok(0),
         }
     }
 

@@ -9,6 +9,11 @@
 //! After a group is committed (fsynced, in strict durability) the writer tells each code's
 //! [`CommitListener`] the highest click number it now holds: live frames show only those.
 //!
+//! A click on a code with no live actor comes unnumbered ([`WriterHandle::fresh_click`]): the
+//! writer numbers it after the code's last stored click, one group at a time, so the long tail
+//! of codes clicked once each costs no actor. The directory sends it under the lock that also
+//! guards an actor's start, so an actor that starts later reads a count that includes it.
+//!
 //! The first commit or fsync that fails stops all further commits (after a failed fsync the
 //! kernel may have dropped the dirty pages, so nothing written later could be trusted: the
 //! "fsyncgate" lesson). It is logged once; [`WriterHandle::failure`] says why from then on.
@@ -135,8 +140,18 @@ impl LinkOp {
     }
 }
 
+/// A click of a code with no live actor, numbered by the writer (`seq` is 0 until then).
+pub struct FreshClick {
+    pub code: ShortCode,
+    pub event: ClickEvent,
+    /// Fired once the click is committed (and fsynced in strict mode).
+    pub ack: Option<oneshot::Sender<()>>,
+    pub permit: Permit,
+}
+
 enum Op {
     Clicks(ClickBatch),
+    Fresh(Box<FreshClick>),
     Link(LinkOp),
     /// A link's aggregates, covering clicks 1..=`covers`, all already committed.
     Aggregates {
@@ -208,6 +223,15 @@ impl WriterHandle {
     pub fn clicks(&self, batch: ClickBatch) {
         if self.tx.send(Op::Clicks(batch)).is_err() {
             error!("clicks written after the writer stopped; they are lost");
+        }
+    }
+
+    /// Queues a click of a code with no live actor, to be numbered after its last stored one.
+    /// The caller must hold what keeps an actor of the code from starting meanwhile (the
+    /// directory's shard lock).
+    pub fn fresh_click(&self, click: FreshClick) {
+        if self.tx.send(Op::Fresh(Box::new(click))).is_err() {
+            error!("a click written after the writer stopped; it is lost");
         }
     }
 
@@ -379,6 +403,8 @@ impl Drop for Writer {
 #[derive(Default)]
 struct Group {
     clicks: Vec<(ShortCode, Arc<ClickEvent>)>,
+    /// Clicks to number (see [`number_fresh`]), then moved to `clicks`.
+    fresh: Vec<(ShortCode, ClickEvent)>,
     acks: Vec<oneshot::Sender<()>>,
     /// Each listener with the highest click number of its code in this group.
     listeners: Vec<(Arc<dyn CommitListener>, u64)>,
@@ -394,6 +420,7 @@ struct Group {
 impl Group {
     fn len(&self) -> usize {
         self.clicks.len()
+            + self.fresh.len()
             + self.links.len()
             + self.aggregates.len()
             + self.expired.len()
@@ -412,6 +439,18 @@ impl Group {
                     .extend(batch.events.into_iter().map(|e| (code.clone(), e)));
                 self.acks.extend(batch.acks);
                 self.permits.merge(batch.permit);
+                false
+            }
+            Op::Fresh(click) => {
+                let FreshClick {
+                    code,
+                    event,
+                    ack,
+                    permit,
+                } = *click;
+                self.fresh.push((code, event));
+                self.acks.extend(ack);
+                self.permits.merge(permit);
                 false
             }
             Op::Link(op) => {
@@ -557,6 +596,12 @@ fn run(
         }
 
         let started = Instant::now();
+        if !group.fresh.is_empty()
+            && !health.failed.load(Ordering::Acquire)
+            && let Err(e) = number_fresh(store, &mut group, &config.metrics)
+        {
+            health.fail(format!("numbering clicks failed: {e}"));
+        }
         let stop = group.stop;
         let must_sync = stop
             || !group.links.is_empty()
@@ -595,6 +640,48 @@ fn run(
             return;
         }
     }
+}
+
+/// Numbers the group's fresh clicks after their codes' last stored clicks, in the order they
+/// came, and moves them among the numbered ones. A code whose link is gone (or goes in this
+/// group) takes none of them: they are dropped and counted, as an actor would refuse them.
+fn number_fresh(
+    store: &Store,
+    group: &mut Group,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), StoreError> {
+    // Each code's next number; `None` for a code whose clicks are dropped. All reads come
+    // first: a failed one leaves the fresh clicks where they are (counted as lost).
+    let mut next: HashMap<ShortCode, Option<u64>> = HashMap::new();
+    for (code, _) in &group.fresh {
+        if next.contains_key(code) {
+            continue;
+        }
+        let deleted_here = group
+            .links
+            .iter()
+            .any(|op| matches!(op, LinkOp::Delete(c, _) if c == code));
+        let first = if deleted_here || !store.links.contains_key(code.as_str())? {
+            None
+        } else {
+            Some(store.last_seq(code.as_str())? + 1)
+        };
+        next.insert(code.clone(), first);
+    }
+    let mut dropped = 0;
+    for (code, mut event) in std::mem::take(&mut group.fresh) {
+        let Some(Some(seq)) = next.get_mut(&code) else {
+            dropped += 1;
+            continue;
+        };
+        event.seq = *seq;
+        *seq += 1;
+        group.clicks.push((code, Arc::new(event)));
+    }
+    if dropped > 0 {
+        metrics.clicks_dropped(crate::metrics::DropReason::LinkDeleted, dropped);
+    }
+    Ok(())
 }
 
 /// Commits the group and hands the journal to the OS, so a killed process keeps it.
@@ -870,10 +957,9 @@ fn answer(
         Err(e) => {
             // Logged once, when the store failed (`Health::fail`); groups after that only
             // count what they could not save.
-            debug!(cause = %e, clicks = group.clicks.len(), "group not committed");
-            health
-                .lost
-                .fetch_add(group.clicks.len() as u64, Ordering::Relaxed);
+            let clicks = group.clicks.len() + group.fresh.len();
+            debug!(cause = %e, clicks, "group not committed");
+            health.lost.fetch_add(clicks as u64, Ordering::Relaxed);
             // Dropping the click acks tells strict-mode redirects that their click is not safe.
             group.acks.clear();
             for op in group.links.drain(..) {

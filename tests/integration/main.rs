@@ -10,6 +10,7 @@ mod faults;
 mod first_key;
 mod keys;
 mod lifecycle;
+mod longtail;
 mod manage;
 mod openapi;
 mod ops;

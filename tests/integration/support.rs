@@ -153,6 +153,20 @@ impl TestApp {
             .expect("clickCount is a number")
     }
 
+    /// The link's stored clicks, newest first (up to 1000).
+    pub async fn clicks(&self, code: &str) -> Vec<Value> {
+        let res = self
+            .client
+            .get(self.url(&format!("/api/links/{code}/clicks?limit=1000")))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("clicks sent");
+        assert_eq!(res.status(), 200, "listing the clicks of {code}");
+        let body: Value = res.json().await.expect("json body");
+        body["clicks"].as_array().cloned().expect("a clicks array")
+    }
+
     /// A gauge or counter from `/metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self

@@ -39,6 +39,10 @@ pub struct Args {
     /// Codes are <prefix>0000001, <prefix>0000002, ...; existing ones are reused.
     #[arg(long, default_value = "d")]
     prefix: String,
+    /// The links exist already (made by `linkpulse import`, say): click them without asking
+    /// to create them first.
+    #[arg(long)]
+    no_create: bool,
 }
 
 const PHASES: [&str; 3] = ["create", "click", "linger"];
@@ -76,7 +80,8 @@ pub async fn run(common: &Common, args: Args) -> Result<bool> {
 
     let prefix = Arc::new(args.prefix.clone());
     let (a, p, pre) = (api.clone(), progress.clone(), prefix.clone());
-    parallel(args.codes, args.concurrency, move |i| {
+    let to_create = if args.no_create { 0 } else { args.codes };
+    parallel(to_create, args.concurrency, move |i| {
         let (api, p, pre) = (a.clone(), p.clone(), pre.clone());
         async move {
             match api.create_link(&code(&pre, i)).await? {
