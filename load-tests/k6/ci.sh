@@ -95,12 +95,12 @@ must_pass() {
 
 LP=http://127.0.0.1:$PORT
 must_pass hot "$LP" redirect-hot.js -e VUS=4 -e DURATION=3s
-must_pass hot-open "$LP" redirect-hot.js -e RATE=200 -e VUS=4 -e DURATION=3s
+must_pass hot-open "$LP" redirect-hot.js -e RATE=50 -e VUS=20 -e DURATION=3s
 # 300 links in setup() with the admin key, at the default limits.
 must_pass wide "$LP" redirect-wide.js -e CODES=300 -e VUS=4 -e DURATION=3s
 must_pass create "$LP" create.js -e VUS=2 -e DURATION=3s
 must_pass mixed "$LP" mixed.js -e CODES=50 -e VUS=4 -e DURATION=3s
-must_pass mixed-open "$LP" mixed.js -e CODES=50 -e RATE=200 -e VUS=4 -e DURATION=3s
+must_pass mixed-open "$LP" mixed.js -e CODES=50 -e RATE=50 -e VUS=20 -e DURATION=3s
 must_pass sse "$LP" sse-final-count.js -e VIEWERS=8 -e CLICKS=200 -e CLICK_VUS=4
 
 # nginx in front, answering GET /{code} with what HEAD /{code} answers: a 302 that counts
