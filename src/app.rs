@@ -138,7 +138,8 @@ impl App {
         let state = Arc::new(AppState {
             links,
             keys,
-            create_limits: CreateLimits::new(config.create_rate_per_key, config.create_rate_per_ip),
+            create_limits: CreateLimits::new(config.create_rate_per_key, config.create_rate_per_ip)
+                .with_auth_failures(config.auth_failures_per_ip),
             config,
             base_url,
             metrics,

@@ -309,13 +309,22 @@ pub struct ServeConfig {
     /// How long a clean stop waits for connections and actors.
     #[arg(long, env = "LINKPULSE_SHUTDOWN_TIMEOUT", value_parser = duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
-    /// Link creations allowed per API key and second, also the burst (0: no limit).
+    /// Link creations allowed per `links`-scope API key and second, also the burst (0: no
+    /// limit). Admin keys (the operator's) are not limited.
     #[arg(long, env = "LINKPULSE_CREATE_RATE_PER_KEY", default_value_t = 100)]
     pub create_rate_per_key: u32,
-    /// Link creations allowed per client address (IPv6: per /64) and second, also the burst
-    /// (0: no limit).
-    #[arg(long, env = "LINKPULSE_CREATE_RATE_PER_IP", default_value_t = 100)]
+    /// Link creations allowed per client address (IPv6: per /64) and second with `links`-scope
+    /// keys, also the burst (0, the default: no limit; the per-key limit and the limit on
+    /// failed authentication already bound what one client can do). Admin keys are not
+    /// limited.
+    #[arg(long, env = "LINKPULSE_CREATE_RATE_PER_IP", default_value_t = 0)]
     pub create_rate_per_ip: u32,
+    /// Failed authentications (a key that is wrong, revoked or malformed) allowed per client
+    /// address (IPv6: per /64) and second, also the burst; past it every request of that
+    /// address that needs a key is answered `429` + `Retry-After` until the allowance comes
+    /// back, whether its key is right or not (0: no limit).
+    #[arg(long, env = "LINKPULSE_AUTH_FAILURES_PER_IP", default_value_t = 10)]
+    pub auth_failures_per_ip: u32,
     /// An origin (`https://dash.example.com`) whose pages may call `/api/*` from a browser;
     /// repeat the flag or separate origins with commas; `*` allows every origin. None by
     /// default: no CORS headers.

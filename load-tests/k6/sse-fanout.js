@@ -1,36 +1,58 @@
-// Live-count fan-out: VIEWERS virtual users each hold GET /realtime/{code} open while a separate
-// scenario clicks the link at RATE clicks per second (constant-arrival-rate). Each viewer checks
-// that every frame's id equals its data.clickCount and that ids never decrease, and records how
-// long after the click (clickAnalytics.createdAt) its frame arrived.
+// Live-count fan-out with frame timing: VIEWERS virtual users each hold GET /realtime/{code}
+// open with xk6-sse while a separate scenario clicks the link at RATE clicks per second for
+// SECONDS (constant-arrival-rate). Each viewer checks every frame (id == data.clickCount, ids
+// never decrease) and records how long after its click (clickAnalytics.createdAt) a frame
+// arrived. Viewers keep their streams until the clicks end: then a closer reads the server's
+// count (the loss check: it must equal the 302s k6 received) and deletes the link, which sends
+// every stream a last `event: deleted` frame with the final clickCount and ends it; each viewer
+// checks its last count frame reached that count.
 //
-// Needs k6 built with the xk6-sse extension (see README.md):
-//   xk6 build --with github.com/phymbert/xk6-sse
+// Needs k6 built with the xk6-sse extension (see README.md; not run in this repository's CI):
+//   xk6 build v1.1.0 --with github.com/phymbert/xk6-sse@v0.1.11
 //   ./k6 run -e BASE_URL=http://127.0.0.1:8080 -e API_KEY=... load-tests/k6/sse-fanout.js
+// sse-final-count.js checks the same final count with stock k6 (without frame timing).
 //
-// The load is shaped by env variables, not by --vus/--duration (those would replace the two
-// scenarios): VIEWERS (100), RATE (clicks/s, 50), SECONDS (length of the click phase, 30),
-// WARMUP (seconds the viewers get to connect before the first click, 3).
+// Shaped by env variables, not by --vus/--duration (those would replace the three scenarios):
+// VIEWERS (100), RATE (clicks/s, 50), SECONDS (length of the click phase, 30), WARMUP (seconds
+// the viewers get to connect before the first click, 3), SETTLE (seconds between the end of the
+// clicks and the deletion, 1).
 import http from 'k6/http';
-import { check, fail, sleep } from 'k6';
-import { Counter, Trend } from 'k6/metrics';
+import { check, fail } from 'k6';
+import { Counter } from 'k6/metrics';
 import sse from 'k6/x/sse';
+import {
+  BASE_URL,
+  LOSS_THRESHOLD,
+  TARGET,
+  TREND_STATS,
+  apiHeaders,
+  baseThresholds,
+  intEnv,
+  redirect,
+  requireKey,
+  runId,
+  summaryFiles,
+} from './lib/common.js';
+import { SSE_THRESHOLDS, StreamCheck, closeLink } from './lib/sse.js';
 
-const VIEWERS = parseInt(__ENV.VIEWERS || '100', 10);
-const RATE = parseInt(__ENV.RATE || '50', 10);
-const SECONDS = parseInt(__ENV.SECONDS || '30', 10);
-const WARMUP = parseInt(__ENV.WARMUP || '3', 10);
+const VIEWERS = intEnv('VIEWERS', 100);
+const RATE = intEnv('RATE', 50);
+const SECONDS = intEnv('SECONDS', 30);
+const WARMUP = intEnv('WARMUP', 3);
+const SETTLE = intEnv('SETTLE', 1);
+// Longest a viewer holds its stream: until the closer is done at the latest, plus a margin.
+const HOLD_SECONDS = WARMUP + SECONDS + SETTLE + 40;
 
 export const options = {
   maxRedirects: 0, // k6 follows redirects by default; a 302 is the success answer here
+  summaryTrendStats: TREND_STATS,
   scenarios: {
     viewers: {
       executor: 'per-vu-iterations',
       exec: 'viewer',
       vus: VIEWERS,
       iterations: 1,
-      // A viewer closes its stream at the first frame or heartbeat after the click phase; this
-      // bounds it if neither comes (e.g. RATE=0 and a long --sse-heartbeat).
-      maxDuration: `${WARMUP + SECONDS + 30}s`,
+      maxDuration: `${HOLD_SECONDS}s`,
       gracefulStop: '5s',
     },
     clicks: {
@@ -43,38 +65,25 @@ export const options = {
       preAllocatedVUs: 10,
       maxVUs: 100,
     },
+    closer: {
+      executor: 'per-vu-iterations',
+      exec: 'closer',
+      vus: 1,
+      iterations: 1,
+      // After the clicks (and the 30 s they may take to finish at most).
+      startTime: `${WARMUP + SECONDS}s`,
+      maxDuration: `${SETTLE + 40}s`,
+    },
   },
-  thresholds: {
-    checks: ['rate==1.0'],
-    http_req_failed: ['rate<0.001'], // the clicks and API calls (k6/http only)
-    'http_req_duration{kind:click}': ['p(95)<250'],
-    linkpulse_sse_frames: ['count>0'],
+  thresholds: Object.assign(baseThresholds(), LOSS_THRESHOLD, SSE_THRESHOLDS, {
+    dropped_iterations: ['count==0'], // the clicks went out at RATE
+    'http_req_duration{kind:click}': ['p(95)<250', 'p(99)<500'],
     linkpulse_sse_errors: ['count==0'],
-    linkpulse_sse_click_to_frame: ['p(95)<500'],
-  },
+    linkpulse_sse_click_to_frame: ['p(95)<500', 'p(99)<1000'],
+  }),
 };
 
-const BASE_URL = (__ENV.BASE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
-const API_KEY = __ENV.API_KEY || '';
-const TARGET = 'https://example.com/target';
-// A viewer keeps its stream until just before the clicks stop, so a frame is still coming to
-// trigger the close (a stream is only closed from inside an event handler).
-const HOLD_MS = Math.max(1, WARMUP + SECONDS - 1) * 1000;
-
-const frames = new Counter('linkpulse_sse_frames'); // data frames received, all viewers
-const heartbeats = new Counter('linkpulse_sse_heartbeats'); // ": keep-alive" comments received
-const namedEvents = new Counter('linkpulse_sse_named_events'); // `stats` events, all viewers
-const sseErrors = new Counter('linkpulse_sse_errors'); // error events on a stream still wanted
-const clickToFrame = new Trend('linkpulse_sse_click_to_frame', true); // receipt time - createdAt
-const clicks302 = new Counter('linkpulse_redirects_302');
-
-function apiHeaders() {
-  return { Authorization: `Bearer ${API_KEY}`, 'Content-Type': 'application/json' };
-}
-
-function runId() {
-  return `${__ENV.CODE_PREFIX || 'k6'}-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
-}
+const sseErrors = new Counter('linkpulse_sse_errors'); // error events on a stream
 
 function errorText(e) {
   if (e && typeof e.error === 'function') {
@@ -84,117 +93,54 @@ function errorText(e) {
 }
 
 export function setup() {
-  if (!API_KEY) {
-    fail('set the API key: k6 run -e API_KEY=<key> ...');
-  }
+  requireKey();
   const code = `sse-${runId()}`;
   const res = http.post(`${BASE_URL}/api/links`, JSON.stringify({ url: TARGET, code }), {
     headers: apiHeaders(),
-    tags: { kind: 'setup' },
+    tags: { kind: 'setup', name: 'POST /api/links' },
   });
   if (res.status !== 201) {
     fail(`creating link ${code}: ${res.status} ${res.body}`);
   }
-  return { code };
+  return { code, target: res.json('url') };
 }
 
 export function viewer(data) {
-  const holdUntil = Date.now() + HOLD_MS;
-  let received = 0;
-  let lastId = -1;
-  let closing = false;
+  const stream = new StreamCheck();
   sseErrors.add(0); // so the metric has a sample even when nothing goes wrong
-
-  const res = sse.open(`${BASE_URL}/realtime/${data.code}`, { tags: { kind: 'sse' } }, function (client) {
-    client.on('open', function () {
-      // connected: the first chunk (retry: hint and current state) follows
-    });
-
-    client.on('event', function (event) {
-      const receivedAt = Date.now();
-      if (event.name && event.name !== 'message') {
-        // A named event (`stats`: the link's aggregates); the original's clients ignore these.
-        namedEvents.add(1);
-      } else if (event.data) {
-        received += 1;
-        frames.add(1);
-        let body = null;
-        try {
-          body = JSON.parse(event.data);
-        } catch (e) {
-          body = null;
-        }
-        const id = parseInt(event.id, 10);
-        const count = body ? body.clickCount : undefined;
-        check(
-          { id, count, lastId },
-          {
-            'frame: data is JSON with a clickCount': (f) => typeof f.count === 'number',
-            'frame: id equals data.clickCount': (f) => f.id === f.count,
-            'frame: ids never decrease': (f) => f.id >= f.lastId,
-          },
-          { kind: 'sse' },
-        );
-        if (id > lastId) {
-          lastId = id;
-        }
-        // The first frame is the state at connection time; its click may be old.
-        if (received > 1 && body && body.clickAnalytics && body.clickAnalytics.createdAt) {
-          const createdAt = Date.parse(body.clickAnalytics.createdAt);
-          if (!isNaN(createdAt)) {
-            clickToFrame.add(receivedAt - createdAt);
-          }
-        }
-      } else if (event.comment) {
-        heartbeats.add(1);
-      }
-      if (!closing && receivedAt >= holdUntil) {
-        closing = true;
-        client.close();
-      }
-    });
-
-    client.on('error', function (e) {
-      if (closing) {
-        return; // errors from closing our own stream
-      }
-      sseErrors.add(1);
-      console.error(`VU ${__VU}: stream error: ${errorText(e)}`);
-    });
-  });
-
-  check(
-    res,
-    {
-      'stream: opened with 200': (r) => !!r && r.status === 200,
-      'stream: delivered the initial frame': () => received >= 1,
+  // Held until the server ends the stream after the deleted frame (or HOLD_SECONDS).
+  const res = sse.open(
+    `${BASE_URL}/realtime/${data.code}`,
+    { timeout: `${HOLD_SECONDS}s`, tags: { kind: 'sse' } },
+    function (client) {
+      client.on('event', function (event) {
+        stream.onEvent(event, Date.now());
+      });
+      client.on('error', function (e) {
+        sseErrors.add(1);
+        console.error(`VU ${__VU}: stream error: ${errorText(e)}`);
+      });
     },
-    { kind: 'sse' },
   );
+  check(res, { 'stream: opened with 200': (r) => !!r && r.status === 200 }, { kind: 'sse' });
+  // The number of clicks is the server's (checked against the 302s by the closer).
+  stream.finish(undefined);
 }
 
 export function click(data) {
-  const res = http.get(`${BASE_URL}/${data.code}`, {
-    redirects: 0,
-    responseType: 'none',
-    tags: { kind: 'click', name: 'GET /{code}' },
-  });
-  if (res.status === 302) {
-    clicks302.add(1);
-  }
-  check(res, { 'click: status is 302': (r) => r.status === 302 }, { kind: 'click' });
+  redirect(data.code, data.target, 'click');
 }
 
-export function teardown(data) {
-  sleep(1);
-  const res = http.get(`${BASE_URL}/api/links/${data.code}`, {
-    headers: apiHeaders(),
-    tags: { kind: 'read', name: 'GET /api/links/{code}' },
+export function closer(data) {
+  closeLink(data.code, undefined, 30, SETTLE);
+}
+
+export function handleSummary(data) {
+  return summaryFiles(data, 'sse-fanout', {
+    viewers: VIEWERS,
+    rate: RATE,
+    seconds: SECONDS,
+    warmup: WARMUP,
+    settle: SETTLE,
   });
-  check(res, { 'teardown: read link status is 200': (r) => r.status === 200 });
-  const count = res.status === 200 ? res.json('clickCount') : 'unknown';
-  console.log(
-    `link ${data.code}: server clickCount=${count}; compare with linkpulse_redirects_302 ` +
-      '(302s k6 received) and linkpulse_sse_frames in the summary below',
-  );
 }

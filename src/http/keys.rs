@@ -6,7 +6,7 @@ use std::sync::Arc;
 use salvo::{http::StatusCode, prelude::*};
 use serde::Deserialize;
 
-use super::openapi::{E400, E401, E403, E404, E413, E415, E503, schemas};
+use super::openapi::{E400, E401, E403, E404, E413, E415, E429, E503, schemas};
 use super::{ApiError, AppState, authenticate, read_json_object, require_admin};
 use crate::keys::{Caller, KeyError, KeyName, Scope};
 use salvo_oapi::endpoint;
@@ -64,7 +64,7 @@ impl CreateKey {
     request_body = CreateKeyRequest,
     responses(
         (status_code = 201, description = "The key made", body = crate::keys::NewKey),
-        E400, E401, E403, E413, E415, E503,
+        E400, E401, E429, E403, E413, E415, E503,
     )
 )]
 impl CreateKey {
@@ -88,7 +88,7 @@ pub struct ListKeys(pub Arc<AppState>);
 #[endpoint(
     tags("keys"),
     security(("bearer" = [])),
-    responses((status_code = 200, description = "The keys", body = schemas::KeyList), E401, E403)
+    responses((status_code = 200, description = "The keys", body = schemas::KeyList), E401, E429, E403)
 )]
 impl ListKeys {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
@@ -119,7 +119,7 @@ impl RevokeKey {
     responses(
         (status_code = 204, description = "Revoked"),
         (status_code = 400, description = "The last admin key cannot revoke itself", body = schemas::Error),
-        E401, E403, E404, E503,
+        E401, E429, E403, E404, E503,
     )
 )]
 impl RevokeKey {

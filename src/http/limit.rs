@@ -1,6 +1,7 @@
-//! Limits on what one client may ask for: link creations per API key and per client address
-//! (keyed GCRA limiters from `governor`), open streams and open connections per client address
-//! ([`Places`]), and the size of request headers.
+//! Limits on what one client may ask for: link creations per `links`-scope API key and per
+//! client address (keyed GCRA limiters from `governor`; admin keys are not limited), failed
+//! authentications per client address ([`Failures`]), open streams and open connections per
+//! client address ([`Places`]), and the size of request headers.
 
 use std::{
     net::IpAddr,
@@ -29,11 +30,13 @@ pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 pub const MAX_HEADERS_BYTES: usize = 32 * 1024;
 
 /// What one client may take: link creations per API key and per client address, each `rate`
-/// per second with a burst of `rate`; and open streams and open connections per client
-/// address, each capped by its flag (passed where a place is taken).
+/// per second with a burst of `rate`; failed authentications per client address; and open
+/// streams and open connections per client address, each capped by its flag (passed where a
+/// place is taken).
 pub struct ClientLimits {
     per_key: Option<DefaultKeyedRateLimiter<String>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    auth_failures: Option<Failures>,
     checks: AtomicU64,
     /// Open streams per client address (`--sse-max-per-client`), on both stream transports.
     pub streams: Places,
@@ -45,28 +48,81 @@ pub struct ClientLimits {
 /// The name the limits were first given, when they held only creation rates.
 pub type CreateLimits = ClientLimits;
 
-/// Why a creation was refused: which limit, and how long until one more is allowed.
+/// Which rate a request went past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    /// Link creations of one API key.
+    CreatesPerKey,
+    /// Link creations from one client address.
+    CreatesPerAddress,
+    /// Failed authentications from one client address.
+    AuthFailures,
+}
+
+/// Why a request was refused: which limit, and how long until one more is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
-    pub per_key: bool,
+    pub rate: Rate,
     pub wait: Duration,
 }
 
 impl Limited {
-    /// `429` with `Retry-After` in whole seconds (at least 1).
+    /// `429` with `Retry-After` in whole seconds (at least 1), the same number in the message.
     pub fn into_error(self) -> ApiError {
         let secs = self.wait.as_secs() + u64::from(self.wait.subsec_nanos() > 0);
         let secs = u32::try_from(secs.max(1)).unwrap_or(u32::MAX);
-        let whose = if self.per_key {
-            "this API key"
-        } else {
-            "this address"
+        let what = match self.rate {
+            Rate::CreatesPerKey => "too many links created by this API key",
+            Rate::CreatesPerAddress => "too many links created by this address",
+            Rate::AuthFailures => "too many failed authentications from this address",
         };
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            format!("too many links created by {whose}, try again in {secs} s"),
+            format!("{what}, try again in {secs} s"),
         )
         .with_retry_after(secs)
+    }
+}
+
+/// Failed authentications per client address: a GCRA of `rate` per second with a burst of
+/// `rate`, kept by hand because an address past it is refused *before* its key is checked
+/// (governor's limiters answer only by taking from the allowance, and a refused request must
+/// take nothing: it was not a failure, and a right key must not extend the wait).
+struct Failures {
+    /// What one failure takes from the allowance: 1 s / rate.
+    interval: Duration,
+    /// The allowance less one failure: an address owing more than this is refused.
+    tolerance: Duration,
+    /// Per address key, when its allowance is whole again.
+    whole_at: DashMap<IpAddr, Instant>,
+}
+
+impl Failures {
+    fn new(rate: u32) -> Option<Self> {
+        let rate = NonZeroU32::new(rate)?;
+        let interval = Duration::from_secs(1) / rate.get();
+        Some(Self {
+            interval,
+            tolerance: interval * (rate.get() - 1),
+            whole_at: DashMap::new(),
+        })
+    }
+
+    /// How long the address must still wait, if it is past its allowance.
+    fn wait(&self, key: IpAddr, now: Instant) -> Option<Duration> {
+        let owed = self.whole_at.get(&key)?.saturating_duration_since(now);
+        (owed > self.tolerance).then(|| owed - self.tolerance)
+    }
+
+    fn failed(&self, key: IpAddr, now: Instant) {
+        let mut whole_at = self.whole_at.entry(key).or_insert(now);
+        *whole_at = (*whole_at).max(now) + self.interval;
+    }
+
+    /// Forgets the addresses whose allowance is whole again.
+    fn sweep(&self, now: Instant) {
+        self.whole_at.retain(|_, whole_at| *whole_at > now);
+        self.whole_at.shrink_to_fit();
     }
 }
 
@@ -89,9 +145,41 @@ impl ClientLimits {
         Self {
             per_key: limiter(per_key),
             per_ip: limiter(per_ip),
+            auth_failures: None,
             checks: AtomicU64::new(0),
             streams: Places::new("streams", "--sse-max-per-client"),
             connections: Places::new("connections", "--max-connections-per-client"),
+        }
+    }
+
+    /// Failed authentications allowed per client address and second, also the burst; `0` (the
+    /// value [`ClientLimits::new`] starts with) turns the limit off.
+    #[must_use]
+    pub fn with_auth_failures(mut self, per_ip: u32) -> Self {
+        self.auth_failures = Failures::new(per_ip);
+        self
+    }
+
+    /// Whether the client at `ip` may present a key now: `Err` while it is past its allowance
+    /// of failed authentications. Takes nothing from the allowance.
+    pub fn check_auth(&self, ip: IpAddr) -> Result<(), Limited> {
+        let Some(failures) = &self.auth_failures else {
+            return Ok(());
+        };
+        match failures.wait(ip_key(ip), Instant::now()) {
+            None => Ok(()),
+            Some(wait) => Err(Limited {
+                rate: Rate::AuthFailures,
+                wait,
+            }),
+        }
+    }
+
+    /// Counts one failed authentication of the client at `ip`.
+    pub fn auth_failed(&self, ip: IpAddr) {
+        if let Some(failures) = &self.auth_failures {
+            self.sweep_now_and_then();
+            failures.failed(ip_key(ip), Instant::now());
         }
     }
 
@@ -102,7 +190,7 @@ impl ClientLimits {
         };
         self.sweep_now_and_then();
         limiter.check_key(&ip_key(ip)).map_err(|not_until| Limited {
-            per_key: false,
+            rate: Rate::CreatesPerAddress,
             wait: not_until.wait_time_from(limiter.clock().now()),
         })
     }
@@ -114,14 +202,16 @@ impl ClientLimits {
         };
         self.sweep_now_and_then();
         limiter.check_key(key_id).map_err(|not_until| Limited {
-            per_key: true,
+            rate: Rate::CreatesPerKey,
             wait: not_until.wait_time_from(limiter.clock().now()),
         })
     }
 
     /// Keys tracked now (for tests and metrics).
     pub fn tracked(&self) -> usize {
-        self.per_key.as_ref().map_or(0, |l| l.len()) + self.per_ip.as_ref().map_or(0, |l| l.len())
+        self.per_key.as_ref().map_or(0, |l| l.len())
+            + self.per_ip.as_ref().map_or(0, |l| l.len())
+            + self.auth_failures.as_ref().map_or(0, |f| f.whole_at.len())
     }
 
     /// Forgets the keys whose allowance is full again, every [`SWEEP_EVERY`] checks.
@@ -139,6 +229,9 @@ impl ClientLimits {
         if let Some(l) = &self.per_ip {
             l.retain_recent();
             l.shrink_to_fit();
+        }
+        if let Some(f) = &self.auth_failures {
+            f.sweep(Instant::now());
         }
     }
 }
@@ -338,7 +431,11 @@ mod tests {
             assert_eq!(limits.check_key(&key), Ok(()));
         }
         let limited = limits.check_key(&key).err();
-        assert!(limited.is_some_and(|l| l.per_key && l.wait <= Duration::from_millis(200)));
+        assert!(
+            limited.is_some_and(
+                |l| l.rate == Rate::CreatesPerKey && l.wait <= Duration::from_millis(200)
+            )
+        );
         assert_eq!(limits.check_key(&"other".to_owned()), Ok(()));
         let ip: IpAddr = [192, 0, 2, 1].into();
         for _ in 0..100 {
@@ -377,19 +474,56 @@ mod tests {
     #[test]
     fn retry_after_is_whole_seconds_at_least_one() {
         let err = Limited {
-            per_key: false,
+            rate: Rate::CreatesPerAddress,
             wait: Duration::from_millis(1),
         }
         .into_error();
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(err.retry_after, Some(1));
-        assert!(err.message.contains("address"));
+        assert_eq!(
+            err.message,
+            "too many links created by this address, try again in 1 s"
+        );
         let err = Limited {
-            per_key: true,
+            rate: Rate::AuthFailures,
             wait: Duration::from_millis(2001),
         }
         .into_error();
         assert_eq!(err.retry_after, Some(3));
+        assert_eq!(
+            err.message,
+            "too many failed authentications from this address, try again in 3 s"
+        );
+    }
+
+    #[test]
+    fn failed_authentications_past_the_burst_refuse_the_address_for_a_while() {
+        let failures = Failures::new(4).expect("a rate of 4");
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let b: IpAddr = [192, 0, 2, 2].into();
+        let start = Instant::now();
+        for i in 0..4 {
+            assert_eq!(
+                failures.wait(a, start),
+                None,
+                "failure {i} is within the burst"
+            );
+            failures.failed(a, start);
+        }
+        // Four failures at once: the allowance comes back one failure per 250 ms.
+        assert_eq!(failures.wait(a, start), Some(Duration::from_millis(250)));
+        assert_eq!(
+            failures.wait(b, start),
+            None,
+            "another address is not held back"
+        );
+        let later = start + Duration::from_millis(250);
+        assert_eq!(failures.wait(a, later), None, "one more try after 250 ms");
+        failures.failed(a, later);
+        assert_eq!(failures.wait(a, later), Some(Duration::from_millis(250)));
+        failures.sweep(later + Duration::from_secs(1));
+        assert_eq!(failures.whole_at.len(), 0, "a whole allowance is forgotten");
+        assert!(Failures::new(0).is_none(), "0 is no limit");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use salvo::{http::StatusCode, prelude::*};
 use serde::Serialize;
 
-use super::openapi::{E400, E401, E403, E404, E413, E415, E503, schemas};
+use super::openapi::{E400, E401, E403, E404, E413, E415, E429, E503, schemas};
 use super::{
     ApiError, AppState,
     api::{LinkBody, link_body, owned_link, password_hash, read_json},
@@ -117,7 +117,7 @@ impl ListLinks {
     ),
     responses(
         (status_code = 200, description = "A page of links", body = schemas::LinkPage),
-        E400, E401, E503,
+        E400, E401, E429, E503,
     )
 )]
 impl ListLinks {
@@ -175,7 +175,7 @@ impl PatchLink {
     request_body(content = LinkFields, description = "Any field but `code`"),
     responses(
         (status_code = 200, description = "The changed link", body = schemas::Link),
-        E400, E401, E403, E404, E413, E415, E503,
+        E400, E401, E429, E403, E404, E413, E415, E503,
     )
 )]
 impl PatchLink {
@@ -195,7 +195,7 @@ pub struct DeleteLink(pub Arc<AppState>);
     tags("links"),
     security(("bearer" = [])),
     parameters(("code" = String, Path, description = "The short code")),
-    responses((status_code = 204, description = "Deleted"), E401, E403, E404, E503)
+    responses((status_code = 204, description = "Deleted"), E401, E429, E403, E404, E503)
 )]
 impl DeleteLink {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {

@@ -449,11 +449,31 @@ pub async fn read_json_object<T: DeserializeOwned>(
 
 /// The caller behind `Authorization: Bearer <key>`, or a 401.
 pub fn authenticate(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
+    let ip = client_ip(state, req);
+    if let Some(ip) = ip {
+        state
+            .client_limits()
+            .check_auth(ip)
+            .map_err(limit::Limited::into_error)?;
+    }
+    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <api key>",
+        )
+    })?;
+    // A key was presented: a wrong, revoked or malformed one counts against the address
+    // (`--auth-failures-per-ip`); a missing one guesses nothing and does not.
+    presented_key(state, value).inspect_err(|_| {
+        if let Some(ip) = ip {
+            state.client_limits().auth_failed(ip);
+        }
+    })
+}
+
+/// The caller whose key the `Authorization` header holds.
+fn presented_key(state: &AppState, value: &HeaderValue) -> Result<Caller, ApiError> {
     let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, msg);
-    let value = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
     let value = value
         .to_str()
         .map_err(|_| unauthorized("malformed Authorization header"))?;

@@ -102,7 +102,7 @@ error_responses! {
     E409 = "409", "the code is taken";
     E413 = "413", "the request body is too large";
     E415 = "415", "the body is not `application/json`";
-    E429 = "429", "too many requests from this key or address; see `Retry-After`";
+    E429 = "429", "too many requests from this key or address (link creations by a `links` key, failed authentications from an address); see `Retry-After`";
     E503 = "503", "busy or shutting down; see `Retry-After`";
 }
 

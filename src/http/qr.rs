@@ -11,7 +11,7 @@ use salvo::{
 };
 use tracing::error;
 
-use super::openapi::{E400, E401, E404, E503};
+use super::openapi::{E400, E401, E404, E429, E503};
 use super::{ApiError, AppState, api::owned_link};
 use salvo_oapi::endpoint;
 
@@ -42,7 +42,7 @@ pub struct Qr(pub Arc<AppState>);
             ("image/svg+xml" = String),
             ("image/png" = [u8]),
         )),
-        E400, E401, E404, E503,
+        E400, E401, E429, E404, E503,
     )
 )]
 impl Qr {

@@ -831,7 +831,7 @@ impl LinkState {
             let _ = reply.send(deleted.await);
         });
         self.subscribers
-            .send_all(&frame::deleted_frame(self.code.as_str()));
+            .send_all(&frame::deleted_frame(self.code.as_str(), self.count));
         self.subscribers.clear();
         self.waiters.clear();
         self.update_wanted();

@@ -101,10 +101,23 @@ pub fn stats_frame(stats: &LiveStats) -> Bytes {
     Bytes::from(format!("event: stats\ndata: {json}\n\n"))
 }
 
-/// The last event of a deleted link's streams: `event: deleted` (the original's `onmessage`
+/// The last event of a deleted link's streams: `event: deleted` with the final `clickCount`
+/// (every click answered with a redirect before the deletion; the original's `onmessage`
 /// clients never see it; their stream just ends, and its reconnection gets `404`).
-pub fn deleted_frame(code: &str) -> Bytes {
-    let json = serde_json::json!({ "code": code, "deleted": true });
+pub fn deleted_frame(code: &str, count: u64) -> Bytes {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Deleted<'a> {
+        code: &'a str,
+        deleted: bool,
+        click_count: u64,
+    }
+    let json = serde_json::to_string(&Deleted {
+        code,
+        deleted: true,
+        click_count: count,
+    })
+    .unwrap_or_default();
     Bytes::from(format!("event: deleted\ndata: {json}\n\n"))
 }
 
@@ -150,6 +163,14 @@ mod tests {
             text.matches('\n').count(),
             3,
             "a newline in a value must not split the frame"
+        );
+    }
+
+    #[test]
+    fn the_deleted_frame_is_named_and_carries_the_final_count() {
+        assert_eq!(
+            &deleted_frame("a\"b", 42)[..],
+            b"event: deleted\ndata: {\"code\":\"a\\\"b\",\"deleted\":true,\"clickCount\":42}\n\n"
         );
     }
 }

@@ -427,7 +427,7 @@ async fn deletion_is_seen_at_once_everywhere_and_the_code_is_held() -> TestResul
     let last = stream.next_named("deleted", Duration::from_secs(5)).await;
     assert_eq!(
         last.and_then(|e| e.data),
-        Some(json!({"code": "doomed", "deleted": true}))
+        Some(json!({"code": "doomed", "deleted": true, "clickCount": 3}))
     );
     assert!(
         stream.next(Duration::from_secs(5)).await.is_none(),
