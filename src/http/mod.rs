@@ -78,6 +78,10 @@ const GET_HEAD: &str = "GET, HEAD";
 pub fn router(state: Arc<AppState>) -> Router {
     let s = || state.clone();
     let document = openapi::Document::default();
+    // Password checks running at once (`--password-checks`), shared by both `/{code}` lanes.
+    let checks = Arc::new(tokio::sync::Semaphore::new(
+        state.config.password_checks.max(1),
+    ));
     let router = Router::new()
         .hoop(limit::HeaderLimit)
         // `/` itself: the owner's page. Only a path of slashes alone names it (salvo would also
@@ -133,28 +137,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .head(pages::StatsPage(s()))
                 .goal(NotAllowed(GET_HEAD)),
         )
-        .push(
-            Router::with_path("{code}")
-                .get(Timed(redirect::Redirect {
-                    state: s(),
-                    count: true,
-                }))
-                .head(Timed(redirect::Redirect {
-                    state: s(),
-                    count: false,
-                }))
-                // The answer to a protected link's password form.
-                .post(redirect::Unlock {
-                    redirect: redirect::Redirect {
-                        state: s(),
-                        count: true,
-                    },
-                    checks: Arc::new(tokio::sync::Semaphore::new(
-                        state.config.password_checks.max(1),
-                    )),
-                })
-                .goal(redirect::CodeNotAllowed(s())),
-        )
+        .push(code_routes(&state, &checks))
         .push(Router::with_path("{**rest}").goal(pages::Fallback));
     // The document describes the router it is served from, its own routes included.
     match openapi::document(&router) {
@@ -163,7 +146,56 @@ pub fn router(state: Arc<AppState>) -> Router {
         }
         Err(e) => error!(cause = %e, "the OpenAPI document could not be made"),
     }
-    router
+    // The redirect's fast lane, tried first: the same routes for every path that can only
+    // reach them, so a redirect is not matched against every route above first (salvo tries
+    // them in order: that was a quarter of a HEAD's instructions). Left out of the document,
+    // which lists `/{code}` once.
+    router.unshift(
+        Router::new()
+            .filter_fn(|req, _| is_code_path(req.uri().path()))
+            .push(code_routes(&state, &checks)),
+    )
+}
+
+/// Single-segment paths with routes of their own, matched before `/{code}`. A route added
+/// above `/{code}` with a one-segment path must be named here too.
+const ONE_SEGMENT_ROUTES: [&str; 4] = ["healthz", "metrics", "readyz", "realtime"];
+
+/// A path only the `/{code}` route can take: one segment (empty ones do not count), none of
+/// [`ONE_SEGMENT_ROUTES`], no percent-escape (those keep salvo's own order).
+fn is_code_path(path: &str) -> bool {
+    if path.contains('%') {
+        return false;
+    }
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    match (segments.next(), segments.next()) {
+        (Some(first), None) => !ONE_SEGMENT_ROUTES.contains(&first),
+        _ => false,
+    }
+}
+
+/// `/{code}`: the redirect (GET counts, HEAD does not), a protected link's form answer
+/// (POST), `405` for the rest.
+fn code_routes(state: &Arc<AppState>, checks: &Arc<tokio::sync::Semaphore>) -> Router {
+    let s = || state.clone();
+    Router::with_path("{code}")
+        .get(Timed(redirect::Redirect {
+            state: s(),
+            count: true,
+        }))
+        .head(Timed(redirect::Redirect {
+            state: s(),
+            count: false,
+        }))
+        // The answer to a protected link's password form.
+        .post(redirect::Unlock {
+            redirect: redirect::Redirect {
+                state: s(),
+                count: true,
+            },
+            checks: checks.clone(),
+        })
+        .goal(redirect::CodeNotAllowed(s()))
 }
 
 /// `/api/*`, behind the CORS hoop when `--cors-origin` is given.
@@ -504,4 +536,30 @@ pub fn code_param(req: &Request) -> &str {
         return "";
     }
     req.params().get("code").map_or("", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_code_path;
+
+    #[test]
+    fn only_paths_no_other_route_takes_go_the_fast_lane() {
+        for path in ["/abc", "/abc/", "//abc", "/Healthz", "/api", "/docs"] {
+            assert!(is_code_path(path), "{path}");
+        }
+        for path in [
+            "/",
+            "",
+            "/healthz",
+            "/metrics/",
+            "//readyz",
+            "/realtime",
+            "/links/abc",
+            "/realtime/abc",
+            "/%41bc",
+            "/a/b",
+        ] {
+            assert!(!is_code_path(path), "{path}");
+        }
+    }
 }
