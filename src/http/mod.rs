@@ -29,7 +29,7 @@ mod stream;
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use salvo::{
-    http::{HeaderValue, StatusCode, header, mime},
+    http::{HeaderValue, Method, StatusCode, header, mime},
     prelude::*,
 };
 use salvo_oapi::endpoint;
@@ -83,6 +83,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         state.config.password_checks.max(1),
     ));
     let router = Router::new()
+        // The header limits; the fast lane below checks them itself.
         .hoop(limit::HeaderLimit)
         // `/` itself: the owner's page. Only a path of slashes alone names it (salvo would also
         // end `/%2e%2e` here, which must stay a `404`).
@@ -146,15 +147,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         }
         Err(e) => error!(cause = %e, "the OpenAPI document could not be made"),
     }
-    // The redirect's fast lane, tried first: the same routes for every path that can only
-    // reach them, so a redirect is not matched against every route above first (salvo tries
-    // them in order: that was a quarter of a HEAD's instructions). Left out of the document,
-    // which lists `/{code}` once.
-    router.unshift(
-        Router::new()
-            .filter_fn(|req, _| is_code_path(req.uri().path()))
-            .push(code_routes(&state, &checks)),
-    )
+    // The redirect's fast lane, tried first: GET and HEAD of every path only `/{code}` can
+    // take, so a redirect is not matched against every route above (salvo tries them in order:
+    // that was a quarter of a HEAD's instructions), nor through the path and method filters
+    // and the hoop (another tenth). Left out of the document, which lists `/{code}` once.
+    let fast = Router::new()
+        .filter_fn(|req, path| {
+            let take = matches!(*req.method(), Method::GET | Method::HEAD)
+                && is_code_path(req.uri().path());
+            if take {
+                // The one segment is consumed, so the lane's goal is taken.
+                let len = path.pick().map_or(0, str::len);
+                path.forward(len);
+            }
+            take && path.is_ended()
+        })
+        .goal(redirect::FastLane {
+            get: redirect::Redirect {
+                state: s(),
+                count: true,
+            },
+            head: redirect::Redirect {
+                state: s(),
+                count: false,
+            },
+        });
+    Router::new().push(fast).push(router)
 }
 
 /// Single-segment paths with routes of their own, matched before `/{code}`. A route added
