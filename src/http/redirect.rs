@@ -117,13 +117,18 @@ impl Handler for Redirect {
 impl Redirect {
     /// The redirect of `code` (the path's one segment).
     pub(super) async fn serve(&self, code: &str, req: &Request, res: &mut Response) {
-        let Ok(code) = ShortCode::parse(code) else {
-            return pages::not_found(res);
-        };
-        let link = match self.state.links.find(&code).await {
-            Ok(Some(link)) => link,
-            Ok(None) => return pages::not_found(res),
-            Err(e) => return super::ApiError::from(e).write(res),
+        let link = match self.state.links.find_live(code) {
+            Some(link) => link,
+            None => {
+                let Ok(code) = ShortCode::parse(code) else {
+                    return pages::not_found(res);
+                };
+                match self.state.links.find(&code).await {
+                    Ok(Some(link)) => link,
+                    Ok(None) => return pages::not_found(res),
+                    Err(e) => return super::ApiError::from(e).write(res),
+                }
+            }
         };
         if !link.is_plain() {
             if link.password.is_some() {
@@ -134,7 +139,7 @@ impl Redirect {
         }
         let Ok(location) = HeaderValue::from_str(link.target.as_str()) else {
             // Cannot happen: targets are ASCII without control characters by construction.
-            error!(code = %code, "stored target is not a valid header value");
+            error!(code = %link.code, "stored target is not a valid header value");
             res.status_code(StatusCode::INTERNAL_SERVER_ERROR);
             return;
         };

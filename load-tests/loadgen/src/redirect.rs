@@ -174,7 +174,10 @@ pub async fn run(common: &Common, args: Args) -> Result<bool> {
     }
     let elapsed = start.elapsed();
     let late = match pacer {
-        Some(p) => Some(p.join().map_err(|_| anyhow::anyhow!("the pacer panicked"))?),
+        Some(p) => Some(
+            p.join()
+                .map_err(|_| anyhow::anyhow!("the pacer panicked"))?,
+        ),
         None => None,
     };
     let mem_after = report::memory_of(common.server_pid);
