@@ -29,7 +29,7 @@ mod stream;
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use salvo::{
-    http::{HeaderValue, StatusCode, header, mime},
+    http::{HeaderValue, Method, StatusCode, header, mime},
     prelude::*,
 };
 use salvo_oapi::endpoint;
@@ -78,7 +78,12 @@ const GET_HEAD: &str = "GET, HEAD";
 pub fn router(state: Arc<AppState>) -> Router {
     let s = || state.clone();
     let document = openapi::Document::default();
+    // Password checks running at once (`--password-checks`), shared by both `/{code}` lanes.
+    let checks = Arc::new(tokio::sync::Semaphore::new(
+        state.config.password_checks.max(1),
+    ));
     let router = Router::new()
+        // The header limits; the fast lane below checks them itself.
         .hoop(limit::HeaderLimit)
         // `/` itself: the owner's page. Only a path of slashes alone names it (salvo would also
         // end `/%2e%2e` here, which must stay a `404`).
@@ -133,28 +138,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .head(pages::StatsPage(s()))
                 .goal(NotAllowed(GET_HEAD)),
         )
-        .push(
-            Router::with_path("{code}")
-                .get(Timed(redirect::Redirect {
-                    state: s(),
-                    count: true,
-                }))
-                .head(Timed(redirect::Redirect {
-                    state: s(),
-                    count: false,
-                }))
-                // The answer to a protected link's password form.
-                .post(redirect::Unlock {
-                    redirect: redirect::Redirect {
-                        state: s(),
-                        count: true,
-                    },
-                    checks: Arc::new(tokio::sync::Semaphore::new(
-                        state.config.password_checks.max(1),
-                    )),
-                })
-                .goal(redirect::CodeNotAllowed(s())),
-        )
+        .push(code_routes(&state, &checks))
         .push(Router::with_path("{**rest}").goal(pages::Fallback));
     // The document describes the router it is served from, its own routes included.
     match openapi::document(&router) {
@@ -163,7 +147,73 @@ pub fn router(state: Arc<AppState>) -> Router {
         }
         Err(e) => error!(cause = %e, "the OpenAPI document could not be made"),
     }
-    router
+    // The redirect's fast lane, tried first: GET and HEAD of every path only `/{code}` can
+    // take, so a redirect is not matched against every route above (salvo tries them in order:
+    // that was a quarter of a HEAD's instructions), nor through the path and method filters
+    // and the hoop (another tenth). Left out of the document, which lists `/{code}` once.
+    let fast = Router::new()
+        .filter_fn(|req, path| {
+            let take = matches!(*req.method(), Method::GET | Method::HEAD)
+                && is_code_path(req.uri().path());
+            if take {
+                // The one segment is consumed, so the lane's goal is taken.
+                let len = path.pick().map_or(0, str::len);
+                path.forward(len);
+            }
+            take && path.is_ended()
+        })
+        .goal(redirect::FastLane {
+            get: redirect::Redirect {
+                state: s(),
+                count: true,
+            },
+            head: redirect::Redirect {
+                state: s(),
+                count: false,
+            },
+        });
+    Router::new().push(fast).push(router)
+}
+
+/// Single-segment paths with routes of their own, matched before `/{code}`. A route added
+/// above `/{code}` with a one-segment path must be named here too.
+const ONE_SEGMENT_ROUTES: [&str; 4] = ["healthz", "metrics", "readyz", "realtime"];
+
+/// A path only the `/{code}` route can take: one segment (empty ones do not count), none of
+/// [`ONE_SEGMENT_ROUTES`], no percent-escape (those keep salvo's own order).
+fn is_code_path(path: &str) -> bool {
+    if path.contains('%') {
+        return false;
+    }
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    match (segments.next(), segments.next()) {
+        (Some(first), None) => !ONE_SEGMENT_ROUTES.contains(&first),
+        _ => false,
+    }
+}
+
+/// `/{code}`: the redirect (GET counts, HEAD does not), a protected link's form answer
+/// (POST), `405` for the rest.
+fn code_routes(state: &Arc<AppState>, checks: &Arc<tokio::sync::Semaphore>) -> Router {
+    let s = || state.clone();
+    Router::with_path("{code}")
+        .get(Timed(redirect::Redirect {
+            state: s(),
+            count: true,
+        }))
+        .head(Timed(redirect::Redirect {
+            state: s(),
+            count: false,
+        }))
+        // The answer to a protected link's password form.
+        .post(redirect::Unlock {
+            redirect: redirect::Redirect {
+                state: s(),
+                count: true,
+            },
+            checks: checks.clone(),
+        })
+        .goal(redirect::CodeNotAllowed(s()))
 }
 
 /// `/api/*`, behind the CORS hoop when `--cors-origin` is given.
@@ -524,4 +574,30 @@ pub fn code_param(req: &Request) -> &str {
         return "";
     }
     req.params().get("code").map_or("", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_code_path;
+
+    #[test]
+    fn only_paths_no_other_route_takes_go_the_fast_lane() {
+        for path in ["/abc", "/abc/", "//abc", "/Healthz", "/api", "/docs"] {
+            assert!(is_code_path(path), "{path}");
+        }
+        for path in [
+            "/",
+            "",
+            "/healthz",
+            "/metrics/",
+            "//readyz",
+            "/realtime",
+            "/links/abc",
+            "/realtime/abc",
+            "/%41bc",
+            "/a/b",
+        ] {
+            assert!(!is_code_path(path), "{path}");
+        }
+    }
 }

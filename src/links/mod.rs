@@ -167,6 +167,13 @@ impl Links {
         }
     }
 
+    /// The link of a live actor, by the code as the request wrote it: the redirect's first
+    /// look, before the code is parsed (an entry exists only for a valid code, so a hit needs
+    /// no parse).
+    pub fn find_live(&self, code: &str) -> Option<Arc<Link>> {
+        self.shared.directory.link(code)
+    }
+
     /// Finds a link: a live actor's copy, the cache, or the store.
     pub async fn find(&self, code: &ShortCode) -> Result<Option<Arc<Link>>, LinkError> {
         if let Some(link) = self.shared.directory.link(code.as_str()) {

@@ -1,5 +1,14 @@
-//! `redirect`: exactly N `GET /{code}` over C keep-alive connections; throughput, latency
-//! percentiles, and a check that the server counted exactly the 302s it answered.
+//! `redirect`: N `GET /{code}` (or as many as fit in `--duration`) over C keep-alive
+//! connections; throughput, latency percentiles, and a check that the server counted exactly
+//! the 302s it answered.
+//!
+//! Two load models. Closed (the default): each connection sends its next request as soon as
+//! the answer to the last one is in, so the rate is whatever the server sustains. Open
+//! (`--rate R`): a pacer thread schedules request k at `start + k / R` and hands it to
+//! connection `k mod C`; latency runs from that intended time, so a stall counts against every
+//! request it delays (no coordinated omission). The pacer sleeps on the OS's high-resolution
+//! timer (tokio's timers tick in whole milliseconds, which would add up to 1 ms of the load
+//! tool's own lateness to every figure); what it still adds is its tick, [`PACER_TICK`].
 
 use std::{
     sync::{
@@ -9,12 +18,16 @@ use std::{
     time::Duration,
 };
 
+/// The longest the pacer sleeps between two looks at the clock.
+const PACER_TICK: Duration = Duration::from_micros(50);
+
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use hyper::StatusCode;
 use tokio::{
+    sync::mpsc,
     task::JoinSet,
-    time::{Instant, MissedTickBehavior, interval_at, timeout},
+    time::{Instant, timeout},
 };
 
 use crate::{
@@ -37,10 +50,15 @@ pub struct Args {
     /// How requests pick their code.
     #[arg(long, value_enum, default_value_t = Pick::RoundRobin)]
     pick: Pick,
-    /// Requests per second in all (paced per connection); latency is then measured from each
-    /// request's scheduled time, so a stall counts against every request it delays.
+    /// Open model: requests per second in all, scheduled at fixed intervals and dealt to the
+    /// connections in turn; latency is then measured from each request's intended send time,
+    /// so a stall counts against every request it delays.
     #[arg(long)]
     rate: Option<f64>,
+    /// Stop after this many seconds even if fewer than --requests were sent (the count check
+    /// then compares with what was sent).
+    #[arg(long)]
+    duration: Option<f64>,
     /// Codes are <prefix>0000001, <prefix>0000002, ...; existing ones are reused.
     #[arg(long, default_value = "r")]
     prefix: String,
@@ -114,6 +132,9 @@ pub async fn run(common: &Common, args: Args) -> Result<bool> {
     if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
         bail!("--rate must be positive");
     }
+    if args.duration.is_some_and(|d| d.is_nan() || d <= 0.0) {
+        bail!("--duration must be positive");
+    }
     let api = Api::new(&common.base_url, common.key.clone())?;
     let codes = ensure_links(&api, &args.prefix, args.codes).await?;
     let before = api.click_counts(&codes).await?;
@@ -121,28 +142,44 @@ pub async fn run(common: &Common, args: Args) -> Result<bool> {
 
     let codes = Arc::new(codes);
     let next = Arc::new(AtomicU64::new(0));
-    let period = args
-        .rate
-        .map(|r| Duration::from_secs_f64(args.connections as f64 / r));
     let start = Instant::now();
+    let until = args.duration.map(|d| start + Duration::from_secs_f64(d));
     let mut workers = JoinSet::new();
-    for w in 0..args.connections {
+    let mut turns = Vec::new();
+    for _ in 0..args.connections {
+        let pace = args.rate.map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            turns.push(tx);
+            rx
+        });
         let job = Job {
             authority: api.authority().to_string(),
             codes: codes.clone(),
             next: next.clone(),
             requests: args.requests,
             pick: args.pick,
-            // Connections start spread over one period so the paced load is even.
-            pace: period.map(|p| (p, start + p.mul_f64(w as f64 / args.connections as f64))),
+            until,
+            pace,
         };
         workers.spawn(job.run());
     }
+    let pacer = args.rate.map(|rate| {
+        let (requests, start) = (args.requests, start.into_std());
+        let until = until.map(Instant::into_std);
+        std::thread::spawn(move || pace(rate, requests, start, until, turns))
+    });
     let mut total = Tally::new();
     while let Some(joined) = workers.join_next().await {
         total.merge(joined.context("connection task panicked")?)?;
     }
     let elapsed = start.elapsed();
+    let late = match pacer {
+        Some(p) => Some(
+            p.join()
+                .map_err(|_| anyhow::anyhow!("the pacer panicked"))?,
+        ),
+        None => None,
+    };
     let mem_after = report::memory_of(common.server_pid);
     let after = api.click_counts(&codes).await?;
     let counted: u64 = after
@@ -166,6 +203,16 @@ pub async fn run(common: &Common, args: Args) -> Result<bool> {
     }
     s.add("duration", format!("{:.3} s", elapsed.as_secs_f64()));
     s.add("throughput", report::per_sec(sent, elapsed));
+    if let Some(late) = late {
+        s.add(
+            "pacer lateness",
+            format!(
+                "p99 {} max {} (the load tool's own, included in the latencies)",
+                report::ms(late.value_at_quantile(0.99)),
+                report::ms(late.max())
+            ),
+        );
+    }
     let from = match args.rate {
         Some(_) => "each request's scheduled time (--rate)",
         None => "sending each request",
@@ -189,6 +236,7 @@ pub async fn run(common: &Common, args: Args) -> Result<bool> {
         );
     }
     let exact = counted == total.found;
+    let complete = sent == args.requests || args.duration.is_some();
     let verdict = if exact { "ok" } else { "FAILED" };
     s.add(
         "count check",
@@ -198,34 +246,74 @@ pub async fn run(common: &Common, args: Args) -> Result<bool> {
         ),
     );
     s.print();
-    Ok(exact && total.failed == 0 && sent == args.requests)
+    Ok(exact && total.failed == 0 && complete)
 }
 
-/// One connection's share: takes request numbers from `next` until `requests` are taken.
+/// The open model's schedule: request k is due at `start + k / rate`; each is handed, with its
+/// due time, to connection `k mod C` as soon as it is due. Returns how late the hand-overs were
+/// (microseconds).
+fn pace(
+    rate: f64,
+    requests: u64,
+    start: std::time::Instant,
+    until: Option<std::time::Instant>,
+    turns: Vec<mpsc::UnboundedSender<Instant>>,
+) -> Histogram<u64> {
+    let mut late = report::histogram();
+    let interval = 1.0 / rate;
+    let mut k = 0u64;
+    while k < requests {
+        let now = std::time::Instant::now();
+        if until.is_some_and(|u| now >= u) {
+            break;
+        }
+        loop {
+            let due = start + Duration::from_secs_f64(k as f64 * interval);
+            if due > now || k >= requests {
+                let wait = due.saturating_duration_since(now).min(PACER_TICK);
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+                break;
+            }
+            late.saturating_record(report::micros(now - due));
+            // A connection that gave up (3 failed connects) leaves its turns undone.
+            let _ = turns[(k % turns.len() as u64) as usize].send(Instant::from_std(due));
+            k += 1;
+        }
+    }
+    late
+}
+
+/// One connection's share: takes request numbers from `next` until `requests` are taken or
+/// `until` passes; paced by the turns it is dealt in the open model.
 struct Job {
     authority: String,
     codes: Arc<Vec<String>>,
     next: Arc<AtomicU64>,
     requests: u64,
     pick: Pick,
-    pace: Option<(Duration, Instant)>,
+    until: Option<Instant>,
+    pace: Option<mpsc::UnboundedReceiver<Instant>>,
 }
 
 impl Job {
-    async fn run(self) -> Tally {
+    async fn run(mut self) -> Tally {
         let mut tally = Tally::new();
         let mut conn: Option<Conn> = None;
         let mut connect_failures = 0;
-        let mut ticker = self.pace.map(|(period, first)| {
-            let mut t = interval_at(first, period);
-            t.set_missed_tick_behavior(MissedTickBehavior::Burst);
-            t
-        });
         loop {
-            let scheduled = match &mut ticker {
-                Some(t) => t.tick().await,
+            let scheduled = match &mut self.pace {
+                // Closed when the pacer is done.
+                Some(turns) => match turns.recv().await {
+                    Some(due) => due,
+                    None => return tally,
+                },
                 None => Instant::now(),
             };
+            if self.pace.is_none() && self.until.is_some_and(|u| scheduled >= u) {
+                return tally;
+            }
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             if i >= self.requests {
                 return tally;

@@ -1,4 +1,4 @@
-//! salvo's ceiling: `GET /{code}` answers `302` to a fixed target, with the headers linkpulse
+//! salvo's ceiling: `GET /{code}` (and `HEAD`) answers `302` to a fixed target, with the headers linkpulse
 //! sends, and does nothing else (no lookup, no click). `load-tests/compare.sh` measures it
 //! beside nginx and linkpulse, so each run shows what salvo itself reaches on the machine.
 //!
@@ -33,7 +33,7 @@ async fn main() {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8081".to_owned());
-    let router = Router::new().push(Router::with_path("{code}").get(redirect));
+    let router = Router::new().push(Router::with_path("{code}").get(redirect).head(redirect));
     let acceptor = TcpListener::new(addr).bind().await;
     Server::new(acceptor).serve(router).await;
 }

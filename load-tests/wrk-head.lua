@@ -1,0 +1,2 @@
+-- wrk script: every request is a HEAD (linkpulse answers it as a GET, without counting).
+wrk.method = "HEAD"
