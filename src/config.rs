@@ -193,7 +193,7 @@ pub struct ServeConfig {
     /// Memory live link actors may hold, about (one that has counted a few clicks holds about
     /// 28 KiB): past it the least recently used idle actors stop first. Actors with viewers
     /// are not stopped for it. Takes bytes or a KiB/MiB/GiB suffix.
-    #[arg(long, env = "LINKPULSE_ACTOR_MEMORY", value_parser = byte_size, default_value = "256MiB")]
+    #[arg(long, env = "LINKPULSE_ACTOR_MEMORY", value_parser = byte_size, default_value = "512MiB")]
     pub actor_memory: u64,
     /// Link records cached in memory.
     #[arg(long, env = "LINKPULSE_LINK_CACHE", default_value_t = 100_000)]
