@@ -226,21 +226,9 @@ impl LinkState {
                 continue;
             }
             self.count += 1;
-            let agent = self.shared.agents.classify(&click.user_agent);
-            let event = Arc::new(ClickEvent {
-                seq: self.count,
-                at: click.at,
-                ip: click.ip,
-                user_agent: click.user_agent,
-                referer: click.referer,
-                country: click.country,
-                browser: agent.browser,
-                os: agent.os,
-                device: agent.device,
-                bot: agent.bot,
-            });
-            events.push(event);
-            acks.extend(click.ack);
+            let (event, ack) = click.into_event(self.count, &self.shared.agents);
+            events.push(Arc::new(event));
+            acks.extend(ack);
         }
         if events.is_empty() {
             return;

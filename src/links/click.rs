@@ -3,6 +3,8 @@
 
 use tokio::sync::oneshot;
 
+use crate::{analytics::AgentParser, domain::ClickEvent};
+
 #[derive(Debug)]
 pub struct Click {
     /// Epoch milliseconds.
@@ -16,4 +18,29 @@ pub struct Click {
     /// For a link with a visit limit: told whether the click was counted (within the limit)
     /// as soon as the actor numbers it; dropped if the actor never takes it.
     pub admit: Option<oneshot::Sender<bool>>,
+}
+
+impl Click {
+    /// The click's stored event, numbered `seq` (0: the writer numbers it), with its user agent
+    /// classified; and its ack, which goes with the batch it is committed in.
+    pub fn into_event(
+        self,
+        seq: u64,
+        agents: &AgentParser,
+    ) -> (ClickEvent, Option<oneshot::Sender<()>>) {
+        let agent = agents.classify(&self.user_agent);
+        let event = ClickEvent {
+            seq,
+            at: self.at,
+            ip: self.ip,
+            user_agent: self.user_agent,
+            referer: self.referer,
+            country: self.country,
+            browser: agent.browser,
+            os: agent.os,
+            device: agent.device,
+            bot: agent.bot,
+        };
+        (event, self.ack)
+    }
 }
