@@ -778,10 +778,7 @@ impl Actor for LinkActor {
                 }
             }
             LinkMsg::Passivate => {
-                if !state.draining {
-                    state.sync_committed();
-                    state.stop_if_idle(&myself, "passivated");
-                }
+                state.stop_if_idle(&myself, "passivated");
             }
         }
         state.follow_progress(&myself);

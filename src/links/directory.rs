@@ -254,8 +254,8 @@ impl Directory {
 
     /// Past the actor budget, asks a few idle actors to stop, least recently used first: the
     /// hand of the CLOCK passes each started actor in turn, gives one used since its last pass
-    /// a second chance, and asks the others to passivate (one with viewers or waiting
-    /// questions declines, and is asked again on a later turn).
+    /// a second chance, passes by one with viewers or waiting questions (it would decline),
+    /// and asks the others to passivate.
     fn evict(&self) {
         let over = self.map.len().saturating_sub(self.max_actors);
         if over == 0 {
@@ -278,7 +278,6 @@ impl Directory {
             if entry.actor.get_id() != id || entry.draining {
                 continue;
             }
-            // A watched actor would decline: it costs no request.
             if !entry.inbox.is_busy() && !entry.used.swap(false, Ordering::Relaxed) {
                 let _ = entry.actor.cast(LinkMsg::Passivate);
                 asked += 1;
