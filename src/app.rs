@@ -20,14 +20,24 @@ use crate::{
     keys::{self, ApiKeys, Scope},
     links::{LinkSettings, Links},
     metrics::{DropReason, Metrics},
-    store::{Backlog, Retention, Store, Writer, WriterConfig},
+    store::{
+        Backend, Backlog, Retention, SharedStore, Store, Writer, WriterConfig,
+        nats::{self, NatsConfig, NatsStore},
+    },
 };
+
+/// The engine a running app keeps its data in (see `store::Backend`).
+enum Engine {
+    Fjall(Store),
+    Nats(NatsStore),
+}
 
 /// A bound, ready-to-run service.
 pub struct App {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     state: Arc<AppState>,
+    engine: Engine,
     writer: Writer,
     retention: Option<Retention>,
     generated_key: Option<String>,
@@ -51,46 +61,51 @@ impl App {
             .map(CountryDb::open)
             .transpose()?
             .map(Arc::new);
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "cannot create the data directory {}",
-                config.data_dir.display()
-            )
-        })?;
-        let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
-            .await?
-            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-
         let settings = link_settings(&config);
-        let built = store.clone();
-        let aggregates = settings.aggregates.clone();
-        tokio::task::spawn_blocking(move || built.build_missing_aggregates(&aggregates))
-            .await?
-            .context("cannot build the aggregates of the stored links")?;
-        let built = store.clone();
-        tokio::task::spawn_blocking(move || built.build_link_index())
-            .await?
-            .context("cannot build the listing index of the stored links")?;
         let metrics = Arc::new(Metrics::default());
-        let writer = Writer::start(
-            store.clone(),
-            WriterConfig {
-                durability: config.durability,
-                commit_interval: config.commit_interval,
-                max_batch: config.commit_max.max(1),
-                fsync_interval: config.fsync_interval,
-                deleted_code_hold: config.deleted_code_hold,
-                metrics: metrics.clone(),
-            },
-        )
-        .context("cannot start the writer thread")?;
+        let writer_config = WriterConfig {
+            durability: config.durability,
+            commit_interval: config.commit_interval,
+            max_batch: config.commit_max.max(1),
+            fsync_interval: config.fsync_interval,
+            deleted_code_hold: config.deleted_code_hold,
+            metrics: metrics.clone(),
+        };
+        let (engine, writer) = match &config.nats {
+            Some(urls) => {
+                anyhow::ensure!(
+                    config.click_retention_days.is_none(),
+                    "--click-retention-days is not available with --nats (JetStream keeps \
+                     every click; set a limit on the LP_CLICKS stream instead)"
+                );
+                let store = NatsStore::connect(&NatsConfig {
+                    urls: urls.clone(),
+                    replicas: config.nats_replicas,
+                })
+                .await
+                .context("cannot open the NATS JetStream store")?;
+                let writer = nats::start_writer(store.clone(), writer_config)
+                    .context("cannot start the writer thread")?;
+                (Engine::Nats(store), writer)
+            }
+            None => {
+                let store = open_fjall(&config, &settings).await?;
+                let writer = Writer::start(store.clone(), writer_config)
+                    .context("cannot start the writer thread")?;
+                (Engine::Fjall(store), writer)
+            }
+        };
+        let store: SharedStore = match &engine {
+            Engine::Fjall(store) => Arc::new(store.clone()),
+            Engine::Nats(store) => Arc::new(store.clone()),
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         // Bound while holding the store, so a socket file already there is a dead server's.
         let control = match ControlSocket::bind(&config.data_dir) {
+            _ if matches!(engine, Engine::Nats(_)) => None,
             Ok(socket) => Some(socket),
             Err(e) => {
                 warn!(
@@ -102,20 +117,27 @@ impl App {
             }
         };
 
-        let generated_key = bootstrap_keys(&store, initial)?;
+        let generated_key = bootstrap_keys(&*store, initial)?;
         let keys = Arc::new(ApiKeys::load(&store).context("cannot read the API keys")?);
-        if generated_key.is_none() && initial.is_none() {
+        if let Engine::Fjall(fjall) = &engine
+            && generated_key.is_none()
+            && initial.is_none()
+        {
             info!(
-                keys = store.startup_report().keys,
+                keys = fjall.startup_report().keys,
                 "API keys are stored; to make another (the server may run): linkpulse keys \
                  create --admin --data-dir {}",
                 config.data_dir.display()
             );
         }
 
-        let retention = config.click_retention_days.map(|days| {
+        let retention = match &engine {
+            Engine::Fjall(fjall) => config.click_retention_days.map(|days| (fjall, days)),
+            Engine::Nats(_) => None,
+        }
+        .map(|(fjall, days)| {
             Retention::start(
-                store.clone(),
+                fjall.clone(),
                 writer.handle(),
                 Duration::from_secs(u64::from(days) * 86_400),
                 config.click_retention_check,
@@ -128,6 +150,10 @@ impl App {
             metrics.clone(),
             Backlog::new(config.click_backlog),
         );
+        if let Engine::Nats(nats) = &engine {
+            nats.set_listener(links.remote_changes());
+            tokio::spawn(follow_keys(keys.clone()));
+        }
         let base_url = config
             .base_url
             .clone()
@@ -151,6 +177,7 @@ impl App {
             listener,
             local_addr,
             state,
+            engine,
             writer,
             retention,
             generated_key,
@@ -183,6 +210,7 @@ impl App {
             listener,
             local_addr,
             state,
+            engine,
             writer,
             retention,
             control,
@@ -250,7 +278,6 @@ impl App {
             );
         }
         info!("committing and syncing the store");
-        let store = links.store().clone();
         let dir = state.config.data_dir.clone();
         let keys = state.keys.clone();
         let (committed_tx, committed) = tokio::sync::oneshot::channel();
@@ -267,7 +294,12 @@ impl App {
                 let ok = stopped.is_ok();
                 let _ = committed_tx.send(stopped);
                 if ok {
-                    let _ = closed_tx.send(store.close_clean(&dir));
+                    let closed = match &engine {
+                        Engine::Fjall(store) => store.close_clean(&dir),
+                        // Everything is in JetStream: nothing to close here.
+                        Engine::Nats(_) => Ok(()),
+                    };
+                    let _ = closed_tx.send(closed);
                 }
             })
             .context("cannot start the closing thread")?;
@@ -303,6 +335,42 @@ impl App {
         }
         info!("stopped cleanly");
         Ok(())
+    }
+}
+
+/// Opens the fjall store in `config.data_dir` and builds what an older store lacks.
+async fn open_fjall(config: &ServeConfig, settings: &LinkSettings) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await?
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let built = store.clone();
+    let aggregates = settings.aggregates.clone();
+    tokio::task::spawn_blocking(move || built.build_missing_aggregates(&aggregates))
+        .await?
+        .context("cannot build the aggregates of the stored links")?;
+    let built = store.clone();
+    tokio::task::spawn_blocking(move || built.build_link_index())
+        .await?
+        .context("cannot build the listing index of the stored links")?;
+    Ok(store)
+}
+
+/// Keeps a cluster node's API keys in step with the keys bucket (keys made or revoked on
+/// another node are taken within a second).
+async fn follow_keys(keys: Arc<ApiKeys>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        if let Err(e) = keys.follow_store() {
+            warn!(cause = %e, "cannot follow the API keys");
+        }
     }
 }
 
@@ -367,7 +435,7 @@ fn initial_key(given: Option<&str>) -> anyhow::Result<Option<&str>> {
 
 /// Makes the initial key valid, or makes a key when there is none. Returns a key that was
 /// generated (to be shown once).
-fn bootstrap_keys(store: &Store, initial: Option<&str>) -> anyhow::Result<Option<String>> {
+fn bootstrap_keys(store: &dyn Backend, initial: Option<&str>) -> anyhow::Result<Option<String>> {
     if let Some(key) = initial {
         keys::store_key(store, key, "initial", true).context("cannot store the initial API key")?;
         return Ok(None);
@@ -436,7 +504,8 @@ pub fn keys_command(command: KeysCommand) -> anyhow::Result<String> {
                 );
             }
             with_stopped_store(&data_dir, Store::open, |store| {
-                let keys = ApiKeys::load(store).context("cannot read the API keys")?;
+                let shared: SharedStore = Arc::new(store.clone());
+                let keys = ApiKeys::load(&shared).context("cannot read the API keys")?;
                 Ok(control::execute(&keys, request))
             })?
         }

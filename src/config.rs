@@ -157,6 +157,15 @@ pub struct ServeConfig {
     /// Directory of the fjall store.
     #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Keep links, keys and clicks in NATS JetStream instead of a local fjall store, so
+    /// several identical nodes can serve one installation: comma-separated server URLs
+    /// (`nats://a:4222,nats://b:4222`). Nothing is written under --data-dir then.
+    #[arg(long, env = "LINKPULSE_NATS")]
+    pub nats: Option<String>,
+    /// Copies JetStream keeps of each stream and bucket this node makes (with --nats; 3 for a
+    /// three-server cluster that survives losing one).
+    #[arg(long, env = "LINKPULSE_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
     /// Public base URL used to build short URLs (default: http://<listen address>).
     #[arg(long, env = "LINKPULSE_BASE_URL")]
     pub base_url: Option<String>,

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 
 use crate::{
     domain::{KeyId, format_ms, now_ms},
-    store::{KeyRecord, Store, StoreError, records::RECORD_VERSION},
+    store::{Backend, KeyRecord, SharedStore, StoreError, records::RECORD_VERSION},
 };
 
 const KEY_ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -183,7 +183,7 @@ fn new_record(hash: &[u8; 32], name: &str, scope: Scope) -> KeyRecord {
 /// Stores `key` (if it is not stored yet) as an `admin` or `links` key and returns its record
 /// (the first key, `--initial-api-key`, tests).
 pub fn store_key(
-    store: &Store,
+    store: &dyn Backend,
     key: &str,
     name: &str,
     admin: bool,
@@ -236,7 +236,7 @@ impl Entry {
 /// the moment its revocation is answered. Last-used times live in memory and reach the store
 /// through [`ApiKeys::save_last_used`] (once a minute, and at a clean stop), never per request.
 pub struct ApiKeys {
-    store: Store,
+    store: SharedStore,
     keys: RwLock<Vec<Entry>>,
     /// Held by every write of key records, so a save of last-used times never brings back a
     /// key revoked meanwhile.
@@ -244,7 +244,7 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
-    pub fn load(store: &Store) -> Result<Self, StoreError> {
+    pub fn load(store: &SharedStore) -> Result<Self, StoreError> {
         let keys = store
             .api_keys()?
             .into_iter()
@@ -255,6 +255,21 @@ impl ApiKeys {
             keys: RwLock::new(keys),
             writes: Mutex::new(()),
         })
+    }
+
+    /// Takes in the keys made or revoked elsewhere (another node of a cluster): the store's
+    /// copy is current, this one follows it. Last-used times of kept keys stay.
+    pub fn follow_store(&self) -> Result<(), StoreError> {
+        let stored = self.store.api_keys()?;
+        let _writing = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        keys.retain(|e| stored.iter().any(|(h, _)| *h == e.hash));
+        for (hash, record) in stored {
+            if !keys.iter().any(|e| e.hash == hash) {
+                keys.push(Entry::new(hash, record));
+            }
+        }
+        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Entry>> {
@@ -396,9 +411,9 @@ mod tests {
     #[test]
     fn authenticates_only_stored_keys() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store = Store::open(dir.path())?;
+        let store: SharedStore = std::sync::Arc::new(crate::store::Store::open(dir.path())?);
         let key = generate_key();
-        let record = store_key(&store, &key, "test", false)?;
+        let record = store_key(&*store, &key, "test", false)?;
         let keys = ApiKeys::load(&store)?;
         let caller = keys.authenticate(&key);
         assert_eq!(
@@ -411,7 +426,7 @@ mod tests {
         assert_eq!(keys.authenticate("lp_wrong"), None);
         assert_eq!(keys.authenticate(""), None);
         // Storing the same key again keeps one record.
-        assert_eq!(store_key(&store, &key, "again", true)?, record);
+        assert_eq!(store_key(&*store, &key, "again", true)?, record);
         assert_eq!(store.api_keys()?.len(), 1);
         Ok(())
     }
@@ -420,7 +435,7 @@ mod tests {
     fn revoked_keys_are_refused_and_last_use_is_saved_once()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store = Store::open(dir.path())?;
+        let store: SharedStore = std::sync::Arc::new(crate::store::Store::open(dir.path())?);
         let keys = ApiKeys::load(&store)?;
         let admin = keys.create(&KeyName::parse("ops")?, Scope::Admin)?;
         let reader = keys.create(&KeyName::parse("dash")?, Scope::Read)?;

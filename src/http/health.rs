@@ -32,6 +32,13 @@ impl Health {
             Some(format!("the store failed: {failure}"))
         } else if state.shutdown.is_cancelled() {
             Some("shutting down".to_owned())
+        } else if let Some(why) = state.links.store().unreachable() {
+            Some(format!(
+                "the store cannot be reached ({why}); redirects are answered from memory and \
+                 clicks are held up to the backlog limit"
+            ))
+        } else if let Some(why) = writer.unavailable() {
+            Some(why)
         } else if backlog.is_full() {
             Some(format!(
                 "the disk is behind: {} clicks wait to be committed (the limit), new clicks are \

@@ -96,6 +96,12 @@ pub enum LinkMsg {
     /// The live actors are past their memory budget and this one was the least recently used:
     /// stop now if idle (no subscribers, no waiting questions).
     Passivate,
+    /// Another node stored clicks of this code while this actor numbered them (the cluster
+    /// store only): its count is stale. It stops at once, storing nothing more of its own; its
+    /// successor reads the count from the store, and its subscribers come back to it.
+    Superseded,
+    /// Clicks of this code another node stored (followed while anyone watches).
+    Remote(Vec<ClickEvent>),
 }
 
 /// What the writer reports a code's commits to. It always records the number; it wakes the
@@ -116,6 +122,10 @@ impl CommitListener for CommitWatch {
             // An actor that has stopped needs no news.
             let _ = self.actor.cast(LinkMsg::Committed);
         }
+    }
+
+    fn superseded(&self) {
+        let _ = self.actor.cast(LinkMsg::Superseded);
     }
 }
 
@@ -158,6 +168,12 @@ pub struct LinkState {
     link: Arc<Link>,
     /// Set by a deletion: clicks are refused, nothing more is stored.
     deleted: bool,
+    /// Set when another node numbered clicks of this code meanwhile: nothing more of this
+    /// actor's state is stored or shown.
+    stale: bool,
+    /// Following the clicks other nodes store for this code (a cluster store, while anyone
+    /// watches).
+    following: Option<tokio::task::AbortHandle>,
     shared: Arc<Shared>,
     inbox: Arc<Inbox>,
     watch: Arc<CommitWatch>,
@@ -246,7 +262,7 @@ impl LinkState {
     /// Takes in what the writer has committed since last looked. True if the state moved.
     fn sync_committed(&mut self) -> bool {
         let committed = self.watch.committed.load(SeqCst);
-        if committed <= self.committed {
+        if committed <= self.committed || self.stale {
             return false;
         }
         while self
@@ -358,6 +374,7 @@ impl LinkState {
 
     /// Asks the writer to wake this actor on commits while anyone waits for them.
     fn update_wanted(&mut self) {
+        self.follow_others();
         let wanted = !self.subscribers.is_empty() || !self.waiters.is_empty();
         self.watch.wanted.store(wanted, SeqCst);
         self.inbox.set_busy(wanted);
@@ -561,6 +578,7 @@ impl LinkState {
         let initial = Some(initial);
         // It has the committed state now: the next frame is for a later one, never this id.
         self.subscribers.add(id, tx, self.committed);
+        self.follow_others();
         self.last_activity = Instant::now();
         Ok(Subscription {
             id,
@@ -663,6 +681,8 @@ impl Actor for LinkActor {
             code,
             link,
             deleted: false,
+            stale: false,
+            following: None,
             inbox,
             watch,
             count: counter.count,
@@ -780,6 +800,8 @@ impl Actor for LinkActor {
             LinkMsg::Passivate => {
                 state.stop_if_idle(&myself, "passivated");
             }
+            LinkMsg::Superseded => state.supersede(&myself),
+            LinkMsg::Remote(events) => state.take_remote(&myself, events),
         }
         state.follow_progress(&myself);
         Ok(())
@@ -791,8 +813,11 @@ impl Actor for LinkActor {
         state: &mut LinkState,
     ) -> Result<(), ActorProcessingErr> {
         state.watch.wanted.store(false, SeqCst);
+        if let Some(task) = state.following.take() {
+            task.abort();
+        }
         state.sync_committed();
-        if !state.deleted {
+        if !state.deleted && !state.stale {
             state.store_aggregates(true);
         }
         state.shared.metrics.actor_stopped();
@@ -817,6 +842,87 @@ impl LinkState {
         });
         self.subscribers
             .send_all(&frame::deleted_frame(self.code.as_str(), self.count));
+        self.subscribers.clear();
+        self.waiters.clear();
+        self.update_wanted();
+        if !self.draining
+            && self
+                .shared
+                .directory
+                .begin_drain(&self.code, myself.get_id())
+        {
+            self.draining = true;
+            let _ = myself.drain();
+        }
+    }
+
+    /// Follows the clicks other nodes store for this code while anyone watches it here (a
+    /// cluster store; nothing on fjall), and stops following when nobody does.
+    fn follow_others(&mut self) {
+        let watched = !self.subscribers.is_empty() && !self.stale && !self.draining;
+        match (&self.following, watched) {
+            (None, true) => {
+                let actor = self.watch.actor.clone();
+                self.following = self.shared.store.follow(
+                    self.code.as_str(),
+                    Box::new(move |events| {
+                        let _ = actor.cast(LinkMsg::Remote(events));
+                    }),
+                );
+            }
+            (Some(task), false) => {
+                task.abort();
+                self.following = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes in clicks another node stored: they follow on from this actor's committed ones
+    /// (and it has none of its own in flight), or this actor is stale and stops.
+    fn take_remote(&mut self, myself: &ActorRef<LinkMsg>, events: Vec<ClickEvent>) {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return;
+        };
+        let last = last.seq;
+        self.sync_committed();
+        if last <= self.committed || self.stale {
+            return;
+        }
+        if first.seq != self.committed + 1 || self.count != self.committed {
+            self.supersede(myself);
+            return;
+        }
+        for event in events {
+            let shared = &self.shared;
+            if let Err(e) =
+                self.aggregates
+                    .fold(&event, &shared.visitor_key, &shared.settings.aggregates)
+            {
+                tracing::error!(code = %self.code, cause = %e, "aggregates out of step");
+            }
+            self.last = Some(Arc::new(event));
+        }
+        self.count = last;
+        self.committed = last;
+        self.watch.committed.fetch_max(last, SeqCst);
+        self.last_activity = Instant::now();
+        self.frame = None;
+        self.progressed = true;
+        self.stats_changed = true;
+        self.stats_bytes = None;
+        self.store_aggregates(false);
+    }
+
+    /// Another node numbered clicks of this code: stop without storing or showing anything
+    /// more. Clicks still in the inbox go to the successor; subscribers' streams end and
+    /// their browsers come back (with `Last-Event-ID`) to it.
+    fn supersede(&mut self, myself: &ActorRef<LinkMsg>) {
+        if self.stale {
+            return;
+        }
+        debug!(code = %self.code, count = self.count, "superseded by another node's clicks");
+        self.stale = true;
         self.subscribers.clear();
         self.waiters.clear();
         self.update_wanted();

@@ -36,7 +36,7 @@ use crate::{
     analytics::{AggregateSettings, QueryError, StatsAnswer, StatsQuery, VisitorKey},
     domain::{Link, ShortCode},
     metrics::{DropReason, Metrics},
-    store::{Backlog, LinkChange, Store, StoreError, WriteError, WriterHandle},
+    store::{Backlog, LinkChange, SharedStore, StoreError, WriteError, WriterHandle},
 };
 
 /// How link actors behave; taken from the configuration.
@@ -68,7 +68,7 @@ pub struct LinkSettings {
 
 /// What every actor shares.
 pub(crate) struct Shared {
-    pub store: Store,
+    pub store: SharedStore,
     pub writer: WriterHandle,
     pub settings: LinkSettings,
     pub agents: AgentParser,
@@ -127,6 +127,15 @@ impl Shared {
     }
 }
 
+/// Hands the cluster store's link changes to [`Links::remote_changes`]'s task.
+struct RemoteChanges(tokio::sync::mpsc::UnboundedSender<(ShortCode, Option<Arc<Link>>)>);
+
+impl crate::store::nats::ChangeListener for RemoteChanges {
+    fn link_changed(&self, code: &ShortCode, link: Option<Arc<Link>>) {
+        let _ = self.0.send((code.clone(), link));
+    }
+}
+
 #[derive(Clone)]
 pub struct Links {
     shared: Arc<Shared>,
@@ -139,7 +148,7 @@ pub struct Links {
 
 impl Links {
     pub fn new(
-        store: Store,
+        store: SharedStore,
         writer: WriterHandle,
         settings: LinkSettings,
         metrics: Arc<Metrics>,
@@ -240,6 +249,39 @@ impl Links {
             Ok(Err(_)) => Err(LinkError::ShuttingDown),
             Err(_) => Err(LinkError::Timeout),
         }
+    }
+
+    /// Follows the changes another node makes to links (the cluster store's watch of the
+    /// links bucket), applying them one at a time, in the order they were stored.
+    pub fn remote_changes(&self) -> std::sync::Arc<dyn crate::store::nats::ChangeListener> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(ShortCode, Option<Arc<Link>>)>();
+        let links = self.clone();
+        tokio::spawn(async move {
+            while let Some((code, link)) = rx.recv().await {
+                match link {
+                    Some(link) => {
+                        links.shared.directory.unmark_gone(&code);
+                        let _order = links.changes.lock().await;
+                        links.apply(&link).await;
+                    }
+                    None => {
+                        // Deleted on another node (or here, and already applied): what this
+                        // node holds of it goes as in a deletion here. The store answers that
+                        // the link is gone.
+                        let copy = links.shared.directory.link(code.as_str()).or_else(|| {
+                            links.shared.cache.get(&code).flatten()
+                        });
+                        match copy {
+                            Some(copy) => {
+                                let _ = links.delete(&copy).await;
+                            }
+                            None => links.shared.cache.insert(code, None),
+                        }
+                    }
+                }
+            }
+        });
+        std::sync::Arc::new(RemoteChanges(tx))
     }
 
     /// Puts a changed link in every copy: the cache, the live entry, and its actor, waiting
@@ -534,7 +576,7 @@ impl Links {
         self.shared.agents.classify(user_agent)
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &SharedStore {
         &self.shared.store
     }
 

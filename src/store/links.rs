@@ -25,6 +25,17 @@ impl Cursor {
     }
 }
 
+impl Cursor {
+    /// A place made from a link's creation time (as the index sorts it) and code.
+    pub(super) fn from_key(key: Vec<u8>) -> Self {
+        Self(key)
+    }
+
+    pub(super) fn key(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&hex::encode(&self.0))

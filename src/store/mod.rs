@@ -19,10 +19,12 @@
 //! prefix of the batches). Keeping the count in the click keys rather than in a record of its
 //! own halves the writes per click; reading it is one reverse seek.
 
+mod backend;
 mod backlog;
 mod check;
 mod clean;
 mod links;
+pub mod nats;
 pub mod records;
 mod retention;
 mod transfer;
@@ -37,6 +39,7 @@ use std::{
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tracing::{info, warn};
 
+pub use backend::{Backend, SharedStore};
 pub use backlog::{Backlog, Permit};
 pub use check::{StartupCheck, StartupReport};
 pub use links::{Cursor, Page};
@@ -70,6 +73,8 @@ pub enum StoreError {
     Fjall(#[from] fjall::Error),
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error("NATS JetStream: {0}")]
+    Nats(String),
     #[error("stored data is inconsistent: {0}")]
     Inconsistent(String),
     #[error("the store in {dir} is damaged: {cause}")]

@@ -74,6 +74,10 @@ pub enum WriteError {
 /// (fsynced, in strict durability). Called on the writer thread: it must not block.
 pub trait CommitListener: Send + Sync {
     fn committed(&self, seq: u64);
+    /// Another node stored clicks of this code meanwhile (the cluster store only): the
+    /// listener's numbers are stale, and the clicks it sent were stored under the numbers
+    /// after the other node's.
+    fn superseded(&self) {}
 }
 
 /// Clicks of one code, numbered in order by its actor.
@@ -91,7 +95,7 @@ pub struct ClickBatch {
 pub type LinkChange = Box<dyn Fn(&Link) -> Result<Link, String> + Send>;
 
 /// What became of a link operation.
-enum LinkOp {
+pub(super) enum LinkOp {
     /// Answered `false` when the code is taken (or held after a deletion).
     Create(Link, oneshot::Sender<Result<bool, WriteError>>),
     /// Answered with the new link, the change's refusal, or `None` when there is no such link.
@@ -107,7 +111,7 @@ enum LinkOp {
 // A few per group, answered at once: boxing the link would cost more than the size does.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
-enum LinkOutcome {
+pub(super) enum LinkOutcome {
     Created(bool),
     Updated(Option<Result<Link, String>>),
     Deleted(bool),
@@ -115,7 +119,7 @@ enum LinkOutcome {
 
 impl LinkOp {
     /// Tells the caller what became of the operation (a caller that is gone is ignored).
-    fn answer(self, outcome: Result<LinkOutcome, WriteError>) {
+    pub(super) fn answer(self, outcome: Result<LinkOutcome, WriteError>) {
         let mismatch = || WriteError::Failed("mismatched link outcome".into());
         match self {
             Self::Create(_, reply) => {
@@ -149,7 +153,7 @@ pub struct FreshClick {
     pub permit: Permit,
 }
 
-enum Op {
+pub(super) enum Op {
     Clicks(ClickBatch),
     Fresh(Box<FreshClick>),
     Link(LinkOp),
@@ -183,7 +187,7 @@ pub enum Fault {
 
 /// What the writer thread and its handles share.
 #[derive(Default)]
-struct Health {
+pub(super) struct Health {
     /// Set once, by the first failed commit or fsync.
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
@@ -192,6 +196,10 @@ struct Health {
     stalled: AtomicBool,
     fail_commit: AtomicBool,
     fail_sync: AtomicBool,
+    /// Why the cluster store cannot take writes now (it retries until it can).
+    pub(super) unavailable: Mutex<Option<String>>,
+    /// Publishes of the cluster store tried again.
+    pub(super) retries: AtomicU64,
 }
 
 impl Health {
@@ -321,6 +329,12 @@ impl WriterHandle {
         self.health.failure.lock().ok().and_then(|f| f.clone())
     }
 
+    /// Why the store cannot take writes for now (NATS unreachable), if it cannot: unlike a
+    /// failure, this passes by itself.
+    pub fn unavailable(&self) -> Option<String> {
+        self.health.unavailable.lock().ok().and_then(|u| u.clone())
+    }
+
     /// Clicks that reached the writer and were not committed because the store had failed.
     pub fn lost_clicks(&self) -> u64 {
         self.health.lost.load(Ordering::Relaxed)
@@ -345,14 +359,27 @@ pub struct Writer {
     thread: Option<thread::JoinHandle<()>>,
 }
 
+/// A writer's queue: the handle that sends, the end its thread drains, and what they share.
+pub(super) fn channel() -> (WriterHandle, Receiver<Op>, Arc<Health>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let health = Arc::new(Health::default());
+    let handle = WriterHandle {
+        tx,
+        health: health.clone(),
+    };
+    (handle, rx, health)
+}
+
 impl Writer {
+    pub(super) fn from_parts(handle: WriterHandle, thread: thread::JoinHandle<()>) -> Self {
+        Self {
+            handle,
+            thread: Some(thread),
+        }
+    }
+
     pub fn start(store: Store, config: WriterConfig) -> std::io::Result<Self> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let health = Arc::new(Health::default());
-        let handle = WriterHandle {
-            tx,
-            health: health.clone(),
-        };
+        let (handle, rx, health) = channel();
         let thread = thread::Builder::new()
             .name("linkpulse-writer".into())
             .spawn(move || {

@@ -1,0 +1,191 @@
+//! What the actors, the HTTP layer and the analytics read from the store, whichever engine
+//! keeps it: fjall in one process ([`Store`]) or NATS JetStream across nodes
+//! ([`super::nats::NatsStore`]). Writes go through the one [`super::WriterHandle`] both
+//! engines' writers take their work from.
+//!
+//! Every method is blocking: call it from `spawn_blocking` or a thread of its own, except
+//! [`Backend::link`], which both engines answer from memory (fjall's block cache, the cluster
+//! store's copy of the links bucket) and which the redirect path calls in place.
+
+use std::{ops::ControlFlow, sync::Arc};
+
+use super::{Counter, Cursor, KeyRecord, Page, Store, StoreError};
+use crate::{
+    analytics::{Aggregates, VisitorKey},
+    domain::{ClickEvent, Link},
+};
+
+/// The store as the running service sees it.
+pub trait Backend: Send + Sync + 'static {
+    /// Which engine this is, for `/healthz` and the log (`fjall`, `nats`).
+    fn engine(&self) -> &'static str;
+    /// Follows the clicks other nodes store for `code` (a cluster store): calls `deliver`
+    /// with each batch they store from now on, starting with the code's last one, in order.
+    /// Stops when the handle is aborted. An embedded store has no other nodes: `None`.
+    fn follow(
+        &self,
+        code: &str,
+        deliver: Box<dyn FnMut(Vec<ClickEvent>) + Send>,
+    ) -> Option<tokio::task::AbortHandle> {
+        let _ = (code, deliver);
+        None
+    }
+    /// Why the store cannot be reached now, if it cannot (a cluster store's servers are
+    /// gone); an embedded store is always there.
+    fn unreachable(&self) -> Option<String> {
+        None
+    }
+    fn link(&self, code: &str) -> Result<Option<Link>, StoreError>;
+    /// The stored count of a code and its latest click.
+    fn counter(&self, code: &str) -> Result<Counter, StoreError>;
+    /// A link's stored aggregates snapshot (`None`: none, or unreadable; the click log then
+    /// rebuilds them).
+    fn aggregates(&self, code: &str) -> Result<Option<Aggregates>, StoreError>;
+    /// Walks a code's clicks numbered above `after`, in order, until `each` breaks.
+    fn walk_clicks(
+        &self,
+        code: &str,
+        after: u64,
+        each: &mut dyn FnMut(ClickEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+    /// Up to `limit` clicks of a code, newest first, with `seq` below `before` if given.
+    fn clicks(
+        &self,
+        code: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ClickEvent>, StoreError>;
+    /// One page of links, newest first (an owner's, or all), that `keep` accepts.
+    fn list_links(
+        &self,
+        owner: Option<&str>,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        scan: usize,
+        keep: &dyn Fn(&Link) -> bool,
+    ) -> Result<Page, StoreError>;
+    /// Until when a deleted code stays unusable for a new link.
+    fn gone_until(&self, code: &str) -> Result<Option<i64>, StoreError>;
+    /// The secret behind visitor hashes, one per installation.
+    fn visitor_key(&self) -> VisitorKey;
+    /// Every stored API key, as (hash, record).
+    fn api_keys(&self) -> Result<Vec<([u8; 32], KeyRecord)>, StoreError>;
+    /// Stores an API key, durably, before returning.
+    fn put_api_key(&self, hash: [u8; 32], record: &KeyRecord) -> Result<(), StoreError>;
+    /// Stores several API key records (last-used times), durably.
+    fn put_api_keys(&self, records: &[([u8; 32], KeyRecord)]) -> Result<(), StoreError>;
+    /// Removes an API key durably. Whether it was stored.
+    fn revoke_api_key(&self, hash: [u8; 32]) -> Result<bool, StoreError>;
+}
+
+impl dyn Backend {
+    /// Calls `each` with every click of `code` numbered above `after`, in order, stopping at
+    /// its first error.
+    pub fn clicks_after<E: From<StoreError>>(
+        &self,
+        code: &str,
+        after: u64,
+        mut each: impl FnMut(ClickEvent) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut failed = None;
+        self.walk_clicks(code, after, &mut |event| match each(event) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        })?;
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+/// The store handle the service shares.
+pub type SharedStore = Arc<dyn Backend>;
+
+impl Backend for Store {
+    fn engine(&self) -> &'static str {
+        "fjall"
+    }
+
+    fn link(&self, code: &str) -> Result<Option<Link>, StoreError> {
+        Store::link(self, code)
+    }
+
+    fn counter(&self, code: &str) -> Result<Counter, StoreError> {
+        Store::counter(self, code)
+    }
+
+    fn aggregates(&self, code: &str) -> Result<Option<Aggregates>, StoreError> {
+        Store::aggregates(self, code)
+    }
+
+    fn walk_clicks(
+        &self,
+        code: &str,
+        after: u64,
+        each: &mut dyn FnMut(ClickEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        // A break is carried out as an error of its own and taken back here.
+        struct Stop;
+        enum Walk {
+            Stop(Stop),
+            Store(StoreError),
+        }
+        impl From<StoreError> for Walk {
+            fn from(e: StoreError) -> Self {
+                Self::Store(e)
+            }
+        }
+        match Store::clicks_after(self, code, after, |event| match each(event) {
+            ControlFlow::Continue(()) => Ok(()),
+            ControlFlow::Break(()) => Err(Walk::Stop(Stop)),
+        }) {
+            Ok(()) | Err(Walk::Stop(Stop)) => Ok(()),
+            Err(Walk::Store(e)) => Err(e),
+        }
+    }
+
+    fn clicks(
+        &self,
+        code: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ClickEvent>, StoreError> {
+        Store::clicks(self, code, before, limit)
+    }
+
+    fn list_links(
+        &self,
+        owner: Option<&str>,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        scan: usize,
+        keep: &dyn Fn(&Link) -> bool,
+    ) -> Result<Page, StoreError> {
+        Store::list_links(self, owner, cursor, limit, scan, keep)
+    }
+
+    fn gone_until(&self, code: &str) -> Result<Option<i64>, StoreError> {
+        Store::gone_until(self, code)
+    }
+
+    fn visitor_key(&self) -> VisitorKey {
+        Store::visitor_key(self)
+    }
+
+    fn api_keys(&self) -> Result<Vec<([u8; 32], KeyRecord)>, StoreError> {
+        Store::api_keys(self)
+    }
+
+    fn put_api_key(&self, hash: [u8; 32], record: &KeyRecord) -> Result<(), StoreError> {
+        Store::put_api_key(self, hash, record)
+    }
+
+    fn put_api_keys(&self, records: &[([u8; 32], KeyRecord)]) -> Result<(), StoreError> {
+        Store::put_api_keys(self, records)
+    }
+
+    fn revoke_api_key(&self, hash: [u8; 32]) -> Result<bool, StoreError> {
+        Store::revoke_api_key(self, hash)
+    }
+}

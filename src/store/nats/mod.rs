@@ -1,0 +1,731 @@
+//! The cluster store: every durable thing in NATS JetStream, nothing on the node's disk
+//! (`linkpulse serve --nats nats://a:4222,nats://b:4222,...`).
+//!
+//! - Links, API keys, deleted-code holds, aggregates snapshots and the installation's visitor
+//!   key: key-value buckets (`lp_links`, `lp_keys`, `lp_gone`, `lp_aggregates`, `lp_meta`).
+//!   Their streams are made here by hand (`KV_<bucket>`, one message per subject, roll-ups and
+//!   direct gets allowed, discard new), as `nats kv add` makes them: async-nats 0.51's
+//!   `create_key_value` cannot read nats-server 2.9's answer. Each node keeps the links and keys
+//!   in memory and follows both buckets with a watch, so a change on one node reaches every
+//!   node's copy at once (and its live actor, through [`ChangeListener`]).
+//! - Clicks: one stream, `LP_CLICKS`, a subject per code (`lp.clicks.<code>`). Each message is
+//!   a numbered batch of that code's clicks (see [`encode_batch`]), published with
+//!   `Nats-Expected-Last-Subject-Sequence`: two nodes that both number a code's clicks can
+//!   never both store them; the loser reloads the code's last number and retries (`writer.rs`).
+//!   The count of a code is the number of the last click of its last message, as on fjall it
+//!   is the number of the last stored click.
+//!
+//! Reads that go to NATS block the calling thread (`block_in_place`): call them off the async
+//! threads, as the [`Backend`] contract says.
+
+mod writer;
+
+use std::{
+    ops::ControlFlow,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use async_nats::jetstream::{
+    self,
+    kv::{self, Operation},
+    stream::{self, DiscardPolicy, StorageType},
+};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use tracing::{info, warn};
+
+pub use writer::start as start_writer;
+
+use super::{
+    Counter, Cursor, KeyRecord, Page, StoreError, backend::Backend, records,
+    records::DecodeError,
+};
+use crate::{
+    analytics::{Aggregates, VisitorKey, aggregates},
+    domain::{ClickEvent, Link, ShortCode},
+};
+
+/// The stream holding every click.
+pub const CLICKS_STREAM: &str = "LP_CLICKS";
+const CLICKS_PREFIX: &str = "lp.clicks.";
+const LINKS: &str = "lp_links";
+const KEYS: &str = "lp_keys";
+const GONE: &str = "lp_gone";
+const AGGREGATES: &str = "lp_aggregates";
+const META: &str = "lp_meta";
+const VISITOR_KEY: &str = "visitor-key";
+/// Every request to NATS gives up after this (the client's own default is 10 s).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where the cluster store is and how it keeps its data.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Comma-separated server URLs (`nats://a:4222,nats://b:4222`).
+    pub urls: String,
+    /// Copies JetStream keeps of every stream and bucket (1 for a single server).
+    pub replicas: usize,
+}
+
+/// Told of a link changed or deleted on any node (by the watch of the links bucket).
+pub trait ChangeListener: Send + Sync {
+    fn link_changed(&self, code: &ShortCode, link: Option<Arc<Link>>);
+}
+
+/// The subject of a code's clicks.
+pub fn clicks_subject(code: &str) -> String {
+    format!("{CLICKS_PREFIX}{code}")
+}
+
+/// A batch of one code's clicks, numbered in order: each click's record (as fjall stores it)
+/// behind its length.
+pub fn encode_batch<'a>(events: impl IntoIterator<Item = &'a ClickEvent>) -> Bytes {
+    let mut out = BytesMut::new();
+    for event in events {
+        let record = records::encode_click(event);
+        out.put_u32(record.len() as u32);
+        out.put_slice(&record);
+    }
+    out.freeze()
+}
+
+pub fn decode_batch(mut bytes: &[u8]) -> Result<Vec<ClickEvent>, DecodeError> {
+    let mut out = Vec::new();
+    while bytes.has_remaining() {
+        let invalid = || DecodeError::Invalid {
+            what: "click batch",
+            cause: "a record runs past the end".into(),
+        };
+        if bytes.remaining() < 4 {
+            return Err(invalid());
+        }
+        let len = bytes.get_u32() as usize;
+        if bytes.remaining() < len {
+            return Err(invalid());
+        }
+        out.push(records::decode_click(&bytes[..len])?);
+        bytes.advance(len);
+    }
+    Ok(out)
+}
+
+/// An aggregates snapshot in its bucket: the last click it covers, the stream sequence of the
+/// message holding that click (0: unknown), then the snapshot.
+fn encode_snapshot_entry(covers: u64, stream_seq: u64, bytes: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(16 + bytes.len());
+    out.put_u64(covers);
+    out.put_u64(stream_seq);
+    out.put_slice(bytes);
+    out.freeze()
+}
+
+fn decode_snapshot_entry(bytes: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let (head, rest) = bytes.split_at_checked(16)?;
+    let covers = u64::from_be_bytes(head[..8].try_into().ok()?);
+    let stream_seq = u64::from_be_bytes(head[8..].try_into().ok()?);
+    Some((covers, stream_seq, rest))
+}
+
+fn nats_error(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Nats(format!("{what}: {e}"))
+}
+
+/// Runs `work` to its end from a blocking context (a `spawn_blocking` thread, or an async
+/// thread of the multi-threaded runtime, which is handed over meanwhile).
+fn block_on<F: Future>(runtime: &tokio::runtime::Handle, work: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(current) if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| runtime.block_on(work))
+        }
+        _ => runtime.block_on(work),
+    }
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    clicks: stream::Stream,
+    links_kv: kv::Store,
+    keys_kv: kv::Store,
+    gone_kv: kv::Store,
+    aggregates_kv: kv::Store,
+    /// Every link, as the links bucket holds it (filled and kept current by its watch).
+    links: DashMap<String, Arc<Link>>,
+    /// Every API key, as the keys bucket holds it.
+    keys: DashMap<[u8; 32], KeyRecord>,
+    visitor_key: [u8; 32],
+    runtime: tokio::runtime::Handle,
+    listener: RwLock<Option<Arc<dyn ChangeListener>>>,
+    /// This process, in the `Lp-Node` header of what it publishes.
+    node: String,
+}
+
+/// The cluster store (cheap to clone).
+#[derive(Clone)]
+pub struct NatsStore {
+    inner: Arc<Inner>,
+}
+
+impl NatsStore {
+    /// Connects, makes the streams and buckets if they are missing, and loads the links and
+    /// keys. Fails when no server answers.
+    pub async fn connect(config: &NatsConfig) -> Result<Self, StoreError> {
+        let urls: Vec<String> = config
+            .urls
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(StoreError::Nats("--nats names no server".into()));
+        }
+        let node = format!("{:016x}", rand::random::<u64>());
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("linkpulse-{node}"))
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(3))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => warn!("NATS: disconnected"),
+                    async_nats::Event::Connected => info!("NATS: connected"),
+                    other => info!(event = %other, "NATS"),
+                }
+            })
+            .connect(urls.clone())
+            .await
+            .map_err(|e| nats_error(&format!("cannot connect to NATS at {}", urls.join(",")), e))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client.clone());
+        let replicas = config.replicas.max(1);
+        tracing::debug!("making the clicks stream");
+        let clicks = js
+            .get_or_create_stream(stream::Config {
+                name: CLICKS_STREAM.into(),
+                subjects: vec![format!("{CLICKS_PREFIX}>")],
+                storage: StorageType::File,
+                num_replicas: replicas,
+                // Deleting a link purges its subject; single messages are never deleted.
+                deny_delete: true,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error("cannot make the clicks stream", e))?;
+        let bucket = |name: &'static str| {
+            let js = js.clone();
+            async move {
+                js.get_or_create_stream(stream::Config {
+                    name: format!("KV_{name}"),
+                    subjects: vec![format!("$KV.{name}.>")],
+                    storage: StorageType::File,
+                    num_replicas: replicas,
+                    max_messages_per_subject: 1,
+                    discard: DiscardPolicy::New,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats_error(&format!("cannot make the bucket {name}"), e))?;
+                js.get_key_value(name)
+                    .await
+                    .map_err(|e| nats_error(&format!("cannot open the bucket {name}"), e))
+            }
+        };
+        tracing::debug!("making the buckets");
+        let links_kv = bucket(LINKS).await?;
+        let keys_kv = bucket(KEYS).await?;
+        let gone_kv = bucket(GONE).await?;
+        let aggregates_kv = bucket(AGGREGATES).await?;
+        let meta_kv = bucket(META).await?;
+        let visitor_key = visitor_key(&meta_kv).await?;
+        let inner = Arc::new(Inner {
+            client,
+            js,
+            clicks,
+            links_kv,
+            keys_kv,
+            gone_kv,
+            aggregates_kv,
+            links: DashMap::new(),
+            keys: DashMap::new(),
+            visitor_key,
+            runtime: tokio::runtime::Handle::current(),
+            listener: RwLock::new(None),
+            node,
+        });
+        let store = Self { inner };
+        tracing::debug!("loading the links and keys");
+        let links = store.follow_links().await?;
+        let keys = store.follow_keys().await?;
+        info!(links, keys, servers = %urls.join(","), replicas, "NATS JetStream store ready");
+        Ok(store)
+    }
+
+    /// Who hears of link changes made on any node.
+    pub fn set_listener(&self, listener: Arc<dyn ChangeListener>) {
+        if let Ok(mut slot) = self.inner.listener.write() {
+            *slot = Some(listener);
+        }
+    }
+
+    pub fn links_len(&self) -> usize {
+        self.inner.links.len()
+    }
+
+    /// Fills the link copies from the bucket and keeps them current; returns how many were
+    /// there at the start.
+    async fn follow_links(&self) -> Result<usize, StoreError> {
+        let inner = self.inner.clone();
+        let watch = inner
+            .links_kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| nats_error("cannot watch the links bucket", e))?;
+        let pending = bucket_len(&inner.links_kv).await?;
+        let apply = move |inner: &Inner, entry: kv::Entry| {
+            let code = entry.key.clone();
+            let link = match entry.operation {
+                Operation::Put => match records::decode_link(&entry.value) {
+                    Ok(link) => Some(Arc::new(link)),
+                    Err(e) => {
+                        warn!(code, cause = %e, "an unreadable link record in the bucket");
+                        return;
+                    }
+                },
+                Operation::Delete | Operation::Purge => None,
+            };
+            match &link {
+                Some(link) => {
+                    let newer = inner
+                        .links
+                        .get(&code)
+                        .is_none_or(|old| old.rev <= link.rev || old.created_at != link.created_at);
+                    if !newer {
+                        return;
+                    }
+                    inner.links.insert(code.clone(), link.clone());
+                }
+                None => {
+                    inner.links.remove(&code);
+                }
+            }
+            let listener = inner.listener.read().ok().and_then(|l| l.clone());
+            if let (Some(listener), Ok(code)) = (listener, ShortCode::parse(&code)) {
+                listener.link_changed(&code, link);
+            }
+        };
+        follow(inner, watch, pending, apply, "links").await
+    }
+
+    async fn follow_keys(&self) -> Result<usize, StoreError> {
+        let inner = self.inner.clone();
+        let watch = inner
+            .keys_kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| nats_error("cannot watch the keys bucket", e))?;
+        let pending = bucket_len(&inner.keys_kv).await?;
+        let apply = |inner: &Inner, entry: kv::Entry| {
+            let Some(hash) = hex::decode(&entry.key)
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            else {
+                return;
+            };
+            match entry.operation {
+                Operation::Put => match records::decode_key(&entry.value) {
+                    Ok(record) => {
+                        inner.keys.insert(hash, record);
+                    }
+                    Err(e) => warn!(cause = %e, "an unreadable key record in the bucket"),
+                },
+                Operation::Delete | Operation::Purge => {
+                    inner.keys.remove(&hash);
+                }
+            }
+        };
+        follow(inner, watch, pending, apply, "keys").await
+    }
+
+    /// The stream sequence and last click number of a code's last message ((0, 0): none),
+    /// and that message's `Nats-Msg-Id`.
+    async fn last_batch(&self, code: &str) -> Result<(u64, Option<ClickEvent>, String), StoreError> {
+        match self
+            .inner
+            .clicks
+            .get_last_raw_message_by_subject(&clicks_subject(code))
+            .await
+        {
+            Ok(message) => {
+                let events = decode_batch(&message.payload)?;
+                let id = message
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                Ok((message.sequence, events.into_iter().last(), id))
+            }
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                Ok((0, None, String::new()))
+            }
+            Err(e) => Err(nats_error("cannot read a code's last clicks", e)),
+        }
+    }
+
+    fn run<F: Future>(&self, work: F) -> F::Output {
+        block_on(&self.inner.runtime, work)
+    }
+
+    /// Whether the links bucket has `code` (in this node's copy).
+    pub(super) fn has_link(&self, code: &str) -> bool {
+        self.inner.links.contains_key(code)
+    }
+}
+
+/// How many keys a bucket holds now (what a watch delivers before it is current).
+async fn bucket_len(bucket: &kv::Store) -> Result<u64, StoreError> {
+    let mut stream = bucket.stream.clone();
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| nats_error("cannot read a bucket's size", e))?;
+    Ok(info.state.messages)
+}
+
+/// Applies a bucket's entries as its watch delivers them: waits for the ones stored now (the
+/// watch starts with the last value of every key), then follows the rest on a task.
+async fn follow(
+    inner: Arc<Inner>,
+    mut watch: kv::Watch,
+    pending: u64,
+    apply: impl Fn(&Inner, kv::Entry) + Send + Sync + 'static,
+    what: &'static str,
+) -> Result<usize, StoreError> {
+    let mut loaded = 0;
+    if pending > 0 {
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(|e| nats_error(&format!("the {what} watch failed"), e))?;
+            let current = entry.delta == 0 || entry.seen_current;
+            apply(&inner, entry);
+            loaded += 1;
+            if current {
+                break;
+            }
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            while let Some(entry) = watch.next().await {
+                match entry {
+                    Ok(entry) => apply(&inner, entry),
+                    Err(e) => warn!(cause = %e, what, "a bucket watch failed; watching again"),
+                }
+            }
+            // The watch ended (a server gone for long): start again from what is stored now.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let bucket = if what == "links" {
+                &inner.links_kv
+            } else {
+                &inner.keys_kv
+            };
+            match bucket.watch_with_history(">").await {
+                Ok(again) => watch = again,
+                Err(e) => warn!(cause = %e, what, "cannot watch a bucket again yet"),
+            }
+        }
+    });
+    Ok(loaded)
+}
+
+/// The installation's visitor key: made by the first node, read by the others.
+async fn visitor_key(meta: &kv::Store) -> Result<[u8; 32], StoreError> {
+    let made: [u8; 32] = rand::random();
+    match meta.create(VISITOR_KEY, Bytes::copy_from_slice(&made)).await {
+        Ok(_) => return Ok(made),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(nats_error("cannot store the visitor key", e)),
+    }
+    let stored = meta
+        .get(VISITOR_KEY)
+        .await
+        .map_err(|e| nats_error("cannot read the visitor key", e))?
+        .ok_or_else(|| StoreError::Inconsistent("the visitor key vanished".into()))?;
+    <[u8; 32]>::try_from(stored.as_ref())
+        .map_err(|_| StoreError::Inconsistent("a visitor key of the wrong length".into()))
+}
+
+impl Backend for NatsStore {
+    fn engine(&self) -> &'static str {
+        "nats"
+    }
+
+    fn unreachable(&self) -> Option<String> {
+        match self.inner.client.connection_state() {
+            async_nats::connection::State::Connected => None,
+            state => Some(format!("NATS is {state}")),
+        }
+    }
+
+    fn link(&self, code: &str) -> Result<Option<Link>, StoreError> {
+        Ok(self.inner.links.get(code).map(|l| Link::clone(&l)))
+    }
+
+    fn follow(
+        &self,
+        code: &str,
+        mut deliver: Box<dyn FnMut(Vec<ClickEvent>) + Send>,
+    ) -> Option<tokio::task::AbortHandle> {
+        let (inner, subject) = (self.inner.clone(), clicks_subject(code));
+        let code = code.to_owned();
+        let task = self.inner.runtime.spawn(async move {
+            // An ordered consumer: every stored message of the subject, in order, from its
+            // last one on; it is made again (from where it was) if a server goes away.
+            let mut from = jetstream::consumer::DeliverPolicy::LastPerSubject;
+            loop {
+                let consumer = inner
+                    .clicks
+                    .create_consumer(jetstream::consumer::push::OrderedConfig {
+                        deliver_subject: inner.client.new_inbox(),
+                        filter_subject: subject.clone(),
+                        deliver_policy: from,
+                        ..Default::default()
+                    })
+                    .await;
+                let mut messages = match consumer {
+                    Ok(consumer) => match consumer.messages().await {
+                        Ok(messages) => messages,
+                        Err(e) => {
+                            warn!(code, cause = %e, "cannot follow a code's clicks yet");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        warn!(code, cause = %e, "cannot follow a code's clicks yet");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                while let Some(message) = messages.next().await {
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) => {
+                            warn!(code, cause = %e, "following a code's clicks failed; again");
+                            break;
+                        }
+                    };
+                    if let Ok(info) = message.info() {
+                        from = jetstream::consumer::DeliverPolicy::ByStartSequence {
+                            start_sequence: info.stream_sequence + 1,
+                        };
+                    }
+                    let own = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Lp-Node"))
+                        .is_some_and(|n| n.as_str() == inner.node);
+                    // This node's own clicks reach its actor through the writer.
+                    if own {
+                        continue;
+                    }
+                    match decode_batch(&message.payload) {
+                        Ok(events) if !events.is_empty() => deliver(events),
+                        Ok(_) => {}
+                        Err(e) => warn!(code, cause = %e, "an unreadable click batch"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Some(task.abort_handle())
+    }
+
+    fn counter(&self, code: &str) -> Result<Counter, StoreError> {
+        let (_, last, _) = self.run(self.last_batch(code))?;
+        Ok(Counter {
+            count: last.as_ref().map_or(0, |e| e.seq),
+            last,
+        })
+    }
+
+    fn aggregates(&self, code: &str) -> Result<Option<Aggregates>, StoreError> {
+        let stored = self
+            .run(self.inner.aggregates_kv.get(code))
+            .map_err(|e| nats_error("cannot read aggregates", e))?;
+        let Some(bytes) = stored else {
+            return Ok(None);
+        };
+        let Some((_, _, snapshot)) = decode_snapshot_entry(&bytes) else {
+            warn!(code, "an unreadable aggregates entry; rebuilding from the clicks");
+            return Ok(None);
+        };
+        match aggregates::decode_snapshot(snapshot) {
+            Ok(aggregates) => Ok(Some(aggregates)),
+            Err(cause) => {
+                warn!(code, %cause, "unreadable aggregates; rebuilding them from the clicks");
+                Ok(None)
+            }
+        }
+    }
+
+    fn walk_clicks(
+        &self,
+        code: &str,
+        after: u64,
+        each: &mut dyn FnMut(ClickEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let subject = clicks_subject(code);
+        self.run(async {
+            // A snapshot covering up to `after` says where its last click is: start there.
+            let mut from = 1;
+            if after > 0
+                && let Ok(Some(bytes)) = self.inner.aggregates_kv.get(code).await
+                && let Some((covers, stream_seq, _)) = decode_snapshot_entry(&bytes)
+                && covers <= after
+                && stream_seq > 0
+            {
+                from = stream_seq;
+            }
+            loop {
+                let message = match self
+                    .inner
+                    .clicks
+                    .raw_message_builder()
+                    .sequence(from)
+                    .next_by_subject(subject.clone())
+                    .send()
+                    .await
+                {
+                    Ok(message) => message,
+                    Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                        return Ok(());
+                    }
+                    Err(e) => return Err(nats_error("cannot read a code's clicks", e)),
+                };
+                for event in decode_batch(&message.payload)? {
+                    if event.seq > after && each(event).is_break() {
+                        return Ok(());
+                    }
+                }
+                from = message.sequence + 1;
+            }
+        })
+    }
+
+    fn clicks(
+        &self,
+        code: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ClickEvent>, StoreError> {
+        // Batches are read from the first: the newest `limit` below `before` are kept.
+        let mut kept = std::collections::VecDeque::with_capacity(limit.min(1024));
+        let before = before.unwrap_or(u64::MAX);
+        self.walk_clicks(code, 0, &mut |event| {
+            if event.seq >= before {
+                return ControlFlow::Break(());
+            }
+            if kept.len() == limit {
+                kept.pop_front();
+            }
+            kept.push_back(event);
+            ControlFlow::Continue(())
+        })?;
+        Ok(kept.into_iter().rev().collect())
+    }
+
+    fn list_links(
+        &self,
+        owner: Option<&str>,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        scan: usize,
+        keep: &dyn Fn(&Link) -> bool,
+    ) -> Result<Page, StoreError> {
+        // Newest first, as the fjall index sorts them: by the same key.
+        let mut all: Vec<(Vec<u8>, Arc<Link>)> = self
+            .inner
+            .links
+            .iter()
+            .filter(|l| owner.is_none_or(|o| l.owner.as_str() == o))
+            .map(|l| (records::time_index_key(&l)[1..].to_vec(), l.value().clone()))
+            .filter(|(key, _)| cursor.is_none_or(|c| key.as_slice() < c.key()))
+            .collect();
+        all.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let mut links = Vec::new();
+        let mut last = None;
+        let mut scanned = 0;
+        let mut entries = all.into_iter();
+        for (key, link) in entries.by_ref() {
+            scanned += 1;
+            last = Some(key);
+            if keep(&link) {
+                links.push(Link::clone(&link));
+            }
+            if links.len() >= limit || scanned >= scan {
+                break;
+            }
+        }
+        let more = entries.next().is_some();
+        Ok(Page {
+            links,
+            next: last.filter(|_| more).map(Cursor::from_key),
+        })
+    }
+
+    fn gone_until(&self, code: &str) -> Result<Option<i64>, StoreError> {
+        let held = self
+            .run(self.inner.gone_kv.get(code))
+            .map_err(|e| nats_error("cannot read a deleted code's hold", e))?;
+        Ok(held.map(|b| records::decode_gone(&b)))
+    }
+
+    fn visitor_key(&self) -> VisitorKey {
+        VisitorKey::new(self.inner.visitor_key)
+    }
+
+    fn api_keys(&self) -> Result<Vec<([u8; 32], KeyRecord)>, StoreError> {
+        Ok(self
+            .inner
+            .keys
+            .iter()
+            .map(|k| (*k.key(), k.value().clone()))
+            .collect())
+    }
+
+    fn put_api_key(&self, hash: [u8; 32], record: &KeyRecord) -> Result<(), StoreError> {
+        self.run(
+            self.inner
+                .keys_kv
+                .put(hex::encode(hash), records::encode_key(record).into()),
+        )
+        .map_err(|e| nats_error("cannot store an API key", e))?;
+        self.inner.keys.insert(hash, record.clone());
+        Ok(())
+    }
+
+    fn put_api_keys(&self, records: &[([u8; 32], KeyRecord)]) -> Result<(), StoreError> {
+        for (hash, record) in records {
+            // A key revoked on another node meanwhile stays revoked.
+            if self.inner.keys.contains_key(hash) {
+                self.put_api_key(*hash, record)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn revoke_api_key(&self, hash: [u8; 32]) -> Result<bool, StoreError> {
+        if !self.inner.keys.contains_key(&hash) {
+            return Ok(false);
+        }
+        self.run(self.inner.keys_kv.delete(hex::encode(hash)))
+            .map_err(|e| nats_error("cannot revoke an API key", e))?;
+        self.inner.keys.remove(&hash);
+        Ok(true)
+    }
+}

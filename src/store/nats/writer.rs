@@ -1,0 +1,556 @@
+//! The cluster store's writer: the same queue as fjall's writer ([`WriterHandle`]), drained
+//! by a thread of its own in groups, each group published to JetStream.
+//!
+//! A group's clicks become one message per code, all published at once and acknowledged
+//! together. Each carries `Nats-Expected-Last-Subject-Sequence`, the stream sequence of the
+//! code's last message as this writer last saw it, and a `Nats-Msg-Id` (so a publish retried
+//! after a lost acknowledgement is stored once). When another node stored a message for the
+//! code meanwhile (`wrong last sequence`), the writer reads the code's last message again: if
+//! it was this very publish, it is done; if the clicks still follow on, it publishes them
+//! again; if not, it numbers them after the stored ones, and tells the code's actor that it is
+//! superseded (it stops, and its successor reads the count from the stream). So a code's
+//! clicks are numbered 1..n without a gap or a duplicate under any routing.
+//!
+//! While NATS cannot be reached, a group waits and is published again every
+//! [`RETRY`]; clicks queue behind it up to the backlog's bound (then they are dropped and
+//! counted, or answered 503 in strict durability), and `/healthz` says why.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, context::PublishErrorKind, kv};
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::{NatsStore, clicks_subject, encode_batch, encode_snapshot_entry, nats_error};
+use crate::{
+    domain::{ClickEvent, ShortCode, now_ms},
+    metrics::DropReason,
+    store::{
+        StoreError, records,
+        writer::{CommitListener, Health, LinkOp, LinkOutcome, Op, WriteError, Writer, WriterConfig},
+    },
+};
+
+/// How long a group waits before it is published again while NATS cannot be reached.
+const RETRY: Duration = Duration::from_millis(250);
+/// Codes whose last message this writer remembers; past it, it forgets them all (each is
+/// read again at its next click).
+const TIPS: usize = 200_000;
+/// Publishes of one group in flight at once.
+const IN_FLIGHT: usize = 256;
+
+/// Where a code's clicks stand in the stream, as this writer last saw them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tip {
+    /// The stream sequence of the code's last message (0: none).
+    stream_seq: u64,
+    /// The number of its last click.
+    last: u64,
+}
+
+/// A click in a group: numbered by an actor, or to be numbered here.
+enum Item {
+    Numbered(Arc<ClickEvent>),
+    Fresh(ClickEvent),
+}
+
+/// One code's clicks in a group, in the order they came.
+struct Pending {
+    code: ShortCode,
+    items: Vec<Item>,
+    listeners: Vec<Arc<dyn CommitListener>>,
+}
+
+#[derive(Default)]
+struct Group {
+    codes: Vec<Pending>,
+    at: HashMap<ShortCode, usize>,
+    acks: Vec<oneshot::Sender<()>>,
+    permits: crate::store::Permit,
+    links: Vec<LinkOp>,
+    aggregates: Vec<(ShortCode, u64, Vec<u8>)>,
+    barriers: Vec<oneshot::Sender<Result<(), WriteError>>>,
+    len: usize,
+    stop: bool,
+}
+
+impl Group {
+    fn pending(&mut self, code: ShortCode) -> &mut Pending {
+        let at = *self.at.entry(code.clone()).or_insert_with(|| {
+            self.codes.push(Pending {
+                code,
+                items: Vec::new(),
+                listeners: Vec::new(),
+            });
+            self.codes.len() - 1
+        });
+        &mut self.codes[at]
+    }
+
+    /// Adds an item; true when it asks for an immediate publish.
+    fn add(&mut self, op: Op) -> bool {
+        self.len += 1;
+        match op {
+            Op::Clicks(batch) => {
+                let pending = self.pending(batch.code);
+                pending
+                    .items
+                    .extend(batch.events.into_iter().map(Item::Numbered));
+                pending.listeners.extend(batch.listener);
+                self.acks.extend(batch.acks);
+                self.permits.merge(batch.permit);
+                false
+            }
+            Op::Fresh(click) => {
+                let click = *click;
+                self.pending(click.code).items.push(Item::Fresh(click.event));
+                self.acks.extend(click.ack);
+                self.permits.merge(click.permit);
+                false
+            }
+            Op::Link(op) => {
+                self.links.push(op);
+                true
+            }
+            Op::Aggregates {
+                code,
+                covers,
+                bytes,
+            } => {
+                self.aggregates.push((code, covers, bytes));
+                false
+            }
+            Op::Expire { reply, .. } => {
+                let _ = reply.send(Err(WriteError::Failed(
+                    "click retention is not available on the NATS store".into(),
+                )));
+                false
+            }
+            Op::Barrier(tx) => {
+                self.barriers.push(tx);
+                true
+            }
+            Op::Stop => {
+                self.stop = true;
+                true
+            }
+        }
+    }
+}
+
+/// Starts the writer thread of the cluster store.
+pub fn start(store: NatsStore, config: WriterConfig) -> std::io::Result<Writer> {
+    let (handle, rx, health) = crate::store::writer::channel();
+    let thread = thread::Builder::new()
+        .name("linkpulse-nats-writer".into())
+        .spawn(move || run(&store, &rx, &config, &health))?;
+    Ok(Writer::from_parts(handle, thread))
+}
+
+fn run(store: &NatsStore, rx: &Receiver<Op>, config: &WriterConfig, health: &Health) {
+    let mut tips: HashMap<ShortCode, Tip> = HashMap::new();
+    loop {
+        let first = rx.recv().unwrap_or(Op::Stop);
+        let mut group = Group::default();
+        let urgent = group.add(first);
+        if !urgent && !config.commit_interval.is_zero() {
+            // Let the group fill (one publish per code for everything that came meanwhile).
+            thread::sleep(config.commit_interval);
+        }
+        while group.len < config.max_batch {
+            let Ok(op) = rx.try_recv() else { break };
+            group.add(op);
+        }
+        let started = Instant::now();
+        if tips.len() > TIPS {
+            tips.clear();
+        }
+        let clicks = store.run(commit(store, &mut group, &mut tips, config, health));
+        config.metrics.group_committed(clicks, started.elapsed());
+        for ack in group.acks.drain(..) {
+            let _ = ack.send(());
+        }
+        for barrier in group.barriers.drain(..) {
+            let _ = barrier.send(Ok(()));
+        }
+        if group.stop {
+            info!("NATS writer stopped");
+            return;
+        }
+    }
+}
+
+/// Publishes the group: link operations first (each answered), then the clicks (retried until
+/// stored), then the aggregates snapshots. Returns how many clicks were stored.
+async fn commit(
+    store: &NatsStore,
+    group: &mut Group,
+    tips: &mut HashMap<ShortCode, Tip>,
+    config: &WriterConfig,
+    health: &Health,
+) -> usize {
+    for op in group.links.drain(..) {
+        let outcome = link_op(store, &op, config.deleted_code_hold).await;
+        if let (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) = (&op, &outcome) {
+            tips.remove(code);
+        }
+        op.answer(outcome.map_err(|e| WriteError::Failed(e.to_string())));
+    }
+    let mut dropped = 0usize;
+    let codes: Vec<Pending> = std::mem::take(&mut group.codes)
+        .into_iter()
+        .filter_map(|mut pending| {
+            // A deleted link takes no click to number here (an actor refuses them itself).
+            if !store.has_link(pending.code.as_str()) {
+                let before = pending.items.len();
+                pending.items.retain(|i| matches!(i, Item::Numbered(_)));
+                dropped += before - pending.items.len();
+            }
+            (!pending.items.is_empty()).then_some(pending)
+        })
+        .collect();
+    if dropped > 0 {
+        config.metrics.clicks_dropped(DropReason::LinkDeleted, dropped);
+    }
+    let known: Vec<(ShortCode, Tip)> = codes
+        .iter()
+        .filter_map(|p| tips.get(&p.code).map(|t| (p.code.clone(), *t)))
+        .collect();
+    let known: HashMap<ShortCode, Tip> = known.into_iter().collect();
+    let stored: Vec<(ShortCode, Tip, usize)> = futures_util::stream::iter(codes)
+        .map(|pending| {
+            let tip = known.get(&pending.code).copied();
+            publish_code(store, pending, tip, health)
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let mut clicks = 0;
+    for (code, tip, n) in stored {
+        clicks += n;
+        tips.insert(code, tip);
+    }
+    if health.unavailable.lock().is_ok_and(|u| u.is_some())
+        && let Ok(mut unavailable) = health.unavailable.lock()
+    {
+        *unavailable = None;
+        info!("NATS reachable again; clicks are stored");
+    }
+    for (code, covers, bytes) in std::mem::take(&mut group.aggregates) {
+        let hint = tips
+            .get(&code)
+            .filter(|t| t.last == covers)
+            .map_or(0, |t| t.stream_seq);
+        if let Err(e) = store_snapshot(store, &code, covers, hint, &bytes).await {
+            // Rebuilt from the clicks at the next start of the code's actor.
+            debug!(code = %code, cause = %e, "an aggregates snapshot was not stored");
+        }
+    }
+    clicks
+}
+
+/// Publishes one code's clicks of a group until JetStream has stored them. Returns the code's
+/// new tip and how many clicks were stored.
+async fn publish_code(
+    store: &NatsStore,
+    pending: Pending,
+    tip: Option<Tip>,
+    health: &Health,
+) -> (ShortCode, Tip, usize) {
+    let Pending {
+        code,
+        items,
+        listeners,
+    } = pending;
+    let subject = clicks_subject(code.as_str());
+    let mut tip = tip;
+    let mut superseded = false;
+    let mut attempt = 0u32;
+    loop {
+        let current = match tip {
+            Some(tip) => tip,
+            None => match store.last_batch(code.as_str()).await {
+                Ok((stream_seq, last, _)) => {
+                    let fresh = Tip {
+                        stream_seq,
+                        last: last.map_or(0, |e| e.seq),
+                    };
+                    tip = Some(fresh);
+                    fresh
+                }
+                Err(e) => {
+                    unreachable(health, &e.to_string());
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            },
+        };
+        // Numbered after the stored clicks: as the actor numbered them when it was right.
+        let mut events: Vec<ClickEvent> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let seq = current.last + 1 + i as u64;
+            match item {
+                Item::Numbered(event) => {
+                    if event.seq != seq {
+                        superseded = true;
+                    }
+                    let mut event = ClickEvent::clone(event);
+                    event.seq = seq;
+                    events.push(event);
+                }
+                Item::Fresh(event) => {
+                    let mut event = event.clone();
+                    event.seq = seq;
+                    events.push(event);
+                }
+            }
+        }
+        let last = current.last + events.len() as u64;
+        let id = format!("{}:{}:{}", store.inner.node, code, current.stream_seq);
+        let message = jetstream::message::PublishMessage::build()
+            .payload(encode_batch(&events))
+            .expected_last_subject_sequence(current.stream_seq)
+            .message_id(&id)
+            .header("Lp-Node", store.inner.node.as_str());
+        let acked = match store
+            .inner
+            .js
+            .send_publish(subject.clone(), message)
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(ack) => {
+                let done = Tip {
+                    stream_seq: ack.sequence,
+                    last,
+                };
+                for listener in &listeners {
+                    if superseded {
+                        listener.superseded();
+                    } else {
+                        listener.committed(last);
+                    }
+                }
+                return (code, done, events.len());
+            }
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                // Another node stored clicks of this code meanwhile, or this very message
+                // was stored and its acknowledgement lost.
+                match store.last_batch(code.as_str()).await {
+                    Ok((stream_seq, stored, stored_id)) if stored_id == id => {
+                        let done = Tip {
+                            stream_seq,
+                            last: stored.map_or(0, |e| e.seq),
+                        };
+                        for listener in &listeners {
+                            if superseded {
+                                listener.superseded();
+                            } else {
+                                listener.committed(done.last);
+                            }
+                        }
+                        return (code, done, events.len());
+                    }
+                    Ok((stream_seq, stored, _)) => {
+                        debug!(code = %code, "another node stored clicks of this code; numbering after them");
+                        tip = Some(Tip {
+                            stream_seq,
+                            last: stored.map_or(0, |e| e.seq),
+                        });
+                    }
+                    Err(e) => {
+                        unreachable(health, &e.to_string());
+                        tip = None;
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
+            Err(e) => {
+                attempt += 1;
+                if attempt == 1 || attempt.is_multiple_of(20) {
+                    warn!(code = %code, cause = %e, attempt, "clicks not stored yet; publishing again");
+                }
+                unreachable(health, &format!("publishing clicks: {e}"));
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+fn unreachable(health: &Health, why: &str) {
+    if let Ok(mut unavailable) = health.unavailable.lock() {
+        if unavailable.is_none() {
+            warn!(cause = why, "NATS cannot store clicks now; holding them");
+        }
+        *unavailable = Some(format!("NATS JetStream cannot store clicks: {why}"));
+    }
+    health.retries.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Stores an aggregates snapshot unless one covering as much is there, or the link is gone.
+async fn store_snapshot(
+    store: &NatsStore,
+    code: &ShortCode,
+    covers: u64,
+    hint: u64,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    if !store.has_link(code.as_str()) {
+        return Ok(());
+    }
+    let bucket = &store.inner.aggregates_kv;
+    let entry = bucket
+        .entry(code.as_str())
+        .await
+        .map_err(|e| nats_error("cannot read aggregates", e))?;
+    let value = encode_snapshot_entry(covers, hint, bytes);
+    match entry.filter(|e| e.operation == kv::Operation::Put) {
+        Some(stored) => {
+            let stored_covers = super::decode_snapshot_entry(&stored.value).map_or(0, |s| s.0);
+            if stored_covers >= covers {
+                return Ok(());
+            }
+            bucket
+                .update(code.as_str(), value, stored.revision)
+                .await
+                .map_err(|e| nats_error("cannot store aggregates", e))?;
+        }
+        None => {
+            bucket
+                .put(code.as_str(), value)
+                .await
+                .map_err(|e| nats_error("cannot store aggregates", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Carries out one link operation against the buckets.
+async fn link_op(
+    store: &NatsStore,
+    op: &LinkOp,
+    hold: Duration,
+) -> Result<LinkOutcome, StoreError> {
+    let inner = &store.inner;
+    let now = now_ms();
+    match op {
+        LinkOp::Create(link, _) => {
+            let code = link.code.as_str();
+            let held = inner
+                .gone_kv
+                .get(code)
+                .await
+                .map_err(|e| nats_error("cannot read a deleted code's hold", e))?
+                .is_some_and(|b| records::decode_gone(&b) > now);
+            if held {
+                return Ok(LinkOutcome::Created(false));
+            }
+            match inner
+                .links_kv
+                .create(code, records::encode_link(link).into())
+                .await
+            {
+                Ok(_) => {
+                    inner.links.insert(code.to_owned(), Arc::new(link.clone()));
+                    Ok(LinkOutcome::Created(true))
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    Ok(LinkOutcome::Created(false))
+                }
+                Err(e) => Err(nats_error("cannot store a link", e)),
+            }
+        }
+        LinkOp::Update(code, change, _) => {
+            // Compare-and-set on the entry's revision: a change made meanwhile on another
+            // node is read and the change applied to it.
+            for _ in 0..16 {
+                let Some(entry) = inner
+                    .links_kv
+                    .entry(code.as_str())
+                    .await
+                    .map_err(|e| nats_error("cannot read a link", e))?
+                    .filter(|e| e.operation == kv::Operation::Put)
+                else {
+                    return Ok(LinkOutcome::Updated(None));
+                };
+                let link = records::decode_link(&entry.value)?;
+                let mut new = match change(&link) {
+                    Err(refused) => return Ok(LinkOutcome::Updated(Some(Err(refused)))),
+                    Ok(new) => new,
+                };
+                new.code = link.code.clone();
+                new.owner = link.owner.clone();
+                new.created_at = link.created_at;
+                new.rev = link.rev + 1;
+                new.updated_at = now.max(link.updated_at);
+                match inner
+                    .links_kv
+                    .update(
+                        code.as_str(),
+                        records::encode_link(&new).into(),
+                        entry.revision,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        inner.links.insert(code.to_string(), Arc::new(new.clone()));
+                        return Ok(LinkOutcome::Updated(Some(Ok(new))));
+                    }
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(e) => return Err(nats_error("cannot store a link", e)),
+                }
+            }
+            Err(StoreError::Nats(
+                "a link kept changing on other nodes; not updated".into(),
+            ))
+        }
+        LinkOp::Delete(code, _) => {
+            let Some(entry) = inner
+                .links_kv
+                .entry(code.as_str())
+                .await
+                .map_err(|e| nats_error("cannot read a link", e))?
+                .filter(|e| e.operation == kv::Operation::Put)
+            else {
+                return Ok(LinkOutcome::Deleted(false));
+            };
+            let until = now.saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX));
+            inner
+                .gone_kv
+                .put(code.as_str(), Bytes::copy_from_slice(&until.to_be_bytes()))
+                .await
+                .map_err(|e| nats_error("cannot hold a deleted code", e))?;
+            match inner
+                .links_kv
+                .delete_expect_revision(code.as_str(), Some(entry.revision))
+                .await
+            {
+                Ok(()) => {}
+                Err(e) => return Err(nats_error("cannot delete a link", e)),
+            }
+            inner.links.remove(code.as_str());
+            // The clicks and the aggregates go with it.
+            if let Err(e) = inner
+                .clicks
+                .purge()
+                .filter(clicks_subject(code.as_str()))
+                .await
+            {
+                warn!(code = %code, cause = %e, "a deleted link's clicks were not purged");
+            }
+            let _ = inner.aggregates_kv.purge(code.as_str()).await;
+            Ok(LinkOutcome::Deleted(true))
+        }
+    }
+}
