@@ -636,7 +636,13 @@ impl Actor for LinkActor {
                 None => Aggregates::default(),
             };
             let stored_covers = aggregates.covers();
-            store.clicks_after(code, stored_covers, |event| {
+            // Up to the count read above: on a cluster store, other nodes may store more
+            // meanwhile (this actor learns of them as it goes).
+            let mut folded = Ok(());
+            store.walk_clicks(code, stored_covers, &mut |event| {
+                if event.seq > counter.count {
+                    return std::ops::ControlFlow::Break(());
+                }
                 if event.seq > aggregates.covers() + 1 {
                     // The clicks before expired (`--click-retention-days`) and no snapshot
                     // covering them could be read: counting goes on, they stay missing.
@@ -647,10 +653,16 @@ impl Actor for LinkActor {
                     );
                     aggregates.skip_to(event.seq);
                 }
-                aggregates
+                folded = aggregates
                     .fold(&event, &visitors, &settings)
-                    .map_err(|e| StoreError::Inconsistent(format!("code {code}: {e}")))
+                    .map_err(|e| StoreError::Inconsistent(format!("code {code}: {e}")));
+                if folded.is_err() {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
             })?;
+            folded?;
             if aggregates.covers() != counter.count {
                 return Err(StoreError::Inconsistent(format!(
                     "code {code}: the aggregates cover {} of {} clicks",
@@ -873,6 +885,10 @@ impl LinkState {
             (Some(task), false) => {
                 task.abort();
                 self.following = None;
+                // Unfollowed, its count would fall behind the other nodes' clicks: it stops
+                // once idle, and a later read starts from the store.
+                let myself = self.watch.actor.clone();
+                self.stop_if_idle(&myself, "no longer watched here");
             }
             _ => {}
         }

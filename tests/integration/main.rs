@@ -6,6 +6,7 @@ mod bad_input;
 mod binary;
 mod browser;
 mod client_limits;
+mod cluster;
 mod faults;
 mod first_key;
 mod keys;

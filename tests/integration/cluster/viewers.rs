@@ -1,0 +1,110 @@
+//! Live frames across nodes: a viewer on one node sees the clicks made through another, in
+//! order, with the same ids on every node, also after reconnecting to a third with
+//! `Last-Event-ID`.
+
+use std::time::Duration;
+
+use super::{Nats, Node, ONE_AT_A_TIME, click, consistent, create};
+use crate::support::{SseClient, TestResult};
+
+/// Reads data frames until one carries `count`; checks each id equals its count and that
+/// counts never go back. Returns the ids seen.
+async fn follow_to(stream: &mut SseClient, count: u64, floor: u64) -> Vec<u64> {
+    let mut seen = Vec::new();
+    let mut last = floor;
+    while last < count {
+        let event = stream
+            .next_data(Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("a frame up to {count} (last seen {last}, ids {seen:?})"));
+        let got = event.count().expect("a frame carries clickCount");
+        assert_eq!(event.id, Some(got), "the id is the count");
+        assert!(got >= last, "counts never go back: {got} after {last}");
+        last = got;
+        seen.push(got);
+    }
+    assert_eq!(last, count, "the last frame carries every click");
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_on_one_node_sees_clicks_made_through_another_also_after_a_reconnect()
+-> TestResult {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nats = Nats::start(3);
+    let a = Node::start(&nats, "a", &[]);
+    let b = Node::start(&nats, "b", &[]);
+    let c = Node::start(&nats, "c", &[]);
+    create(&a.client, &a.base, "watched").await;
+
+    // A viewer on C; clicks through A.
+    let mut on_c = SseClient::open(&c.client, &c.url("/realtime/watched"), None).await;
+    assert_eq!(on_c.status, 200);
+    let first = on_c.next_data(Duration::from_secs(10)).await.expect("the state on connect");
+    assert_eq!(first.count(), Some(0));
+    for _ in 0..20 {
+        assert_eq!(click(&a.client, &a.base, "watched").await, 302);
+    }
+    let ids = follow_to(&mut on_c, 20, 0).await;
+    assert!(!ids.is_empty());
+    drop(on_c);
+
+    // The browser comes back to B with the last id it saw; more clicks through A meanwhile
+    // and after.
+    for _ in 0..5 {
+        assert_eq!(click(&a.client, &a.base, "watched").await, 302);
+    }
+    let mut on_b =
+        SseClient::open(&b.client, &b.url("/realtime/watched"), Some("20")).await;
+    assert_eq!(on_b.status, 200);
+    for _ in 0..10 {
+        assert_eq!(click(&a.client, &a.base, "watched").await, 302);
+    }
+    let ids = follow_to(&mut on_b, 35, 20).await;
+    assert!(ids.iter().all(|&id| id > 20), "after id 20 only later counts: {ids:?}");
+
+    // Every node reads the same count, events and aggregates from the stream.
+    for node in [&a, &b, &c] {
+        assert_eq!(consistent(&node.client, &node.base, "watched").await, 35);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_through_two_nodes_at_once_are_numbered_once_each() -> TestResult {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nats = Nats::start(1);
+    let a = Node::start(&nats, "a", &[]);
+    let b = Node::start(&nats, "b", &[]);
+    create(&a.client, &a.base, "raced").await;
+    // No balancer: both nodes number the same code at once; JetStream's expected sequence
+    // lets only one of them store each batch, the other numbers its clicks after it.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let (client, base) = (node.client.clone(), node.base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            for _ in 0..50 {
+                if click(&client, &base, "raced").await == 302 {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut answered = 0;
+    for task in tasks {
+        answered += task.await?;
+    }
+    assert_eq!(answered, 400);
+    // A node that did not number the last clicks learns of them when its actor is
+    // superseded or restarts: read through a node that starts now.
+    let reader = Node::start(&nats, "reader", &[]);
+    super::eventually(Duration::from_secs(10), "every click stored", || async {
+        super::count(&reader.client, &reader.base, "raced").await == 400
+    })
+    .await;
+    assert_eq!(consistent(&reader.client, &reader.base, "raced").await, 400);
+    Ok(())
+}
