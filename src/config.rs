@@ -47,6 +47,20 @@ pub enum Command {
         #[arg(long, default_value = "-")]
         output: PathBuf,
     },
+    /// Move a one-machine installation into a cluster: copy the fjall store in --data-dir
+    /// (server stopped) into the NATS JetStream cluster at --nats, which must be empty: API
+    /// keys, links, every click with its number, aggregates snapshots. Then start the nodes
+    /// with the same --nats. Prints what it moved.
+    Migrate {
+        #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Comma-separated NATS server URLs, as `serve --nats` takes them.
+        #[arg(long, env = "LINKPULSE_NATS")]
+        nats: String,
+        /// Copies JetStream keeps of each stream and bucket made here.
+        #[arg(long, env = "LINKPULSE_NATS_REPLICAS", default_value_t = 1)]
+        nats_replicas: usize,
+    },
     /// Read an export, or a CSV of `url,code[,title,tags]`, into the store (server stopped;
     /// made if missing). Links whose code is taken are skipped. Stops at the first line it
     /// cannot take, naming it; the lines before it are imported.

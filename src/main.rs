@@ -67,6 +67,19 @@ async fn main() -> anyhow::Result<()> {
             print!("{summary}");
             Ok(())
         }
+        Some(Command::Migrate {
+            data_dir,
+            nats,
+            nats_replicas,
+        }) => {
+            let config = linkpulse::store::nats::NatsConfig {
+                urls: nats,
+                replicas: nats_replicas,
+            };
+            let summary = linkpulse::store::nats::migrate_command(&data_dir, &config).await?;
+            print!("{summary}");
+            Ok(())
+        }
         Some(Command::Serve(config)) => serve(*config).await,
         None => serve(cli.serve).await,
     }

@@ -81,9 +81,13 @@ impl ListLinks {
         let owner = (caller.scope == Scope::Links).then(|| caller.key_id.clone());
         let store = state.links.store().clone();
         let page = tokio::task::spawn_blocking(move || {
-            store.list_links(owner.as_deref(), cursor.as_ref(), limit, MAX_SCAN, &|link| {
-                matches(link, q.as_deref(), tag.as_deref())
-            })
+            store.list_links(
+                owner.as_deref(),
+                cursor.as_ref(),
+                limit,
+                MAX_SCAN,
+                &|link| matches(link, q.as_deref(), tag.as_deref()),
+            )
         })
         .await
         .map_err(|_| ApiError::unavailable("shutting down", 1))?

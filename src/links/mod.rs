@@ -268,9 +268,11 @@ impl Links {
                         // Deleted on another node (or here, and already applied): what this
                         // node holds of it goes as in a deletion here. The store answers that
                         // the link is gone.
-                        let copy = links.shared.directory.link(code.as_str()).or_else(|| {
-                            links.shared.cache.get(&code).flatten()
-                        });
+                        let copy = links
+                            .shared
+                            .directory
+                            .link(code.as_str())
+                            .or_else(|| links.shared.cache.get(&code).flatten());
                         match copy {
                             Some(copy) => {
                                 let _ = links.delete(&copy).await;

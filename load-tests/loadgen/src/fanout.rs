@@ -48,6 +48,15 @@ pub struct Args {
     /// Codes are <prefix>0000001, ...; existing ones are reused (their counts read first).
     #[arg(long, default_value = "f")]
     prefix: String,
+    /// Where the clicks go, as http://host:port (default: --base-url). Links are made and
+    /// counts read at --base-url; in a cluster, another node than the viewers' measures
+    /// delivery across nodes.
+    #[arg(long)]
+    click_url: Option<String>,
+    /// Where the subscribers connect, comma-separated http://host:port; subscriber i uses
+    /// URL i mod V (default: --base-url).
+    #[arg(long, value_delimiter = ',')]
+    viewer_urls: Vec<String>,
 }
 
 /// One link as the tool clicks it and its subscribers see it. The tool is the only clicker, so
@@ -86,6 +95,9 @@ struct Shared {
     frames: AtomicU64,
     bad_frames: AtomicU64,
     reached: AtomicUsize,
+    /// Subscribers at their final count, and subscribers opened, per viewer URL.
+    reached_by_url: Vec<AtomicUsize>,
+    opened_by_url: Vec<AtomicUsize>,
     ended_early: AtomicUsize,
     done: AtomicBool,
 }
@@ -108,6 +120,22 @@ pub async fn run(common: &Common, args: Args, nofile: u64) -> Result<bool> {
         eprintln!("warning: the open-file limit ({nofile}) is too low for {n} subscribers");
     }
     let api = Api::new(&common.base_url, common.key.clone())?;
+    let click_url = args.click_url.as_deref().unwrap_or(&common.base_url);
+    Api::new(click_url, None).context("--click-url")?;
+    let viewers: Vec<String> = if args.viewer_urls.is_empty() {
+        vec![api.authority().to_string()]
+    } else {
+        let mut authorities = Vec::with_capacity(args.viewer_urls.len());
+        for url in &args.viewer_urls {
+            authorities.push(
+                Api::new(url, None)
+                    .context("--viewer-urls")?
+                    .authority()
+                    .to_string(),
+            );
+        }
+        authorities
+    };
     let codes = ensure_links(&api, &args.prefix, m).await?;
     let starts = api.click_counts(&codes).await?;
     let links = codes
@@ -132,6 +160,8 @@ pub async fn run(common: &Common, args: Args, nofile: u64) -> Result<bool> {
         frames: AtomicU64::new(0),
         bad_frames: AtomicU64::new(0),
         reached: AtomicUsize::new(0),
+        reached_by_url: viewers.iter().map(|_| AtomicUsize::new(0)).collect(),
+        opened_by_url: viewers.iter().map(|_| AtomicUsize::new(0)).collect(),
         ended_early: AtomicUsize::new(0),
         done: AtomicBool::new(false),
     });
@@ -146,8 +176,16 @@ pub async fn run(common: &Common, args: Args, nofile: u64) -> Result<bool> {
         let permit = gate.clone().acquire_owned().await.context("semaphore")?;
         let (tx, rx) = oneshot::channel();
         readies.push(rx);
-        let authority = api.authority().to_string();
-        streams.spawn(subscribe(shared.clone(), i % m, authority, permit, tx));
+        let viewer = i % viewers.len();
+        let authority = viewers[viewer].clone();
+        streams.spawn(subscribe(
+            shared.clone(),
+            i % m,
+            viewer,
+            authority,
+            permit,
+            tx,
+        ));
     }
     let (mut opened, mut open_failed, mut open_error) = (0, 0, None);
     for rx in readies {
@@ -168,7 +206,7 @@ pub async fn run(common: &Common, args: Args, nofile: u64) -> Result<bool> {
     // Click at the given rate, round-robin over the links, from a thread of its own so that
     // the subscribers' work does not delay the pacing.
     let (tx, rx) = oneshot::channel();
-    let (base_url, clicker_shared) = (common.base_url.clone(), shared.clone());
+    let (base_url, clicker_shared) = (click_url.to_string(), shared.clone());
     let (clicks, rate) = (args.clicks, args.rate);
     std::thread::spawn(move || {
         let outcome = tokio::runtime::Builder::new_current_thread()
@@ -220,6 +258,9 @@ pub async fn run(common: &Common, args: Args, nofile: u64) -> Result<bool> {
 
     let mut s = Summary::default();
     s.add("mode", "fanout");
+    if args.click_url.is_some() {
+        s.add("click url", click_url);
+    }
     s.add("links", m);
     s.add(
         "subscribers",
@@ -273,6 +314,20 @@ pub async fn run(common: &Common, args: Args, nofile: u64) -> Result<bool> {
     s.add("streams ended early", shared.ended_early.load(Relaxed));
     s.add("settle time", format!("{:.3} s", settle_time.as_secs_f64()));
     s.add("at final count", format!("{reached} of {n} subscribers"));
+    if !args.viewer_urls.is_empty() {
+        let by_url: Vec<String> = viewers
+            .iter()
+            .enumerate()
+            .map(|(v, authority)| {
+                format!(
+                    "{authority} {} of {}",
+                    shared.reached_by_url[v].load(Relaxed),
+                    shared.opened_by_url[v].load(Relaxed)
+                )
+            })
+            .collect();
+        s.add("at final count by viewer url", by_url.join(", "));
+    }
     match mismatches.first() {
         None => s.add(
             "count check",
@@ -363,6 +418,7 @@ async fn open_stream(authority: &str, path: &str) -> Result<(Conn, Incoming)> {
 async fn subscribe(
     shared: Arc<Shared>,
     link: usize,
+    viewer: usize,
     authority: String,
     permit: OwnedSemaphorePermit,
     ready: oneshot::Sender<Result<()>>,
@@ -410,6 +466,7 @@ async fn subscribe(
             shared.frames.fetch_add(1, Relaxed);
             if let Some((tx, _permit)) = waiting.take() {
                 track.subscribers.fetch_add(1, Relaxed);
+                shared.opened_by_url[viewer].fetch_add(1, Relaxed);
                 let _ = tx.send(Ok(()));
             }
             if count > seen {
@@ -419,6 +476,7 @@ async fn subscribe(
             if !reached && seen >= track.final_count() {
                 reached = true;
                 shared.reached.fetch_add(1, Relaxed);
+                shared.reached_by_url[viewer].fetch_add(1, Relaxed);
             }
         }
     }

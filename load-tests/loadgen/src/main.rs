@@ -1,5 +1,6 @@
 //! `linkpulse-load`: load generator for linkpulse (redirects, SSE fan-out, many distinct codes).
 
+mod create;
 mod distinct;
 mod fanout;
 mod http;
@@ -48,6 +49,8 @@ enum Mode {
     Seed(restart::SeedArgs),
     /// Start-up time of the server on a seeded store beside an empty one.
     Restart(restart::RestartArgs),
+    /// Makes N links and nothing else (for load tools that only click, like wrk).
+    Create(create::Args),
 }
 
 #[tokio::main]
@@ -66,6 +69,7 @@ async fn main() -> ExitCode {
         Mode::Distinct(args) => distinct::run(&cli.common, args).await,
         Mode::Seed(args) => restart::seed(args).await,
         Mode::Restart(args) => restart::restart(&cli.common, args).await,
+        Mode::Create(args) => create::run(&cli.common, args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

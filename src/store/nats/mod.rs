@@ -18,6 +18,7 @@
 //! Reads that go to NATS block the calling thread (`block_in_place`): call them off the async
 //! threads, as the [`Backend`] contract says.
 
+mod migrate;
 mod writer;
 
 use std::{
@@ -36,11 +37,11 @@ use dashmap::DashMap;
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
+pub use migrate::{Migrated, migrate, migrate_command};
 pub use writer::start as start_writer;
 
 use super::{
-    Counter, Cursor, KeyRecord, Page, StoreError, backend::Backend, records,
-    records::DecodeError,
+    Counter, Cursor, KeyRecord, Page, StoreError, backend::Backend, records, records::DecodeError,
 };
 use crate::{
     analytics::{Aggregates, VisitorKey, aggregates},
@@ -150,6 +151,7 @@ struct Inner {
     keys_kv: kv::Store,
     gone_kv: kv::Store,
     aggregates_kv: kv::Store,
+    meta_kv: kv::Store,
     /// Every link, as the links bucket holds it (filled and kept current by its watch).
     links: DashMap<String, Arc<Link>>,
     /// Every API key, as the keys bucket holds it.
@@ -242,7 +244,7 @@ impl NatsStore {
         let gone_kv = bucket(GONE).await?;
         let aggregates_kv = bucket(AGGREGATES).await?;
         let meta_kv = bucket(META).await?;
-        let visitor_key = visitor_key(&meta_kv).await?;
+        let visitor_key = self::visitor_key(&meta_kv).await?;
         let inner = Arc::new(Inner {
             client,
             js,
@@ -251,6 +253,7 @@ impl NatsStore {
             keys_kv,
             gone_kv,
             aggregates_kv,
+            meta_kv,
             links: DashMap::new(),
             keys: DashMap::new(),
             visitor_key,
@@ -354,7 +357,10 @@ impl NatsStore {
 
     /// The stream sequence and last click number of a code's last message ((0, 0): none),
     /// and that message's `Nats-Msg-Id`.
-    async fn last_batch(&self, code: &str) -> Result<(u64, Option<ClickEvent>, String), StoreError> {
+    async fn last_batch(
+        &self,
+        code: &str,
+    ) -> Result<(u64, Option<ClickEvent>, String), StoreError> {
         match self
             .inner
             .clicks
@@ -445,7 +451,10 @@ async fn follow(
 /// The installation's visitor key: made by the first node, read by the others.
 async fn visitor_key(meta: &kv::Store) -> Result<[u8; 32], StoreError> {
     let made: [u8; 32] = rand::random();
-    match meta.create(VISITOR_KEY, Bytes::copy_from_slice(&made)).await {
+    match meta
+        .create(VISITOR_KEY, Bytes::copy_from_slice(&made))
+        .await
+    {
         Ok(_) => return Ok(made),
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
         Err(e) => return Err(nats_error("cannot store the visitor key", e)),
@@ -561,7 +570,10 @@ impl Backend for NatsStore {
             return Ok(None);
         };
         let Some((_, _, snapshot)) = decode_snapshot_entry(&bytes) else {
-            warn!(code, "an unreadable aggregates entry; rebuilding from the clicks");
+            warn!(
+                code,
+                "an unreadable aggregates entry; rebuilding from the clicks"
+            );
             return Ok(None);
         };
         match aggregates::decode_snapshot(snapshot) {
@@ -602,7 +614,9 @@ impl Backend for NatsStore {
                     .await
                 {
                     Ok(message) => message,
-                    Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                    Err(e)
+                        if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) =>
+                    {
                         return Ok(());
                     }
                     Err(e) => return Err(nats_error("cannot read a code's clicks", e)),

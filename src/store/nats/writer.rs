@@ -35,7 +35,9 @@ use crate::{
     metrics::DropReason,
     store::{
         StoreError, records,
-        writer::{CommitListener, Health, LinkOp, LinkOutcome, Op, WriteError, Writer, WriterConfig},
+        writer::{
+            CommitListener, Health, LinkOp, LinkOutcome, Op, WriteError, Writer, WriterConfig,
+        },
     },
 };
 
@@ -111,7 +113,9 @@ impl Group {
             }
             Op::Fresh(click) => {
                 let click = *click;
-                self.pending(click.code).items.push(Item::Fresh(click.event));
+                self.pending(click.code)
+                    .items
+                    .push(Item::Fresh(click.event));
                 self.acks.extend(click.ack);
                 self.permits.merge(click.permit);
                 false
@@ -218,7 +222,9 @@ async fn commit(
         })
         .collect();
     if dropped > 0 {
-        config.metrics.clicks_dropped(DropReason::LinkDeleted, dropped);
+        config
+            .metrics
+            .clicks_dropped(DropReason::LinkDeleted, dropped);
     }
     let known: Vec<(ShortCode, Tip)> = codes
         .iter()
@@ -320,12 +326,7 @@ async fn publish_code(
             .expected_last_subject_sequence(current.stream_seq)
             .message_id(&id)
             .header("Lp-Node", store.inner.node.as_str());
-        let acked = match store
-            .inner
-            .js
-            .send_publish(subject.clone(), message)
-            .await
-        {
+        let acked = match store.inner.js.send_publish(subject.clone(), message).await {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };

@@ -92,15 +92,20 @@ async fn load_and_kill(durability: &str, kill_servers: bool) -> TestResult {
     for code in &codes {
         let n = consistent(&reader.client, &nginx.base, code).await;
         for node in &survivors {
-            super::eventually(Duration::from_secs(10), "every node reads the count", || async {
-                count(&node.client, &node.base, code).await == n
-            })
+            super::eventually(
+                Duration::from_secs(10),
+                "every node reads the count",
+                || async { count(&node.client, &node.base, code).await == n },
+            )
             .await;
         }
         let (sent, ok) = tally[code];
         // A request nginx sent on after the node died may have been stored twice at most
         // once per client.
-        assert!(n <= sent + CLIENTS as u64, "{code}: {n} stored of {sent} sent");
+        assert!(
+            n <= sent + CLIENTS as u64,
+            "{code}: {n} stored of {sent} sent"
+        );
         if durability == "strict" || kill_servers {
             assert!(n >= ok, "{code}: {n} stored, {ok} acknowledged");
         }

@@ -5,6 +5,7 @@
 //! The tests run one at a time (each starts several servers on two cores).
 
 mod failover;
+mod migrate;
 mod nginx;
 mod outage;
 mod viewers;
@@ -97,8 +98,8 @@ impl Nats {
 
     /// Starts server `i` (again), on its port and store.
     pub fn start_server(&mut self, i: usize) {
-        let log = std::fs::File::create(self.dir.path().join(format!("nats-{i}.log")))
-            .expect("nats log");
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("nats-{i}.log"))).expect("nats log");
         let server = &mut self.servers[i];
         let child = Command::new("nats-server")
             .arg("-c")
@@ -236,7 +237,6 @@ impl Node {
             let _ = child.wait();
         }
     }
-
 }
 
 impl Drop for Node {

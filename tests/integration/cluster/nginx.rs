@@ -75,8 +75,9 @@ async fn sixty_four_clients_on_ten_thousand_codes_through_nginx_count_exactly() 
                 };
                 let through = read(nginx.url(&format!("/api/links/{code}"))).await;
                 let direct = read(a.url(&format!("/api/links/{code}"))).await;
-                (through != Some(want) || direct != Some(want))
-                    .then(|| format!("{code}: {through:?} through nginx, {direct:?} on a, of {want}"))
+                (through != Some(want) || direct != Some(want)).then(|| {
+                    format!("{code}: {through:?} through nginx, {direct:?} on a, of {want}")
+                })
             }
         })
         .buffer_unordered(CLIENTS)

@@ -51,9 +51,11 @@ async fn with_every_nats_server_down_redirects_go_on_and_nodes_recover() -> Test
     let strict = Node::start(&nats, "strict", &["--durability", "strict"]);
     create(&lenient.client, &lenient.base, "outage").await;
     // Both nodes know the link (it reached the strict node through the bucket's watch).
-    eventually(Duration::from_secs(10), "the link on both nodes", || async {
-        click(&strict.client, &strict.base, "outage").await == 302
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the link on both nodes",
+        || async { click(&strict.client, &strict.base, "outage").await == 302 },
+    )
     .await;
     assert_eq!(click(&lenient.client, &lenient.base, "outage").await, 302);
     let before = consistent(&lenient.client, &lenient.base, "outage").await;
@@ -61,19 +63,25 @@ async fn with_every_nats_server_down_redirects_go_on_and_nodes_recover() -> Test
     for i in 0..nats.len() {
         nats.kill(i);
     }
-    eventually(Duration::from_secs(20), "/healthz says NATS is gone", || async {
-        let (status, body) = health(&lenient).await;
-        status == 503 && body["reason"].as_str().is_some_and(|r| r.contains("NATS"))
-    })
+    eventually(
+        Duration::from_secs(20),
+        "/healthz says NATS is gone",
+        || async {
+            let (status, body) = health(&lenient).await;
+            status == 503 && body["reason"].as_str().is_some_and(|r| r.contains("NATS"))
+        },
+    )
     .await;
     // Default durability: answered from memory; the clicks past the backlog are dropped and
     // counted as such.
     for _ in 0..12 {
         assert_eq!(click(&lenient.client, &lenient.base, "outage").await, 302);
     }
-    eventually(Duration::from_secs(10), "clicks past the backlog counted", || async {
-        dropped(&lenient).await == 12 - held
-    })
+    eventually(
+        Duration::from_secs(10),
+        "clicks past the backlog counted",
+        || async { dropped(&lenient).await == 12 - held },
+    )
     .await;
     // Strict durability: the click cannot be stored, so the redirect says so.
     assert_eq!(click(&strict.client, &strict.base, "outage").await, 503);
@@ -81,14 +89,18 @@ async fn with_every_nats_server_down_redirects_go_on_and_nodes_recover() -> Test
     for i in 0..nats.len() {
         nats.start_server(i);
     }
-    eventually(Duration::from_secs(60), "the nodes recover by themselves", || async {
-        health(&lenient).await.0 == 200 && health(&strict).await.0 == 200
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the nodes recover by themselves",
+        || async { health(&lenient).await.0 == 200 && health(&strict).await.0 == 200 },
+    )
     .await;
     // The held clicks are stored: what was answered before the outage plus the backlog.
-    eventually(Duration::from_secs(30), "the held clicks stored", || async {
-        super::count(&lenient.client, &lenient.base, "outage").await >= before + held
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the held clicks stored",
+        || async { super::count(&lenient.client, &lenient.base, "outage").await >= before + held },
+    )
     .await;
     let after = consistent(&lenient.client, &lenient.base, "outage").await;
     // The strict node's refused click may or may not have reached the stream before its

@@ -28,8 +28,8 @@ async fn follow_to(stream: &mut SseClient, count: u64, floor: u64) -> Vec<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_viewer_on_one_node_sees_clicks_made_through_another_also_after_a_reconnect()
--> TestResult {
+async fn a_viewer_on_one_node_sees_clicks_made_through_another_also_after_a_reconnect() -> TestResult
+{
     let _one = ONE_AT_A_TIME.lock().await;
     let nats = Nats::start(3);
     let a = Node::start(&nats, "a", &[]);
@@ -40,7 +40,10 @@ async fn a_viewer_on_one_node_sees_clicks_made_through_another_also_after_a_reco
     // A viewer on C; clicks through A.
     let mut on_c = SseClient::open(&c.client, &c.url("/realtime/watched"), None).await;
     assert_eq!(on_c.status, 200);
-    let first = on_c.next_data(Duration::from_secs(10)).await.expect("the state on connect");
+    let first = on_c
+        .next_data(Duration::from_secs(10))
+        .await
+        .expect("the state on connect");
     assert_eq!(first.count(), Some(0));
     for _ in 0..20 {
         assert_eq!(click(&a.client, &a.base, "watched").await, 302);
@@ -54,14 +57,16 @@ async fn a_viewer_on_one_node_sees_clicks_made_through_another_also_after_a_reco
     for _ in 0..5 {
         assert_eq!(click(&a.client, &a.base, "watched").await, 302);
     }
-    let mut on_b =
-        SseClient::open(&b.client, &b.url("/realtime/watched"), Some("20")).await;
+    let mut on_b = SseClient::open(&b.client, &b.url("/realtime/watched"), Some("20")).await;
     assert_eq!(on_b.status, 200);
     for _ in 0..10 {
         assert_eq!(click(&a.client, &a.base, "watched").await, 302);
     }
     let ids = follow_to(&mut on_b, 35, 20).await;
-    assert!(ids.iter().all(|&id| id > 20), "after id 20 only later counts: {ids:?}");
+    assert!(
+        ids.iter().all(|&id| id > 20),
+        "after id 20 only later counts: {ids:?}"
+    );
 
     // Every node reads the same count, events and aggregates from the stream.
     for node in [&a, &b, &c] {
