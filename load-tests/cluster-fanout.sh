@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Click-to-screen across cluster nodes beside one fjall node, in the same session:
+#
+#   cluster  deploy/local-cluster.sh (3 nats-servers, nodes a, b, c on R3, nginx unused here):
+#            clicks to node a, viewers spread round-robin over nodes b and c
+#            (linkpulse-load fanout --click-url A --viewer-urls B,C)
+#   fjall    one node on fjall, clicks and viewers on it (the reference)
+#
+#   load-tests/cluster-fanout.sh [viewer counts] [clicks] [rate]
+#   load-tests/cluster-fanout.sh "1000 10000" 300 100        (the defaults)
+#
+# For each viewer count, runs fanout on fjall, then on the cluster: one link, all viewers on
+# it, [clicks] clicks at [rate]/s, up to 30 s to settle. Prints each run's full linkpulse-load
+# output, then a table: delivery to all p50/p99/max (from sending a click until every viewer
+# had a frame with its count or a later one), clicks seen by all, viewers at the final count.
+#
+# Raises its open-file limit to the hard limit (the nodes and the tool inherit it): 10,000
+# viewers need more than 10,000 descriptors. The nodes run with the per-client stream cap
+# lifted (every viewer comes from 127.0.0.1); --sse-max-per-link and --sse-max-total stay at
+# their defaults (15,000 per node). Each run is bounded by `timeout`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VIEWERS=${1:-1000 10000}
+CLICKS=${2:-300}
+RATE=${3:-100}
+BIN=$(realpath "${LINKPULSE_BIN:-${CARGO_TARGET_DIR:-target}/release/linkpulse}")
+LOAD=$(realpath "${LINKPULSE_LOAD_BIN:-$(dirname "$BIN")/linkpulse-load}")
+KEY=lp_cluster_fanout_key_0123456789
+
+for tool in nginx nats-server curl python3; do
+    command -v "$tool" >/dev/null || { echo "missing $tool"; exit 1; }
+done
+[ -x "$BIN" ] || { echo "no release binary at $BIN"; exit 1; }
+[ -x "$LOAD" ] || { echo "no linkpulse-load at $LOAD"; exit 1; }
+ulimit -n "$(ulimit -Hn)"
+for n in $VIEWERS; do
+    if [ $((n + 200)) -gt "$(ulimit -n)" ]; then
+        echo "the open-file limit ($(ulimit -n)) is too low for $n viewers"
+        exit 1
+    fi
+done
+
+TMP=$(mktemp -d /tmp/lp-cluster-fanout.XXXXXX)
+# shellcheck source-path=SCRIPTDIR source=cluster-lib.sh
+. load-tests/cluster-lib.sh
+CLUSTER_DIR=$TMP/cluster
+cleanup() {
+    if [ -d "$CLUSTER_DIR" ]; then deploy/local-cluster.sh down "$CLUSTER_DIR" >/dev/null 2>&1 || true; fi
+    stop_started
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+FJ_PORT=$(free_port)
+start_node fjall "$FJ_PORT" default
+FJ_PID=${STARTED_PIDS[-1]}
+echo "starting deploy/local-cluster.sh under $CLUSTER_DIR..." >&2
+LINKPULSE_SSE_MAX_PER_CLIENT=0 LINKPULSE_MAX_CONNECTIONS_PER_CLIENT=0 LINKPULSE_BIN=$BIN \
+    deploy/local-cluster.sh up "$CLUSTER_DIR" >"$TMP/cluster.out"
+node_addr() { sed -n "s/^node=$1 .* addr=//p" "$TMP/cluster.out"; }
+A=http://$(node_addr a)
+B=http://$(node_addr b)
+C=http://$(node_addr c)
+CLUSTER_KEY=$(sed -n 's/^key=//p' "$TMP/cluster.out")
+
+# The value of a `key: value` line of a linkpulse-load summary.
+field() { sed -n "s/^$2: *//p" "$1" | head -n1; }
+
+RESULTS=()
+run() { # label viewers out-file api-key linkpulse-load-args...
+    local label=$1 n=$2 out=$3 key=$4 rc=0
+    shift 4
+    echo
+    echo "== $label, $n viewers: linkpulse-load fanout --subscribers $n --links 1 --clicks $CLICKS --rate $RATE --settle-timeout 30 $*"
+    LINKPULSE_API_KEY=$key timeout 300 "$LOAD" fanout --subscribers "$n" --links 1 --clicks "$CLICKS" --rate "$RATE" \
+        --settle-timeout 30 "$@" >"$out" 2>&1 || rc=$?
+    cat "$out"
+    [ "$rc" -eq 0 ] || echo "(exit status $rc)"
+    RESULTS+=("$label|$n|$out|$rc")
+}
+for n in $VIEWERS; do
+    run "fjall, one node" "$n" "$TMP/fjall-$n.out" "$KEY" \
+        --base-url "http://127.0.0.1:$FJ_PORT" --server-pid "$FJ_PID" \
+        --prefix "f${n}x"
+    run "cluster, clicks a, viewers b+c" "$n" "$TMP/cluster-$n.out" "$CLUSTER_KEY" \
+        --base-url "$A" --click-url "$A" --viewer-urls "$B,$C" \
+        --prefix "g${n}x"
+done
+
+echo
+echo "$CLICKS clicks at $RATE/s on one link; delivery to all = from sending a click until every viewer had its count"
+printf '%-32s %7s %11s %11s %11s %10s %12s %10s %4s\n' \
+    setup viewers p50 p99 max "seen by all" "at final" settle rc
+for entry in "${RESULTS[@]}"; do
+    IFS='|' read -r label n out rc <<<"$entry"
+    printf '%-32s %7s %11s %11s %11s %10s %12s %10s %4s\n' "$label" "$n" \
+        "$(field "$out" 'delivery to all p50')" "$(field "$out" 'delivery to all p99')" \
+        "$(field "$out" 'delivery to all max')" \
+        "$(field "$out" 'clicks seen by all' | awk '{print $1}')" \
+        "$(field "$out" 'at final count' | awk '{print $1}')" \
+        "$(field "$out" 'settle time')" "$rc"
+done
