@@ -211,14 +211,16 @@ async fn commit(
     let mut dropped = 0usize;
     let codes: Vec<Pending> = std::mem::take(&mut group.codes)
         .into_iter()
-        .filter_map(|mut pending| {
-            // A deleted link takes no click to number here (an actor refuses them itself).
-            if !store.has_link(pending.code.as_str()) {
-                let before = pending.items.len();
-                pending.items.retain(|i| matches!(i, Item::Numbered(_)));
-                dropped += before - pending.items.len();
+        .filter_map(|pending| {
+            // A deleted link's clicks are not stored: its subject was purged (in this group,
+            // or before), and clicks published after the purge would count for a new link
+            // made later on the code.
+            if store.has_link(pending.code.as_str()) {
+                Some(pending)
+            } else {
+                dropped += pending.items.len();
+                None
             }
-            (!pending.items.is_empty()).then_some(pending)
         })
         .collect();
     if dropped > 0 {

@@ -113,3 +113,73 @@ async fn clicks_through_two_nodes_at_once_are_numbered_once_each() -> TestResult
     assert_eq!(consistent(&reader.client, &reader.base, "raced").await, 400);
     Ok(())
 }
+
+fn location(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_and_deletions_on_one_node_reach_the_others() -> TestResult {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nats = Nats::start(1);
+    let hold = ["--deleted-code-hold", "0s"];
+    let a = Node::start(&nats, "a", &hold);
+    let b = Node::start(&nats, "b", &hold);
+    create(&a.client, &a.base, "moving").await;
+    // B has a live actor and a cached copy of the link.
+    for _ in 0..3 {
+        assert_eq!(click(&b.client, &b.base, "moving").await, 302);
+    }
+    let mut on_b = SseClient::open(&b.client, &b.url("/realtime/moving"), None).await;
+    follow_to(&mut on_b, 3, 0).await;
+
+    // A new target set through A is where B sends the next click.
+    let res = a
+        .client
+        .patch(a.url("/api/links/moving"))
+        .bearer_auth(crate::support::KEY)
+        .json(&serde_json::json!({"url": "https://example.org/new"}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 200);
+    super::eventually(
+        Duration::from_secs(10),
+        "B redirects to the new target",
+        || async {
+            let res = b.client.get(b.url("/moving")).send().await;
+            res.is_ok_and(|r| location(&r) == "https://example.org/new")
+        },
+    )
+    .await;
+
+    // Deleted through A: B's viewer gets the `deleted` event, B answers 404.
+    let res = a
+        .client
+        .delete(a.url("/api/links/moving"))
+        .bearer_auth(crate::support::KEY)
+        .send()
+        .await?;
+    assert_eq!(res.status(), 204);
+    let deleted = on_b.next_named("deleted", Duration::from_secs(10)).await;
+    assert!(deleted.is_some(), "B's viewer is told the link is gone");
+    super::eventually(Duration::from_secs(10), "B answers 404", || async {
+        click(&b.client, &b.base, "moving").await == 404
+    })
+    .await;
+
+    // Made again (the hold is 0 here) through B: it starts from nothing on both nodes.
+    create(&b.client, &b.base, "moving").await;
+    assert_eq!(click(&a.client, &a.base, "moving").await, 302);
+    // A read on the node that counted the click waits for it; another node sees it once A
+    // has stored it (default durability answers first).
+    assert_eq!(consistent(&a.client, &a.base, "moving").await, 1);
+    super::eventually(Duration::from_secs(10), "B reads the new count", || async {
+        super::count(&b.client, &b.base, "moving").await == 1
+    })
+    .await;
+    Ok(())
+}
