@@ -64,16 +64,16 @@ start_node() { # name port durability [nats_urls replicas]
     wait_http "http://127.0.0.1:$port/healthz" "$!" 120 "linkpulse $name" "$TMP/$name.log"
 }
 
-# SIGTERM to every process started here (newest first: nodes before their NATS), then up to
-# 20 s for each to exit, then SIGKILL.
+# Stops every process started here, newest first (so a node before the NATS it flushes to):
+# SIGTERM, up to 20 s to exit, then SIGKILL.
 stop_started() {
     local i pid
     for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
-        kill "${STARTED_PIDS[i]}" 2>/dev/null || true
-    done
-    for pid in "${STARTED_PIDS[@]}"; do
+        pid=${STARTED_PIDS[i]}
+        kill "$pid" 2>/dev/null || continue
         for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
     done
     STARTED_PIDS=()
 }

@@ -854,18 +854,7 @@ impl LinkState {
         });
         self.subscribers
             .send_all(&frame::deleted_frame(self.code.as_str(), self.count));
-        self.subscribers.clear();
-        self.waiters.clear();
-        self.update_wanted();
-        if !self.draining
-            && self
-                .shared
-                .directory
-                .begin_drain(&self.code, myself.get_id())
-        {
-            self.draining = true;
-            let _ = myself.drain();
-        }
+        self.end(myself);
     }
 
     /// Follows the clicks other nodes store for this code while anyone watches it here (a
@@ -939,6 +928,11 @@ impl LinkState {
         }
         debug!(code = %self.code, count = self.count, "superseded by another node's clicks");
         self.stale = true;
+        self.end(myself);
+    }
+
+    /// Ends every subscription and question, and stops whether or not anyone watched.
+    fn end(&mut self, myself: &ActorRef<LinkMsg>) {
         self.subscribers.clear();
         self.waiters.clear();
         self.update_wanted();

@@ -1,5 +1,6 @@
 //! `linkpulse-load`: load generator for linkpulse (redirects, SSE fan-out, many distinct codes).
 
+mod counts;
 mod create;
 mod distinct;
 mod fanout;
@@ -51,6 +52,8 @@ enum Mode {
     Restart(restart::RestartArgs),
     /// Makes N links and nothing else (for load tools that only click, like wrk).
     Create(create::Args),
+    /// The sum of clickCount over N links (to check the counting of other load tools).
+    Counts(counts::Args),
 }
 
 #[tokio::main]
@@ -70,6 +73,7 @@ async fn main() -> ExitCode {
         Mode::Seed(args) => restart::seed(args).await,
         Mode::Restart(args) => restart::restart(&cli.common, args).await,
         Mode::Create(args) => create::run(&cli.common, args).await,
+        Mode::Counts(args) => counts::run(&cli.common, args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -59,6 +59,8 @@ const META: &str = "lp_meta";
 const VISITOR_KEY: &str = "visitor-key";
 /// Every request to NATS gives up after this (the client's own default is 10 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Making a bucket's watch may take this long (a million keys: several seconds).
+const WATCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where the cluster store is and how it keeps its data.
 #[derive(Debug, Clone)]
@@ -149,6 +151,10 @@ struct Inner {
     clicks: stream::Stream,
     links_kv: kv::Store,
     keys_kv: kv::Store,
+    /// The same two buckets, for their watches: making a watch of a bucket with a million
+    /// keys takes the server longer than an ordinary request may.
+    links_watch: kv::Store,
+    keys_watch: kv::Store,
     gone_kv: kv::Store,
     aggregates_kv: kv::Store,
     meta_kv: kv::Store,
@@ -245,12 +251,27 @@ impl NatsStore {
         let aggregates_kv = bucket(AGGREGATES).await?;
         let meta_kv = bucket(META).await?;
         let visitor_key = self::visitor_key(&meta_kv).await?;
+        let slow = jetstream::ContextBuilder::new()
+            .timeout(WATCH_TIMEOUT)
+            .build(client.clone());
+        let watch_bucket = |name: &'static str| {
+            let slow = slow.clone();
+            async move {
+                slow.get_key_value(name)
+                    .await
+                    .map_err(|e| nats_error(&format!("cannot open the bucket {name}"), e))
+            }
+        };
+        let links_watch = watch_bucket(LINKS).await?;
+        let keys_watch = watch_bucket(KEYS).await?;
         let inner = Arc::new(Inner {
             client,
             js,
             clicks,
             links_kv,
             keys_kv,
+            links_watch,
+            keys_watch,
             gone_kv,
             aggregates_kv,
             meta_kv,
@@ -285,7 +306,7 @@ impl NatsStore {
     async fn follow_links(&self) -> Result<usize, StoreError> {
         let inner = self.inner.clone();
         let watch = inner
-            .links_kv
+            .links_watch
             .watch_with_history(">")
             .await
             .map_err(|e| nats_error("cannot watch the links bucket", e))?;
@@ -328,7 +349,7 @@ impl NatsStore {
     async fn follow_keys(&self) -> Result<usize, StoreError> {
         let inner = self.inner.clone();
         let watch = inner
-            .keys_kv
+            .keys_watch
             .watch_with_history(">")
             .await
             .map_err(|e| nats_error("cannot watch the keys bucket", e))?;
@@ -435,9 +456,9 @@ async fn follow(
             // The watch ended (a server gone for long): start again from what is stored now.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let bucket = if what == "links" {
-                &inner.links_kv
+                &inner.links_watch
             } else {
-                &inner.keys_kv
+                &inner.keys_watch
             };
             match bucket.watch_with_history(">").await {
                 Ok(again) => watch = again,

@@ -338,13 +338,7 @@ async fn publish_code(
                     stream_seq: ack.sequence,
                     last,
                 };
-                for listener in &listeners {
-                    if superseded {
-                        listener.superseded();
-                    } else {
-                        listener.committed(last);
-                    }
-                }
+                tell(&listeners, superseded, done.last);
                 return (code, done, events.len());
             }
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
@@ -356,13 +350,7 @@ async fn publish_code(
                             stream_seq,
                             last: stored.map_or(0, |e| e.seq),
                         };
-                        for listener in &listeners {
-                            if superseded {
-                                listener.superseded();
-                            } else {
-                                listener.committed(done.last);
-                            }
-                        }
+                        tell(&listeners, superseded, done.last);
                         return (code, done, events.len());
                     }
                     Ok((stream_seq, stored, _)) => {
@@ -387,6 +375,18 @@ async fn publish_code(
                 unreachable(health, &format!("publishing clicks: {e}"));
                 tokio::time::sleep(RETRY).await;
             }
+        }
+    }
+}
+
+/// Tells the actors whose clicks were stored: up to which number, or that another node's
+/// clicks came first and theirs were numbered after them.
+fn tell(listeners: &[Arc<dyn CommitListener>], superseded: bool, last: u64) {
+    for listener in listeners {
+        if superseded {
+            listener.superseded();
+        } else {
+            listener.committed(last);
         }
     }
 }
@@ -439,6 +439,17 @@ async fn store_snapshot(
     Ok(())
 }
 
+/// A link's entry in the bucket, unless there is none (or it was deleted).
+async fn stored_link(store: &NatsStore, code: &ShortCode) -> Result<Option<kv::Entry>, StoreError> {
+    Ok(store
+        .inner
+        .links_kv
+        .entry(code.as_str())
+        .await
+        .map_err(|e| nats_error("cannot read a link", e))?
+        .filter(|e| e.operation == kv::Operation::Put))
+}
+
 /// Carries out one link operation against the buckets.
 async fn link_op(
     store: &NatsStore,
@@ -478,13 +489,7 @@ async fn link_op(
             // Compare-and-set on the entry's revision: a change made meanwhile on another
             // node is read and the change applied to it.
             for _ in 0..16 {
-                let Some(entry) = inner
-                    .links_kv
-                    .entry(code.as_str())
-                    .await
-                    .map_err(|e| nats_error("cannot read a link", e))?
-                    .filter(|e| e.operation == kv::Operation::Put)
-                else {
+                let Some(entry) = stored_link(store, code).await? else {
                     return Ok(LinkOutcome::Updated(None));
                 };
                 let link = records::decode_link(&entry.value)?;
@@ -519,13 +524,7 @@ async fn link_op(
             ))
         }
         LinkOp::Delete(code, _) => {
-            let Some(entry) = inner
-                .links_kv
-                .entry(code.as_str())
-                .await
-                .map_err(|e| nats_error("cannot read a link", e))?
-                .filter(|e| e.operation == kv::Operation::Put)
-            else {
+            let Some(entry) = stored_link(store, code).await? else {
                 return Ok(LinkOutcome::Deleted(false));
             };
             let until = now.saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX));

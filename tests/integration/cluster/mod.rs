@@ -22,6 +22,7 @@ use std::{
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+pub use crate::support::eventually;
 use crate::support::{KEY, client};
 
 const BIN: &str = env!("CARGO_BIN_EXE_linkpulse");
@@ -425,18 +426,5 @@ pub async fn click(client: &reqwest::Client, base: &str, code: &str) -> u16 {
     {
         Ok(res) => res.status().as_u16(),
         Err(_) => 0,
-    }
-}
-
-/// Polls `check` until it holds or `limit` passes.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
