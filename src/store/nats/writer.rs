@@ -279,7 +279,16 @@ async fn publish_code(
         listeners,
     } = pending;
     let subject = clicks_subject(code.as_str());
-    let mut tip = tip;
+    // A code with no known tip whose clicks are all to be numbered here (the long tail:
+    // codes clicked once in a while) is first tried as a code with no clicks yet: right, it
+    // saves reading its last message; wrong, JetStream refuses it and the last message is
+    // read then.
+    let mut tip = tip.or_else(|| {
+        items
+            .iter()
+            .all(|i| matches!(i, Item::Fresh(_)))
+            .then_some(Tip::default())
+    });
     let mut superseded = false;
     let mut attempt = 0u32;
     loop {
@@ -322,7 +331,13 @@ async fn publish_code(
             }
         }
         let last = current.last + events.len() as u64;
-        let id = format!("{}:{}:{}", store.inner.node, code, current.stream_seq);
+        // The same for a retry of this very message, never for another (a code made again
+        // after a deletion starts again from stream sequence 0).
+        let first_at = events.first().map_or(0, |e| e.at);
+        let id = format!(
+            "{}:{}:{}:{}",
+            store.inner.node, code, current.stream_seq, first_at
+        );
         let message = jetstream::message::PublishMessage::build()
             .payload(encode_batch(&events))
             .expected_last_subject_sequence(current.stream_seq)
