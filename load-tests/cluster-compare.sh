@@ -45,6 +45,12 @@ NCODES=${4:-10000}
 BIN=$(realpath "${LINKPULSE_BIN:-${CARGO_TARGET_DIR:-target}/release/linkpulse}")
 LOAD=$(realpath "${LINKPULSE_LOAD_BIN:-$(dirname "$BIN")/linkpulse-load}")
 KEY=lp_cluster_compare_key_0123456789
+# Every node here (and in local-cluster.sh, which passes the environment on) keeps its link
+# actors for the whole script. With the default (60s), the [codes] actors of a node stop
+# together a minute after its codes run, each storing its aggregates snapshot, and that burst
+# (about 6 CPU-seconds per 10,000 actors on JetStream R1) lands in a later run of another
+# column. Set LINKPULSE_IDLE_TIMEOUT to measure with another value.
+export LINKPULSE_IDLE_TIMEOUT=${LINKPULSE_IDLE_TIMEOUT:-1h}
 
 for tool in wrk nginx nats-server curl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool"; exit 1; }

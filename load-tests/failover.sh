@@ -14,8 +14,10 @@
 #   - stops 3 s after both events below were seen, or [max-s] s after the first click.
 # Reported per trial, from the kill:
 #   first 302      the answer to the first click sent after the kill that was a 302
-#   count grows    the first count read (sent after the kill) above the last count read
-#                  before it
+#   count grows    the answer to the first count read sent after the kill that is above the
+#                  last count read before it (slowest read: the longest count read sent
+#                  after the kill; the API request waits while the next node starts the
+#                  code's actor, a redirect does not)
 #   not 302        clicks sent after the kill answered otherwise, or failed (and how)
 #   slowest        the longest click after the kill, from its sending to its answer
 #   retried        requests for the code that nginx sent to more than one node (access log)
@@ -23,7 +25,10 @@
 #                  clicks answered 302; clicks the killed node had answered but not yet
 #                  stored in JetStream are lost (default durability), and a click nginx
 #                  retried after the node had counted it is counted twice
-# Then the cluster is stopped. Everything is on 127.0.0.1; every loop is bounded.
+#   before/lowest  the last count read before the kill / the lowest read after it (lower
+#                  than before: the killed node had shown clicks it had not stored)
+# Then the cluster is stopped (KEEP=1 keeps its logs, nginx's access log included, and
+# prints where). Everything is on 127.0.0.1; every loop is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +51,7 @@ cleanup() {
     if [ -n "$CLUSTER_DIR" ] && [ -d "$CLUSTER_DIR" ]; then
         deploy/local-cluster.sh down "$CLUSTER_DIR" >/dev/null 2>&1 || true
     fi
-    rm -rf "$TMP"
+    if [ "${KEEP:-0}" = 1 ]; then echo "logs kept under $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 
@@ -153,6 +158,7 @@ print(f"slowest_after_kill_ms={max(((a - s) * 1000 for s, a, _ in after), defaul
 print(f"count_before_kill={before[-1] if before else '-'}")
 print(f"lowest_count_after_kill={min(post) if post else '-'}")
 print(f"unreadable_counts_after_kill={sum(1 for s, a, v in reads if k is not None and s >= k and v is None)}")
+print(f"slowest_read_after_kill_ms={max(((a - s) * 1000 for s, a, _ in reads if k is not None and s >= k), default=0):.0f}")
 PY
 
 val() { sed -n "s/^$1=//p" "$2"; }
@@ -182,8 +188,9 @@ for trial in $(seq "$TRIALS"); do
     OK=$(val ok302 "$TMP/trial-$trial.out")
     # One 302 more than the loop's: the click that found the home node.
     OK=$((OK + 1))
+    SLOW_READ=$(val slowest_read_after_kill_ms "$TMP/trial-$trial.out")
     RETRIED=$(grep -a "\"GET /$CODE HTTP" "$CLUSTER_DIR/nginx/access.log" | grep -c 'upstream="[^"]*, ' || true)
-    ROWS+=("$trial|$HOME_NAME|$(val clicks "$TMP/trial-$trial.out")|$(val after_kill "$TMP/trial-$trial.out")|$(val first_302_ms "$TMP/trial-$trial.out")|$(val count_grows_ms "$TMP/trial-$trial.out")|$(val not_302_after_kill "$TMP/trial-$trial.out")|$(val slowest_after_kill_ms "$TMP/trial-$trial.out")|$RETRIED|$FINAL of $OK|$(val count_before_kill "$TMP/trial-$trial.out")/$(val lowest_count_after_kill "$TMP/trial-$trial.out")")
+    ROWS+=("$trial|$HOME_NAME|$(val clicks "$TMP/trial-$trial.out")|$(val after_kill "$TMP/trial-$trial.out")|$(val first_302_ms "$TMP/trial-$trial.out")|$(val count_grows_ms "$TMP/trial-$trial.out")|$(val not_302_after_kill "$TMP/trial-$trial.out")|$(val slowest_after_kill_ms "$TMP/trial-$trial.out")|$SLOW_READ|$RETRIED|$FINAL of $OK|$(val count_before_kill "$TMP/trial-$trial.out")/$(val lowest_count_after_kill "$TMP/trial-$trial.out")")
     echo "trial $trial:" >&2
     sed 's/^/  /' "$TMP/trial-$trial.out" >&2
     deploy/local-cluster.sh down "$CLUSTER_DIR" >/dev/null 2>&1
@@ -191,9 +198,10 @@ for trial in $(seq "$TRIALS"); do
 done
 
 echo "clicks through nginx every $INTERVAL_MS ms, kill -9 of the code's home node $KILL_AFTER s in; times in ms from the kill"
-printf '%-6s %5s %7s %11s %10s %12s %10s %8s %8s %16s %14s\n' \
-    trial home clicks "after kill" "first 302" "count grows" "not 302" slowest retried "counted of 302" "before/lowest"
+printf '%-6s %5s %7s %11s %10s %12s %10s %8s %13s %8s %16s %14s\n' \
+    trial home clicks "after kill" "first 302" "count grows" "not 302" slowest "slowest read" retried \
+    "counted of 302" "before/lowest"
 for row in "${ROWS[@]}"; do
-    IFS='|' read -r t h n a f g b s r cc bl <<<"$row"
-    printf '%-6s %5s %7s %11s %10s %12s %10s %8s %8s %16s %14s\n' "$t" "$h" "$n" "$a" "$f" "$g" "$b" "$s" "$r" "$cc" "$bl"
+    IFS='|' read -r t h n a f g b s sr r cc bl <<<"$row"
+    printf '%-6s %5s %7s %11s %10s %12s %10s %8s %13s %8s %16s %14s\n' "$t" "$h" "$n" "$a" "$f" "$g" "$b" "$s" "$sr" "$r" "$cc" "$bl"
 done

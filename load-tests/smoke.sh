@@ -75,6 +75,10 @@ run() {
 run redirect --requests 2000 --connections 8 --codes 3
 run redirect --requests 500 --connections 4 --codes 3 --rate 1000 --pick random
 run fanout --subscribers 20 --links 2 --clicks 20 --rate 50
+run fanout --subscribers 20 --links 2 --clicks 20 --rate 50 --prefix v \
+    --click-url "http://127.0.0.1:$PORT" --viewer-urls "http://127.0.0.1:$PORT,http://127.0.0.1:$PORT"
+run create --codes 50 --prefix w
+run counts --codes 50 --prefix w
 run distinct --codes 200 --concurrency 8
 
 echo "== stopping linkpulse with SIGTERM"
