@@ -457,6 +457,7 @@ impl Links {
     /// (where everything of a stopped actor is committed).
     pub async fn snapshot(&self, link: &Arc<Link>) -> Result<Snapshot, LinkError> {
         let deadline = Instant::now() + CALL_TIMEOUT;
+        self.refresh_if_stale(link, deadline).await?;
         self.await_stopping(link, deadline).await?;
         if self.shared.directory.live(link.code.as_str()).is_some() {
             match self.ask(link, LinkMsg::Snapshot, deadline).await {
@@ -495,6 +496,7 @@ impl Links {
         query: StatsQuery,
     ) -> Result<Result<StatsAnswer, QueryError>, LinkError> {
         let deadline = Instant::now() + CALL_TIMEOUT;
+        self.refresh_if_stale(link, deadline).await?;
         loop {
             self.await_stopping(link, deadline).await?;
             let ask = |reply| {
@@ -512,6 +514,43 @@ impl Links {
                 answer => return answer,
             }
         }
+    }
+
+    /// On a cluster store: a live actor here that nobody watches does not follow the clicks
+    /// other nodes store for its code. Before it answers a read, the code's last stored batch
+    /// is looked at: numbered elsewhere and beyond the actor's count, the actor is stale; it is
+    /// told so, and the read goes to the store (or a successor that starts from it).
+    async fn refresh_if_stale(&self, link: &Arc<Link>, deadline: Instant) -> Result<(), LinkError> {
+        let store = &self.shared.store;
+        if !store.shared_by_nodes() {
+            return Ok(());
+        }
+        let Some(actor) = self.shared.directory.live(link.code.as_str()) else {
+            return Ok(());
+        };
+        let here = self.ask(link, LinkMsg::Snapshot, deadline).await?;
+        let (store, code) = (store.clone(), link.code.clone());
+        let elsewhere = tokio::task::spawn_blocking(move || store.counted_elsewhere(code.as_str()))
+            .await
+            .map_err(|_| LinkError::ShuttingDown)??;
+        if elsewhere.is_some_and(|count| count > here.count) {
+            let id = actor.get_id();
+            let _ = actor.cast(LinkMsg::Superseded);
+            // Until it has taken the news (its entry then drains), then until it has ended.
+            while self
+                .shared
+                .directory
+                .live(link.code.as_str())
+                .is_some_and(|live| live.get_id() == id)
+            {
+                if Instant::now() >= deadline {
+                    return Err(LinkError::Timeout);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            self.await_stopping(link, deadline).await?;
+        }
+        Ok(())
     }
 
     /// Waits until every click this link's actor has taken so far is committed, so a read of

@@ -30,6 +30,17 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (code, deliver);
         None
     }
+    /// The count of `code` when its last stored clicks were numbered by another node (a
+    /// cluster store); `None` when this node numbered them, or on an embedded store, where no
+    /// other node exists.
+    fn counted_elsewhere(&self, code: &str) -> Result<Option<u64>, StoreError> {
+        let _ = code;
+        Ok(None)
+    }
+    /// Whether other nodes write to this store (a cluster store).
+    fn shared_by_nodes(&self) -> bool {
+        false
+    }
     /// Why the store cannot be reached now, if it cannot (a cluster store's servers are
     /// gone); an embedded store is always there.
     fn unreachable(&self) -> Option<String> {

@@ -494,6 +494,16 @@ impl Backend for NatsStore {
         "nats"
     }
 
+    fn counted_elsewhere(&self, code: &str) -> Result<Option<u64>, StoreError> {
+        let (_, last, id) = self.run(self.last_batch(code))?;
+        let mine = id.split(':').next() == Some(self.inner.node.as_str());
+        Ok(last.filter(|_| !mine).map(|e| e.seq))
+    }
+
+    fn shared_by_nodes(&self) -> bool {
+        true
+    }
+
     fn unreachable(&self) -> Option<String> {
         match self.inner.client.connection_state() {
             async_nats::connection::State::Connected => None,
