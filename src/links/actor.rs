@@ -860,6 +860,9 @@ impl LinkState {
     /// Follows the clicks other nodes store for this code while anyone watches it here (a
     /// cluster store; nothing on fjall), and stops following when nobody does.
     fn follow_others(&mut self) {
+        if !self.shared.store.shared_by_nodes() {
+            return;
+        }
         let watched = !self.subscribers.is_empty() && !self.stale && !self.draining;
         match (&self.following, watched) {
             (None, true) => {

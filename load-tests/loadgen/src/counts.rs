@@ -16,18 +16,8 @@ use crate::{
     report::Summary,
 };
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Links to read.
-    #[arg(long, default_value_t = 10_000)]
-    codes: usize,
-    /// Requests in flight at once (each on a keep-alive connection of a pool).
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-    /// Codes are <prefix>0000001, <prefix>0000002, ...
-    #[arg(long, default_value = "c")]
-    prefix: String,
-}
+/// The same links as `create` makes.
+pub use crate::create::Args;
 
 pub async fn run(common: &Common, args: Args) -> Result<bool> {
     if args.codes == 0 || args.concurrency == 0 {

@@ -15,17 +15,18 @@ use crate::{
     report::{self, Summary},
 };
 
+/// The links `create` makes and `counts` reads.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Links to make.
+    /// How many links: <prefix>0000001 ... <prefix>N.
     #[arg(long, default_value_t = 10_000)]
-    codes: usize,
+    pub codes: usize,
     /// Requests in flight at once (each on a keep-alive connection of a pool).
     #[arg(long, default_value_t = 16)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// Codes are <prefix>0000001, <prefix>0000002, ...
     #[arg(long, default_value = "c")]
-    prefix: String,
+    pub prefix: String,
 }
 
 pub async fn run(common: &Common, args: Args) -> Result<bool> {

@@ -228,11 +228,10 @@ async fn commit(
             .metrics
             .clicks_dropped(DropReason::LinkDeleted, dropped);
     }
-    let known: Vec<(ShortCode, Tip)> = codes
+    let known: HashMap<ShortCode, Tip> = codes
         .iter()
         .filter_map(|p| tips.get(&p.code).map(|t| (p.code.clone(), *t)))
         .collect();
-    let known: HashMap<ShortCode, Tip> = known.into_iter().collect();
     let stored: Vec<(ShortCode, Tip, usize)> = futures_util::stream::iter(codes)
         .map(|pending| {
             let tip = known.get(&pending.code).copied();
@@ -246,10 +245,9 @@ async fn commit(
         clicks += n;
         tips.insert(code, tip);
     }
-    if health.unavailable.lock().is_ok_and(|u| u.is_some())
-        && let Ok(mut unavailable) = health.unavailable.lock()
+    if let Ok(mut unavailable) = health.unavailable.lock()
+        && unavailable.take().is_some()
     {
-        *unavailable = None;
         info!("NATS reachable again; clicks are stored");
     }
     for (code, covers, bytes) in std::mem::take(&mut group.aggregates) {
