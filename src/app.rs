@@ -104,8 +104,11 @@ impl App {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         // Bound while holding the store, so a socket file already there is a dead server's.
-        let control = match ControlSocket::bind(&config.data_dir) {
-            _ if matches!(engine, Engine::Nats(_)) => None,
+        // A cluster node holds no store in `--data-dir` and writes nothing there: it binds no
+        // socket (its keys are managed through the API or `--initial-api-key`).
+        let control = match (&engine, &config.data_dir) {
+            (Engine::Nats(_), _) => None,
+            (Engine::Fjall(_), dir) => match ControlSocket::bind(dir) {
             Ok(socket) => Some(socket),
             Err(e) => {
                 warn!(
@@ -115,6 +118,7 @@ impl App {
                 );
                 None
             }
+            },
         };
 
         let generated_key = bootstrap_keys(&*store, initial)?;
@@ -165,7 +169,8 @@ impl App {
             links,
             keys,
             create_limits: CreateLimits::new(config.create_rate_per_key, config.create_rate_per_ip)
-                .with_auth_failures(config.auth_failures_per_ip),
+                .with_auth_failures(config.auth_failures_per_ip)
+                .with_password_failures(config.password_failures_per_minute),
             config,
             base_url,
             metrics,

@@ -260,12 +260,22 @@ impl ApiKeys {
     /// Takes in the keys made or revoked elsewhere (another node of a cluster): the store's
     /// copy is current, this one follows it. Last-used times of kept keys stay.
     pub fn follow_store(&self) -> Result<(), StoreError> {
-        let stored = self.store.api_keys()?;
+        let stored: std::collections::HashMap<[u8; 32], KeyRecord> =
+            self.store.api_keys()?.into_iter().collect();
+        // Most seconds nothing changed: seen under the read lock authentications share, the
+        // write lock (which holds them up) is not taken at all.
+        {
+            let keys = self.read();
+            if keys.len() == stored.len() && keys.iter().all(|e| stored.contains_key(&e.hash)) {
+                return Ok(());
+            }
+        }
         let _writing = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
-        keys.retain(|e| stored.iter().any(|(h, _)| *h == e.hash));
+        keys.retain(|e| stored.contains_key(&e.hash));
+        let held: std::collections::HashSet<[u8; 32]> = keys.iter().map(|e| e.hash).collect();
         for (hash, record) in stored {
-            if !keys.iter().any(|e| e.hash == hash) {
+            if !held.contains(&hash) {
                 keys.push(Entry::new(hash, record));
             }
         }

@@ -98,7 +98,7 @@ impl Badge {
             if !link.public_stats {
                 return Err(missing());
             }
-            Ok::<_, ApiError>(state.links.snapshot(&link).await?.count)
+            Ok::<_, ApiError>(state.links.public_count(&link).await?)
         }
         .await;
         match result {

@@ -37,6 +37,8 @@ pub struct ClientLimits {
     per_key: Option<DefaultKeyedRateLimiter<String>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     auth_failures: Option<Failures>,
+    /// Wrong passwords of protected links per client address (`--password-failures-per-minute`).
+    password_failures: Option<Failures>,
     checks: AtomicU64,
     /// Open streams per client address (`--sse-max-per-client`), on both stream transports.
     pub streams: Places,
@@ -57,6 +59,8 @@ pub enum Rate {
     CreatesPerAddress,
     /// Failed authentications from one client address.
     AuthFailures,
+    /// Wrong passwords of protected links from one client address.
+    PasswordFailures,
 }
 
 /// Why a request was refused: which limit, and how long until one more is allowed.
@@ -75,6 +79,7 @@ impl Limited {
             Rate::CreatesPerKey => "too many links created by this API key",
             Rate::CreatesPerAddress => "too many links created by this address",
             Rate::AuthFailures => "too many failed authentications from this address",
+            Rate::PasswordFailures => "too many wrong passwords from this address",
         };
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -98,9 +103,10 @@ struct Failures {
 }
 
 impl Failures {
-    fn new(rate: u32) -> Option<Self> {
+    /// `rate` failures per `per`, also the burst; `None` when `rate` is 0 (no limit).
+    fn new(rate: u32, per: Duration) -> Option<Self> {
         let rate = NonZeroU32::new(rate)?;
-        let interval = Duration::from_secs(1) / rate.get();
+        let interval = per / rate.get();
         Some(Self {
             interval,
             tolerance: interval * (rate.get() - 1),
@@ -146,6 +152,7 @@ impl ClientLimits {
             per_key: limiter(per_key),
             per_ip: limiter(per_ip),
             auth_failures: None,
+            password_failures: None,
             checks: AtomicU64::new(0),
             streams: Places::new("streams", "--sse-max-per-client"),
             connections: Places::new("connections", "--max-connections-per-client"),
@@ -156,23 +163,47 @@ impl ClientLimits {
     /// value [`ClientLimits::new`] starts with) turns the limit off.
     #[must_use]
     pub fn with_auth_failures(mut self, per_ip: u32) -> Self {
-        self.auth_failures = Failures::new(per_ip);
+        self.auth_failures = Failures::new(per_ip, Duration::from_secs(1));
         self
+    }
+
+    /// Wrong passwords allowed per client address and minute, also the burst; `0` turns the
+    /// limit off.
+    #[must_use]
+    pub fn with_password_failures(mut self, per_minute: u32) -> Self {
+        self.password_failures = Failures::new(per_minute, Duration::from_secs(60));
+        self
+    }
+
+    /// Whether the client at `ip` may try a password now: `Err` while it is past its
+    /// allowance of wrong ones. Takes nothing from the allowance, so a refused guess costs no
+    /// password check at all.
+    pub fn check_password(&self, ip: IpAddr) -> Result<(), Limited> {
+        Self::check_failures(self.password_failures.as_ref(), ip, Rate::PasswordFailures)
+    }
+
+    /// Counts one wrong password of the client at `ip`.
+    pub fn password_failed(&self, ip: IpAddr) {
+        if let Some(failures) = &self.password_failures {
+            self.sweep_now_and_then();
+            failures.failed(ip_key(ip), Instant::now());
+        }
+    }
+
+    fn check_failures(failures: Option<&Failures>, ip: IpAddr, rate: Rate) -> Result<(), Limited> {
+        let Some(failures) = failures else {
+            return Ok(());
+        };
+        match failures.wait(ip_key(ip), Instant::now()) {
+            None => Ok(()),
+            Some(wait) => Err(Limited { rate, wait }),
+        }
     }
 
     /// Whether the client at `ip` may present a key now: `Err` while it is past its allowance
     /// of failed authentications. Takes nothing from the allowance.
     pub fn check_auth(&self, ip: IpAddr) -> Result<(), Limited> {
-        let Some(failures) = &self.auth_failures else {
-            return Ok(());
-        };
-        match failures.wait(ip_key(ip), Instant::now()) {
-            None => Ok(()),
-            Some(wait) => Err(Limited {
-                rate: Rate::AuthFailures,
-                wait,
-            }),
-        }
+        Self::check_failures(self.auth_failures.as_ref(), ip, Rate::AuthFailures)
     }
 
     /// Counts one failed authentication of the client at `ip`.
@@ -212,6 +243,7 @@ impl ClientLimits {
         self.per_key.as_ref().map_or(0, |l| l.len())
             + self.per_ip.as_ref().map_or(0, |l| l.len())
             + self.auth_failures.as_ref().map_or(0, |f| f.whole_at.len())
+            + self.password_failures.as_ref().map_or(0, |f| f.whole_at.len())
     }
 
     /// Forgets the keys whose allowance is full again, every [`SWEEP_EVERY`] checks.
@@ -230,7 +262,10 @@ impl ClientLimits {
             l.retain_recent();
             l.shrink_to_fit();
         }
-        if let Some(f) = &self.auth_failures {
+        for f in [&self.auth_failures, &self.password_failures]
+            .into_iter()
+            .flatten()
+        {
             f.sweep(Instant::now());
         }
     }
@@ -498,7 +533,7 @@ mod tests {
 
     #[test]
     fn failed_authentications_past_the_burst_refuse_the_address_for_a_while() {
-        let failures = Failures::new(4).expect("a rate of 4");
+        let failures = Failures::new(4, Duration::from_secs(1)).expect("a rate of 4");
         let a: IpAddr = [192, 0, 2, 1].into();
         let b: IpAddr = [192, 0, 2, 2].into();
         let start = Instant::now();
@@ -523,7 +558,7 @@ mod tests {
         assert_eq!(failures.wait(a, later), Some(Duration::from_millis(250)));
         failures.sweep(later + Duration::from_secs(1));
         assert_eq!(failures.whole_at.len(), 0, "a whole allowance is forgotten");
-        assert!(Failures::new(0).is_none(), "0 is no limit");
+        assert!(Failures::new(0, Duration::from_secs(1)).is_none(), "0 is no limit");
     }
 
     #[test]

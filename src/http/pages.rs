@@ -139,7 +139,9 @@ struct Stats<'a> {
     /// The path of the page's stream.
     stream: String,
     short_url: String,
-    target: &'a str,
+    /// Where the link leads, shown on a public page of a link without a password (a password
+    /// protects the target: its page shows no part of it, host included).
+    target: Option<&'a str>,
     /// The count when the page was made, or `…` when it could not be read.
     count: String,
     /// Whether the page shows more than the count (`publicStats`).
@@ -235,15 +237,15 @@ impl StatsPage {
             Err(e) => return ApiError::from(e).write(res),
         };
         // The page opens with the count it has and the stream brings it up to date.
-        let count = match state.links.snapshot(&link).await {
-            Ok(snapshot) => snapshot.count.to_string(),
+        let count = match state.links.public_count(&link).await {
+            Ok(count) => count.to_string(),
             Err(_) => "…".to_owned(),
         };
         let page = Stats {
             code: link.code.as_str(),
             stream: format!("/realtime/{}", link.code),
             short_url: format!("{}/{}", state.base_url, link.code),
-            target: link.target.as_str(),
+            target: (link.public_stats && link.password.is_none()).then(|| link.target.as_str()),
             count,
             public: link.public_stats,
             qr: super::qr::inline_svg(&format!("{}/{}", state.base_url, link.code), 160)

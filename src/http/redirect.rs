@@ -357,6 +357,9 @@ impl Handler for CodeNotAllowed {
     }
 }
 
+/// How long a password check waits for its turn before the visitor is told to come back.
+const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `POST /{code}`: the password form's answer. A wrong password is `401` with the form again
 /// and counts nothing; the right one counts the click and redirects (`303`, so the password
 /// is not sent on to the target).
@@ -377,6 +380,7 @@ pub struct Unlock {
         (status_code = 404, description = "No such link", content_type = "text/html", body = String),
         (status_code = 405, description = "The link has no password", body = schemas::Error),
         (status_code = 410, description = "Expired or past its visit limit", content_type = "text/html", body = String),
+        (status_code = 429, description = "Too many wrong passwords from this address (`Retry-After`)", body = schemas::Error),
         E503,
     )
 )]
@@ -394,14 +398,28 @@ impl Unlock {
         let Some(hash) = link.password.clone() else {
             return super::NotAllowed(super::GET_HEAD).answer(req, res);
         };
+        // An address past its allowance of wrong passwords is refused before its guess costs
+        // a check, so one client's guesses cannot hold up every other visitor's.
+        let ip = client_ip(state, req);
+        if let Some(ip) = ip
+            && let Err(limited) = state.client_limits().check_password(ip)
+        {
+            return limited.into_error().write(res);
+        }
         let password = req.form::<String>("password").await.unwrap_or_default();
-        let Ok(_turn) = self.checks.acquire().await else {
-            return super::ApiError::unavailable("shutting down", 1).write(res);
+        // A turn among the checks running at once, waited for a bounded time: under a flood
+        // from many addresses a visitor is told to come back rather than kept waiting.
+        let turn = tokio::time::timeout(CHECK_WAIT, self.checks.acquire()).await;
+        let Ok(Ok(_turn)) = turn else {
+            return super::ApiError::unavailable("too many password checks at once", 1).write(res);
         };
         let right = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
             .await
             .unwrap_or(false);
         if !right {
+            if let Some(ip) = ip {
+                state.client_limits().password_failed(ip);
+            }
             return pages::password_form(res, link.code.as_str(), true);
         }
         self.redirect

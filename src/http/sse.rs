@@ -40,14 +40,20 @@ pub async fn serve(
     deadline: tokio::time::Instant,
     state: Arc<AppState>,
 ) {
-    // Parsed again after each read until complete: heads are small, and httparse is what
-    // decides where a head ends (CRLF or bare LF), as it does for hyper. The parsing is done in
-    // plain functions, so its header array never becomes part of this (long-lived) future.
+    // httparse decides where a head ends (CRLF or bare LF), as it does for hyper. The parsing
+    // is done in plain functions, so its header array never becomes part of this
+    // (long-lived) future.
+    // Bytes already looked through for a line end: the head is parsed again only when a new
+    // line has ended (it may be complete now, or show itself malformed), so a client sending
+    // a byte at a time costs a parse per line (at most the header limit), not per byte.
+    let mut lines = LineWatch::default();
     let head = loop {
-        match read_head(&buf) {
-            Ok(Some(head)) => break head,
-            Ok(None) => {}
-            Err(e) => return refuse(&mut conn, &e).await,
+        if lines.new_line(&buf) {
+            match read_head(&buf) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => return refuse(&mut conn, &e).await,
+            }
         }
         if buf.len() > MAX_HEAD {
             let e = ApiError::new(
@@ -149,6 +155,22 @@ struct Head {
 }
 
 /// The head in `buf` if it is complete (`None`: read on), or the answer refusing it.
+/// Where a growing request head was last looked at for a line end.
+#[derive(Default)]
+struct LineWatch {
+    searched: usize,
+}
+
+impl LineWatch {
+    /// Whether a line has ended in the bytes added since the last call (each byte is looked
+    /// at once).
+    fn new_line(&mut self, buf: &[u8]) -> bool {
+        let from = self.searched.min(buf.len());
+        self.searched = buf.len();
+        buf[from..].contains(&b'\n')
+    }
+}
+
 fn read_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -235,4 +257,42 @@ pub(super) async fn refuse(conn: &mut TcpStream, error: &ApiError) {
         body.len()
     );
     let _ = tokio::time::timeout(LAST_WRITE_TIMEOUT, conn.write_all(answer.as_bytes())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A head sent a byte at a time is parsed once per line, not once per byte.
+    #[test]
+    fn a_head_sent_byte_by_byte_is_parsed_once_per_line() {
+        let head = b"GET /realtime/abc HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\n";
+        let (mut lines, mut buf, mut parses) = (LineWatch::default(), Vec::new(), 0);
+        let mut parsed = None;
+        for byte in head {
+            buf.push(*byte);
+            if lines.new_line(&buf) {
+                parses += 1;
+                if let Ok(Some(h)) = read_head(&buf) {
+                    parsed = Some(h);
+                    break;
+                }
+            }
+        }
+        assert_eq!(parses, 4, "one parse per line end");
+        let parsed = parsed.expect("the head is complete");
+        assert_eq!(parsed.target, "/realtime/abc");
+        assert_eq!(parsed.last_event_id.as_deref(), Some(&b"7"[..]));
+
+        // 30,000 bytes of one endless header line cost no parse at all.
+        let (mut lines, mut buf) = (LineWatch::default(), b"GET /realtime/abc HTTP/1.1\r\nX: ".to_vec());
+        assert!(lines.new_line(&buf));
+        let parses = (0..30_000)
+            .filter(|_| {
+                buf.push(b'a');
+                lines.new_line(&buf)
+            })
+            .count();
+        assert_eq!(parses, 0);
+    }
 }

@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::{Shared, frame, inbox::Inbox, subscribers::Subscribers};
+
+mod follow;
 use crate::{
     analytics::{
         Aggregates, QueryError, StatsAnswer, StatsQuery, aggregates::encode_snapshot, query,
@@ -77,6 +79,8 @@ pub enum LinkMsg {
     /// The committed state, answered once every click counted before the question is
     /// committed (a read right after a redirect sees its click).
     Snapshot(RpcReplyPort<Snapshot>),
+    /// The committed count as it is now, answered at once (public reads).
+    Peek(RpcReplyPort<u64>),
     /// The stats of a window, answered once every click counted before the question is
     /// committed.
     Stats(Box<StatsAsk>),
@@ -102,6 +106,13 @@ pub enum LinkMsg {
     Superseded,
     /// Clicks of this code another node stored (followed while anyone watches).
     Remote(Vec<ClickEvent>),
+    /// Read the clicks other nodes stored after this actor's count from the store and take
+    /// them in (a read found the count behind the store's); answered once taken. An actor
+    /// with clicks of its own in flight cannot tell where they go: it is superseded instead
+    /// (the port is dropped).
+    CatchUp(RpcReplyPort<()>),
+    /// The clicks a catch-up read from the store, in order.
+    CaughtUp(Result<Vec<ClickEvent>, String>),
 }
 
 /// What the writer reports a code's commits to. It always records the number; it wakes the
@@ -172,8 +183,9 @@ pub struct LinkState {
     /// actor's state is stored or shown.
     stale: bool,
     /// Following the clicks other nodes store for this code (a cluster store, while anyone
-    /// watches).
+    /// watches), and catching up with them (see the `follow` module).
     following: Option<tokio::task::AbortHandle>,
+    remote: follow::Remote,
     shared: Arc<Shared>,
     inbox: Arc<Inbox>,
     watch: Arc<CommitWatch>,
@@ -695,6 +707,7 @@ impl Actor for LinkActor {
             deleted: false,
             stale: false,
             following: None,
+            remote: follow::Remote::default(),
             inbox,
             watch,
             count: counter.count,
@@ -784,6 +797,10 @@ impl Actor for LinkActor {
                     state.wait(&myself, Waiter::Snapshot(reply));
                 }
             }
+            LinkMsg::Peek(reply) => {
+                state.sync_committed();
+                let _ = reply.send(state.committed);
+            }
             LinkMsg::Stats(ask) => {
                 state.sync_committed();
                 if state.committed >= state.count || !state.shared.writer.is_healthy() {
@@ -814,6 +831,8 @@ impl Actor for LinkActor {
             }
             LinkMsg::Superseded => state.supersede(&myself),
             LinkMsg::Remote(events) => state.take_remote(&myself, events),
+            LinkMsg::CatchUp(reply) => state.catch_up(&myself, Some(reply)),
+            LinkMsg::CaughtUp(events) => state.caught_up(&myself, events),
         }
         state.follow_progress(&myself);
         Ok(())
@@ -854,83 +873,6 @@ impl LinkState {
         });
         self.subscribers
             .send_all(&frame::deleted_frame(self.code.as_str(), self.count));
-        self.end(myself);
-    }
-
-    /// Follows the clicks other nodes store for this code while anyone watches it here (a
-    /// cluster store; nothing on fjall), and stops following when nobody does.
-    fn follow_others(&mut self) {
-        if !self.shared.store.shared_by_nodes() {
-            return;
-        }
-        let watched = !self.subscribers.is_empty() && !self.stale && !self.draining;
-        match (&self.following, watched) {
-            (None, true) => {
-                let actor = self.watch.actor.clone();
-                self.following = self.shared.store.follow(
-                    self.code.as_str(),
-                    Box::new(move |events| {
-                        let _ = actor.cast(LinkMsg::Remote(events));
-                    }),
-                );
-            }
-            (Some(task), false) => {
-                task.abort();
-                self.following = None;
-                // Unfollowed, its count would fall behind the other nodes' clicks: it stops
-                // once idle, and a later read starts from the store.
-                let myself = self.watch.actor.clone();
-                self.stop_if_idle(&myself, "no longer watched here");
-            }
-            _ => {}
-        }
-    }
-
-    /// Takes in clicks another node stored: they follow on from this actor's committed ones
-    /// (and it has none of its own in flight), or this actor is stale and stops.
-    fn take_remote(&mut self, myself: &ActorRef<LinkMsg>, events: Vec<ClickEvent>) {
-        let (Some(first), Some(last)) = (events.first(), events.last()) else {
-            return;
-        };
-        let last = last.seq;
-        self.sync_committed();
-        if last <= self.committed || self.stale {
-            return;
-        }
-        if first.seq != self.committed + 1 || self.count != self.committed {
-            self.supersede(myself);
-            return;
-        }
-        for event in events {
-            let shared = &self.shared;
-            if let Err(e) =
-                self.aggregates
-                    .fold(&event, &shared.visitor_key, &shared.settings.aggregates)
-            {
-                tracing::error!(code = %self.code, cause = %e, "aggregates out of step");
-            }
-            self.last = Some(Arc::new(event));
-        }
-        self.count = last;
-        self.committed = last;
-        self.watch.committed.fetch_max(last, SeqCst);
-        self.last_activity = Instant::now();
-        self.frame = None;
-        self.progressed = true;
-        self.stats_changed = true;
-        self.stats_bytes = None;
-        self.store_aggregates(false);
-    }
-
-    /// Another node numbered clicks of this code: stop without storing or showing anything
-    /// more. Clicks still in the inbox go to the successor; subscribers' streams end and
-    /// their browsers come back (with `Last-Event-ID`) to it.
-    fn supersede(&mut self, myself: &ActorRef<LinkMsg>) {
-        if self.stale {
-            return;
-        }
-        debug!(code = %self.code, count = self.count, "superseded by another node's clicks");
-        self.stale = true;
         self.end(myself);
     }
 

@@ -311,11 +311,20 @@ impl Links {
     /// Returns once the record is removed and the actor has stopped. `false`: no such link.
     pub async fn delete(&self, link: &Arc<Link>) -> Result<bool, LinkError> {
         let _order = self.changes.lock().await;
-        // On an error (a slow or failed disk) the link stays hidden: the deletion is queued
-        // and the owner asked for it.
         let result = self.delete_in_order(link).await;
-        // A read that raced the deletion may have cached the record meanwhile.
-        self.shared.cache.insert(link.code.clone(), None);
+        match &result {
+            // The store refused the deletion (a cluster store that cannot be reached, a failed
+            // disk): nothing is queued, so the link is shown again as the store holds it,
+            // here as on every other node, and the owner may try again.
+            Err(LinkError::Write(_)) => {
+                self.shared.directory.unmark_gone(&link.code);
+                self.shared.cache.remove(&link.code);
+            }
+            // Deleted; or still queued behind a slow disk (a timeout), where the owner asked
+            // for it and it will be carried out: hidden either way. A read that raced the
+            // deletion may have cached the record meanwhile.
+            _ => self.shared.cache.insert(link.code.clone(), None),
+        }
         result
     }
 
@@ -488,6 +497,29 @@ impl Links {
         })
     }
 
+    /// The count for a public read (a badge, a stats page): a live actor's committed count,
+    /// else the store's, without a writer barrier. Public reads never cut a group commit
+    /// short or queue behind a stalled disk; their count may miss the clicks of the last few
+    /// milliseconds, which the page's stream brings at once.
+    pub async fn public_count(&self, link: &Arc<Link>) -> Result<u64, LinkError> {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        self.refresh_if_stale(link, deadline).await?;
+        if let Some(actor) = self.shared.directory.live(link.code.as_str()) {
+            let (tx, rx) = oneshot();
+            if actor.cast(LinkMsg::Peek(tx.into())).is_ok()
+                && let Ok(Ok(count)) = tokio::time::timeout_at(deadline, rx).await
+            {
+                return Ok(count);
+            }
+        }
+        let store = self.shared.store.clone();
+        let code = link.code.clone();
+        let counter = tokio::task::spawn_blocking(move || store.counter(code.as_str()))
+            .await
+            .map_err(|_| LinkError::ShuttingDown)??;
+        Ok(counter.count)
+    }
+
     /// The stats of a window, from the link's actor (started if it is not live), once every
     /// click counted before the question is committed.
     pub async fn stats(
@@ -517,9 +549,9 @@ impl Links {
     }
 
     /// On a cluster store: a live actor here that nobody watches does not follow the clicks
-    /// other nodes store for its code. Before it answers a read, the code's last stored batch
-    /// is looked at: numbered elsewhere and beyond the actor's count, the actor is stale; it is
-    /// told so, and the read goes to the store (or a successor that starts from it).
+    /// other nodes store for its code (and one that is watched follows them a little behind).
+    /// Before it answers a read, the code's last stored batch is looked at: numbered elsewhere
+    /// and beyond the actor's count, the actor catches up from the store first.
     async fn refresh_if_stale(&self, link: &Arc<Link>, deadline: Instant) -> Result<(), LinkError> {
         let store = &self.shared.store;
         if !store.shared_by_nodes() {
@@ -534,8 +566,13 @@ impl Links {
             .await
             .map_err(|_| LinkError::ShuttingDown)??;
         if elsewhere.is_some_and(|count| count > here.count) {
+            // It reads what it lacks from the store and takes it in, keeping its viewers; an
+            // actor with clicks of its own in flight is superseded instead (no answer), and
+            // the read waits for it to end.
+            if self.ask(link, LinkMsg::CatchUp, deadline).await.is_ok() {
+                return Ok(());
+            }
             let id = actor.get_id();
-            let _ = actor.cast(LinkMsg::Superseded);
             // Until it has taken the news (its entry then drains), then until it has ended.
             while self
                 .shared

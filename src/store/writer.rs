@@ -430,8 +430,9 @@ impl Drop for Writer {
 #[derive(Default)]
 struct Group {
     clicks: Vec<(ShortCode, Arc<ClickEvent>)>,
-    /// Clicks to number (see [`number_fresh`]), then moved to `clicks`.
-    fresh: Vec<(ShortCode, ClickEvent)>,
+    /// Clicks to number (see [`number_fresh`]), then moved to `clicks`, each with its
+    /// acknowledgement (moved to `acks` only if the click is kept).
+    fresh: Vec<(ShortCode, ClickEvent, Option<oneshot::Sender<()>>)>,
     acks: Vec<oneshot::Sender<()>>,
     /// Each listener with the highest click number of its code in this group.
     listeners: Vec<(Arc<dyn CommitListener>, u64)>,
@@ -475,8 +476,7 @@ impl Group {
                     ack,
                     permit,
                 } = *click;
-                self.fresh.push((code, event));
-                self.acks.extend(ack);
+                self.fresh.push((code, event, ack));
                 self.permits.merge(permit);
                 false
             }
@@ -680,7 +680,7 @@ fn number_fresh(
     // Each code's next number; `None` for a code whose clicks are dropped. All reads come
     // first: a failed one leaves the fresh clicks where they are (counted as lost).
     let mut next: HashMap<ShortCode, Option<u64>> = HashMap::new();
-    for (code, _) in &group.fresh {
+    for (code, _, _) in &group.fresh {
         if next.contains_key(code) {
             continue;
         }
@@ -696,14 +696,17 @@ fn number_fresh(
         next.insert(code.clone(), first);
     }
     let mut dropped = 0;
-    for (code, mut event) in std::mem::take(&mut group.fresh) {
+    for (code, mut event, ack) in std::mem::take(&mut group.fresh) {
         let Some(Some(seq)) = next.get_mut(&code) else {
+            // Its acknowledgement goes with it: a strict redirect waiting for it hears that
+            // its click was not stored.
             dropped += 1;
             continue;
         };
         event.seq = *seq;
         *seq += 1;
         group.clicks.push((code, Arc::new(event)));
+        group.acks.extend(ack);
     }
     if dropped > 0 {
         metrics.clicks_dropped(crate::metrics::DropReason::LinkDeleted, dropped);

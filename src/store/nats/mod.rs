@@ -404,6 +404,37 @@ impl NatsStore {
         }
     }
 
+    /// The stream sequence and `Nats-Msg-Id` of the code's first message stored after stream
+    /// sequence `after` (`None`: there is none).
+    async fn batch_after(&self, code: &str, after: u64) -> Result<Option<(u64, String)>, StoreError> {
+        match self
+            .inner
+            .clicks
+            .raw_message_builder()
+            .sequence(after + 1)
+            .next_by_subject(clicks_subject(code))
+            .send()
+            .await
+        {
+            Ok(message) => {
+                let id = message
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                Ok(Some((message.sequence, id)))
+            }
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(nats_error("cannot read a code's clicks", e)),
+        }
+    }
+
+    /// The most bytes one message of clicks may have: well below the server's `max_payload`
+    /// (1 MiB by default), whatever it is set to.
+    fn message_bytes(&self) -> usize {
+        (self.inner.client.server_info().max_payload / 2).clamp(4 * 1024, 512 * 1024)
+    }
+
     fn run<F: Future>(&self, work: F) -> F::Output {
         block_on(&self.inner.runtime, work)
     }
@@ -755,13 +786,41 @@ impl Backend for NatsStore {
     }
 
     fn put_api_keys(&self, records: &[([u8; 32], KeyRecord)]) -> Result<(), StoreError> {
-        for (hash, record) in records {
-            // A key revoked on another node meanwhile stays revoked.
-            if self.inner.keys.contains_key(hash) {
-                self.put_api_key(*hash, record)?;
+        // Last-used times only, each saved by compare-and-set on the stored entry: a key
+        // revoked on another node (its entry deleted) is never written back, whatever this
+        // node's copy says, and a later time saved by another node is kept.
+        self.run(async {
+            for (hash, record) in records {
+                let key = hex::encode(hash);
+                for _ in 0..4 {
+                    let entry = self
+                        .inner
+                        .keys_kv
+                        .entry(&key)
+                        .await
+                        .map_err(|e| nats_error("cannot read an API key", e))?;
+                    let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+                        break;
+                    };
+                    let mut stored = records::decode_key(&entry.value)?;
+                    if stored.last_used_at >= record.last_used_at {
+                        break;
+                    }
+                    stored.last_used_at = record.last_used_at;
+                    match self
+                        .inner
+                        .keys_kv
+                        .update(&key, records::encode_key(&stored).into(), entry.revision)
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                        Err(e) => return Err(nats_error("cannot store an API key", e)),
+                    }
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn revoke_api_key(&self, hash: [u8; 32]) -> Result<bool, StoreError> {

@@ -64,18 +64,20 @@ enum Item {
     Fresh(ClickEvent),
 }
 
-/// One code's clicks in a group, in the order they came.
+/// One code's clicks in a group, in the order they came, with the acknowledgements of the
+/// ones that wait for them (kept with their code: clicks that are not stored never have theirs
+/// sent).
 struct Pending {
     code: ShortCode,
     items: Vec<Item>,
     listeners: Vec<Arc<dyn CommitListener>>,
+    acks: Vec<oneshot::Sender<()>>,
 }
 
 #[derive(Default)]
 struct Group {
     codes: Vec<Pending>,
     at: HashMap<ShortCode, usize>,
-    acks: Vec<oneshot::Sender<()>>,
     permits: crate::store::Permit,
     links: Vec<LinkOp>,
     aggregates: Vec<(ShortCode, u64, Vec<u8>)>,
@@ -91,32 +93,34 @@ impl Group {
                 code,
                 items: Vec::new(),
                 listeners: Vec::new(),
+                acks: Vec::new(),
             });
             self.codes.len() - 1
         });
         &mut self.codes[at]
     }
 
-    /// Adds an item; true when it asks for an immediate publish.
+    /// Adds an item; true when it asks for an immediate publish. A group's size is counted
+    /// in clicks (and other items), not in batches.
     fn add(&mut self, op: Op) -> bool {
         self.len += 1;
         match op {
             Op::Clicks(batch) => {
+                self.len += batch.events.len().saturating_sub(1);
                 let pending = self.pending(batch.code);
                 pending
                     .items
                     .extend(batch.events.into_iter().map(Item::Numbered));
                 pending.listeners.extend(batch.listener);
-                self.acks.extend(batch.acks);
+                pending.acks.extend(batch.acks);
                 self.permits.merge(batch.permit);
                 false
             }
             Op::Fresh(click) => {
                 let click = *click;
-                self.pending(click.code)
-                    .items
-                    .push(Item::Fresh(click.event));
-                self.acks.extend(click.ack);
+                let pending = self.pending(click.code);
+                pending.items.push(Item::Fresh(click.event));
+                pending.acks.extend(click.ack);
                 self.permits.merge(click.permit);
                 false
             }
@@ -179,9 +183,6 @@ fn run(store: &NatsStore, rx: &Receiver<Op>, config: &WriterConfig, health: &Hea
         }
         let clicks = store.run(commit(store, &mut group, &mut tips, config, health));
         config.metrics.group_committed(clicks, started.elapsed());
-        for ack in group.acks.drain(..) {
-            let _ = ack.send(());
-        }
         for barrier in group.barriers.drain(..) {
             let _ = barrier.send(Ok(()));
         }
@@ -208,42 +209,36 @@ async fn commit(
         }
         op.answer(outcome.map_err(|e| WriteError::Failed(e.to_string())));
     }
-    let mut dropped = 0usize;
-    let codes: Vec<Pending> = std::mem::take(&mut group.codes)
-        .into_iter()
-        .filter_map(|pending| {
-            // A deleted link's clicks are not stored: its subject was purged (in this group,
-            // or before), and clicks published after the purge would count for a new link
-            // made later on the code.
-            if store.has_link(pending.code.as_str()) {
-                Some(pending)
-            } else {
-                dropped += pending.items.len();
-                None
-            }
-        })
-        .collect();
-    if dropped > 0 {
-        config
-            .metrics
-            .clicks_dropped(DropReason::LinkDeleted, dropped);
-    }
+    let codes = std::mem::take(&mut group.codes);
     let known: HashMap<ShortCode, Tip> = codes
         .iter()
         .filter_map(|p| tips.get(&p.code).map(|t| (p.code.clone(), *t)))
         .collect();
-    let stored: Vec<(ShortCode, Tip, usize)> = futures_util::stream::iter(codes)
+    let limit = Limit {
+        clicks: config.max_batch.clamp(1, MESSAGE_CLICKS),
+        bytes: store.message_bytes(),
+    };
+    let published: Vec<Published> = futures_util::stream::iter(codes)
         .map(|pending| {
             let tip = known.get(&pending.code).copied();
-            publish_code(store, pending, tip, health)
+            publish_code(store, pending, tip, limit, health)
         })
         .buffer_unordered(IN_FLIGHT)
         .collect()
         .await;
-    let mut clicks = 0;
-    for (code, tip, n) in stored {
-        clicks += n;
-        tips.insert(code, tip);
+    let (mut clicks, mut dropped) = (0, 0);
+    for published in published {
+        clicks += published.stored;
+        dropped += published.dropped;
+        match published.tip {
+            Some(tip) => tips.insert(published.code, tip),
+            None => tips.remove(&published.code),
+        };
+    }
+    if dropped > 0 {
+        config
+            .metrics
+            .clicks_dropped(DropReason::LinkDeleted, dropped);
     }
     if let Ok(mut unavailable) = health.unavailable.lock()
         && unavailable.take().is_some()
@@ -263,20 +258,67 @@ async fn commit(
     clicks
 }
 
-/// Publishes one code's clicks of a group until JetStream has stored them. Returns the code's
-/// new tip and how many clicks were stored.
+/// The most clicks one message holds (also bounded in bytes, see [`Limit`]).
+const MESSAGE_CLICKS: usize = 4096;
+
+/// How large one message of a code's clicks may be: a code with more clicks in a group (a
+/// busy link after a stall) goes in several messages, one after the other.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    clicks: usize,
+    bytes: usize,
+}
+
+/// What became of one code's clicks of a group.
+struct Published {
+    code: ShortCode,
+    /// Where the code's clicks stand now (`None`: not known, read again next time).
+    tip: Option<Tip>,
+    stored: usize,
+    /// Clicks of a link deleted meanwhile, not stored.
+    dropped: usize,
+}
+
+/// Splits a code's clicks into runs that each fit in one message.
+fn chunks(items: Vec<Item>, limit: Limit) -> Vec<Vec<Item>> {
+    let mut out: Vec<Vec<Item>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        // A record's size with any number (a `u64` takes at most 9 bytes in MessagePack)
+        // and the length before it.
+        let size = match &item {
+            Item::Numbered(e) => records::encode_click(e).len(),
+            Item::Fresh(e) => records::encode_click(e).len(),
+        } + 16;
+        match out.last_mut() {
+            Some(run) if run.len() < limit.clicks && bytes + size <= limit.bytes => {
+                bytes += size;
+                run.push(item);
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
+}
+
+/// Publishes one code's clicks of a group until JetStream has stored them, in messages under
+/// the size limit, or until it is seen that the link is gone (they are then dropped).
 async fn publish_code(
     store: &NatsStore,
     pending: Pending,
     tip: Option<Tip>,
+    limit: Limit,
     health: &Health,
-) -> (ShortCode, Tip, usize) {
+) -> Published {
     let Pending {
         code,
         items,
         listeners,
+        acks,
     } = pending;
-    let subject = clicks_subject(code.as_str());
     // A code with no known tip whose clicks are all to be numbered here (the long tail:
     // codes clicked once in a while) is first tried as a code with no clicks yet: right, it
     // saves reading its last message; wrong, JetStream refuses it and the last message is
@@ -287,9 +329,72 @@ async fn publish_code(
             .all(|i| matches!(i, Item::Fresh(_)))
             .then_some(Tip::default())
     });
-    let mut superseded = false;
+    let total = items.len();
+    let (mut stored, mut superseded) = (0, false);
+    for run in chunks(items, limit) {
+        match publish_run(store, &code, &run, tip, health).await {
+            Some((done, renumbered)) => {
+                tip = Some(done);
+                stored += run.len();
+                superseded |= renumbered;
+            }
+            None => {
+                // The link is gone: nothing more of its clicks is stored, and no one who
+                // waits for them hears that they were.
+                debug!(code = %code, dropped = total - stored, "clicks of a deleted link not stored");
+                return Published {
+                    code,
+                    tip: None,
+                    stored,
+                    dropped: total - stored,
+                };
+            }
+        }
+    }
+    if let Some(done) = tip {
+        tell(&listeners, superseded, done.last);
+    }
+    for ack in acks {
+        let _ = ack.send(());
+    }
+    Published {
+        code,
+        tip,
+        stored,
+        dropped: 0,
+    }
+}
+
+/// Publishes one run of a code's clicks after the code's last stored message, retrying until
+/// it is stored. Returns the new tip and whether an actor's numbers had to change (another
+/// node's clicks came first), or `None` when the link is gone.
+async fn publish_run(
+    store: &NatsStore,
+    code: &ShortCode,
+    run: &[Item],
+    mut tip: Option<Tip>,
+    health: &Health,
+) -> Option<(Tip, bool)> {
+    let subject = clicks_subject(code.as_str());
     let mut attempt = 0u32;
     loop {
+        // Every attempt after the first asks the links bucket itself (not this node's copy,
+        // which a node cut off may not have brought up to date): a link deleted meanwhile
+        // takes none of these clicks.
+        if attempt > 0 {
+            match link_stored(store, code).await {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    unreachable(health, &e.to_string());
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            }
+        } else if !store.has_link(code.as_str()) {
+            return None;
+        }
+        attempt += 1;
         let current = match tip {
             Some(tip) => tip,
             None => match store.last_batch(code.as_str()).await {
@@ -309,28 +414,27 @@ async fn publish_code(
             },
         };
         // Numbered after the stored clicks: as the actor numbered them when it was right.
-        let mut events: Vec<ClickEvent> = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let seq = current.last + 1 + i as u64;
-            match item {
-                Item::Numbered(event) => {
-                    if event.seq != seq {
-                        superseded = true;
+        // Whether the actor was right is judged by this attempt alone.
+        let mut renumbered = false;
+        let events: Vec<ClickEvent> = run
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let seq = current.last + 1 + i as u64;
+                let mut event = match item {
+                    Item::Numbered(event) => {
+                        renumbered |= event.seq != seq;
+                        ClickEvent::clone(event)
                     }
-                    let mut event = ClickEvent::clone(event);
-                    event.seq = seq;
-                    events.push(event);
-                }
-                Item::Fresh(event) => {
-                    let mut event = event.clone();
-                    event.seq = seq;
-                    events.push(event);
-                }
-            }
-        }
+                    Item::Fresh(event) => event.clone(),
+                };
+                event.seq = seq;
+                event
+            })
+            .collect();
         let last = current.last + events.len() as u64;
-        // The same for a retry of this very message, never for another (a code made again
-        // after a deletion starts again from stream sequence 0).
+        // Unique to this message: this node, the code, the message it follows and its first
+        // click (a retry of it carries the same id, and JetStream keeps one copy).
         let first_at = events.first().map_or(0, |e| e.at);
         let id = format!(
             "{}:{}:{}:{}",
@@ -347,32 +451,65 @@ async fn publish_code(
         };
         match acked {
             Ok(ack) => {
-                let done = Tip {
-                    stream_seq: ack.sequence,
-                    last,
-                };
-                tell(&listeners, superseded, done.last);
-                return (code, done, events.len());
+                return Some((
+                    Tip {
+                        stream_seq: ack.sequence,
+                        last,
+                    },
+                    renumbered,
+                ));
             }
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                // Another node stored clicks of this code meanwhile, or this very message
-                // was stored and its acknowledgement lost.
-                match store.last_batch(code.as_str()).await {
-                    Ok((stream_seq, stored, stored_id)) if stored_id == id => {
-                        let done = Tip {
-                            stream_seq,
-                            last: stored.map_or(0, |e| e.seq),
+                // Another node stored clicks of this code meanwhile, or this very message was
+                // stored and its acknowledgement lost (perhaps longer ago than JetStream's
+                // duplicate window). If it was stored, it is the message right after the one
+                // it expected: look there, not at the last one.
+                match store.batch_after(code.as_str(), current.stream_seq).await {
+                    Ok(Some((stream_seq, stored_id))) if stored_id == id => {
+                        debug!(code = %code, "clicks found stored after a lost acknowledgement");
+                        let mine = Tip { stream_seq, last };
+                        // Others may have stored clicks after it: the next run follows theirs,
+                        // and the actor's count is stale.
+                        return match store.last_batch(code.as_str()).await {
+                            Ok((s, l, _)) if s > stream_seq => Some((
+                                Tip {
+                                    stream_seq: s,
+                                    last: l.map_or(0, |e| e.seq),
+                                },
+                                true,
+                            )),
+                            Ok(_) => Some((mine, renumbered)),
+                            // Not known: if others followed, the next publish is refused and
+                            // reads them.
+                            Err(_) => Some((mine, renumbered)),
                         };
-                        tell(&listeners, superseded, done.last);
-                        return (code, done, events.len());
                     }
-                    Ok((stream_seq, stored, _)) => {
-                        debug!(code = %code, "another node stored clicks of this code; numbering after them");
-                        tip = Some(Tip {
-                            stream_seq,
-                            last: stored.map_or(0, |e| e.seq),
-                        });
+                    Ok(Some(_)) => match store.last_batch(code.as_str()).await {
+                        // Fewer clicks than it followed: they were purged (the link deleted)
+                        // and the code made again; these clicks belonged to the deleted link.
+                        Ok((_, l, _)) if l.as_ref().map_or(0, |e| e.seq) < current.last => {
+                            return None;
+                        }
+                        Ok((stream_seq, l, _)) => {
+                            debug!(code = %code, "another node stored clicks of this code; numbering after them");
+                            tip = Some(Tip {
+                                stream_seq,
+                                last: l.map_or(0, |e| e.seq),
+                            });
+                        }
+                        Err(e) => {
+                            unreachable(health, &e.to_string());
+                            tip = None;
+                            tokio::time::sleep(RETRY).await;
+                        }
+                    },
+                    Ok(None) if current.stream_seq > 0 => {
+                        // Nothing after what it followed, and that is not the last: the code's
+                        // clicks were purged (its link deleted, perhaps made again since).
+                        // These clicks belonged to the deleted link.
+                        return None;
                     }
+                    Ok(None) => tip = None,
                     Err(e) => {
                         unreachable(health, &e.to_string());
                         tip = None;
@@ -381,7 +518,6 @@ async fn publish_code(
                 }
             }
             Err(e) => {
-                attempt += 1;
                 if attempt == 1 || attempt.is_multiple_of(20) {
                     warn!(code = %code, cause = %e, attempt, "clicks not stored yet; publishing again");
                 }
@@ -390,6 +526,11 @@ async fn publish_code(
             }
         }
     }
+}
+
+/// Whether the links bucket holds `code` now (asked of the servers).
+async fn link_stored(store: &NatsStore, code: &ShortCode) -> Result<bool, StoreError> {
+    Ok(stored_link(store, code).await?.is_some())
 }
 
 /// Tells the actors whose clicks were stored: up to which number, or that another node's
