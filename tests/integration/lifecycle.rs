@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{TestResult, eventually, spawn_app, spawn_with, stored};
+use crate::support::{Silence, TestResult, eventually, spawn_app, spawn_with, stored};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -104,11 +104,17 @@ async fn shutdown_ends_streams_with_a_retry_hint() -> TestResult {
     assert!(sse.next_data(WAIT).await.is_some());
     let stopping = tokio::spawn(app.stop());
     let mut last_retry = None;
-    while let Some(event) = sse.next(WAIT).await {
-        if event.retry.is_some() {
-            last_retry = event.retry;
+    let end = loop {
+        match sse.next(WAIT).await {
+            Ok(event) => {
+                if event.retry.is_some() {
+                    last_retry = event.retry;
+                }
+            }
+            Err(why) => break why,
         }
-    }
+    };
+    assert_eq!(end, Silence::Ended, "the stop ends the stream cleanly");
     let hint = last_retry.ok_or("no retry hint at shutdown")?;
     assert!(
         (1_000..=10_000).contains(&hint),

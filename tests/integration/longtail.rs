@@ -63,7 +63,7 @@ async fn the_second_click_starts_the_actor_and_numbering_goes_on() -> TestResult
 /// 64 clients race on fresh codes: the first clicks go to the writer, later ones to the actor
 /// the second click starts, and both number after what is stored: no number twice, none
 /// skipped.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_first_clicks_hand_over_to_the_actor_without_a_gap() -> TestResult {
     const CODES: usize = 40;
     const PER_CLIENT: usize = 5;
@@ -73,9 +73,10 @@ async fn racing_first_clicks_hand_over_to_the_actor_without_a_gap() -> TestResul
     }
     let base = app.url("");
     let http = client();
+    // Each client a task of its own, so they run on several threads at once.
     let clients = (0..64).map(|c| {
         let (http, base) = (http.clone(), base.clone());
-        async move {
+        tokio::spawn(async move {
             let mut ok = 0;
             for k in 0..PER_CLIENT {
                 let code = format!("race{}", (c + k * 7) % CODES);
@@ -85,9 +86,12 @@ async fn racing_first_clicks_hand_over_to_the_actor_without_a_gap() -> TestResul
                 }
             }
             ok
-        }
+        })
     });
-    let answered: usize = join_all(clients).await.into_iter().sum();
+    let mut answered = 0;
+    for client in join_all(clients).await {
+        answered += client?;
+    }
     assert_eq!(answered, 64 * PER_CLIENT);
     let mut total = 0;
     for i in 0..CODES {

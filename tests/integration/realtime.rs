@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::{io::AsyncWriteExt, net::TcpSocket};
 
-use crate::support::{Event, SseClient, TestResult, spawn_app, spawn_with};
+use crate::support::{Event, Silence, SseClient, TestResult, spawn_app, spawn_with};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -16,7 +16,7 @@ async fn first_frame_at_once_then_rising_counts_with_ids() -> TestResult {
     assert_eq!(sse.status, 200);
     assert_eq!(sse.content_type, "text/event-stream");
 
-    let hint = sse.next(WAIT).await.ok_or("no retry hint")?;
+    let hint = sse.next(WAIT).await?;
     assert!(
         hint.retry.is_some(),
         "the stream starts with a retry hint: {hint:?}"
@@ -109,13 +109,14 @@ async fn last_event_id_skips_a_state_the_client_has() -> TestResult {
     let url = app.url("/realtime/resume");
     let mut current = SseClient::open(&app.client, &url, Some("3")).await;
     assert_eq!(current.status, 200);
-    assert!(current.next(WAIT).await.is_some_and(|e| e.retry.is_some()));
+    assert!(current.next(WAIT).await.is_ok_and(|e| e.retry.is_some()));
+    let repeated = current
+        .next_where(Duration::from_millis(300), Event::is_data)
+        .await;
     assert!(
-        current
-            .next_data(Duration::from_millis(300))
-            .await
-            .is_none(),
-        "no frame repeated for a client that has count 3"
+        matches!(repeated, Err(Silence::TimedOut)),
+        "no frame repeated for a client that has count 3, and the stream stays open: \
+         {repeated:?}"
     );
     app.click("resume").await;
     let next = current
@@ -159,17 +160,19 @@ async fn subscriber_limits_answer_503_with_retry_after() -> TestResult {
     app.create_link("one").await;
     app.create_link("two").await;
     let url = |code: &str| app.url(&format!("/realtime/{code}"));
-    let _a = SseClient::open(&app.client, &url("one"), None).await;
-    let _b = SseClient::open(&app.client, &url("one"), None).await;
+    let a = SseClient::open(&app.client, &url("one"), None).await;
+    assert_eq!(a.status, 200, "the first stream of one");
+    let b = SseClient::open(&app.client, &url("one"), None).await;
+    assert_eq!(b.status, 200, "the second stream of one");
     let res = app.client.get(url("one")).send().await?;
     assert_eq!(res.status(), 503, "per-link limit");
     assert!(res.headers().contains_key("retry-after"));
-    let _c = SseClient::open(&app.client, &url("two"), None).await;
-    assert_eq!(_c.status, 200);
+    let c = SseClient::open(&app.client, &url("two"), None).await;
+    assert_eq!(c.status, 200, "the third stream in all");
     let res = app.client.get(url("two")).send().await?;
     assert_eq!(res.status(), 503, "total limit");
     assert!(res.headers().contains_key("retry-after"));
-    drop(_a);
+    drop(a);
     // The place of a closed stream comes free once the server notices it has gone.
     let deadline = std::time::Instant::now() + WAIT;
     let _d = loop {
@@ -191,7 +194,7 @@ async fn heartbeats_keep_an_idle_stream_alive() -> TestResult {
     let mut sse = app.subscribe("quiet").await;
     let mut comments = 0;
     while comments < 2 {
-        let event: Event = sse.next(WAIT).await.ok_or("no heartbeat")?;
+        let event: Event = sse.next(WAIT).await?;
         if event.comment {
             comments += 1;
         }

@@ -197,6 +197,16 @@ pub fn stored(dir: &Path, code: &str) -> (u64, u64) {
     (count, events)
 }
 
+/// A soak test's size: `full` with `LINKPULSE_SOAK=1` (the long tier of `.ci/run`), else
+/// `quick`, so a plain `cargo test` stays fast and still runs every soak test once.
+pub fn soak(full: usize, quick: usize) -> usize {
+    if std::env::var_os("LINKPULSE_SOAK").is_some_and(|v| v == "1") {
+        full
+    } else {
+        quick
+    }
+}
+
 /// Polls `check` until it holds or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
@@ -225,6 +235,11 @@ impl Event {
     pub fn count(&self) -> Option<u64> {
         self.data.as_ref()?.get("clickCount")?.as_u64()
     }
+
+    /// An unnamed event with data: what an `onmessage` handler gets.
+    pub fn is_data(&self) -> bool {
+        self.name.is_none() && self.data.is_some()
+    }
 }
 
 /// A minimal SSE reader over a reqwest body.
@@ -252,49 +267,78 @@ impl SseClient {
         }
     }
 
-    /// The next event, or `None` when the stream ends or nothing comes within `limit`.
-    pub async fn next(&mut self, limit: Duration) -> Option<Event> {
+    /// The next event; else [`Silence::Ended`] when the server ended the stream,
+    /// [`Silence::Broken`] when the connection broke, [`Silence::TimedOut`] when nothing came
+    /// within `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Result<Event, Silence> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let raw: String = self.buf.drain(..end + 2).collect();
-                return Some(parse_event(&raw));
+                return Ok(parse_event(&raw));
             }
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
                 Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
-                _ => return None,
+                Ok(None) => return Err(Silence::Ended),
+                Ok(Some(Err(_))) => return Err(Silence::Broken),
+                Err(_) => return Err(Silence::TimedOut),
             }
         }
     }
 
     /// The next unnamed event that carries data, as the original's `onmessage` gets them
-    /// (skipping retry hints, heartbeats and named events such as `stats`).
+    /// (skipping retry hints, heartbeats and named events such as `stats`); `None` when none
+    /// came, whether the stream ended or went quiet (use [`Self::next_where`] to tell which).
     pub async fn next_data(&mut self, limit: Duration) -> Option<Event> {
-        self.next_matching(limit, |e| e.name.is_none() && e.data.is_some())
-            .await
+        self.next_where(limit, Event::is_data).await.ok()
     }
 
-    /// The next event named `name`.
+    /// The next event named `name`; `None` when none came (see [`Self::next_data`]).
     pub async fn next_named(&mut self, name: &str, limit: Duration) -> Option<Event> {
-        self.next_matching(limit, |e| e.name.as_deref() == Some(name))
+        self.next_where(limit, |e| e.name.as_deref() == Some(name))
             .await
+            .ok()
     }
 
-    async fn next_matching(
+    /// The next event `wanted` takes, skipping others; why none came otherwise.
+    pub async fn next_where(
         &mut self,
         limit: Duration,
         wanted: impl Fn(&Event) -> bool,
-    ) -> Option<Event> {
+    ) -> Result<Event, Silence> {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let event = self.next(left).await?;
             if wanted(&event) {
-                return Some(event);
+                return Ok(event);
             }
         }
     }
 }
+
+/// Why a read of a stream brought no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    /// The server ended the stream (a whole HTTP body).
+    Ended,
+    /// The connection broke before the body was whole (a killed server, say).
+    Broken,
+    /// The stream is open but nothing came in time.
+    TimedOut,
+}
+
+impl std::fmt::Display for Silence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ended => "the stream ended",
+            Self::Broken => "the stream's connection broke",
+            Self::TimedOut => "nothing came on the stream in time",
+        })
+    }
+}
+
+impl std::error::Error for Silence {}
 
 fn parse_event(raw: &str) -> Event {
     let mut event = Event::default();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use linkpulse::store::Fault;
 
-use crate::support::{SseClient, TestResult, spawn_with, spawn_with_links, stored};
+use crate::support::{Event, Silence, SseClient, TestResult, spawn_with, spawn_with_links, stored};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -24,10 +24,12 @@ async fn a_frame_never_shows_a_click_the_store_does_not_hold() -> TestResult {
     for _ in 0..5 {
         assert_eq!(app.click("held").await.status(), 302);
     }
-    let early = sse.next_data(Duration::from_millis(700)).await;
+    let early = sse
+        .next_where(Duration::from_millis(700), Event::is_data)
+        .await;
     assert!(
-        early.is_none(),
-        "a frame showed clicks the store does not hold: {early:?}"
+        matches!(early, Err(Silence::TimedOut)),
+        "no frame shows clicks the store does not hold, and the stream stays open: {early:?}"
     );
 
     links.writer().inject(Fault::Resume);

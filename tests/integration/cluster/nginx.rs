@@ -1,4 +1,5 @@
-//! The shipped balancer in front of three nodes: 64 clients on 10,000 codes, every count
+//! The shipped balancer in front of three nodes: 64 clients on 10,000 codes (30,000 clicks)
+//! with `LINKPULSE_SOAK=1`, 1,000 codes (3,000 clicks) in a plain `cargo test`; every count
 //! exact on every path nginx takes a code to.
 
 use std::{collections::HashMap, time::Duration};
@@ -6,14 +7,14 @@ use std::{collections::HashMap, time::Duration};
 use futures_util::{StreamExt, stream};
 
 use super::{Nats, Nginx, Node, ONE_AT_A_TIME, click, create};
-use crate::support::{KEY, TestResult};
+use crate::support::{KEY, TestResult, soak};
 
-const CODES: usize = 10_000;
 const CLIENTS: usize = 64;
-const CLICKS: usize = 30_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixty_four_clients_on_ten_thousand_codes_through_nginx_count_exactly() -> TestResult {
+async fn soak_sixty_four_clients_on_many_codes_through_nginx_count_exactly() -> TestResult {
+    let code_count = soak(10_000, 1_000);
+    let clicks = soak(30_000, 3_000);
     let _one = ONE_AT_A_TIME.lock().await;
     let nats = Nats::start(3);
     let a = Node::start(&nats, "a", &[]);
@@ -21,7 +22,7 @@ async fn sixty_four_clients_on_ten_thousand_codes_through_nginx_count_exactly() 
     let c = Node::start(&nats, "c", &[]);
     let nginx = Nginx::start(&[&a, &b, &c]);
     let client = crate::support::client();
-    let codes: Vec<String> = (0..CODES).map(|i| format!("c{i:05}")).collect();
+    let codes: Vec<String> = (0..code_count).map(|i| format!("c{i:05}")).collect();
     stream::iter(&codes)
         .for_each_concurrent(CLIENTS, |code| {
             let (client, base) = (&client, &nginx.base);
@@ -36,11 +37,11 @@ async fn sixty_four_clients_on_ten_thousand_codes_through_nginx_count_exactly() 
         tasks.push(tokio::spawn(async move {
             let mut mine: HashMap<String, u64> = HashMap::new();
             let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ t as u64;
-            for _ in 0..CLICKS / CLIENTS {
+            for _ in 0..clicks / CLIENTS {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let code = &codes[(x % CODES as u64) as usize];
+                let code = &codes[(x % codes.len() as u64) as usize];
                 assert_eq!(click(&client, &base, code).await, 302, "{code}");
                 *mine.entry(code.clone()).or_default() += 1;
             }
@@ -86,11 +87,11 @@ async fn sixty_four_clients_on_ten_thousand_codes_through_nginx_count_exactly() 
         .await;
     assert!(
         wrong.is_empty(),
-        "{} of {CODES} codes with a wrong count, e.g. {:?}",
+        "{} of {code_count} codes with a wrong count, e.g. {:?}",
         wrong.len(),
         &wrong[..wrong.len().min(5)]
     );
     let total: u64 = expected.values().sum();
-    assert_eq!(total, CLICKS as u64 / CLIENTS as u64 * CLIENTS as u64);
+    assert_eq!(total, (clicks / CLIENTS * CLIENTS) as u64);
     Ok(())
 }

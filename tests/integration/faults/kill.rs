@@ -1,11 +1,12 @@
 //! SIGKILL under load, in default and strict durability, once and five times over one data
-//! directory.
+//! directory. The load mixes user agents (a bot among them), referrers and countries, so the
+//! aggregates rebuilt after each kill are checked list by list against the click log.
 
 use std::{path::Path, time::Duration};
 
 use super::process::{
-    Res, Tally, assert_aggregates_count, create_code, known_counts, serving, start_load,
-    stored_counts, whole_life_stats,
+    COUNTRY_HEADER, Res, Tally, assert_aggregates_match_log, click_log, create_code, known_counts,
+    serving, start_load, stored_counts, whole_life_stats,
 };
 use crate::support::{TestResult, client};
 
@@ -22,6 +23,8 @@ struct KillRound {
     served_after: Vec<u64>,
     /// Whole-life stats served by the restarted process.
     stats_after: Vec<serde_json::Value>,
+    /// Every stored click of each code, as the restarted process lists them.
+    clicks_after: Vec<Vec<serde_json::Value>>,
     /// (count, click events) in the store after the clean stop of the restarted process.
     stored: Vec<(u64, u64)>,
 }
@@ -35,7 +38,7 @@ async fn kill_round(
 ) -> Res<KillRound> {
     let http = client();
     // Aggregates snapshots all through the load, so a kill falls between two of them and the
-    // restart folds in the clicks after the last one.
+    // restart folds in the clicks after the last one. The country is the one the load says.
     let args = [
         args,
         &[
@@ -43,6 +46,8 @@ async fn kill_round(
             "200",
             "--aggregates-snapshot-interval",
             "0s",
+            "--country-header",
+            COUNTRY_HEADER,
         ],
     ]
     .concat();
@@ -63,6 +68,10 @@ async fn kill_round(
     let mut again = serving(dir, args).await?;
     let served_after = known_counts(&http, &again.base, codes).await?;
     let stats_after = whole_life_stats(&http, &again.base, codes).await?;
+    let mut clicks_after = Vec::with_capacity(codes.len());
+    for code in codes {
+        clicks_after.push(click_log(&http, &again.base, code).await?);
+    }
     again.terminate().await?;
     let stored = stored_counts(dir, codes)?;
     Ok(KillRound {
@@ -70,6 +79,7 @@ async fn kill_round(
         tallies,
         served_after,
         stats_after,
+        clicks_after,
         stored,
     })
 }
@@ -90,8 +100,15 @@ fn check_kill_round(label: &str, codes: &[&str], round: &KillRound, strict: bool
             round.served_after[i], count,
             "{label} {code}: the restarted server serves the stored count"
         );
-        // count == stored events == every breakdown of the aggregates.
-        assert_aggregates_count(&format!("{label} {code}"), &round.stats_after[i], count);
+        let clicks = &round.clicks_after[i];
+        assert_eq!(
+            clicks.len() as u64,
+            count,
+            "{label} {code}: the restarted server lists every stored click"
+        );
+        // The aggregates (snapshot + clicks folded in at the restart) are what the clicks
+        // make: the totals, the days and each top list, value by value.
+        assert_aggregates_match_log(&format!("{label} {code}"), &round.stats_after[i], clicks);
         assert!(
             count >= round.before[i],
             "{label} {code}: the count went down from {} to {count}",

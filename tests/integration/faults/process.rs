@@ -287,26 +287,134 @@ pub(super) async fn whole_life_stats(
     Ok(out)
 }
 
-/// Checks that a whole-life stats answer counts `count` clicks in its totals, its day series
-/// and each of its top lists.
-pub(super) fn assert_aggregates_count(label: &str, stats: &serde_json::Value, count: u64) {
-    let totals = &stats["totals"];
-    let number = |v: &serde_json::Value| v.as_u64().unwrap_or(u64::MAX);
-    assert_eq!(number(&totals["clicks"]), count, "{label}: totals: {stats}");
+/// Every stored click of `code`, newest first, read a page at a time
+/// (`GET /api/links/{code}/clicks?limit=1000&before=SEQ`).
+pub(super) async fn click_log(
+    http: &reqwest::Client,
+    base: &str,
+    code: &str,
+) -> Res<Vec<serde_json::Value>> {
+    let mut all = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut url = format!("{base}/api/links/{code}/clicks?limit=1000");
+        if let Some(seq) = before {
+            url.push_str(&format!("&before={seq}"));
+        }
+        let res = http.get(url).bearer_auth(KEY).send().await?;
+        if res.status() != 200 {
+            return Err(format!("clicks of {code}: {}", res.status()).into());
+        }
+        let body: serde_json::Value = res.json().await?;
+        let page = body["clicks"].as_array().ok_or("no clicks array")?.clone();
+        let Some(lowest) = page.last().and_then(|c| c["seq"].as_u64()) else {
+            break;
+        };
+        all.extend(page);
+        if lowest <= 1 {
+            break;
+        }
+        before = Some(lowest);
+    }
+    Ok(all)
+}
+
+/// Clicks, human clicks and bot clicks.
+type Split = (u64, u64, u64);
+
+fn add(split: &mut Split, bot: bool) {
+    split.0 += 1;
+    if bot {
+        split.2 += 1;
+    } else {
+        split.1 += 1;
+    }
+}
+
+/// The split of an entry of a stats answer (a total, a series point, a top-list entry).
+fn split_of(v: &serde_json::Value) -> Split {
+    let number = |name: &str| v[name].as_u64().unwrap_or(u64::MAX);
+    (number("clicks"), number("humanClicks"), number("botClicks"))
+}
+
+/// The host a referrer names, without `www.` (`(direct)`: none), as the top list files it.
+fn referrer_host(referer: Option<&str>) -> String {
+    let Some(referer) = referer.filter(|r| !r.is_empty()) else {
+        return "(direct)".to_owned();
+    };
+    let host = referer
+        .split_once("://")
+        .map_or(referer, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    host.strip_prefix("www.").unwrap_or(&host).to_owned()
+}
+
+/// Checks a whole-life stats answer against the stored clicks it must be made of: the totals,
+/// the day series and every top list (referrers, countries, browsers, systems, devices), each
+/// value with its clicks, human clicks and bot clicks, as rebuilt from the click log.
+pub(super) fn assert_aggregates_match_log(
+    label: &str,
+    stats: &serde_json::Value,
+    clicks: &[serde_json::Value],
+) {
+    use std::collections::BTreeMap;
+    let mut totals = Split::default();
+    let mut days: BTreeMap<u64, Split> = BTreeMap::new();
+    let mut lists: BTreeMap<&str, BTreeMap<String, Split>> = BTreeMap::new();
+    for click in clicks {
+        let bot = click["bot"]
+            .as_bool()
+            .expect("a click says whether it is a bot's");
+        add(&mut totals, bot);
+        let at: jiff::Timestamp = click["createdAt"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{label}: a click without its time: {click}"));
+        let ms = u64::try_from(at.as_millisecond()).expect("a time after 1970");
+        add(days.entry(ms - ms % 86_400_000).or_default(), bot);
+        let text = |name: &str| click[name].as_str().map(str::to_owned);
+        let values = [
+            ("referrers", referrer_host(click["referer"].as_str())),
+            (
+                "countries",
+                text("country").unwrap_or_else(|| "(unknown)".into()),
+            ),
+            ("browsers", text("browser").unwrap_or_default()),
+            ("os", text("os").unwrap_or_default()),
+            ("devices", text("device").unwrap_or_default()),
+        ];
+        for (list, value) in values {
+            add(
+                lists.entry(list).or_default().entry(value).or_default(),
+                bot,
+            );
+        }
+    }
     assert_eq!(
-        number(&totals["humanClicks"]) + number(&totals["botClicks"]),
-        count,
-        "{label}: humans and bots: {stats}"
+        split_of(&stats["totals"]),
+        totals,
+        "{label}: totals: {stats}"
     );
-    let series: u64 = stats["series"].as_array().map_or(u64::MAX, |points| {
-        points.iter().map(|p| number(&p["clicks"])).sum()
-    });
-    assert_eq!(series, count, "{label}: the day series: {stats}");
+    let series: BTreeMap<u64, Split> = stats["series"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{label}: no series: {stats}"))
+        .iter()
+        .filter(|p| p["clicks"].as_u64() != Some(0))
+        .map(|p| (p["ms"].as_u64().unwrap_or(u64::MAX), split_of(p)))
+        .collect();
+    assert_eq!(series, days, "{label}: the day series: {stats}");
     for list in ["referrers", "countries", "browsers", "os", "devices"] {
-        let sum: u64 = stats["top"][list].as_array().map_or(u64::MAX, |entries| {
-            entries.iter().map(|e| number(&e["clicks"])).sum()
-        });
-        assert_eq!(sum, count, "{label}: top.{list}: {stats}");
+        let rebuilt = lists.remove(list).unwrap_or_default();
+        let served: BTreeMap<String, Split> = stats["top"][list]
+            .as_array()
+            .unwrap_or_else(|| panic!("{label}: no top.{list}: {stats}"))
+            .iter()
+            .map(|e| (e["value"].as_str().unwrap_or("?").to_owned(), split_of(e)))
+            .collect();
+        assert_eq!(served, rebuilt, "{label}: top.{list}: {stats}");
     }
 }
 
@@ -356,7 +464,12 @@ const AGENTS: [&str; 4] = [
     "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
     "",
 ];
-const REFERERS: [&str; 3] = ["https://news.example/a", "https://blog.example/b", ""];
+const REFERERS: [&str; 3] = ["https://news.example/a", "https://www.blog.example/b", ""];
+/// The countries a proxy says the clients are in (`CF-IPCountry`; read with
+/// `--country-header CF-IPCountry`), the last one sending none.
+const COUNTRIES: [&str; 3] = ["NL", "BR", ""];
+/// The country header the load sends.
+pub(super) const COUNTRY_HEADER: &str = "CF-IPCountry";
 
 /// Redirect clients hammering the codes until stopped.
 pub(super) struct Load {
@@ -365,7 +478,9 @@ pub(super) struct Load {
     codes: usize,
 }
 
-/// Starts `TASKS` clients, client `i` following code `i % codes.len()` in a loop.
+/// Starts `TASKS` clients, client `i` following code `i % codes.len()` in a loop. Each request
+/// takes the next user agent (a cycle of 4) and referrer (a cycle of 3), and the country
+/// changes every third request, so every code gets a mix of all of them.
 pub(super) fn start_load(base: &str, codes: &[&str]) -> Load {
     let http = client();
     let stop = Arc::new(AtomicBool::new(false));
@@ -374,18 +489,24 @@ pub(super) fn start_load(base: &str, codes: &[&str]) -> Load {
             let index = i % codes.len();
             let url = format!("{base}/{}", codes[index]);
             let (http, stop) = (http.clone(), stop.clone());
-            // Clients differ as visitors do, so the aggregates have something to split.
-            let agent = AGENTS[i % AGENTS.len()];
-            let referer = REFERERS[i % REFERERS.len()];
             let task = tokio::spawn(async move {
                 let mut tally = Tally::default();
+                let mut n = i;
                 while !stop.load(Ordering::Relaxed) {
+                    // Requests differ as visitors do, so the aggregates have something to split.
+                    let agent = AGENTS[n % AGENTS.len()];
+                    let referer = REFERERS[n % REFERERS.len()];
+                    let country = COUNTRIES[(n / REFERERS.len()) % COUNTRIES.len()];
+                    n += 1;
                     let mut req = http.get(&url).timeout(Duration::from_secs(10));
                     if !agent.is_empty() {
                         req = req.header("User-Agent", agent);
                     }
                     if !referer.is_empty() {
                         req = req.header("Referer", referer);
+                    }
+                    if !country.is_empty() {
+                        req = req.header(COUNTRY_HEADER, country);
                     }
                     match req.send().await {
                         Ok(res) if res.status() == 302 => tally.found += 1,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::process::{create_code, known_counts, serving, start_load};
-use crate::support::{SseClient, TestResult, client};
+use crate::support::{Silence, SseClient, TestResult, client};
 
 #[tokio::test]
 async fn after_sigkill_the_store_holds_every_count_a_viewer_saw() -> TestResult {
@@ -25,18 +25,19 @@ async fn after_sigkill_the_store_holds_every_count_a_viewer_saw() -> TestResult 
         // The viewer reads until the stream ends with the process.
         let viewer = tokio::spawn(async move {
             let mut max = 0;
-            while let Some(event) = sse.next(Duration::from_secs(20)).await {
-                if let Some(count) = event.count() {
-                    max = max.max(count);
+            loop {
+                match sse.next(Duration::from_secs(20)).await {
+                    Ok(event) => max = max.max(event.count().unwrap_or(0)),
+                    Err(Silence::Ended | Silence::Broken) => return Ok(max),
+                    Err(Silence::TimedOut) => return Err(Silence::TimedOut),
                 }
             }
-            max
         });
         let load = start_load(&server.base, &[code]);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         server.kill().await?;
         load.finish().await?;
-        let seen = viewer.await?;
+        let seen = viewer.await??;
         drop(server);
 
         let mut again = serving(dir.path(), &args).await?;
