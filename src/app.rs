@@ -109,15 +109,15 @@ impl App {
         let control = match (&engine, &config.data_dir) {
             (Engine::Nats(_), _) => None,
             (Engine::Fjall(_), dir) => match ControlSocket::bind(dir) {
-            Ok(socket) => Some(socket),
-            Err(e) => {
-                warn!(
-                    cause = %e,
-                    dir = %config.data_dir.display(),
-                    "cannot make the control socket; `linkpulse keys` needs the server stopped"
-                );
-                None
-            }
+                Ok(socket) => Some(socket),
+                Err(e) => {
+                    warn!(
+                        cause = %e,
+                        dir = %config.data_dir.display(),
+                        "cannot make the control socket; `linkpulse keys` needs the server stopped"
+                    );
+                    None
+                }
             },
         };
 
@@ -170,7 +170,7 @@ impl App {
             keys,
             create_limits: CreateLimits::new(config.create_rate_per_key, config.create_rate_per_ip)
                 .with_auth_failures(config.auth_failures_per_ip)
-                .with_password_failures(config.password_failures_per_minute),
+                .with_password_tries(config.password_tries_per_minute),
             config,
             base_url,
             metrics,

@@ -294,11 +294,17 @@ pub struct ServeConfig {
     /// wait their turn.
     #[arg(long, env = "LINKPULSE_PASSWORD_CHECKS", default_value_t = 2)]
     pub password_checks: usize,
-    /// Wrong passwords of protected links allowed per client address (IPv6: per /64) and
-    /// minute, also the burst; past it the address's password tries are answered `429` +
+    /// Password tries on protected links allowed per client address (IPv6: per /64) and
+    /// minute, also the burst; past it the address's tries are answered `429` +
     /// `Retry-After` without a check, whether the password is right or not (0: no limit).
-    #[arg(long, env = "LINKPULSE_PASSWORD_FAILURES_PER_MINUTE", default_value_t = 10)]
-    pub password_failures_per_minute: u32,
+    /// One client's guesses then cost at most this many checks a minute, and never hold up
+    /// other visitors' passwords.
+    #[arg(
+        long,
+        env = "LINKPULSE_PASSWORD_TRIES_PER_MINUTE",
+        default_value_t = 10
+    )]
+    pub password_tries_per_minute: u32,
     /// How often expired clicks are looked for (with --click-retention-days).
     #[arg(long, env = "LINKPULSE_CLICK_RETENTION_CHECK", value_parser = duration, default_value = "1h")]
     pub click_retention_check: Duration,

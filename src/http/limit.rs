@@ -37,7 +37,7 @@ pub struct ClientLimits {
     per_key: Option<DefaultKeyedRateLimiter<String>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     auth_failures: Option<Failures>,
-    /// Wrong passwords of protected links per client address (`--password-failures-per-minute`).
+    /// Password tries of protected links per client address (`--password-tries-per-minute`).
     password_failures: Option<Failures>,
     checks: AtomicU64,
     /// Open streams per client address (`--sse-max-per-client`), on both stream transports.
@@ -59,7 +59,7 @@ pub enum Rate {
     CreatesPerAddress,
     /// Failed authentications from one client address.
     AuthFailures,
-    /// Wrong passwords of protected links from one client address.
+    /// Password tries of protected links from one client address.
     PasswordFailures,
 }
 
@@ -79,7 +79,7 @@ impl Limited {
             Rate::CreatesPerKey => "too many links created by this API key",
             Rate::CreatesPerAddress => "too many links created by this address",
             Rate::AuthFailures => "too many failed authentications from this address",
-            Rate::PasswordFailures => "too many wrong passwords from this address",
+            Rate::PasswordFailures => "too many password tries from this address",
         };
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -118,6 +118,18 @@ impl Failures {
     fn wait(&self, key: IpAddr, now: Instant) -> Option<Duration> {
         let owed = self.whole_at.get(&key)?.saturating_duration_since(now);
         (owed > self.tolerance).then(|| owed - self.tolerance)
+    }
+
+    /// Takes one from the allowance if the address is within it, atomically (tries that
+    /// race each see the others'); otherwise how long it must wait.
+    fn take(&self, key: IpAddr, now: Instant) -> Result<(), Duration> {
+        let mut whole_at = self.whole_at.entry(key).or_insert(now);
+        let owed = whole_at.saturating_duration_since(now);
+        if owed > self.tolerance {
+            return Err(owed - self.tolerance);
+        }
+        *whole_at = (*whole_at).max(now) + self.interval;
+        Ok(())
     }
 
     fn failed(&self, key: IpAddr, now: Instant) {
@@ -167,27 +179,28 @@ impl ClientLimits {
         self
     }
 
-    /// Wrong passwords allowed per client address and minute, also the burst; `0` turns the
+    /// Password tries allowed per client address and minute, also the burst; `0` turns the
     /// limit off.
     #[must_use]
-    pub fn with_password_failures(mut self, per_minute: u32) -> Self {
+    pub fn with_password_tries(mut self, per_minute: u32) -> Self {
         self.password_failures = Failures::new(per_minute, Duration::from_secs(60));
         self
     }
 
-    /// Whether the client at `ip` may try a password now: `Err` while it is past its
-    /// allowance of wrong ones. Takes nothing from the allowance, so a refused guess costs no
-    /// password check at all.
-    pub fn check_password(&self, ip: IpAddr) -> Result<(), Limited> {
-        Self::check_failures(self.password_failures.as_ref(), ip, Rate::PasswordFailures)
-    }
-
-    /// Counts one wrong password of the client at `ip`.
-    pub fn password_failed(&self, ip: IpAddr) {
-        if let Some(failures) = &self.password_failures {
-            self.sweep_now_and_then();
-            failures.failed(ip_key(ip), Instant::now());
-        }
+    /// Takes one password try of the client at `ip` from its allowance, or says how long it
+    /// must wait. A refused try costs no password check at all; tries that race each see
+    /// the others'.
+    pub fn try_password(&self, ip: IpAddr) -> Result<(), Limited> {
+        let Some(tries) = &self.password_failures else {
+            return Ok(());
+        };
+        self.sweep_now_and_then();
+        tries
+            .take(ip_key(ip), Instant::now())
+            .map_err(|wait| Limited {
+                rate: Rate::PasswordFailures,
+                wait,
+            })
     }
 
     fn check_failures(failures: Option<&Failures>, ip: IpAddr, rate: Rate) -> Result<(), Limited> {
@@ -243,7 +256,10 @@ impl ClientLimits {
         self.per_key.as_ref().map_or(0, |l| l.len())
             + self.per_ip.as_ref().map_or(0, |l| l.len())
             + self.auth_failures.as_ref().map_or(0, |f| f.whole_at.len())
-            + self.password_failures.as_ref().map_or(0, |f| f.whole_at.len())
+            + self
+                .password_failures
+                .as_ref()
+                .map_or(0, |f| f.whole_at.len())
     }
 
     /// Forgets the keys whose allowance is full again, every [`SWEEP_EVERY`] checks.
@@ -558,7 +574,10 @@ mod tests {
         assert_eq!(failures.wait(a, later), Some(Duration::from_millis(250)));
         failures.sweep(later + Duration::from_secs(1));
         assert_eq!(failures.whole_at.len(), 0, "a whole allowance is forgotten");
-        assert!(Failures::new(0, Duration::from_secs(1)).is_none(), "0 is no limit");
+        assert!(
+            Failures::new(0, Duration::from_secs(1)).is_none(),
+            "0 is no limit"
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ use crate::{
     keys::{ApiKeys, Caller, KeyError},
     links::{LinkError, Links},
     metrics::Metrics,
+    store::{StoreError, WriteError},
 };
 
 /// Everything a handler may need.
@@ -409,6 +410,12 @@ impl From<LinkError> for ApiError {
             LinkError::Timeout => {
                 warn!(cause = %e, "link operation timed out");
                 Self::unavailable("the service is busy, try again", 1)
+            }
+            // A cluster store's servers out of reach: nothing was changed; it passes.
+            LinkError::Write(WriteError::Unavailable(_))
+            | LinkError::Store(StoreError::Nats(_)) => {
+                warn!(cause = %e, "link operation not possible now");
+                Self::unavailable("the store cannot be reached now, try again", 1)
             }
             other => {
                 error!(cause = %other, "link operation failed");

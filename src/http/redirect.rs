@@ -380,7 +380,7 @@ pub struct Unlock {
         (status_code = 404, description = "No such link", content_type = "text/html", body = String),
         (status_code = 405, description = "The link has no password", body = schemas::Error),
         (status_code = 410, description = "Expired or past its visit limit", content_type = "text/html", body = String),
-        (status_code = 429, description = "Too many wrong passwords from this address (`Retry-After`)", body = schemas::Error),
+        (status_code = 429, description = "Too many password tries from this address (`Retry-After`)", body = schemas::Error),
         E503,
     )
 )]
@@ -398,11 +398,11 @@ impl Unlock {
         let Some(hash) = link.password.clone() else {
             return super::NotAllowed(super::GET_HEAD).answer(req, res);
         };
-        // An address past its allowance of wrong passwords is refused before its guess costs
-        // a check, so one client's guesses cannot hold up every other visitor's.
-        let ip = client_ip(state, req);
-        if let Some(ip) = ip
-            && let Err(limited) = state.client_limits().check_password(ip)
+        // Each try takes from its address's allowance (`--password-tries-per-minute`); one
+        // past it is refused before it costs a check, so one client's guesses cannot hold up
+        // every other visitor's.
+        if let Some(ip) = client_ip(state, req)
+            && let Err(limited) = state.client_limits().try_password(ip)
         {
             return limited.into_error().write(res);
         }
@@ -417,9 +417,6 @@ impl Unlock {
             .await
             .unwrap_or(false);
         if !right {
-            if let Some(ip) = ip {
-                state.client_limits().password_failed(ip);
-            }
             return pages::password_form(res, link.code.as_str(), true);
         }
         self.redirect

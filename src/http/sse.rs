@@ -285,7 +285,10 @@ mod tests {
         assert_eq!(parsed.last_event_id.as_deref(), Some(&b"7"[..]));
 
         // 30,000 bytes of one endless header line cost no parse at all.
-        let (mut lines, mut buf) = (LineWatch::default(), b"GET /realtime/abc HTTP/1.1\r\nX: ".to_vec());
+        let (mut lines, mut buf) = (
+            LineWatch::default(),
+            b"GET /realtime/abc HTTP/1.1\r\nX: ".to_vec(),
+        );
         assert!(lines.new_line(&buf));
         let parses = (0..30_000)
             .filter(|_| {

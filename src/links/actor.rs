@@ -92,6 +92,8 @@ pub enum LinkMsg {
     /// already numbered, send subscribers a last `deleted` event, end their streams and stop.
     /// Answered with the store's answer (`false`: no such link).
     Delete(RpcReplyPort<Result<bool, WriteError>>),
+    /// Another node deleted the link: as `Delete`, with nothing sent to the store.
+    DeletedElsewhere,
     /// Fault injection (tests): the handler fails as a bug would, and the actor dies.
     Fail,
     /// Timer: heartbeats, catching up or dropping slow subscribers, idleness. Carries the
@@ -819,7 +821,8 @@ impl Actor for LinkActor {
                 }
                 let _ = reply.send(());
             }
-            LinkMsg::Delete(reply) => state.delete(&myself, reply),
+            LinkMsg::Delete(reply) => state.delete(&myself, Some(reply)),
+            LinkMsg::DeletedElsewhere => state.delete(&myself, None),
             LinkMsg::Fail => return Err("fault injected".into()),
             LinkMsg::Tick(generation) => {
                 if generation == state.timer && !state.draining {
@@ -858,19 +861,24 @@ impl Actor for LinkActor {
 }
 
 impl LinkState {
+    /// Deletes the link: in the store (answering `reply` with its answer), or, when another
+    /// node deleted it (`reply` is `None`), here only: the store no longer has it, and may
+    /// already have a new link made on the code.
     fn delete(
         &mut self,
         myself: &ActorRef<LinkMsg>,
-        reply: RpcReplyPort<Result<bool, WriteError>>,
+        reply: Option<RpcReplyPort<Result<bool, WriteError>>>,
     ) {
         self.deleted = true;
         // Clicks already in the inbox are refused (their visitors get the deleted link's 404).
         self.count_clicks();
-        // Queued now, behind every click batch this actor sent: the purge finds them all.
-        let deleted = self.shared.writer.delete_link(self.code.clone());
-        tokio::spawn(async move {
-            let _ = reply.send(deleted.await);
-        });
+        if let Some(reply) = reply {
+            // Queued now, behind every click batch this actor sent: the purge finds them all.
+            let deleted = self.shared.writer.delete_link(self.code.clone());
+            tokio::spawn(async move {
+                let _ = reply.send(deleted.await);
+            });
+        }
         self.subscribers
             .send_all(&frame::deleted_frame(self.code.as_str(), self.count));
         self.end(myself);

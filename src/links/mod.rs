@@ -264,26 +264,30 @@ impl Links {
                         let _order = links.changes.lock().await;
                         links.apply(&link).await;
                     }
-                    None => {
-                        // Deleted on another node (or here, and already applied): what this
-                        // node holds of it goes as in a deletion here. The store answers that
-                        // the link is gone.
-                        let copy = links
-                            .shared
-                            .directory
-                            .link(code.as_str())
-                            .or_else(|| links.shared.cache.get(&code).flatten());
-                        match copy {
-                            Some(copy) => {
-                                let _ = links.delete(&copy).await;
-                            }
-                            None => links.shared.cache.insert(code, None),
-                        }
-                    }
+                    None => links.deleted_elsewhere(&code).await,
                 }
             }
         });
         std::sync::Arc::new(RemoteChanges(tx))
+    }
+
+    /// A link deleted on another node (or here, and already applied): what this node holds
+    /// of it goes as in a deletion here, but nothing is sent to the store, which may hold a
+    /// new link made on the code since (its change follows this one and shows it again).
+    async fn deleted_elsewhere(&self, code: &ShortCode) {
+        let _order = self.changes.lock().await;
+        self.shared.directory.mark_gone(code);
+        self.shared.cache.insert(code.clone(), None);
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        if let Some(actor) = self.shared.directory.live(code.as_str()) {
+            // An actor that is stopping anyway takes no news; it stores nothing more of a
+            // deleted link (the writer checks every batch).
+            let _ = actor.cast(LinkMsg::DeletedElsewhere);
+        }
+        if let Some(mut done) = self.shared.directory.current(code.as_str()) {
+            let _ = tokio::time::timeout_at(deadline, done.wait_for(|gone| *gone)).await;
+        }
+        self.shared.cache.insert(code.clone(), None);
     }
 
     /// Puts a changed link in every copy: the cache, the live entry, and its actor, waiting

@@ -68,6 +68,10 @@ pub enum WriteError {
     Stopped,
     #[error("the commit failed: {0}")]
     Failed(String),
+    /// The store cannot be reached now (a cluster store's servers): the write was not made,
+    /// and may be tried again.
+    #[error("the store cannot be reached now: {0}")]
+    Unavailable(String),
 }
 
 /// Told, after a commit, the highest click number of its code that the store now holds

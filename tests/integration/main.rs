@@ -17,6 +17,7 @@ mod openapi;
 mod ops;
 mod overload;
 mod pages;
+mod promises;
 mod qr;
 mod realtime;
 mod redirect;

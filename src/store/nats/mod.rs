@@ -406,7 +406,11 @@ impl NatsStore {
 
     /// The stream sequence and `Nats-Msg-Id` of the code's first message stored after stream
     /// sequence `after` (`None`: there is none).
-    async fn batch_after(&self, code: &str, after: u64) -> Result<Option<(u64, String)>, StoreError> {
+    async fn batch_after(
+        &self,
+        code: &str,
+        after: u64,
+    ) -> Result<Option<(u64, String)>, StoreError> {
         match self
             .inner
             .clicks
@@ -424,7 +428,9 @@ impl NatsStore {
                     .unwrap_or_default();
                 Ok(Some((message.sequence, id)))
             }
-            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                Ok(None)
+            }
             Err(e) => Err(nats_error("cannot read a code's clicks", e)),
         }
     }

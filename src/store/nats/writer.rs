@@ -207,7 +207,10 @@ async fn commit(
         if let (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) = (&op, &outcome) {
             tips.remove(code);
         }
-        op.answer(outcome.map_err(|e| WriteError::Failed(e.to_string())));
+        op.answer(outcome.map_err(|e| match e {
+            StoreError::Nats(why) => WriteError::Unavailable(why),
+            other => WriteError::Failed(other.to_string()),
+        }));
     }
     let codes = std::mem::take(&mut group.codes);
     let known: HashMap<ShortCode, Tip> = codes
@@ -377,6 +380,8 @@ async fn publish_run(
 ) -> Option<(Tip, bool)> {
     let subject = clicks_subject(code.as_str());
     let mut attempt = 0u32;
+    // Whether `tip` was read from the servers by this call (not remembered from before).
+    let mut read_here = false;
     loop {
         // Every attempt after the first asks the links bucket itself (not this node's copy,
         // which a node cut off may not have brought up to date): a link deleted meanwhile
@@ -404,6 +409,7 @@ async fn publish_run(
                         last: last.map_or(0, |e| e.seq),
                     };
                     tip = Some(fresh);
+                    read_here = true;
                     fresh
                 }
                 Err(e) => {
@@ -416,6 +422,7 @@ async fn publish_run(
         // Numbered after the stored clicks: as the actor numbered them when it was right.
         // Whether the actor was right is judged by this attempt alone.
         let mut renumbered = false;
+        let mut behind = false;
         let events: Vec<ClickEvent> = run
             .iter()
             .enumerate()
@@ -424,6 +431,7 @@ async fn publish_run(
                 let mut event = match item {
                     Item::Numbered(event) => {
                         renumbered |= event.seq != seq;
+                        behind |= event.seq > seq;
                         ClickEvent::clone(event)
                     }
                     Item::Fresh(event) => event.clone(),
@@ -432,6 +440,17 @@ async fn publish_run(
                 event
             })
             .collect();
+        if behind {
+            // Fewer clicks stored than the actor counted before these. Other nodes only add
+            // clicks; fewer means they were purged: the link was deleted (and perhaps made
+            // again), and these clicks belonged to the deleted one. Unless the tip was only
+            // remembered: then it is read first.
+            if read_here {
+                return None;
+            }
+            tip = None;
+            continue;
+        }
         let last = current.last + events.len() as u64;
         // Unique to this message: this node, the code, the message it follows and its first
         // click (a retry of it carries the same id, and JetStream keeps one copy).
@@ -496,6 +515,7 @@ async fn publish_run(
                                 stream_seq,
                                 last: l.map_or(0, |e| e.seq),
                             });
+                            read_here = true;
                         }
                         Err(e) => {
                             unreachable(health, &e.to_string());

@@ -8,6 +8,7 @@ mod failover;
 mod migrate;
 mod nginx;
 mod outage;
+mod truth;
 mod viewers;
 
 use std::{
@@ -54,6 +55,11 @@ impl Nats {
     /// Starts `n` servers in one cluster (one alone for `n == 1`), each storing under the
     /// temp dir, and waits until each accepts connections.
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, "")
+    }
+
+    /// Like [`Nats::start`], with `extra` lines in every server's configuration.
+    pub fn start_with(n: usize, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
@@ -78,7 +84,7 @@ impl Nats {
                     &conf,
                     format!(
                         "server_name: n{i}\nlisten: \"127.0.0.1:{port}\"\n\
-                         jetstream {{ store_dir: \"{}\" }}\n{cluster}\n",
+                         jetstream {{ store_dir: \"{}\" }}\n{cluster}\n{extra}\n",
                         store.display()
                     ),
                 )
@@ -125,6 +131,23 @@ impl Nats {
         }
     }
 
+    /// Freezes (`STOP`) or thaws (`CONT`) server `i`, as a stalled machine would.
+    pub fn signal(&self, i: usize, signal: &str) {
+        if let Some(child) = &self.servers[i].child {
+            let sent = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(sent, "kill -{signal} nats-server {i}");
+        }
+    }
+
+    /// Server `i`'s URL alone.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.servers[i].port)
+    }
+
     /// Every server's URL, as `--nats` takes them.
     pub fn urls(&self) -> String {
         self.servers
@@ -161,9 +184,14 @@ impl Node {
     /// arguments, and waits until it listens. JetStream may still be electing its leaders
     /// when the servers have just started: the start is tried again for a while.
     pub fn start(nats: &Nats, name: &str, extra: &[&str]) -> Node {
+        Self::start_on(nats, &nats.urls(), name, extra)
+    }
+
+    /// Like [`Node::start`], connected to the servers `urls` only.
+    pub fn start_on(nats: &Nats, urls: &str, name: &str, extra: &[&str]) -> Node {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match Self::try_start(nats, name, extra) {
+            match Self::try_start(nats, urls, name, extra) {
                 Ok(node) => return node,
                 Err(why) => {
                     assert!(
@@ -176,12 +204,12 @@ impl Node {
         }
     }
 
-    fn try_start(nats: &Nats, name: &str, extra: &[&str]) -> Result<Node, String> {
+    fn try_start(nats: &Nats, urls: &str, name: &str, extra: &[&str]) -> Result<Node, String> {
         let replicas = if nats.len() >= 3 { "3" } else { "1" };
         let data = nats.dir.path().join(format!("node-{name}"));
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--nats"])
-            .arg(nats.urls())
+            .arg(urls)
             .args(["--nats-replicas", replicas, "--initial-api-key", KEY])
             .arg("--data-dir")
             .arg(&data)
