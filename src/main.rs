@@ -24,7 +24,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("LINKPULSE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            // fjall's routine work (opening, ingestion, recovery) is `debug`: `info` is what an
+            // operator acts on.
+            EnvFilter::try_from_env("LINKPULSE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn")),
         )
         .with_writer(std::io::stderr);
     match log_format {

@@ -93,6 +93,21 @@ pub fn encode_batch<'a>(events: impl IntoIterator<Item = &'a ClickEvent>) -> Byt
     out.freeze()
 }
 
+/// The number of the first click of a batch (0 for an empty one).
+fn first_seq(bytes: &[u8]) -> Result<u64, DecodeError> {
+    let invalid = || DecodeError::Invalid {
+        what: "click batch",
+        cause: "a record runs past the end".into(),
+    };
+    let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+        return Ok(0);
+    };
+    let record = rest
+        .get(..u32::from_be_bytes(*len) as usize)
+        .ok_or_else(invalid)?;
+    Ok(records::decode_click(record)?.seq)
+}
+
 pub fn decode_batch(mut bytes: &[u8]) -> Result<Vec<ClickEvent>, DecodeError> {
     let mut out = Vec::new();
     while bytes.has_remaining() {
@@ -145,6 +160,56 @@ fn block_on<F: Future>(runtime: &tokio::runtime::Handle, work: F) -> F::Output {
     }
 }
 
+/// The links in the order `GET /api/links` lists them (newest first, by the key the fjall
+/// index sorts by), in all and per owner: a page is a range read, not a sort of every link.
+#[derive(Default)]
+struct Listing {
+    all: std::collections::BTreeMap<Vec<u8>, Arc<Link>>,
+    /// Keyed by owner, then the same key.
+    owners: std::collections::BTreeMap<(String, Vec<u8>), Arc<Link>>,
+}
+
+/// A link's place in the listing (its creation time and code, as fjall's index sorts them).
+fn listing_key(link: &Link) -> Vec<u8> {
+    records::time_index_key(link)[1..].to_vec()
+}
+
+impl Inner {
+    /// Takes in a link made or changed (on any node).
+    fn remember(&self, link: Arc<Link>) {
+        let old = self.links.insert(link.code.to_string(), link.clone());
+        let mut listing = self
+            .listing
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = old {
+            listing.all.remove(&listing_key(&old));
+            listing
+                .owners
+                .remove(&(old.owner.to_string(), listing_key(&old)));
+        }
+        let key = listing_key(&link);
+        listing
+            .owners
+            .insert((link.owner.to_string(), key.clone()), link.clone());
+        listing.all.insert(key, link);
+    }
+
+    /// Lets go of a deleted link.
+    fn forget(&self, code: &str) {
+        if let Some((_, old)) = self.links.remove(code) {
+            let mut listing = self
+                .listing
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            listing.all.remove(&listing_key(&old));
+            listing
+                .owners
+                .remove(&(old.owner.to_string(), listing_key(&old)));
+        }
+    }
+}
+
 struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
@@ -160,6 +225,8 @@ struct Inner {
     meta_kv: kv::Store,
     /// Every link, as the links bucket holds it (filled and kept current by its watch).
     links: DashMap<String, Arc<Link>>,
+    /// The same links in listing order (see [`Listing`]).
+    listing: RwLock<Listing>,
     /// Every API key, as the keys bucket holds it.
     keys: DashMap<[u8; 32], KeyRecord>,
     visitor_key: [u8; 32],
@@ -276,6 +343,7 @@ impl NatsStore {
             aggregates_kv,
             meta_kv,
             links: DashMap::new(),
+            listing: RwLock::default(),
             keys: DashMap::new(),
             visitor_key,
             runtime: tokio::runtime::Handle::current(),
@@ -332,11 +400,9 @@ impl NatsStore {
                     if !newer {
                         return;
                     }
-                    inner.links.insert(code.clone(), link.clone());
+                    inner.remember(link.clone());
                 }
-                None => {
-                    inner.links.remove(&code);
-                }
+                None => inner.forget(&code),
             }
             let listener = inner.listener.read().ok().and_then(|l| l.clone());
             if let (Some(listener), Ok(code)) = (listener, ShortCode::parse(&code)) {
@@ -433,6 +499,80 @@ impl NatsStore {
             }
             Err(e) => Err(nats_error("cannot read a code's clicks", e)),
         }
+    }
+
+    /// The stream sequence of the code's message that holds click `seq` (or, if none does,
+    /// one at or before where it would be): a binary search over stream sequences up to
+    /// `last_at`, one read per step, each read taking the first message of the code at or
+    /// after a sequence. Messages of a code hold its clicks in order.
+    async fn message_holding(&self, code: &str, seq: u64, last_at: u64) -> Result<u64, StoreError> {
+        let subject = clicks_subject(code);
+        let (mut lo, mut hi, mut best) = (1u64, last_at, 1u64);
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            let message = match self
+                .inner
+                .clicks
+                .raw_message_builder()
+                .sequence(mid)
+                .next_by_subject(subject.clone())
+                .send()
+                .await
+            {
+                Ok(message) => message,
+                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                    hi = mid - 1;
+                    continue;
+                }
+                Err(e) => return Err(nats_error("cannot read a code's clicks", e)),
+            };
+            let first = first_seq(&message.payload)?;
+            if first <= seq {
+                best = message.sequence;
+                lo = message.sequence + 1;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(best)
+    }
+
+    /// Walks the code's clicks in order from the message at or after stream sequence `from`,
+    /// until `each` breaks.
+    fn walk_from(
+        &self,
+        code: &str,
+        mut from: u64,
+        each: &mut dyn FnMut(ClickEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let subject = clicks_subject(code);
+        self.run(async {
+            loop {
+                let message = match self
+                    .inner
+                    .clicks
+                    .raw_message_builder()
+                    .sequence(from)
+                    .next_by_subject(subject.clone())
+                    .send()
+                    .await
+                {
+                    Ok(message) => message,
+                    Err(e)
+                        if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) =>
+                    {
+                        return Ok(());
+                    }
+                    Err(e) => return Err(nats_error("cannot read a code's clicks", e)),
+                };
+                for event in decode_batch(&message.payload)? {
+                    if each(event).is_break() {
+                        return Ok(());
+                    }
+                }
+                from = message.sequence + 1;
+            }
+        })
     }
 
     /// The most bytes one message of clicks may have: well below the server's `max_payload`
@@ -659,42 +799,32 @@ impl Backend for NatsStore {
         after: u64,
         each: &mut dyn FnMut(ClickEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let subject = clicks_subject(code);
-        self.run(async {
-            // A snapshot covering up to `after` says where its last click is: start there.
-            let mut from = 1;
-            if after > 0
-                && let Ok(Some(bytes)) = self.inner.aggregates_kv.get(code).await
-                && let Some((covers, stream_seq, _)) = decode_snapshot_entry(&bytes)
-                && covers <= after
-                && stream_seq > 0
-            {
-                from = stream_seq;
-            }
-            loop {
-                let message = match self
-                    .inner
-                    .clicks
-                    .raw_message_builder()
-                    .sequence(from)
-                    .next_by_subject(subject.clone())
-                    .send()
-                    .await
-                {
-                    Ok(message) => message,
-                    Err(e)
-                        if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) =>
-                    {
-                        return Ok(());
-                    }
-                    Err(e) => return Err(nats_error("cannot read a code's clicks", e)),
-                };
-                for event in decode_batch(&message.payload)? {
-                    if event.seq > after && each(event).is_break() {
-                        return Ok(());
-                    }
+        let from = if after == 0 {
+            1
+        } else {
+            // A snapshot covering up to `after` says where its last click is; else the
+            // message holding click `after + 1` is looked for.
+            let hint = self.run(async {
+                match self.inner.aggregates_kv.get(code).await {
+                    Ok(Some(bytes)) => decode_snapshot_entry(&bytes)
+                        .filter(|(covers, stream_seq, _)| *covers == after && *stream_seq > 0)
+                        .map(|(_, stream_seq, _)| stream_seq),
+                    _ => None,
                 }
-                from = message.sequence + 1;
+            });
+            match hint {
+                Some(at) => at,
+                None => {
+                    let (last_at, _, _) = self.run(self.last_batch(code))?;
+                    self.run(self.message_holding(code, after + 1, last_at))?
+                }
+            }
+        };
+        self.walk_from(code, from, &mut |event| {
+            if event.seq > after {
+                each(event)
+            } else {
+                ControlFlow::Continue(())
             }
         })
     }
@@ -705,20 +835,28 @@ impl Backend for NatsStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<ClickEvent>, StoreError> {
-        // Batches are read from the first: the newest `limit` below `before` are kept.
-        let mut kept = std::collections::VecDeque::with_capacity(limit.min(1024));
-        let before = before.unwrap_or(u64::MAX);
-        self.walk_clicks(code, 0, &mut |event| {
-            if event.seq >= before {
+        let (last_at, last, _) = self.run(self.last_batch(code))?;
+        let count = last.map_or(0, |e| e.seq);
+        let upper = before.map_or(count, |b| b.saturating_sub(1).min(count));
+        if upper == 0 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let lowest = upper.saturating_sub(limit as u64 - 1).max(1);
+        // The page starts in the message holding click `lowest`, found in a few reads (not
+        // by walking the code's messages from its first).
+        let from = self.run(self.message_holding(code, lowest, last_at))?;
+        let mut page = Vec::with_capacity(limit.min(1024));
+        self.walk_from(code, from, &mut |event| {
+            if event.seq > upper {
                 return ControlFlow::Break(());
             }
-            if kept.len() == limit {
-                kept.pop_front();
+            if event.seq >= lowest {
+                page.push(event);
             }
-            kept.push_back(event);
             ControlFlow::Continue(())
         })?;
-        Ok(kept.into_iter().rev().collect())
+        page.reverse();
+        Ok(page)
     }
 
     fn list_links(
@@ -729,31 +867,50 @@ impl Backend for NatsStore {
         scan: usize,
         keep: &dyn Fn(&Link) -> bool,
     ) -> Result<Page, StoreError> {
-        // Newest first, as the fjall index sorts them: by the same key.
-        let mut all: Vec<(Vec<u8>, Arc<Link>)> = self
+        // Newest first, from just below the cursor: a range of the listing, read under its
+        // lock for at most `scan` entries.
+        let listing = self
             .inner
-            .links
-            .iter()
-            .filter(|l| owner.is_none_or(|o| l.owner.as_str() == o))
-            .map(|l| (records::time_index_key(&l)[1..].to_vec(), l.value().clone()))
-            .filter(|(key, _)| cursor.is_none_or(|c| key.as_slice() < c.key()))
-            .collect();
-        all.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            .listing
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let below = cursor.map(|c| c.key().to_vec());
+        let entries: Box<dyn Iterator<Item = (&Vec<u8>, &Arc<Link>)>> = match owner {
+            Some(owner) => {
+                let from = (owner.to_owned(), Vec::new());
+                let to = match &below {
+                    Some(key) => std::ops::Bound::Excluded((owner.to_owned(), key.clone())),
+                    None => std::ops::Bound::Excluded((format!("{owner}\0"), Vec::new())),
+                };
+                Box::new(
+                    listing
+                        .owners
+                        .range((std::ops::Bound::Included(from), to))
+                        .rev()
+                        .filter(move |((o, _), _)| o == owner)
+                        .map(|((_, key), link)| (key, link)),
+                )
+            }
+            None => match &below {
+                Some(key) => Box::new(listing.all.range(..key.clone()).rev()),
+                None => Box::new(listing.all.iter().rev()),
+            },
+        };
         let mut links = Vec::new();
         let mut last = None;
         let mut scanned = 0;
-        let mut entries = all.into_iter();
-        for (key, link) in entries.by_ref() {
+        let mut entries = entries.peekable();
+        while let Some((key, link)) = entries.next() {
             scanned += 1;
-            last = Some(key);
-            if keep(&link) {
-                links.push(Link::clone(&link));
+            last = Some(key.clone());
+            if keep(link) {
+                links.push(Link::clone(link));
             }
             if links.len() >= limit || scanned >= scan {
                 break;
             }
         }
-        let more = entries.next().is_some();
+        let more = entries.peek().is_some();
         Ok(Page {
             links,
             next: last.filter(|_| more).map(Cursor::from_key),

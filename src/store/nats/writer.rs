@@ -650,7 +650,7 @@ async fn link_op(
                 .await
             {
                 Ok(_) => {
-                    inner.links.insert(code.to_owned(), Arc::new(link.clone()));
+                    inner.remember(Arc::new(link.clone()));
                     Ok(LinkOutcome::Created(true))
                 }
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -686,7 +686,7 @@ async fn link_op(
                     .await
                 {
                     Ok(_) => {
-                        inner.links.insert(code.to_string(), Arc::new(new.clone()));
+                        inner.remember(Arc::new(new.clone()));
                         return Ok(LinkOutcome::Updated(Some(Ok(new))));
                     }
                     Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
@@ -715,7 +715,7 @@ async fn link_op(
                 Ok(()) => {}
                 Err(e) => return Err(nats_error("cannot delete a link", e)),
             }
-            inner.links.remove(code.as_str());
+            inner.forget(code.as_str());
             // The clicks and the aggregates go with it.
             if let Err(e) = inner
                 .clicks
