@@ -900,7 +900,7 @@ impl Backend for NatsStore {
         let mut last = None;
         let mut scanned = 0;
         let mut entries = entries.peekable();
-        while let Some((key, link)) = entries.next() {
+        for (key, link) in entries.by_ref() {
             scanned += 1;
             last = Some(key.clone());
             if keep(link) {
