@@ -20,25 +20,15 @@ use crate::{
     keys::{self, ApiKeys, Scope},
     links::{LinkSettings, Links},
     metrics::{DropReason, Metrics},
-    store::{
-        Backend, Backlog, Retention, SharedStore, Store, Writer, WriterConfig,
-        nats::{self, NatsConfig, NatsStore},
-    },
+    store::{Backend, Backlog, Location, Opened, Retention, SharedStore, Store, WriterConfig},
 };
-
-/// The engine a running app keeps its data in (see `store::Backend`).
-enum Engine {
-    Fjall(Store),
-    Nats(NatsStore),
-}
 
 /// A bound, ready-to-run service.
 pub struct App {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     state: Arc<AppState>,
-    engine: Engine,
-    writer: Writer,
+    opened: Opened,
     retention: Option<Retention>,
     generated_key: Option<String>,
     /// `<data-dir>/control.sock`, for `linkpulse keys` while the server runs (`None` when it
@@ -71,34 +61,22 @@ impl App {
             deleted_code_hold: config.deleted_code_hold,
             metrics: metrics.clone(),
         };
-        let (engine, writer) = match &config.nats {
-            Some(urls) => {
-                anyhow::ensure!(
-                    config.click_retention_days.is_none(),
-                    "--click-retention-days is not available with --nats (JetStream keeps \
-                     every click; set a limit on the LP_CLICKS stream instead)"
-                );
-                let store = NatsStore::connect(&NatsConfig {
-                    urls: urls.clone(),
-                    replicas: config.nats_replicas,
-                })
-                .await
-                .context("cannot open the NATS JetStream store")?;
-                let writer = nats::start_writer(store.clone(), writer_config)
-                    .context("cannot start the writer thread")?;
-                (Engine::Nats(store), writer)
-            }
-            None => {
-                let store = open_fjall(&config, &settings).await?;
-                let writer = Writer::start(store.clone(), writer_config)
-                    .context("cannot start the writer thread")?;
-                (Engine::Fjall(store), writer)
-            }
+        let location = match &config.nats {
+            Some(urls) => Location::Cluster {
+                urls: urls.clone(),
+                replicas: config.nats_replicas,
+            },
+            None => Location::Dir(config.data_dir.clone()),
         };
-        let store: SharedStore = match &engine {
-            Engine::Fjall(store) => Arc::new(store.clone()),
-            Engine::Nats(store) => Arc::new(store.clone()),
-        };
+        if config.click_retention_days.is_some() && config.nats.is_some() {
+            anyhow::bail!(
+                "--click-retention-days is not available with --nats (JetStream keeps every \
+                 click; set a limit on the LP_CLICKS stream instead)"
+            );
+        }
+        let opened = Opened::open(&location, &settings.aggregates, writer_config).await?;
+        let store = opened.store.clone();
+        let shared = opened.shared_by_nodes();
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -106,9 +84,10 @@ impl App {
         // Bound while holding the store, so a socket file already there is a dead server's.
         // A cluster node holds no store in `--data-dir` and writes nothing there: it binds no
         // socket (its keys are managed through the API or `--initial-api-key`).
-        let control = match (&engine, &config.data_dir) {
-            (Engine::Nats(_), _) => None,
-            (Engine::Fjall(_), dir) => match ControlSocket::bind(dir) {
+        let control = if shared {
+            None
+        } else {
+            match ControlSocket::bind(&config.data_dir) {
                 Ok(socket) => Some(socket),
                 Err(e) => {
                     warn!(
@@ -118,44 +97,33 @@ impl App {
                     );
                     None
                 }
-            },
+            }
         };
 
         let generated_key = bootstrap_keys(&*store, initial)?;
         let keys = Arc::new(ApiKeys::load(&store).context("cannot read the API keys")?);
-        if let Engine::Fjall(fjall) = &engine
-            && generated_key.is_none()
-            && initial.is_none()
-        {
+        if !shared && generated_key.is_none() && initial.is_none() {
             info!(
-                keys = fjall.startup_report().keys,
+                keys = keys.len(),
                 "API keys are stored; to make another (the server may run): linkpulse keys \
                  create --admin --data-dir {}",
                 config.data_dir.display()
             );
         }
 
-        let retention = match &engine {
-            Engine::Fjall(fjall) => config.click_retention_days.map(|days| (fjall, days)),
-            Engine::Nats(_) => None,
-        }
-        .map(|(fjall, days)| {
-            Retention::start(
-                fjall.clone(),
-                writer.handle(),
-                Duration::from_secs(u64::from(days) * 86_400),
-                config.click_retention_check,
-            )
-        });
+        let retention = config
+            .click_retention_days
+            .map(|days| opened.start_retention(days, config.click_retention_check))
+            .transpose()?;
         let links = Links::new(
             store,
-            writer.handle(),
+            opened.writer.handle(),
             settings,
             metrics.clone(),
             Backlog::new(config.click_backlog),
         );
-        if let Engine::Nats(nats) = &engine {
-            nats.set_listener(links.remote_changes());
+        if shared {
+            opened.set_listener(links.remote_changes());
             tokio::spawn(follow_keys(keys.clone()));
         }
         let base_url = config
@@ -182,8 +150,7 @@ impl App {
             listener,
             local_addr,
             state,
-            engine,
-            writer,
+            opened,
             retention,
             generated_key,
             control,
@@ -215,12 +182,12 @@ impl App {
             listener,
             local_addr,
             state,
-            engine,
-            writer,
+            opened,
             retention,
             control,
             ..
         } = self;
+        let (writer, closing) = opened.into_closing();
         let config = &state.config;
         let grace = config.shutdown_timeout;
         // The header timeout also closes kept-alive connections idle between requests (hyper
@@ -299,12 +266,7 @@ impl App {
                 let ok = stopped.is_ok();
                 let _ = committed_tx.send(stopped);
                 if ok {
-                    let closed = match &engine {
-                        Engine::Fjall(store) => store.close_clean(&dir),
-                        // Everything is in JetStream: nothing to close here.
-                        Engine::Nats(_) => Ok(()),
-                    };
-                    let _ = closed_tx.send(closed);
+                    let _ = closed_tx.send(closing.close(&dir));
                 }
             })
             .context("cannot start the closing thread")?;
@@ -341,30 +303,6 @@ impl App {
         info!("stopped cleanly");
         Ok(())
     }
-}
-
-/// Opens the fjall store in `config.data_dir` and builds what an older store lacks.
-async fn open_fjall(config: &ServeConfig, settings: &LinkSettings) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            config.data_dir.display()
-        )
-    })?;
-    let dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
-        .await?
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    let built = store.clone();
-    let aggregates = settings.aggregates.clone();
-    tokio::task::spawn_blocking(move || built.build_missing_aggregates(&aggregates))
-        .await?
-        .context("cannot build the aggregates of the stored links")?;
-    let built = store.clone();
-    tokio::task::spawn_blocking(move || built.build_link_index())
-        .await?
-        .context("cannot build the listing index of the stored links")?;
-    Ok(store)
 }
 
 /// Keeps a cluster node's API keys in step with the keys bucket (keys made or revoked on

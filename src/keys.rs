@@ -286,6 +286,11 @@ impl ApiKeys {
         self.keys.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// How many keys are valid now.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.read().is_empty()
     }

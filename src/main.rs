@@ -75,11 +75,7 @@ async fn main() -> anyhow::Result<()> {
             nats,
             nats_replicas,
         }) => {
-            let config = linkpulse::store::nats::NatsConfig {
-                urls: nats,
-                replicas: nats_replicas,
-            };
-            let summary = linkpulse::store::nats::migrate_command(&data_dir, &config).await?;
+            let summary = linkpulse::store::migrate_command(&data_dir, nats, nats_replicas).await?;
             print!("{summary}");
             Ok(())
         }

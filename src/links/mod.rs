@@ -127,10 +127,10 @@ impl Shared {
     }
 }
 
-/// Hands the cluster store's link changes to [`Links::remote_changes`]'s task.
+/// Hands the link changes made on other nodes to [`Links::remote_changes`]'s task.
 struct RemoteChanges(tokio::sync::mpsc::UnboundedSender<(ShortCode, Option<Arc<Link>>)>);
 
-impl crate::store::nats::ChangeListener for RemoteChanges {
+impl crate::store::ChangeListener for RemoteChanges {
     fn link_changed(&self, code: &ShortCode, link: Option<Arc<Link>>) {
         let _ = self.0.send((code.clone(), link));
     }
@@ -251,9 +251,9 @@ impl Links {
         }
     }
 
-    /// Follows the changes another node makes to links (the cluster store's watch of the
-    /// links bucket), applying them one at a time, in the order they were stored.
-    pub fn remote_changes(&self) -> std::sync::Arc<dyn crate::store::nats::ChangeListener> {
+    /// Follows the changes other nodes make to links (the store tells of them), applying them
+    /// one at a time, in the order they were stored.
+    pub fn remote_changes(&self) -> std::sync::Arc<dyn crate::store::ChangeListener> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(ShortCode, Option<Arc<Link>>)>();
         let links = self.clone();
         tokio::spawn(async move {

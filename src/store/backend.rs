@@ -1,7 +1,7 @@
-//! What the actors, the HTTP layer and the analytics read from the store, whichever engine
-//! keeps it: fjall in one process ([`Store`]) or NATS JetStream across nodes
-//! ([`super::nats::NatsStore`]). Writes go through the one [`super::WriterHandle`] both
-//! engines' writers take their work from.
+//! The contract: what the actors, the HTTP layer and the analytics read from the store,
+//! whichever engine keeps it (fjall in one process, NATS JetStream across nodes), and the
+//! callbacks through which an engine tells the layers above of changes made elsewhere. Writes
+//! go through the one [`super::WriterHandle`] both engines' writers take their work from.
 //!
 //! Every method is blocking: call it from `spawn_blocking` or a thread of its own, except
 //! [`Backend::link`], which both engines answer from memory (fjall's block cache, the cluster
@@ -10,10 +10,17 @@
 use std::{ops::ControlFlow, sync::Arc};
 
 use super::{Counter, Cursor, KeyRecord, Page, Store, StoreError};
+use crate::domain::ShortCode;
 use crate::{
     analytics::{Aggregates, VisitorKey},
     domain::{ClickEvent, Link},
 };
+
+/// Told of a link changed or deleted on another node (a cluster store follows the links
+/// everywhere; nobody else writes an embedded store). Registered by the layer above.
+pub trait ChangeListener: Send + Sync {
+    fn link_changed(&self, code: &ShortCode, link: Option<Arc<Link>>);
+}
 
 /// The store as the running service sees it.
 pub trait Backend: Send + Sync + 'static {

@@ -37,11 +37,12 @@ use dashmap::DashMap;
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
-pub use migrate::{Migrated, migrate, migrate_command};
+pub use migrate::migrate_command;
 pub use writer::start as start_writer;
 
 use super::{
-    Counter, Cursor, KeyRecord, Page, StoreError, backend::Backend, records, records::DecodeError,
+    ChangeListener, Counter, Cursor, KeyRecord, Page, StoreError, backend::Backend, records,
+    records::DecodeError,
 };
 use crate::{
     analytics::{Aggregates, VisitorKey, aggregates},
@@ -69,11 +70,6 @@ pub struct NatsConfig {
     pub urls: String,
     /// Copies JetStream keeps of every stream and bucket (1 for a single server).
     pub replicas: usize,
-}
-
-/// Told of a link changed or deleted on any node (by the watch of the links bucket).
-pub trait ChangeListener: Send + Sync {
-    fn link_changed(&self, code: &ShortCode, link: Option<Arc<Link>>);
 }
 
 /// The subject of a code's clicks.

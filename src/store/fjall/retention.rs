@@ -14,8 +14,9 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::{Store, WriterHandle};
+use super::Store;
 use crate::domain::now_ms;
+use crate::store::WriterHandle;
 
 /// Clicks deleted per group commit.
 const CHUNK: usize = 10_000;

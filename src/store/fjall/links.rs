@@ -5,50 +5,11 @@
 use fjall::PersistMode;
 use tracing::info;
 
-use super::{Store, StoreError, records};
+use super::{Cursor, Page, Store, StoreError, records};
 use crate::domain::{Link, ShortCode};
 
 /// Set in the `meta` keyspace once every link is in the listing index.
 const LINK_INDEX_BUILT: &[u8] = b"link-index-built";
-
-/// A place in a listing: the creation time (as the index sorts it) and code of the last link
-/// a page held. Shown to clients as an opaque hex string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor(Vec<u8>);
-
-impl Cursor {
-    pub fn parse(raw: &str) -> Option<Self> {
-        let bytes = hex::decode(raw).ok()?;
-        let (_, code) = bytes.split_at_checked(8)?;
-        ShortCode::parse(std::str::from_utf8(code).ok()?).ok()?;
-        Some(Self(bytes))
-    }
-}
-
-impl Cursor {
-    /// A place made from a link's creation time (as the index sorts it) and code.
-    pub(super) fn from_key(key: Vec<u8>) -> Self {
-        Self(key)
-    }
-
-    pub(super) fn key(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Cursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex::encode(&self.0))
-    }
-}
-
-/// One page of a listing.
-#[derive(Debug)]
-pub struct Page {
-    pub links: Vec<Link>,
-    /// Where the next page starts, if anything may follow.
-    pub next: Option<Cursor>,
-}
 
 impl Store {
     /// Once per store: puts every link stored before the listing index into it. Later starts

@@ -1,0 +1,155 @@
+//! Opening the store the configuration asks for, and what a running service does with it
+//! that depends on the engine (retention, the clean close, following other nodes), so the
+//! layers above never name one.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+
+use super::{
+    ChangeListener, Retention, SharedStore, Writer, WriterConfig,
+    fjall::Store,
+    nats::{NatsConfig, NatsStore},
+};
+use crate::analytics::AggregateSettings;
+
+/// Where the store is.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// The embedded store in this directory.
+    Dir(PathBuf),
+    /// A cluster store: NATS JetStream servers (comma-separated URLs), each stream and bucket
+    /// kept in `replicas` copies.
+    Cluster { urls: String, replicas: usize },
+}
+
+enum Engine {
+    Embedded(Store),
+    Cluster(NatsStore),
+}
+
+/// The open store, its writer, and the engine behind them.
+pub struct Opened {
+    pub store: SharedStore,
+    pub writer: Writer,
+    engine: Engine,
+}
+
+impl Opened {
+    /// Opens the store at `location` (building what an older embedded store lacks) and
+    /// starts its writer.
+    pub async fn open(
+        location: &Location,
+        aggregates: &AggregateSettings,
+        writer: WriterConfig,
+    ) -> anyhow::Result<Self> {
+        match location {
+            Location::Dir(dir) => {
+                let store = open_dir(dir, aggregates).await?;
+                let writer = Writer::start(store.clone(), writer)
+                    .context("cannot start the writer thread")?;
+                Ok(Self {
+                    store: Arc::new(store.clone()),
+                    writer,
+                    engine: Engine::Embedded(store),
+                })
+            }
+            Location::Cluster { urls, replicas } => {
+                let store = NatsStore::connect(&NatsConfig {
+                    urls: urls.clone(),
+                    replicas: *replicas,
+                })
+                .await
+                .context("cannot open the NATS JetStream store")?;
+                let writer = super::nats::start_writer(store.clone(), writer)
+                    .context("cannot start the writer thread")?;
+                Ok(Self {
+                    store: Arc::new(store.clone()),
+                    writer,
+                    engine: Engine::Cluster(store),
+                })
+            }
+        }
+    }
+
+    /// Whether other nodes share the store (and this node keeps nothing on its disk).
+    pub fn shared_by_nodes(&self) -> bool {
+        matches!(self.engine, Engine::Cluster(_))
+    }
+
+    /// Who hears of link changes made on other nodes (nobody else writes an embedded store).
+    pub fn set_listener(&self, listener: Arc<dyn ChangeListener>) {
+        if let Engine::Cluster(store) = &self.engine {
+            store.set_listener(listener);
+        }
+    }
+
+    /// Starts deleting clicks older than `days` (`--click-retention-days`), where the engine
+    /// can: JetStream keeps its own limits on the clicks stream.
+    pub fn start_retention(&self, days: u32, every: Duration) -> anyhow::Result<Retention> {
+        match &self.engine {
+            Engine::Embedded(store) => Ok(Retention::start(
+                store.clone(),
+                self.writer.handle(),
+                Duration::from_secs(u64::from(days) * 86_400),
+                every,
+            )),
+            Engine::Cluster(_) => anyhow::bail!(
+                "--click-retention-days is not available with --nats (JetStream keeps every \
+                 click; set a limit on the LP_CLICKS stream instead)"
+            ),
+        }
+    }
+
+    /// The writer (to stop it) and what closes the store after it.
+    pub fn into_closing(self) -> (Writer, Closing) {
+        (self.writer, Closing(self.engine))
+    }
+}
+
+/// What is left to do with a store once its writer has stopped.
+pub struct Closing(Engine);
+
+impl Closing {
+    /// The embedded store flushes and marks itself closed cleanly (the next start skips its
+    /// checks); a cluster store has nothing on this node to close.
+    pub fn close(&self, dir: &Path) -> Result<(), super::StoreError> {
+        match &self.0 {
+            Engine::Embedded(store) => store.close_clean(dir),
+            Engine::Cluster(_) => Ok(()),
+        }
+    }
+}
+
+/// Opens the embedded store in `dir` and builds what an older store lacks.
+async fn open_dir(dir: &Path, aggregates: &AggregateSettings) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let at = dir.to_owned();
+    let store = tokio::task::spawn_blocking(move || Store::open(&at))
+        .await?
+        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    let built = store.clone();
+    let aggregates = aggregates.clone();
+    tokio::task::spawn_blocking(move || built.build_missing_aggregates(&aggregates))
+        .await?
+        .context("cannot build the aggregates of the stored links")?;
+    let built = store.clone();
+    tokio::task::spawn_blocking(move || built.build_link_index())
+        .await?
+        .context("cannot build the listing index of the stored links")?;
+    Ok(store)
+}
+
+/// `linkpulse migrate`: copies a stopped embedded store into an empty cluster store.
+pub async fn migrate_command(
+    data_dir: &Path,
+    urls: String,
+    replicas: usize,
+) -> anyhow::Result<String> {
+    super::nats::migrate_command(data_dir, &NatsConfig { urls, replicas }).await
+}
