@@ -20,7 +20,10 @@ use crate::{
     keys::{self, ApiKeys, Scope},
     links::{LinkSettings, Links},
     metrics::{DropReason, Metrics},
-    store::{Backend, Backlog, Location, Opened, Retention, SharedStore, Store, WriterConfig},
+    store::{
+        Backend, Backlog, Location, Opened, Retention, SharedStore, Store, WriterConfig,
+        with_stopped_store,
+    },
 };
 
 /// A bound, ready-to-run service.
@@ -393,25 +396,6 @@ fn bootstrap_keys(store: &dyn Backend, initial: Option<&str>) -> anyhow::Result<
         return Ok(Some(key));
     }
     Ok(None)
-}
-
-/// Opens the store in `data_dir` for a command run while the server is stopped, runs `work`,
-/// and leaves the store's clean-close mark as it found it: a store that was closed cleanly is
-/// closed cleanly again, so the next start skips its checks but the floor.
-pub(crate) fn with_stopped_store<T>(
-    data_dir: &std::path::Path,
-    open: fn(&std::path::Path) -> Result<Store, crate::store::StoreError>,
-    work: impl FnOnce(&Store) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let store = open(data_dir)
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let out = work(&store)?;
-    if store.startup_report().clean_close {
-        store
-            .close_clean(data_dir)
-            .context("cannot close the store cleanly")?;
-    }
-    Ok(out)
 }
 
 /// `linkpulse keys create|list|revoke`: through the running server's control socket, or, when

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::keys::{ApiKeys, KeyError, KeyInfo, KeyName, NewKey, Scope};
 
 /// The socket's file name in the data directory.
-pub const SOCKET_NAME: &str = "control.sock";
+pub use crate::store::SOCKET_NAME;
 /// The longest request taken.
 const MAX_REQUEST: u64 = 16 * 1024;
 /// How long either side waits for the other.

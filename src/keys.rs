@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+pub use crate::domain::Scope;
 use crate::{
     domain::{KeyId, format_ms, now_ms},
     store::{Backend, KeyRecord, SharedStore, StoreError, records::RECORD_VERSION},
@@ -20,46 +21,6 @@ const KEY_ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn
 const KEY_RANDOM_LEN: usize = 32;
 /// The longest key name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
-
-/// What a key may do.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-    salvo_oapi::ToSchema,
-)]
-#[salvo(schema(name = "Scope"))]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Every link, and the keys themselves.
-    Admin,
-    /// Full control of its own links.
-    Links,
-    /// Reading links and their stats (every link: an admin makes it), nothing else.
-    Read,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Links => "links",
-            Self::Read => "read",
-        }
-    }
-}
-
-impl std::fmt::Display for Scope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A key's name: 1 to [`MAX_NAME_CHARS`] characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]

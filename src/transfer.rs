@@ -821,7 +821,7 @@ pub fn export_command(data_dir: &Path, output: &Path) -> anyhow::Result<String> 
         "there is no linkpulse store in {}",
         data_dir.display()
     );
-    crate::app::with_stopped_store(data_dir, Store::open, |store| {
+    crate::store::with_stopped_store(data_dir, Store::open, |store| {
         let done = if output == Path::new("-") {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             export(store, &mut out)?

@@ -5,6 +5,7 @@
 mod click;
 mod code;
 mod link;
+mod scope;
 mod target;
 
 pub use click::{ClickEvent, DeviceClass};
@@ -13,6 +14,7 @@ pub use link::{
     KeyId, Link, MAX_RULES, MAX_TAG, MAX_TAGS, MAX_TITLE, RedirectRule, RuleDevice, check_tags,
     check_title, rule_device,
 };
+pub use scope::Scope;
 pub use target::{TargetUrl, UrlError};
 
 /// Milliseconds since the Unix epoch, the one clock format stored on disk.

@@ -153,3 +153,22 @@ pub async fn migrate_command(
 ) -> anyhow::Result<String> {
     super::nats::migrate_command(data_dir, &NatsConfig { urls, replicas }).await
 }
+
+/// Opens the store in `data_dir` for a command run while the server is stopped, runs `work`,
+/// and leaves the store's clean-close mark as it found it: a store that was closed cleanly is
+/// closed cleanly again, so the next start skips its checks but the floor.
+pub fn with_stopped_store<T>(
+    data_dir: &std::path::Path,
+    open: fn(&std::path::Path) -> Result<Store, super::StoreError>,
+    work: impl FnOnce(&Store) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let store = open(data_dir)
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let out = work(&store)?;
+    if store.startup_report().clean_close {
+        store
+            .close_clean(data_dir)
+            .context("cannot close the store cleanly")?;
+    }
+    Ok(out)
+}

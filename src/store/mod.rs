@@ -19,7 +19,7 @@ mod writer;
 
 pub use backend::{Backend, ChangeListener, SharedStore};
 pub use backlog::{Backlog, Permit};
-pub use engine::{Location, Opened, migrate_command};
+pub use engine::{Location, Opened, migrate_command, with_stopped_store};
 pub use fjall::{ImportBatch, Retention, StartupCheck, StartupReport, Store, Verified};
 pub use records::{DecodeError, KeyRecord, Totals};
 pub use writer::{
@@ -45,6 +45,10 @@ pub enum StoreError {
     #[error("the store in {dir} is damaged: {cause}")]
     Damaged { dir: String, cause: String },
 }
+
+/// The Unix socket a running server answers `linkpulse keys` on, in its data directory (the
+/// embedded store's checks pass it by).
+pub const SOCKET_NAME: &str = "control.sock";
 
 /// What a code's actor starts from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

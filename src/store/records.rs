@@ -6,11 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    domain::{
-        ClickEvent, DeviceClass, KeyId, Link, RedirectRule, RuleDevice, ShortCode, TargetUrl,
-    },
-    keys::Scope,
+use crate::domain::{
+    ClickEvent, DeviceClass, KeyId, Link, RedirectRule, RuleDevice, Scope, ShortCode, TargetUrl,
 };
 
 /// The current version of every record kind.

@@ -36,7 +36,7 @@ fn is_ours(name: &str) -> bool {
     name.starts_with("linkpulse-")
         || name == "lock"
         || name.ends_with(".lock")
-        || name == crate::control::SOCKET_NAME
+        || name == crate::store::SOCKET_NAME
         || name.starts_with(".control-")
 }
 
