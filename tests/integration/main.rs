@@ -1,5 +1,6 @@
 //! Integration tests: each starts the real service on 127.0.0.1:0 with its own temporary fjall
-//! store, and talks to it over HTTP like a user would.
+//! store, and talks to it over HTTP like a user would. `engines` runs one behaviour suite on
+//! fjall and on a JetStream server of its own; `cluster` runs nodes against a NATS cluster.
 
 mod api;
 mod bad_input;
@@ -7,6 +8,7 @@ mod binary;
 mod browser;
 mod client_limits;
 mod cluster;
+mod engines;
 mod faults;
 mod first_key;
 mod keys;

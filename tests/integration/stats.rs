@@ -19,7 +19,7 @@ const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) App
 const SLACK: &str = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)";
 
 /// A country database as MaxMind's GeoLite2-Country has it, for two test networks.
-fn country_db(dir: &std::path::Path) -> PathBuf {
+pub(crate) fn country_db(dir: &std::path::Path) -> PathBuf {
     #[derive(Serialize)]
     struct Country {
         iso_code: &'static str,
@@ -72,7 +72,7 @@ async fn visit(
     assert_eq!(res.status(), 302);
 }
 
-async fn stats(app: &TestApp, code: &str, query: &str) -> (u16, Value) {
+pub(crate) async fn stats(app: &TestApp, code: &str, query: &str) -> (u16, Value) {
     let res = app
         .client
         .get(app.url(&format!("/api/links/{code}/stats{query}")))
@@ -85,7 +85,7 @@ async fn stats(app: &TestApp, code: &str, query: &str) -> (u16, Value) {
 }
 
 /// A top list as (value, clicks, human clicks).
-fn list(stats: &Value, name: &str) -> Vec<(String, u64, u64)> {
+pub(crate) fn list(stats: &Value, name: &str) -> Vec<(String, u64, u64)> {
     stats["top"][name]
         .as_array()
         .unwrap_or_else(|| panic!("top.{name} is a list: {stats}"))
@@ -110,7 +110,7 @@ fn series_sum(stats: &Value, field: &str) -> u64 {
 }
 
 /// Checks what every answer keeps: each top list and the series sum to the totals.
-fn assert_consistent(stats: &Value, clicks: u64) {
+pub(crate) fn assert_consistent(stats: &Value, clicks: u64) {
     let totals = &stats["totals"];
     assert_eq!(totals["clicks"].as_u64(), Some(clicks), "{stats}");
     assert_eq!(
@@ -129,7 +129,7 @@ fn assert_consistent(stats: &Value, clicks: u64) {
     }
 }
 
-async fn known_clicks(app: &TestApp, code: &str) {
+pub(crate) async fn known_clicks(app: &TestApp, code: &str) {
     let news = Some("https://www.news.example/story");
     let blog = Some("https://blog.example/post");
     // Three from one person on Chrome, from a Swedish network (the .mmdb says so).
@@ -144,99 +144,6 @@ async fn known_clicks(app: &TestApp, code: &str) {
     visit(app, code, Some(SLACK), None, "192.0.2.99", Some("de")).await;
     // A script without a user agent, from an address the database does not know.
     visit(app, code, None, None, "203.0.113.5", None).await;
-}
-
-#[tokio::test]
-async fn a_known_set_of_clicks_gives_known_series_and_top_lists() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let db = country_db(dir.path());
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data)?;
-    let app = spawn_with(None, |c| {
-        c.data_dir = data;
-        c.trust_forwarded_for = true;
-        c.country_header = Some("X-Country".into());
-        c.geoip_db = Some(db);
-    })
-    .await;
-    app.create_link("known").await;
-    known_clicks(&app, "known").await;
-
-    let (status, whole) = stats(&app, "known", "").await;
-    assert_eq!(status, 200, "{whole}");
-    assert_consistent(&whole, 7);
-    let totals = &whole["totals"];
-    assert_eq!(totals["humanClicks"], 5, "{whole}");
-    assert_eq!(
-        totals["botClicks"], 2,
-        "the preview fetcher and the script are bots"
-    );
-    // Visitors: (address /24, agent, day): Chrome, iPhone, Slack, the script.
-    assert_eq!(totals["uniqueVisitors"], 4, "{whole}");
-    assert_eq!(whole["interval"], "day");
-    let series = whole["series"].as_array().ok_or("series")?;
-    assert_eq!(series.len(), 1, "one day: {whole}");
-    assert_eq!(series[0]["clicks"], 7);
-    assert_eq!(series[0]["humanClicks"], 5);
-    assert_eq!(series[0]["uniqueVisitors"], 4);
-    assert!(
-        series[0]["t"]
-            .as_str()
-            .unwrap_or("")
-            .ends_with("T00:00:00Z"),
-        "a UTC day starts at midnight: {}",
-        series[0]["t"]
-    );
-
-    let s = |v: &str, c: u64, h: u64| (v.to_owned(), c, h);
-    assert_eq!(
-        list(&whole, "referrers"),
-        vec![
-            s("news.example", 3, 3),
-            s("(direct)", 2, 0),
-            s("blog.example", 2, 2)
-        ]
-    );
-    assert_eq!(
-        list(&whole, "countries"),
-        vec![
-            s("SE", 3, 3),
-            s("US", 2, 2),
-            s("(unknown)", 1, 0),
-            s("DE", 1, 0)
-        ]
-    );
-    assert_eq!(
-        list(&whole, "devices"),
-        vec![s("desktop", 3, 3), s("bot", 2, 0), s("mobile", 2, 2)]
-    );
-    let browsers = list(&whole, "browsers");
-    assert_eq!(browsers[0], s("Chrome", 3, 3), "{browsers:?}");
-    assert_eq!(browsers[1], s("Safari", 2, 2), "{browsers:?}");
-
-    // The same clicks by hour, by minute, and by day in a zone 5:30 ahead.
-    for query in [
-        "?interval=hour",
-        "?interval=minute",
-        "?interval=day&tz=%2B05:30",
-    ] {
-        let (status, answer) = stats(&app, "known", query).await;
-        assert_eq!(status, 200, "{query}: {answer}");
-        assert_consistent(&answer, 7);
-    }
-    let (_, local) = stats(&app, "known", "?interval=day&tz=Asia/Kolkata").await;
-    assert!(
-        local["series"][0]["t"]
-            .as_str()
-            .unwrap_or("")
-            .ends_with("T00:00:00+05:30"),
-        "local days start at local midnight: {local}"
-    );
-    // A window before the link's clicks: nothing in it.
-    let (status, past) = stats(&app, "known", "?from=2020-01-01&to=2020-01-02").await;
-    assert_eq!(status, 200, "{past}");
-    assert_consistent(&past, 0);
-    Ok(())
 }
 
 #[tokio::test]

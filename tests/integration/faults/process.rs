@@ -289,7 +289,7 @@ pub(super) async fn whole_life_stats(
 
 /// Every stored click of `code`, newest first, read a page at a time
 /// (`GET /api/links/{code}/clicks?limit=1000&before=SEQ`).
-pub(super) async fn click_log(
+pub(crate) async fn click_log(
     http: &reqwest::Client,
     base: &str,
     code: &str,
