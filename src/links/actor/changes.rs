@@ -1,0 +1,61 @@
+//! What an actor does when its link changes or goes: it takes a newer copy, and on a deletion
+//! (here or on another node) it refuses clicks, tells its subscribers and stops.
+
+use std::sync::Arc;
+
+use ractor::{ActorRef, RpcReplyPort};
+
+use super::{LinkMsg, LinkState};
+use crate::{domain::Link, links::frame, store::WriteError};
+
+impl LinkState {
+    /// A `Replace`: takes the link's copy if it is newer, and answers.
+    pub(super) fn on_replace(&mut self, link: Arc<Link>, reply: RpcReplyPort<()>) {
+        if link.rev > self.link.rev {
+            self.link = link;
+            // Whether stats are public may have changed.
+            self.frame = None;
+            self.stats_bytes = None;
+        }
+        let _ = reply.send(());
+    }
+
+    /// Deletes the link: in the store (answering `reply` with its answer), or, when another
+    /// node deleted it (`reply` is `None`), here only: the store no longer has it, and may
+    /// already have a new link made on the code.
+    pub(super) fn delete(
+        &mut self,
+        myself: &ActorRef<LinkMsg>,
+        reply: Option<RpcReplyPort<Result<bool, WriteError>>>,
+    ) {
+        self.deleted = true;
+        // Clicks already in the inbox are refused (their visitors get the deleted link's 404).
+        self.count_clicks();
+        if let Some(reply) = reply {
+            // Queued now, behind every click batch this actor sent: the purge finds them all.
+            let deleted = self.shared.writer.delete_link(self.code.clone());
+            tokio::spawn(async move {
+                let _ = reply.send(deleted.await);
+            });
+        }
+        self.subscribers
+            .send_all(&frame::deleted_frame(self.code.as_str(), self.count));
+        self.end(myself);
+    }
+
+    /// Ends every subscription and question, and stops whether or not anyone watched.
+    pub(super) fn end(&mut self, myself: &ActorRef<LinkMsg>) {
+        self.subscribers.clear();
+        self.waiters.clear();
+        self.update_wanted();
+        if !self.draining
+            && self
+                .shared
+                .directory
+                .begin_drain(&self.code, myself.get_id())
+        {
+            self.draining = true;
+            let _ = myself.drain();
+        }
+    }
+}
