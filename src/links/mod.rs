@@ -11,11 +11,13 @@
 //! predecessor) runs under one deadline per request, [`CALL_TIMEOUT`].
 
 mod actor;
+mod changes;
 mod click;
 mod directory;
 mod doorkeeper;
 pub mod frame;
 mod inbox;
+mod reads;
 mod subscribers;
 
 use std::{sync::Arc, time::Duration};
@@ -26,17 +28,17 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use actor::{LinkMsg, StatsAsk};
+use actor::LinkMsg;
 pub use actor::{Snapshot, SubscribeError, Subscription};
 pub use click::Click;
 use directory::{Directory, Pushed};
 
 use crate::{
     analytics::AgentParser,
-    analytics::{AggregateSettings, QueryError, StatsAnswer, StatsQuery, VisitorKey},
+    analytics::{AggregateSettings, VisitorKey},
     domain::{Link, ShortCode},
     metrics::{DropReason, Metrics},
-    store::{Backlog, LinkChange, SharedStore, StoreError, WriteError, WriterHandle},
+    store::{Backlog, SharedStore, StoreError, WriteError, WriterHandle},
 };
 
 /// How link actors behave; taken from the configuration.
@@ -127,15 +129,6 @@ impl Shared {
     }
 }
 
-/// Hands the link changes made on other nodes to [`Links::remote_changes`]'s task.
-struct RemoteChanges(tokio::sync::mpsc::UnboundedSender<(ShortCode, Option<Arc<Link>>)>);
-
-impl crate::store::ChangeListener for RemoteChanges {
-    fn link_changed(&self, code: &ShortCode, link: Option<Arc<Link>>) {
-        let _ = self.0.send((code.clone(), link));
-    }
-}
-
 #[derive(Clone)]
 pub struct Links {
     shared: Arc<Shared>,
@@ -200,168 +193,6 @@ impl Links {
         // long tail of codes clicked once each: the hand-off was a tenth of the server's CPU).
         let found = self.shared.store.link(code.as_str())?.map(Arc::new);
         let _ = guard.insert(found.clone());
-        Ok(found)
-    }
-
-    /// Stores a new link. `Ok(false)`: the code is taken.
-    pub async fn create(&self, link: Link) -> Result<bool, LinkError> {
-        let code = link.code.clone();
-        let stored = Arc::new(link.clone());
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let created = tokio::time::timeout_at(deadline, self.shared.writer.create_link(link))
-            .await
-            .map_err(|_| LinkError::Timeout)??;
-        if created {
-            self.shared.directory.unmark_gone(&code);
-            self.shared.cache.insert(code, Some(stored));
-        }
-        Ok(created)
-    }
-
-    /// Changes a link: the store applies `change` to its stored record (so changes never
-    /// race), then every copy in memory (the cache, the live entry, the actor) takes the new
-    /// one before this returns. `None`: no such link; `Some(Err)`: the change was refused.
-    pub async fn update(
-        &self,
-        code: &ShortCode,
-        change: LinkChange,
-    ) -> Result<Option<Result<Arc<Link>, String>>, LinkError> {
-        let order = self.changes.clone().lock_owned().await;
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let (links, code) = (self.clone(), code.clone());
-        // The store's answer is applied even if the caller stops waiting (a slow disk), so the
-        // copies in memory never lag behind the store.
-        let applied = tokio::spawn(async move {
-            let _order = order;
-            let updated = links.shared.writer.update_link(code, change).await?;
-            Ok::<_, LinkError>(match updated {
-                Some(Ok(link)) => {
-                    let link = Arc::new(link);
-                    links.apply(&link).await;
-                    Some(Ok(link))
-                }
-                Some(Err(refused)) => Some(Err(refused)),
-                None => None,
-            })
-        });
-        match tokio::time::timeout_at(deadline, applied).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(LinkError::ShuttingDown),
-            Err(_) => Err(LinkError::Timeout),
-        }
-    }
-
-    /// Follows the changes other nodes make to links (the store tells of them), applying them
-    /// one at a time, in the order they were stored.
-    pub fn remote_changes(&self) -> std::sync::Arc<dyn crate::store::ChangeListener> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(ShortCode, Option<Arc<Link>>)>();
-        let links = self.clone();
-        tokio::spawn(async move {
-            while let Some((code, link)) = rx.recv().await {
-                match link {
-                    Some(link) => {
-                        links.shared.directory.unmark_gone(&code);
-                        let _order = links.changes.lock().await;
-                        links.apply(&link).await;
-                    }
-                    None => links.deleted_elsewhere(&code).await,
-                }
-            }
-        });
-        std::sync::Arc::new(RemoteChanges(tx))
-    }
-
-    /// A link deleted on another node (or here, and already applied): what this node holds
-    /// of it goes as in a deletion here, but nothing is sent to the store, which may hold a
-    /// new link made on the code since (its change follows this one and shows it again).
-    async fn deleted_elsewhere(&self, code: &ShortCode) {
-        let _order = self.changes.lock().await;
-        self.shared.directory.mark_gone(code);
-        self.shared.cache.insert(code.clone(), None);
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        if let Some(actor) = self.shared.directory.live(code.as_str()) {
-            // An actor that is stopping anyway takes no news; it stores nothing more of a
-            // deleted link (the writer checks every batch).
-            let _ = actor.cast(LinkMsg::DeletedElsewhere);
-        }
-        if let Some(mut done) = self.shared.directory.current(code.as_str()) {
-            let _ = tokio::time::timeout_at(deadline, done.wait_for(|gone| *gone)).await;
-        }
-        self.shared.cache.insert(code.clone(), None);
-    }
-
-    /// Puts a changed link in every copy: the cache, the live entry, and its actor, waiting
-    /// (bounded) until the actor has it, so every click it numbers from then on meets the new
-    /// limit.
-    async fn apply(&self, link: &Arc<Link>) {
-        self.shared
-            .cache
-            .insert(link.code.clone(), Some(link.clone()));
-        if let Some(actor) = self.shared.directory.replace_link(link) {
-            let (tx, rx) = oneshot();
-            // A stopping actor refuses it; its successor reads the store, which has the change.
-            if actor
-                .cast(LinkMsg::Replace(link.clone(), tx.into()))
-                .is_ok()
-            {
-                let _ = tokio::time::timeout(CALL_TIMEOUT, rx).await;
-            }
-        }
-    }
-
-    /// Deletes a link. From the first step on every path answers as for an unknown code; the
-    /// actor sends its subscribers a last `deleted` event, ends their streams and stops; the
-    /// store removes the record (and holds the code), then purges the clicks and aggregates.
-    /// Returns once the record is removed and the actor has stopped. `false`: no such link.
-    pub async fn delete(&self, link: &Arc<Link>) -> Result<bool, LinkError> {
-        let _order = self.changes.lock().await;
-        let result = self.delete_in_order(link).await;
-        match &result {
-            // The store refused the deletion (a cluster store that cannot be reached, a failed
-            // disk): nothing is queued, so the link is shown again as the store holds it,
-            // here as on every other node, and the owner may try again.
-            Err(LinkError::Write(_)) => {
-                self.shared.directory.unmark_gone(&link.code);
-                self.shared.cache.remove(&link.code);
-            }
-            // Deleted; or still queued behind a slow disk (a timeout), where the owner asked
-            // for it and it will be carried out: hidden either way. A read that raced the
-            // deletion may have cached the record meanwhile.
-            _ => self.shared.cache.insert(link.code.clone(), None),
-        }
-        result
-    }
-
-    async fn delete_in_order(&self, link: &Arc<Link>) -> Result<bool, LinkError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let code = &link.code;
-        self.shared.directory.mark_gone(code);
-        self.shared.cache.insert(code.clone(), None);
-        let mut found = false;
-        if self.shared.directory.live(code.as_str()).is_some() {
-            // The actor hands the deletion to the writer behind the clicks it numbered.
-            match self.ask(link, LinkMsg::Delete, deadline).await {
-                Ok(answer) => found = answer?,
-                // It was stopping (idle) and let the question go, or ended: the store is asked
-                // below.
-                Err(LinkError::Timeout | LinkError::Gone) if Instant::now() < deadline => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.await_stopping(link, deadline).await?;
-        if !found {
-            found = tokio::time::timeout_at(deadline, self.shared.writer.delete_link(code.clone()))
-                .await
-                .map_err(|_| LinkError::Timeout)??;
-        }
-        // The entry goes once the actor has ended and its writes are committed.
-        if let Some(mut done) = self.shared.directory.current(code.as_str())
-            && tokio::time::timeout_at(deadline, done.wait_for(|gone| *gone))
-                .await
-                .is_err()
-        {
-            return Err(LinkError::Timeout);
-        }
         Ok(found)
     }
 
@@ -463,149 +294,6 @@ impl Links {
         if let Some(actor) = self.shared.directory.live(code.as_str()) {
             // If the actor has stopped meanwhile, the subscriber went with it.
             let _ = actor.cast(LinkMsg::Unsubscribe(id));
-        }
-    }
-
-    /// The current count and latest click: from the actor if it is live, else from the store
-    /// (where everything of a stopped actor is committed).
-    pub async fn snapshot(&self, link: &Arc<Link>) -> Result<Snapshot, LinkError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        self.refresh_if_stale(link, deadline).await?;
-        self.await_stopping(link, deadline).await?;
-        if self.shared.directory.live(link.code.as_str()).is_some() {
-            match self.ask(link, LinkMsg::Snapshot, deadline).await {
-                // The actor stopped (idle) before its clicks were committed and let the
-                // question go: once it is gone, the store has them.
-                Err(LinkError::Timeout) if Instant::now() < deadline => {
-                    self.await_stopping(link, deadline).await?;
-                }
-                answer => return answer,
-            }
-        }
-        // Clicks of a code with no actor are numbered by the writer: the ones queued before
-        // this question are committed once a barrier behind them is.
-        // A failed writer commits nothing more: the store has all there will be.
-        if self.shared.writer.is_healthy() {
-            let barrier = tokio::time::timeout_at(deadline, self.shared.writer.barrier());
-            barrier.await.map_err(|_| LinkError::Timeout)?.ok();
-        }
-        let store = self.shared.store.clone();
-        let code = link.code.clone();
-        let counter = tokio::task::spawn_blocking(move || store.counter(code.as_str()))
-            .await
-            .map_err(|_| LinkError::ShuttingDown)??;
-        Ok(Snapshot {
-            count: counter.count,
-            last: counter.last.map(Arc::new),
-            subscribers: 0,
-        })
-    }
-
-    /// The count for a public read (a badge, a stats page): a live actor's committed count,
-    /// else the store's, without a writer barrier. Public reads never cut a group commit
-    /// short or queue behind a stalled disk; their count may miss the clicks of the last few
-    /// milliseconds, which the page's stream brings at once.
-    pub async fn public_count(&self, link: &Arc<Link>) -> Result<u64, LinkError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        self.refresh_if_stale(link, deadline).await?;
-        if let Some(actor) = self.shared.directory.live(link.code.as_str()) {
-            let (tx, rx) = oneshot();
-            if actor.cast(LinkMsg::Peek(tx.into())).is_ok()
-                && let Ok(Ok(count)) = tokio::time::timeout_at(deadline, rx).await
-            {
-                return Ok(count);
-            }
-        }
-        let store = self.shared.store.clone();
-        let code = link.code.clone();
-        let counter = tokio::task::spawn_blocking(move || store.counter(code.as_str()))
-            .await
-            .map_err(|_| LinkError::ShuttingDown)??;
-        Ok(counter.count)
-    }
-
-    /// The stats of a window, from the link's actor (started if it is not live), once every
-    /// click counted before the question is committed.
-    pub async fn stats(
-        &self,
-        link: &Arc<Link>,
-        query: StatsQuery,
-    ) -> Result<Result<StatsAnswer, QueryError>, LinkError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        self.refresh_if_stale(link, deadline).await?;
-        loop {
-            self.await_stopping(link, deadline).await?;
-            let ask = |reply| {
-                LinkMsg::Stats(Box::new(StatsAsk {
-                    query: query.clone(),
-                    created_at: link.created_at,
-                    reply,
-                }))
-            };
-            match self.ask(link, ask, deadline).await {
-                // The actor stopped (idle) and let the question go: ask its successor.
-                Err(LinkError::Timeout) if Instant::now() < deadline => {
-                    tokio::task::yield_now().await;
-                }
-                answer => return answer,
-            }
-        }
-    }
-
-    /// On a cluster store: a live actor here that nobody watches does not follow the clicks
-    /// other nodes store for its code (and one that is watched follows them a little behind).
-    /// Before it answers a read, the code's last stored batch is looked at: numbered elsewhere
-    /// and beyond the actor's count, the actor catches up from the store first.
-    async fn refresh_if_stale(&self, link: &Arc<Link>, deadline: Instant) -> Result<(), LinkError> {
-        let store = &self.shared.store;
-        if !store.shared_by_nodes() {
-            return Ok(());
-        }
-        let Some(actor) = self.shared.directory.live(link.code.as_str()) else {
-            return Ok(());
-        };
-        let here = self.ask(link, LinkMsg::Snapshot, deadline).await?;
-        let (store, code) = (store.clone(), link.code.clone());
-        let elsewhere = tokio::task::spawn_blocking(move || store.counted_elsewhere(code.as_str()))
-            .await
-            .map_err(|_| LinkError::ShuttingDown)??;
-        if elsewhere.is_some_and(|count| count > here.count) {
-            // It reads what it lacks from the store and takes it in, keeping its viewers; an
-            // actor with clicks of its own in flight is superseded instead (no answer), and
-            // the read waits for it to end.
-            if self.ask(link, LinkMsg::CatchUp, deadline).await.is_ok() {
-                return Ok(());
-            }
-            let id = actor.get_id();
-            // Until it has taken the news (its entry then drains), then until it has ended.
-            while self
-                .shared
-                .directory
-                .live(link.code.as_str())
-                .is_some_and(|live| live.get_id() == id)
-            {
-                if Instant::now() >= deadline {
-                    return Err(LinkError::Timeout);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            }
-            self.await_stopping(link, deadline).await?;
-        }
-        Ok(())
-    }
-
-    /// Waits until every click this link's actor has taken so far is committed, so a read of
-    /// the store sees all clicks counted before the call.
-    pub async fn settle(&self, link: &Arc<Link>) -> Result<(), LinkError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        self.await_stopping(link, deadline).await?;
-        if self.shared.directory.live(link.code.as_str()).is_some() {
-            // The actor answers once everything counted before the question is committed.
-            self.ask(link, LinkMsg::Snapshot, deadline).await?;
-        }
-        match tokio::time::timeout_at(deadline, self.shared.writer.barrier()).await {
-            Ok(done) => Ok(done?),
-            Err(_) => Err(LinkError::Timeout),
         }
     }
 
