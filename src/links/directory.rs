@@ -19,17 +19,16 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
 use dashmap::{DashMap, mapref::entry::Entry as MapEntry};
-use ractor::{ActorId, ActorRef, ActorRuntime};
+use ractor::{ActorId, ActorRef};
 use tokio::{sync::watch, time::Instant};
-use tracing::{error, warn};
+use tracing::warn;
 
 use super::{
     LinkError, Shared,
-    actor::{LinkActor, LinkArgs, LinkMsg},
+    actor::LinkMsg,
     click::Click,
     doorkeeper::Doorkeeper,
     inbox::{Inbox, Push},
@@ -40,9 +39,8 @@ use crate::{
     store::{FreshClick, Permit},
 };
 
-/// The first pause after a failed start; it doubles with each failure in a row.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+mod start;
+use start::Backoff;
 
 pub(crate) struct Entry {
     pub actor: ActorRef<LinkMsg>,
@@ -66,12 +64,6 @@ impl Entry {
             self.used.store(true, Ordering::Relaxed);
         }
     }
-}
-
-/// Failed starts of a code in a row, and when the next may be tried.
-struct Backoff {
-    failures: u32,
-    until: Instant,
 }
 
 /// Where a message for a code can go now.
@@ -328,34 +320,6 @@ impl Directory {
             .and_then(|e| (!e.draining).then(|| e.actor.clone()))
     }
 
-    /// Whether a failed start of `code` is still backing off.
-    fn backing_off(&self, code: &str) -> bool {
-        self.backoff
-            .get(code)
-            .is_some_and(|b| b.until > Instant::now())
-    }
-
-    fn record_start(&self, code: &ShortCode, ok: bool) {
-        if ok {
-            self.backoff.remove(code.as_str());
-            return;
-        }
-        if self.backoff.len() >= 1024 {
-            // Codes that failed once and were not clicked since are forgotten.
-            let now = Instant::now();
-            self.backoff.retain(|_, b| b.until + MAX_BACKOFF > now);
-        }
-        let mut entry = self.backoff.entry(code.clone()).or_insert(Backoff {
-            failures: 0,
-            until: Instant::now(),
-        });
-        entry.failures = entry.failures.saturating_add(1);
-        let pause = FIRST_BACKOFF
-            .saturating_mul(1 << (entry.failures - 1).min(16))
-            .min(MAX_BACKOFF);
-        entry.until = Instant::now() + pause;
-    }
-
     /// Finds the code's actor, starting one if there is none.
     pub fn route(&self, shared: &Arc<Shared>, link: &Arc<Link>) -> Route {
         if let Some(e) = self.map.get(link.code.as_str()) {
@@ -385,98 +349,7 @@ impl Directory {
                 if self.gone.contains(&link.code) {
                     return Route::Gone;
                 }
-                // The caller's copy may predate a change applied since: the cache has the
-                // newest one.
-                let link = match shared.cache.peek(&link.code) {
-                    Some(Some(cached)) if cached.rev > link.rev => cached,
-                    _ => link.clone(),
-                };
-                let link = &link;
-                let (done_tx, done) = watch::channel(false);
-                let inbox = Arc::new(Inbox::new(shared.metrics.clone()));
-                let args = LinkArgs {
-                    code: link.code.clone(),
-                    link: link.clone(),
-                    shared: shared.clone(),
-                    inbox: inbox.clone(),
-                };
-                // Spawning is synchronous here: the actor's start (reading its count) runs in
-                // its own task while messages already queue in its mailbox.
-                let (actor, started) = match ActorRuntime::spawn_instant(None, LinkActor, args) {
-                    Ok(spawned) => spawned,
-                    Err(e) => {
-                        error!(code = %link.code, cause = %e, "could not spawn a link actor");
-                        return Route::Closed;
-                    }
-                };
-                slot.insert(Entry {
-                    actor: actor.clone(),
-                    link: link.clone(),
-                    gone: false,
-                    inbox: inbox.clone(),
-                    draining: false,
-                    done: done.clone(),
-                    used: AtomicBool::new(true),
-                });
-                // The shard lock is released: the CLOCK may look at other entries.
-                self.enter_clock(link.code.clone(), actor.get_id());
-                self.evict();
-                let watcher = shared.clone();
-                let watched = link.clone();
-                let id = actor.get_id();
-                shared.tracker.spawn(async move {
-                    let code = &watched.code;
-                    let started_ok = match started.await {
-                        Ok(Ok(running)) => {
-                            watcher.directory.record_start(code, true);
-                            if running.await.is_err() {
-                                warn!(code = %code, "link actor task failed");
-                            }
-                            true
-                        }
-                        Ok(Err(e)) => {
-                            error!(code = %code, cause = %e, "link actor failed to start");
-                            false
-                        }
-                        Err(e) => {
-                            error!(code = %code, cause = %e, "link actor task failed");
-                            false
-                        }
-                    };
-                    if !started_ok {
-                        watcher.metrics.actor_start_failed();
-                        watcher.directory.record_start(code, false);
-                    }
-                    // Clicks pushed after the actor's last collection go to its successor.
-                    let (leftovers, mut permit) = inbox.close();
-                    // Whatever the actor handed to the writer is queued there; a successor may
-                    // only read the count once it is committed.
-                    if let Err(e) = watcher.writer.barrier().await {
-                        warn!(code = %code, cause = %e, "writer barrier failed");
-                    }
-                    watcher
-                        .directory
-                        .map
-                        .remove_if(code, |_, e| e.actor.get_id() == id);
-                    let _ = done_tx.send(true);
-                    if !started_ok {
-                        // The code backs off: its waiting clicks are dropped, and counted.
-                        watcher
-                            .metrics
-                            .clicks_dropped(DropReason::ActorUnavailable, leftovers.len());
-                        return;
-                    }
-                    let deadline = Instant::now() + super::CALL_TIMEOUT;
-                    for click in leftovers {
-                        let permit = permit.split_one();
-                        if let Err(reason) =
-                            deliver_click(&watcher, &watched, click, permit, deadline).await
-                        {
-                            watcher.metrics.clicks_dropped(reason, 1);
-                        }
-                    }
-                });
-                Route::Live(actor, done)
+                self.start(slot, shared, link)
             }
         }
     }
