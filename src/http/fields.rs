@@ -120,21 +120,7 @@ impl LinkFields {
             patch.tags = Some(check_tags(tags.iter().flatten().map(String::as_str))?);
         }
         if let Some(expires_at) = &self.expires_at {
-            patch.expires_at = Some(
-                expires_at
-                    .as_deref()
-                    .map(|raw| {
-                        raw.parse::<jiff::Timestamp>()
-                            .map(|t| t.as_millisecond())
-                            .map_err(|_| {
-                                format!(
-                                    "expiresAt must be an RFC 3339 time such as \
-                                     2030-01-31T12:00:00Z, not '{raw}'"
-                                )
-                            })
-                    })
-                    .transpose()?,
-            );
+            patch.expires_at = Some(expires_at.as_deref().map(expiry).transpose()?);
         }
         if let Some(expired_url) = &self.expired_url {
             patch.expired_url = Some(
@@ -145,64 +131,101 @@ impl LinkFields {
             );
         }
         if let Some(max_visits) = self.max_visits {
-            if max_visits == Some(0) {
-                return Err("maxVisits must be at least 1 (or null for no limit)".into());
-            }
-            patch.max_visits = Some(max_visits);
+            patch.max_visits = Some(check_max_visits(max_visits)?);
         }
         if let Some(status) = self.redirect_status {
-            if let Some(s) = status
-                && ![301, 302, 307, 308].contains(&s)
-            {
-                return Err(format!(
-                    "redirectStatus must be 301, 302, 307 or 308 (or null for the default \
-                     302), not {s}"
-                ));
-            }
-            patch.redirect_status = Some(status);
+            patch.redirect_status = Some(check_redirect_status(status)?);
         }
         patch.forward_query = self.forward_query;
         patch.public_stats = self.public_stats;
         if let Some(rules) = &self.rules {
-            let rules = rules.as_deref().unwrap_or_default();
-            if rules.len() > MAX_RULES {
-                return Err(format!("a link may have at most {MAX_RULES} rules"));
-            }
-            let mut checked = Vec::with_capacity(rules.len());
-            for (i, rule) in rules.iter().enumerate() {
-                let country = match rule.country.as_deref() {
-                    None => None,
-                    Some(c) if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
-                        Some(c.to_ascii_uppercase())
-                    }
-                    Some(c) => {
-                        return Err(format!(
-                            "rules[{i}].country must be a two-letter country code, not '{c}'"
-                        ));
-                    }
-                };
-                if rule.device.is_none() && country.is_none() {
-                    return Err(format!(
-                        "rules[{i}] must name a device (ios, android, desktop) or a country"
-                    ));
-                }
-                checked.push(RedirectRule {
-                    device: rule.device,
-                    country,
-                    url: url(&format!("rules[{i}].url"), &rule.url)?,
-                });
-            }
-            patch.rules = Some(checked);
+            patch.rules = Some(check_rules(rules.as_deref().unwrap_or_default())?);
         }
-        if let Some(Some(password)) = &self.password
-            && (password.is_empty() || password.chars().count() > MAX_PASSWORD)
-        {
-            return Err(format!(
-                "password must be 1 to {MAX_PASSWORD} characters (or null to remove it)"
-            ));
+        if let Some(Some(password)) = &self.password {
+            check_password(password)?;
         }
         Ok(patch)
     }
+}
+
+/// `expiresAt` as epoch milliseconds.
+fn expiry(raw: &str) -> Result<i64, String> {
+    raw.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|_| {
+            format!(
+                "expiresAt must be an RFC 3339 time such as \
+                 2030-01-31T12:00:00Z, not '{raw}'"
+            )
+        })
+}
+
+/// `maxVisits`: at least 1, or `None` for no limit.
+fn check_max_visits(max_visits: Option<u64>) -> Result<Option<u64>, String> {
+    if max_visits == Some(0) {
+        return Err("maxVisits must be at least 1 (or null for no limit)".into());
+    }
+    Ok(max_visits)
+}
+
+/// `redirectStatus`: one of the redirect statuses, or `None` for the default.
+fn check_redirect_status(status: Option<u16>) -> Result<Option<u16>, String> {
+    if let Some(s) = status
+        && ![301, 302, 307, 308].contains(&s)
+    {
+        return Err(format!(
+            "redirectStatus must be 301, 302, 307 or 308 (or null for the default \
+             302), not {s}"
+        ));
+    }
+    Ok(status)
+}
+
+/// `rules`: at most [`MAX_RULES`], each checked by [`check_rule`].
+fn check_rules(rules: &[RuleBody]) -> Result<Vec<RedirectRule>, String> {
+    if rules.len() > MAX_RULES {
+        return Err(format!("a link may have at most {MAX_RULES} rules"));
+    }
+    let mut checked = Vec::with_capacity(rules.len());
+    for (i, rule) in rules.iter().enumerate() {
+        checked.push(check_rule(i, rule)?);
+    }
+    Ok(checked)
+}
+
+/// Rule `i`: a device or a two-letter country (upper-cased), and a URL.
+fn check_rule(i: usize, rule: &RuleBody) -> Result<RedirectRule, String> {
+    let country = match rule.country.as_deref() {
+        None => None,
+        Some(c) if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            Some(c.to_ascii_uppercase())
+        }
+        Some(c) => {
+            return Err(format!(
+                "rules[{i}].country must be a two-letter country code, not '{c}'"
+            ));
+        }
+    };
+    if rule.device.is_none() && country.is_none() {
+        return Err(format!(
+            "rules[{i}] must name a device (ios, android, desktop) or a country"
+        ));
+    }
+    Ok(RedirectRule {
+        device: rule.device,
+        country,
+        url: url(&format!("rules[{i}].url"), &rule.url)?,
+    })
+}
+
+/// A new password: 1 to [`MAX_PASSWORD`] characters.
+fn check_password(password: &str) -> Result<(), String> {
+    if password.is_empty() || password.chars().count() > MAX_PASSWORD {
+        return Err(format!(
+            "password must be 1 to {MAX_PASSWORD} characters (or null to remove it)"
+        ));
+    }
+    Ok(())
 }
 
 impl LinkPatch {

@@ -13,6 +13,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
+use tokio_util::sync::CancellationToken;
 
 use super::{
     ApiError, AppState, client_addr,
@@ -36,39 +37,13 @@ cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n";
 pub async fn serve(
     mut conn: TcpStream,
     peer: SocketAddr,
-    mut buf: BytesMut,
+    buf: BytesMut,
     deadline: tokio::time::Instant,
     state: Arc<AppState>,
 ) {
-    // httparse decides where a head ends (CRLF or bare LF), as it does for hyper. The parsing
-    // is done in plain functions, so its header array never becomes part of this
-    // (long-lived) future.
-    // Bytes already looked through for a line end: the head is parsed again only when a new
-    // line has ended (it may be complete now, or show itself malformed), so a client sending
-    // a byte at a time costs a parse per line (at most the header limit), not per byte.
-    let mut lines = LineWatch::default();
-    let head = loop {
-        if lines.new_line(&buf) {
-            match read_head(&buf) {
-                Ok(Some(head)) => break head,
-                Ok(None) => {}
-                Err(e) => return refuse(&mut conn, &e).await,
-            }
-        }
-        if buf.len() > MAX_HEAD {
-            let e = ApiError::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request head too large",
-            );
-            return refuse(&mut conn, &e).await;
-        }
-        // One deadline for the whole head: a client sending a byte now and then is cut off.
-        match tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return,
-        }
+    let Some(head) = receive_head(&mut conn, buf, deadline).await else {
+        return;
     };
-    drop(buf);
     let opened = stream::open(
         &state,
         StreamRequest {
@@ -86,7 +61,7 @@ pub async fn serve(
     let stream::Opened {
         head,
         public,
-        mut frames,
+        frames,
         guard,
     } = match opened {
         Ok(opened) => opened,
@@ -99,26 +74,89 @@ pub async fn serve(
     {
         tracing::debug!(cause = %e, "cannot set the send buffer of a stream");
     }
+    if !send_stream_head(&mut conn, &head, public, stuck).await {
+        return;
+    }
+    send_frames(&mut conn, frames, &state.shutdown, stuck).await;
+    drop(guard);
+}
+
+/// Reads until the request head in `buf` is complete, within `deadline`: the head, or `None`
+/// when the client left, was too slow, or was refused (answered here).
+async fn receive_head(
+    conn: &mut TcpStream,
+    mut buf: BytesMut,
+    deadline: tokio::time::Instant,
+) -> Option<Head> {
+    // httparse decides where a head ends (CRLF or bare LF), as it does for hyper. The parsing
+    // is done in plain functions, so its header array never becomes part of this
+    // (long-lived) future.
+    // Bytes already looked through for a line end: the head is parsed again only when a new
+    // line has ended (it may be complete now, or show itself malformed), so a client sending
+    // a byte at a time costs a parse per line (at most the header limit), not per byte.
+    let mut lines = LineWatch::default();
+    loop {
+        if lines.new_line(&buf) {
+            match read_head(&buf) {
+                Ok(Some(head)) => return Some(head),
+                Ok(None) => {}
+                Err(e) => {
+                    refuse(conn, &e).await;
+                    return None;
+                }
+            }
+        }
+        if buf.len() > MAX_HEAD {
+            let e = ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+            );
+            refuse(conn, &e).await;
+            return None;
+        }
+        // One deadline for the whole head: a client sending a byte now and then is cut off.
+        match tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Writes the stream's status line and headers, then its first chunk `head`, within `stuck`:
+/// whether it went out.
+async fn send_stream_head(
+    conn: &mut TcpStream,
+    head: &[u8],
+    public: bool,
+    stuck: Duration,
+) -> bool {
     let mut first = BytesMut::with_capacity(STREAM_HEAD.len() + 64 + head.len());
     first.extend_from_slice(STREAM_HEAD);
     if public {
         first.extend_from_slice(super::cors::PUBLIC_ORIGIN_LINE.as_bytes());
     }
     first.extend_from_slice(b"\r\n");
-    first.extend_from_slice(&head);
-    if !matches!(
+    first.extend_from_slice(head);
+    matches!(
         tokio::time::timeout(stuck, conn.write_all(&first)).await,
         Ok(Ok(()))
-    ) {
-        return;
-    }
-    drop(first);
+    )
+}
+
+/// Writes each frame as it comes, until the client leaves or is stuck for `stuck` on one
+/// frame, the actor lets the subscriber go, or `shutdown` (then with a farewell).
+async fn send_frames(
+    conn: &mut TcpStream,
+    mut frames: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    shutdown: &CancellationToken,
+    stuck: Duration,
+) {
     // A client sends nothing more on a stream; reading lets us see it leave at once (instead of
     // at the next write) and give its places back.
     let mut probe = [0u8; 64];
     // Made once: registering with the shared token on every frame would have every stream
     // take the token's lock once per frame.
-    let shutdown = state.shutdown.cancelled();
+    let shutdown = shutdown.cancelled();
     tokio::pin!(shutdown);
     loop {
         let frame = tokio::select! {
@@ -144,7 +182,6 @@ pub async fn serve(
             _ => break,
         }
     }
-    drop(guard);
 }
 
 /// What the stream needs of a request head.

@@ -1,6 +1,9 @@
 //! The JSON API for link owners: create a link, read it with its count and stats, list its
 //! clicks. Listing, changing and deleting links are in `manage`.
 
+mod clicks;
+mod export;
+
 use std::sync::Arc;
 
 use salvo::{
@@ -24,6 +27,8 @@ use crate::{
     links::{Snapshot, frame::Analytics},
 };
 use salvo_oapi::endpoint;
+
+pub use clicks::ListClicks;
 
 /// The largest request body taken.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -138,17 +143,7 @@ impl CreateLink {
         let state = &self.0;
         let caller = authenticate(state, req)?;
         require_write(&caller)?;
-        // The operator's keys are not limited: an admin filling a new instance, or a load
-        // test's setup(), may create as fast as the store takes them.
-        if !caller.is_admin() {
-            let limits = state.client_limits();
-            if let Some(ip) = client_ip(state, req) {
-                limits.check_ip(ip).map_err(Limited::into_error)?;
-            }
-            limits
-                .check_key(&caller.key_id)
-                .map_err(Limited::into_error)?;
-        }
+        check_create_rate(state, req, &caller)?;
         let request: LinkFields = read_json(req).await?;
         let mut patch = request.check().map_err(ApiError::bad_request)?;
         let Some(target) = patch.target.take() else {
@@ -175,24 +170,7 @@ impl CreateLink {
             if state.links.create(link.clone()).await? {
                 return Ok(link);
             }
-            let store = state.links.store().clone();
-            let code = link.code.clone();
-            let held = tokio::task::spawn_blocking(move || store.gone_until(code.as_str()))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten()
-                .filter(|until| *until > now_ms());
-            let message = match held {
-                Some(until) => format!(
-                    "code '{}' belonged to a deleted link and is held until {} (so a link \
-                     already shared never points somewhere new)",
-                    link.code,
-                    format_ms(until)
-                ),
-                None => format!("code '{}' is already taken", link.code),
-            };
-            return Err(ApiError::new(StatusCode::CONFLICT, message));
+            return Err(code_taken(state, &link.code).await);
         }
         for _ in 0..GENERATE_ATTEMPTS {
             let link = new_link(ShortCode::generate());
@@ -205,6 +183,44 @@ impl CreateLink {
             "could not find a free code, try again",
         ))
     }
+}
+
+/// Takes one creation from the caller's allowances: its address's, then its key's.
+fn check_create_rate(state: &AppState, req: &Request, caller: &Caller) -> Result<(), ApiError> {
+    // The operator's keys are not limited: an admin filling a new instance, or a load
+    // test's setup(), may create as fast as the store takes them.
+    if !caller.is_admin() {
+        let limits = state.client_limits();
+        if let Some(ip) = client_ip(state, req) {
+            limits.check_ip(ip).map_err(Limited::into_error)?;
+        }
+        limits
+            .check_key(&caller.key_id)
+            .map_err(Limited::into_error)?;
+    }
+    Ok(())
+}
+
+/// The `409` for a chosen code that is taken, saying until when when a deleted link holds it.
+async fn code_taken(state: &AppState, code: &ShortCode) -> ApiError {
+    let store = state.links.store().clone();
+    let held_code = code.clone();
+    let held = tokio::task::spawn_blocking(move || store.gone_until(held_code.as_str()))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .filter(|until| *until > now_ms());
+    let message = match held {
+        Some(until) => format!(
+            "code '{}' belonged to a deleted link and is held until {} (so a link \
+             already shared never points somewhere new)",
+            code,
+            format_ms(until)
+        ),
+        None => format!("code '{}' is already taken", code),
+    };
+    ApiError::new(StatusCode::CONFLICT, message)
 }
 
 /// Create a link
@@ -316,242 +332,6 @@ impl LinkStats {
         .await;
         match result {
             Ok(answer) => res.render(Json(answer)),
-            Err(e) => e.write(res),
-        }
-    }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ClickItem<'a> {
-    seq: u64,
-    #[serde(flatten)]
-    analytics: Analytics<'a>,
-}
-
-/// `GET /api/links/{code}/clicks?limit=N&before=SEQ`: stored clicks, newest first; with
-/// `Accept: text/csv`, every stored click, oldest first, streamed (see [`export_csv`]).
-pub struct ListClicks(pub Arc<AppState>);
-
-/// The columns of the CSV export.
-const CSV_HEADER: [&str; 10] = [
-    "seq",
-    "createdAt",
-    "ipAddress",
-    "userAgent",
-    "referer",
-    "country",
-    "browser",
-    "os",
-    "device",
-    "bot",
-];
-/// A CSV chunk is sent once it holds this many bytes; at most [`CSV_CHUNKS`] wait for the
-/// client, so an export holds about 256 KiB whatever the number of clicks.
-const CSV_CHUNK: usize = 64 * 1024;
-const CSV_CHUNKS: usize = 4;
-/// How long an export waits for a client that does not read.
-const CSV_STALL: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR) gets a leading
-/// `'` (OWASP's advice for CSV injection); only the free-text columns a visitor controls.
-fn defused(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{value}").into()
-    } else {
-        value.into()
-    }
-}
-
-/// Whether the `Accept` header asks for CSV (`text/csv`, not with `q=0`).
-fn accepts_csv(accept: &str) -> bool {
-    accept.split(',').any(|range| {
-        let mut parts = range.split(';').map(str::trim);
-        parts
-            .next()
-            .is_some_and(|m| m.eq_ignore_ascii_case("text/csv"))
-            && !parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            })
-    })
-}
-
-/// Why an export stopped early.
-#[derive(Debug, thiserror::Error)]
-enum ExportError {
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error("the client went away")]
-    Gone,
-}
-
-/// Streams every stored click of `link` as CSV: a blocking reader walks the store in order and
-/// hands chunks to the response through a small bounded channel, so memory stays flat for any
-/// number of clicks and a client that stops reading stops the reader.
-fn export_csv(state: &AppState, link: &Link, res: &mut Response) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, ExportError>>(CSV_CHUNKS);
-    let store = state.links.store().clone();
-    let code = link.code.clone();
-    tokio::task::spawn_blocking(move || {
-        let fresh = || csv::Writer::from_writer(Vec::with_capacity(CSV_CHUNK * 2));
-        let mut out = fresh();
-        let write = |out: &mut csv::Writer<Vec<u8>>, row: &[&str]| {
-            // Writing into a Vec cannot fail.
-            let _ = out.write_record(row);
-        };
-        let runtime = tokio::runtime::Handle::current();
-        let flush = |out: &mut csv::Writer<Vec<u8>>| -> Result<(), ExportError> {
-            let chunk = std::mem::replace(out, fresh())
-                .into_inner()
-                .unwrap_or_default();
-            // A client that stops reading for this long lets the reader (a blocking thread
-            // and a store iterator) go.
-            let sent = runtime.block_on(tokio::time::timeout(CSV_STALL, tx.send(Ok(chunk.into()))));
-            match sent {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(ExportError::Gone),
-            }
-        };
-        write(&mut out, &CSV_HEADER);
-        let walked = store.clicks_after(code.as_str(), 0, |e| {
-            let seq = e.seq.to_string();
-            let at = format_ms(e.at);
-            let device = crate::analytics::aggregates::device_name(e.device);
-            write(
-                &mut out,
-                &[
-                    &seq,
-                    &at,
-                    e.ip.as_deref().unwrap_or(""),
-                    &defused(&e.user_agent),
-                    &defused(e.referer.as_deref().unwrap_or("")),
-                    e.country.as_deref().unwrap_or(""),
-                    &e.browser,
-                    &e.os,
-                    device,
-                    if e.bot { "true" } else { "false" },
-                ],
-            );
-            if out.get_ref().len() >= CSV_CHUNK {
-                flush(&mut out)?;
-            }
-            Ok::<_, ExportError>(())
-        });
-        match walked {
-            Ok(()) => {
-                let _ = flush(&mut out);
-            }
-            Err(ExportError::Gone) => {}
-            Err(e) => {
-                // The client sees the body end early (no chunked terminator): not a whole file.
-                tracing::error!(code = %code, cause = %e, "a CSV export failed");
-                let _ = tx.blocking_send(Err(e));
-            }
-        }
-    });
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        salvo::http::HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    let name = format!("attachment; filename=\"{}-clicks.csv\"", link.code);
-    if let Ok(value) = salvo::http::HeaderValue::from_str(&name) {
-        res.headers_mut().insert(header::CONTENT_DISPOSITION, value);
-    }
-    res.stream(tokio_stream_from(rx));
-}
-
-/// A receiver as a stream of body chunks.
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-const MAX_PAGE: usize = 1000;
-
-/// Stored clicks, newest first; or all of them as CSV
-#[endpoint(
-    tags("links"),
-    security(("bearer" = [])),
-    parameters(
-        ("code" = String, Path, description = "The short code"),
-        ("limit" = Option<u32>, Query, description = "Clicks per page, 1 to 1000 (default 100)"),
-        ("before" = Option<u64>, Query, description = "Only clicks numbered below this (the next page)"),
-        ("Accept" = Option<String>, Header, description = "`text/csv`: every stored click, oldest first, streamed"),
-    ),
-    responses(
-        (status_code = 200, description = "A page of clicks (JSON), or the CSV export", content(
-            ("application/json" = schemas::ClickPage),
-            ("text/csv" = String),
-        )),
-        E400, E401, E429, E404, E503,
-    )
-)]
-impl ListClicks {
-    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
-        let state = &self.0;
-        let csv = req
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(accepts_csv);
-        if csv {
-            let result = async {
-                let (_, link) = owned_link(state, req).await?;
-                // Every click counted before the request is in the export.
-                state.links.settle(&link).await?;
-                Ok::<_, ApiError>(link)
-            }
-            .await;
-            match result {
-                Ok(link) => export_csv(state, &link, res),
-                Err(e) => e.write(res),
-            }
-            return;
-        }
-        let result = async {
-            let (_, link) = owned_link(state, req).await?;
-            let limit = match req.query::<String>("limit") {
-                None => 100,
-                Some(raw) => raw
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}"))
-                    })?,
-            };
-            let before = match req.query::<String>("before") {
-                None => None,
-                Some(raw) => Some(
-                    raw.parse::<u64>()
-                        .map_err(|_| ApiError::bad_request("before must be a click number"))?,
-                ),
-            };
-            state.links.settle(&link).await?;
-            let store = state.links.store().clone();
-            let code = link.code.clone();
-            let clicks =
-                tokio::task::spawn_blocking(move || store.clicks(code.as_str(), before, limit))
-                    .await
-                    .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?
-                    .map_err(|e| ApiError::from(crate::links::LinkError::from(e)))?;
-            Ok::<_, ApiError>((link, clicks))
-        }
-        .await;
-        match result {
-            Ok((link, clicks)) => {
-                let items: Vec<_> = clicks
-                    .iter()
-                    .map(|e| ClickItem {
-                        seq: e.seq,
-                        analytics: Analytics::of(link.code.as_str(), e),
-                    })
-                    .collect();
-                res.render(Json(serde_json::json!({ "clicks": items })));
-            }
             Err(e) => e.write(res),
         }
     }

@@ -1,0 +1,158 @@
+//! What a handler reads of a request: its JSON body, its caller (API key and the rights it
+//! gives), its client address and its `{code}`.
+
+use std::net::IpAddr;
+
+use salvo::{
+    http::{HeaderValue, StatusCode, header, mime},
+    prelude::*,
+};
+use serde::de::DeserializeOwned;
+
+use super::{ApiError, AppState, limit};
+use crate::keys::Caller;
+
+/// `403` for a `read` key asking to change something.
+pub fn require_write(caller: &Caller) -> Result<(), ApiError> {
+    if caller.may_write() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this key is read-only (scope read)",
+        ))
+    }
+}
+
+/// `403` for a key that is not an admin key.
+pub fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this needs an admin key (scope admin)",
+        ))
+    }
+}
+
+/// A JSON object body of at most `max` bytes, as `T`: `415` for another content type, `413`
+/// for a larger body (refused before it is read, when its length is declared), `400` for
+/// anything that is not a JSON object of `T`'s fields.
+pub async fn read_json_object<T: DeserializeOwned>(
+    req: &mut Request,
+    max: usize,
+) -> Result<T, ApiError> {
+    let is_json = req
+        .content_type()
+        .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {max} bytes"),
+        )
+    };
+    // Refused before reading: salvo would wait for a body it is told is too large.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let body = req.payload_with_max_size(max).await.map_err(|e| match e {
+        salvo::http::ParseError::PayloadTooLarge => too_large(),
+        _ => ApiError::bad_request("could not read the request body"),
+    })?;
+    // serde would also take a JSON array as the fields in order.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("JSON body must be an object"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The caller behind `Authorization: Bearer <key>`, or a 401.
+pub fn authenticate(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
+    let ip = client_ip(state, req);
+    if let Some(ip) = ip {
+        state
+            .client_limits()
+            .check_auth(ip)
+            .map_err(limit::Limited::into_error)?;
+    }
+    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <api key>",
+        )
+    })?;
+    // A key was presented: a wrong, revoked or malformed one counts against the address
+    // (`--auth-failures-per-ip`); a missing one guesses nothing and does not.
+    presented_key(state, value).inspect_err(|_| {
+        if let Some(ip) = ip {
+            state.client_limits().auth_failed(ip);
+        }
+    })
+}
+
+/// The caller whose key the `Authorization` header holds.
+fn presented_key(state: &AppState, value: &HeaderValue) -> Result<Caller, ApiError> {
+    let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, msg);
+    let value = value
+        .to_str()
+        .map_err(|_| unauthorized("malformed Authorization header"))?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| unauthorized("Authorization must be 'Bearer <api key>'"))?;
+    state
+        .keys
+        .authenticate(key.trim())
+        .ok_or_else(|| unauthorized("invalid API key"))
+}
+
+/// The client address: the socket peer, or the last `X-Forwarded-For` entry when the operator
+/// trusts a proxy in front.
+pub fn client_ip(state: &AppState, req: &Request) -> Option<IpAddr> {
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .map(HeaderValue::as_bytes);
+    client_addr(
+        state.config.trust_forwarded_for,
+        req.remote_addr().ip(),
+        forwarded,
+    )
+}
+
+/// [`client_ip`] from its parts, for the lean stream writer, which has no salvo request.
+pub(crate) fn client_addr(
+    trust_forwarded_for: bool,
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&[u8]>,
+) -> Option<IpAddr> {
+    if trust_forwarded_for
+        && let Some(forwarded) = forwarded_for.and_then(|v| std::str::from_utf8(v).ok())
+        && let Some(last) = forwarded.rsplit(',').next()
+        && let Ok(ip) = last.trim().parse::<IpAddr>()
+    {
+        return Some(ip);
+    }
+    peer
+}
+
+/// The `{code}` path parameter. Codes never hold `%`, so a path with a percent-escape names no
+/// code (salvo would decode `/%41bc` into `Abc`).
+pub fn code_param(req: &Request) -> &str {
+    if req.uri().path().contains('%') {
+        return "";
+    }
+    req.params().get("code").map_or("", String::as_str)
+}
