@@ -85,11 +85,13 @@ async fn one_address_guessing_a_password_is_limited_and_others_still_get_in() ->
         }
     }
     let limited = statuses.iter().filter(|&&s| s == 429).count();
-    let checked = statuses.iter().filter(|&&s| s == 401).count();
+    // A try admitted is checked (401), or on a loaded machine told to come back because
+    // every check was busy for 2 s (503); either way it took from the allowance.
+    let checked = statuses.iter().filter(|&&s| s == 401 || s == 503).count();
     assert_eq!(
         limited + checked,
         40,
-        "every guess is 401 or 429: {statuses:?}"
+        "every guess is 401, 503 or 429: {statuses:?}"
     );
     // 10 a minute: one more comes back every 6 s, on a slow machine perhaps during the run.
     assert!(

@@ -14,23 +14,25 @@
 //! "fsyncgate" lesson). It is logged once; [`WriterHandle::failure`] says why from then on.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, atomic::Ordering},
+    collections::{HashMap, VecDeque},
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use fjall::PersistMode;
-use tokio::sync::oneshot;
 use tracing::{debug, error, info};
 
 use super::{Store, TotalsChange};
 use crate::{
     domain::{ClickEvent, Link, ShortCode, now_ms},
     store::{
-        CommitListener, FreshClick, Permit, StoreError, WriteError, Writer, WriterConfig, records,
-        writer::{Durability, Health, LinkOp, LinkOutcome, Op, channel},
+        StoreError, WriteError, Writer, WriterConfig, records,
+        writer::{
+            Durability, Health, LinkOp, LinkOutcome, Op, channel,
+            group::{Group, Item, Outcome, Pending},
+        },
     },
 };
 
@@ -56,146 +58,32 @@ impl Writer {
     }
 }
 
-/// One group commit in the making.
-#[derive(Default)]
-struct Group {
-    clicks: Vec<(ShortCode, Arc<ClickEvent>)>,
-    /// Clicks to number (see [`number_fresh`]), then moved to `clicks`, each with its
-    /// acknowledgement (moved to `acks` only if the click is kept).
-    fresh: Vec<(ShortCode, ClickEvent, Option<oneshot::Sender<()>>)>,
-    acks: Vec<oneshot::Sender<()>>,
-    /// Each listener with the highest click number of its code in this group.
-    listeners: Vec<(Arc<dyn CommitListener>, u64)>,
-    permits: Permit,
-    links: Vec<LinkOp>,
-    aggregates: Vec<(ShortCode, u64, Vec<u8>)>,
-    expired: Vec<Vec<u8>>,
-    expire_replies: Vec<oneshot::Sender<Result<(), WriteError>>>,
-    barriers: Vec<oneshot::Sender<Result<(), WriteError>>>,
-    stop: bool,
-}
-
-impl Group {
-    fn len(&self) -> usize {
-        self.clicks.len()
-            + self.fresh.len()
-            + self.links.len()
-            + self.aggregates.len()
-            + self.expired.len()
-            + self.barriers.len()
-    }
-
-    /// Adds an item; true when it asks for an immediate commit.
-    fn add(&mut self, op: Op) -> bool {
-        match op {
-            Op::Clicks(batch) => {
-                if let (Some(listener), Some(last)) = (batch.listener, batch.events.last()) {
-                    self.listeners.push((listener, last.seq));
-                }
-                let code = batch.code;
-                self.clicks
-                    .extend(batch.events.into_iter().map(|e| (code.clone(), e)));
-                self.acks.extend(batch.acks);
-                self.permits.merge(batch.permit);
-                false
-            }
-            Op::Fresh(click) => {
-                let FreshClick {
-                    code,
-                    event,
-                    ack,
-                    permit,
-                } = *click;
-                self.fresh.push((code, event, ack));
-                self.permits.merge(permit);
-                false
-            }
-            Op::Link(op) => {
-                self.links.push(op);
-                true
-            }
-            Op::Aggregates {
-                code,
-                covers,
-                bytes,
-            } => {
-                self.aggregates.push((code, covers, bytes));
-                false
-            }
-            Op::Expire { keys, reply } => {
-                self.expired.extend(keys);
-                self.expire_replies.push(reply);
-                false
-            }
-            Op::Barrier(tx) => {
-                self.barriers.push(tx);
-                true
-            }
-            Op::Stop => {
-                self.stop = true;
-                true
-            }
-        }
-    }
-
-    /// Tells each code's listener its highest committed click, once per code.
-    fn notify(&mut self) {
-        let mut seen: HashMap<*const (), usize> = HashMap::with_capacity(self.listeners.len());
-        let mut last: Vec<(Arc<dyn CommitListener>, u64)> = Vec::new();
-        for (listener, seq) in self.listeners.drain(..) {
-            let key = Arc::as_ptr(&listener).cast::<()>();
-            match seen.get(&key) {
-                // Batches of one code arrive in order: the later one has the higher number.
-                Some(&i) => last[i].1 = last[i].1.max(seq),
-                None => {
-                    seen.insert(key, last.len());
-                    last.push((listener, seq));
-                }
-            }
-        }
-        for (listener, seq) in last {
-            listener.committed(seq);
-        }
-    }
-}
-
+/// Takes groups from the queue and commits them until told to stop, with a step of a
+/// deleted link's purge whenever nothing else waits, and an fsync at least every
+/// `fsync_interval` in default durability.
 fn run(
     store: &Store,
     rx: &Receiver<Op>,
     config: &WriterConfig,
     health: &Health,
     // Deleted codes still to purge, each with the number its next step starts below.
-    mut purges: std::collections::VecDeque<(ShortCode, u64)>,
+    mut purges: VecDeque<(ShortCode, u64)>,
 ) {
-    let mut last_sync = Instant::now();
-    let mut unsynced = false;
+    let mut sync = Syncs {
+        last: Instant::now(),
+        unsynced: false,
+    };
     loop {
         // One step of a purge between groups, while nothing else waits.
-        if let Some((code, below)) = purges.front_mut()
-            && rx.is_empty()
-            && !health.failed.load(Ordering::Acquire)
-        {
-            match purge_step(store, code, below) {
-                Ok(true) => {
-                    purges.pop_front();
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    health.fail(format!("a purge failed: {e}"));
-                    purges.clear();
-                }
-            }
-            unsynced = true;
+        if !purges.is_empty() && rx.is_empty() && !health.failed.load(Ordering::Acquire) {
+            purge_one_step(store, &mut purges, health);
+            sync.unsynced = true;
             // A long purge still keeps the clicks before it within the fsync interval.
-            if last_sync.elapsed() >= config.fsync_interval {
-                let _ = sync(store, health);
-                last_sync = Instant::now();
-                unsynced = false;
-            }
+            sync.if_due(store, health, config.fsync_interval);
             continue;
         }
-        let wait = if unsynced {
-            config.fsync_interval.saturating_sub(last_sync.elapsed())
+        let wait = if sync.unsynced {
+            config.fsync_interval.saturating_sub(sync.last.elapsed())
         } else {
             Duration::from_secs(3600)
         };
@@ -203,95 +91,20 @@ fn run(
             Ok(op) => op,
             Err(RecvTimeoutError::Timeout) => {
                 // A failure is reported (once) by `sync`; nothing is committed after it.
-                let _ = sync(store, health);
-                last_sync = Instant::now();
-                unsynced = false;
+                let _ = sync.now(store, health);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => Op::Stop,
         };
-        let mut group = Group::default();
-        let urgent = group.add(first);
-        // In default durability, let the group fill: sleeping (instead of waiting on the
-        // channel) means senders do not wake this thread for every click, one wake-up per
-        // group. In strict durability every click waits for its fsync, so waiting longer only
-        // adds latency: the clicks that arrive during one fsync form the next group anyway.
-        if !urgent && config.durability == Durability::Default && !config.commit_interval.is_zero()
-        {
-            thread::sleep(config.commit_interval);
-        }
-        while group.len() < config.max_batch {
-            let Ok(op) = rx.try_recv() else { break };
-            group.add(op);
-        }
-        // A code made again after its hold: what is left of its old clicks goes first, or the
-        // purge would take the new link's.
-        for op in &group.links {
-            if let LinkOp::Create(link, _) = op
-                && let Some(at) = purges.iter().position(|(c, _)| *c == link.code)
-            {
-                let mut below = purges[at].1;
-                let purged = loop {
-                    match purge_step(store, &link.code, &mut below) {
-                        Ok(true) => break true,
-                        Ok(false) => {}
-                        Err(e) => {
-                            health.fail(format!("a purge failed: {e}"));
-                            break false;
-                        }
-                    }
-                };
-                if purged {
-                    purges.retain(|(c, _)| *c != link.code);
-                }
-            }
-        }
+        let mut group = Group::gather(first, rx, config);
+        purge_before_create(store, &group, &mut purges, health);
         // A disk that does not answer (fault injection): the group waits, and so does
         // everything queued behind it.
         while health.stalled.load(Ordering::Acquire) {
             thread::sleep(Duration::from_millis(5));
         }
-
-        let started = Instant::now();
-        if !group.fresh.is_empty()
-            && !health.failed.load(Ordering::Acquire)
-            && let Err(e) = number_fresh(store, &mut group, &config.metrics)
-        {
-            health.fail(format!("numbering clicks failed: {e}"));
-        }
         let stop = group.stop;
-        let must_sync = stop
-            || !group.links.is_empty()
-            || (config.durability == Durability::Strict && !group.clicks.is_empty());
-        let mut result = match health.failure.lock().ok().and_then(|f| f.clone()) {
-            // After a failed commit or fsync nothing more is committed: later clicks would
-            // leave a gap in their code's numbering, or sit on pages the kernel dropped.
-            Some(reason) => Err(WriteError::Failed(reason)),
-            None => commit_to_os(store, &group, health, config.deleted_code_hold),
-        };
-        if result.is_ok() {
-            unsynced = true;
-            if must_sync || last_sync.elapsed() >= config.fsync_interval {
-                if let Err(e) = sync(store, health) {
-                    result = Err(e);
-                }
-                last_sync = Instant::now();
-                unsynced = false;
-            }
-        }
-        if let Ok(outcomes) = &result {
-            for (op, outcome) in group.links.iter().zip(outcomes) {
-                if let (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) = (op, outcome) {
-                    purges.push_back((code.clone(), u64::MAX));
-                }
-            }
-        }
-        if result.is_ok() {
-            config
-                .metrics
-                .group_committed(group.clicks.len(), started.elapsed());
-        }
-        answer(&mut group, &result, health);
+        commit_group(store, &mut group, config, health, &mut sync, &mut purges);
         if stop {
             info!("writer stopped");
             return;
@@ -299,55 +112,124 @@ fn run(
     }
 }
 
-/// Numbers the group's fresh clicks after their codes' last stored clicks, in the order they
-/// came, and moves them among the numbered ones. A code whose link is gone (or goes in this
-/// group) takes none of them: they are dropped and counted, as an actor would refuse them.
-fn number_fresh(
+/// When the journal was last fsynced, and whether anything was committed since.
+struct Syncs {
+    last: Instant,
+    unsynced: bool,
+}
+
+impl Syncs {
+    /// Fsyncs now; the result (a failure is reported once by `sync`).
+    fn now(&mut self, store: &Store, health: &Health) -> Result<(), WriteError> {
+        let synced = sync(store, health);
+        self.last = Instant::now();
+        self.unsynced = false;
+        synced
+    }
+
+    fn if_due(&mut self, store: &Store, health: &Health, every: Duration) {
+        if self.last.elapsed() >= every {
+            let _ = self.now(store, health);
+        }
+    }
+}
+
+/// Commits one group (and fsyncs it when it must be), then tells everyone how it went.
+fn commit_group(
     store: &Store,
     group: &mut Group,
-    metrics: &crate::metrics::Metrics,
-) -> Result<(), StoreError> {
-    // Each code's next number; `None` for a code whose clicks are dropped. All reads come
-    // first: a failed one leaves the fresh clicks where they are (counted as lost).
-    let mut next: HashMap<ShortCode, Option<u64>> = HashMap::new();
-    for (code, _, _) in &group.fresh {
-        if next.contains_key(code) {
-            continue;
+    config: &WriterConfig,
+    health: &Health,
+    sync: &mut Syncs,
+    purges: &mut VecDeque<(ShortCode, u64)>,
+) {
+    let started = Instant::now();
+    let must_sync = group.stop
+        || !group.links.is_empty()
+        || (config.durability == Durability::Strict && group.clicks() > 0);
+    let mut result = match health.failure.lock().ok().and_then(|f| f.clone()) {
+        // After a failed commit or fsync nothing more is committed: later clicks would
+        // leave a gap in their code's numbering, or sit on pages the kernel dropped.
+        Some(reason) => Err(WriteError::Failed(reason)),
+        None => commit_to_os(store, group, health, config.deleted_code_hold),
+    };
+    if result.is_ok() {
+        sync.unsynced = true;
+        if (must_sync || sync.last.elapsed() >= config.fsync_interval)
+            && let Err(e) = sync.now(store, health)
+        {
+            result = Err(e);
         }
-        let deleted_here = group
-            .links
-            .iter()
-            .any(|op| matches!(op, LinkOp::Delete(c, _) if c == code));
-        let first = if deleted_here || !store.links.contains_key(code.as_str())? {
-            None
-        } else {
-            Some(store.last_seq(code.as_str())? + 1)
-        };
-        next.insert(code.clone(), first);
     }
-    let mut dropped = 0;
-    for (code, mut event, ack) in std::mem::take(&mut group.fresh) {
-        let Some(Some(seq)) = next.get_mut(&code) else {
-            // Its acknowledgement goes with it: a strict redirect waiting for it hears that
-            // its click was not stored.
-            dropped += 1;
-            continue;
-        };
-        event.seq = *seq;
-        *seq += 1;
-        group.clicks.push((code, Arc::new(event)));
-        group.acks.extend(ack);
+    let result = match result {
+        Ok(outcomes) => {
+            for (op, outcome) in group.links.drain(..).zip(outcomes) {
+                if let (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) = (&op, &outcome) {
+                    purges.push_back((code.clone(), u64::MAX));
+                }
+                op.answer(outcome);
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    let stored = group.finish(result.clone(), health, &config.metrics);
+    if result.is_ok() {
+        config.metrics.group_committed(stored, started.elapsed());
     }
-    if dropped > 0 {
-        metrics.clicks_dropped(crate::metrics::DropReason::LinkDeleted, dropped);
+}
+
+/// One step of the first purge waiting.
+fn purge_one_step(store: &Store, purges: &mut VecDeque<(ShortCode, u64)>, health: &Health) {
+    let Some((code, below)) = purges.front_mut() else {
+        return;
+    };
+    match purge_step(store, code, below) {
+        Ok(true) => {
+            purges.pop_front();
+        }
+        Ok(false) => {}
+        Err(e) => {
+            health.fail(format!("a purge failed: {e}"));
+            purges.clear();
+        }
     }
-    Ok(())
+}
+
+/// A code made again after its hold: what is left of its old clicks goes first, or the purge
+/// would take the new link's.
+fn purge_before_create(
+    store: &Store,
+    group: &Group,
+    purges: &mut VecDeque<(ShortCode, u64)>,
+    health: &Health,
+) {
+    for op in &group.links {
+        if let LinkOp::Create(link, _) = op
+            && let Some(at) = purges.iter().position(|(c, _)| *c == link.code)
+        {
+            let mut below = purges[at].1;
+            let purged = loop {
+                match purge_step(store, &link.code, &mut below) {
+                    Ok(true) => break true,
+                    Ok(false) => {}
+                    Err(e) => {
+                        health.fail(format!("a purge failed: {e}"));
+                        break false;
+                    }
+                }
+            };
+            if purged {
+                purges.retain(|(c, _)| *c != link.code);
+            }
+        }
+    }
 }
 
 /// Commits the group and hands the journal to the OS, so a killed process keeps it.
 fn commit_to_os(
     store: &Store,
-    group: &Group,
+    group: &mut Group,
     health: &Health,
     hold: Duration,
 ) -> Result<Vec<Result<LinkOutcome, WriteError>>, WriteError> {
@@ -366,13 +248,16 @@ fn commit_to_os(
     Ok(outcomes)
 }
 
-/// Writes the group as one atomic batch. Returns what became of each link operation, in order.
+/// Writes the group as one atomic batch: link operations first (each seeing the ones before
+/// it), then snapshots, expired clicks and each code's clicks, with the totals record. Decides
+/// each code's outcome: a code whose link is gone (before or in this group) stores none of
+/// its clicks. Returns what became of each link operation, in order.
 fn commit(
     store: &Store,
-    group: &Group,
+    group: &mut Group,
     hold: Duration,
 ) -> Result<Vec<Result<LinkOutcome, WriteError>>, StoreError> {
-    if group.clicks.is_empty()
+    if group.clicks() == 0
         && group.links.is_empty()
         && group.aggregates.is_empty()
         && group.expired.is_empty()
@@ -381,20 +266,80 @@ fn commit(
     }
     let mut batch = store.db.batch();
     let mut change = TotalsChange::default();
-    // Link operations first, each seeing the ones before it in the group.
     let outcomes = stage_links(store, &mut batch, &group.links, hold, &mut change);
-    // Snapshots are encoded off the actors and may arrive out of order: the one covering the
-    // most clicks stays (retention relies on the stored one never going back). One write per
-    // code and group.
+    let deleted_here: Vec<&ShortCode> = group
+        .links
+        .iter()
+        .filter_map(|op| match op {
+            LinkOp::Delete(code, _) => Some(code),
+            _ => None,
+        })
+        .collect();
+    stage_aggregates(store, &mut batch, &group.aggregates)?;
+    change.expired = stage_expired(store, &mut batch, &group.expired)?;
+    for pending in &mut group.codes {
+        if deleted_here.contains(&&pending.code)
+            || !store.links.contains_key(pending.code.as_str())?
+        {
+            pending.outcome = Outcome::Dropped;
+            continue;
+        }
+        let (events, renumbered) = number(store, pending)?;
+        for event in &events {
+            batch.insert(
+                &store.clicks,
+                records::click_key(pending.code.as_str(), event.seq),
+                records::encode_click(event),
+            );
+        }
+        change.clicks += events.len() as u64;
+        pending.outcome = Outcome::Stored {
+            last: events.last().map_or(0, |e| e.seq),
+            superseded: renumbered,
+        };
+    }
+    // One totals record per group, in the same atomic batch (see `records::Totals`).
+    let totals = store.stage_totals(&mut batch, change);
+    debug!(
+        clicks = change.clicks,
+        links = group.links.len(),
+        "group commit"
+    );
+    batch.commit()?;
+    store.committed(totals);
+    Ok(outcomes)
+}
+
+/// A code's clicks as they are stored: an actor's as it numbered them (on one node it is
+/// the only one numbering its code); clicks of a code with no live actor after the code's
+/// last stored click, in the order they came. The directory never lets both kinds of one
+/// code meet in a group; if they did, all would be numbered after the stored ones.
+fn number(store: &Store, pending: &Pending) -> Result<(Vec<ClickEvent>, bool), StoreError> {
+    if !pending.all_fresh() && pending.items.iter().all(|i| matches!(i, Item::Numbered(_))) {
+        let events = pending.items.iter().map(|i| i.event().clone()).collect();
+        return Ok((events, false));
+    }
+    let last = store.last_seq(pending.code.as_str())?;
+    let numbered = Pending::numbered(&pending.items, last);
+    Ok((numbered.events, numbered.renumbered))
+}
+
+/// Snapshots are encoded off the actors and may arrive out of order: the one covering the
+/// most clicks stays (retention relies on the stored one never going back). One write per
+/// code and group; the last snapshot of a deleted link's actor is not kept.
+fn stage_aggregates(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    aggregates: &[(ShortCode, u64, Vec<u8>)],
+) -> Result<(), StoreError> {
     let mut newest: HashMap<&str, (u64, &[u8])> = HashMap::new();
-    for (code, covers, bytes) in &group.aggregates {
+    for (code, covers, bytes) in aggregates {
         let entry = newest.entry(code.as_str()).or_insert((0, &[]));
         if *covers > entry.0 {
             *entry = (*covers, bytes.as_slice());
         }
     }
     for (code, (covers, bytes)) in newest {
-        // The last snapshot of a deleted link's actor is not kept.
         if covers > store.covers(code)? && store.links.contains_key(code)? {
             batch.insert(&store.stats, code, bytes);
             batch.insert(
@@ -404,35 +349,25 @@ fn commit(
             );
         }
     }
-    // Retention read these keys a while ago: only those still stored, of a code that still has
-    // its link, and covered by its stored aggregates, go (a deleted link's purge, or a new link
-    // made on its code after the hold, may have come in between). Only those are counted.
+    Ok(())
+}
+
+/// Retention read these keys a while ago: only those still stored, of a code that still has
+/// its link, and covered by its stored aggregates, go (a deleted link's purge, or a new link
+/// made on its code after the hold, may have come in between). Returns how many.
+fn stage_expired(
+    store: &Store,
+    batch: &mut fjall::OwnedWriteBatch,
+    keys: &[Vec<u8>],
+) -> Result<u64, StoreError> {
     let mut expired = 0;
-    for key in &group.expired {
+    for key in keys {
         if still_expirable(store, key)? {
             batch.remove(&store.clicks, key.as_slice());
             expired += 1;
         }
     }
-    for (code, event) in &group.clicks {
-        batch.insert(
-            &store.clicks,
-            records::click_key(code.as_str(), event.seq),
-            records::encode_click(event),
-        );
-    }
-    // One totals record per group, in the same atomic batch (see `records::Totals`).
-    change.clicks = group.clicks.len() as u64;
-    change.expired = expired;
-    let totals = store.stage_totals(&mut batch, change);
-    debug!(
-        clicks = group.clicks.len(),
-        links = group.links.len(),
-        "group commit"
-    );
-    batch.commit()?;
-    store.committed(totals);
-    Ok(outcomes)
+    Ok(expired)
 }
 
 /// Stages the group's link operations in `batch`, in order. A failed read fails that
@@ -589,48 +524,4 @@ fn sync(store: &Store, health: &Health) -> Result<(), WriteError> {
         health.fail(format!("an fsync of the journal failed: {e}"));
         WriteError::Failed(e)
     })
-}
-
-/// Tells everyone waiting on the group how it went. A waiter that is gone is ignored: the
-/// redirect it belonged to may have timed out.
-fn answer(
-    group: &mut Group,
-    result: &Result<Vec<Result<LinkOutcome, WriteError>>, WriteError>,
-    health: &Health,
-) {
-    match result {
-        Ok(outcomes) => {
-            group.notify();
-            for ack in group.acks.drain(..) {
-                let _ = ack.send(());
-            }
-            for (op, outcome) in group.links.drain(..).zip(outcomes) {
-                op.answer(outcome.clone());
-            }
-            for barrier in group.barriers.drain(..) {
-                let _ = barrier.send(Ok(()));
-            }
-            for reply in group.expire_replies.drain(..) {
-                let _ = reply.send(Ok(()));
-            }
-        }
-        Err(e) => {
-            // Logged once, when the store failed (`Health::fail`); groups after that only
-            // count what they could not save.
-            let clicks = group.clicks.len() + group.fresh.len();
-            debug!(cause = %e, clicks, "group not committed");
-            health.lost.fetch_add(clicks as u64, Ordering::Relaxed);
-            // Dropping the click acks tells strict-mode redirects that their click is not safe.
-            group.acks.clear();
-            for op in group.links.drain(..) {
-                op.answer(Err(e.clone()));
-            }
-            for barrier in group.barriers.drain(..) {
-                let _ = barrier.send(Err(e.clone()));
-            }
-            for reply in group.expire_replies.drain(..) {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
-    }
 }

@@ -1,8 +1,8 @@
-//! The cluster store's writer: the same queue as fjall's writer ([`WriterHandle`]), drained
-//! by a thread of its own in groups, each group published to JetStream.
+//! The cluster engine's writer: the shared queue and groups (`store/writer`), drained by a
+//! thread of its own, each group published to JetStream.
 //!
-//! A group's clicks become one message per code, all published at once and acknowledged
-//! together. Each carries `Nats-Expected-Last-Subject-Sequence`, the stream sequence of the
+//! A group's clicks become messages per code (one, or several under the size limit), all
+//! codes published at once and acknowledged together. Each carries `Nats-Expected-Last-Subject-Sequence`, the stream sequence of the
 //! code's last message as this writer last saw it, and a `Nats-Msg-Id` (so a publish retried
 //! after a lost acknowledgement is stored once). When another node stored a message for the
 //! code meanwhile (`wrong last sequence`), the writer reads the code's last message again: if
@@ -17,6 +17,7 @@
 
 use std::{
     collections::HashMap,
+    ops::Range,
     sync::{Arc, atomic::Ordering},
     thread,
     time::{Duration, Instant},
@@ -26,17 +27,16 @@ use async_nats::jetstream::{self, context::PublishErrorKind, kv};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use futures_util::StreamExt;
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::{NatsStore, clicks_subject, encode_batch, encode_snapshot_entry, nats_error};
 use crate::{
-    domain::{ClickEvent, ShortCode, now_ms},
-    metrics::DropReason,
+    domain::{ShortCode, now_ms},
     store::{
         StoreError, records,
         writer::{
-            CommitListener, Health, LinkOp, LinkOutcome, Op, WriteError, Writer, WriterConfig,
+            Health, LinkOp, LinkOutcome, Op, WriteError, Writer, WriterConfig,
+            group::{Group, Item, Numbered, Outcome, Pending},
         },
     },
 };
@@ -58,102 +58,6 @@ struct Tip {
     last: u64,
 }
 
-/// A click in a group: numbered by an actor, or to be numbered here.
-enum Item {
-    Numbered(Arc<ClickEvent>),
-    Fresh(ClickEvent),
-}
-
-/// One code's clicks in a group, in the order they came, with the acknowledgements of the
-/// ones that wait for them (kept with their code: clicks that are not stored never have theirs
-/// sent).
-struct Pending {
-    code: ShortCode,
-    items: Vec<Item>,
-    listeners: Vec<Arc<dyn CommitListener>>,
-    acks: Vec<oneshot::Sender<()>>,
-}
-
-#[derive(Default)]
-struct Group {
-    codes: Vec<Pending>,
-    at: HashMap<ShortCode, usize>,
-    permits: crate::store::Permit,
-    links: Vec<LinkOp>,
-    aggregates: Vec<(ShortCode, u64, Vec<u8>)>,
-    barriers: Vec<oneshot::Sender<Result<(), WriteError>>>,
-    len: usize,
-    stop: bool,
-}
-
-impl Group {
-    fn pending(&mut self, code: ShortCode) -> &mut Pending {
-        let at = *self.at.entry(code.clone()).or_insert_with(|| {
-            self.codes.push(Pending {
-                code,
-                items: Vec::new(),
-                listeners: Vec::new(),
-                acks: Vec::new(),
-            });
-            self.codes.len() - 1
-        });
-        &mut self.codes[at]
-    }
-
-    /// Adds an item; true when it asks for an immediate publish. A group's size is counted
-    /// in clicks (and other items), not in batches.
-    fn add(&mut self, op: Op) -> bool {
-        self.len += 1;
-        match op {
-            Op::Clicks(batch) => {
-                self.len += batch.events.len().saturating_sub(1);
-                let pending = self.pending(batch.code);
-                pending
-                    .items
-                    .extend(batch.events.into_iter().map(Item::Numbered));
-                pending.listeners.extend(batch.listener);
-                pending.acks.extend(batch.acks);
-                self.permits.merge(batch.permit);
-                false
-            }
-            Op::Fresh(click) => {
-                let click = *click;
-                let pending = self.pending(click.code);
-                pending.items.push(Item::Fresh(click.event));
-                pending.acks.extend(click.ack);
-                self.permits.merge(click.permit);
-                false
-            }
-            Op::Link(op) => {
-                self.links.push(op);
-                true
-            }
-            Op::Aggregates {
-                code,
-                covers,
-                bytes,
-            } => {
-                self.aggregates.push((code, covers, bytes));
-                false
-            }
-            Op::Expire { reply, .. } => {
-                let _ = reply.send(Err(WriteError::Failed(
-                    "click retention is not available on the NATS store".into(),
-                )));
-                false
-            }
-            Op::Barrier(tx) => {
-                self.barriers.push(tx);
-                true
-            }
-            Op::Stop => {
-                self.stop = true;
-                true
-            }
-        }
-    }
-}
-
 /// Starts the writer thread of the cluster store.
 pub fn start(store: NatsStore, config: WriterConfig) -> std::io::Result<Writer> {
     let (handle, rx, health) = crate::store::writer::channel();
@@ -167,25 +71,14 @@ fn run(store: &NatsStore, rx: &Receiver<Op>, config: &WriterConfig, health: &Hea
     let mut tips: HashMap<ShortCode, Tip> = HashMap::new();
     loop {
         let first = rx.recv().unwrap_or(Op::Stop);
-        let mut group = Group::default();
-        let urgent = group.add(first);
-        if !urgent && !config.commit_interval.is_zero() {
-            // Let the group fill (one publish per code for everything that came meanwhile).
-            thread::sleep(config.commit_interval);
-        }
-        while group.len < config.max_batch {
-            let Ok(op) = rx.try_recv() else { break };
-            group.add(op);
-        }
+        let mut group = Group::gather(first, rx, config);
         let started = Instant::now();
         if tips.len() > TIPS {
             tips.clear();
         }
-        let clicks = store.run(commit(store, &mut group, &mut tips, config, health));
-        config.metrics.group_committed(clicks, started.elapsed());
-        for barrier in group.barriers.drain(..) {
-            let _ = barrier.send(Ok(()));
-        }
+        store.run(commit(store, &mut group, &mut tips, config, health));
+        let stored = group.finish(Ok(()), health, &config.metrics);
+        config.metrics.group_committed(stored, started.elapsed());
         if group.stop {
             info!("NATS writer stopped");
             return;
@@ -193,15 +86,15 @@ fn run(store: &NatsStore, rx: &Receiver<Op>, config: &WriterConfig, health: &Hea
     }
 }
 
-/// Publishes the group: link operations first (each answered), then the clicks (retried until
-/// stored), then the aggregates snapshots. Returns how many clicks were stored.
+/// Publishes the group: link operations first (each answered), then each code's clicks
+/// (retried until stored, or dropped when the link is gone), then the aggregates snapshots.
 async fn commit(
     store: &NatsStore,
     group: &mut Group,
     tips: &mut HashMap<ShortCode, Tip>,
     config: &WriterConfig,
     health: &Health,
-) -> usize {
+) {
     for op in group.links.drain(..) {
         let outcome = link_op(store, &op, config.deleted_code_hold).await;
         if let (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) = (&op, &outcome) {
@@ -212,16 +105,18 @@ async fn commit(
             other => WriteError::Failed(other.to_string()),
         }));
     }
-    let codes = std::mem::take(&mut group.codes);
-    let known: HashMap<ShortCode, Tip> = codes
-        .iter()
-        .filter_map(|p| tips.get(&p.code).map(|t| (p.code.clone(), *t)))
-        .collect();
+    group.expired.clear();
+    for reply in group.expire_replies.drain(..) {
+        let _ = reply.send(Err(WriteError::Failed(
+            "click retention is not available on the NATS store".into(),
+        )));
+    }
     let limit = Limit {
         clicks: config.max_batch.clamp(1, MESSAGE_CLICKS),
         bytes: store.message_bytes(),
     };
-    let published: Vec<Published> = futures_util::stream::iter(codes)
+    let known: &HashMap<ShortCode, Tip> = tips;
+    let published: Vec<(ShortCode, Option<Tip>)> = futures_util::stream::iter(&mut group.codes)
         .map(|pending| {
             let tip = known.get(&pending.code).copied();
             publish_code(store, pending, tip, limit, health)
@@ -229,19 +124,11 @@ async fn commit(
         .buffer_unordered(IN_FLIGHT)
         .collect()
         .await;
-    let (mut clicks, mut dropped) = (0, 0);
-    for published in published {
-        clicks += published.stored;
-        dropped += published.dropped;
-        match published.tip {
-            Some(tip) => tips.insert(published.code, tip),
-            None => tips.remove(&published.code),
+    for (code, tip) in published {
+        match tip {
+            Some(tip) => tips.insert(code, tip),
+            None => tips.remove(&code),
         };
-    }
-    if dropped > 0 {
-        config
-            .metrics
-            .clicks_dropped(DropReason::LinkDeleted, dropped);
     }
     if let Ok(mut unavailable) = health.unavailable.lock()
         && unavailable.take().is_some()
@@ -258,7 +145,6 @@ async fn commit(
             debug!(code = %code, cause = %e, "an aggregates snapshot was not stored");
         }
     }
-    clicks
 }
 
 /// The most clicks one message holds (also bounded in bytes, see [`Limit`]).
@@ -272,35 +158,22 @@ struct Limit {
     bytes: usize,
 }
 
-/// What became of one code's clicks of a group.
-struct Published {
-    code: ShortCode,
-    /// Where the code's clicks stand now (`None`: not known, read again next time).
-    tip: Option<Tip>,
-    stored: usize,
-    /// Clicks of a link deleted meanwhile, not stored.
-    dropped: usize,
-}
-
 /// Splits a code's clicks into runs that each fit in one message.
-fn chunks(items: Vec<Item>, limit: Limit) -> Vec<Vec<Item>> {
-    let mut out: Vec<Vec<Item>> = Vec::new();
+fn runs(items: &[Item], limit: Limit) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
     let mut bytes = 0;
-    for item in items {
+    for (i, item) in items.iter().enumerate() {
         // A record's size with any number (a `u64` takes at most 9 bytes in MessagePack)
         // and the length before it.
-        let size = match &item {
-            Item::Numbered(e) => records::encode_click(e).len(),
-            Item::Fresh(e) => records::encode_click(e).len(),
-        } + 16;
+        let size = records::encode_click(item.event()).len() + 16;
         match out.last_mut() {
             Some(run) if run.len() < limit.clicks && bytes + size <= limit.bytes => {
                 bytes += size;
-                run.push(item);
+                run.end = i + 1;
             }
             _ => {
                 bytes = size;
-                out.push(vec![item]);
+                out.push(i..i + 1);
             }
         }
     }
@@ -308,64 +181,43 @@ fn chunks(items: Vec<Item>, limit: Limit) -> Vec<Vec<Item>> {
 }
 
 /// Publishes one code's clicks of a group until JetStream has stored them, in messages under
-/// the size limit, or until it is seen that the link is gone (they are then dropped).
+/// the size limit, or until it is seen that the link is gone; sets the code's outcome.
+/// Returns the code and where its clicks stand now (`None`: not known).
 async fn publish_code(
     store: &NatsStore,
-    pending: Pending,
+    pending: &mut Pending,
     tip: Option<Tip>,
     limit: Limit,
     health: &Health,
-) -> Published {
-    let Pending {
-        code,
-        items,
-        listeners,
-        acks,
-    } = pending;
+) -> (ShortCode, Option<Tip>) {
     // A code with no known tip whose clicks are all to be numbered here (the long tail:
     // codes clicked once in a while) is first tried as a code with no clicks yet: right, it
     // saves reading its last message; wrong, JetStream refuses it and the last message is
     // read then.
-    let mut tip = tip.or_else(|| {
-        items
-            .iter()
-            .all(|i| matches!(i, Item::Fresh(_)))
-            .then_some(Tip::default())
-    });
-    let total = items.len();
-    let (mut stored, mut superseded) = (0, false);
-    for run in chunks(items, limit) {
-        match publish_run(store, &code, &run, tip, health).await {
+    let mut tip = tip.or_else(|| pending.all_fresh().then_some(Tip::default()));
+    let mut superseded = false;
+    for run in runs(&pending.items, limit) {
+        match publish_run(store, &pending.code, &pending.items[run], tip, health).await {
             Some((done, renumbered)) => {
                 tip = Some(done);
-                stored += run.len();
                 superseded |= renumbered;
             }
             None => {
-                // The link is gone: nothing more of its clicks is stored, and no one who
-                // waits for them hears that they were.
-                debug!(code = %code, dropped = total - stored, "clicks of a deleted link not stored");
-                return Published {
-                    code,
-                    tip: None,
-                    stored,
-                    dropped: total - stored,
-                };
+                // The link is gone: nothing more of its clicks is stored (what was is purged
+                // with it), and no one who waits for them hears that they were.
+                debug!(code = %pending.code, "clicks of a deleted link not stored");
+                pending.outcome = Outcome::Dropped;
+                return (pending.code.clone(), None);
             }
         }
     }
     if let Some(done) = tip {
-        tell(&listeners, superseded, done.last);
+        pending.outcome = Outcome::Stored {
+            last: done.last,
+            superseded,
+        };
     }
-    for ack in acks {
-        let _ = ack.send(());
-    }
-    Published {
-        code,
-        tip,
-        stored,
-        dropped: 0,
-    }
+    (pending.code.clone(), tip)
 }
 
 /// Publishes one run of a code's clicks after the code's last stored message, retrying until
@@ -421,25 +273,11 @@ async fn publish_run(
         };
         // Numbered after the stored clicks: as the actor numbered them when it was right.
         // Whether the actor was right is judged by this attempt alone.
-        let mut renumbered = false;
-        let mut behind = false;
-        let events: Vec<ClickEvent> = run
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let seq = current.last + 1 + i as u64;
-                let mut event = match item {
-                    Item::Numbered(event) => {
-                        renumbered |= event.seq != seq;
-                        behind |= event.seq > seq;
-                        ClickEvent::clone(event)
-                    }
-                    Item::Fresh(event) => event.clone(),
-                };
-                event.seq = seq;
-                event
-            })
-            .collect();
+        let Numbered {
+            events,
+            renumbered,
+            behind,
+        } = Pending::numbered(run, current.last);
         if behind {
             // Fewer clicks stored than the actor counted before these. Other nodes only add
             // clicks; fewer means they were purged: the link was deleted (and perhaps made
@@ -551,18 +389,6 @@ async fn publish_run(
 /// Whether the links bucket holds `code` now (asked of the servers).
 async fn link_stored(store: &NatsStore, code: &ShortCode) -> Result<bool, StoreError> {
     Ok(stored_link(store, code).await?.is_some())
-}
-
-/// Tells the actors whose clicks were stored: up to which number, or that another node's
-/// clicks came first and theirs were numbered after them.
-fn tell(listeners: &[Arc<dyn CommitListener>], superseded: bool, last: u64) {
-    for listener in listeners {
-        if superseded {
-            listener.superseded();
-        } else {
-            listener.committed(last);
-        }
-    }
 }
 
 fn unreachable(health: &Health, why: &str) {

@@ -22,6 +22,8 @@ use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 use tracing::error;
 
+pub(super) mod group;
+
 use super::Permit;
 use crate::domain::{ClickEvent, Link, ShortCode};
 

@@ -426,16 +426,23 @@ pub async fn consistent(client: &reqwest::Client, base: &str, code: &str) -> u64
         seqs.last().copied().unwrap_or(0),
         seqs.len()
     );
-    let stats: Value = client
-        .get(format!("{base}/api/links/{code}/stats"))
-        .bearer_auth(KEY)
-        .timeout(Duration::from_secs(20))
-        .send()
-        .await
-        .expect("stats sent")
-        .json()
-        .await
-        .expect("JSON stats");
+    // A node busy with a failover may answer 503 for a moment: asked again until it answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stats: Value = loop {
+        let res = client
+            .get(format!("{base}/api/links/{code}/stats"))
+            .bearer_auth(KEY)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .expect("stats sent");
+        let status = res.status();
+        let body: Value = res.json().await.expect("JSON stats");
+        if status == 200 || Instant::now() >= deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert_eq!(
         stats["totals"]["clicks"].as_u64(),
         Some(count),

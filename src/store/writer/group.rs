@@ -1,0 +1,278 @@
+//! One group: what the writer takes from the queue at once, and the rules both engines keep
+//! with it. Clicks are kept per code with the acknowledgements of the redirects waiting for
+//! them and the listeners of the actors that numbered them; an engine decides each code's
+//! [`Outcome`] (stored up to a number, dropped because its link is gone, or lost with a
+//! failed store), and [`Group::finish`] tells everyone accordingly: an acknowledgement is sent
+//! only for a click that was stored, a listener hears only what its code's store holds.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    thread,
+};
+
+use crossbeam_channel::Receiver;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use super::{CommitListener, Durability, Health, LinkOp, Op, WriteError, WriterConfig};
+use crate::{
+    domain::{ClickEvent, ShortCode},
+    metrics::{DropReason, Metrics},
+    store::Permit,
+};
+
+/// A click in a group: numbered by its code's actor, or to be numbered by the writer.
+pub(in crate::store) enum Item {
+    Numbered(Arc<ClickEvent>),
+    Fresh(ClickEvent),
+}
+
+impl Item {
+    pub(in crate::store) fn event(&self) -> &ClickEvent {
+        match self {
+            Self::Numbered(event) => event,
+            Self::Fresh(event) => event,
+        }
+    }
+}
+
+/// What became of one code's clicks of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::store) enum Outcome {
+    /// Not decided yet (a group that ends so is lost).
+    Waiting,
+    /// Stored, the last of them numbered `last`; `superseded` when another node's clicks came
+    /// first and an actor's numbers had to change.
+    Stored { last: u64, superseded: bool },
+    /// Not stored: the link is gone (deleted before or in this group).
+    Dropped,
+}
+
+/// One code's clicks in a group, in the order they came.
+pub(in crate::store) struct Pending {
+    pub code: ShortCode,
+    pub items: Vec<Item>,
+    pub listeners: Vec<Arc<dyn CommitListener>>,
+    /// The acknowledgements of the redirects waiting for these clicks (strict durability).
+    pub acks: Vec<oneshot::Sender<()>>,
+    pub outcome: Outcome,
+}
+
+impl Pending {
+    /// Whether all of its clicks are to be numbered by the writer.
+    pub(in crate::store) fn all_fresh(&self) -> bool {
+        self.items.iter().all(|i| matches!(i, Item::Fresh(_)))
+    }
+
+    /// Numbers the clicks after `last` (the code's last stored click), keeping an actor's
+    /// numbers when they already follow on. Returns the numbered clicks, and whether an
+    /// actor's numbers changed (`renumbered`) or were ahead of `last` (`behind`: the store
+    /// holds fewer clicks than the actor counted, so they were purged).
+    pub(in crate::store) fn numbered(items: &[Item], last: u64) -> Numbered {
+        let (mut renumbered, mut behind) = (false, false);
+        let events = items
+            .iter()
+            .zip(last + 1..)
+            .map(|(item, seq)| {
+                let mut event = item.event().clone();
+                if let Item::Numbered(numbered) = item {
+                    renumbered |= numbered.seq != seq;
+                    behind |= numbered.seq > seq;
+                }
+                event.seq = seq;
+                event
+            })
+            .collect();
+        Numbered {
+            events,
+            renumbered,
+            behind,
+        }
+    }
+}
+
+/// Clicks numbered for storing (see [`Pending::numbered`]).
+pub(in crate::store) struct Numbered {
+    pub events: Vec<ClickEvent>,
+    pub renumbered: bool,
+    pub behind: bool,
+}
+
+/// Everything taken from the queue for one commit.
+#[derive(Default)]
+pub(in crate::store) struct Group {
+    pub codes: Vec<Pending>,
+    at: HashMap<ShortCode, usize>,
+    clicks: usize,
+    pub permits: Permit,
+    pub links: Vec<LinkOp>,
+    /// Aggregates snapshots, each covering clicks 1..=`covers` of its code.
+    pub aggregates: Vec<(ShortCode, u64, Vec<u8>)>,
+    /// Clicks `--click-retention-days` lets go, and who waits for them.
+    pub expired: Vec<Vec<u8>>,
+    pub expire_replies: Vec<oneshot::Sender<Result<(), WriteError>>>,
+    pub barriers: Vec<oneshot::Sender<Result<(), WriteError>>>,
+    pub stop: bool,
+}
+
+impl Group {
+    /// Takes `first` and what follows it in the queue: in default durability everything
+    /// that comes within `commit_interval` (sleeping instead of waiting on the channel, so
+    /// senders do not wake this thread for every click: one wake-up per group); in strict
+    /// durability only what is there (every click waits for its commit, and the clicks that
+    /// come meanwhile form the next group anyway). A link change or a barrier is taken at
+    /// once. At most `max_batch` clicks (and other items) a group.
+    pub(in crate::store) fn gather(first: Op, rx: &Receiver<Op>, config: &WriterConfig) -> Self {
+        let mut group = Self::default();
+        let urgent = group.add(first);
+        if !urgent && config.durability == Durability::Default && !config.commit_interval.is_zero()
+        {
+            thread::sleep(config.commit_interval);
+        }
+        while group.len() < config.max_batch {
+            let Ok(op) = rx.try_recv() else { break };
+            group.add(op);
+        }
+        group
+    }
+
+    /// Clicks and other items in the group.
+    pub(in crate::store) fn len(&self) -> usize {
+        self.clicks
+            + self.links.len()
+            + self.aggregates.len()
+            + self.expired.len()
+            + self.barriers.len()
+    }
+
+    /// Clicks in the group.
+    pub(in crate::store) fn clicks(&self) -> usize {
+        self.clicks
+    }
+
+    fn pending(&mut self, code: ShortCode) -> &mut Pending {
+        let at = *self.at.entry(code.clone()).or_insert_with(|| {
+            self.codes.push(Pending {
+                code,
+                items: Vec::new(),
+                listeners: Vec::new(),
+                acks: Vec::new(),
+                outcome: Outcome::Waiting,
+            });
+            self.codes.len() - 1
+        });
+        &mut self.codes[at]
+    }
+
+    /// Adds an item; true when it asks for an immediate commit.
+    fn add(&mut self, op: Op) -> bool {
+        match op {
+            Op::Clicks(batch) => {
+                self.clicks += batch.events.len();
+                let pending = self.pending(batch.code);
+                pending
+                    .items
+                    .extend(batch.events.into_iter().map(Item::Numbered));
+                pending.listeners.extend(batch.listener);
+                pending.acks.extend(batch.acks);
+                self.permits.merge(batch.permit);
+                false
+            }
+            Op::Fresh(click) => {
+                let click = *click;
+                self.clicks += 1;
+                let pending = self.pending(click.code);
+                pending.items.push(Item::Fresh(click.event));
+                pending.acks.extend(click.ack);
+                self.permits.merge(click.permit);
+                false
+            }
+            Op::Link(op) => {
+                self.links.push(op);
+                true
+            }
+            Op::Aggregates {
+                code,
+                covers,
+                bytes,
+            } => {
+                self.aggregates.push((code, covers, bytes));
+                false
+            }
+            Op::Expire { keys, reply } => {
+                self.expired.extend(keys);
+                self.expire_replies.push(reply);
+                false
+            }
+            Op::Barrier(tx) => {
+                self.barriers.push(tx);
+                true
+            }
+            Op::Stop => {
+                self.stop = true;
+                true
+            }
+        }
+    }
+
+    /// Tells everyone waiting on the group how it went, once the engine has decided each
+    /// code's outcome (link operations are answered by the engine as it carries them out).
+    /// `Err`: the store failed, and nothing of the group was stored. Returns how many clicks
+    /// were stored. A waiter that is gone is ignored: the redirect it belonged to may have
+    /// timed out.
+    pub(in crate::store) fn finish(
+        &mut self,
+        result: Result<(), WriteError>,
+        health: &Health,
+        metrics: &Metrics,
+    ) -> usize {
+        let (mut stored, mut dropped, mut lost) = (0, 0, 0);
+        for pending in self.codes.drain(..) {
+            let n = pending.items.len();
+            match (&result, pending.outcome) {
+                (Ok(()), Outcome::Stored { last, superseded }) => {
+                    stored += n;
+                    for listener in &pending.listeners {
+                        if superseded {
+                            listener.superseded();
+                        } else {
+                            listener.committed(last);
+                        }
+                    }
+                    for ack in pending.acks {
+                        let _ = ack.send(());
+                    }
+                }
+                // Its acknowledgements go with it: a strict redirect waiting for one hears
+                // that its click was not stored.
+                (Ok(()), Outcome::Dropped) => dropped += n,
+                (Err(_), _) | (Ok(()), Outcome::Waiting) => lost += n,
+            }
+        }
+        if dropped > 0 {
+            metrics.clicks_dropped(DropReason::LinkDeleted, dropped);
+        }
+        if lost > 0 {
+            // Logged once, when the store failed (`Health::fail`); groups after that only
+            // count what they could not save.
+            debug!(clicks = lost, "clicks not stored");
+            health.lost.fetch_add(lost as u64, Ordering::Relaxed);
+        }
+        let answer = result;
+        for op in self.links.drain(..) {
+            // Not carried out (the store failed before the engine got to it).
+            op.answer(Err(answer
+                .clone()
+                .err()
+                .unwrap_or_else(|| WriteError::Failed("not carried out".into()))));
+        }
+        for barrier in self.barriers.drain(..) {
+            let _ = barrier.send(answer.clone());
+        }
+        for reply in self.expire_replies.drain(..) {
+            let _ = reply.send(answer.clone());
+        }
+        stored
+    }
+}
