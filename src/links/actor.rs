@@ -100,6 +100,7 @@ pub enum LinkMsg {
     /// Another node deleted the link: as `Delete`, with nothing sent to the store.
     DeletedElsewhere,
     /// Fault injection (tests): the handler fails as a bug would, and the actor dies.
+    #[cfg(feature = "test-hooks")]
     Fail,
     /// Timer: heartbeats, catching up or dropping slow subscribers, idleness. Carries the
     /// generation of the timer that sent it; only the latest timer counts.
@@ -278,6 +279,7 @@ impl Actor for LinkActor {
             LinkMsg::Replace(link, reply) => state.on_replace(link, reply),
             LinkMsg::Delete(reply) => state.delete(&myself, Some(reply)),
             LinkMsg::DeletedElsewhere => state.delete(&myself, None),
+            #[cfg(feature = "test-hooks")]
             LinkMsg::Fail => return Err("fault injected".into()),
             LinkMsg::Tick(generation) => {
                 if generation == state.timer && !state.draining {

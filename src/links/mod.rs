@@ -299,7 +299,7 @@ impl Links {
 
     /// Makes the link's actor fail as a bug in it would (fault-injection tests): it dies, and the
     /// next message for the code starts a successor from the stored state.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub async fn inject_failure(&self, link: &Arc<Link>) -> Result<(), LinkError> {
         self.deliver(link, LinkMsg::Fail, Instant::now() + CALL_TIMEOUT)
             .await
@@ -307,7 +307,7 @@ impl Links {
 
     /// Makes every start of `code`'s actor fail (`fail`), as a failing store read would, or
     /// lets them succeed again (fault-injection tests).
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn inject_start_failures(&self, code: &str, fail: bool) {
         if let Ok(mut faults) = self.shared.start_faults.lock() {
             if fail {

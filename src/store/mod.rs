@@ -22,8 +22,10 @@ pub use backlog::{Backlog, Permit};
 pub use engine::{Location, Opened, migrate_command, with_stopped_store};
 pub use fjall::{ImportBatch, Retention, StartupCheck, StartupReport, Store, Verified};
 pub use records::{DecodeError, KeyRecord, Totals};
+#[cfg(feature = "test-hooks")]
+pub use writer::Fault;
 pub use writer::{
-    ClickBatch, CommitListener, Durability, Fault, FreshClick, LinkChange, WriteError, Writer,
+    ClickBatch, CommitListener, Durability, FreshClick, LinkChange, WriteError, Writer,
     WriterConfig, WriterHandle,
 };
 

@@ -163,8 +163,9 @@ pub(super) enum Op {
     Stop,
 }
 
-/// Faults a test can make the writer suffer, as a failing disk would.
-#[doc(hidden)]
+/// Faults a test can make the writer suffer, as a failing disk would (the `test-hooks`
+/// feature, on in test builds only).
+#[cfg(feature = "test-hooks")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Every commit waits until [`Fault::Resume`] (a disk that stops answering).
@@ -332,7 +333,7 @@ impl WriterHandle {
     }
 
     /// Makes the writer suffer `fault` (tests).
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn inject(&self, fault: Fault) {
         let h = &self.health;
         match fault {
