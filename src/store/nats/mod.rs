@@ -19,6 +19,8 @@
 //! threads, as the [`Backend`] contract says.
 
 mod migrate;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::{
