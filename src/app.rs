@@ -71,12 +71,12 @@ impl App {
             },
             None => Location::Dir(config.data_dir.clone()),
         };
-        if config.click_retention_days.is_some() && config.nats.is_some() {
-            anyhow::bail!(
-                "--click-retention-days is not available with --nats (JetStream keeps every \
-                 click; set a limit on the LP_CLICKS stream instead)"
-            );
-        }
+        // Checked before anything is opened or stored (retention is the embedded store's).
+        anyhow::ensure!(
+            config.click_retention_days.is_none() || config.nats.is_none(),
+            "--click-retention-days is not available with --nats (set a limit on the cluster's \
+             clicks stream instead)"
+        );
         let opened = Opened::open(&location, &settings.aggregates, writer_config).await?;
         let store = opened.store.clone();
         let shared = opened.shared_by_nodes();

@@ -1,5 +1,5 @@
-//! linkpulse: short links whose clicks are counted by per-link actors, stored in fjall and
-//! pushed live over Server-Sent Events.
+//! linkpulse: short links whose clicks are counted by per-link actors, stored durably (fjall on
+//! one node, NATS JetStream across nodes) and pushed live over Server-Sent Events.
 //!
 //! How a click flows through the modules:
 //!
@@ -24,7 +24,8 @@
 //! - [`app`]: build, serve, and the order of a clean stop.
 //! - [`domain`]: codes, URLs, links and clicks, parsed once.
 //! - [`links`]: the actors, their directory and the handle the HTTP layer uses.
-//! - [`store`]: fjall keyspaces, record encoding, the group-commit writer.
+//! - [`store`]: the contract every engine keeps (fjall embedded, NATS JetStream for a
+//!   cluster), the writer core, record encoding.
 //! - [`http`]: routes, one file per area.
 //! - [`analytics`]: user agents, addresses.
 //! - [`keys`]: API keys, stored as hashes, with scopes.

@@ -11,7 +11,7 @@ use tracing::{error, warn};
 use crate::{
     keys::KeyError,
     links::LinkError,
-    store::{StoreError, WriteError},
+    store::WriteError,
 };
 
 /// A client or server error answered as `{"error": "..."}`.
@@ -85,8 +85,11 @@ impl From<LinkError> for ApiError {
                 Self::unavailable("the service is busy, try again", 1)
             }
             // A cluster store's servers out of reach: nothing was changed; it passes.
-            LinkError::Write(WriteError::Unavailable(_))
-            | LinkError::Store(StoreError::Nats(_)) => {
+            LinkError::Write(WriteError::Unavailable(_)) => {
+                warn!(cause = %e, "link operation not possible now");
+                Self::unavailable("the store cannot be reached now, try again", 1)
+            }
+            LinkError::Store(ref store) if store.is_unavailable() => {
                 warn!(cause = %e, "link operation not possible now");
                 Self::unavailable("the store cannot be reached now, try again", 1)
             }

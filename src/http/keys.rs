@@ -29,7 +29,7 @@ fn admin(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
     Ok(caller)
 }
 
-/// Runs a store operation on the blocking pool (fjall calls are synchronous).
+/// Runs a store operation on the blocking pool (store calls are synchronous).
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, KeyError> + Send + 'static,
 ) -> Result<T, ApiError> {

@@ -1,5 +1,5 @@
 //! Links and their actors. [`Links`] is the handle the HTTP layer uses: it finds links (an
-//! in-memory cache in front of fjall), sends clicks, subscribes viewers and stops everything at
+//! in-memory cache in front of the store), sends clicks, subscribes viewers and stops everything at
 //! shutdown. It never exposes actor references or reply ports.
 //!
 //! A click: `Links::click` takes a place for it in the backlog (or refuses it), queues it for
@@ -188,8 +188,8 @@ impl Links {
             Ok(cached) => return Ok(cached),
             Err(guard) => guard,
         };
-        // Read in place: a point read is served from fjall's block cache or the OS page cache
-        // in microseconds, less than a hand-off to the blocking pool costs (measured on the
+        // Read in place: a point read is served from the store's memory (a block cache, the
+        // OS page cache, or a cluster store's copy of the links) in microseconds, less than a hand-off to the blocking pool costs (measured on the
         // long tail of codes clicked once each: the hand-off was a tenth of the server's CPU).
         let found = self.shared.store.link(code.as_str())?.map(Arc::new);
         let _ = guard.insert(found.clone());

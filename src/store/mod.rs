@@ -48,6 +48,14 @@ pub enum StoreError {
     Damaged { dir: String, cause: String },
 }
 
+impl StoreError {
+    /// Whether the store cannot be reached now (a cluster store's servers) and a later try
+    /// may work: nothing was changed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Nats(_))
+    }
+}
+
 /// The Unix socket a running server answers `linkpulse keys` on, in its data directory (the
 /// embedded store's checks pass it by).
 pub const SOCKET_NAME: &str = "control.sock";

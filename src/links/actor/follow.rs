@@ -3,7 +3,8 @@
 //! catches up from the store when they do not (it started, or was last followed, before
 //! them). Only an actor with clicks of its own in flight that another node's clicks overtook
 //! cannot tell where its own go: it is superseded, stops, and its viewers come back to its
-//! successor with `Last-Event-ID`. On fjall none of this runs: no other node writes.
+//! successor with `Last-Event-ID`. On an embedded store none of this runs: no other node
+//! writes.
 
 use std::{
     sync::{Arc, atomic::Ordering::SeqCst},
@@ -33,7 +34,7 @@ pub(super) struct Remote {
 
 impl LinkState {
     /// Follows the clicks other nodes store for this code while anyone watches it here (a
-    /// cluster store; nothing on fjall), and stops following when nobody does.
+    /// cluster store; nothing on an embedded one), and stops following when nobody does.
     pub(super) fn follow_others(&mut self) {
         if !self.shared.store.shared_by_nodes() {
             return;
