@@ -157,7 +157,7 @@ fn file_checksum(path: &Path) -> std::io::Result<u128> {
 /// another kind (the caller then reads everything); a mismatch is damage.
 ///
 /// Uses fjall's hidden `current_version` (fjall is pinned in Cargo.lock); the test
-/// `tables_written_since_the_last_check_are_read_against_their_checksums` (store/mod.rs) and
+/// `tables_written_since_the_last_check_are_read_against_their_checksums` (fjall/tests.rs) and
 /// `a_table_damaged_after_a_crash_is_refused_without_reading_the_store`
 /// (tests/integration/restart.rs) fail if it changes meaning.
 pub fn check_new_files(
@@ -165,79 +165,122 @@ pub fn check_new_files(
     paths: &[&str],
     keyspaces: &[&Keyspace],
 ) -> Result<Option<usize>, StoreError> {
-    let damaged = |what: String| StoreError::Damaged {
-        dir: dir.display().to_string(),
-        cause: format!("{what}; restore the data directory from a backup"),
-    };
-    // `None` when the file is gone: fjall replaced it since the open.
-    let checksum = |path: &str| match file_checksum(&dir.join(path)) {
-        Ok(sum) => Ok(Some(sum)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StoreError::Fjall(e.into())),
-    };
+    let files = NewFiles { dir, keyspaces };
     let mut checked = 0;
     for path in paths {
-        let parts: Vec<&str> = path.split('/').collect();
-        let (id, rest) = match parts.as_slice() {
-            ["keyspaces", id, rest @ ..] => (*id, rest),
-            _ => return Ok(None),
-        };
-        let folder = dir.join("keyspaces").join(id);
-        match rest {
-            ["tables", table] => {
-                let Ok(table) = table.parse::<u64>() else {
-                    return Ok(None);
-                };
-                // By the folder's name: fjall keeps the path made absolute. fjall's own
-                // keyspace (`keyspaces/0`) has no handle here.
-                let Some(keyspace) = keyspaces
-                    .iter()
-                    .find(|k| k.path().file_name() == Some(std::ffi::OsStr::new(id)))
-                else {
-                    return Ok(None);
-                };
-                let expected = keyspace
-                    .tree
-                    .current_version()
-                    .iter_tables()
-                    .find(|t| t.id() == table)
-                    .map(|t| t.checksum().into_u128());
-                let Some(expected) = expected else { continue };
-                match checksum(path)? {
-                    Some(sum) if sum != expected => {
-                        return Err(damaged(format!("the table file {path} fails its checksum")));
-                    }
-                    Some(_) => checked += 1,
-                    None => {}
-                }
-            }
-            // What a crash leaves of fjall rewriting `current` (a temporary file it renames):
-            // never read.
-            [name] if name.starts_with(".tmp") => {}
-            [name] if *name == "current" || name.starts_with('v') => {
-                let mut current = [0u8; 25];
-                std::fs::File::open(folder.join("current"))
-                    .and_then(|mut f| f.read_exact(&mut current))
-                    .map_err(|e| damaged(format!("keyspaces/{id}/current is unreadable ({e})")))?;
-                let (version, rest) = current.split_at(8);
-                let version = u64::from_le_bytes(version.try_into().unwrap_or_default());
-                let expected = u128::from_le_bytes(rest[..16].try_into().unwrap_or_default());
-                if *name != "current" && *name != format!("v{version}") {
-                    continue;
-                }
-                let manifest = format!("keyspaces/{id}/v{version}");
-                match checksum(&manifest)? {
-                    Some(sum) if sum != expected || rest[16] != 0 => {
-                        return Err(damaged(format!(
-                            "the manifest {manifest} fails its checksum"
-                        )));
-                    }
-                    Some(_) => checked += 1,
-                    None => {}
-                }
-            }
-            _ => return Ok(None),
+        match files.check(path)? {
+            FileCheck::Passed => checked += 1,
+            FileCheck::Skipped => {}
+            FileCheck::OtherKind => return Ok(None),
         }
     }
     Ok(Some(checked))
+}
+
+/// What became of one file [`check_new_files`] was given.
+enum FileCheck {
+    /// Read whole; its checksum is the one fjall recorded.
+    Passed,
+    /// Nothing reads it any more (or it is gone).
+    Skipped,
+    /// Not a table or manifest of a keyspace here: it cannot be checked by a checksum.
+    OtherKind,
+}
+
+/// The store whose new files are checked.
+struct NewFiles<'a> {
+    dir: &'a Path,
+    keyspaces: &'a [&'a Keyspace],
+}
+
+impl NewFiles<'_> {
+    fn damaged(&self, what: String) -> StoreError {
+        StoreError::Damaged {
+            dir: self.dir.display().to_string(),
+            cause: format!("{what}; restore the data directory from a backup"),
+        }
+    }
+
+    /// The checksum of the file at `path`; `None` when the file is gone: fjall replaced it
+    /// since the open.
+    fn checksum(&self, path: &str) -> Result<Option<u128>, StoreError> {
+        match file_checksum(&self.dir.join(path)) {
+            Ok(sum) => Ok(Some(sum)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Fjall(e.into())),
+        }
+    }
+
+    fn check(&self, path: &str) -> Result<FileCheck, StoreError> {
+        let parts: Vec<&str> = path.split('/').collect();
+        let (id, rest) = match parts.as_slice() {
+            ["keyspaces", id, rest @ ..] => (*id, rest),
+            _ => return Ok(FileCheck::OtherKind),
+        };
+        match rest {
+            ["tables", table] => self.table(path, id, table),
+            // What a crash leaves of fjall rewriting `current` (a temporary file it renames):
+            // never read.
+            [name] if name.starts_with(".tmp") => Ok(FileCheck::Skipped),
+            [name] if *name == "current" || name.starts_with('v') => self.manifest(id, name),
+            _ => Ok(FileCheck::OtherKind),
+        }
+    }
+
+    /// The table `table` of the keyspace in folder `id`, against its entry in the keyspace's
+    /// current manifest.
+    fn table(&self, path: &str, id: &str, table: &str) -> Result<FileCheck, StoreError> {
+        let Ok(table) = table.parse::<u64>() else {
+            return Ok(FileCheck::OtherKind);
+        };
+        // By the folder's name: fjall keeps the path made absolute. fjall's own
+        // keyspace (`keyspaces/0`) has no handle here.
+        let Some(keyspace) = self
+            .keyspaces
+            .iter()
+            .find(|k| k.path().file_name() == Some(std::ffi::OsStr::new(id)))
+        else {
+            return Ok(FileCheck::OtherKind);
+        };
+        let expected = keyspace
+            .tree
+            .current_version()
+            .iter_tables()
+            .find(|t| t.id() == table)
+            .map(|t| t.checksum().into_u128());
+        let Some(expected) = expected else {
+            return Ok(FileCheck::Skipped);
+        };
+        match self.checksum(path)? {
+            Some(sum) if sum != expected => {
+                Err(self.damaged(format!("the table file {path} fails its checksum")))
+            }
+            Some(_) => Ok(FileCheck::Passed),
+            None => Ok(FileCheck::Skipped),
+        }
+    }
+
+    /// The current manifest of the keyspace in folder `id` (when `name` is `current` or that
+    /// manifest), against the checksum in `current`.
+    fn manifest(&self, id: &str, name: &str) -> Result<FileCheck, StoreError> {
+        let folder = self.dir.join("keyspaces").join(id);
+        let mut current = [0u8; 25];
+        std::fs::File::open(folder.join("current"))
+            .and_then(|mut f| f.read_exact(&mut current))
+            .map_err(|e| self.damaged(format!("keyspaces/{id}/current is unreadable ({e})")))?;
+        let (version, rest) = current.split_at(8);
+        let version = u64::from_le_bytes(version.try_into().unwrap_or_default());
+        let expected = u128::from_le_bytes(rest[..16].try_into().unwrap_or_default());
+        if name != "current" && name != format!("v{version}") {
+            return Ok(FileCheck::Skipped);
+        }
+        let manifest = format!("keyspaces/{id}/v{version}");
+        match self.checksum(&manifest)? {
+            Some(sum) if sum != expected || rest[16] != 0 => {
+                Err(self.damaged(format!("the manifest {manifest} fails its checksum")))
+            }
+            Some(_) => Ok(FileCheck::Passed),
+            None => Ok(FileCheck::Skipped),
+        }
+    }
 }

@@ -5,8 +5,11 @@
 use fjall::PersistMode;
 use tracing::info;
 
-use super::{Cursor, Page, Store, StoreError, records};
-use crate::domain::{Link, ShortCode};
+use super::{Store, StoreError, records};
+use crate::{
+    domain::{Link, ShortCode},
+    store::{Cursor, Page},
+};
 
 /// Set in the `meta` keyspace once every link is in the listing index.
 const LINK_INDEX_BUILT: &[u8] = b"link-index-built";
