@@ -11,12 +11,14 @@
 //! - Top lists are kept per UTC day: a window's top lists cover the UTC days it touches
 //!   (`topFrom`, `topTo`); without `from` and `to`, the link's whole life.
 
-use jiff::{Timestamp, civil::Date, tz::TimeZone};
-use serde::Serialize;
+mod series;
+mod shapes;
 
-use super::aggregates::{
-    AggregateSettings, Aggregates, Breakdown, Bucket, Counts, DAY_MS, HOUR_MS, Interval, floor,
-};
+use jiff::{Timestamp, civil::Date, tz::TimeZone};
+
+use super::aggregates::{AggregateSettings, Aggregates, DAY_MS, HOUR_MS, Interval, floor};
+use series::{Series, series};
+pub use shapes::{Entry, LiveStats, Minutes, Point, StatsAnswer, Top, Totals};
 
 /// The most points one answer may have.
 pub const MAX_POINTS: i64 = 10_000;
@@ -168,220 +170,6 @@ fn local_day(ms: i64, tz: &TimeZone) -> Option<(i64, i64)> {
     ))
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, salvo_oapi::ToSchema)]
-#[salvo(schema(name = "Totals"))]
-#[serde(rename_all = "camelCase")]
-pub struct Totals {
-    pub clicks: u64,
-    pub human_clicks: u64,
-    pub bot_clicks: u64,
-    pub unique_visitors: u64,
-}
-
-#[derive(Debug, Clone, Serialize, salvo_oapi::ToSchema)]
-#[salvo(schema(name = "Point"))]
-#[serde(rename_all = "camelCase")]
-pub struct Point {
-    pub t: String,
-    /// The bucket start in epoch milliseconds (for charts).
-    pub ms: i64,
-    #[serde(flatten)]
-    pub counts: Totals,
-}
-
-#[derive(Debug, Clone, Serialize, salvo_oapi::ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[salvo(schema(name = "TopEntry"))]
-pub struct Entry {
-    pub value: String,
-    pub clicks: u64,
-    pub human_clicks: u64,
-    pub bot_clicks: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, salvo_oapi::ToSchema)]
-#[salvo(schema(name = "Top"))]
-pub struct Top {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub referrers: Option<Vec<Entry>>,
-    pub countries: Vec<Entry>,
-    pub browsers: Vec<Entry>,
-    pub os: Vec<Entry>,
-    pub devices: Vec<Entry>,
-}
-
-impl Top {
-    /// All of every list (`limit` None), or the first `limit` entries of each (the rest
-    /// folded into `(other)`); referrers only when `referrers` (owner-only data).
-    pub fn of(breakdown: &Breakdown, limit: Option<usize>, referrers: bool) -> Self {
-        let list = |list: &super::aggregates::TopList| {
-            let ranked = list.ranked();
-            let mut entries: Vec<Entry> = Vec::with_capacity(ranked.len());
-            let mut rest = Entry {
-                value: super::aggregates::OTHER.to_owned(),
-                clicks: 0,
-                human_clicks: 0,
-                bot_clicks: 0,
-            };
-            for (i, (value, counts)) in ranked.into_iter().enumerate() {
-                if limit.is_some_and(|n| i >= n) || value == super::aggregates::OTHER {
-                    rest.clicks += counts.clicks;
-                    rest.human_clicks += counts.human;
-                    rest.bot_clicks += counts.bots();
-                } else {
-                    entries.push(Entry {
-                        value: value.to_owned(),
-                        clicks: counts.clicks,
-                        human_clicks: counts.human,
-                        bot_clicks: counts.bots(),
-                    });
-                }
-            }
-            if rest.clicks > 0 {
-                entries.push(rest);
-            }
-            entries
-        };
-        Self {
-            referrers: referrers.then(|| list(&breakdown.referrers)),
-            countries: list(&breakdown.countries),
-            browsers: list(&breakdown.browsers),
-            os: list(&breakdown.os),
-            devices: list(&breakdown.devices),
-        }
-    }
-}
-
-/// The answer of `GET /api/links/{code}/stats`.
-#[derive(Debug, Clone, Serialize, salvo_oapi::ToSchema)]
-#[salvo(schema(name = "StatsAnswer"))]
-#[serde(rename_all = "camelCase")]
-pub struct StatsAnswer {
-    pub code: String,
-    pub from: String,
-    pub to: String,
-    pub interval: Interval,
-    pub tz: String,
-    pub totals: Totals,
-    pub series: Vec<Point>,
-    pub top: Top,
-    pub top_from: String,
-    pub top_to: String,
-    /// Clicks counted but not in the aggregates: only when retention deleted raw clicks and
-    /// the snapshot covering them was then lost (see the README). Absent when 0.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub clicks_not_in_aggregates: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// The series a window asks for: its first bucket start, the points, and their sum.
-struct Series {
-    start: i64,
-    /// The window was cut short by retention.
-    cut: bool,
-    to: i64,
-    points: Vec<Point>,
-    /// The clicks of the points.
-    sum: Counts,
-    visitors: u64,
-}
-
-fn series(
-    aggregates: &Aggregates,
-    query: &StatsQuery,
-    settings: &AggregateSettings,
-    created_at: i64,
-    now: i64,
-) -> Result<Series, QueryError> {
-    let to = query.to.unwrap_or(now + 1);
-    let from = query.from.unwrap_or(created_at).min(to);
-    let local_days = query.interval == Interval::Day && !query.utc();
-    // How far back the buckets of the interval asked for reach (what retention has left).
-    let width = query.interval.width_ms();
-    let retention = match query.interval {
-        Interval::Minute => Some(settings.minute_retention_ms),
-        Interval::Hour => Some(settings.hour_retention_ms),
-        // Local days are made of hour buckets.
-        Interval::Day if local_days => Some(settings.hour_retention_ms),
-        Interval::Day => settings.day_retention_ms,
-    };
-    let unit = if local_days { HOUR_MS } else { width };
-    let horizon = retention.map_or(i64::MIN, |keep| floor(now.saturating_sub(keep), unit));
-    let floored = floor(from, width);
-    let mut start = floored.max(horizon);
-    let count = (to - start + width - 1) / width;
-    if count > MAX_POINTS {
-        return Err(QueryError::TooLong {
-            points: count,
-            interval: query.interval.as_str(),
-        });
-    }
-    let mut points = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-    let mut sum = Counts::default();
-    let mut push = |t: i64, bucket: &Bucket, visitors: u64| {
-        points.push(Point {
-            t: show(t, query),
-            ms: t,
-            counts: Totals {
-                clicks: bucket.counts.clicks,
-                human_clicks: bucket.counts.human,
-                bot_clicks: bucket.counts.bots(),
-                unique_visitors: visitors,
-            },
-        });
-        sum.clicks += bucket.counts.clicks;
-        sum.human += bucket.counts.human;
-    };
-    // The end of the last bucket.
-    let mut end;
-    if local_days {
-        let Some((first, next)) = local_day(from.max(horizon), &query.tz) else {
-            return Err(QueryError::TimeZone);
-        };
-        // A local day only partly kept in hour buckets is left out.
-        start = if first < horizon { next } else { first };
-        let mut day = start;
-        end = start;
-        while day < to {
-            let Some((_, next)) = local_day(day, &query.tz) else {
-                break;
-            };
-            end = next;
-            let mut bucket = Bucket::default();
-            for (_, hour) in aggregates.buckets(Interval::Hour, day, next) {
-                bucket.counts.clicks += hour.counts.clicks;
-                bucket.counts.human += hour.counts.human;
-            }
-            push(day, &bucket, aggregates.visitors_between(day, next));
-            day = next;
-        }
-    } else {
-        let empty = Bucket::default();
-        let mut kept = aggregates.buckets(query.interval, start, to).peekable();
-        let mut t = start;
-        while t < to {
-            match kept.next_if(|(at, _)| *at == t) {
-                Some((_, bucket)) => push(t, bucket, bucket.visitors.estimate() as u64),
-                None => push(t, &empty, 0),
-            }
-            t += width;
-        }
-        end = t;
-    }
-    let visitors = aggregates.visitors_between(start, end);
-    Ok(Series {
-        start,
-        cut: start > floored,
-        to,
-        points,
-        sum,
-        visitors,
-    })
-}
-
 /// Answers `query` from `aggregates`, for a link created at `created_at`, at time `now`.
 pub fn answer(
     code: &str,
@@ -436,28 +224,6 @@ pub fn answer(
         top_to: show(top_to, query),
         clicks_not_in_aggregates: aggregates.missing(),
     })
-}
-
-/// What a `stats` event carries: the link's whole-life totals, its last hour by minute (as two
-/// arrays, to keep the event small: it goes to every viewer), and the coarse top lists (the
-/// first [`LIVE_TOP`] values of each; no referrers).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LiveStats {
-    pub totals: Totals,
-    pub minutes: Minutes,
-    pub top: Top,
-}
-
-/// Clicks per minute: `clicks[i]` is the minute starting at `fromMs + i * stepMs`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Minutes {
-    pub from: String,
-    pub from_ms: i64,
-    pub step_ms: i64,
-    pub clicks: Vec<u64>,
-    pub human_clicks: Vec<u64>,
 }
 
 pub const LIVE_TOP: usize = 10;
