@@ -1,0 +1,176 @@
+//! `linkpulse export` and `linkpulse import`: a store as JSON lines, and back; also links from
+//! the CSV `url,code[,title,tags]` that other shorteners export. Both run on a stopped server's
+//! data directory (fjall admits one process) and stream: memory follows the number of links,
+//! never the number of clicks.
+//!
+//! The export, one JSON object a line, in this order:
+//!
+//! 1. `{"type":"linkpulse-export","version":1,"exportedAt","visitorKey"}`;
+//! 2. `{"type":"owner","id","name","scope","createdAt"}` per API key (never the key's hash:
+//!    keys are not exported);
+//! 3. `{"type":"link",...}` per link, with the fields the API shows plus `owner`, `rev` and
+//!    `passwordHash`;
+//! 4. per clicked code: its `{"type":"click",...}` lines by number, and its
+//!    `{"type":"aggregates","code","covers","snapshot"}` line (base64 of the stored snapshot)
+//!    right after the click it covers last, so that an import can store a snapshot together
+//!    with the clicks it needs (a link whose old clicks `--click-retention-days` deleted has
+//!    its remaining clicks start above 1: only its snapshot carries the ones before).
+
+mod csv;
+mod export;
+mod import;
+mod importer;
+mod lines;
+
+pub use csv::import_csv;
+pub use export::{Exported, export, export_command};
+pub use import::{ImportError, Imported, import_command, import_jsonl};
+
+/// The format version an export declares and an import accepts.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What `linkpulse import` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// A `linkpulse export`.
+    Jsonl,
+    /// `url,code[,title,tags]`, header optional.
+    Csv,
+}
+
+/// A stored aggregates snapshot: the last click it covers and its bytes.
+type Snapshot = (u64, Vec<u8>);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+    use serde_json::Value;
+
+    use super::{
+        FORMAT_VERSION, export, import_jsonl,
+        lines::{ClickLine, Line, LinkLine},
+    };
+    use crate::{
+        analytics::{AggregateSettings, Aggregates, aggregates},
+        domain::{ClickEvent, DeviceClass, Link, ShortCode, TargetUrl, format_ms, now_ms},
+        store::Store,
+    };
+
+    fn event(seq: u64) -> ClickEvent {
+        ClickEvent {
+            seq,
+            at: 1_700_000_000_000 + seq as i64,
+            ip: Some("192.0.2.0".into()),
+            user_agent: format!("agent {seq}"),
+            referer: None,
+            country: None,
+            browser: "unknown".into(),
+            os: "unknown".into(),
+            device: DeviceClass::Other,
+            bot: false,
+        }
+    }
+
+    fn json(line: &Line) -> String {
+        serde_json::to_string(line).unwrap() + "\n"
+    }
+
+    /// An export of one link `old` whose clicks 1..=4 expired: a snapshot covering them, then
+    /// clicks `from..=7`.
+    fn expired_export(store: &Store, snapshot: bool, from: u64) -> String {
+        let link = Link::new(
+            ShortCode::parse("old").unwrap(),
+            TargetUrl::parse("https://example.com/").unwrap(),
+            "owner".into(),
+            1_700_000_000_000,
+        );
+        let mut text = json(&Line::LinkpulseExport {
+            version: FORMAT_VERSION,
+            exported_at: format_ms(now_ms()),
+            visitor_key: None,
+        });
+        text += &json(&Line::Link(Box::new(LinkLine::of(&link))));
+        if snapshot {
+            let mut agg = Aggregates::default();
+            for seq in 1..=4 {
+                let key = store.visitor_key();
+                agg.fold(&event(seq), &key, &AggregateSettings::default())
+                    .unwrap();
+            }
+            text += &json(&Line::Aggregates {
+                code: "old".into(),
+                covers: 4,
+                snapshot: BASE64.encode(aggregates::encode_snapshot(&agg).unwrap()),
+            });
+        }
+        for seq in from..=7 {
+            text += &json(&Line::Click(ClickLine::of("old", event(seq))));
+        }
+        text
+    }
+
+    #[test]
+    fn clicks_after_expired_ones_are_stored_with_the_snapshot_that_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let text = expired_export(&store, true, 5);
+        let done = import_jsonl(&mut store, text.as_bytes(), None).unwrap();
+        assert_eq!((done.links, done.clicks, done.aggregates), (1, 3, 1));
+        assert_eq!(store.counter("old").unwrap().count, 7);
+        assert_eq!(store.covers("old").unwrap(), 4);
+        let seen = store.verify().expect("numbered as retention leaves them");
+        assert_eq!((seen.links, seen.clicks), (1, 3));
+        // And exported again the same way: the snapshot before the first click left.
+        let mut out = Vec::new();
+        export(&store, &mut out).unwrap();
+        let lines: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let kinds: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "linkpulse-export",
+                "link",
+                "aggregates",
+                "click",
+                "click",
+                "click"
+            ]
+        );
+    }
+
+    #[test]
+    fn clicks_starting_above_one_without_a_snapshot_stop_the_import_and_leave_the_link_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let text = expired_export(&store, false, 5);
+        let refused = import_jsonl(&mut store, text.as_bytes(), None).unwrap_err();
+        assert_eq!(refused.line, 5, "{refused}");
+        assert!(
+            refused.to_string().contains("start at number 5"),
+            "{refused}"
+        );
+        assert_eq!((refused.done.links, refused.done.clicks), (1, 0));
+        assert_eq!(store.counter("old").unwrap().count, 0);
+        store.verify().expect("whole");
+    }
+
+    #[test]
+    fn a_gap_in_the_clicks_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut text = expired_export(&store, false, 1);
+        text = text.replace("\"seq\":3,", "\"seq\":9,");
+        let refused = import_jsonl(&mut store, text.as_bytes(), None).unwrap_err();
+        assert_eq!(refused.line, 5, "{refused}");
+        assert!(refused.message.contains("number 9"), "{refused}");
+        assert_eq!(refused.done.clicks, 2, "clicks 1 and 2 are imported");
+        assert_eq!(store.counter("old").unwrap().count, 2);
+        store.verify().expect("whole");
+    }
+}
