@@ -1,5 +1,5 @@
 //! Link management in the store: the listing index, deleted codes and the purge of a deleted
-//! link's clicks. Every write here is staged by the writer (see `writer.rs`), in the same
+//! link's clicks. Every write here is staged by the writer (see `writer/`), in the same
 //! atomic batch as the link record it follows.
 
 use fjall::PersistMode;
