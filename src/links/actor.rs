@@ -118,9 +118,11 @@ pub enum LinkMsg {
     /// them in (a read found the count behind the store's); answered once taken. An actor
     /// with clicks of its own in flight cannot tell where they go: it is superseded instead
     /// (the port is dropped).
-    CatchUp(RpcReplyPort<()>),
+    CatchUp(u64, RpcReplyPort<()>),
     /// The clicks a catch-up read from the store, in order.
     CaughtUp(Result<Vec<ClickEvent>, String>),
+    /// Read the store again for a reader still waiting (see `CatchUp`).
+    Reread,
 }
 
 /// What the writer reports a code's commits to. It always records the number; it wakes the
@@ -291,8 +293,9 @@ impl Actor for LinkActor {
             }
             LinkMsg::Superseded => state.supersede(&myself),
             LinkMsg::Remote(events) => state.take_remote(&myself, events),
-            LinkMsg::CatchUp(reply) => state.catch_up(&myself, Some(reply)),
+            LinkMsg::CatchUp(to, reply) => state.catch_up(&myself, Some((to, reply))),
             LinkMsg::CaughtUp(events) => state.caught_up(&myself, events),
+            LinkMsg::Reread => state.catch_up(&myself, None),
         }
         state.follow_progress(&myself);
         Ok(())

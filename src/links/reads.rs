@@ -124,7 +124,12 @@ impl Links {
             // It reads what it lacks from the store and takes it in, keeping its viewers; an
             // actor with clicks of its own in flight is superseded instead (no answer), and
             // the read waits for it to end.
-            if self.ask(link, LinkMsg::CatchUp, deadline).await.is_ok() {
+            let to = elsewhere.unwrap_or_default();
+            if self
+                .ask(link, |reply| LinkMsg::CatchUp(to, reply), deadline)
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             let id = actor.get_id();

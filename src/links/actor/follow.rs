@@ -28,8 +28,8 @@ pub(super) struct Remote {
     reading: bool,
     /// Clicks other nodes stored that came while it was.
     held: Vec<ClickEvent>,
-    /// Reads waiting until the actor has caught up.
-    waiting: Vec<RpcReplyPort<()>>,
+    /// Reads waiting until the actor's count reaches theirs (the count the store showed them).
+    waiting: Vec<(u64, RpcReplyPort<()>)>,
 }
 
 impl LinkState {
@@ -93,9 +93,14 @@ impl LinkState {
         }
     }
 
-    /// Reads the clicks stored after this actor's count and takes them in (answering `reply`
-    /// then). With clicks of its own in flight it cannot: it is superseded.
-    pub(super) fn catch_up(&mut self, myself: &ActorRef<LinkMsg>, reply: Option<RpcReplyPort<()>>) {
+    /// Reads the clicks stored after this actor's count and takes them in, answering `reply`
+    /// once its count reaches the count given with it (read again meanwhile if the store's
+    /// answer fell short). With clicks of its own in flight it cannot: it is superseded.
+    pub(super) fn catch_up(
+        &mut self,
+        myself: &ActorRef<LinkMsg>,
+        reply: Option<(u64, RpcReplyPort<()>)>,
+    ) {
         self.sync_committed();
         if self.stale || self.deleted || self.draining {
             return;
@@ -168,13 +173,25 @@ impl LinkState {
             .count();
         let rest = events.split_off(run);
         self.apply_remote(events);
-        if rest.is_empty() {
-            for reply in self.remote.waiting.drain(..) {
-                let _ = reply.send(());
-            }
-        } else {
+        let committed = self.committed;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.remote.waiting)
+            .into_iter()
+            .partition(|(to, _)| *to <= committed);
+        for (_, reply) in done {
+            let _ = reply.send(());
+        }
+        self.remote.waiting = waiting;
+        if !rest.is_empty() {
             self.remote.held = rest;
             self.catch_up(myself, None);
+        } else {
+            // The store showed a reader more clicks than this read found: read again shortly,
+            // until the reader gives up at its own deadline.
+            self.remote.waiting.retain(|(_, reply)| !reply.is_closed());
+            if !self.remote.waiting.is_empty() {
+                debug!(code = %self.code, committed, "caught up short of what a read saw; again");
+                myself.send_after(std::time::Duration::from_millis(50), || LinkMsg::Reread);
+            }
         }
     }
 

@@ -214,7 +214,10 @@ impl Node {
             .arg("--data-dir")
             .arg(&data)
             .args(extra)
-            .env("LINKPULSE_LOG", "info")
+            .env(
+                "LINKPULSE_LOG",
+                std::env::var("LP_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
