@@ -9,7 +9,11 @@ use bytes::Bytes;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use tokio::sync::mpsc;
 
-use super::{NatsConfig, NatsStore, clicks_subject, encode_batch, encode_snapshot_entry};
+use super::{
+    NatsConfig, NatsStore,
+    clicks::{encode_batch, encode_snapshot_entry},
+    clicks_subject,
+};
 use crate::{
     domain::ClickEvent,
     store::{Store, StoreError, backend::Backend, records},

@@ -29,7 +29,11 @@ use crossbeam_channel::Receiver;
 use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
-use super::{NatsStore, clicks_subject, encode_batch, encode_snapshot_entry, nats_error};
+use super::{
+    NatsStore,
+    clicks::{decode_snapshot_entry, encode_batch, encode_snapshot_entry},
+    clicks_subject, nats_error,
+};
 use crate::{
     domain::{ShortCode, now_ms},
     store::{
@@ -420,7 +424,7 @@ async fn store_snapshot(
     let value = encode_snapshot_entry(covers, hint, bytes);
     match entry.filter(|e| e.operation == kv::Operation::Put) {
         Some(stored) => {
-            let stored_covers = super::decode_snapshot_entry(&stored.value).map_or(0, |s| s.0);
+            let stored_covers = decode_snapshot_entry(&stored.value).map_or(0, |s| s.0);
             if stored_covers >= covers {
                 return Ok(());
             }

@@ -1,0 +1,288 @@
+//! Clicks in the stream: a message is a numbered batch of one code's clicks; reading a code's
+//! last batch, the batch after a given one, the message holding a given click (a binary
+//! search), walking a code's clicks in order, and following the clicks other nodes store.
+
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, stream};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use tracing::warn;
+
+use super::{Inner, NatsStore, clicks_subject, nats_error};
+use crate::{
+    domain::ClickEvent,
+    store::{StoreError, records, records::DecodeError},
+};
+
+/// A batch of one code's clicks, numbered in order: each click's record (as fjall stores it)
+/// behind its length.
+pub fn encode_batch<'a>(events: impl IntoIterator<Item = &'a ClickEvent>) -> Bytes {
+    let mut out = BytesMut::new();
+    for event in events {
+        let record = records::encode_click(event);
+        out.put_u32(record.len() as u32);
+        out.put_slice(&record);
+    }
+    out.freeze()
+}
+
+/// The number of the first click of a batch (0 for an empty one).
+fn first_seq(bytes: &[u8]) -> Result<u64, DecodeError> {
+    let invalid = || DecodeError::Invalid {
+        what: "click batch",
+        cause: "a record runs past the end".into(),
+    };
+    let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+        return Ok(0);
+    };
+    let record = rest
+        .get(..u32::from_be_bytes(*len) as usize)
+        .ok_or_else(invalid)?;
+    Ok(records::decode_click(record)?.seq)
+}
+
+pub fn decode_batch(mut bytes: &[u8]) -> Result<Vec<ClickEvent>, DecodeError> {
+    let mut out = Vec::new();
+    while bytes.has_remaining() {
+        let invalid = || DecodeError::Invalid {
+            what: "click batch",
+            cause: "a record runs past the end".into(),
+        };
+        if bytes.remaining() < 4 {
+            return Err(invalid());
+        }
+        let len = bytes.get_u32() as usize;
+        if bytes.remaining() < len {
+            return Err(invalid());
+        }
+        out.push(records::decode_click(&bytes[..len])?);
+        bytes.advance(len);
+    }
+    Ok(out)
+}
+
+/// An aggregates snapshot in its bucket: the last click it covers, the stream sequence of the
+/// message holding that click (0: unknown), then the snapshot.
+pub(super) fn encode_snapshot_entry(covers: u64, stream_seq: u64, bytes: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(16 + bytes.len());
+    out.put_u64(covers);
+    out.put_u64(stream_seq);
+    out.put_slice(bytes);
+    out.freeze()
+}
+
+pub(super) fn decode_snapshot_entry(bytes: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let (head, rest) = bytes.split_at_checked(16)?;
+    let covers = u64::from_be_bytes(head[..8].try_into().ok()?);
+    let stream_seq = u64::from_be_bytes(head[8..].try_into().ok()?);
+    Some((covers, stream_seq, rest))
+}
+
+impl NatsStore {
+    /// The stream sequence and last click number of a code's last message ((0, 0): none),
+    /// and that message's `Nats-Msg-Id`.
+    pub(super) async fn last_batch(
+        &self,
+        code: &str,
+    ) -> Result<(u64, Option<ClickEvent>, String), StoreError> {
+        match self
+            .inner
+            .clicks
+            .get_last_raw_message_by_subject(&clicks_subject(code))
+            .await
+        {
+            Ok(message) => {
+                let events = decode_batch(&message.payload)?;
+                let id = message
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                Ok((message.sequence, events.into_iter().last(), id))
+            }
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                Ok((0, None, String::new()))
+            }
+            Err(e) => Err(nats_error("cannot read a code's last clicks", e)),
+        }
+    }
+
+    /// The stream sequence and `Nats-Msg-Id` of the code's first message stored after stream
+    /// sequence `after` (`None`: there is none).
+    pub(super) async fn batch_after(
+        &self,
+        code: &str,
+        after: u64,
+    ) -> Result<Option<(u64, String)>, StoreError> {
+        match self
+            .inner
+            .clicks
+            .raw_message_builder()
+            .sequence(after + 1)
+            .next_by_subject(clicks_subject(code))
+            .send()
+            .await
+        {
+            Ok(message) => {
+                let id = message
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                Ok(Some((message.sequence, id)))
+            }
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                Ok(None)
+            }
+            Err(e) => Err(nats_error("cannot read a code's clicks", e)),
+        }
+    }
+
+    /// The stream sequence of the code's message that holds click `seq` (or, if none does,
+    /// one at or before where it would be): a binary search over stream sequences up to
+    /// `last_at`, one read per step, each read taking the first message of the code at or
+    /// after a sequence. Messages of a code hold its clicks in order.
+    pub(super) async fn message_holding(
+        &self,
+        code: &str,
+        seq: u64,
+        last_at: u64,
+    ) -> Result<u64, StoreError> {
+        let subject = clicks_subject(code);
+        let (mut lo, mut hi, mut best) = (1u64, last_at, 1u64);
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            let message = match self
+                .inner
+                .clicks
+                .raw_message_builder()
+                .sequence(mid)
+                .next_by_subject(subject.clone())
+                .send()
+                .await
+            {
+                Ok(message) => message,
+                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                    hi = mid - 1;
+                    continue;
+                }
+                Err(e) => return Err(nats_error("cannot read a code's clicks", e)),
+            };
+            let first = first_seq(&message.payload)?;
+            if first <= seq {
+                best = message.sequence;
+                lo = message.sequence + 1;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(best)
+    }
+
+    /// Walks the code's clicks in order from the message at or after stream sequence `from`,
+    /// until `each` breaks.
+    pub(super) fn walk_from(
+        &self,
+        code: &str,
+        mut from: u64,
+        each: &mut dyn FnMut(ClickEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let subject = clicks_subject(code);
+        self.run(async {
+            loop {
+                let message = match self
+                    .inner
+                    .clicks
+                    .raw_message_builder()
+                    .sequence(from)
+                    .next_by_subject(subject.clone())
+                    .send()
+                    .await
+                {
+                    Ok(message) => message,
+                    Err(e)
+                        if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) =>
+                    {
+                        return Ok(());
+                    }
+                    Err(e) => return Err(nats_error("cannot read a code's clicks", e)),
+                };
+                for event in decode_batch(&message.payload)? {
+                    if each(event).is_break() {
+                        return Ok(());
+                    }
+                }
+                from = message.sequence + 1;
+            }
+        })
+    }
+}
+
+/// Follows the clicks other nodes store for `code` (see `Backend::follow`), calling
+/// `deliver` with each of their batches, in order, until the task is aborted.
+pub(super) async fn follow(
+    inner: Arc<Inner>,
+    code: String,
+    mut deliver: Box<dyn FnMut(Vec<ClickEvent>) + Send>,
+) {
+    let subject = clicks_subject(&code);
+    // An ordered consumer: every stored message of the subject, in order, from its
+    // last one on; it is made again (from where it was) if a server goes away.
+    let mut from = jetstream::consumer::DeliverPolicy::LastPerSubject;
+    loop {
+        let consumer = inner
+            .clicks
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: inner.client.new_inbox(),
+                filter_subject: subject.clone(),
+                deliver_policy: from,
+                ..Default::default()
+            })
+            .await;
+        let mut messages = match consumer {
+            Ok(consumer) => match consumer.messages().await {
+                Ok(messages) => messages,
+                Err(e) => {
+                    warn!(code, cause = %e, "cannot follow a code's clicks yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            Err(e) => {
+                warn!(code, cause = %e, "cannot follow a code's clicks yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    warn!(code, cause = %e, "following a code's clicks failed; again");
+                    break;
+                }
+            };
+            if let Ok(info) = message.info() {
+                from = jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: info.stream_sequence + 1,
+                };
+            }
+            let own = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Lp-Node"))
+                .is_some_and(|n| n.as_str() == inner.node);
+            // This node's own clicks reach its actor through the writer.
+            if own {
+                continue;
+            }
+            match decode_batch(&message.payload) {
+                Ok(events) if !events.is_empty() => deliver(events),
+                Ok(_) => {}
+                Err(e) => warn!(code, cause = %e, "an unreadable click batch"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

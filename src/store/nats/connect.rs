@@ -1,0 +1,316 @@
+//! Connecting a node: the client, the clicks stream and the buckets (made if they are
+//! missing), the installation's visitor key, and the watches that fill this node's copies of
+//! the links and keys and keep them current.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use async_nats::jetstream::{
+    self,
+    kv::{self, Operation},
+    stream::{self, DiscardPolicy, StorageType},
+};
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use tracing::{info, warn};
+
+use super::{
+    AGGREGATES, CLICKS_PREFIX, CLICKS_STREAM, GONE, Inner, KEYS, LINKS, META, NatsConfig,
+    NatsStore, REQUEST_TIMEOUT, VISITOR_KEY, WATCH_TIMEOUT, nats_error,
+};
+use crate::{
+    domain::ShortCode,
+    store::{StoreError, records},
+};
+
+impl NatsStore {
+    /// Connects, makes the streams and buckets if they are missing, and loads the links and
+    /// keys. Fails when no server answers.
+    pub async fn connect(config: &NatsConfig) -> Result<Self, StoreError> {
+        let urls = server_urls(config)?;
+        let node = format!("{:016x}", rand::random::<u64>());
+        let client = connect_client(&urls, &node).await?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client.clone());
+        let replicas = config.replicas.max(1);
+        tracing::debug!("making the clicks stream");
+        let clicks = clicks_stream(&js, replicas).await?;
+        tracing::debug!("making the buckets");
+        let links_kv = bucket(&js, LINKS, replicas).await?;
+        let keys_kv = bucket(&js, KEYS, replicas).await?;
+        let gone_kv = bucket(&js, GONE, replicas).await?;
+        let aggregates_kv = bucket(&js, AGGREGATES, replicas).await?;
+        let meta_kv = bucket(&js, META, replicas).await?;
+        let visitor_key = self::visitor_key(&meta_kv).await?;
+        let slow = jetstream::ContextBuilder::new()
+            .timeout(WATCH_TIMEOUT)
+            .build(client.clone());
+        let links_watch = watch_bucket(&slow, LINKS).await?;
+        let keys_watch = watch_bucket(&slow, KEYS).await?;
+        let inner = Arc::new(Inner {
+            client,
+            js,
+            clicks,
+            links_kv,
+            keys_kv,
+            links_watch,
+            keys_watch,
+            gone_kv,
+            aggregates_kv,
+            meta_kv,
+            links: DashMap::new(),
+            listing: RwLock::default(),
+            keys: DashMap::new(),
+            visitor_key,
+            runtime: tokio::runtime::Handle::current(),
+            listener: RwLock::new(None),
+            node,
+        });
+        let store = Self { inner };
+        tracing::debug!("loading the links and keys");
+        let links = store.follow_links().await?;
+        let keys = store.follow_keys().await?;
+        info!(links, keys, servers = %urls.join(","), replicas, "NATS JetStream store ready");
+        Ok(store)
+    }
+
+    /// Fills the link copies from the bucket and keeps them current; returns how many were
+    /// there at the start.
+    async fn follow_links(&self) -> Result<usize, StoreError> {
+        let inner = self.inner.clone();
+        let watch = inner
+            .links_watch
+            .watch_with_history(">")
+            .await
+            .map_err(|e| nats_error("cannot watch the links bucket", e))?;
+        let pending = bucket_len(&inner.links_kv).await?;
+        let apply = move |inner: &Inner, entry: kv::Entry| {
+            let code = entry.key.clone();
+            let link = match entry.operation {
+                Operation::Put => match records::decode_link(&entry.value) {
+                    Ok(link) => Some(Arc::new(link)),
+                    Err(e) => {
+                        warn!(code, cause = %e, "an unreadable link record in the bucket");
+                        return;
+                    }
+                },
+                Operation::Delete | Operation::Purge => None,
+            };
+            match &link {
+                Some(link) => {
+                    let newer = inner
+                        .links
+                        .get(&code)
+                        .is_none_or(|old| old.rev <= link.rev || old.created_at != link.created_at);
+                    if !newer {
+                        return;
+                    }
+                    inner.remember(link.clone());
+                }
+                None => inner.forget(&code),
+            }
+            let listener = inner.listener.read().ok().and_then(|l| l.clone());
+            if let (Some(listener), Ok(code)) = (listener, ShortCode::parse(&code)) {
+                listener.link_changed(&code, link);
+            }
+        };
+        follow(inner, watch, pending, apply, "links").await
+    }
+
+    async fn follow_keys(&self) -> Result<usize, StoreError> {
+        let inner = self.inner.clone();
+        let watch = inner
+            .keys_watch
+            .watch_with_history(">")
+            .await
+            .map_err(|e| nats_error("cannot watch the keys bucket", e))?;
+        let pending = bucket_len(&inner.keys_kv).await?;
+        let apply = |inner: &Inner, entry: kv::Entry| {
+            let Some(hash) = hex::decode(&entry.key)
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            else {
+                return;
+            };
+            match entry.operation {
+                Operation::Put => match records::decode_key(&entry.value) {
+                    Ok(record) => {
+                        inner.keys.insert(hash, record);
+                    }
+                    Err(e) => warn!(cause = %e, "an unreadable key record in the bucket"),
+                },
+                Operation::Delete | Operation::Purge => {
+                    inner.keys.remove(&hash);
+                }
+            }
+        };
+        follow(inner, watch, pending, apply, "keys").await
+    }
+}
+
+/// The server URLs `--nats` names (comma-separated).
+fn server_urls(config: &NatsConfig) -> Result<Vec<String>, StoreError> {
+    let urls: Vec<String> = config
+        .urls
+        .split(',')
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(StoreError::Nats("--nats names no server".into()));
+    }
+    Ok(urls)
+}
+
+/// A client of the servers at `urls`, named after this node, reconnecting for ever.
+async fn connect_client(urls: &[String], node: &str) -> Result<async_nats::Client, StoreError> {
+    async_nats::ConnectOptions::new()
+        .name(format!("linkpulse-{node}"))
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(3))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => warn!("NATS: disconnected"),
+                async_nats::Event::Connected => info!("NATS: connected"),
+                other => info!(event = %other, "NATS"),
+            }
+        })
+        .connect(urls.to_vec())
+        .await
+        .map_err(|e| nats_error(&format!("cannot connect to NATS at {}", urls.join(",")), e))
+}
+
+/// The clicks stream, made if it is missing.
+async fn clicks_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<stream::Stream, StoreError> {
+    js.get_or_create_stream(stream::Config {
+        name: CLICKS_STREAM.into(),
+        subjects: vec![format!("{CLICKS_PREFIX}>")],
+        storage: StorageType::File,
+        num_replicas: replicas,
+        // Deleting a link purges its subject; single messages are never deleted.
+        deny_delete: true,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| nats_error("cannot make the clicks stream", e))
+}
+
+/// The bucket `name`, its stream made by hand if it is missing (see the module's notes).
+async fn bucket(
+    js: &jetstream::Context,
+    name: &'static str,
+    replicas: usize,
+) -> Result<kv::Store, StoreError> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        storage: StorageType::File,
+        num_replicas: replicas,
+        max_messages_per_subject: 1,
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| nats_error(&format!("cannot make the bucket {name}"), e))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| nats_error(&format!("cannot open the bucket {name}"), e))
+}
+
+/// The bucket `name` opened through `slow`, the context whose requests may take as long as
+/// making a watch of a large bucket does.
+async fn watch_bucket(
+    slow: &jetstream::Context,
+    name: &'static str,
+) -> Result<kv::Store, StoreError> {
+    slow.get_key_value(name)
+        .await
+        .map_err(|e| nats_error(&format!("cannot open the bucket {name}"), e))
+}
+
+/// How many keys a bucket holds now (what a watch delivers before it is current).
+async fn bucket_len(bucket: &kv::Store) -> Result<u64, StoreError> {
+    let mut stream = bucket.stream.clone();
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| nats_error("cannot read a bucket's size", e))?;
+    Ok(info.state.messages)
+}
+
+/// Applies a bucket's entries as its watch delivers them: waits for the ones stored now (the
+/// watch starts with the last value of every key), then follows the rest on a task.
+async fn follow(
+    inner: Arc<Inner>,
+    mut watch: kv::Watch,
+    pending: u64,
+    apply: impl Fn(&Inner, kv::Entry) + Send + Sync + 'static,
+    what: &'static str,
+) -> Result<usize, StoreError> {
+    let mut loaded = 0;
+    if pending > 0 {
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(|e| nats_error(&format!("the {what} watch failed"), e))?;
+            let current = entry.delta == 0 || entry.seen_current;
+            apply(&inner, entry);
+            loaded += 1;
+            if current {
+                break;
+            }
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            while let Some(entry) = watch.next().await {
+                match entry {
+                    Ok(entry) => apply(&inner, entry),
+                    Err(e) => warn!(cause = %e, what, "a bucket watch failed; watching again"),
+                }
+            }
+            // The watch ended (a server gone for long): start again from what is stored now.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let bucket = if what == "links" {
+                &inner.links_watch
+            } else {
+                &inner.keys_watch
+            };
+            match bucket.watch_with_history(">").await {
+                Ok(again) => watch = again,
+                Err(e) => warn!(cause = %e, what, "cannot watch a bucket again yet"),
+            }
+        }
+    });
+    Ok(loaded)
+}
+
+/// The installation's visitor key: made by the first node, read by the others.
+async fn visitor_key(meta: &kv::Store) -> Result<[u8; 32], StoreError> {
+    let made: [u8; 32] = rand::random();
+    match meta
+        .create(VISITOR_KEY, Bytes::copy_from_slice(&made))
+        .await
+    {
+        Ok(_) => return Ok(made),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(nats_error("cannot store the visitor key", e)),
+    }
+    let stored = meta
+        .get(VISITOR_KEY)
+        .await
+        .map_err(|e| nats_error("cannot read the visitor key", e))?
+        .ok_or_else(|| StoreError::Inconsistent("the visitor key vanished".into()))?;
+    <[u8; 32]>::try_from(stored.as_ref())
+        .map_err(|_| StoreError::Inconsistent("a visitor key of the wrong length".into()))
+}
