@@ -1,0 +1,282 @@
+//! Building and running the service: open the store, start the writer and the link handle,
+//! bind, serve until told to stop, then stop in order.
+//!
+//! Shutdown order: stop accepting and end the live streams (each gets a `retry:` hint), wait
+//! for in-flight requests, stop every link actor after its mailbox is handled, wait until all
+//! they sent is committed, commit and fsync, close the store.
+
+mod commands;
+mod run;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use commands::{check_store, keys_command};
+
+use crate::{
+    analytics::{AggregateSettings, CountryDb},
+    config::ServeConfig,
+    control::ControlSocket,
+    http::{AppState, limit::CreateLimits, router},
+    keys::{self, ApiKeys},
+    links::{LinkSettings, Links},
+    metrics::Metrics,
+    store::{Backend, Backlog, Location, Opened, Retention, WriterConfig},
+};
+
+/// A bound, ready-to-run service.
+pub struct App {
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+    state: Arc<AppState>,
+    opened: Opened,
+    retention: Option<Retention>,
+    generated_key: Option<String>,
+    /// `<data-dir>/control.sock`, for `linkpulse keys` while the server runs (`None` when it
+    /// could not be bound: the command then says the store is in use).
+    control: Option<ControlSocket>,
+}
+
+impl App {
+    /// Opens the store in `config.data_dir` and binds `config.listen`. The first API key is
+    /// made last, once everything else that can fail has worked, so a start that fails (a port
+    /// taken, say) leaves no key behind that nobody was shown.
+    pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        let initial = initial_key(config.initial_api_key.as_deref())?;
+        let country_db = config
+            .geoip_db
+            .as_deref()
+            .map(CountryDb::open)
+            .transpose()?
+            .map(Arc::new);
+        let settings = link_settings(&config);
+        let metrics = Arc::new(Metrics::default());
+        let writer_config = writer_config(&config, &metrics);
+        let location = location(&config);
+        // Checked before anything is opened or stored (retention is the embedded store's).
+        anyhow::ensure!(
+            config.click_retention_days.is_none() || config.nats.is_none(),
+            "--click-retention-days is not available with --nats (set a limit on the cluster's \
+             clicks stream instead)"
+        );
+        let opened = Opened::open(&location, &settings.aggregates, writer_config).await?;
+        let store = opened.store.clone();
+        let shared = opened.shared_by_nodes();
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        // Bound while holding the store, so a socket file already there is a dead server's.
+        // A cluster node holds no store in `--data-dir` and writes nothing there: it binds no
+        // socket (its keys are managed through the API or `--initial-api-key`).
+        let control = if shared {
+            None
+        } else {
+            control_socket(&config)
+        };
+
+        let generated_key = bootstrap_keys(&*store, initial)?;
+        let keys = Arc::new(ApiKeys::load(&store).context("cannot read the API keys")?);
+        if !shared && generated_key.is_none() && initial.is_none() {
+            info!(
+                keys = keys.len(),
+                "API keys are stored; to make another (the server may run): linkpulse keys \
+                 create --admin --data-dir {}",
+                config.data_dir.display()
+            );
+        }
+
+        let retention = config
+            .click_retention_days
+            .map(|days| opened.start_retention(days, config.click_retention_check))
+            .transpose()?;
+        let links = Links::new(
+            store,
+            opened.writer.handle(),
+            settings,
+            metrics.clone(),
+            Backlog::new(config.click_backlog),
+        );
+        if shared {
+            opened.set_listener(links.remote_changes());
+            tokio::spawn(follow_keys(keys.clone()));
+        }
+        let state = Arc::new(app_state(
+            config, local_addr, links, keys, metrics, country_db,
+        ));
+        Ok(Self {
+            listener,
+            local_addr,
+            state,
+            opened,
+            retention,
+            generated_key,
+            control,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The link handle of this app (benches and fault-injection tests drive actors through it).
+    pub fn links(&self) -> &crate::links::Links {
+        &self.state.links
+    }
+
+    /// The routes bound to this app's state, for serving in-process (benches).
+    pub fn router(&self) -> salvo::Router {
+        router(self.state.clone())
+    }
+
+    /// The key made at first start, when no key existed and none was given. Shown once.
+    pub fn generated_key(&self) -> Option<&str> {
+        self.generated_key.as_deref()
+    }
+}
+
+/// The writer's settings from the flags.
+fn writer_config(config: &ServeConfig, metrics: &Arc<Metrics>) -> WriterConfig {
+    WriterConfig {
+        durability: config.durability,
+        commit_interval: config.commit_interval,
+        max_batch: config.commit_max.max(1),
+        fsync_interval: config.fsync_interval,
+        deleted_code_hold: config.deleted_code_hold,
+        metrics: metrics.clone(),
+    }
+}
+
+/// Where the store is: the cluster named by `--nats`, else `--data-dir`.
+fn location(config: &ServeConfig) -> Location {
+    match &config.nats {
+        Some(urls) => Location::Cluster {
+            urls: urls.clone(),
+            replicas: config.nats_replicas,
+        },
+        None => Location::Dir(config.data_dir.clone()),
+    }
+}
+
+/// `<data-dir>/control.sock`, or `None` (logged) when it cannot be made.
+fn control_socket(config: &ServeConfig) -> Option<ControlSocket> {
+    match ControlSocket::bind(&config.data_dir) {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            warn!(
+                cause = %e,
+                dir = %config.data_dir.display(),
+                "cannot make the control socket; `linkpulse keys` needs the server stopped"
+            );
+            None
+        }
+    }
+}
+
+/// What every handler shares: the service's parts, its public base URL (`--base-url`, else
+/// the bound address, without a trailing slash) and the limits of `--max-connections` and
+/// per client.
+fn app_state(
+    config: ServeConfig,
+    local_addr: SocketAddr,
+    links: Links,
+    keys: Arc<ApiKeys>,
+    metrics: Arc<Metrics>,
+    country_db: Option<Arc<CountryDb>>,
+) -> AppState {
+    let base_url = config
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local_addr}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    AppState {
+        links,
+        keys,
+        create_limits: CreateLimits::new(config.create_rate_per_key, config.create_rate_per_ip)
+            .with_auth_failures(config.auth_failures_per_ip)
+            .with_password_tries(config.password_tries_per_minute),
+        config,
+        base_url,
+        metrics,
+        shutdown: CancellationToken::new(),
+        connections,
+        country_db,
+    }
+}
+
+/// Keeps a cluster node's API keys in step with the keys bucket (keys made or revoked on
+/// another node are taken within a second).
+async fn follow_keys(keys: Arc<ApiKeys>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        if let Err(e) = keys.follow_store() {
+            warn!(cause = %e, "cannot follow the API keys");
+        }
+    }
+}
+
+fn link_settings(config: &ServeConfig) -> LinkSettings {
+    let idle = config.idle_timeout;
+    LinkSettings {
+        idle_timeout: idle,
+        tick: (idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        heartbeat: config.sse_heartbeat,
+        queue_frames: config.sse_queue.max(1),
+        stuck_timeout: config.sse_stuck_timeout,
+        max_subscribers_per_link: config.sse_max_per_link,
+        min_frame_interval: config.sse_min_interval,
+        deliveries_per_sec: config.sse_deliveries_per_sec,
+        cache_capacity: config.link_cache,
+        max_actors: usize::try_from(config.actor_memory / crate::links::ACTOR_BYTES)
+            .unwrap_or(usize::MAX),
+        aggregates: AggregateSettings {
+            minute_retention_ms: millis(config.minute_retention),
+            hour_retention_ms: millis(config.hour_retention),
+            day_retention_ms: config.day_retention.map(millis),
+            top_values: config.top_values.max(1),
+            snapshot_clicks: config.aggregates_snapshot_clicks.max(1),
+            snapshot_gap: config.aggregates_snapshot_interval,
+        },
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// The key given with `--initial-api-key`, if any, checked before anything else is done.
+fn initial_key(given: Option<&str>) -> anyhow::Result<Option<&str>> {
+    let Some(key) = given.map(str::trim).filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        key.len() >= 16,
+        "LINKPULSE_INITIAL_API_KEY must be at least 16 characters"
+    );
+    Ok(Some(key))
+}
+
+/// Makes the initial key valid, or makes a key when there is none. Returns a key that was
+/// generated (to be shown once).
+fn bootstrap_keys(store: &dyn Backend, initial: Option<&str>) -> anyhow::Result<Option<String>> {
+    if let Some(key) = initial {
+        keys::store_key(store, key, "initial", true).context("cannot store the initial API key")?;
+        return Ok(None);
+    }
+    if store
+        .api_keys()
+        .context("cannot read the API keys")?
+        .is_empty()
+    {
+        let key = keys::generate_key();
+        keys::store_key(store, &key, "first", true).context("cannot store the first API key")?;
+        return Ok(Some(key));
+    }
+    Ok(None)
+}
