@@ -1,17 +1,13 @@
 //! A link's stored clicks (`GET /api/links/{code}/clicks`): a page of them as JSON, newest
-//! first, or all of them as CSV (see `export`).
+//! first, or all of them as CSV (see `export`). The route's handler, [`super::ListClicks`], is in
+//! the parent module, whose path names its operation in the OpenAPI document.
 
 use std::sync::Arc;
 
-use salvo::{
-    http::{StatusCode, header},
-    prelude::*,
-};
-use salvo_oapi::endpoint;
+use salvo::{http::StatusCode, prelude::*};
 use serde::Serialize;
 
-use super::super::openapi::{E400, E401, E404, E429, E503, schemas};
-use super::{ApiError, AppState, export::export_csv, owned_link};
+use super::{ApiError, AppState, owned_link};
 use crate::{
     domain::{ClickEvent, Link},
     links::frame::Analytics,
@@ -25,12 +21,10 @@ struct ClickItem<'a> {
     analytics: Analytics<'a>,
 }
 
-/// `GET /api/links/{code}/clicks?limit=N&before=SEQ`: stored clicks, newest first; with
-/// `Accept: text/csv`, every stored click, oldest first, streamed (see [`export_csv`]).
-pub struct ListClicks(pub Arc<AppState>);
+const MAX_PAGE: usize = 1000;
 
 /// Whether the `Accept` header asks for CSV (`text/csv`, not with `q=0`).
-fn accepts_csv(accept: &str) -> bool {
+pub(super) fn accepts_csv(accept: &str) -> bool {
     accept.split(',').any(|range| {
         let mut parts = range.split(';').map(str::trim);
         parts
@@ -44,60 +38,9 @@ fn accepts_csv(accept: &str) -> bool {
     })
 }
 
-const MAX_PAGE: usize = 1000;
-
-/// Stored clicks, newest first; or all of them as CSV
-#[endpoint(
-    tags("links"),
-    security(("bearer" = [])),
-    parameters(
-        ("code" = String, Path, description = "The short code"),
-        ("limit" = Option<u32>, Query, description = "Clicks per page, 1 to 1000 (default 100)"),
-        ("before" = Option<u64>, Query, description = "Only clicks numbered below this (the next page)"),
-        ("Accept" = Option<String>, Header, description = "`text/csv`: every stored click, oldest first, streamed"),
-    ),
-    responses(
-        (status_code = 200, description = "A page of clicks (JSON), or the CSV export", content(
-            ("application/json" = schemas::ClickPage),
-            ("text/csv" = String),
-        )),
-        E400, E401, E429, E404, E503,
-    )
-)]
-impl ListClicks {
-    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
-        let state = &self.0;
-        let csv = req
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(accepts_csv);
-        if csv {
-            match settled_link(state, req).await {
-                Ok(link) => export_csv(state, &link, res),
-                Err(e) => e.write(res),
-            }
-            return;
-        }
-        match page(state, req).await {
-            Ok((link, clicks)) => {
-                let items: Vec<_> = clicks
-                    .iter()
-                    .map(|e| ClickItem {
-                        seq: e.seq,
-                        analytics: Analytics::of(link.code.as_str(), e),
-                    })
-                    .collect();
-                res.render(Json(serde_json::json!({ "clicks": items })));
-            }
-            Err(e) => e.write(res),
-        }
-    }
-}
-
 /// The link of the path, once every click counted before the request is stored (so it is in
 /// the export).
-async fn settled_link(state: &AppState, req: &Request) -> Result<Arc<Link>, ApiError> {
+pub(super) async fn settled_link(state: &AppState, req: &Request) -> Result<Arc<Link>, ApiError> {
     let (_, link) = owned_link(state, req).await?;
     // Every click counted before the request is in the export.
     state.links.settle(&link).await?;
@@ -105,7 +48,10 @@ async fn settled_link(state: &AppState, req: &Request) -> Result<Arc<Link>, ApiE
 }
 
 /// The page of clicks `limit` and `before` ask for, of the link of the path.
-async fn page(state: &AppState, req: &Request) -> Result<(Arc<Link>, Vec<ClickEvent>), ApiError> {
+pub(super) async fn page(
+    state: &AppState,
+    req: &Request,
+) -> Result<(Arc<Link>, Vec<ClickEvent>), ApiError> {
     let (_, link) = owned_link(state, req).await?;
     let (limit, before) = page_params(req)?;
     state.links.settle(&link).await?;
@@ -136,4 +82,16 @@ fn page_params(req: &Request) -> Result<(usize, Option<u64>), ApiError> {
         ),
     };
     Ok((limit, before))
+}
+
+/// A page of clicks as JSON: `{"clicks": [...]}`, each with its number.
+pub(super) fn render_page(link: &Link, clicks: &[ClickEvent], res: &mut Response) {
+    let items: Vec<_> = clicks
+        .iter()
+        .map(|e| ClickItem {
+            seq: e.seq,
+            analytics: Analytics::of(link.code.as_str(), e),
+        })
+        .collect();
+    res.render(Json(serde_json::json!({ "clicks": items })));
 }

@@ -26,9 +26,8 @@ use crate::{
     keys::Caller,
     links::{Snapshot, frame::Analytics},
 };
+use export::export_csv;
 use salvo_oapi::endpoint;
-
-pub use clicks::ListClicks;
 
 /// The largest request body taken.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -332,6 +331,50 @@ impl LinkStats {
         .await;
         match result {
             Ok(answer) => res.render(Json(answer)),
+            Err(e) => e.write(res),
+        }
+    }
+}
+
+/// `GET /api/links/{code}/clicks?limit=N&before=SEQ`: stored clicks, newest first; with
+/// `Accept: text/csv`, every stored click, oldest first, streamed (see [`export_csv`]).
+pub struct ListClicks(pub Arc<AppState>);
+
+/// Stored clicks, newest first; or all of them as CSV
+#[endpoint(
+    tags("links"),
+    security(("bearer" = [])),
+    parameters(
+        ("code" = String, Path, description = "The short code"),
+        ("limit" = Option<u32>, Query, description = "Clicks per page, 1 to 1000 (default 100)"),
+        ("before" = Option<u64>, Query, description = "Only clicks numbered below this (the next page)"),
+        ("Accept" = Option<String>, Header, description = "`text/csv`: every stored click, oldest first, streamed"),
+    ),
+    responses(
+        (status_code = 200, description = "A page of clicks (JSON), or the CSV export", content(
+            ("application/json" = schemas::ClickPage),
+            ("text/csv" = String),
+        )),
+        E400, E401, E429, E404, E503,
+    )
+)]
+impl ListClicks {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let state = &self.0;
+        let csv = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(clicks::accepts_csv);
+        if csv {
+            match clicks::settled_link(state, req).await {
+                Ok(link) => export_csv(state, &link, res),
+                Err(e) => e.write(res),
+            }
+            return;
+        }
+        match clicks::page(state, req).await {
+            Ok((link, page)) => clicks::render_page(&link, &page, res),
             Err(e) => e.write(res),
         }
     }

@@ -6,8 +6,9 @@
 //! [`Buckets`], one atomic add per bucket count and one for the sum: no lock per observation
 //! (prometheus-client's own `Histogram` takes a mutex).
 
+mod buckets;
+
 use std::{
-    iter,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -16,9 +17,14 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text},
-    metrics::{MetricType, TypedMetric, counter::Counter, family::Family, gauge::Gauge},
+    encoding::prometheus_text,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
+};
+
+pub use buckets::Buckets;
+use buckets::{
+    CLICK_TO_FRAME_BUCKETS, COMMIT_CLICK_BUCKETS, COMMIT_DURATION_BUCKETS, MS, NS, REDIRECT_BUCKETS,
 };
 
 use crate::domain::{ClickEvent, now_ms};
@@ -60,137 +66,6 @@ impl DropReason {
             DropReason::ShuttingDown => "shutting_down",
             DropReason::LinkDeleted => "link_deleted",
         }
-    }
-}
-
-/// Nanoseconds in a second: duration histograms count in ns and show seconds.
-const NS: f64 = 1e9;
-const MS: u64 = 1_000_000;
-const US: u64 = 1_000;
-
-/// `linkpulse_redirect_duration_seconds`: a redirect takes tens of µs (a cached link, a cast);
-/// the upper buckets catch a link read from disk and strict durability's wait for an fsync.
-const REDIRECT_BUCKETS: &[u64] = &[
-    25 * US,
-    50 * US,
-    100 * US,
-    250 * US,
-    500 * US,
-    MS,
-    5 * MS / 2,
-    5 * MS,
-    10 * MS,
-    25 * MS,
-    50 * MS,
-    100 * MS,
-    250 * MS,
-    1000 * MS,
-];
-/// `linkpulse_commit_clicks`: powers of two up to the default `--commit-max` (4096).
-const COMMIT_CLICK_BUCKETS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
-/// `linkpulse_commit_duration_seconds`: a commit handed to the OS takes about 100 µs to a few ms;
-/// one with an fsync, a few ms on an SSD to tens of ms on a disk; a stalling disk, seconds.
-const COMMIT_DURATION_BUCKETS: &[u64] = &[
-    100 * US,
-    250 * US,
-    500 * US,
-    MS,
-    5 * MS / 2,
-    5 * MS,
-    10 * MS,
-    25 * MS,
-    50 * MS,
-    100 * MS,
-    250 * MS,
-    1000 * MS,
-    2500 * MS,
-];
-/// `linkpulse_click_to_frame_seconds`: the group commit (2 ms) plus the frame interval
-/// (`--sse-min-interval`, 20 ms) is the usual; the upper buckets show conflation under load.
-/// The click's time is in epoch milliseconds, so nothing finer than 5 ms is told apart.
-const CLICK_TO_FRAME_BUCKETS: &[u64] = &[
-    5 * MS,
-    10 * MS,
-    25 * MS,
-    50 * MS,
-    100 * MS,
-    250 * MS,
-    500 * MS,
-    1000 * MS,
-    2500 * MS,
-    5000 * MS,
-    10_000 * MS,
-];
-
-/// A histogram of fixed buckets kept in atomics. Bounds and the sum are integers in the unit
-/// observed (ns, clicks) and divided by `scale` when shown.
-#[derive(Debug, Clone)]
-pub struct Buckets(Arc<BucketsInner>);
-
-#[derive(Debug)]
-struct BucketsInner {
-    /// Upper bounds, ascending.
-    bounds: &'static [u64],
-    /// One count per bound (not cumulative), then the `+Inf` bucket.
-    counts: Box<[AtomicU64]>,
-    sum: AtomicU64,
-    scale: f64,
-}
-
-impl Buckets {
-    fn new(bounds: &'static [u64], scale: f64) -> Self {
-        debug_assert!(bounds.is_sorted());
-        Self(Arc::new(BucketsInner {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
-            scale,
-        }))
-    }
-
-    pub fn observe(&self, value: u64) {
-        let inner = &self.0;
-        let i = inner.bounds.partition_point(|&bound| bound < value);
-        inner.counts[i].fetch_add(1, Ordering::Relaxed);
-        inner.sum.fetch_add(value, Ordering::Relaxed);
-    }
-
-    fn observe_duration(&self, took: Duration) {
-        self.observe(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.0
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
-    }
-}
-
-impl TypedMetric for Buckets {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for Buckets {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let inner = &self.0;
-        let buckets: Vec<(f64, u64)> = inner
-            .bounds
-            .iter()
-            .map(|&bound| bound as f64 / inner.scale)
-            .chain(iter::once(f64::INFINITY))
-            .zip(inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
-            .collect();
-        // The count is the buckets' sum, so the exposition is consistent even mid-update.
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = inner.sum.load(Ordering::Relaxed) as f64 / inner.scale;
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
     }
 }
 
@@ -248,126 +123,55 @@ impl Default for Metrics {
 impl Metrics {
     /// The metrics and their registry. Names and help texts are what dashboards read: keep
     /// them. A counter's name is registered without `_total`, which the encoder adds; a help
-    /// text without its final period, which the encoder adds too.
+    /// text without its final period, which the encoder adds too. The exposition lists them
+    /// in the order they are registered here.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let counter = Counter::default();
-            registry.register(name, help, counter.clone());
-            counter
-        };
-        let clicks = counter(&mut registry, "linkpulse_clicks", "Clicks counted");
-        let actors_started = counter(
-            &mut registry,
-            "linkpulse_actors_started",
-            "Link actors started",
-        );
-        let actors_stopped = counter(
-            &mut registry,
-            "linkpulse_actors_stopped",
-            "Link actors stopped",
-        );
+        let r = &mut registry;
+        let clicks = counter(r, "linkpulse_clicks", "Clicks counted");
+        let actors_started = counter(r, "linkpulse_actors_started", "Link actors started");
+        let actors_stopped = counter(r, "linkpulse_actors_stopped", "Link actors stopped");
         let subscribers_refused = counter(
-            &mut registry,
+            r,
             "linkpulse_subscribers_refused",
             "Stream requests refused for the total subscriber limit",
         );
         let actor_start_failures = counter(
-            &mut registry,
+            r,
             "linkpulse_actor_start_failures",
             "Link actors that failed to start (their code backs off before the next try)",
         );
-        let family = Family::<[(&'static str, &'static str); 1], Counter>::default();
-        // Every reason is shown from the start, at 0.
-        let dropped =
-            DropReason::ALL.map(|r| family.get_or_create(&[("reason", r.as_str())]).clone());
-        registry.register(
-            "linkpulse_clicks_dropped",
-            "Redirects answered whose click was not counted, by reason",
-            family,
-        );
-
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let gauge = U64Gauge::default();
-            registry.register(name, help, gauge.clone());
-            gauge
-        };
-        let subscribers = gauge(
-            &mut registry,
-            "linkpulse_subscribers",
-            "Live SSE subscribers",
-        );
+        let dropped = dropped_counters(r);
+        let subscribers = gauge(r, "linkpulse_subscribers", "Live SSE subscribers");
         let queued_clicks = gauge(
-            &mut registry,
+            r,
             "linkpulse_inbox_clicks",
             "Clicks waiting in link actors' inboxes (their mailboxes hold one message per batch)",
         );
-        let scraped = ScrapedGauges {
-            active_actors: gauge(
-                &mut registry,
-                "linkpulse_active_actors",
-                "Link actors alive now",
-            ),
-            writer_queue: gauge(
-                &mut registry,
-                "linkpulse_writer_queue",
-                "Items waiting for the group-commit writer",
-            ),
-            backlog_clicks: gauge(
-                &mut registry,
-                "linkpulse_backlog_clicks",
-                "Clicks taken and not yet committed (inboxes, mailboxes, the writer's queue)",
-            ),
-            backlog_limit: gauge(
-                &mut registry,
-                "linkpulse_backlog_limit",
-                "The most clicks that may wait to be committed (--click-backlog)",
-            ),
-            store_failed: gauge(
-                &mut registry,
-                "linkpulse_store_failed",
-                "1 once a commit or fsync has failed (nothing is committed after that)",
-            ),
-            clicks_not_committed: gauge(
-                &mut registry,
-                "linkpulse_clicks_not_committed",
-                "Clicks counted that the writer could not commit because the store had failed",
-            ),
-            connections: gauge(
-                &mut registry,
-                "linkpulse_connections",
-                "Open client connections",
-            ),
-        };
-
-        let histogram = |registry: &mut Registry, name: &str, help: &str, bounds, scale| {
-            let histogram = Buckets::new(bounds, scale);
-            registry.register(name, help, histogram.clone());
-            histogram
-        };
+        let scraped = ScrapedGauges::register(r);
         let redirect_duration = histogram(
-            &mut registry,
+            r,
             "linkpulse_redirect_duration_seconds",
             "Time in the redirect handler, from the request's routing to its answer",
             REDIRECT_BUCKETS,
             NS,
         );
         let commit_clicks = histogram(
-            &mut registry,
+            r,
             "linkpulse_commit_clicks",
             "Clicks per group commit (groups holding clicks)",
             COMMIT_CLICK_BUCKETS,
             1.0,
         );
         let commit_duration = histogram(
-            &mut registry,
+            r,
             "linkpulse_commit_duration_seconds",
             "Time to write a group commit holding clicks, its fsync included when it has one",
             COMMIT_DURATION_BUCKETS,
             NS,
         );
         let click_to_frame = histogram(
-            &mut registry,
+            r,
             "linkpulse_click_to_frame_seconds",
             "From a click to the moment the live frame carrying it is handed to subscribers",
             CLICK_TO_FRAME_BUCKETS,
@@ -499,6 +303,82 @@ pub struct SubscriberPlace(Arc<Metrics>);
 impl Drop for SubscriberPlace {
     fn drop(&mut self) {
         self.0.subscribers.dec();
+    }
+}
+
+/// A counter registered in `registry`.
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    registry.register(name, help, counter.clone());
+    counter
+}
+
+/// A gauge registered in `registry`.
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> U64Gauge {
+    let gauge = U64Gauge::default();
+    registry.register(name, help, gauge.clone());
+    gauge
+}
+
+/// A histogram of `bounds` (shown divided by `scale`) registered in `registry`.
+fn histogram(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    bounds: &'static [u64],
+    scale: f64,
+) -> Buckets {
+    let histogram = Buckets::new(bounds, scale);
+    registry.register(name, help, histogram.clone());
+    histogram
+}
+
+/// `linkpulse_clicks_dropped`, one series per [`DropReason`], indexed like
+/// [`DropReason::ALL`].
+fn dropped_counters(registry: &mut Registry) -> [Counter; DropReason::ALL.len()] {
+    let family = Family::<[(&'static str, &'static str); 1], Counter>::default();
+    // Every reason is shown from the start, at 0.
+    let dropped = DropReason::ALL.map(|r| family.get_or_create(&[("reason", r.as_str())]).clone());
+    registry.register(
+        "linkpulse_clicks_dropped",
+        "Redirects answered whose click was not counted, by reason",
+        family,
+    );
+    dropped
+}
+
+impl ScrapedGauges {
+    /// The gauges read at each scrape, registered in `registry`.
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            active_actors: gauge(r, "linkpulse_active_actors", "Link actors alive now"),
+            writer_queue: gauge(
+                r,
+                "linkpulse_writer_queue",
+                "Items waiting for the group-commit writer",
+            ),
+            backlog_clicks: gauge(
+                r,
+                "linkpulse_backlog_clicks",
+                "Clicks taken and not yet committed (inboxes, mailboxes, the writer's queue)",
+            ),
+            backlog_limit: gauge(
+                r,
+                "linkpulse_backlog_limit",
+                "The most clicks that may wait to be committed (--click-backlog)",
+            ),
+            store_failed: gauge(
+                r,
+                "linkpulse_store_failed",
+                "1 once a commit or fsync has failed (nothing is committed after that)",
+            ),
+            clicks_not_committed: gauge(
+                r,
+                "linkpulse_clicks_not_committed",
+                "Clicks counted that the writer could not commit because the store had failed",
+            ),
+            connections: gauge(r, "linkpulse_connections", "Open client connections"),
+        }
     }
 }
 
