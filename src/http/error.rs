@@ -8,11 +8,7 @@ use salvo::{
 use serde::Serialize;
 use tracing::{error, warn};
 
-use crate::{
-    keys::KeyError,
-    links::LinkError,
-    store::WriteError,
-};
+use crate::{keys::KeyError, links::LinkError, store::WriteError};
 
 /// A client or server error answered as `{"error": "..."}`.
 #[derive(Debug)]
