@@ -1,0 +1,367 @@
+//! Publishing one code's clicks of a group: split into runs that each fit in one message, each
+//! run published after the code's last stored message until JetStream stores it, and the
+//! answer to a publish refused because another message came first (`wrong last sequence`).
+
+use std::{ops::ControlFlow, ops::Range};
+
+use async_nats::jetstream::{
+    self,
+    context::{PublishError, PublishErrorKind},
+    publish::PublishAck,
+};
+use tracing::{debug, warn};
+
+use super::{
+    super::{NatsStore, clicks::encode_batch, clicks_subject},
+    RETRY, Tip,
+    links::link_stored,
+    unreachable,
+};
+use crate::{
+    domain::{ClickEvent, ShortCode},
+    store::{
+        records,
+        writer::{
+            Health,
+            group::{Item, Numbered, Outcome, Pending},
+        },
+    },
+};
+
+/// The most clicks one message holds (also bounded in bytes, see [`Limit`]).
+pub(super) const MESSAGE_CLICKS: usize = 4096;
+
+/// How large one message of a code's clicks may be: a code with more clicks in a group (a
+/// busy link after a stall) goes in several messages, one after the other.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limit {
+    pub clicks: usize,
+    pub bytes: usize,
+}
+
+/// Splits a code's clicks into runs that each fit in one message.
+fn runs(items: &[Item], limit: Limit) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    let mut bytes = 0;
+    for (i, item) in items.iter().enumerate() {
+        // A record's size with any number (a `u64` takes at most 9 bytes in MessagePack)
+        // and the length before it.
+        let size = records::encode_click(item.event()).len() + 16;
+        match out.last_mut() {
+            Some(run) if run.len() < limit.clicks && bytes + size <= limit.bytes => {
+                bytes += size;
+                run.end = i + 1;
+            }
+            _ => {
+                bytes = size;
+                out.push(i..i + 1);
+            }
+        }
+    }
+    out
+}
+
+/// Publishes one code's clicks of a group until JetStream has stored them, in messages under
+/// the size limit, or until it is seen that the link is gone; sets the code's outcome.
+/// Returns the code and where its clicks stand now (`None`: not known).
+pub(super) async fn publish_code(
+    store: &NatsStore,
+    pending: &mut Pending,
+    tip: Option<Tip>,
+    limit: Limit,
+    health: &Health,
+) -> (ShortCode, Option<Tip>) {
+    // A code with no known tip whose clicks are all to be numbered here (the long tail:
+    // codes clicked once in a while) is first tried as a code with no clicks yet: right, it
+    // saves reading its last message; wrong, JetStream refuses it and the last message is
+    // read then.
+    let mut tip = tip.or_else(|| pending.all_fresh().then_some(Tip::default()));
+    let mut superseded = false;
+    for run in runs(&pending.items, limit) {
+        match publish_run(store, &pending.code, &pending.items[run], tip, health).await {
+            Some((done, renumbered)) => {
+                tip = Some(done);
+                superseded |= renumbered;
+            }
+            None => {
+                // The link is gone: nothing more of its clicks is stored (what was is purged
+                // with it), and no one who waits for them hears that they were.
+                debug!(code = %pending.code, "clicks of a deleted link not stored");
+                pending.outcome = Outcome::Dropped;
+                return (pending.code.clone(), None);
+            }
+        }
+    }
+    if let Some(done) = tip {
+        pending.outcome = Outcome::Stored {
+            last: done.last,
+            superseded,
+        };
+    }
+    (pending.code.clone(), tip)
+}
+
+/// Publishes one run of a code's clicks after the code's last stored message, retrying until
+/// it is stored. Returns the new tip and whether an actor's numbers had to change (another
+/// node's clicks came first), or `None` when the link is gone.
+async fn publish_run(
+    store: &NatsStore,
+    code: &ShortCode,
+    run: &[Item],
+    tip: Option<Tip>,
+    health: &Health,
+) -> Option<(Tip, bool)> {
+    let mut run = Run {
+        store,
+        code,
+        items: run,
+        health,
+        subject: clicks_subject(code.as_str()),
+        attempt: 0,
+        tip,
+        read_here: false,
+    };
+    loop {
+        if let ControlFlow::Break(done) = run.once().await {
+            return done;
+        }
+    }
+}
+
+/// What an attempt comes to: `Break` with the run's result, or `Continue` to try again.
+type Step = ControlFlow<Option<(Tip, bool)>>;
+
+/// One run of a code's clicks being published, and what its attempts have learnt.
+struct Run<'a> {
+    store: &'a NatsStore,
+    code: &'a ShortCode,
+    items: &'a [Item],
+    health: &'a Health,
+    subject: String,
+    attempt: u32,
+    /// Where the code's clicks stand (`None`: to be read from the servers).
+    tip: Option<Tip>,
+    /// Whether `tip` was read from the servers by this call (not remembered from before).
+    read_here: bool,
+}
+
+impl Run<'_> {
+    /// One attempt: the link still there, the tip known, the clicks numbered after it and
+    /// published.
+    async fn once(&mut self) -> Step {
+        match self.link_still_there().await {
+            Some(true) => {}
+            Some(false) => return ControlFlow::Break(None),
+            None => return ControlFlow::Continue(()),
+        }
+        self.attempt += 1;
+        let Some(current) = self.current_tip().await else {
+            return ControlFlow::Continue(());
+        };
+        // Numbered after the stored clicks: as the actor numbered them when it was right.
+        // Whether the actor was right is judged by this attempt alone.
+        let Numbered {
+            events,
+            renumbered,
+            behind,
+        } = Pending::numbered(self.items, current.last);
+        if behind {
+            // Fewer clicks stored than the actor counted before these. Other nodes only add
+            // clicks; fewer means they were purged: the link was deleted (and perhaps made
+            // again), and these clicks belonged to the deleted one. Unless the tip was only
+            // remembered: then it is read first.
+            if self.read_here {
+                return ControlFlow::Break(None);
+            }
+            self.tip = None;
+            return ControlFlow::Continue(());
+        }
+        let last = current.last + events.len() as u64;
+        // Unique to this message: this node, the code, the message it follows and its first
+        // click (a retry of it carries the same id, and JetStream keeps one copy).
+        let first_at = events.first().map_or(0, |e| e.at);
+        let id = format!(
+            "{}:{}:{}:{}",
+            self.store.inner.node, self.code, current.stream_seq, first_at
+        );
+        match self.publish(&events, current, &id).await {
+            Ok(ack) => ControlFlow::Break(Some((
+                Tip {
+                    stream_seq: ack.sequence,
+                    last,
+                },
+                renumbered,
+            ))),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                self.after_wrong_last_sequence(current, &id, last, renumbered)
+                    .await
+            }
+            Err(e) => {
+                if self.attempt == 1 || self.attempt.is_multiple_of(20) {
+                    warn!(code = %self.code, cause = %e, attempt = self.attempt, "clicks not stored yet; publishing again");
+                }
+                unreachable(self.health, &format!("publishing clicks: {e}"));
+                tokio::time::sleep(RETRY).await;
+                ControlFlow::Continue(())
+            }
+        }
+    }
+
+    /// Whether the link is still there; `None` (after a pause) when that cannot be told now.
+    ///
+    /// Every attempt after the first asks the links bucket itself (not this node's copy,
+    /// which a node cut off may not have brought up to date): a link deleted meanwhile
+    /// takes none of these clicks.
+    async fn link_still_there(&self) -> Option<bool> {
+        if self.attempt == 0 {
+            return Some(self.store.has_link(self.code.as_str()));
+        }
+        match link_stored(self.store, self.code).await {
+            Ok(stored) => Some(stored),
+            Err(e) => {
+                unreachable(self.health, &e.to_string());
+                tokio::time::sleep(RETRY).await;
+                None
+            }
+        }
+    }
+
+    /// Where the code's clicks stand: as known, or read from the servers; `None` (after a
+    /// pause) when they cannot be read now.
+    async fn current_tip(&mut self) -> Option<Tip> {
+        if let Some(tip) = self.tip {
+            return Some(tip);
+        }
+        match self.store.last_batch(self.code.as_str()).await {
+            Ok((stream_seq, last, _)) => {
+                let fresh = Tip {
+                    stream_seq,
+                    last: last.map_or(0, |e| e.seq),
+                };
+                self.tip = Some(fresh);
+                self.read_here = true;
+                Some(fresh)
+            }
+            Err(e) => {
+                unreachable(self.health, &e.to_string());
+                tokio::time::sleep(RETRY).await;
+                None
+            }
+        }
+    }
+
+    /// Publishes `events` as the message `id` after the message at `current`, and waits for
+    /// its acknowledgement.
+    async fn publish(
+        &self,
+        events: &[ClickEvent],
+        current: Tip,
+        id: &str,
+    ) -> Result<PublishAck, PublishError> {
+        let message = jetstream::message::PublishMessage::build()
+            .payload(encode_batch(events))
+            .expected_last_subject_sequence(current.stream_seq)
+            .message_id(id)
+            .header("Lp-Node", self.store.inner.node.as_str());
+        match self
+            .store
+            .inner
+            .js
+            .send_publish(self.subject.clone(), message)
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The publish of message `id` (which followed `current`, and would make the code's last
+    /// click `last`) was refused: another node stored clicks of this code meanwhile, or this
+    /// very message was stored and its acknowledgement lost (perhaps longer ago than
+    /// JetStream's duplicate window). If it was stored, it is the message right after the one
+    /// it expected: look there, not at the last one.
+    async fn after_wrong_last_sequence(
+        &mut self,
+        current: Tip,
+        id: &str,
+        last: u64,
+        renumbered: bool,
+    ) -> Step {
+        match self
+            .store
+            .batch_after(self.code.as_str(), current.stream_seq)
+            .await
+        {
+            Ok(Some((stream_seq, stored_id))) if stored_id == id => {
+                debug!(code = %self.code, "clicks found stored after a lost acknowledgement");
+                ControlFlow::Break(Some(
+                    self.stored_after_all(Tip { stream_seq, last }, renumbered)
+                        .await,
+                ))
+            }
+            Ok(Some(_)) => self.after_others(current).await,
+            Ok(None) if current.stream_seq > 0 => {
+                // Nothing after what it followed, and that is not the last: the code's
+                // clicks were purged (its link deleted, perhaps made again since).
+                // These clicks belonged to the deleted link.
+                ControlFlow::Break(None)
+            }
+            Ok(None) => {
+                self.tip = None;
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                unreachable(self.health, &e.to_string());
+                self.tip = None;
+                tokio::time::sleep(RETRY).await;
+                ControlFlow::Continue(())
+            }
+        }
+    }
+
+    /// The message was stored (at `mine`) though its acknowledgement was lost. Others may
+    /// have stored clicks after it: the next run follows theirs, and the actor's count is
+    /// stale.
+    async fn stored_after_all(&self, mine: Tip, renumbered: bool) -> (Tip, bool) {
+        match self.store.last_batch(self.code.as_str()).await {
+            Ok((s, l, _)) if s > mine.stream_seq => (
+                Tip {
+                    stream_seq: s,
+                    last: l.map_or(0, |e| e.seq),
+                },
+                true,
+            ),
+            Ok(_) => (mine, renumbered),
+            // Not known: if others followed, the next publish is refused and
+            // reads them.
+            Err(_) => (mine, renumbered),
+        }
+    }
+
+    /// Another message follows the one `current` says was last: the next attempt numbers
+    /// these clicks after the code's last message, unless the code's clicks were purged.
+    async fn after_others(&mut self, current: Tip) -> Step {
+        match self.store.last_batch(self.code.as_str()).await {
+            // Fewer clicks than it followed: they were purged (the link deleted)
+            // and the code made again; these clicks belonged to the deleted link.
+            Ok((_, l, _)) if l.as_ref().map_or(0, |e| e.seq) < current.last => {
+                ControlFlow::Break(None)
+            }
+            Ok((stream_seq, l, _)) => {
+                debug!(code = %self.code, "another node stored clicks of this code; numbering after them");
+                self.tip = Some(Tip {
+                    stream_seq,
+                    last: l.map_or(0, |e| e.seq),
+                });
+                self.read_here = true;
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                unreachable(self.health, &e.to_string());
+                self.tip = None;
+                tokio::time::sleep(RETRY).await;
+                ControlFlow::Continue(())
+            }
+        }
+    }
+}
