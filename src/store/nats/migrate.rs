@@ -57,6 +57,34 @@ pub async fn migrate(data_dir: &Path, config: &NatsConfig) -> anyhow::Result<Mig
     let store = tokio::task::spawn_blocking(move || Store::open(&dir))
         .await?
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let nats = connect_empty(config).await?;
+    // Unique-visitor counts of the snapshots were made with this store's secret.
+    nats.inner
+        .meta_kv
+        .put(
+            super::VISITOR_KEY,
+            Bytes::copy_from_slice(&store.visitor_key_bytes()),
+        )
+        .await
+        .map_err(|e| super::nats_error("cannot store the visitor key", e))?;
+    let migrated = Migrated {
+        keys: move_keys(&store, &nats).await?,
+        links: move_links(&store, &nats).await?,
+        clicks: move_clicks(&store, &nats).await?,
+        snapshots: move_snapshots(&store, &nats).await?,
+    };
+    // Left as found: a store that was closed cleanly is closed cleanly again.
+    if store.startup_report().clean_close {
+        let dir = data_dir.to_owned();
+        tokio::task::spawn_blocking(move || store.close_clean(&dir))
+            .await?
+            .context("cannot close the store cleanly")?;
+    }
+    Ok(migrated)
+}
+
+/// The cluster store at `config`, refused unless it holds no link and no click.
+async fn connect_empty(config: &NatsConfig) -> anyhow::Result<NatsStore> {
     let nats = NatsStore::connect(config)
         .await
         .context("cannot open the NATS JetStream store")?;
@@ -76,24 +104,24 @@ pub async fn migrate(data_dir: &Path, config: &NatsConfig) -> anyhow::Result<Mig
          buckets first)",
         nats.links_len()
     );
-    let mut migrated = Migrated::default();
-    // Unique-visitor counts of the snapshots were made with this store's secret.
-    nats.inner
-        .meta_kv
-        .put(
-            super::VISITOR_KEY,
-            Bytes::copy_from_slice(&store.visitor_key_bytes()),
-        )
-        .await
-        .map_err(|e| super::nats_error("cannot store the visitor key", e))?;
+    Ok(nats)
+}
 
+/// Moves the API keys; returns how many.
+async fn move_keys(store: &Store, nats: &NatsStore) -> anyhow::Result<u64> {
+    let mut moved = 0;
     for (hash, record) in store.api_keys()? {
         let put = nats.clone();
         tokio::task::spawn_blocking(move || put.put_api_key(hash, &record)).await??;
-        migrated.keys += 1;
+        moved += 1;
     }
+    Ok(moved)
+}
 
-    // Links, then clicks: read on a blocking thread, written here with many in flight.
+/// Moves the links, read on a blocking thread and written here with many in flight; returns
+/// how many.
+async fn move_links(store: &Store, nats: &NatsStore) -> anyhow::Result<u64> {
+    let mut moved = 0;
     let (tx, mut rx) = mpsc::channel::<(String, Bytes)>(IN_FLIGHT);
     let reader = store.clone();
     let links = tokio::task::spawn_blocking(move || {
@@ -111,18 +139,52 @@ pub async fn migrate(data_dir: &Path, config: &NatsConfig) -> anyhow::Result<Mig
             && let Some(done) = pending.next().await
         {
             done.context("cannot store a link")?;
-            migrated.links += 1;
+            moved += 1;
         }
     }
     while let Some(done) = pending.next().await {
         done.context("cannot store a link")?;
-        migrated.links += 1;
+        moved += 1;
     }
     links.await??;
+    Ok(moved)
+}
 
+/// Moves every click, numbered as it was, in batches of a code's clicks; returns how many.
+async fn move_clicks(store: &Store, nats: &NatsStore) -> anyhow::Result<u64> {
+    let mut moved = 0;
     let (tx, mut rx) = mpsc::channel::<Message>(IN_FLIGHT);
-    let reader = store.clone();
-    let clicks = tokio::task::spawn_blocking(move || {
+    let clicks = read_clicks(store.clone(), tx);
+    // One connection publishes in order, so a code's batches are stored in order.
+    let js = Arc::new(nats.inner.js.clone());
+    let mut acks = FuturesUnordered::new();
+    while let Some(message) = rx.recv().await {
+        let ack = js
+            .publish(message.subject, message.payload)
+            .await
+            .context("cannot publish clicks")?;
+        let n = message.clicks;
+        acks.push(async move { ack.await.map(|_| n) });
+        if acks.len() >= IN_FLIGHT
+            && let Some(done) = acks.next().await
+        {
+            moved += done.context("clicks not stored")?;
+        }
+    }
+    while let Some(done) = acks.next().await {
+        moved += done.context("clicks not stored")?;
+    }
+    clicks.await??;
+    Ok(moved)
+}
+
+/// Reads every click on a blocking thread and sends them to `tx` as messages of one code's
+/// clicks, at most [`BATCH`] each.
+fn read_clicks(
+    reader: Store,
+    tx: mpsc::Sender<Message>,
+) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+    tokio::task::spawn_blocking(move || {
         let mut code = String::new();
         let mut batch: Vec<ClickEvent> = Vec::new();
         let send = |code: &str, batch: &mut Vec<ClickEvent>| {
@@ -147,29 +209,13 @@ pub async fn migrate(data_dir: &Path, config: &NatsConfig) -> anyhow::Result<Mig
             Ok::<_, StoreError>(())
         })?;
         send(&code, &mut batch)
-    });
-    // One connection publishes in order, so a code's batches are stored in order.
-    let js = Arc::new(nats.inner.js.clone());
-    let mut acks = FuturesUnordered::new();
-    while let Some(message) = rx.recv().await {
-        let ack = js
-            .publish(message.subject, message.payload)
-            .await
-            .context("cannot publish clicks")?;
-        let n = message.clicks;
-        acks.push(async move { ack.await.map(|_| n) });
-        if acks.len() >= IN_FLIGHT
-            && let Some(done) = acks.next().await
-        {
-            migrated.clicks += done.context("clicks not stored")?;
-        }
-    }
-    while let Some(done) = acks.next().await {
-        migrated.clicks += done.context("clicks not stored")?;
-    }
-    clicks.await??;
+    })
+}
 
-    // The snapshots, so the nodes need not rebuild every link's aggregates from its clicks.
+/// Moves the snapshots, so the nodes need not rebuild every link's aggregates from its
+/// clicks; returns how many.
+async fn move_snapshots(store: &Store, nats: &NatsStore) -> anyhow::Result<u64> {
+    let mut moved = 0;
     let reader = store.clone();
     let snapshots = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
@@ -188,16 +234,9 @@ pub async fn migrate(data_dir: &Path, config: &NatsConfig) -> anyhow::Result<Mig
             .put(&code, encode_snapshot_entry(covers, 0, &bytes))
             .await
             .map_err(|e| super::nats_error("cannot store aggregates", e))?;
-        migrated.snapshots += 1;
+        moved += 1;
     }
-    // Left as found: a store that was closed cleanly is closed cleanly again.
-    if store.startup_report().clean_close {
-        let dir = data_dir.to_owned();
-        tokio::task::spawn_blocking(move || store.close_clean(&dir))
-            .await?
-            .context("cannot close the store cleanly")?;
-    }
-    Ok(migrated)
+    Ok(moved)
 }
 
 /// `linkpulse migrate`: the summary to print.
