@@ -99,6 +99,8 @@ pub enum LinkMsg {
     Delete(RpcReplyPort<Result<bool, WriteError>>),
     /// Another node deleted the link: as `Delete`, with nothing sent to the store.
     DeletedElsewhere,
+    /// The store answered a deletion this actor queued (`true`: it is done).
+    DeleteAnswered(bool),
     /// Fault injection (tests): the handler fails as a bug would, and the actor dies.
     #[cfg(feature = "test-hooks")]
     Fail,
@@ -281,6 +283,7 @@ impl Actor for LinkActor {
             LinkMsg::Replace(link, reply) => state.on_replace(link, reply),
             LinkMsg::Delete(reply) => state.delete(&myself, Some(reply)),
             LinkMsg::DeletedElsewhere => state.delete(&myself, None),
+            LinkMsg::DeleteAnswered(done) => state.on_delete_answered(&myself, done),
             #[cfg(feature = "test-hooks")]
             LinkMsg::Fail => return Err("fault injected".into()),
             LinkMsg::Tick(generation) => {

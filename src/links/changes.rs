@@ -80,6 +80,13 @@ impl Links {
             while let Some((code, link)) = rx.recv().await {
                 match link {
                     Some(link) => {
+                        // A link made again on the code while this node missed the deletion
+                        // (a watch started again shows only the latest value): what it holds
+                        // of the old one goes first.
+                        let held = links.shared.directory.link(code.as_str());
+                        if held.is_some_and(|old| old.created_at != link.created_at) {
+                            links.deleted_elsewhere(&code).await;
+                        }
                         links.shared.directory.unmark_gone(&code);
                         let _order = links.changes.lock().await;
                         links.apply(&link).await;
@@ -157,11 +164,12 @@ impl Links {
         let code = &link.code;
         self.shared.directory.mark_gone(code);
         self.shared.cache.insert(code.clone(), None);
-        let mut found = false;
+        // The store's answer, once one came (from the actor or the writer).
+        let mut answered = None;
         if self.shared.directory.live(code.as_str()).is_some() {
             // The actor hands the deletion to the writer behind the clicks it numbered.
             match self.ask(link, LinkMsg::Delete, deadline).await {
-                Ok(answer) => found = answer?,
+                Ok(answer) => answered = Some(answer?),
                 // It was stopping (idle) and let the question go, or ended: the store is asked
                 // below.
                 Err(LinkError::Timeout | LinkError::Gone) if Instant::now() < deadline => {}
@@ -169,11 +177,10 @@ impl Links {
             }
         }
         self.await_stopping(link, deadline).await?;
-        if !found {
-            found = tokio::time::timeout_at(deadline, self.shared.writer.delete_link(code.clone()))
-                .await
-                .map_err(|_| LinkError::Timeout)??;
-        }
+        let found = match answered {
+            Some(found) => found,
+            None => self.delete_in_store(code, deadline).await?,
+        };
         // The entry goes once the actor has ended and its writes are committed.
         if let Some(mut done) = self.shared.directory.current(code.as_str())
             && tokio::time::timeout_at(deadline, done.wait_for(|gone| *gone))
@@ -183,5 +190,31 @@ impl Links {
             return Err(LinkError::Timeout);
         }
         Ok(found)
+    }
+
+    /// Asks the writer to delete a link no actor holds. The answer is taken even if the
+    /// caller stops waiting (a slow store): a deletion refused later shows the link again.
+    async fn delete_in_store(
+        &self,
+        code: &ShortCode,
+        deadline: Instant,
+    ) -> Result<bool, LinkError> {
+        let queued = self.shared.writer.delete_link(code.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shared = self.shared.clone();
+        let code = code.clone();
+        tokio::spawn(async move {
+            let answer = queued.await;
+            if answer.is_err() {
+                shared.directory.unmark_gone(&code);
+                shared.cache.remove(&code);
+            }
+            let _ = tx.send(answer);
+        });
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => Ok(answer?),
+            Ok(Err(_)) => Err(LinkError::ShuttingDown),
+            Err(_) => Err(LinkError::Timeout),
+        }
     }
 }

@@ -21,7 +21,7 @@ impl Links {
     /// (where everything of a stopped actor is committed).
     pub async fn snapshot(&self, link: &Arc<Link>) -> Result<Snapshot, LinkError> {
         let deadline = Instant::now() + CALL_TIMEOUT;
-        self.refresh_if_stale(link, deadline).await?;
+        self.refresh_if_stale(link, deadline, false).await?;
         self.await_stopping(link, deadline).await?;
         if self.shared.directory.live(link.code.as_str()).is_some() {
             match self.ask(link, LinkMsg::Snapshot, deadline).await {
@@ -58,7 +58,7 @@ impl Links {
     /// milliseconds, which the page's stream brings at once.
     pub async fn public_count(&self, link: &Arc<Link>) -> Result<u64, LinkError> {
         let deadline = Instant::now() + CALL_TIMEOUT;
-        self.refresh_if_stale(link, deadline).await?;
+        self.refresh_if_stale(link, deadline, true).await?;
         if let Some(actor) = self.shared.directory.live(link.code.as_str()) {
             let (tx, rx) = oneshot();
             if actor.cast(LinkMsg::Peek(tx.into())).is_ok()
@@ -83,7 +83,7 @@ impl Links {
         query: StatsQuery,
     ) -> Result<Result<StatsAnswer, QueryError>, LinkError> {
         let deadline = Instant::now() + CALL_TIMEOUT;
-        self.refresh_if_stale(link, deadline).await?;
+        self.refresh_if_stale(link, deadline, false).await?;
         loop {
             self.await_stopping(link, deadline).await?;
             let ask = |reply| {
@@ -107,7 +107,14 @@ impl Links {
     /// other nodes store for its code (and one that is watched follows them a little behind).
     /// Before it answers a read, the code's last stored batch is looked at: numbered elsewhere
     /// and beyond the actor's count, the actor catches up from the store first.
-    async fn refresh_if_stale(&self, link: &Arc<Link>, deadline: Instant) -> Result<(), LinkError> {
+    /// A public read (`public`) compares the actor's committed count as it is, and when the
+    /// store cannot be asked it answers with what the actor has rather than fail.
+    async fn refresh_if_stale(
+        &self,
+        link: &Arc<Link>,
+        deadline: Instant,
+        public: bool,
+    ) -> Result<(), LinkError> {
         let store = &self.shared.store;
         if !store.shared_by_nodes() {
             return Ok(());
@@ -115,12 +122,21 @@ impl Links {
         let Some(actor) = self.shared.directory.live(link.code.as_str()) else {
             return Ok(());
         };
-        let here = self.ask(link, LinkMsg::Snapshot, deadline).await?;
+        let here = if public {
+            self.ask(link, LinkMsg::Peek, deadline).await?
+        } else {
+            self.ask(link, LinkMsg::Snapshot, deadline).await?.count
+        };
         let (store, code) = (store.clone(), link.code.clone());
         let elsewhere = tokio::task::spawn_blocking(move || store.counted_elsewhere(code.as_str()))
             .await
-            .map_err(|_| LinkError::ShuttingDown)??;
-        if elsewhere.is_some_and(|count| count > here.count) {
+            .map_err(|_| LinkError::ShuttingDown)?;
+        let elsewhere = match elsewhere {
+            Ok(elsewhere) => elsewhere,
+            Err(_) if public => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if elsewhere.is_some_and(|count| count > here) {
             // It reads what it lacks from the store and takes it in, keeping its viewers; an
             // actor with clicks of its own in flight is superseded instead (no answer), and
             // the read waits for it to end.

@@ -31,13 +31,38 @@ impl LinkState {
         self.deleted = true;
         // Clicks already in the inbox are refused (their visitors get the deleted link's 404).
         self.count_clicks();
-        if let Some(reply) = reply {
-            // Queued now, behind every click batch this actor sent: the purge finds them all.
-            let deleted = self.shared.writer.delete_link(self.code.clone());
-            tokio::spawn(async move {
-                let _ = reply.send(deleted.await);
-            });
+        let Some(reply) = reply else {
+            self.deleted_for_good(myself);
+            return;
+        };
+        // Queued now, behind every click batch this actor sent: the purge finds them all. The
+        // viewers hear of it once the store has said so (a refused deletion leaves the link
+        // and its viewers as they were).
+        let deleted = self.shared.writer.delete_link(self.code.clone());
+        let actor = myself.clone();
+        tokio::spawn(async move {
+            let answer = deleted.await;
+            // An actor that has stopped meanwhile needs no news.
+            let _ = actor.cast(LinkMsg::DeleteAnswered(answer.is_ok()));
+            let _ = reply.send(answer);
+        });
+    }
+
+    /// The store's answer to a deletion this actor queued: done (or the link was gone
+    /// already), the viewers get the last `deleted` event and the actor stops; refused, the
+    /// link counts clicks again.
+    pub(super) fn on_delete_answered(&mut self, myself: &ActorRef<LinkMsg>, done: bool) {
+        if done {
+            self.deleted_for_good(myself);
+        } else {
+            // Shown again here (also when the owner stopped waiting for the answer).
+            self.deleted = false;
+            self.shared.directory.unmark_gone(&self.code);
+            self.shared.cache.remove(&self.code);
         }
+    }
+
+    fn deleted_for_good(&mut self, myself: &ActorRef<LinkMsg>) {
         self.subscribers
             .send_all(&frame::deleted_frame(self.code.as_str(), self.count));
         self.end(myself);

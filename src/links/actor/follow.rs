@@ -144,10 +144,14 @@ impl LinkState {
         let mut events = match read {
             Ok(events) => events,
             Err(cause) => {
-                // The store cannot be read now: the viewers keep what they have, and the next
-                // clicks from other nodes (or the next read) try again.
+                // The store cannot be read now: the viewers keep what they have; it is read
+                // again shortly while anyone waits for it (readers until their deadlines,
+                // viewers for the clicks held meanwhile).
                 debug!(code = %self.code, %cause, "cannot catch up with other nodes' clicks yet");
-                self.remote.waiting.clear();
+                self.remote.waiting.retain(|(_, reply)| !reply.is_closed());
+                if !self.remote.waiting.is_empty() || !self.remote.held.is_empty() {
+                    myself.send_after(std::time::Duration::from_millis(200), || LinkMsg::Reread);
+                }
                 return;
             }
         };
