@@ -1,3 +1,6 @@
+//! Unit tests of the aggregates: folding in order, breakdowns that sum to the count, retention,
+//! unique visitors, missing clicks, referrer hosts.
+
 use super::*;
 use crate::domain::DeviceClass;
 

@@ -1,3 +1,6 @@
+//! Unit tests of the limits: rates and their bursts, IPv6 by /64, sweeping, `Retry-After`,
+//! failed tries, places per address.
+
 use super::*;
 
 #[test]
