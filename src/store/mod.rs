@@ -5,9 +5,10 @@
 //! - `nats/`: the cluster engine, every durable thing in NATS JetStream, shared by nodes.
 //!
 //! Shared here: the contract and the callbacks an upper layer registers ([`ChangeListener`],
-//! [`CommitListener`]), the writer's queue and rules (`writer.rs`), record encodings both
-//! engines use (`records.rs`), the backlog of uncommitted clicks (`backlog.rs`), and
-//! [`open`], which picks the engine. Nothing above this module names an engine.
+//! [`CommitListener`]), the writer's queue and rules (`writer/`), record encodings both
+//! engines use (`records/`), the backlog of uncommitted clicks (`backlog.rs`), and
+//! [`Opened::open`] (`engine.rs`), which picks the engine. Nothing above this module names an
+//! engine.
 
 mod backend;
 mod backlog;

@@ -6,8 +6,8 @@
 //! the click is stored (fsynced, in strict durability); after a group is stored each code's
 //! [`CommitListener`] hears the highest click number the store holds.
 //!
-//! Each engine drains the queue on a thread of its own: `fjall/writer.rs` commits a group as
-//! one atomic batch; `nats/writer.rs` publishes it as numbered messages per code.
+//! Each engine drains the queue on a thread of its own: `fjall/writer/` commits a group as
+//! one atomic batch; `nats/writer/` publishes it as numbered messages per code.
 
 use std::{
     sync::{
