@@ -245,8 +245,14 @@ impl Group {
                     }
                 }
                 // Its acknowledgements go with it: a strict redirect waiting for one hears
-                // that its click was not stored.
-                (Ok(()), Outcome::Dropped) => dropped += n,
+                // that its click was not stored. An actor that numbered them starts again
+                // from the store (its link may exist again, made anew on the code).
+                (Ok(()), Outcome::Dropped) => {
+                    dropped += n;
+                    for listener in &pending.listeners {
+                        listener.superseded();
+                    }
+                }
                 (Err(_), _) | (Ok(()), Outcome::Waiting) => lost += n,
             }
         }

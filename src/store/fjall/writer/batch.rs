@@ -36,11 +36,13 @@ pub(super) fn commit(
     let mut batch = store.db.batch();
     let mut change = TotalsChange::default();
     let outcomes = stage_links(store, &mut batch, &group.links, hold, &mut change);
+    // Only deletions carried out (one whose read failed leaves the link, and its clicks).
     let deleted_here: Vec<&ShortCode> = group
         .links
         .iter()
-        .filter_map(|op| match op {
-            LinkOp::Delete(code, _) => Some(code),
+        .zip(&outcomes)
+        .filter_map(|(op, outcome)| match (op, outcome) {
+            (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) => Some(code),
             _ => None,
         })
         .collect();

@@ -50,14 +50,24 @@ pub(super) async fn link_op(
 async fn create(store: &NatsStore, link: &Link, now: i64) -> Result<LinkOutcome, StoreError> {
     let inner = &store.inner;
     let code = link.code.as_str();
-    let held = inner
+    let gone = inner
         .gone_kv
         .get(code)
         .await
-        .map_err(|e| nats_error("cannot read a deleted code's hold", e))?
-        .is_some_and(|b| records::decode_gone(&b) > now);
-    if held {
+        .map_err(|e| nats_error("cannot read a deleted code's hold", e))?;
+    if gone.as_ref().is_some_and(|b| records::decode_gone(b) > now) {
         return Ok(LinkOutcome::Created(false));
+    }
+    if gone.is_some() && stored_link(store, &link.code).await?.is_none() {
+        // A code made again after its hold: whatever of the deleted link's clicks is left
+        // (a purge that failed, a click stored after it) is not the new link's.
+        inner
+            .clicks
+            .purge()
+            .filter(clicks_subject(code))
+            .await
+            .map_err(|e| nats_error("cannot purge a deleted link's clicks", e))?;
+        let _ = inner.aggregates_kv.purge(code).await;
     }
     match inner
         .links_kv

@@ -299,13 +299,9 @@ impl Run<'_> {
                         .await,
                 ))
             }
-            Ok(Some(_)) => self.after_others(current).await,
-            Ok(None) if current.stream_seq > 0 => {
-                // Nothing after what it followed, and that is not the last: the code's
-                // clicks were purged (its link deleted, perhaps made again since).
-                // These clicks belonged to the deleted link.
-                ControlFlow::Break(None)
-            }
+            Ok(Some(_)) => self.after_others().await,
+            // Nothing after what it followed: the tip was wrong (remembered from before a
+            // purge, perhaps): read it, and judge these clicks against it.
             Ok(None) => {
                 self.tip = None;
                 ControlFlow::Continue(())
@@ -338,15 +334,11 @@ impl Run<'_> {
         }
     }
 
-    /// Another message follows the one `current` says was last: the next attempt numbers
-    /// these clicks after the code's last message, unless the code's clicks were purged.
-    async fn after_others(&mut self, current: Tip) -> Step {
+    /// Another message follows the one the tip says was last: the next attempt numbers these
+    /// clicks after the code's last message as read now (an actor's clicks numbered beyond
+    /// it belonged to a deleted link: see `once`).
+    async fn after_others(&mut self) -> Step {
         match self.store.last_batch(self.code.as_str()).await {
-            // Fewer clicks than it followed: they were purged (the link deleted)
-            // and the code made again; these clicks belonged to the deleted link.
-            Ok((_, l, _)) if l.as_ref().map_or(0, |e| e.seq) < current.last => {
-                ControlFlow::Break(None)
-            }
             Ok((stream_seq, l, _)) => {
                 debug!(code = %self.code, "another node stored clicks of this code; numbering after them");
                 self.tip = Some(Tip {
