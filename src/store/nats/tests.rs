@@ -96,3 +96,125 @@ async fn a_key_revoked_on_another_node_is_not_brought_back_by_a_last_used_save()
         "the revoked key stays revoked"
     );
 }
+
+/// A click of `code` as this test stores it (the moment tells batches apart).
+fn click(seq: u64, at: i64) -> crate::domain::ClickEvent {
+    crate::domain::ClickEvent {
+        seq,
+        at,
+        ip: None,
+        user_agent: "curl/8".into(),
+        referer: None,
+        country: None,
+        browser: "unknown".into(),
+        os: "unknown".into(),
+        device: crate::domain::DeviceClass::Other,
+        bot: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_acknowledgement_was_lost_is_stored_once_even_past_the_duplicate_window() {
+    use std::{ops::ControlFlow, sync::Arc};
+
+    use async_nats::jetstream::message::PublishMessage;
+
+    use super::{
+        clicks::encode_batch,
+        clicks_subject,
+        writer::{Tip, publish::publish_run},
+    };
+    use crate::{
+        domain::{Link, ShortCode, TargetUrl},
+        store::{
+            records,
+            writer::{Health, group::Item},
+        },
+    };
+
+    let server = Server::start();
+    let node = server.node().await;
+    // JetStream forgets message ids after this: the lost acknowledgement is found without it.
+    let mut info = node.inner.clicks.clone();
+    let mut config = info.info().await.expect("stream info").config.clone();
+    config.duplicate_window = Duration::from_millis(300);
+    node.inner
+        .js
+        .update_stream(config)
+        .await
+        .expect("a short duplicate window");
+    let code = ShortCode::parse("lost").expect("a code");
+    let link = Link::new(
+        code.clone(),
+        TargetUrl::parse("https://example.com/lost").expect("a target"),
+        "k".into(),
+        now_ms(),
+    );
+    node.inner
+        .links_kv
+        .create("lost", records::encode_link(&link).into())
+        .await
+        .expect("the link stored");
+    node.inner.remember(Arc::new(link));
+    let health = Health::default();
+
+    // Click 1, stored as the writer stores it.
+    let first = [Item::Fresh(click(0, 1))];
+    let (tip, _) = publish_run(&node, &code, &first, Some(Tip::default()), &health)
+        .await
+        .expect("click 1 stored");
+    // Clicks 2 and 3: the very message the writer publishes, stored, its acknowledgement lost.
+    let lost = [click(2, 2), click(3, 3)];
+    let id = format!("{}:{}:{}:{}", node.inner.node, code, tip.stream_seq, 2);
+    let publish = |events: &[crate::domain::ClickEvent], after: u64, id: &str, from: &str| {
+        PublishMessage::build()
+            .payload(encode_batch(events))
+            .expected_last_subject_sequence(after)
+            .message_id(id)
+            .header("Lp-Node", from)
+    };
+    let stored = node
+        .inner
+        .js
+        .send_publish(
+            clicks_subject("lost"),
+            publish(&lost, tip.stream_seq, &id, &node.inner.node),
+        )
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+    // Another node stores click 4 after it.
+    node.inner
+        .js
+        .send_publish(
+            clicks_subject("lost"),
+            publish(&[click(4, 4)], stored.sequence, "other:lost:x:4", "other"),
+        )
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // The writer publishes the lost message again.
+    let again: Vec<Item> = lost
+        .iter()
+        .cloned()
+        .map(|e| Item::Numbered(Arc::new(e)))
+        .collect();
+    let (_, superseded) = publish_run(&node, &code, &again, Some(tip), &health)
+        .await
+        .expect("taken as stored");
+    assert!(
+        superseded,
+        "another node's click followed: the actor's count is stale"
+    );
+    let mut seqs = Vec::new();
+    node.walk_clicks("lost", 0, &mut |event| {
+        seqs.push(event.seq);
+        ControlFlow::Continue(())
+    })
+    .expect("walked");
+    assert_eq!(seqs, vec![1, 2, 3, 4], "each click stored once");
+}

@@ -20,7 +20,7 @@
 //! buckets, `snapshot.rs` stores aggregates snapshots.
 
 mod links;
-mod publish;
+pub(super) mod publish;
 mod snapshot;
 
 use std::{
@@ -54,11 +54,11 @@ const IN_FLIGHT: usize = 256;
 
 /// Where a code's clicks stand in the stream, as this writer last saw them.
 #[derive(Debug, Clone, Copy, Default)]
-struct Tip {
+pub(super) struct Tip {
     /// The stream sequence of the code's last message (0: none).
-    stream_seq: u64,
+    pub(super) stream_seq: u64,
     /// The number of its last click.
-    last: u64,
+    pub(super) last: u64,
 }
 
 /// Starts the writer thread of the cluster store.

@@ -104,7 +104,7 @@ pub(super) async fn publish_code(
 /// Publishes one run of a code's clicks after the code's last stored message, retrying until
 /// it is stored. Returns the new tip and whether an actor's numbers had to change (another
 /// node's clicks came first), or `None` when the link is gone.
-async fn publish_run(
+pub(in crate::store::nats) async fn publish_run(
     store: &NatsStore,
     code: &ShortCode,
     run: &[Item],
