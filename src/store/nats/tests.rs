@@ -124,38 +124,13 @@ async fn a_batch_whose_acknowledgement_was_lost_is_stored_once_even_past_the_dup
         clicks_subject,
         writer::{Tip, publish::publish_run},
     };
-    use crate::{
-        domain::{Link, ShortCode, TargetUrl},
-        store::{
-            records,
-            writer::{Health, group::Item},
-        },
-    };
+    use crate::store::writer::{Health, group::Item};
 
     let server = Server::start();
     let node = server.node().await;
     // JetStream forgets message ids after this: the lost acknowledgement is found without it.
-    let mut info = node.inner.clicks.clone();
-    let mut config = info.info().await.expect("stream info").config.clone();
-    config.duplicate_window = Duration::from_millis(300);
-    node.inner
-        .js
-        .update_stream(config)
-        .await
-        .expect("a short duplicate window");
-    let code = ShortCode::parse("lost").expect("a code");
-    let link = Link::new(
-        code.clone(),
-        TargetUrl::parse("https://example.com/lost").expect("a target"),
-        "k".into(),
-        now_ms(),
-    );
-    node.inner
-        .links_kv
-        .create("lost", records::encode_link(&link).into())
-        .await
-        .expect("the link stored");
-    node.inner.remember(Arc::new(link));
+    shorten_duplicate_window(&node, Duration::from_millis(300)).await;
+    let code = link_on(&node, "lost").await;
     let health = Health::default();
 
     // Click 1, stored as the writer stores it.
@@ -217,4 +192,38 @@ async fn a_batch_whose_acknowledgement_was_lost_is_stored_once_even_past_the_dup
     })
     .expect("walked");
     assert_eq!(seqs, vec![1, 2, 3, 4], "each click stored once");
+}
+
+/// Makes JetStream forget message ids after `window` on the clicks stream.
+async fn shorten_duplicate_window(node: &NatsStore, window: Duration) {
+    let mut stream = node.inner.clicks.clone();
+    let mut config = stream.info().await.expect("stream info").config.clone();
+    config.duplicate_window = window;
+    node.inner
+        .js
+        .update_stream(config)
+        .await
+        .expect("a short duplicate window");
+}
+
+/// Stores a link on `code` as the writer does, and returns the code.
+async fn link_on(node: &NatsStore, code: &str) -> crate::domain::ShortCode {
+    use crate::{
+        domain::{Link, ShortCode, TargetUrl},
+        store::records,
+    };
+    let code = ShortCode::parse(code).expect("a code");
+    let link = Link::new(
+        code.clone(),
+        TargetUrl::parse("https://example.com/target").expect("a target"),
+        "k".into(),
+        now_ms(),
+    );
+    node.inner
+        .links_kv
+        .create(code.as_str(), records::encode_link(&link).into())
+        .await
+        .expect("the link stored");
+    node.inner.remember(std::sync::Arc::new(link));
+    code
 }
