@@ -298,3 +298,54 @@ async fn clicks_held_by_a_node_cut_off_never_count_for_a_link_deleted_meanwhile(
     assert_eq!(now, 0, "the new link starts with no clicks of the old one");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_node_leaves_the_data_directory_of_a_running_server_alone() -> TestResult {
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    // A server on the embedded store, answering `linkpulse keys` on its control socket.
+    let server = crate::support::spawn_with(None, |_| {}).await;
+    let dir = server.dir.path().to_owned();
+    let keys_list = || {
+        Command::new(super::BIN)
+            .args(["keys", "list", "--data-dir"])
+            .arg(&dir)
+            .output()
+            .expect("keys list runs")
+    };
+    assert!(keys_list().status.success(), "the server answers keys list");
+    // A cluster node started with the same --data-dir (as a unit file copied between hosts
+    // might do) writes nothing there.
+    let nats = Nats::start(1);
+    let mut node = Command::new(super::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--nats", &nats.urls()])
+        .args(["--initial-api-key", KEY, "--data-dir"])
+        .arg(&dir)
+        .env("LINKPULSE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = node.stderr.take().expect("stderr");
+    let listening = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("linkpulse listening"))
+    });
+    let started = tokio::time::timeout(Duration::from_secs(60), listening).await;
+    let listens = matches!(started, Ok(Ok(true)));
+    let out = keys_list();
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(listens, "the cluster node started");
+    assert!(
+        out.status.success(),
+        "the server still answers keys list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop().await;
+    Ok(())
+}
