@@ -384,6 +384,37 @@ mod tests {
         assert_eq!(a.len(), 3 + KEY_RANDOM_LEN);
     }
 
+    /// Following the store each second takes the lock authentications wait on only when a
+    /// key was made or revoked elsewhere: with nothing changed it passes a reader by.
+    #[test]
+    fn following_an_unchanged_store_never_holds_up_authentication()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store: SharedStore = std::sync::Arc::new(crate::store::Store::open(dir.path())?);
+        let key = generate_key();
+        store_key(&*store, &key, "test", false)?;
+        let keys = std::sync::Arc::new(ApiKeys::load(&store)?);
+        let (done, finished) = std::sync::mpsc::channel();
+        let following = keys.clone();
+        let reader = keys.read();
+        // An authentication in progress holds the read lock meanwhile.
+        std::thread::spawn(move || {
+            let _ = done.send(following.follow_store().is_ok());
+        });
+        let followed = finished.recv_timeout(std::time::Duration::from_secs(30));
+        drop(reader);
+        assert_eq!(
+            followed,
+            Ok(true),
+            "following waited for the authentication"
+        );
+        // A key made elsewhere is still taken in.
+        store_key(&*store, &generate_key(), "elsewhere", false)?;
+        keys.follow_store()?;
+        assert_eq!(keys.len(), 2);
+        Ok(())
+    }
+
     #[test]
     fn authenticates_only_stored_keys() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
