@@ -19,12 +19,9 @@ use super::{
 };
 use crate::{
     domain::{ClickEvent, ShortCode},
-    store::{
-        records,
-        writer::{
-            Health,
-            group::{Item, Numbered, Outcome, Pending},
-        },
+    store::writer::{
+        Health,
+        group::{Item, Numbered, Outcome, Pending},
     },
 };
 
@@ -39,14 +36,25 @@ pub(super) struct Limit {
     pub bytes: usize,
 }
 
+/// At least the bytes a click takes in a message, without encoding it (it is encoded once,
+/// when its run is published): the length before it, its numbers and flags (each at most 9
+/// bytes in MessagePack, a string's header at most 5) and its strings.
+fn size_bound(e: &ClickEvent) -> usize {
+    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    128 + e.user_agent.len()
+        + e.browser.len()
+        + e.os.len()
+        + text(&e.ip)
+        + text(&e.referer)
+        + text(&e.country)
+}
+
 /// Splits a code's clicks into runs that each fit in one message.
 fn runs(items: &[Item], limit: Limit) -> Vec<Range<usize>> {
     let mut out: Vec<Range<usize>> = Vec::new();
     let mut bytes = 0;
     for (i, item) in items.iter().enumerate() {
-        // A record's size with any number (a `u64` takes at most 9 bytes in MessagePack)
-        // and the length before it.
-        let size = records::encode_click(item.event()).len() + 16;
+        let size = size_bound(item.event());
         match out.last_mut() {
             Some(run) if run.len() < limit.clicks && bytes + size <= limit.bytes => {
                 bytes += size;
@@ -306,12 +314,7 @@ impl Run<'_> {
                 self.tip = None;
                 ControlFlow::Continue(())
             }
-            Err(e) => {
-                unreachable(self.health, &e.to_string());
-                self.tip = None;
-                tokio::time::sleep(RETRY).await;
-                ControlFlow::Continue(())
-            }
+            Err(e) => self.forget_tip_and_pause(&e.to_string()).await,
         }
     }
 
@@ -334,6 +337,14 @@ impl Run<'_> {
         }
     }
 
+    /// The servers cannot be asked now: the tip is read again after a pause.
+    async fn forget_tip_and_pause(&mut self, why: &str) -> Step {
+        unreachable(self.health, why);
+        self.tip = None;
+        tokio::time::sleep(RETRY).await;
+        ControlFlow::Continue(())
+    }
+
     /// Another message follows the one the tip says was last: the next attempt numbers these
     /// clicks after the code's last message as read now (an actor's clicks numbered beyond
     /// it belonged to a deleted link: see `once`).
@@ -348,12 +359,7 @@ impl Run<'_> {
                 self.read_here = true;
                 ControlFlow::Continue(())
             }
-            Err(e) => {
-                unreachable(self.health, &e.to_string());
-                self.tip = None;
-                tokio::time::sleep(RETRY).await;
-                ControlFlow::Continue(())
-            }
+            Err(e) => self.forget_tip_and_pause(&e.to_string()).await,
         }
     }
 }
