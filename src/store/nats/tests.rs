@@ -15,18 +15,24 @@ use crate::{
 struct Server {
     child: Child,
     url: String,
+    /// The server's monitoring port (`/varz`).
+    monitor: u16,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port")
+        };
+        let (port, monitor) = (free_port(), free_port());
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string(), "-sd"])
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -40,8 +46,22 @@ impl Server {
         Self {
             child,
             url: format!("nats://127.0.0.1:{port}"),
+            monitor,
             _dir: dir,
         }
+    }
+
+    /// How many messages clients have sent the server so far (every JetStream request is one),
+    /// from its monitoring endpoint.
+    async fn messages_in(&self) -> u64 {
+        let varz: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{}/varz", self.monitor))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("the server's /varz")
+            .json()
+            .await
+            .expect("/varz is JSON");
+        varz["in_msgs"].as_u64().expect("in_msgs")
     }
 
     async fn node(&self) -> NatsStore {
@@ -226,4 +246,39 @@ async fn link_on(node: &NatsStore, code: &str) -> crate::domain::ShortCode {
         .expect("the link stored");
     node.inner.remember(std::sync::Arc::new(link));
     code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_deep_in_a_long_click_log_is_read_in_a_few_requests_not_one_per_message() {
+    use super::{clicks::encode_batch, clicks_subject};
+
+    const MESSAGES: u64 = 2_000;
+    let server = Server::start();
+    let node = server.node().await;
+    link_on(&node, "deep").await;
+    // 2,000 messages of one click each (as a link clicked now and then is stored), with
+    // another code's messages between them.
+    for seq in 1..=MESSAGES {
+        for (code, events) in [("deep", [click(seq, seq as i64)]), ("other", [click(seq, 0)])] {
+            node.inner
+                .js
+                .publish(clicks_subject(code), encode_batch(&events))
+                .await
+                .expect("sent")
+                .await
+                .expect("stored");
+        }
+    }
+    let before = server.messages_in().await;
+    let page = tokio::task::block_in_place(|| node.clicks("deep", Some(1_991), 10))
+        .expect("a page read");
+    let requests = server.messages_in().await - before;
+    let seqs: Vec<u64> = page.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1_981..=1_990).rev().collect::<Vec<_>>(), "the page asked for");
+    // Finding where click 1,981 is takes a binary search over the stream (about 12 reads),
+    // the page 10; walking the code's messages from its first would take about 2,000.
+    assert!(
+        requests < 60,
+        "{requests} requests to the server for one page of 10 clicks"
+    );
 }
