@@ -26,7 +26,8 @@ pub enum Command {
     /// Serve the API, redirects and live streams (the default).
     Serve(Box<ServeConfig>),
     /// Manage API keys: through the running server (its control socket in the data
-    /// directory), or on the store itself when no server runs.
+    /// directory), or on the store itself when no server runs; with --nats, in the cluster's
+    /// keys bucket (running nodes take the change within a second).
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -37,12 +38,20 @@ pub enum Command {
     Check {
         #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        /// Comma-separated NATS server URLs: check the cluster's store (nodes may run)
+        /// instead of --data-dir.
+        #[arg(long, env = "LINKPULSE_NATS")]
+        nats: Option<String>,
     },
     /// Write the store (server stopped) as JSON lines: a header, the API keys' owners (never
     /// the keys), the links, their clicks and aggregates. Prints a summary on standard error.
     Export {
         #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        /// Comma-separated NATS server URLs: export the cluster's store (nodes may run)
+        /// instead of --data-dir.
+        #[arg(long, env = "LINKPULSE_NATS")]
+        nats: Option<String>,
         /// A file, or `-` for standard output.
         #[arg(long, default_value = "-")]
         output: PathBuf,
@@ -87,6 +96,8 @@ pub enum KeysCommand {
     Create {
         #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// A name to remember the key by (1 to 100 characters).
         #[arg(long, default_value = "cli")]
         name: String,
@@ -102,6 +113,8 @@ pub enum KeysCommand {
     List {
         #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Revoke the key with this id: its next request is refused.
     Revoke {
@@ -109,7 +122,22 @@ pub enum KeysCommand {
         id: String,
         #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
+}
+
+/// Where a `keys` command finds a cluster's store instead of --data-dir.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Comma-separated NATS server URLs: manage the keys in the cluster's keys bucket instead
+    /// of --data-dir.
+    #[arg(long, env = "LINKPULSE_NATS")]
+    pub nats: Option<String>,
+    /// Copies JetStream keeps of each stream and bucket made here (with --nats, when the
+    /// cluster has no linkpulse store yet).
+    #[arg(long, env = "LINKPULSE_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
 }
 
 /// How logs are written.

@@ -42,16 +42,25 @@ async fn main() -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
-        Some(Command::Check { data_dir }) => {
-            let report =
-                tokio::task::spawn_blocking(move || linkpulse::app::check_store(&data_dir))
-                    .await??;
+        Some(Command::Check { data_dir, nats }) => {
+            let report = match nats {
+                Some(urls) => linkpulse::app::check_cluster(&urls).await?,
+                None => {
+                    tokio::task::spawn_blocking(move || linkpulse::app::check_store(&data_dir))
+                        .await??
+                }
+            };
             print!("{report}");
             Ok(())
         }
-        Some(Command::Export { data_dir, output }) => {
-            let summary = tokio::task::spawn_blocking(move || {
-                linkpulse::transfer::export_command(&data_dir, &output)
+        Some(Command::Export {
+            data_dir,
+            nats,
+            output,
+        }) => {
+            let summary = tokio::task::spawn_blocking(move || match nats {
+                Some(urls) => linkpulse::transfer::export_cluster_command(&urls, &output),
+                None => linkpulse::transfer::export_command(&data_dir, &output),
             })
             .await??;
             eprint!("{summary}");
@@ -87,15 +96,14 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config: linkpulse::ServeConfig) -> anyhow::Result<()> {
     // Register the signal handlers before anything is served, so a signal is never missed.
     let stop = shutdown_signal().context("cannot install signal handlers")?;
-    let data_dir = config.data_dir.clone();
+    let key_store = linkpulse::app::key_store_flag(&config);
     let app = App::build(config).await?;
     if let Some(key) = app.generated_key() {
         println!("linkpulse made its first API key; it is shown only this once:");
         println!("{key}");
         println!(
             "To make another key later (the server may run): linkpulse keys create --admin \
-             --data-dir {}",
-            data_dir.display()
+             {key_store}"
         );
     }
     if let Err(e) = app.run(stop).await {

@@ -14,7 +14,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use commands::{check_store, keys_command};
+pub use commands::{check_cluster, check_store, keys_command};
 
 use crate::{
     analytics::{AggregateSettings, CountryDb},
@@ -24,7 +24,7 @@ use crate::{
     keys::{self, ApiKeys},
     links::{LinkSettings, Links},
     metrics::Metrics,
-    store::{Backend, Backlog, Location, Opened, Retention, WriterConfig},
+    store::{Backlog, FirstKey, Location, Opened, Retention, WriterConfig},
 };
 
 /// A bound, ready-to-run service.
@@ -56,12 +56,6 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let writer_config = writer_config(&config, &metrics);
         let location = location(&config);
-        // Checked before anything is opened or stored (retention is the embedded store's).
-        anyhow::ensure!(
-            config.click_retention_days.is_none() || config.nats.is_none(),
-            "--click-retention-days is not available with --nats (set a limit on the cluster's \
-             clicks stream instead)"
-        );
         let opened = Opened::open(&location, &settings.aggregates, writer_config).await?;
         let store = opened.store.clone();
         let shared = opened.shared_by_nodes();
@@ -78,14 +72,19 @@ impl App {
             control_socket(&config)
         };
 
-        let generated_key = bootstrap_keys(&*store, initial)?;
+        let generated_key = bootstrap_keys(&opened, initial)?;
         let keys = Arc::new(ApiKeys::load(&store).context("cannot read the API keys")?);
-        if !shared && generated_key.is_none() && initial.is_none() {
+        if generated_key.is_none() && initial.is_none() {
             info!(
                 keys = keys.len(),
-                "API keys are stored; to make another (the server may run): linkpulse keys \
-                 create --admin --data-dir {}",
-                config.data_dir.display()
+                "API keys are stored{}; to make another (the server may run): linkpulse keys \
+                 create --admin {}",
+                if shared {
+                    " (or another node is making the first one)"
+                } else {
+                    ""
+                },
+                key_store_flag(&config)
             );
         }
 
@@ -262,21 +261,37 @@ fn initial_key(given: Option<&str>) -> anyhow::Result<Option<&str>> {
     Ok(Some(key))
 }
 
-/// Makes the initial key valid, or makes a key when there is none. Returns a key that was
-/// generated (to be shown once).
-fn bootstrap_keys(store: &dyn Backend, initial: Option<&str>) -> anyhow::Result<Option<String>> {
+/// Makes the initial key valid, or makes a key when there is none (in a cluster, only the
+/// node that claims the first key makes one). Returns a key that was generated (to be shown
+/// once).
+fn bootstrap_keys(opened: &Opened, initial: Option<&str>) -> anyhow::Result<Option<String>> {
+    let store = &*opened.store;
     if let Some(key) = initial {
         keys::store_key(store, key, "initial", true).context("cannot store the initial API key")?;
         return Ok(None);
     }
-    if store
+    if !store
         .api_keys()
         .context("cannot read the API keys")?
         .is_empty()
     {
-        let key = keys::generate_key();
-        keys::store_key(store, &key, "first", true).context("cannot store the first API key")?;
-        return Ok(Some(key));
+        return Ok(None);
     }
-    Ok(None)
+    let key = keys::generate_key();
+    let claim = opened
+        .claim_first_key(&keys::hash_key(&key))
+        .context("cannot claim the first API key")?;
+    if claim == FirstKey::Exists {
+        return Ok(None);
+    }
+    keys::store_key(store, &key, "first", true).context("cannot store the first API key")?;
+    Ok(Some(key))
+}
+
+/// Where `linkpulse keys` finds this server's store: `--nats URLS` or `--data-dir DIR`.
+pub fn key_store_flag(config: &ServeConfig) -> String {
+    match &config.nats {
+        Some(urls) => format!("--nats {urls}"),
+        None => format!("--data-dir {}", config.data_dir.display()),
+    }
 }

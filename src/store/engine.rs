@@ -11,9 +11,9 @@ use std::{
 use anyhow::Context;
 
 use super::{
-    ChangeListener, Retention, SharedStore, Writer, WriterConfig,
-    fjall::Store,
-    nats::{NatsConfig, NatsStore},
+    ChangeListener, SharedStore, StoreError, Writer, WriterConfig,
+    fjall::{self, Store},
+    nats::{ClusterRetention, FirstKey, NatsConfig, NatsStore},
 };
 use crate::analytics::AggregateSettings;
 
@@ -88,20 +88,30 @@ impl Opened {
         }
     }
 
-    /// Starts deleting clicks older than `days` (`--click-retention-days`), where the engine
-    /// can: JetStream keeps its own limits on the clicks stream.
+    /// Starts deleting clicks older than `days` (`--click-retention-days`): the embedded
+    /// store through its writer; a cluster store by purging whole click messages, on one
+    /// node at a time. Either way, only clicks a readable aggregates snapshot covers, and
+    /// never what carries a code's count.
     pub fn start_retention(&self, days: u32, every: Duration) -> anyhow::Result<Retention> {
-        match &self.engine {
-            Engine::Embedded(store) => Ok(Retention::start(
+        let keep = Duration::from_secs(u64::from(days) * 86_400);
+        Ok(match &self.engine {
+            Engine::Embedded(store) => Retention::Embedded(fjall::Retention::start(
                 store.clone(),
                 self.writer.handle(),
-                Duration::from_secs(u64::from(days) * 86_400),
+                keep,
                 every,
             )),
-            Engine::Cluster(_) => anyhow::bail!(
-                "--click-retention-days is not available with --nats (JetStream keeps every \
-                 click; set a limit on the LP_CLICKS stream instead)"
-            ),
+            Engine::Cluster(store) => Retention::Cluster(store.start_retention(keep, every)),
+        })
+    }
+
+    /// Whether this process makes the installation's first API key (for the key hashing to
+    /// `hash`; call it only when no key is stored): always on an embedded store, which one
+    /// process holds; on a cluster store, only on the node that claims it first.
+    pub fn claim_first_key(&self, hash: &[u8; 32]) -> Result<FirstKey, StoreError> {
+        match &self.engine {
+            Engine::Embedded(_) => Ok(FirstKey::Make),
+            Engine::Cluster(store) => store.claim_first_key(hash),
         }
     }
 
@@ -109,6 +119,12 @@ impl Opened {
     pub fn into_closing(self) -> (Writer, Closing) {
         (self.writer, Closing(self.engine))
     }
+}
+
+/// The running expiry of raw clicks past `--click-retention-days`; stops when dropped.
+pub enum Retention {
+    Embedded(fjall::Retention),
+    Cluster(ClusterRetention),
 }
 
 /// What is left to do with a store once its writer has stopped.

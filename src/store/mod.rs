@@ -6,8 +6,9 @@
 //!
 //! Shared here: the contract and the callbacks an upper layer registers ([`ChangeListener`],
 //! [`CommitListener`]), the writer's queue and rules (`writer/`), record encodings both
-//! engines use (`records/`), the backlog of uncommitted clicks (`backlog.rs`), and
-//! [`Opened::open`] (`engine.rs`), which picks the engine. Nothing above this module names an
+//! engines use (`records/`), the backlog of uncommitted clicks (`backlog.rs`), what an export
+//! reads ([`ExportSource`], `source.rs`), and [`Opened::open`] (`engine.rs`), which picks the
+//! engine. Nothing above this module names an
 //! engine.
 
 mod backend;
@@ -16,13 +17,18 @@ mod engine;
 mod fjall;
 mod nats;
 pub mod records;
+mod source;
 mod writer;
 
 pub use backend::{Backend, ChangeListener, SharedStore};
 pub use backlog::{Backlog, Permit};
-pub use engine::{Location, Opened, migrate_command, with_stopped_store};
-pub use fjall::{ImportBatch, Retention, StartupCheck, StartupReport, Store, Verified};
+pub use engine::{Location, Opened, Retention, migrate_command, with_stopped_store};
+pub use fjall::{ImportBatch, StartupCheck, StartupReport, Store, Verified};
+/// The cluster store as the commands that act on it directly (`keys`, `check`, `export` with
+/// `--nats`) open it.
+pub use nats::{ClusterVerified, FirstKey, NatsStore as ClusterStore};
 pub use records::{DecodeError, KeyRecord, Totals};
+pub use source::ExportSource;
 #[cfg(feature = "test-hooks")]
 pub use writer::Fault;
 pub use writer::{

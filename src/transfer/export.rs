@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     domain::{format_ms, now_ms},
-    store::Store,
+    store::{ExportSource, Store},
 };
 
 /// What an export wrote.
@@ -45,7 +45,7 @@ fn put_snapshot(out: &mut impl Write, code: &str, covers: u64, bytes: &[u8]) -> 
 }
 
 /// Writes the store as JSON lines to `out` (see the module's documentation), streaming.
-pub fn export(store: &Store, out: &mut impl Write) -> anyhow::Result<Exported> {
+pub fn export(store: &dyn ExportSource, out: &mut impl Write) -> anyhow::Result<Exported> {
     let mut done = Exported::default();
     put(
         out,
@@ -55,9 +55,9 @@ pub fn export(store: &Store, out: &mut impl Write) -> anyhow::Result<Exported> {
             visitor_key: Some(hex::encode(store.visitor_key_bytes())),
         },
     )?;
-    let mut keys = store.api_keys()?;
-    keys.sort_by(|a, b| (a.1.created_at, &a.1.id).cmp(&(b.1.created_at, &b.1.id)));
-    for (_, key) in keys {
+    let mut keys = store.key_records()?;
+    keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    for key in keys {
         put(
             out,
             &Line::Owner {
@@ -69,14 +69,14 @@ pub fn export(store: &Store, out: &mut impl Write) -> anyhow::Result<Exported> {
         )?;
         done.owners += 1;
     }
-    store.each_link(|link| {
+    store.each_link(&mut |link| {
         put(out, &Line::Link(Box::new(LinkLine::of(&link))))?;
         done.links += 1;
         anyhow::Ok(())
     })?;
     // The code being written and its snapshot, until it is written.
     let mut current: Option<(String, Option<Snapshot>)> = None;
-    store.each_click(|code, event| {
+    store.each_click(&mut |code: &str, event| {
         if current.as_ref().is_none_or(|(c, _)| c != code) {
             current = Some((code.to_owned(), store.snapshot_bytes(code)?));
         }
@@ -112,27 +112,39 @@ pub fn export_command(data_dir: &Path, output: &Path) -> anyhow::Result<String> 
         "there is no linkpulse store in {}",
         data_dir.display()
     );
-    crate::store::with_stopped_store(data_dir, Store::open, |store| {
-        let done = if output == Path::new("-") {
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            export(store, &mut out)?
-        } else {
-            let partial = partial_path(output);
-            let file = std::fs::File::create(&partial)
-                .with_context(|| format!("cannot create {}", partial.display()))?;
-            let mut out = std::io::BufWriter::new(file);
-            let done = export(store, &mut out)?;
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&partial, output)
-                .with_context(|| format!("cannot write {}", output.display()))?;
-            done
-        };
-        Ok(format!(
-            "exported {} links, {} clicks, {} aggregates, {} owners (key secrets are not \
-             exported)\n",
-            done.links, done.clicks, done.aggregates, done.owners
-        ))
-    })
+    crate::store::with_stopped_store(data_dir, Store::open, |store| export_to(store, output))
+}
+
+/// `linkpulse export --nats URLS`: writes the cluster's store to `output`, as
+/// [`export_command`] writes an embedded one. Blocking (call it from `spawn_blocking` inside
+/// the runtime: the cluster's client runs on it).
+pub fn export_cluster_command(urls: &str, output: &Path) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Handle::current();
+    let store = runtime.block_on(crate::store::ClusterStore::open_existing(urls))?;
+    export_to(&store, output)
+}
+
+/// Writes `store` to `output` (see [`export_command`]); returns the summary.
+fn export_to(store: &dyn ExportSource, output: &Path) -> anyhow::Result<String> {
+    let done = if output == Path::new("-") {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        export(store, &mut out)?
+    } else {
+        let partial = partial_path(output);
+        let file = std::fs::File::create(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        let done = export(store, &mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&partial, output)
+            .with_context(|| format!("cannot write {}", output.display()))?;
+        done
+    };
+    Ok(format!(
+        "exported {} links, {} clicks, {} aggregates, {} owners (key secrets are not \
+         exported)\n",
+        done.links, done.clicks, done.aggregates, done.owners
+    ))
 }
 
 fn partial_path(output: &Path) -> PathBuf {

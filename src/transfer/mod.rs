@@ -23,7 +23,7 @@ mod importer;
 mod lines;
 
 pub use csv::import_csv;
-pub use export::{Exported, export, export_command};
+pub use export::{Exported, export, export_cluster_command, export_command};
 pub use import::{ImportError, Imported, import_command, import_jsonl};
 
 /// The format version an export declares and an import accepts.

@@ -22,13 +22,20 @@
 //! The files: `connect.rs` (the streams and buckets, and the watches that keep this node's
 //! copies of the links and keys current), `clicks.rs` (click batches and reading them back),
 //! `listing.rs` (the links in listing order), `backend.rs` (the contract), `writer/` (the
-//! writer thread), `migrate.rs` (`linkpulse migrate`).
+//! writer thread), `migrate.rs` (`linkpulse migrate`), `commands.rs` (the store opened by
+//! `linkpulse keys|check|export --nats`, and what an export reads), `check.rs` (`linkpulse
+//! check --nats`), `first_key.rs` (one first API key per cluster), `retention.rs`
+//! (`--click-retention-days`).
 
 mod backend;
+mod check;
 mod clicks;
+mod commands;
 mod connect;
+mod first_key;
 mod listing;
 mod migrate;
+mod retention;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -41,7 +48,10 @@ use std::{
 use async_nats::jetstream::{self, kv, stream};
 use dashmap::DashMap;
 
+pub use check::ClusterVerified;
+pub use first_key::FirstKey;
 pub use migrate::migrate_command;
+pub use retention::ClusterRetention;
 pub use writer::start as start_writer;
 
 use super::{ChangeListener, KeyRecord, StoreError};
