@@ -8,6 +8,7 @@ mod binary;
 mod browser;
 mod client_limits;
 mod cluster;
+mod cluster_parity;
 mod engines;
 mod faults;
 mod first_key;
