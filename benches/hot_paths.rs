@@ -240,6 +240,8 @@ fn group_commit(c: &mut Criterion) {
                     acks: Vec::new(),
                     listener: None,
                     permit: linkpulse::store::Permit::empty(),
+                    admits: Vec::new(),
+                    limit: None,
                 });
             }
             let handle = handle.clone();

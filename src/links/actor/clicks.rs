@@ -21,16 +21,25 @@ impl LinkState {
         self.last_activity = Instant::now();
         let mut events = Vec::with_capacity(clicks.len());
         let mut acks = Vec::new();
+        let mut admits = Vec::new();
+        // On a store other nodes write to, another node may take a limited link's last place
+        // meanwhile: the store decides, when it stores the click after the code's last one.
+        let store_admits = self.shared.store.shared_by_nodes();
         for mut click in clicks {
             // The visit limit is checked here, where clicks are numbered one at a time: never
             // one more than the limit, however many race for the last place. Only a click that
             // asked is refused: one without (its redirect found the link before a limit was
             // set, and was answered) is counted.
             let mut refused = self.deleted;
+            let mut asks = None;
             if let Some(admit) = click.admit.take() {
+                // Counts only grow: past the limit here is past it in the store.
                 refused |= self.link.max_visits.is_some_and(|max| self.count >= max);
-                // A redirect that stopped waiting answered no one: its click takes no place.
-                if admit.send(!refused).is_err() {
+                if store_admits && !refused {
+                    asks = Some(admit);
+                } else if admit.send(!refused).is_err() {
+                    // A redirect that stopped waiting answered no one: its click takes no
+                    // place.
                     refused = true;
                 }
             }
@@ -39,6 +48,9 @@ impl LinkState {
             }
             self.count += 1;
             let (event, ack) = click.into_event(self.count, &self.shared.agents);
+            if let Some(admit) = asks {
+                admits.push((events.len(), admit));
+            }
             events.push(Arc::new(event));
             acks.extend(ack);
         }
@@ -52,6 +64,8 @@ impl LinkState {
             acks,
             listener: Some(self.watch.clone()),
             permit,
+            admits,
+            limit: self.link.max_visits,
         });
     }
 

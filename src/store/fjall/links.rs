@@ -205,6 +205,8 @@ mod tests {
             acks: Vec::new(),
             listener: None,
             permit: Permit::empty(),
+            admits: Vec::new(),
+            limit: None,
         });
     }
 

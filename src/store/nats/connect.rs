@@ -183,6 +183,33 @@ async fn connect_client(urls: &[String], node: &str) -> Result<async_nats::Clien
         .connect(urls.to_vec())
         .await
         .map_err(|e| nats_error(&format!("cannot connect to NATS at {}", urls.join(",")), e))
+        .inspect(warn_if_old)
+}
+
+/// The first nats-server release whose clustered streams refuse the second of two publishes
+/// that expect the same last message of a subject (nats-server issues 4320 and 5794): a
+/// code's clicks are numbered by that check when several nodes take them.
+const EXACT_SINCE: (u64, u64, u64) = (2, 10, 19);
+
+/// Warns when the server is older than [`EXACT_SINCE`].
+fn warn_if_old(client: &async_nats::Client) {
+    let version = client.server_info().version;
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let found = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    if found < EXACT_SINCE {
+        warn!(
+            version = %version,
+            "this nats-server is older than 2.10.19: in a cluster it may store two nodes' clicks \
+             of one code under the same numbers; counts are exact only while one node takes \
+             each code's clicks (use nats-server 2.10.19 or later)"
+        );
+    }
 }
 
 /// The clicks stream, made if it is missing.

@@ -54,13 +54,14 @@ impl Server {
     /// How many messages clients have sent the server so far (every JetStream request is one),
     /// from its monitoring endpoint.
     async fn messages_in(&self) -> u64 {
-        let varz: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{}/varz", self.monitor))
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .expect("the server's /varz")
-            .json()
-            .await
-            .expect("/varz is JSON");
+        let varz: serde_json::Value =
+            reqwest::get(format!("http://127.0.0.1:{}/varz", self.monitor))
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .expect("the server's /varz")
+                .json()
+                .await
+                .expect("/varz is JSON");
         varz["in_msgs"].as_u64().expect("in_msgs")
     }
 
@@ -142,7 +143,10 @@ async fn a_batch_whose_acknowledgement_was_lost_is_stored_once_even_past_the_dup
     use super::{
         clicks::encode_batch,
         clicks_subject,
-        writer::{Tip, publish::publish_run},
+        writer::{
+            Tip,
+            publish::{Admission, publish_run},
+        },
     };
     use crate::store::writer::{Health, group::Item};
 
@@ -155,9 +159,16 @@ async fn a_batch_whose_acknowledgement_was_lost_is_stored_once_even_past_the_dup
 
     // Click 1, stored as the writer stores it.
     let first = [Item::Fresh(click(0, 1))];
-    let (tip, _) = publish_run(&node, &code, &first, Some(Tip::default()), &health)
-        .await
-        .expect("click 1 stored");
+    let (tip, _, _) = publish_run(
+        &node,
+        &code,
+        &first,
+        Admission::NONE,
+        Some(Tip::default()),
+        &health,
+    )
+    .await
+    .expect("click 1 stored");
     // Clicks 2 and 3: the very message the writer publishes, stored, its acknowledgement lost.
     let lost = [click(2, 2), click(3, 3)];
     let id = format!("{}:{}:{}:{}", node.inner.node, code, tip.stream_seq, 2);
@@ -198,7 +209,7 @@ async fn a_batch_whose_acknowledgement_was_lost_is_stored_once_even_past_the_dup
         .cloned()
         .map(|e| Item::Numbered(Arc::new(e)))
         .collect();
-    let (_, superseded) = publish_run(&node, &code, &again, Some(tip), &health)
+    let (_, superseded, _) = publish_run(&node, &code, &again, Admission::NONE, Some(tip), &health)
         .await
         .expect("taken as stored");
     assert!(
@@ -259,7 +270,10 @@ async fn a_page_deep_in_a_long_click_log_is_read_in_a_few_requests_not_one_per_m
     // 2,000 messages of one click each (as a link clicked now and then is stored), with
     // another code's messages between them.
     for seq in 1..=MESSAGES {
-        for (code, events) in [("deep", [click(seq, seq as i64)]), ("other", [click(seq, 0)])] {
+        for (code, events) in [
+            ("deep", [click(seq, seq as i64)]),
+            ("other", [click(seq, 0)]),
+        ] {
             node.inner
                 .js
                 .publish(clicks_subject(code), encode_batch(&events))
@@ -270,11 +284,15 @@ async fn a_page_deep_in_a_long_click_log_is_read_in_a_few_requests_not_one_per_m
         }
     }
     let before = server.messages_in().await;
-    let page = tokio::task::block_in_place(|| node.clicks("deep", Some(1_991), 10))
-        .expect("a page read");
+    let page =
+        tokio::task::block_in_place(|| node.clicks("deep", Some(1_991), 10)).expect("a page read");
     let requests = server.messages_in().await - before;
     let seqs: Vec<u64> = page.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1_981..=1_990).rev().collect::<Vec<_>>(), "the page asked for");
+    assert_eq!(
+        seqs,
+        (1_981..=1_990).rev().collect::<Vec<_>>(),
+        "the page asked for"
+    );
     // Finding where click 1,981 is takes a binary search over the stream (about 12 reads),
     // the page 10; walking the code's messages from its first would take about 2,000.
     assert!(

@@ -56,6 +56,13 @@ pub(in crate::store) struct Pending {
     pub listeners: Vec<Arc<dyn CommitListener>>,
     /// The acknowledgements of the redirects waiting for these clicks (strict durability).
     pub acks: Vec<oneshot::Sender<()>>,
+    /// Clicks whose admission under the link's visit limit the engine decides: a place in
+    /// `items`, and who is told (see [`super::ClickBatch::admits`]).
+    pub admits: Vec<(usize, oneshot::Sender<bool>)>,
+    /// The link's visit limit as its actor last knew it.
+    pub limit: Option<u64>,
+    /// Clicks the engine refused under the visit limit (not stored, not lost).
+    pub refused: usize,
     pub outcome: Outcome,
 }
 
@@ -69,10 +76,13 @@ impl Pending {
     /// numbers when they already follow on. Returns the numbered clicks, and whether an
     /// actor's numbers changed (`renumbered`) or were ahead of `last` (`behind`: the store
     /// holds fewer clicks than the actor counted, so they were purged).
-    pub(in crate::store) fn numbered(items: &[Item], last: u64) -> Numbered {
+    pub(in crate::store) fn numbered<'a>(
+        items: impl IntoIterator<Item = &'a Item>,
+        last: u64,
+    ) -> Numbered {
         let (mut renumbered, mut behind) = (false, false);
         let events = items
-            .iter()
+            .into_iter()
             .zip(last + 1..)
             .map(|(item, seq)| {
                 let mut event = item.event().clone();
@@ -158,6 +168,9 @@ impl Group {
                 items: Vec::new(),
                 listeners: Vec::new(),
                 acks: Vec::new(),
+                admits: Vec::new(),
+                limit: None,
+                refused: 0,
                 outcome: Outcome::Waiting,
             });
             self.codes.len() - 1
@@ -171,6 +184,11 @@ impl Group {
             Op::Clicks(batch) => {
                 self.clicks += batch.events.len();
                 let pending = self.pending(batch.code);
+                let offset = pending.items.len();
+                pending
+                    .admits
+                    .extend(batch.admits.into_iter().map(|(at, tx)| (offset + at, tx)));
+                pending.limit = batch.limit;
                 pending
                     .items
                     .extend(batch.events.into_iter().map(Item::Numbered));
@@ -229,7 +247,7 @@ impl Group {
     ) -> usize {
         let (mut stored, mut dropped, mut lost) = (0, 0, 0);
         for pending in self.codes.drain(..) {
-            let n = pending.items.len();
+            let n = pending.items.len() - pending.refused;
             match (&result, pending.outcome) {
                 (Ok(()), Outcome::Stored { last, superseded }) => {
                     stored += n;

@@ -80,6 +80,12 @@ pub struct ClickBatch {
     pub listener: Option<Arc<dyn CommitListener>>,
     /// The clicks' places in the backlog, given back once they are committed (or lost).
     pub permit: Permit,
+    /// Visit-limit admissions the store decides (a cluster store, where another node may
+    /// take the last place): each names a click by its place in `events`, told whether it
+    /// was stored within `limit` once it was, and dropped if it never is.
+    pub admits: Vec<(usize, oneshot::Sender<bool>)>,
+    /// The link's visit limit, for `admits`.
+    pub limit: Option<u64>,
 }
 
 /// A change to a stored link, taken in the order the writer receives it.

@@ -5,6 +5,7 @@
 //! The tests run one at a time (each starts several servers on two cores).
 
 mod failover;
+mod limits;
 mod migrate;
 mod nginx;
 mod outage;
@@ -292,6 +293,16 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(nodes: &[&Node]) -> Self {
+        Self::start_routing(nodes, false)
+    }
+
+    /// Like [`Nginx::start`], but sending each request about a code to a node picked at
+    /// random (not by the code), so every node takes clicks of every code.
+    pub fn start_random(nodes: &[&Node]) -> Self {
+        Self::start_routing(nodes, true)
+    }
+
+    fn start_routing(nodes: &[&Node], random: bool) -> Self {
         let prefix = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let template = std::fs::read_to_string(
@@ -302,6 +313,16 @@ impl Nginx {
             .iter()
             .map(|n| format!("server {} max_fails=1 fail_timeout=2s;\n", n.addr))
             .collect();
+        let template = if random {
+            let by_code = "hash $lp_code consistent;";
+            assert!(
+                template.contains(by_code),
+                "the shipped upstream hashes the code"
+            );
+            template.replace(by_code, "random;")
+        } else {
+            template
+        };
         let conf = template
             .replace("@PREFIX@", &prefix.path().display().to_string())
             .replace("@LISTEN@", &format!("127.0.0.1:{port}"))

@@ -85,11 +85,30 @@ pub(super) async fn publish_code(
     // read then.
     let mut tip = tip.or_else(|| pending.all_fresh().then_some(Tip::default()));
     let mut superseded = false;
+    let mut asks = vec![false; pending.items.len()];
+    for (at, _) in &pending.admits {
+        asks[*at] = true;
+    }
+    let mut kept = Vec::with_capacity(pending.items.len());
     for run in runs(&pending.items, limit) {
-        match publish_run(store, &pending.code, &pending.items[run], tip, health).await {
-            Some((done, renumbered)) => {
+        let admission = Admission {
+            asks: &asks[run.clone()],
+            limit: pending.limit,
+        };
+        match publish_run(
+            store,
+            &pending.code,
+            &pending.items[run],
+            admission,
+            tip,
+            health,
+        )
+        .await
+        {
+            Some((done, renumbered, run_kept)) => {
                 tip = Some(done);
                 superseded |= renumbered;
+                kept.extend(run_kept);
             }
             None => {
                 // The link is gone: nothing more of its clicks is stored (what was is purged
@@ -100,29 +119,72 @@ pub(super) async fn publish_code(
             }
         }
     }
+    // Each click that asked is told whether it took a place within the limit.
+    for (at, admit) in pending.admits.drain(..) {
+        let _ = admit.send(kept[at]);
+    }
+    pending.refused = kept.iter().filter(|k| !**k).count();
     if let Some(done) = tip {
         pending.outcome = Outcome::Stored {
             last: done.last,
-            superseded,
+            // Refused clicks were counted by the actor: its count is ahead of the store's.
+            superseded: superseded || pending.refused > 0,
         };
     }
     (pending.code.clone(), tip)
 }
 
+/// Which clicks of a run asked to be admitted under the link's visit limit, and the limit.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::store::nats) struct Admission<'a> {
+    pub asks: &'a [bool],
+    pub limit: Option<u64>,
+}
+
+impl Admission<'_> {
+    /// No click asks (every click is stored).
+    #[cfg(test)]
+    pub(in crate::store::nats) const NONE: Admission<'static> = Admission {
+        asks: &[],
+        limit: None,
+    };
+
+    /// Which of `n` clicks are stored after a code's click `last`: every click that did not
+    /// ask, and those that did while the count stays within the limit.
+    fn kept(&self, n: usize, last: u64) -> Vec<bool> {
+        let mut count = last;
+        (0..n)
+            .map(|i| {
+                let asks = self.asks.get(i).copied().unwrap_or(false);
+                let keep = !asks || self.limit.is_none_or(|max| count < max);
+                count += u64::from(keep);
+                keep
+            })
+            .collect()
+    }
+}
+
 /// Publishes one run of a code's clicks after the code's last stored message, retrying until
 /// it is stored. Returns the new tip and whether an actor's numbers had to change (another
 /// node's clicks came first), or `None` when the link is gone.
+///
+/// Clicks that ask for admission (see [`Admission`]) are stored only within the visit limit,
+/// judged against the stored count as each attempt finds it: another node's click that took
+/// the last place first refuses them. The third value says which clicks were stored.
 pub(in crate::store::nats) async fn publish_run(
     store: &NatsStore,
     code: &ShortCode,
     run: &[Item],
+    admission: Admission<'_>,
     tip: Option<Tip>,
     health: &Health,
-) -> Option<(Tip, bool)> {
+) -> Option<(Tip, bool, Vec<bool>)> {
     let mut run = Run {
         store,
         code,
         items: run,
+        admission,
+        kept: Vec::new(),
         health,
         subject: clicks_subject(code.as_str()),
         attempt: 0,
@@ -131,7 +193,7 @@ pub(in crate::store::nats) async fn publish_run(
     };
     loop {
         if let ControlFlow::Break(done) = run.once().await {
-            return done;
+            return done.map(|(tip, renumbered)| (tip, renumbered, run.kept));
         }
     }
 }
@@ -144,6 +206,9 @@ struct Run<'a> {
     store: &'a NatsStore,
     code: &'a ShortCode,
     items: &'a [Item],
+    admission: Admission<'a>,
+    /// Which of `items` the last attempt stored (or would have).
+    kept: Vec<bool>,
     health: &'a Health,
     subject: String,
     attempt: u32,
@@ -167,12 +232,21 @@ impl Run<'_> {
             return ControlFlow::Continue(());
         };
         // Numbered after the stored clicks: as the actor numbered them when it was right.
-        // Whether the actor was right is judged by this attempt alone.
+        // Whether the actor was right is judged by this attempt alone, and so is the visit
+        // limit (counts only grow: a click refused now would be refused later too).
+        self.kept = self.admission.kept(self.items.len(), current.last);
+        let refused = self.kept.contains(&false);
+        let kept = self.items.iter().zip(&self.kept).filter(|(_, k)| **k);
         let Numbered {
             events,
             renumbered,
             behind,
-        } = Pending::numbered(self.items, current.last);
+        } = Pending::numbered(kept.map(|(item, _)| item), current.last);
+        let renumbered = renumbered || refused;
+        if events.is_empty() {
+            // Every click was past the limit: nothing to store.
+            return ControlFlow::Break(Some((current, true)));
+        }
         if behind {
             // Fewer clicks stored than the actor counted before these. Other nodes only add
             // clicks; fewer means they were purged: the link was deleted (and perhaps made
