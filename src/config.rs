@@ -35,6 +35,8 @@ pub enum Command {
     /// Read the whole store and check it (with the server stopped): every record's checksum
     /// and format, every link's clicks numbered 1..n without a gap, the totals record, and
     /// the floor. Prints what it read and exits 0, or exits non-zero saying what is wrong.
+    /// With --nats, the cluster's store (nodes may run): every key, link and aggregates
+    /// record, and every click message, each code's clicks numbered 1..n without a gap.
     Check {
         #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
@@ -45,6 +47,8 @@ pub enum Command {
     },
     /// Write the store (server stopped) as JSON lines: a header, the API keys' owners (never
     /// the keys), the links, their clicks and aggregates. Prints a summary on standard error.
+    /// With --nats, the cluster's store (nodes may run), in the same format: `import` of it
+    /// gives back a fjall store.
     Export {
         #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,

@@ -268,6 +268,10 @@ fn bootstrap_keys(opened: &Opened, initial: Option<&str>) -> anyhow::Result<Opti
     let store = &*opened.store;
     if let Some(key) = initial {
         keys::store_key(store, key, "initial", true).context("cannot store the initial API key")?;
+        // A cluster's nodes started without a key of their own then make none.
+        opened
+            .given_first_key(&keys::hash_key(key))
+            .context("cannot note the initial API key")?;
         return Ok(None);
     }
     if !store

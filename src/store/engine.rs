@@ -115,6 +115,15 @@ impl Opened {
         }
     }
 
+    /// Notes that the key hashing to `hash` was given and stored (`--initial-api-key`): a
+    /// cluster's nodes started without a key then make none.
+    pub fn given_first_key(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Embedded(_) => Ok(()),
+            Engine::Cluster(store) => store.mark_first_key(hash),
+        }
+    }
+
     /// The writer (to stop it) and what closes the store after it.
     pub fn into_closing(self) -> (Writer, Closing) {
         (self.writer, Closing(self.engine))

@@ -70,6 +70,18 @@ impl NatsStore {
     }
 }
 
+impl NatsStore {
+    /// Notes that a key was given (`--initial-api-key`) and stored, so that nodes started
+    /// without one make none (blocking).
+    pub fn mark_first_key(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
+        match self.run(self.inner.meta_kv.create(FIRST_KEY, marker(hash))) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(nats_error("cannot note the first API key", e)),
+        }
+    }
+}
+
 /// The marker's value: the key's hash, then the time of the claim (ms, big-endian).
 fn marker(hash: &[u8; 32]) -> Bytes {
     let mut out = BytesMut::with_capacity(40);
