@@ -2,6 +2,7 @@
 //! written to a file beside the target and renamed into place when complete.
 
 use std::{
+    collections::HashSet,
     io::Write,
     path::{Path, PathBuf},
 };
@@ -69,14 +70,21 @@ pub fn export(store: &dyn ExportSource, out: &mut impl Write) -> anyhow::Result<
         )?;
         done.owners += 1;
     }
+    // The codes of the link lines written: a click of another code (a link made while a
+    // cluster is exported) would stop an import, having no link line before it.
+    let mut linked = HashSet::new();
     store.each_link(&mut |link| {
         put(out, &Line::Link(Box::new(LinkLine::of(&link))))?;
+        linked.insert(link.code.to_string());
         done.links += 1;
         anyhow::Ok(())
     })?;
     // The code being written and its snapshot, until it is written.
     let mut current: Option<(String, Option<Snapshot>)> = None;
     store.each_click(&mut |code: &str, event| {
+        if !linked.contains(code) {
+            return Ok(());
+        }
         if current.as_ref().is_none_or(|(c, _)| c != code) {
             current = Some((code.to_owned(), store.snapshot_bytes(code)?));
         }

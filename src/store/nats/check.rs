@@ -6,10 +6,12 @@
 
 use std::collections::HashMap;
 
-use async_nats::jetstream::{consumer, kv};
+use async_nats::jetstream::{consumer, kv, stream};
 use futures_util::StreamExt;
 
-use super::{CLICKS_PREFIX, NatsStore, clicks::decode_batch, clicks::decode_snapshot_entry};
+use super::{
+    CLICKS_PREFIX, NatsStore, clicks::decode_batch, clicks::decode_snapshot_entry, clicks_subject,
+};
 use crate::store::{StoreError, records};
 
 /// What [`NatsStore::verify`] read.
@@ -136,7 +138,9 @@ impl NatsStore {
                         }
                     }
                 };
-                if event.seq != due {
+                // A code changed while it was read (retention purged some of its messages,
+                // or it was deleted and made again) is read again as it is stored now.
+                if event.seq != due && !self.whole_now(&code).await? {
                     return Err(inconsistent(format!(
                         "code {code}: click number {} where number {due} was due (stream \
                          message {at})",
@@ -152,6 +156,43 @@ impl NatsStore {
             }
         }
         Ok(last)
+    }
+
+    /// Whether a code's clicks as stored now are numbered without a gap or a repeat: from 1,
+    /// or from right after what its snapshot covers.
+    async fn whole_now(&self, code: &str) -> Result<bool, StoreError> {
+        let covered = self.snapshot_entry(code).await?.map_or(0, |(c, _, _)| c);
+        let subject = clicks_subject(code);
+        let (mut from, mut last) = (1, None);
+        loop {
+            let message = match self
+                .inner
+                .clicks
+                .raw_message_builder()
+                .sequence(from)
+                .next_by_subject(subject.clone())
+                .send()
+                .await
+            {
+                Ok(message) => message,
+                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                    return Ok(true);
+                }
+                Err(e) => return Err(super::nats_error("cannot read a code's clicks", e)),
+            };
+            for event in decode_batch(&message.payload)? {
+                let due = match last {
+                    Some(previous) => previous + 1,
+                    None if event.seq > 1 && event.seq <= covered + 1 => event.seq,
+                    None => 1,
+                };
+                if event.seq != due {
+                    return Ok(false);
+                }
+                last = Some(event.seq);
+            }
+            from = message.sequence + 1;
+        }
     }
 }
 
