@@ -88,6 +88,8 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<bool> {
                 acks: Vec::new(),
                 listener: None,
                 permit: Permit::empty(),
+                admits: Vec::new(),
+                limit: None,
             });
             written += 1;
         }

@@ -6,6 +6,7 @@
 
 mod failover;
 mod limits;
+mod longtail;
 mod migrate;
 mod nginx;
 mod outage;
