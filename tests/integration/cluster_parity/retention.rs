@@ -1,12 +1,13 @@
 //! `--click-retention-days` on a cluster: raw clicks past the retention go (whole messages,
-//! never a code's last), counts and aggregates stay, and the check accepts what is left.
+//! never a code's last, only what a snapshot covers), counts and aggregates stay, and the
+//! check accepts what is left.
 
 use serde_json::Value;
 
 use super::{WAIT, succeeds};
 use crate::{
     cluster::{Nats, Node, ONE_AT_A_TIME, click, count, create},
-    support::{KEY, TestResult, eventually},
+    support::{KEY, SseClient, TestResult, eventually},
 };
 
 async fn get(node: &Node, path: &str) -> Value {
@@ -51,12 +52,18 @@ async fn raw_clicks_past_the_retention_go_from_a_cluster_and_counts_and_aggregat
         ],
     );
     create(&node.client, &node.base, "old").await;
+    // A watched link's actor never stops idle, so no snapshot covers its clicks: they stay.
+    create(&node.client, &node.base, "watched").await;
+    let viewer = SseClient::open(&node.client, &node.url("/realtime/watched"), None).await;
+    assert_eq!(viewer.status, 200);
     for n in 1..=5 {
-        assert_eq!(click(&node.client, &node.base, "old").await, 302);
-        eventually(WAIT, "the click is stored", || async {
-            count(&node.client, &node.base, "old").await == n
-        })
-        .await;
+        for code in ["old", "watched"] {
+            assert_eq!(click(&node.client, &node.base, code).await, 302);
+            eventually(WAIT, "the click is stored", || async {
+                count(&node.client, &node.base, code).await == n
+            })
+            .await;
+        }
     }
     let before = get(&node, "/api/links/old/stats").await;
     assert_eq!(before["totals"]["clicks"], 5, "{before}");
@@ -70,12 +77,17 @@ async fn raw_clicks_past_the_retention_go_from_a_cluster_and_counts_and_aggregat
         5,
         "the count stays"
     );
+    assert_eq!(
+        listed(&node, "watched").await,
+        [5, 4, 3, 2, 1],
+        "clicks no snapshot covers stay"
+    );
     let after = get(&node, "/api/links/old/stats").await;
     assert_eq!(after["totals"], before["totals"], "the aggregates stay");
     assert_eq!(after["top"], before["top"]);
     let report = succeeds(&["check", "--nats", &nats.urls()]);
     assert!(
-        report.contains("clicks: 1 (in 1 codes") && report.contains("result: sound"),
+        report.contains("clicks: 6 (in 2 codes") && report.contains("result: sound"),
         "a log that starts after clicks its snapshot covers is sound: {report}"
     );
 
