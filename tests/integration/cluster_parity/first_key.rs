@@ -1,5 +1,6 @@
 //! One first API key per cluster: three nodes started at once on an empty cluster, none given
-//! `--initial-api-key`, make one key between them, printed by one node.
+//! `--initial-api-key`, make one key between them, printed by one node; a claim whose node
+//! stored no key is taken over once it is old.
 
 use std::{
     io::{BufRead, BufReader},
@@ -7,6 +8,8 @@ use std::{
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
+
+use async_nats::jetstream;
 
 use super::{BIN, WAIT, succeeds};
 use crate::{
@@ -140,4 +143,74 @@ async fn three_nodes_started_together_make_one_first_key() -> TestResult {
         .await;
     }
     Ok(())
+}
+
+/// Starts a bare node and waits until it listens; returns it and its base URL.
+fn started(urls: &str, dir: &std::path::Path) -> (Bare, String) {
+    let node = Bare::spawn(urls, dir);
+    let addr = node
+        .listening
+        .recv_timeout(WAIT)
+        .expect("the node starts and listens");
+    std::thread::sleep(Duration::from_millis(200));
+    (node, format!("http://{addr}"))
+}
+
+fn printed_a_key(node: &Bare) -> Option<String> {
+    let lines = node.printed();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("made its first API key"))?;
+    lines.get(at + 1).map(|k| k.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_key_claimed_by_a_node_that_stored_none_is_made_later_by_another() -> TestResult {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let nats = Nats::start(1);
+    let urls = nats.urls();
+    // A node given its key claims the first key with it; with that key revoked, the cluster
+    // holds a claim and no key, as when a node stops between its claim and storing its key.
+    let given = crate::cluster::Node::start(&nats, "given", &[]);
+    drop(given);
+    let listed = succeeds(&["keys", "list", "--nats", &urls]);
+    let id = listed
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the given key is listed")
+        .to_owned();
+    succeeds(&["keys", "revoke", &id, "--nats", &urls]);
+
+    // While the claim is recent, a node started without a key makes none (its claimant may
+    // be storing one).
+    let (early, _) = started(&urls, &nats.dir.path().join("early"));
+    assert_eq!(printed_a_key(&early), None, "{:?}", early.printed());
+    drop(early);
+
+    // The claim made a minute ago: abandoned, so the next node makes the first key.
+    let js = jetstream::new(async_nats::connect(nats.url(0)).await?);
+    let mut old = vec![0u8; 32];
+    old.extend_from_slice(&(now_ms() - 60_000).to_be_bytes());
+    js.publish("$KV.lp_meta.first-key", old.into())
+        .await?
+        .await?;
+    let (late, base) = started(&urls, &nats.dir.path().join("late"));
+    let key = printed_a_key(&late).expect("the node makes and prints the first key");
+    let status = client()
+        .get(format!("{base}/api/links"))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, 200, "the printed key is valid");
+    let listed = succeeds(&["keys", "list", "--nats", &urls]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
