@@ -6,11 +6,12 @@
 
 use std::collections::HashMap;
 
-use async_nats::jetstream::{consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, kv, stream};
 use futures_util::StreamExt;
 
 use super::{
-    CLICKS_PREFIX, NatsStore, clicks::decode_batch, clicks::decode_snapshot_entry, clicks_subject,
+    AGGREGATES, CLICKS_PREFIX, NatsStore, WATCH_TIMEOUT, clicks::decode_batch,
+    clicks::decode_snapshot_entry, clicks_subject,
 };
 use crate::store::{StoreError, records};
 
@@ -60,7 +61,15 @@ impl NatsStore {
             seen.links += 1;
         }
         let mut covers: HashMap<String, u64> = HashMap::new();
-        for (code, value) in read_bucket(&self.inner.aggregates_kv).await? {
+        // Through a context whose requests may take as long as making a watch of a large
+        // bucket does (as the links' and keys' watches are made).
+        let aggregates = jetstream::ContextBuilder::new()
+            .timeout(WATCH_TIMEOUT)
+            .build(self.inner.client.clone())
+            .get_key_value(AGGREGATES)
+            .await
+            .map_err(|e| super::nats_error("cannot open the aggregates bucket", e))?;
+        for (code, value) in read_bucket(&aggregates).await? {
             let (covered, _, _) = decode_snapshot_entry(&value)
                 .ok_or_else(|| inconsistent(format!("aggregates of {code}: unreadable entry")))?;
             covers.insert(code, covered);
