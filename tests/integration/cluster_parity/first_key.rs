@@ -106,8 +106,12 @@ async fn three_nodes_started_together_make_one_first_key() -> TestResult {
             .unwrap_or_else(|_| panic!("node {i} did not start"));
         bases.push(format!("http://{addr}"));
     }
-    // What a node prints, it prints before it listens.
-    std::thread::sleep(Duration::from_millis(200));
+    // What a node prints, it prints before it listens: read by now, or within moments.
+    eventually(WAIT, "a node prints the first key", || async {
+        nodes.iter().any(|n| printed_a_key(n).is_some())
+    })
+    .await;
+    std::thread::sleep(Duration::from_millis(300));
     let printed: Vec<Vec<String>> = nodes.iter().map(Bare::printed).collect();
     let makers: Vec<&Vec<String>> = printed
         .iter()
