@@ -70,7 +70,7 @@ stop_started
 
 # The nodes take the environment: create limits lifted as for the fjall node.
 LINKPULSE_BIN=$BIN LINKPULSE_CREATE_RATE_PER_KEY=0 LINKPULSE_CREATE_RATE_PER_IP=0 \
-    LINKPULSE_LOG=warn deploy/local-cluster.sh up "$CLUSTER" >/dev/null
+    deploy/local-cluster.sh up "$CLUSTER" >/dev/null
 # shellcheck disable=SC1091
 source "$CLUSTER/cluster.env"
 KEY=$LP_KEY

@@ -53,13 +53,19 @@ async fn soak_distinct_codes_clicked_once_each_through_one_node_are_all_counted(
         .filter(|(_, status)| std::future::ready(*status != 302))
         .collect()
         .await;
-    assert!(not_redirected.is_empty(), "answered other than 302: {not_redirected:?}");
+    assert!(
+        not_redirected.is_empty(),
+        "answered other than 302: {not_redirected:?}"
+    );
     let dropped = metric(&client, &a, "linkpulse_clicks_dropped_total").await;
     assert_eq!(dropped, 0, "clicks dropped on node a");
     // Node a has stored every click it took (its backlog is empty) before b reads them.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while metric(&client, &a, "linkpulse_backlog_clicks").await > 0 {
-        assert!(std::time::Instant::now() < deadline, "node a's backlog did not empty");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node a's backlog did not empty"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
