@@ -181,7 +181,9 @@ impl NatsStore {
     }
 
     /// Walks the code's clicks in order from the message at or after stream sequence `from`,
-    /// until `each` breaks.
+    /// until `each` breaks. A short walk (a page, or the clicks after a recent snapshot) is a
+    /// few reads of one message each; past [`SHORT_WALK`] messages the rest comes through an
+    /// ordered consumer, many messages a request.
     pub(super) fn walk_from(
         &self,
         code: &str,
@@ -190,7 +192,7 @@ impl NatsStore {
     ) -> Result<(), StoreError> {
         let subject = clicks_subject(code);
         self.run(async {
-            loop {
+            for _ in 0..SHORT_WALK {
                 let message = match self
                     .inner
                     .clicks
@@ -208,15 +210,74 @@ impl NatsStore {
                     }
                     Err(e) => return Err(nats_error("cannot read a code's clicks", e)),
                 };
-                for event in decode_batch(&message.payload)? {
-                    if each(event).is_break() {
-                        return Ok(());
-                    }
+                if each_of(&message.payload, each)?.is_break() {
+                    return Ok(());
                 }
                 from = message.sequence + 1;
             }
+            self.walk_streamed(code, &subject, from, each).await
         })
     }
+
+    /// The rest of a long walk: the code's messages from stream sequence `from` up to its last
+    /// one as it is now, through an ordered consumer of the subject.
+    async fn walk_streamed(
+        &self,
+        code: &str,
+        subject: &str,
+        from: u64,
+        each: &mut dyn FnMut(ClickEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let (last_at, _, _) = self.last_batch(code).await?;
+        if last_at < from {
+            return Ok(());
+        }
+        let failed = |e: &dyn std::fmt::Display| {
+            StoreError::Nats(format!("cannot read a code's clicks: {e}"))
+        };
+        let consumer = self
+            .inner
+            .clicks
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+        loop {
+            let message = tokio::time::timeout(WALK_WAIT, messages.next())
+                .await
+                .map_err(|_| failed(&"no message came within 10 s"))?
+                .ok_or_else(|| failed(&"the consumer ended"))?
+                .map_err(|e| failed(&e))?;
+            let at = message.info().map_err(|e| failed(&e))?.stream_sequence;
+            if each_of(&message.payload, each)?.is_break() || at >= last_at {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Messages a walk reads one at a time before it streams the rest.
+const SHORT_WALK: usize = 4;
+/// The longest wait for the next message of a streamed walk.
+const WALK_WAIT: Duration = Duration::from_secs(10);
+
+/// Gives `each` the clicks of one message, until it breaks.
+fn each_of(
+    payload: &[u8],
+    each: &mut dyn FnMut(ClickEvent) -> ControlFlow<()>,
+) -> Result<ControlFlow<()>, StoreError> {
+    for event in decode_batch(payload)? {
+        if each(event).is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+    }
+    Ok(ControlFlow::Continue(()))
 }
 
 /// Follows the clicks other nodes store for `code` (see `Backend::follow`), calling

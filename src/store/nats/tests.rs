@@ -300,3 +300,49 @@ async fn a_page_deep_in_a_long_click_log_is_read_in_a_few_requests_not_one_per_m
         "{requests} requests to the server for one page of 10 clicks"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_over_a_long_click_log_gets_many_messages_a_request() {
+    use std::ops::ControlFlow;
+
+    use super::{clicks::encode_batch, clicks_subject};
+
+    const MESSAGES: u64 = 2_000;
+    let server = Server::start();
+    let node = server.node().await;
+    link_on(&node, "long").await;
+    for seq in 1..=MESSAGES {
+        for (code, events) in [
+            ("long", [click(seq, seq as i64)]),
+            ("other", [click(seq, 0)]),
+        ] {
+            node.inner
+                .js
+                .publish(clicks_subject(code), encode_batch(&events))
+                .await
+                .expect("sent")
+                .await
+                .expect("stored");
+        }
+    }
+    // An actor starting with no snapshot folds every click of its code, as here.
+    let before = server.messages_in().await;
+    let mut seqs = Vec::new();
+    tokio::task::block_in_place(|| {
+        node.walk_clicks("long", 0, &mut |event| {
+            seqs.push(event.seq);
+            ControlFlow::Continue(())
+        })
+    })
+    .expect("walked");
+    let requests = server.messages_in().await - before;
+    assert_eq!(
+        seqs,
+        (1..=MESSAGES).collect::<Vec<_>>(),
+        "every click, in order"
+    );
+    assert!(
+        requests < 200,
+        "{requests} requests to the server to walk {MESSAGES} messages"
+    );
+}
