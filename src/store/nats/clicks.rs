@@ -7,7 +7,7 @@ use std::{ops::ControlFlow, sync::Arc, time::Duration};
 use async_nats::jetstream::{self, stream};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{Inner, NatsStore, clicks_subject, nats_error};
 use crate::{
@@ -192,7 +192,17 @@ impl NatsStore {
     ) -> Result<(), StoreError> {
         let subject = clicks_subject(code);
         self.run(async {
-            for _ in 0..SHORT_WALK {
+            let mut read = 0;
+            loop {
+                if read == SHORT_WALK {
+                    // The rest streamed; if no consumer can be had now (a server just went
+                    // away, its stream's leader moves), one message a read, as before.
+                    match self.walk_streamed(code, &subject, &mut from, each).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => debug!(code, cause = %e, "a streamed walk failed; reading on"),
+                    }
+                }
+                read += 1;
                 let message = match self
                     .inner
                     .clicks
@@ -215,21 +225,21 @@ impl NatsStore {
                 }
                 from = message.sequence + 1;
             }
-            self.walk_streamed(code, &subject, from, each).await
         })
     }
 
     /// The rest of a long walk: the code's messages from stream sequence `from` up to its last
-    /// one as it is now, through an ordered consumer of the subject.
+    /// one as it is now, through an ordered consumer of the subject. `from` follows the
+    /// messages given to `each`, so a walk that fails can go on from there.
     async fn walk_streamed(
         &self,
         code: &str,
         subject: &str,
-        from: u64,
+        from: &mut u64,
         each: &mut dyn FnMut(ClickEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
         let (last_at, _, _) = self.last_batch(code).await?;
-        if last_at < from {
+        if last_at < *from {
             return Ok(());
         }
         let failed = |e: &dyn std::fmt::Display| {
@@ -241,7 +251,7 @@ impl NatsStore {
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
                 filter_subject: subject.to_owned(),
                 deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
+                    start_sequence: *from,
                 },
                 ..Default::default()
             })
@@ -255,7 +265,9 @@ impl NatsStore {
                 .ok_or_else(|| failed(&"the consumer ended"))?
                 .map_err(|e| failed(&e))?;
             let at = message.info().map_err(|e| failed(&e))?.stream_sequence;
-            if each_of(&message.payload, each)?.is_break() || at >= last_at {
+            let done = each_of(&message.payload, each)?.is_break();
+            *from = at + 1;
+            if done || at >= last_at {
                 return Ok(());
             }
         }
