@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, kv};
 use futures_util::StreamExt;
 
 use super::{
@@ -174,20 +174,8 @@ impl NatsStore {
         let subject = clicks_subject(code);
         let (mut from, mut last) = (1, None);
         loop {
-            let message = match self
-                .inner
-                .clicks
-                .raw_message_builder()
-                .sequence(from)
-                .next_by_subject(subject.clone())
-                .send()
-                .await
-            {
-                Ok(message) => message,
-                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
-                    return Ok(true);
-                }
-                Err(e) => return Err(super::nats_error("cannot read a code's clicks", e)),
+            let Some(message) = self.message_from(&subject, from).await? else {
+                return Ok(true);
             };
             for event in decode_batch(&message.payload)? {
                 let due = match last {

@@ -108,6 +108,30 @@ impl NatsStore {
         }
     }
 
+    /// The first message of `subject` (a code's clicks) at or after stream sequence `from`
+    /// (`None`: there is none): one request.
+    pub(super) async fn message_from(
+        &self,
+        subject: &str,
+        from: u64,
+    ) -> Result<Option<jetstream::message::StreamMessage>, StoreError> {
+        match self
+            .inner
+            .clicks
+            .raw_message_builder()
+            .sequence(from)
+            .next_by_subject(subject.to_owned())
+            .send()
+            .await
+        {
+            Ok(message) => Ok(Some(message)),
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                Ok(None)
+            }
+            Err(e) => Err(nats_error("cannot read a code's clicks", e)),
+        }
+    }
+
     /// The stream sequence and `Nats-Msg-Id` of the code's first message stored after stream
     /// sequence `after` (`None`: there is none).
     pub(super) async fn batch_after(
@@ -115,28 +139,17 @@ impl NatsStore {
         code: &str,
         after: u64,
     ) -> Result<Option<(u64, String)>, StoreError> {
-        match self
-            .inner
-            .clicks
-            .raw_message_builder()
-            .sequence(after + 1)
-            .next_by_subject(clicks_subject(code))
-            .send()
-            .await
-        {
-            Ok(message) => {
+        Ok(self
+            .message_from(&clicks_subject(code), after + 1)
+            .await?
+            .map(|message| {
                 let id = message
                     .headers
                     .get(async_nats::header::NATS_MESSAGE_ID)
                     .map(|v| v.as_str().to_owned())
                     .unwrap_or_default();
-                Ok(Some((message.sequence, id)))
-            }
-            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
-                Ok(None)
-            }
-            Err(e) => Err(nats_error("cannot read a code's clicks", e)),
-        }
+                (message.sequence, id)
+            }))
     }
 
     /// The stream sequence of the code's message that holds click `seq` (or, if none does,
@@ -153,21 +166,9 @@ impl NatsStore {
         let (mut lo, mut hi, mut best) = (1u64, last_at, 1u64);
         while lo <= hi {
             let mid = lo + (hi - lo) / 2;
-            let message = match self
-                .inner
-                .clicks
-                .raw_message_builder()
-                .sequence(mid)
-                .next_by_subject(subject.clone())
-                .send()
-                .await
-            {
-                Ok(message) => message,
-                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
-                    hi = mid - 1;
-                    continue;
-                }
-                Err(e) => return Err(nats_error("cannot read a code's clicks", e)),
+            let Some(message) = self.message_from(&subject, mid).await? else {
+                hi = mid - 1;
+                continue;
             };
             let first = first_seq(&message.payload)?;
             if first <= seq {
@@ -203,22 +204,8 @@ impl NatsStore {
                     }
                 }
                 read += 1;
-                let message = match self
-                    .inner
-                    .clicks
-                    .raw_message_builder()
-                    .sequence(from)
-                    .next_by_subject(subject.clone())
-                    .send()
-                    .await
-                {
-                    Ok(message) => message,
-                    Err(e)
-                        if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) =>
-                    {
-                        return Ok(());
-                    }
-                    Err(e) => return Err(nats_error("cannot read a code's clicks", e)),
+                let Some(message) = self.message_from(&subject, from).await? else {
+                    return Ok(());
                 };
                 if each_of(&message.payload, each)?.is_break() {
                     return Ok(());

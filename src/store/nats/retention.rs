@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{kv, stream};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use tracing::{info, warn};
 
@@ -123,20 +123,8 @@ impl NatsStore {
         let (mut from, mut clicks) = (1, 0);
         // `keep_from`: the first message that stays.
         let keep_from = loop {
-            let message = match self
-                .inner
-                .clicks
-                .raw_message_builder()
-                .sequence(from)
-                .next_by_subject(subject.clone())
-                .send()
-                .await
-            {
-                Ok(message) => message,
-                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
-                    return Ok(0);
-                }
-                Err(e) => return Err(nats_error("cannot read a code's clicks", e)),
+            let Some(message) = self.message_from(&subject, from).await? else {
+                return Ok(0);
             };
             if message.sequence >= last_at {
                 break message.sequence;

@@ -261,28 +261,8 @@ async fn link_on(node: &NatsStore, code: &str) -> crate::domain::ShortCode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_deep_in_a_long_click_log_is_read_in_a_few_requests_not_one_per_message() {
-    use super::{clicks::encode_batch, clicks_subject};
-
-    const MESSAGES: u64 = 2_000;
     let server = Server::start();
-    let node = server.node().await;
-    link_on(&node, "deep").await;
-    // 2,000 messages of one click each (as a link clicked now and then is stored), with
-    // another code's messages between them.
-    for seq in 1..=MESSAGES {
-        for (code, events) in [
-            ("deep", [click(seq, seq as i64)]),
-            ("other", [click(seq, 0)]),
-        ] {
-            node.inner
-                .js
-                .publish(clicks_subject(code), encode_batch(&events))
-                .await
-                .expect("sent")
-                .await
-                .expect("stored");
-        }
-    }
+    let node = long_log(&server, "deep", 2_000).await;
     let before = server.messages_in().await;
     let page =
         tokio::task::block_in_place(|| node.clicks("deep", Some(1_991), 10)).expect("a page read");
@@ -305,26 +285,9 @@ async fn a_page_deep_in_a_long_click_log_is_read_in_a_few_requests_not_one_per_m
 async fn a_walk_over_a_long_click_log_gets_many_messages_a_request() {
     use std::ops::ControlFlow;
 
-    use super::{clicks::encode_batch, clicks_subject};
-
     const MESSAGES: u64 = 2_000;
     let server = Server::start();
-    let node = server.node().await;
-    link_on(&node, "long").await;
-    for seq in 1..=MESSAGES {
-        for (code, events) in [
-            ("long", [click(seq, seq as i64)]),
-            ("other", [click(seq, 0)]),
-        ] {
-            node.inner
-                .js
-                .publish(clicks_subject(code), encode_batch(&events))
-                .await
-                .expect("sent")
-                .await
-                .expect("stored");
-        }
-    }
+    let node = long_log(&server, "long", MESSAGES).await;
     // An actor starting with no snapshot folds every click of its code, as here.
     let before = server.messages_in().await;
     let mut seqs = Vec::new();
@@ -345,4 +308,25 @@ async fn a_walk_over_a_long_click_log_gets_many_messages_a_request() {
         requests < 200,
         "{requests} requests to the server to walk {MESSAGES} messages"
     );
+}
+
+/// A node on `server` with a link on `code` whose clicks are `messages` messages of one click
+/// each (as a link clicked now and then is stored), with another code's messages between them.
+async fn long_log(server: &Server, code: &str, messages: u64) -> NatsStore {
+    use super::{clicks::encode_batch, clicks_subject};
+
+    let node = server.node().await;
+    link_on(&node, code).await;
+    for seq in 1..=messages {
+        for (subject, events) in [(code, [click(seq, seq as i64)]), ("other", [click(seq, 0)])] {
+            node.inner
+                .js
+                .publish(clicks_subject(subject), encode_batch(&events))
+                .await
+                .expect("sent")
+                .await
+                .expect("stored");
+        }
+    }
+    node
 }
