@@ -177,6 +177,26 @@ pub fn check_new_files(
     Ok(Some(checked))
 }
 
+/// Checks the current manifests among the files `paths` (relative to `dir`, written since the
+/// last check) against the checksums in their keyspaces' `current`, before fjall opens the
+/// store: fjall trusts a manifest's counts, and a damaged one can make it try to allocate
+/// memory for billions of entries instead of refusing the store. Tables are checked after the
+/// open ([`check_new_files`]): their checksums are in the manifests.
+pub fn check_new_manifests(dir: &Path, paths: &[&str]) -> Result<(), StoreError> {
+    let files = NewFiles {
+        dir,
+        keyspaces: &[],
+    };
+    for path in paths {
+        if let ["keyspaces", id, name] = path.split('/').collect::<Vec<_>>().as_slice()
+            && (*name == "current" || (name.starts_with('v') && !name.starts_with(".tmp")))
+        {
+            files.manifest(id, name)?;
+        }
+    }
+    Ok(())
+}
+
 /// What became of one file [`check_new_files`] was given.
 enum FileCheck {
     /// Read whole; its checksum is the one fjall recorded.

@@ -95,6 +95,8 @@ impl Store {
         let started = Instant::now();
         let marks = Marks::read(dir)?;
         let clean_close = marks.clean_close;
+        let changed: Vec<&str> = marks.unchecked.iter().map(|l| clean::path_of(l)).collect();
+        check::check_new_manifests(dir, &changed).map_err(|e| e.opened(dir))?;
         let mut store = Self::with_keyspaces(open_database(dir)?, dir, clean_close)?;
         let record = store.totals_record().map_err(|e| e.opened(dir))?;
         store.visitor_key = store.load_visitor_key().map_err(|e| e.opened(dir))?;
