@@ -155,6 +155,7 @@ fn location(config: &ServeConfig) -> Location {
         Some(urls) => Location::Cluster {
             urls: urls.clone(),
             replicas: config.nats_replicas,
+            link_cache: config.link_cache,
         },
         None => Location::Dir(config.data_dir.clone()),
     }

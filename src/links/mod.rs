@@ -185,9 +185,13 @@ impl Links {
         // replaces the placeholder and this (older) answer is dropped instead of caching
         // "no such link" over the new link.
         let guard = match self.shared.cache.get_value_or_guard_async(code).await {
-            Ok(cached) => return Ok(cached),
+            Ok(cached) => {
+                self.shared.metrics.link_cache(true);
+                return Ok(cached);
+            }
             Err(guard) => guard,
         };
+        self.shared.metrics.link_cache(false);
         // Read in place: a point read is served from the store's memory (a block cache, the
         // OS page cache, or a cluster store's copy of the links) in microseconds, less than a hand-off to the blocking pool costs (measured on the
         // long tail of codes clicked once each: the hand-off was a tenth of the server's CPU).

@@ -105,6 +105,8 @@ pub struct Metrics {
     actors_stopped: Counter,
     subscribers: U64Gauge,
     subscribers_refused: Counter,
+    link_cache_hits: Counter,
+    link_cache_misses: Counter,
     /// Clicks waiting in actors' inboxes.
     queued_clicks: U64Gauge,
     scraped: ScrapedGauges,
@@ -142,6 +144,16 @@ impl Metrics {
             "Link actors that failed to start (their code backs off before the next try)",
         );
         let dropped = dropped_counters(r);
+        let link_cache_hits = counter(
+            r,
+            "linkpulse_link_cache_hits",
+            "Link lookups answered by the link cache (--link-cache)",
+        );
+        let link_cache_misses = counter(
+            r,
+            "linkpulse_link_cache_misses",
+            "Link lookups the link cache could not answer, read from the store",
+        );
         let subscribers = gauge(r, "linkpulse_subscribers", "Live SSE subscribers");
         let queued_clicks = gauge(
             r,
@@ -186,6 +198,8 @@ impl Metrics {
             actors_stopped,
             subscribers,
             subscribers_refused,
+            link_cache_hits,
+            link_cache_misses,
             queued_clicks,
             scraped,
             redirect_duration,
@@ -197,6 +211,15 @@ impl Metrics {
 
     pub fn click(&self) {
         self.clicks.inc();
+    }
+
+    /// A link lookup the link cache answered (`true`) or sent to the store.
+    pub fn link_cache(&self, hit: bool) {
+        if hit {
+            self.link_cache_hits.inc();
+        } else {
+            self.link_cache_misses.inc();
+        }
     }
 
     pub fn actor_started(&self) {

@@ -23,8 +23,12 @@ pub enum Location {
     /// The embedded store in this directory.
     Dir(PathBuf),
     /// A cluster store: NATS JetStream servers (comma-separated URLs), each stream and bucket
-    /// kept in `replicas` copies.
-    Cluster { urls: String, replicas: usize },
+    /// kept in `replicas` copies; `link_cache` link records kept in memory.
+    Cluster {
+        urls: String,
+        replicas: usize,
+        link_cache: usize,
+    },
 }
 
 enum Engine {
@@ -58,10 +62,15 @@ impl Opened {
                     engine: Engine::Embedded(store),
                 })
             }
-            Location::Cluster { urls, replicas } => {
+            Location::Cluster {
+                urls,
+                replicas,
+                link_cache,
+            } => {
                 let store = NatsStore::connect(&NatsConfig {
                     urls: urls.clone(),
                     replicas: *replicas,
+                    link_cache: *link_cache,
                 })
                 .await
                 .context("cannot open the NATS JetStream store")?;
@@ -176,7 +185,12 @@ pub async fn migrate_command(
     urls: String,
     replicas: usize,
 ) -> anyhow::Result<String> {
-    super::nats::migrate_command(data_dir, &NatsConfig { urls, replicas }).await
+    let config = NatsConfig {
+        urls,
+        replicas,
+        link_cache: 1_000,
+    };
+    super::nats::migrate_command(data_dir, &config).await
 }
 
 /// Opens the store in `data_dir` for a command run while the server is stopped, runs `work`,

@@ -40,7 +40,7 @@ impl Backend for NatsStore {
     }
 
     fn link(&self, code: &str) -> Result<Option<Link>, StoreError> {
-        Ok(self.inner.links.get(code).map(|l| Link::clone(&l)))
+        Ok(self.link_record(code)?.map(|l| Link::clone(&l)))
     }
 
     fn follow(

@@ -2,7 +2,7 @@
 //! --nats`), and what `export` reads from it: links and keys from this process's copies of
 //! the buckets, every clicked code's messages in order, the aggregates snapshots as stored.
 
-use std::ops::ControlFlow;
+use std::{ops::ControlFlow, time::Duration};
 
 use async_nats::jetstream::{self, ErrorCode, context::GetStreamErrorKind};
 use futures_util::TryStreamExt;
@@ -15,6 +15,9 @@ use crate::{
     domain::{ClickEvent, Link},
     store::{ExportSource, KeyRecord, StoreError},
 };
+
+/// How long a command waits for every link's place to be read (a million links: about 30 s).
+const LISTED_FOR_COMMANDS: Duration = Duration::from_secs(600);
 
 impl NatsStore {
     /// The cluster store at `urls` for a command that reads it or changes what it holds:
@@ -35,6 +38,8 @@ impl NatsStore {
         let config = NatsConfig {
             urls: urls.to_owned(),
             replicas,
+            // A command reads each link once: it keeps few.
+            link_cache: 1_000,
         };
         Self::connect(&config)
             .await
@@ -121,11 +126,17 @@ impl ExportSource for NatsStore {
     }
 
     fn each_link(&self, each: &mut dyn FnMut(Link) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        let mut codes: Vec<String> = self.inner.links.iter().map(|l| l.key().clone()).collect();
+        self.run(self.listed(LISTED_FOR_COMMANDS))?;
+        let mut codes = self
+            .inner
+            .listing
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .codes();
         codes.sort_unstable();
         for code in codes {
-            if let Some(link) = self.inner.links.get(&code).map(|l| Link::clone(&l)) {
-                each(link)?;
+            if let Some(link) = self.link_record(&code)? {
+                each(Link::clone(&link))?;
             }
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! the links and keys and keep them current.
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -62,8 +62,10 @@ impl NatsStore {
             gone_kv,
             aggregates_kv,
             meta_kv,
-            links: DashMap::new(),
+            links: quick_cache::sync::Cache::new(config.link_cache.max(16)),
             listing: RwLock::default(),
+            listed: tokio::sync::watch::Sender::new(false),
+            link_changes: AtomicU64::new(0),
             keys: DashMap::new(),
             visitor_key,
             runtime: tokio::runtime::Handle::current(),
@@ -71,15 +73,38 @@ impl NatsStore {
             node,
         });
         let store = Self { inner };
-        tracing::debug!("loading the links and keys");
-        let links = store.follow_links().await?;
+        tracing::debug!("loading the keys");
         let keys = store.follow_keys().await?;
+        let links = bucket_len(&store.inner.links_kv).await?;
+        store.follow_links_in_background();
         info!(links, keys, servers = %urls.join(","), replicas, "NATS JetStream store ready");
         Ok(store)
     }
 
-    /// Fills the link copies from the bucket and keeps them current; returns how many were
-    /// there at the start.
+    /// Reads every link's place in the listing from the bucket, then keeps the places and the
+    /// cache current, while the node already serves; the listing is ready once the watch has
+    /// caught up (tried again until it has).
+    fn follow_links_in_background(&self) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.follow_links().await {
+                    Ok(links) => {
+                        info!(links, "every link's place in the listing is read");
+                        store.inner.listed.send_replace(true);
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(cause = %e, "cannot read the links yet; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Follows the links bucket from its first entry: places in the listing, the cache kept
+    /// current, live actors told. Returns once it has caught up, with how many it read.
     async fn follow_links(&self) -> Result<usize, StoreError> {
         let inner = self.inner.clone();
         let watch = inner
@@ -109,7 +134,7 @@ impl NatsStore {
                     if !newer {
                         return;
                     }
-                    inner.remember(link.clone());
+                    inner.heard(link.clone());
                 }
                 None => inner.forget(&code),
             }
@@ -269,7 +294,7 @@ async fn watch_bucket(
 }
 
 /// How many keys a bucket holds now (what a watch delivers before it is current).
-async fn bucket_len(bucket: &kv::Store) -> Result<u64, StoreError> {
+pub(super) async fn bucket_len(bucket: &kv::Store) -> Result<u64, StoreError> {
     let mut stream = bucket.stream.clone();
     let info = stream
         .info()

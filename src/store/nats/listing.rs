@@ -1,65 +1,134 @@
-//! The links in listing order, kept beside each node's copy of the links bucket, so a page of
-//! `GET /api/links` is a range read.
+//! The links in listing order: each link's place (its creation time and code, as fjall's index
+//! sorts them) in all and per owner, so a page of `GET /api/links` is a range read. Only the
+//! places are kept, not the links: a page reads its links through the bounded cache, or from
+//! the bucket on a miss. The places are filled by the links bucket's watch after the node has
+//! started (a node answers redirects at once, and a listing waits until they are in).
 
-use std::sync::Arc;
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
-use super::{Inner, NatsStore};
+use super::{Inner, NatsStore, nats_error};
 use crate::{
     domain::Link,
     store::{Cursor, Page, StoreError, records},
 };
 
-/// The links in the order `GET /api/links` lists them (newest first, by the key the fjall
-/// index sorts by), in all and per owner: a page is a range read, not a sort of every link.
+/// How long a listing waits for the places of the links to be read after a start.
+pub(super) const LISTED_WAIT: Duration = Duration::from_secs(30);
+
+/// Every link's place in the listing.
 #[derive(Default)]
 pub(super) struct Listing {
-    all: std::collections::BTreeMap<Vec<u8>, Arc<Link>>,
-    /// Keyed by owner, then the same key.
-    owners: std::collections::BTreeMap<(String, Vec<u8>), Arc<Link>>,
+    /// Places, in listing order (the last one is the newest link).
+    all: BTreeSet<Arc<[u8]>>,
+    /// The same places per owner (an index into `owner_ids`).
+    owners: BTreeSet<(u32, Arc<[u8]>)>,
+    /// Each listed code's owner and place, to move or drop it.
+    placed: HashMap<Box<str>, (u32, Arc<[u8]>)>,
+    owner_ids: Vec<Box<str>>,
+    owner_index: HashMap<Box<str>, u32>,
 }
 
-/// A link's place in the listing (its creation time and code, as fjall's index sorts them).
-fn listing_key(link: &Link) -> Vec<u8> {
-    records::time_index_key(link)[1..].to_vec()
+/// A link's place in the listing: its creation time (sortable) and code.
+fn listing_key(link: &Link) -> Arc<[u8]> {
+    records::time_index_key(link)[1..].into()
+}
+
+/// The code at the end of a place.
+fn code_of(key: &[u8]) -> &str {
+    std::str::from_utf8(&key[8..]).unwrap_or_default()
+}
+
+impl Listing {
+    fn owner(&mut self, owner: &str) -> u32 {
+        if let Some(&at) = self.owner_index.get(owner) {
+            return at;
+        }
+        let at = u32::try_from(self.owner_ids.len()).unwrap_or(u32::MAX);
+        self.owner_ids.push(owner.into());
+        self.owner_index.insert(owner.into(), at);
+        at
+    }
+
+    fn place(&mut self, link: &Link) {
+        let owner = self.owner(link.owner.as_str());
+        let key = listing_key(link);
+        if let Some((old_owner, old)) = self
+            .placed
+            .insert(link.code.as_str().into(), (owner, key.clone()))
+        {
+            self.all.remove(&old);
+            self.owners.remove(&(old_owner, old));
+        }
+        self.owners.insert((owner, key.clone()));
+        self.all.insert(key);
+    }
+
+    fn drop_code(&mut self, code: &str) {
+        if let Some((owner, key)) = self.placed.remove(code) {
+            self.all.remove(&key);
+            self.owners.remove(&(owner, key));
+        }
+    }
+
+    /// The codes listed, in listing order.
+    pub(super) fn codes(&self) -> Vec<String> {
+        self.all.iter().map(|k| code_of(k).to_owned()).collect()
+    }
 }
 
 impl Inner {
-    /// Takes in a link made or changed (on any node).
+    /// Takes in a link made or changed (on any node): its place, and the cached copy.
     pub(super) fn remember(&self, link: Arc<Link>) {
-        let old = self.links.insert(link.code.to_string(), link.clone());
-        let mut listing = self
-            .listing
+        self.link_changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.listing
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(old) = old {
-            listing.all.remove(&listing_key(&old));
-            listing
-                .owners
-                .remove(&(old.owner.to_string(), listing_key(&old)));
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .place(&link);
+        self.links.insert(link.code.to_string(), link);
+    }
+
+    /// Takes in a link made or changed as the bucket's watch tells it: its place, and the
+    /// cached copy if one is cached (a link nobody asked for here is not).
+    pub(super) fn heard(&self, link: Arc<Link>) {
+        self.link_changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.listing
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .place(&link);
+        if self.links.get(link.code.as_str()).is_some() {
+            self.links.insert(link.code.to_string(), link);
         }
-        let key = listing_key(&link);
-        listing
-            .owners
-            .insert((link.owner.to_string(), key.clone()), link.clone());
-        listing.all.insert(key, link);
     }
 
     /// Lets go of a deleted link.
     pub(super) fn forget(&self, code: &str) {
-        if let Some((_, old)) = self.links.remove(code) {
-            let mut listing = self
-                .listing
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            listing.all.remove(&listing_key(&old));
-            listing
-                .owners
-                .remove(&(old.owner.to_string(), listing_key(&old)));
-        }
+        self.link_changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.links.remove(code);
+        self.listing
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drop_code(code);
     }
 }
 
 impl NatsStore {
+    /// Waits (up to `wait`) until every link's place has been read after the start.
+    pub(super) async fn listed(&self, wait: Duration) -> Result<(), StoreError> {
+        let mut ready = self.inner.listed.subscribe();
+        tokio::time::timeout(wait, ready.wait_for(|listed| *listed))
+            .await
+            .map_err(|_| StoreError::Nats("the links are still being read after the start".into()))?
+            .map_err(|e| nats_error("the links' watch ended", e))?;
+        Ok(())
+    }
+
     /// One page of links, newest first (an owner's, or all), that `keep` accepts (see
     /// [`Backend::list_links`](crate::store::Backend::list_links)).
     pub(super) fn links_page(
@@ -70,50 +139,56 @@ impl NatsStore {
         scan: usize,
         keep: &dyn Fn(&Link) -> bool,
     ) -> Result<Page, StoreError> {
-        // Newest first, from just below the cursor: a range of the listing, read under its
-        // lock for at most `scan` entries.
-        let listing = self
-            .inner
-            .listing
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let below = cursor.map(|c| c.key().to_vec());
-        let entries: Box<dyn Iterator<Item = (&Vec<u8>, &Arc<Link>)>> = match owner {
-            Some(owner) => {
-                let from = (owner.to_owned(), Vec::new());
-                let to = match &below {
-                    Some(key) => std::ops::Bound::Excluded((owner.to_owned(), key.clone())),
-                    None => std::ops::Bound::Excluded((format!("{owner}\0"), Vec::new())),
-                };
-                Box::new(
-                    listing
-                        .owners
-                        .range((std::ops::Bound::Included(from), to))
-                        .rev()
-                        .filter(move |((o, _), _)| o == owner)
-                        .map(|((_, key), link)| (key, link)),
-                )
-            }
-            None => match &below {
-                Some(key) => Box::new(listing.all.range(..key.clone()).rev()),
-                None => Box::new(listing.all.iter().rev()),
-            },
+        self.run(self.listed(LISTED_WAIT))?;
+        // Newest first, from just below the cursor: at most `scan` places, read under the
+        // lock; the links are read after it.
+        let (places, more) = {
+            let listing = self
+                .inner
+                .listing
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let below: Option<Arc<[u8]>> = cursor.map(|c| c.key().into());
+            let mut entries: Box<dyn Iterator<Item = &Arc<[u8]>>> = match owner {
+                Some(owner) => match listing.owner_index.get(owner) {
+                    None => Box::new(std::iter::empty()),
+                    Some(&at) => {
+                        let to = match &below {
+                            Some(key) => std::ops::Bound::Excluded((at, key.clone())),
+                            None => match at.checked_add(1) {
+                                Some(next) => std::ops::Bound::Excluded((next, Arc::from(&[][..]))),
+                                None => std::ops::Bound::Unbounded,
+                            },
+                        };
+                        let from = std::ops::Bound::Included((at, Arc::from(&[][..])));
+                        Box::new(listing.owners.range((from, to)).rev().map(|(_, key)| key))
+                    }
+                },
+                None => match &below {
+                    Some(key) => Box::new(listing.all.range(..key.clone()).rev()),
+                    None => Box::new(listing.all.iter().rev()),
+                },
+            };
+            let places: Vec<Arc<[u8]>> = entries.by_ref().take(scan).cloned().collect();
+            (places, entries.next().is_some())
         };
         let mut links = Vec::new();
         let mut last = None;
-        let mut scanned = 0;
-        let mut entries = entries.peekable();
-        for (key, link) in entries.by_ref() {
-            scanned += 1;
-            last = Some(key.clone());
-            if keep(link) {
-                links.push(Link::clone(link));
+        let mut read_all = true;
+        for (i, key) in places.iter().enumerate() {
+            last = Some(key.to_vec());
+            // Gone since the places were read (deleted meanwhile): not listed.
+            if let Some(link) = self.link_record(code_of(key))?
+                && keep(&link)
+            {
+                links.push(Link::clone(&link));
             }
-            if links.len() >= limit || scanned >= scan {
+            if links.len() >= limit {
+                read_all = i + 1 == places.len();
                 break;
             }
         }
-        let more = entries.peek().is_some();
+        let more = more || !read_all;
         Ok(Page {
             links,
             next: last.filter(|_| more).map(Cursor::from_key),

@@ -97,12 +97,15 @@ async fn connect_empty(config: &NatsConfig) -> anyhow::Result<NatsStore> {
         .map_err(|e| super::nats_error("cannot read the clicks stream", e))?
         .state
         .messages;
+    let links = super::connect::bucket_len(&nats.inner.links_kv)
+        .await
+        .context("cannot read the links bucket")?;
     anyhow::ensure!(
-        nats.links_len() == 0 && stream_messages == 0,
+        links == 0 && stream_messages == 0,
         "the cluster already holds {} links and {stream_messages} click batches: migrate into \
          an empty one (a fresh JetStream, or delete the LP_CLICKS stream and the KV_lp_* \
          buckets first)",
-        nats.links_len()
+        links
     );
     Ok(nats)
 }

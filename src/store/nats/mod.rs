@@ -5,9 +5,11 @@
 //!   key: key-value buckets (`lp_links`, `lp_keys`, `lp_gone`, `lp_aggregates`, `lp_meta`).
 //!   Their streams are made here by hand (`KV_<bucket>`, one message per subject, roll-ups and
 //!   direct gets allowed, discard new), as `nats kv add` makes them: async-nats 0.51's
-//!   `create_key_value` cannot read nats-server 2.9's answer. Each node keeps the links and keys
-//!   in memory and follows both buckets with a watch, so a change on one node reaches every
-//!   node's copy at once (and its live actor, through [`ChangeListener`]).
+//!   `create_key_value` cannot read nats-server 2.9's answer. Each node keeps the keys in
+//!   memory, and of the links a bounded cache (`--link-cache` records, read from the bucket on
+//!   a miss) and each link's place in the listing; it follows both buckets with a watch, so a
+//!   change on one node reaches every node at once (and its live actor, through
+//!   [`ChangeListener`]).
 //! - Clicks: one stream, `LP_CLICKS`, a subject per code (`lp.clicks.<code>`). Each message is
 //!   a numbered batch of that code's clicks (see [`encode_batch`](clicks::encode_batch)),
 //!   published with `Nats-Expected-Last-Subject-Sequence`: two nodes that both number a code's
@@ -41,7 +43,10 @@ mod tests;
 mod writer;
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -79,6 +84,8 @@ pub struct NatsConfig {
     pub urls: String,
     /// Copies JetStream keeps of every stream and bucket (1 for a single server).
     pub replicas: usize,
+    /// Link records this node keeps in memory (`--link-cache`).
+    pub link_cache: usize,
 }
 
 /// The subject of a code's clicks.
@@ -114,10 +121,15 @@ struct Inner {
     gone_kv: kv::Store,
     aggregates_kv: kv::Store,
     meta_kv: kv::Store,
-    /// Every link, as the links bucket holds it (filled and kept current by its watch).
-    links: DashMap<String, Arc<Link>>,
-    /// The same links in listing order (see [`Listing`]).
+    /// Links read lately, as the links bucket holds them (kept current by its watch).
+    links: quick_cache::sync::Cache<String, Arc<Link>>,
+    /// Every link's place in listing order (see [`Listing`]).
     listing: RwLock<Listing>,
+    /// Whether the listing holds every link stored when the node started (its watch has
+    /// caught up).
+    listed: tokio::sync::watch::Sender<bool>,
+    /// Link changes and deletions taken in (see [`NatsStore::link_record`]).
+    link_changes: AtomicU64,
     /// Every API key, as the keys bucket holds it.
     keys: DashMap<[u8; 32], KeyRecord>,
     visitor_key: [u8; 32],
@@ -141,10 +153,6 @@ impl NatsStore {
         }
     }
 
-    pub fn links_len(&self) -> usize {
-        self.inner.links.len()
-    }
-
     /// The most bytes one message of clicks may have: well below the server's `max_payload`
     /// (1 MiB by default), whatever it is set to.
     fn message_bytes(&self) -> usize {
@@ -155,8 +163,31 @@ impl NatsStore {
         block_on(&self.inner.runtime, work)
     }
 
-    /// Whether the links bucket has `code` (in this node's copy).
+    /// Whether this node's cache holds `code` (a link read or made lately, not deleted
+    /// since): `false` says nothing.
     pub(super) fn has_link(&self, code: &str) -> bool {
-        self.inner.links.contains_key(code)
+        self.inner.links.get(code).is_some()
+    }
+
+    /// A link as the links bucket holds it: from the cache, or read from the bucket (and
+    /// cached).
+    pub(super) fn link_record(&self, code: &str) -> Result<Option<Arc<Link>>, StoreError> {
+        if let Some(link) = self.inner.links.get(code) {
+            return Ok(Some(link));
+        }
+        // Cached only if no change came through the watch meanwhile: a deletion applied while
+        // this read was on its way must not be undone by it.
+        let changes = self.inner.link_changes.load(Ordering::SeqCst);
+        let Some(bytes) = self
+            .run(self.inner.links_kv.get(code))
+            .map_err(|e| nats_error("cannot read a link", e))?
+        else {
+            return Ok(None);
+        };
+        let link = Arc::new(crate::store::records::decode_link(&bytes)?);
+        if self.inner.link_changes.load(Ordering::SeqCst) == changes {
+            self.inner.links.insert(code.to_owned(), link.clone());
+        }
+        Ok(Some(link))
     }
 }

@@ -69,6 +69,7 @@ impl Server {
         NatsStore::connect(&NatsConfig {
             urls: self.url.clone(),
             replicas: 1,
+            link_cache: 1_000,
         })
         .await
         .expect("a node connects")

@@ -4,6 +4,7 @@
 //!
 //! The tests run one at a time (each starts several servers on two cores).
 
+mod cache;
 mod failover;
 mod limits;
 mod longtail;

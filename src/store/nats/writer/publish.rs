@@ -295,8 +295,10 @@ impl Run<'_> {
     /// which a node cut off may not have brought up to date): a link deleted meanwhile
     /// takes none of these clicks.
     async fn link_still_there(&self) -> Option<bool> {
-        if self.attempt == 0 {
-            return Some(self.store.has_link(self.code.as_str()));
+        // The first attempt trusts this node's cache when it holds the link (the watch
+        // takes a deletion out of it); else it asks the bucket too.
+        if self.attempt == 0 && self.store.has_link(self.code.as_str()) {
+            return Some(true);
         }
         match link_stored(self.store, self.code).await {
             Ok(stored) => Some(stored),

@@ -18,7 +18,7 @@ pub(super) async fn store_snapshot(
     hint: u64,
     bytes: &[u8],
 ) -> Result<(), StoreError> {
-    if !store.has_link(code.as_str()) {
+    if !store.has_link(code.as_str()) && !super::links::link_stored(store, code).await? {
         return Ok(());
     }
     let bucket = &store.inner.aggregates_kv;
