@@ -15,7 +15,7 @@ use async_nats::jetstream::{
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::StreamExt;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     AGGREGATES, CLICKS_PREFIX, CLICKS_STREAM, GONE, Inner, KEYS, LINKS, META, NatsConfig,
@@ -107,12 +107,21 @@ impl NatsStore {
     /// current, live actors told. Returns once it has caught up, with how many it read.
     async fn follow_links(&self) -> Result<usize, StoreError> {
         let inner = self.inner.clone();
+        // What the bucket held before the watch: no change to tell live actors of (a node
+        // reads each link it uses from the bucket, as it is now).
+        let mut links_stream = inner.links_kv.stream.clone();
+        let held = links_stream
+            .info()
+            .await
+            .map_err(|e| nats_error("cannot read the links bucket", e))?
+            .state
+            .clone();
         let watch = inner
             .links_watch
             .watch_with_history(">")
             .await
             .map_err(|e| nats_error("cannot watch the links bucket", e))?;
-        let pending = bucket_len(&inner.links_kv).await?;
+        let (pending, since) = (held.messages, held.last_sequence);
         let apply = move |inner: &Inner, entry: kv::Entry| {
             let code = entry.key.clone();
             let link = match entry.operation {
@@ -137,6 +146,9 @@ impl NatsStore {
                     inner.heard(link.clone());
                 }
                 None => inner.forget(&code),
+            }
+            if entry.revision <= since {
+                return;
             }
             let listener = inner.listener.read().ok().and_then(|l| l.clone());
             if let (Some(listener), Ok(code)) = (listener, ShortCode::parse(&code)) {
@@ -191,6 +203,9 @@ fn server_urls(config: &NatsConfig) -> Result<Vec<String>, StoreError> {
     Ok(urls)
 }
 
+/// See [`connect_client`].
+const SUBSCRIPTION_CAPACITY: usize = 8_192;
+
 /// A client of the servers at `urls`, named after this node, reconnecting for ever.
 async fn connect_client(urls: &[String], node: &str) -> Result<async_nats::Client, StoreError> {
     async_nats::ConnectOptions::new()
@@ -198,10 +213,17 @@ async fn connect_client(urls: &[String], node: &str) -> Result<async_nats::Clien
         .request_timeout(Some(REQUEST_TIMEOUT))
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(3))
+        // Messages a subscription may hold unread (async-nats keeps 65,536): the links
+        // bucket's watch delivers a million links at a node's start faster than they are
+        // read, and what waits is memory. Past it the watch starts again where it was.
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Disconnected => warn!("NATS: disconnected"),
                 async_nats::Event::Connected => info!("NATS: connected"),
+                async_nats::Event::SlowConsumer(_) => {
+                    debug!("NATS: a subscription's messages came faster than they were read");
+                }
                 other => info!(event = %other, "NATS"),
             }
         })

@@ -5,7 +5,9 @@
 //! started (a node answers redirects at once, and a listing waits until they are in).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    borrow::Borrow,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    hash::{Hash, Hasher},
     sync::Arc,
     time::Duration,
 };
@@ -19,17 +21,49 @@ use crate::{
 /// How long a listing waits for the places of the links to be read after a start.
 pub(super) const LISTED_WAIT: Duration = Duration::from_secs(30);
 
-/// Every link's place in the listing.
+/// Every link's place in the listing, about 110 bytes a link: each place is one allocation
+/// shared by the three sets.
 #[derive(Default)]
 pub(super) struct Listing {
-    /// Places, in listing order (the last one is the newest link).
-    all: BTreeSet<Arc<[u8]>>,
-    /// The same places per owner (an index into `owner_ids`).
+    /// Places in listing order (the last one is the newest link), with their owner (an index
+    /// into `owner_ids`).
+    all: BTreeMap<Arc<[u8]>, u32>,
+    /// The same places per owner.
     owners: BTreeSet<(u32, Arc<[u8]>)>,
-    /// Each listed code's owner and place, to move or drop it.
-    placed: HashMap<Box<str>, (u32, Arc<[u8]>)>,
+    /// The same places, found by code (to move or drop one).
+    placed: HashSet<ByCode>,
     owner_ids: Vec<Box<str>>,
     owner_index: HashMap<Box<str>, u32>,
+}
+
+/// A place, hashed and compared by its code (the bytes after the creation time).
+#[derive(Clone)]
+struct ByCode(Arc<[u8]>);
+
+impl ByCode {
+    fn code(&self) -> &[u8] {
+        &self.0[8..]
+    }
+}
+
+impl PartialEq for ByCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.code() == other.code()
+    }
+}
+
+impl Eq for ByCode {}
+
+impl Hash for ByCode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.code().hash(state);
+    }
+}
+
+impl Borrow<[u8]> for ByCode {
+    fn borrow(&self) -> &[u8] {
+        self.code()
+    }
 }
 
 /// A link's place in the listing: its creation time (sortable) and code.
@@ -54,29 +88,33 @@ impl Listing {
     }
 
     fn place(&mut self, link: &Link) {
-        let owner = self.owner(link.owner.as_str());
         let key = listing_key(link);
-        if let Some((old_owner, old)) = self
+        if self
             .placed
-            .insert(link.code.as_str().into(), (owner, key.clone()))
+            .get(link.code.as_str().as_bytes())
+            .is_some_and(|old| old.0 == key)
         {
-            self.all.remove(&old);
-            self.owners.remove(&(old_owner, old));
+            // Changed, not moved: a link keeps its creation time and owner.
+            return;
         }
+        self.drop_code(link.code.as_str());
+        let owner = self.owner(link.owner.as_str());
         self.owners.insert((owner, key.clone()));
-        self.all.insert(key);
+        self.all.insert(key.clone(), owner);
+        self.placed.insert(ByCode(key));
     }
 
     fn drop_code(&mut self, code: &str) {
-        if let Some((owner, key)) = self.placed.remove(code) {
-            self.all.remove(&key);
+        if let Some(ByCode(key)) = self.placed.take(code.as_bytes())
+            && let Some(owner) = self.all.remove(&key)
+        {
             self.owners.remove(&(owner, key));
         }
     }
 
     /// The codes listed, in listing order.
     pub(super) fn codes(&self) -> Vec<String> {
-        self.all.iter().map(|k| code_of(k).to_owned()).collect()
+        self.all.keys().map(|k| code_of(k).to_owned()).collect()
     }
 }
 
@@ -165,8 +203,8 @@ impl NatsStore {
                     }
                 },
                 None => match &below {
-                    Some(key) => Box::new(listing.all.range(..key.clone()).rev()),
-                    None => Box::new(listing.all.iter().rev()),
+                    Some(key) => Box::new(listing.all.range(..key.clone()).rev().map(|(k, _)| k)),
+                    None => Box::new(listing.all.keys().rev()),
                 },
             };
             let places: Vec<Arc<[u8]>> = entries.by_ref().take(scan).cloned().collect();
