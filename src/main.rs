@@ -26,8 +26,9 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(
             // fjall's routine work (opening, ingestion, recovery) is `debug`: `info` is what an
             // operator acts on.
-            EnvFilter::try_from_env("LINKPULSE_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn,async_nats=warn")),
+            EnvFilter::try_from_env("LINKPULSE_LOG").unwrap_or_else(|_| {
+                EnvFilter::new("info,fjall=warn,lsm_tree=warn,async_nats=warn")
+            }),
         )
         .with_writer(std::io::stderr);
     match log_format {
