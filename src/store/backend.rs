@@ -4,8 +4,9 @@
 //! go through the one [`super::WriterHandle`] both engines' writers take their work from.
 //!
 //! Every method is blocking: call it from `spawn_blocking` or a thread of its own, except
-//! [`Backend::link`], which both engines answer from memory (fjall's block cache, the cluster
-//! store's copy of the links bucket) and which the redirect path calls in place.
+//! [`Backend::find_link`], which async code awaits: fjall answers it in place from memory (its
+//! block cache), the cluster store from its bounded cache or with a read of the links bucket
+//! that holds no thread while it waits.
 
 use std::{ops::ControlFlow, sync::Arc};
 
@@ -15,6 +16,11 @@ use crate::{
     analytics::{Aggregates, VisitorKey},
     domain::{ClickEvent, Link},
 };
+
+/// What [`Backend::find_link`] answers.
+pub type LinkLookup<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<Link>, StoreError>> + Send + 'a>,
+>;
 
 /// Told of a link changed or deleted on another node (a cluster store follows the links
 /// everywhere; nobody else writes an embedded store). Registered by the layer above.
@@ -54,6 +60,10 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
     fn link(&self, code: &str) -> Result<Option<Link>, StoreError>;
+    /// [`Backend::link`] for async code (the redirect path).
+    fn find_link<'a>(&'a self, code: &'a str) -> LinkLookup<'a> {
+        Box::pin(std::future::ready(self.link(code)))
+    }
     /// The stored count of a code and its latest click.
     fn counter(&self, code: &str) -> Result<Counter, StoreError>;
     /// A link's stored aggregates snapshot (`None`: none, or unreadable; the click log then

@@ -20,7 +20,7 @@ pub mod records;
 mod source;
 mod writer;
 
-pub use backend::{Backend, ChangeListener, SharedStore};
+pub use backend::{Backend, ChangeListener, LinkLookup, SharedStore};
 pub use backlog::{Backlog, Permit};
 pub use engine::{Location, Opened, Retention, migrate_command, with_stopped_store};
 pub use fjall::{ImportBatch, StartupCheck, StartupReport, Store, Verified};

@@ -43,6 +43,10 @@ impl Backend for NatsStore {
         Ok(self.link_record(code)?.map(|l| Link::clone(&l)))
     }
 
+    fn find_link<'a>(&'a self, code: &'a str) -> crate::store::LinkLookup<'a> {
+        Box::pin(async move { Ok(self.find_link_record(code).await?.map(|l| Link::clone(&l))) })
+    }
+
     fn follow(
         &self,
         code: &str,

@@ -170,16 +170,35 @@ impl NatsStore {
     }
 
     /// A link as the links bucket holds it: from the cache, or read from the bucket (and
-    /// cached).
+    /// cached). Blocking.
     pub(super) fn link_record(&self, code: &str) -> Result<Option<Arc<Link>>, StoreError> {
         if let Some(link) = self.inner.links.get(code) {
             return Ok(Some(link));
         }
+        self.run(self.read_link(code))
+    }
+
+    /// [`NatsStore::link_record`], awaited.
+    pub(super) async fn find_link_record(
+        &self,
+        code: &str,
+    ) -> Result<Option<Arc<Link>>, StoreError> {
+        if let Some(link) = self.inner.links.get(code) {
+            return Ok(Some(link));
+        }
+        self.read_link(code).await
+    }
+
+    /// A link read from the bucket, and cached.
+    async fn read_link(&self, code: &str) -> Result<Option<Arc<Link>>, StoreError> {
         // Cached only if no change came through the watch meanwhile: a deletion applied while
         // this read was on its way must not be undone by it.
         let changes = self.inner.link_changes.load(Ordering::SeqCst);
         let Some(bytes) = self
-            .run(self.inner.links_kv.get(code))
+            .inner
+            .links_kv
+            .get(code)
+            .await
             .map_err(|e| nats_error("cannot read a link", e))?
         else {
             return Ok(None);
