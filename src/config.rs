@@ -234,11 +234,17 @@ pub struct ServeConfig {
     #[arg(long, env = "LINKPULSE_COMMIT_MAX", default_value_t = 4096)]
     pub commit_max: usize,
     /// Most clicks taken but not yet committed (in actors' inboxes and the writer's queue).
-    /// Past it, while the disk is slow or stalled, a click is dropped and counted
+    /// Past it, while the disk is stalled (see `--click-backlog-wait`), a click is dropped and counted
     /// (`linkpulse_clicks_dropped_total{reason="backlog"}`) but its redirect is still answered;
     /// in strict durability it is answered 503.
     #[arg(long, env = "LINKPULSE_CLICK_BACKLOG", default_value_t = 50_000)]
     pub click_backlog: usize,
+    /// How long a click waits for a place in a full backlog while clicks are still being
+    /// stored (only more slowly than they come): its redirect is answered that much later
+    /// instead of its click being dropped. When no place was freed for this long (the store
+    /// is stalled or unreachable) a click does not wait. 0 never waits.
+    #[arg(long, env = "LINKPULSE_CLICK_BACKLOG_WAIT", value_parser = duration, default_value = "1s")]
+    pub click_backlog_wait: Duration,
     /// Longest time between fsyncs in default durability.
     #[arg(long, env = "LINKPULSE_FSYNC_INTERVAL", value_parser = duration, default_value = "1s")]
     pub fsync_interval: Duration,

@@ -97,7 +97,7 @@ impl App {
             opened.writer.handle(),
             settings,
             metrics.clone(),
-            Backlog::new(config.click_backlog),
+            Backlog::new(config.click_backlog, config.click_backlog_wait),
         );
         if shared {
             opened.set_listener(links.remote_changes());

@@ -146,7 +146,7 @@ impl Redirect {
         if self.count {
             let mut click = self.click(req);
             let fsynced = self.strict_ack(&mut click);
-            let taken = self.state.links.click(&link, click);
+            let taken = self.state.links.click(&link, click).await;
             if !self.stored(taken, fsynced).await {
                 return super::ApiError::unavailable("the click could not be stored", 1).write(res);
             }
@@ -311,7 +311,7 @@ impl Redirect {
             rx
         });
         let fsynced = self.strict_ack(&mut click);
-        let taken = state.links.click(link, click);
+        let taken = state.links.click(link, click).await;
         if let Some(admitted) = admitted {
             let answer = tokio::time::timeout(STRICT_WAIT, admitted).await;
             if !matches!(answer, Ok(Ok(true))) {

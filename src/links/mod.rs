@@ -206,10 +206,11 @@ impl Links {
         Ok(found)
     }
 
-    /// Counts a click. Never waits: when the actor is stopping, a task carries the click to
+    /// Counts a click. Waits only for a place in a full backlog that is draining (see
+    /// [`Backlog::admit_waiting`]); when the actor is stopping, a task carries the click to
     /// its successor. Refused (and counted in the metrics) when the store has failed, when the
-    /// backlog of uncommitted clicks is full, or while the code's actor cannot start.
-    pub fn click(&self, link: &Arc<Link>, click: Click) -> Result<(), DropReason> {
+    /// backlog of uncommitted clicks stays full, or while the code's actor cannot start.
+    pub async fn click(&self, link: &Arc<Link>, click: Click) -> Result<(), DropReason> {
         let shared = &self.shared;
         let refuse = |reason| {
             shared.metrics.clicks_dropped(reason, 1);
@@ -218,7 +219,7 @@ impl Links {
         if !shared.writer.is_healthy() {
             return refuse(DropReason::StoreFailed);
         }
-        let Some(permit) = shared.backlog.admit() else {
+        let Some(permit) = shared.backlog.admit_waiting().await else {
             return refuse(DropReason::Backlog);
         };
         let (click, permit) = match shared.directory.push_click(shared, link, click, permit) {

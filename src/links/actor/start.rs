@@ -179,6 +179,10 @@ fn read_stored(
 /// The stored aggregates snapshot, unless it is ahead of the click log (`count`): then, as
 /// when there is none, empty aggregates, rebuilt from the log.
 fn load_aggregates(store: &SharedStore, code: &str, count: u64) -> Result<Aggregates, StoreError> {
+    if count == 0 {
+        // Nothing to read: the first click of a code (the long tail) costs one read less.
+        return Ok(Aggregates::default());
+    }
     Ok(match store.aggregates(code)? {
         Some(stored) if stored.covers() <= count => stored,
         Some(stored) => {

@@ -115,6 +115,14 @@ pub(super) enum LinkOutcome {
 }
 
 impl LinkOp {
+    /// The code the operation is on.
+    pub(super) fn code(&self) -> &ShortCode {
+        match self {
+            Self::Create(link, _) => &link.code,
+            Self::Update(code, _, _) | Self::Delete(code, _) => code,
+        }
+    }
+
     /// Tells the caller what became of the operation (a caller that is gone is ignored).
     pub(super) fn answer(self, outcome: Result<LinkOutcome, WriteError>) {
         let mismatch = || WriteError::Failed("mismatched link outcome".into());

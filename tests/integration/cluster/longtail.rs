@@ -1,6 +1,7 @@
 //! The long tail on a cluster: many distinct codes made and clicked once each through one
-//! node (5,000 in `cargo test`, 50,000 with `LINKPULSE_SOAK=1`), 64 clients at once. Every
-//! click is answered 302, none is dropped, and every code reads exactly 1 on another node.
+//! node (5,000 in `cargo test`, 50,000 with `LINKPULSE_SOAK=1`), 64 clients at once against a
+//! backlog of 16 places. Every click is answered 302, none is dropped, and every code reads
+//! exactly 1 on another node.
 
 use std::time::Duration;
 
@@ -33,7 +34,13 @@ async fn soak_distinct_codes_clicked_once_each_through_one_node_are_all_counted(
     let n = soak(50_000, 5_000);
     let _one = ONE_AT_A_TIME.lock().await;
     let nats = Nats::start(3);
-    let a = Node::start(&nats, "a", &["--create-rate-per-key", "0"]);
+    // A backlog far smaller than the clients at once: clicks wait for a place while the
+    // writer stores the ones before them, instead of being dropped.
+    let a = Node::start(
+        &nats,
+        "a",
+        &["--create-rate-per-key", "0", "--click-backlog", "16"],
+    );
     let b = Node::start(&nats, "b", &[]);
     let client = client();
     let codes: Vec<String> = (0..n).map(|i| format!("t{i:06}")).collect();

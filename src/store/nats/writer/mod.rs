@@ -98,15 +98,38 @@ async fn commit(
     config: &WriterConfig,
     health: &Health,
 ) {
+    // Each code's operations in the order they came, the codes at once: a creation waits
+    // on the servers (two requests, one of them replicated), not on other codes' ones.
+    let mut queues: Vec<Vec<LinkOp>> = Vec::new();
+    let mut queue_of: HashMap<ShortCode, usize> = HashMap::new();
     for op in group.links.drain(..) {
-        let outcome = links::link_op(store, &op, config.deleted_code_hold).await;
-        if let (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) = (&op, &outcome) {
-            tips.remove(code);
-        }
-        op.answer(outcome.map_err(|e| match e {
-            StoreError::Nats(why) => WriteError::Unavailable(why),
-            other => WriteError::Failed(other.to_string()),
-        }));
+        let at = *queue_of.entry(op.code().clone()).or_insert_with(|| {
+            queues.push(Vec::new());
+            queues.len() - 1
+        });
+        queues[at].push(op);
+    }
+    let hold = config.deleted_code_hold;
+    let deleted: Vec<ShortCode> = futures_util::stream::iter(queues)
+        .map(|ops| async move {
+            let mut deleted = Vec::new();
+            for op in ops {
+                let outcome = links::link_op(store, &op, hold).await;
+                if let (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) = (&op, &outcome) {
+                    deleted.push(code.clone());
+                }
+                op.answer(outcome.map_err(|e| match e {
+                    StoreError::Nats(why) => WriteError::Unavailable(why),
+                    other => WriteError::Failed(other.to_string()),
+                }));
+            }
+            deleted
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .concat()
+        .await;
+    for code in &deleted {
+        tips.remove(code);
     }
     group.expired.clear();
     for reply in group.expire_replies.drain(..) {
