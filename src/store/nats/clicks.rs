@@ -64,6 +64,16 @@ pub fn decode_batch(mut bytes: &[u8]) -> Result<Vec<ClickEvent>, DecodeError> {
 
 /// An aggregates snapshot in its bucket: the last click it covers, the stream sequence of the
 /// message holding that click (0: unknown), then the snapshot.
+/// The id the writer gave a message of clicks: `Lp-Id` (sent in a batch), else its
+/// `Nats-Msg-Id` (sent alone, and by earlier releases); empty if it has neither.
+fn stored_id(headers: &async_nats::HeaderMap) -> String {
+    headers
+        .get("Lp-Id")
+        .or_else(|| headers.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}
+
 pub(super) fn encode_snapshot_entry(covers: u64, stream_seq: u64, bytes: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(16 + bytes.len());
     out.put_u64(covers);
@@ -81,7 +91,7 @@ pub(super) fn decode_snapshot_entry(bytes: &[u8]) -> Option<(u64, u64, &[u8])> {
 
 impl NatsStore {
     /// The stream sequence and last click number of a code's last message ((0, 0): none),
-    /// and that message's `Nats-Msg-Id`.
+    /// and that message's id (see [`stored_id`]).
     pub(super) async fn last_batch(
         &self,
         code: &str,
@@ -94,11 +104,7 @@ impl NatsStore {
         {
             Ok(message) => {
                 let events = decode_batch(&message.payload)?;
-                let id = message
-                    .headers
-                    .get(async_nats::header::NATS_MESSAGE_ID)
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default();
+                let id = stored_id(&message.headers);
                 Ok((message.sequence, events.into_iter().last(), id))
             }
             Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
@@ -132,7 +138,7 @@ impl NatsStore {
         }
     }
 
-    /// The stream sequence and `Nats-Msg-Id` of the code's first message stored after stream
+    /// The stream sequence and id (see [`stored_id`]) of the code's first message stored after stream
     /// sequence `after` (`None`: there is none).
     pub(super) async fn batch_after(
         &self,
@@ -143,12 +149,7 @@ impl NatsStore {
             .message_from(&clicks_subject(code), after + 1)
             .await?
             .map(|message| {
-                let id = message
-                    .headers
-                    .get(async_nats::header::NATS_MESSAGE_ID)
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default();
-                (message.sequence, id)
+                (message.sequence, stored_id(&message.headers))
             }))
     }
 

@@ -38,7 +38,8 @@ impl NatsStore {
             .build(client.clone());
         let replicas = config.replicas.max(1);
         tracing::debug!("making the clicks stream");
-        let clicks = clicks_stream(&js, replicas).await?;
+        let mut clicks = clicks_stream(&js, replicas).await?;
+        let atomic = allow_atomic_batches(&js, &client, &mut clicks).await;
         tracing::debug!("making the buckets");
         let links_kv = bucket(&js, LINKS, replicas).await?;
         let keys_kv = bucket(&js, KEYS, replicas).await?;
@@ -71,6 +72,7 @@ impl NatsStore {
             runtime: tokio::runtime::Handle::current(),
             listener: RwLock::new(None),
             node,
+            atomic,
         });
         let store = Self { inner };
         tracing::debug!("loading the keys");
@@ -239,18 +241,56 @@ async fn connect_client(urls: &[String], node: &str) -> Result<async_nats::Clien
 /// code's clicks are numbered by that check when several nodes take them.
 const EXACT_SINCE: (u64, u64, u64) = (2, 10, 19);
 
-/// Warns when the server is older than [`EXACT_SINCE`].
-fn warn_if_old(client: &async_nats::Client) {
+/// The first nats-server release that stores atomic batches.
+const ATOMIC_SINCE: (u64, u64, u64) = (2, 12, 0);
+
+/// The version of the server the client is connected to.
+fn server_version(client: &async_nats::Client) -> (u64, u64, u64) {
     let version = client.server_info().version;
     let mut parts = version
         .split(['.', '-'])
         .map(|p| p.parse::<u64>().unwrap_or(0));
-    let found = (
+    (
         parts.next().unwrap_or(0),
         parts.next().unwrap_or(0),
         parts.next().unwrap_or(0),
-    );
-    if found < EXACT_SINCE {
+    )
+}
+
+/// Lets the clicks stream take atomic batches (see `writer/batch.rs`) where the servers
+/// can; whether it does. A stream made before, or by an older server, is updated.
+async fn allow_atomic_batches(
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    clicks: &mut stream::Stream,
+) -> bool {
+    if server_version(client) < ATOMIC_SINCE {
+        return false;
+    }
+    let mut config = clicks.cached_info().config.clone();
+    if config.allow_atomic_publish {
+        return true;
+    }
+    config.allow_atomic_publish = true;
+    match js.update_stream(config).await {
+        Ok(info) => {
+            if let Ok(fresh) = js.get_stream(CLICKS_STREAM).await {
+                *clicks = fresh;
+            }
+            info.config.allow_atomic_publish
+        }
+        Err(e) => {
+            // Another server of the cluster may be older: clicks go one code at a time.
+            info!(cause = %e, "the clicks stream does not take atomic batches");
+            false
+        }
+    }
+}
+
+/// Warns when the server is older than [`EXACT_SINCE`].
+fn warn_if_old(client: &async_nats::Client) {
+    let version = client.server_info().version;
+    if server_version(client) < EXACT_SINCE {
         warn!(
             version = %version,
             "this nats-server is older than 2.10.19: in a cluster it may store two nodes' clicks \

@@ -137,6 +137,8 @@ struct Inner {
     listener: RwLock<Option<Arc<dyn ChangeListener>>>,
     /// This process, in the `Lp-Node` header of what it publishes.
     node: String,
+    /// Whether the clicks stream takes atomic batches (nats-server 2.12 and later).
+    atomic: bool,
 }
 
 /// The cluster store (cheap to clone).

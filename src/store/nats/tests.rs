@@ -331,3 +331,121 @@ async fn long_log(server: &Server, code: &str, messages: u64) -> NatsStore {
     }
     node
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_codes_go_in_one_atomic_batch_and_a_refused_batch_leaves_each_code_to_be_stored_alone()
+{
+    use std::{collections::HashMap, ops::ControlFlow, sync::Arc};
+
+    use async_nats::jetstream::message::PublishMessage;
+
+    use super::{
+        clicks::encode_batch,
+        clicks_subject,
+        writer::batch::testing::{alone, batched},
+    };
+    use crate::store::writer::group::{Item, Outcome, Pending};
+
+    let pending = |code: &crate::domain::ShortCode, item: Item| Pending {
+        code: code.clone(),
+        items: vec![item],
+        listeners: Vec::new(),
+        acks: Vec::new(),
+        admits: Vec::new(),
+        limit: None,
+        refused: 0,
+        outcome: Outcome::Waiting,
+    };
+    let server = Server::start();
+    let node = server.node().await;
+    assert!(
+        node.inner.atomic,
+        "the clicks stream takes atomic batches (nats-server 2.12 or later on PATH)"
+    );
+    let codes = [
+        link_on(&node, "ba").await,
+        link_on(&node, "bb").await,
+        link_on(&node, "bc").await,
+    ];
+
+    // First clicks of three codes: one batch, one request, each code's message where the
+    // commit says.
+    let mut group: Vec<Pending> = codes
+        .iter()
+        .map(|c| pending(c, Item::Fresh(click(0, 1))))
+        .collect();
+    let before = server.messages_in().await;
+    let tips: HashMap<_, _> = batched(&node, &mut group, &HashMap::new())
+        .await
+        .into_iter()
+        .collect();
+    let sent = server.messages_in().await - before;
+    assert_eq!(tips.len(), 3, "every code stored in the batch");
+    assert_eq!(sent, 3, "three messages, the last of them the commit");
+    for code in &codes {
+        let (stream_seq, last, _) = node.last_batch(code.as_str()).await.expect("read");
+        assert_eq!(tips[code].stream_seq, stream_seq, "{code}: its message");
+        assert_eq!((tips[code].last, last.map(|e| e.seq)), (1, Some(1)));
+    }
+    assert!(group.iter().all(|p| matches!(
+        p.outcome,
+        Outcome::Stored {
+            last: 1,
+            superseded: false
+        }
+    )));
+
+    // Another node stores click 2 of "bb": a batch expecting "bb"'s click 1 last is refused
+    // whole, and leaves every code waiting.
+    node.inner
+        .js
+        .send_publish(
+            clicks_subject("bb"),
+            PublishMessage::build()
+                .payload(encode_batch(&[click(2, 5)]))
+                .expected_last_subject_sequence(tips[&codes[1]].stream_seq)
+                .header("Lp-Node", "other"),
+        )
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+    let mut group: Vec<Pending> = codes
+        .iter()
+        .map(|c| pending(c, Item::Numbered(Arc::new(click(2, 9)))))
+        .collect();
+    assert!(batched(&node, &mut group, &tips).await.is_empty());
+    assert!(group.iter().all(|p| p.outcome == Outcome::Waiting));
+    // Alone, each is numbered after what is stored.
+    for p in &mut group {
+        let tip = tips.get(&p.code).copied();
+        alone(&node, p, tip).await.expect("stored");
+    }
+    let outcomes: Vec<Outcome> = group.iter().map(|p| p.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Stored {
+                last: 2,
+                superseded: false
+            },
+            Outcome::Stored {
+                last: 3,
+                superseded: true
+            },
+            Outcome::Stored {
+                last: 2,
+                superseded: false
+            },
+        ]
+    );
+    for (code, want) in codes.iter().zip([vec![1, 2], vec![1, 2, 3], vec![1, 2]]) {
+        let mut seqs = Vec::new();
+        node.walk_clicks(code.as_str(), 0, &mut |event| {
+            seqs.push(event.seq);
+            ControlFlow::Continue(())
+        })
+        .expect("walked");
+        assert_eq!(seqs, want, "{code}: each click once, in order");
+    }
+}

@@ -15,10 +15,14 @@
 //! [`RETRY`]; clicks queue behind it up to the backlog's bound (then they are dropped and
 //! counted, or answered 503 in strict durability), and `/healthz` says why.
 //!
-//! Here: the thread and the order of a group's work. `publish.rs` publishes each code's
-//! clicks (and answers a refused publish), `links.rs` carries out link operations against the
+//! Many codes' clicks go in atomic batches on nats-server 2.12 and later (`batch.rs`); what
+//! cannot, or was refused, is published code by code.
+//!
+//! Here: the thread and the order of a group's work. `batch.rs` publishes many codes at
+//! once, `publish.rs` publishes each code's clicks (and answers a refused publish), `links.rs` carries out link operations against the
 //! buckets, `snapshot.rs` stores aggregates snapshots.
 
+pub(super) mod batch;
 mod links;
 pub(super) mod publish;
 mod snapshot;
@@ -39,7 +43,10 @@ use crate::{
     domain::ShortCode,
     store::{
         StoreError,
-        writer::{Health, LinkOp, LinkOutcome, Op, WriteError, Writer, WriterConfig, group::Group},
+        writer::{
+            Health, LinkOp, LinkOutcome, Op, WriteError, Writer, WriterConfig,
+            group::{Group, Outcome},
+        },
     },
 };
 use publish::{Limit, MESSAGE_CLICKS, publish_code};
@@ -141,8 +148,12 @@ async fn commit(
         clicks: config.max_batch.clamp(1, MESSAGE_CLICKS),
         bytes: store.message_bytes(),
     };
+    for (code, tip) in batch::publish_batched(store, &mut group.codes, tips, limit).await {
+        tips.insert(code, tip);
+    }
     let known: &HashMap<ShortCode, Tip> = tips;
     let published: Vec<(ShortCode, Option<Tip>)> = futures_util::stream::iter(&mut group.codes)
+        .filter(|pending| std::future::ready(pending.outcome == Outcome::Waiting))
         .map(|pending| {
             let tip = known.get(&pending.code).copied();
             publish_code(store, pending, tip, limit, health)

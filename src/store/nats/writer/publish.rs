@@ -50,7 +50,7 @@ fn size_bound(e: &ClickEvent) -> usize {
 }
 
 /// Splits a code's clicks into runs that each fit in one message.
-fn runs(items: &[Item], limit: Limit) -> Vec<Range<usize>> {
+pub(super) fn runs(items: &[Item], limit: Limit) -> Vec<Range<usize>> {
     let mut out: Vec<Range<usize>> = Vec::new();
     let mut bytes = 0;
     for (i, item) in items.iter().enumerate() {
@@ -67,6 +67,13 @@ fn runs(items: &[Item], limit: Limit) -> Vec<Range<usize>> {
         }
     }
     out
+}
+
+/// The id of a message of a code's clicks: this node, the code, the message it follows and
+/// its first click. A retry of the message carries the same id, one sent in a batch too
+/// (`Lp-Id`; alone it is also the `Nats-Msg-Id`, so JetStream keeps one copy of a retry).
+pub(super) fn message_id(node: &str, code: &ShortCode, after: u64, first_at: i64) -> String {
+    format!("{node}:{code}:{after}:{first_at}")
 }
 
 /// Publishes one code's clicks of a group until JetStream has stored them, in messages under
@@ -259,12 +266,12 @@ impl Run<'_> {
             return ControlFlow::Continue(());
         }
         let last = current.last + events.len() as u64;
-        // Unique to this message: this node, the code, the message it follows and its first
-        // click (a retry of it carries the same id, and JetStream keeps one copy).
         let first_at = events.first().map_or(0, |e| e.at);
-        let id = format!(
-            "{}:{}:{}:{}",
-            self.store.inner.node, self.code, current.stream_seq, first_at
+        let id = message_id(
+            &self.store.inner.node,
+            self.code,
+            current.stream_seq,
+            first_at,
         );
         match self.publish(&events, current, &id).await {
             Ok(ack) => ControlFlow::Break(Some((
