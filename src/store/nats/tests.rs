@@ -449,3 +449,50 @@ async fn many_codes_go_in_one_atomic_batch_and_a_refused_batch_leaves_each_code_
         assert_eq!(seqs, want, "{code}: each click once, in order");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_past_the_cache_read_at_once_go_in_a_few_requests_and_each_gets_its_own() {
+    use crate::{
+        domain::{Link, ShortCode, TargetUrl},
+        store::records,
+    };
+
+    let server = Server::start();
+    let writer = server.node().await;
+    for i in 0..60 {
+        let code = ShortCode::parse(&format!("r{i}")).expect("a code");
+        let target = TargetUrl::parse(&format!("https://example.com/{i}")).expect("a target");
+        let link = Link::new(code, target, "k".into(), now_ms());
+        writer
+            .inner
+            .links_kv
+            .create(format!("r{i}"), records::encode_link(&link).into())
+            .await
+            .expect("stored");
+    }
+    writer.inner.links_kv.delete("r7").await.expect("deleted");
+    // Another node, none of them cached.
+    let reader = server.node().await;
+    let asked: Vec<String> = (0..60)
+        .map(|i| format!("r{i}"))
+        .chain((0..5).map(|i| format!("none{i}")))
+        .collect();
+    let before = server.messages_in().await;
+    let found = futures_util::future::join_all(asked.iter().map(|c| reader.find_link_record(c))).await;
+    let requests = server.messages_in().await - before;
+    for (code, got) in asked.iter().zip(found) {
+        let got = got.expect("read");
+        match code.strip_prefix('r').and_then(|n| n.parse::<u32>().ok()) {
+            Some(7) | None => assert!(got.is_none(), "{code}: no link"),
+            Some(i) => assert_eq!(
+                got.expect("a link").target.as_str(),
+                format!("https://example.com/{i}"),
+                "{code}: its own link"
+            ),
+        }
+    }
+    assert!(
+        requests <= 10,
+        "65 reads at once took {requests} requests (one each would be 65)"
+    );
+}
