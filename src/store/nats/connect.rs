@@ -52,11 +52,6 @@ impl NatsStore {
             .build(client.clone());
         let links_watch = watch_bucket(&slow, LINKS).await?;
         let keys_watch = watch_bucket(&slow, KEYS).await?;
-        let link_reads = super::link_reads::LinkReads::start(
-            client.clone(),
-            links_kv.clone(),
-            server_version(&client) >= BATCH_GET_SINCE,
-        );
         let inner = Arc::new(Inner {
             client,
             js,
@@ -69,7 +64,6 @@ impl NatsStore {
             aggregates_kv,
             meta_kv,
             links: quick_cache::sync::Cache::new(config.link_cache.max(16)),
-            link_reads,
             listing: RwLock::default(),
             listed: tokio::sync::watch::Sender::new(false),
             link_changes: AtomicU64::new(0),
@@ -246,9 +240,6 @@ async fn connect_client(urls: &[String], node: &str) -> Result<async_nats::Clien
 /// servers' agreement, and was skipped for a publish expecting no message at all): a
 /// code's clicks are numbered by that check when several nodes take them.
 const EXACT_SINCE: (u64, u64, u64) = (2, 10, 19);
-
-/// The first nats-server release that answers batch direct gets.
-const BATCH_GET_SINCE: (u64, u64, u64) = (2, 11, 0);
 
 /// The first nats-server release that stores atomic batches.
 const ATOMIC_SINCE: (u64, u64, u64) = (2, 12, 0);

@@ -35,7 +35,6 @@ mod clicks;
 mod commands;
 mod connect;
 mod first_key;
-mod link_reads;
 mod listing;
 mod migrate;
 mod retention;
@@ -124,8 +123,6 @@ struct Inner {
     meta_kv: kv::Store,
     /// Links read lately, as the links bucket holds them (kept current by its watch).
     links: quick_cache::sync::Cache<String, Arc<Link>>,
-    /// Reads of the links bucket past the cache.
-    link_reads: link_reads::LinkReads,
     /// Every link's place in listing order (see [`Listing`]).
     listing: RwLock<Listing>,
     /// Whether the listing holds every link stored when the node started (its watch has
@@ -199,7 +196,13 @@ impl NatsStore {
         // Cached only if no change came through the watch meanwhile: a deletion applied while
         // this read was on its way must not be undone by it.
         let changes = self.inner.link_changes.load(Ordering::SeqCst);
-        let Some(bytes) = self.inner.link_reads.get(code).await? else {
+        let Some(bytes) = self
+            .inner
+            .links_kv
+            .get(code)
+            .await
+            .map_err(|e| nats_error("cannot read a link", e))?
+        else {
             return Ok(None);
         };
         let link = Arc::new(crate::store::records::decode_link(&bytes)?);
