@@ -37,10 +37,12 @@ use crate::{
     store::writer::group::{Outcome, Pending},
 };
 
-/// Messages in one batch (the server takes at most 1,000).
-const BATCH_MESSAGES: usize = 256;
+/// Messages in one batch (the server takes at most 1,000). On the long tail of 200,000 codes
+/// through one node, 1,000 a batch and 4 at once stored 21,128 clicks/s, 256 and 8 18,104/s,
+/// 64 and 16 16,088/s (one session, one after the other).
+const BATCH_MESSAGES: usize = 1000;
 /// Batches of one group in flight at once (the server takes 50 a stream, from every node).
-const BATCHES_IN_FLIGHT: usize = 8;
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// Batches this process has sent: with the node, a batch's id.
 static BATCHES: AtomicU64 = AtomicU64::new(0);
