@@ -148,9 +148,7 @@ impl NatsStore {
         Ok(self
             .message_from(&clicks_subject(code), after + 1)
             .await?
-            .map(|message| {
-                (message.sequence, stored_id(&message.headers))
-            }))
+            .map(|message| (message.sequence, stored_id(&message.headers))))
     }
 
     /// The stream sequence of the code's message that holds click `seq` (or, if none does,

@@ -416,6 +416,30 @@ async fn many_codes_go_in_one_atomic_batch_and_a_refused_batch_leaves_each_code_
         .collect();
     assert!(batched(&node, &mut group, &tips).await.is_empty());
     assert!(group.iter().all(|p| p.outcome == Outcome::Waiting));
+    // A code this writer has not seen, whose first click another node stored: its first
+    // click here, expecting no message yet, is refused with the whole batch too.
+    let fresh = link_on(&node, "bd").await;
+    node.inner
+        .js
+        .send_publish(
+            clicks_subject("bd"),
+            PublishMessage::build()
+                .payload(encode_batch(&[click(1, 5)]))
+                .expected_last_subject_sequence(0)
+                .header("Lp-Node", "other"),
+        )
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+    let mut first = vec![
+        pending(&fresh, Item::Fresh(click(0, 6))),
+        pending(&codes[0], Item::Numbered(Arc::new(click(2, 6)))),
+    ];
+    assert!(
+        batched(&node, &mut first, &tips).await.is_empty(),
+        "a batch expecting no message of a code that has one is refused"
+    );
     // Alone, each is numbered after what is stored.
     for p in &mut group {
         let tip = tips.get(&p.code).copied();

@@ -11,6 +11,7 @@ mod longtail;
 mod migrate;
 mod nginx;
 mod outage;
+mod random;
 mod truth;
 mod viewers;
 

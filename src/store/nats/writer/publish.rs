@@ -5,7 +5,7 @@
 use std::{ops::ControlFlow, ops::Range};
 
 use async_nats::jetstream::{
-    self,
+    self, ErrorCode,
     context::{PublishError, PublishErrorKind},
     publish::PublishAck,
 };
@@ -67,6 +67,19 @@ pub(super) fn runs(items: &[Item], limit: Limit) -> Vec<Range<usize>> {
         }
     }
     out
+}
+
+/// Whether a publish was refused because the code's last message is not the one it
+/// expected. A replicated stream also says so in a second form (`10164`, without the
+/// sequence) when the publish meets another one to the same subject still being agreed on.
+fn wrong_last_sequence(e: &PublishError) -> bool {
+    match e.kind() {
+        PublishErrorKind::WrongLastSequence => true,
+        PublishErrorKind::Other => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|j| j.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT),
+        _ => false,
+    }
 }
 
 /// The id of a message of a code's clicks: this node, the code, the message it follows and
@@ -281,7 +294,7 @@ impl Run<'_> {
                 },
                 renumbered,
             ))),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+            Err(e) if wrong_last_sequence(&e) => {
                 self.after_wrong_last_sequence(current, &id, last, renumbered)
                     .await
             }
