@@ -6,8 +6,8 @@
 #            (linkpulse-load fanout --click-url A --viewer-urls B,C)
 #   fjall    one node on fjall, clicks and viewers on it (the reference)
 #
-#   load-tests/cluster-fanout.sh [viewer counts] [clicks] [rate]
-#   load-tests/cluster-fanout.sh "1000 10000" 300 100        (the defaults)
+#   load-tests/cluster-fanout.sh [viewer counts] [clicks] [rate] [node deliveries/s]
+#   load-tests/cluster-fanout.sh "1000 10000" 300 100 50000   (the defaults)
 #
 # For each viewer count, runs fanout on fjall, then on the cluster: one link, all viewers on
 # it, [clicks] clicks at [rate]/s, up to 30 s to settle. Prints each run's full linkpulse-load
@@ -26,6 +26,10 @@ cd "$(dirname "$0")/.."
 VIEWERS=${1:-1000 10000}
 CLICKS=${2:-300}
 RATE=${3:-100}
+# --sse-deliveries-per-sec of each cluster node (the fjall node keeps the default, 100000).
+# Nodes b and c share this machine's two cores, each pacing its viewers as if it had them
+# all; 50000 gives each its half of the one node's budget.
+NODE_DELIVERIES=${4:-50000}
 BIN=$(realpath "${LINKPULSE_BIN:-${CARGO_TARGET_DIR:-target}/release/linkpulse}")
 LOAD=$(realpath "${LINKPULSE_LOAD_BIN:-$(dirname "$BIN")/linkpulse-load}")
 KEY=lp_cluster_fanout_key_0123456789
@@ -59,6 +63,7 @@ start_node fjall "$FJ_PORT" default
 FJ_PID=${STARTED_PIDS[-1]}
 echo "starting deploy/local-cluster.sh under $CLUSTER_DIR..." >&2
 LINKPULSE_SSE_MAX_PER_CLIENT=0 LINKPULSE_MAX_CONNECTIONS_PER_CLIENT=0 LINKPULSE_BIN=$BIN \
+    LINKPULSE_SSE_DELIVERIES_PER_SEC=$NODE_DELIVERIES \
     deploy/local-cluster.sh up "$CLUSTER_DIR" >"$TMP/cluster.out"
 node_addr() { sed -n "s/^node=$1 .* addr=//p" "$TMP/cluster.out"; }
 node_pid() { sed -n "s/^node=$1 pid=\([0-9]*\) .*/\1/p" "$TMP/cluster.out"; }
