@@ -167,18 +167,20 @@ fn actor_and_redirect(c: &mut Criterion) {
     group.bench_function("linkpulse_1000_clicks_counted", |b| {
         b.to_async(&rt).iter(|| async {
             for _ in 0..1000 {
-                let _ = links.click(
-                    &link,
-                    Click {
-                        at: now_ms(),
-                        ip: Some("203.0.113.0".into()),
-                        user_agent: "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0.0.0".into(),
-                        referer: None,
-                        country: None,
-                        ack: None,
-                        admit: None,
-                    },
-                );
+                let _ = links
+                    .click(
+                        &link,
+                        Click {
+                            at: now_ms(),
+                            ip: Some("203.0.113.0".into()),
+                            user_agent: "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0.0.0".into(),
+                            referer: None,
+                            country: None,
+                            ack: None,
+                            admit: None,
+                        },
+                    )
+                    .await;
             }
             // Answered after the actor has counted every click queued before it.
             links.snapshot(&link).await
