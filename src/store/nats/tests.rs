@@ -347,14 +347,8 @@ async fn many_codes_go_in_one_atomic_batch_and_a_refused_batch_leaves_each_code_
     use crate::store::writer::group::{Item, Outcome, Pending};
 
     let pending = |code: &crate::domain::ShortCode, item: Item| Pending {
-        code: code.clone(),
         items: vec![item],
-        listeners: Vec::new(),
-        acks: Vec::new(),
-        admits: Vec::new(),
-        limit: None,
-        refused: 0,
-        outcome: Outcome::Waiting,
+        ..Pending::new(code.clone())
     };
     let server = Server::start();
     let node = server.node().await;

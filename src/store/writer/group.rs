@@ -67,6 +67,20 @@ pub(in crate::store) struct Pending {
 }
 
 impl Pending {
+    /// A code with no clicks yet in the group.
+    pub(in crate::store) fn new(code: ShortCode) -> Self {
+        Self {
+            code,
+            items: Vec::new(),
+            listeners: Vec::new(),
+            acks: Vec::new(),
+            admits: Vec::new(),
+            limit: None,
+            refused: 0,
+            outcome: Outcome::Waiting,
+        }
+    }
+
     /// Whether all of its clicks are to be numbered by the writer.
     pub(in crate::store) fn all_fresh(&self) -> bool {
         self.items.iter().all(|i| matches!(i, Item::Fresh(_)))
@@ -163,16 +177,7 @@ impl Group {
 
     fn pending(&mut self, code: ShortCode) -> &mut Pending {
         let at = *self.at.entry(code.clone()).or_insert_with(|| {
-            self.codes.push(Pending {
-                code,
-                items: Vec::new(),
-                listeners: Vec::new(),
-                acks: Vec::new(),
-                admits: Vec::new(),
-                limit: None,
-                refused: 0,
-                outcome: Outcome::Waiting,
-            });
+            self.codes.push(Pending::new(code));
             self.codes.len() - 1
         });
         &mut self.codes[at]
