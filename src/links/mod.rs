@@ -200,8 +200,7 @@ impl Links {
             .shared
             .store
             .find_link(code.as_str())
-            .await?
-            .map(Arc::new);
+            .await?;
         let _ = guard.insert(found.clone());
         Ok(found)
     }

@@ -17,9 +17,10 @@ use crate::{
     domain::{ClickEvent, Link},
 };
 
-/// What [`Backend::find_link`] answers.
+/// What [`Backend::find_link`] answers: the link shared, so a store that caches links and
+/// the caller's own cache hold one copy.
 pub type LinkLookup<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Option<Link>, StoreError>> + Send + 'a>,
+    Box<dyn std::future::Future<Output = Result<Option<Arc<Link>>, StoreError>> + Send + 'a>,
 >;
 
 /// Told of a link changed or deleted on another node (a cluster store follows the links
@@ -62,7 +63,7 @@ pub trait Backend: Send + Sync + 'static {
     fn link(&self, code: &str) -> Result<Option<Link>, StoreError>;
     /// [`Backend::link`] for async code (the redirect path).
     fn find_link<'a>(&'a self, code: &'a str) -> LinkLookup<'a> {
-        Box::pin(std::future::ready(self.link(code)))
+        Box::pin(std::future::ready(self.link(code).map(|l| l.map(Arc::new))))
     }
     /// The stored count of a code and its latest click.
     fn counter(&self, code: &str) -> Result<Counter, StoreError>;

@@ -44,7 +44,7 @@ impl Backend for NatsStore {
     }
 
     fn find_link<'a>(&'a self, code: &'a str) -> crate::store::LinkLookup<'a> {
-        Box::pin(async move { Ok(self.find_link_record(code).await?.map(|l| Link::clone(&l))) })
+        Box::pin(self.find_link_record(code))
     }
 
     fn follow(
