@@ -196,11 +196,7 @@ impl Links {
         // microseconds: less than a hand-off to the blocking pool costs (measured on the long
         // tail of codes clicked once each, the hand-off was a tenth of the server's CPU). A
         // cluster store reads the bucket without holding this thread.
-        let found = self
-            .shared
-            .store
-            .find_link(code.as_str())
-            .await?;
+        let found = self.shared.store.find_link(code.as_str()).await?;
         let _ = guard.insert(found.clone());
         Ok(found)
     }

@@ -19,8 +19,9 @@
 //! cannot, or was refused, is published code by code.
 //!
 //! Here: the thread and the order of a group's work. `batch.rs` publishes many codes at
-//! once, `publish.rs` publishes each code's clicks (and answers a refused publish), `links.rs` carries out link operations against the
-//! buckets, `snapshot.rs` stores aggregates snapshots.
+//! once, `publish.rs` publishes each code's clicks (and answers a refused publish),
+//! `links.rs` carries out link operations against the buckets, `snapshot.rs` stores
+//! aggregates snapshots.
 
 pub(super) mod batch;
 mod links;
@@ -105,37 +106,7 @@ async fn commit(
     config: &WriterConfig,
     health: &Health,
 ) {
-    // Each code's operations in the order they came, the codes at once: a creation waits
-    // on the servers (two requests, one of them replicated), not on other codes' ones.
-    let mut queues: Vec<Vec<LinkOp>> = Vec::new();
-    let mut queue_of: HashMap<ShortCode, usize> = HashMap::new();
-    for op in group.links.drain(..) {
-        let at = *queue_of.entry(op.code().clone()).or_insert_with(|| {
-            queues.push(Vec::new());
-            queues.len() - 1
-        });
-        queues[at].push(op);
-    }
-    let hold = config.deleted_code_hold;
-    let deleted: Vec<ShortCode> = futures_util::stream::iter(queues)
-        .map(|ops| async move {
-            let mut deleted = Vec::new();
-            for op in ops {
-                let outcome = links::link_op(store, &op, hold).await;
-                if let (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) = (&op, &outcome) {
-                    deleted.push(code.clone());
-                }
-                op.answer(outcome.map_err(|e| match e {
-                    StoreError::Nats(why) => WriteError::Unavailable(why),
-                    other => WriteError::Failed(other.to_string()),
-                }));
-            }
-            deleted
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .concat()
-        .await;
-    for code in &deleted {
+    for code in &link_ops(store, group, config.deleted_code_hold).await {
         tips.remove(code);
     }
     group.expired.clear();
@@ -182,6 +153,39 @@ async fn commit(
             debug!(code = %code, cause = %e, "an aggregates snapshot was not stored");
         }
     }
+}
+
+/// Carries out the group's link operations and answers each: each code's in the order they
+/// came, the codes at once (a creation waits on the servers, two requests, one of them
+/// replicated, not on other codes' ones). Returns the codes deleted.
+async fn link_ops(store: &NatsStore, group: &mut Group, hold: Duration) -> Vec<ShortCode> {
+    let mut queues: Vec<Vec<LinkOp>> = Vec::new();
+    let mut queue_of: HashMap<ShortCode, usize> = HashMap::new();
+    for op in group.links.drain(..) {
+        let at = *queue_of.entry(op.code().clone()).or_insert_with(|| {
+            queues.push(Vec::new());
+            queues.len() - 1
+        });
+        queues[at].push(op);
+    }
+    futures_util::stream::iter(queues)
+        .map(|ops| async move {
+            let mut deleted = Vec::new();
+            for op in ops {
+                let outcome = links::link_op(store, &op, hold).await;
+                if let (LinkOp::Delete(code, _), Ok(LinkOutcome::Deleted(true))) = (&op, &outcome) {
+                    deleted.push(code.clone());
+                }
+                op.answer(outcome.map_err(|e| match e {
+                    StoreError::Nats(why) => WriteError::Unavailable(why),
+                    other => WriteError::Failed(other.to_string()),
+                }));
+            }
+            deleted
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .concat()
+        .await
 }
 
 fn unreachable(health: &Health, why: &str) {
