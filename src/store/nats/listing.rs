@@ -121,27 +121,27 @@ impl Listing {
 impl Inner {
     /// Takes in a link made or changed (on any node): its place, and the cached copy.
     pub(super) fn remember(&self, link: Arc<Link>) {
-        self.link_changes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.listing
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .place(&link);
+        self.place(&link);
         self.links.insert(link.code.to_string(), link);
     }
 
     /// Takes in a link made or changed as the bucket's watch tells it: its place, and the
     /// cached copy if one is cached (a link nobody asked for here is not).
     pub(super) fn heard(&self, link: Arc<Link>) {
+        self.place(&link);
+        if self.links.get(link.code.as_str()).is_some() {
+            self.links.insert(link.code.to_string(), link);
+        }
+    }
+
+    /// A change taken in (see `NatsStore::link_record`), and the link's place in the listing.
+    fn place(&self, link: &Link) {
         self.link_changes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.listing
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .place(&link);
-        if self.links.get(link.code.as_str()).is_some() {
-            self.links.insert(link.code.to_string(), link);
-        }
+            .place(link);
     }
 
     /// Lets go of a deleted link.

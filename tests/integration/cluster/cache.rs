@@ -13,21 +13,6 @@ use crate::support::{KEY, TestResult, client};
 
 const LINKS: usize = 200;
 
-/// A counter's value in `/metrics` on `node`.
-async fn counter(client: &reqwest::Client, node: &Node, name: &str) -> u64 {
-    let text = client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics:\n{text}")) as u64
-}
-
 /// How many messages clients have sent the server so far (each bucket read is one), from its
 /// monitoring endpoint at `monitor`.
 async fn messages_in(client: &reqwest::Client, monitor: u16) -> u64 {
@@ -70,7 +55,7 @@ async fn a_node_caches_few_links_and_answers_every_one_from_the_bucket() -> Test
     }
 
     for pass in 0..2 {
-        let misses = counter(&client, &a, "linkpulse_link_cache_misses_total").await;
+        let misses = a.metric("linkpulse_link_cache_misses_total").await;
         let requests = messages_in(&client, monitor).await;
         for code in &codes {
             assert_eq!(
@@ -79,7 +64,7 @@ async fn a_node_caches_few_links_and_answers_every_one_from_the_bucket() -> Test
                 "{code}, pass {pass}"
             );
         }
-        let read = counter(&client, &a, "linkpulse_link_cache_misses_total").await - misses;
+        let read = a.metric("linkpulse_link_cache_misses_total").await - misses;
         // 16 places for 200 links: nearly every lookup of a pass goes to the bucket.
         assert!(
             read >= (LINKS - 32) as u64,
@@ -93,10 +78,10 @@ async fn a_node_caches_few_links_and_answers_every_one_from_the_bucket() -> Test
         );
     }
     // The same link looked up again at once is a hit.
-    let hits = counter(&client, &a, "linkpulse_link_cache_hits_total").await;
+    let hits = a.metric("linkpulse_link_cache_hits_total").await;
     target(&client, &a, "k0001").await.ok();
     assert_eq!(
-        counter(&client, &a, "linkpulse_link_cache_hits_total").await,
+        a.metric("linkpulse_link_cache_hits_total").await,
         hits + 1,
         "a link just read is answered by the cache"
     );

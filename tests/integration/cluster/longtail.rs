@@ -12,23 +12,6 @@ use crate::support::{TestResult, client, soak};
 
 const CLIENTS: usize = 64;
 
-/// The metric lines starting with `name`, their values summed, on `node`.
-async fn metric(client: &reqwest::Client, node: &Node, name: &str) -> u64 {
-    let text = client
-        .get(node.url("/metrics"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn soak_distinct_codes_clicked_once_each_through_one_node_are_all_counted() -> TestResult {
     let n = soak(50_000, 5_000);
@@ -64,11 +47,11 @@ async fn soak_distinct_codes_clicked_once_each_through_one_node_are_all_counted(
         not_redirected.is_empty(),
         "answered other than 302: {not_redirected:?}"
     );
-    let dropped = metric(&client, &a, "linkpulse_clicks_dropped_total").await;
+    let dropped = a.metric("linkpulse_clicks_dropped_total").await;
     assert_eq!(dropped, 0, "clicks dropped on node a");
     // Node a has stored every click it took (its backlog is empty) before b reads them.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while metric(&client, &a, "linkpulse_backlog_clicks").await > 0 {
+    while a.metric("linkpulse_backlog_clicks").await > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "node a's backlog did not empty"

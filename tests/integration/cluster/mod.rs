@@ -266,6 +266,31 @@ impl Node {
         format!("{}{path}", self.base)
     }
 
+    /// A value from the node's `/metrics`: one series named with its labels
+    /// (`linkpulse_clicks_dropped_total{reason="backlog"}`), or the sum of every series of a
+    /// metric named without them.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(series, _)| *series == name || series.split('{').next() == Some(name))
+            .filter_map(|(_, value)| value.parse::<f64>().ok())
+            .collect();
+        assert!(!values.is_empty(), "{name} in /metrics:\n{text}");
+        values.iter().sum::<f64>() as u64
+    }
+
     /// Kills the node with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

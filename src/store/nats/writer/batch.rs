@@ -57,6 +57,7 @@ struct Prepared {
     last: u64,
     /// An actor's numbers changed (see `Pending::numbered`).
     renumbered: bool,
+    subject: String,
     payload: Bytes,
     id: String,
 }
@@ -92,10 +93,9 @@ pub(super) async fn publish_batched(
         // One code gains nothing from a batch.
         return Vec::new();
     }
-    let view: &[Pending] = codes;
     let stored: Vec<(usize, Tip, bool)> = futures_util::stream::iter(prepared.chunks(BATCH_MESSAGES))
         .map(|batch| async move {
-            match commit(store, codes_of(view, batch), batch).await {
+            match commit(store, batch).await {
                 Ok(last_seq) => {
                     let first_seq = last_seq + 1 - batch.len() as u64;
                     batch
@@ -132,11 +132,6 @@ pub(super) async fn publish_batched(
         .collect()
 }
 
-/// The codes of a batch, for their subjects.
-fn codes_of<'a>(codes: &'a [Pending], batch: &'a [Prepared]) -> impl Iterator<Item = &'a str> {
-    batch.iter().map(|p| codes[p.at].code.as_str())
-}
-
 /// A code's clicks numbered and encoded for a batch, unless it is not for one.
 fn prepare(
     store: &NatsStore,
@@ -164,17 +159,14 @@ fn prepare(
         after,
         last: after.last + numbered.events.len() as u64,
         renumbered: numbered.renumbered,
+        subject: clicks_subject(pending.code.as_str()),
         payload: encode_batch(&numbered.events),
         id: message_id(&store.inner.node, &pending.code, after.stream_seq, first_at),
     })
 }
 
 /// Sends one batch and commits it; the stream sequence of its last message once stored.
-async fn commit<'a>(
-    store: &NatsStore,
-    codes: impl Iterator<Item = &'a str>,
-    batch: &[Prepared],
-) -> Result<u64, String> {
+async fn commit(store: &NatsStore, batch: &[Prepared]) -> Result<u64, String> {
     let client = &store.inner.client;
     let id = format!(
         "{}-{}",
@@ -182,7 +174,7 @@ async fn commit<'a>(
         BATCHES.fetch_add(1, Ordering::Relaxed)
     );
     let n = batch.len();
-    for (k, (p, code)) in batch.iter().zip(codes).enumerate() {
+    for (k, p) in batch.iter().enumerate() {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Batch-Id", id.as_str());
         headers.insert("Nats-Batch-Sequence", (k + 1).to_string().as_str());
@@ -192,17 +184,16 @@ async fn commit<'a>(
         );
         headers.insert("Lp-Id", p.id.as_str());
         headers.insert("Lp-Node", store.inner.node.as_str());
-        let subject = clicks_subject(code);
         if k + 1 < n {
             client
-                .publish_with_headers(subject, headers, p.payload.clone())
+                .publish_with_headers(p.subject.clone(), headers, p.payload.clone())
                 .await
                 .map_err(|e| e.to_string())?;
             continue;
         }
         headers.insert("Nats-Batch-Commit", "1");
         let reply = client
-            .request_with_headers(subject, headers, p.payload.clone())
+            .request_with_headers(p.subject.clone(), headers, p.payload.clone())
             .await
             .map_err(|e| e.to_string())?;
         let ack: CommitAck = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
