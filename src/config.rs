@@ -227,7 +227,8 @@ pub struct ServeConfig {
         default_value = "default"
     )]
     pub durability: Durability,
-    /// Longest wait before a group commit (default durability; strict commits at once).
+    /// Longest wait before a group commit (default durability; in strict, the longest wait for
+    /// clicks already admitted and still on their way to the group).
     #[arg(long, env = "LINKPULSE_COMMIT_INTERVAL", value_parser = duration, default_value = "2ms")]
     pub commit_interval: Duration,
     /// Most items in one group commit.

@@ -32,3 +32,22 @@ pub struct ClickEvent {
     pub device: DeviceClass,
     pub bot: bool,
 }
+
+#[cfg(test)]
+impl ClickEvent {
+    /// A click numbered `seq` from `curl`, with nothing else known (for tests).
+    pub(crate) fn plain(seq: u64) -> Self {
+        Self {
+            seq,
+            at: 1_700_000_000_000,
+            ip: None,
+            user_agent: "curl/8".into(),
+            referer: None,
+            country: None,
+            browser: "unknown".into(),
+            os: "unknown".into(),
+            device: DeviceClass::Other,
+            bot: false,
+        }
+    }
+}

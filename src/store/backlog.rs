@@ -143,6 +143,13 @@ impl Permit {
         self.n += std::mem::take(&mut other.n);
     }
 
+    /// Places in its backlog held by other clicks, still on their way to be stored.
+    pub fn others_pending(&self) -> usize {
+        self.backlog
+            .as_ref()
+            .map_or(0, |backlog| backlog.pending().saturating_sub(self.n))
+    }
+
     /// Splits off the place of one click (an empty permit if this one holds none).
     pub fn split_one(&mut self) -> Permit {
         if self.n == 0 {

@@ -8,22 +8,11 @@ use fjall::{Database, KeyspaceCreateOptions};
 use super::*;
 use crate::{
     analytics::{Aggregates, aggregates},
-    domain::{ClickEvent, DeviceClass},
+    domain::ClickEvent,
 };
 
 fn event(seq: u64) -> ClickEvent {
-    ClickEvent {
-        seq,
-        at: 1_700_000_000_000,
-        ip: None,
-        user_agent: "curl/8".into(),
-        referer: None,
-        country: None,
-        browser: "unknown".into(),
-        os: "unknown".into(),
-        device: DeviceClass::Other,
-        bot: false,
-    }
+    ClickEvent::plain(seq)
 }
 
 /// Stores clicks as the writer does: in one batch with the totals record.
