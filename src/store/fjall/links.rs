@@ -12,11 +12,12 @@ use crate::{
 };
 
 /// Set in the `meta` keyspace once every link is in the listing index.
-const LINK_INDEX_BUILT: &[u8] = b"link-index-built";
+pub(super) const LINK_INDEX_BUILT: &[u8] = b"link-index-built";
 
 impl Store {
     /// Once per store: puts every link stored before the listing index into it. Later starts
-    /// read one marker record.
+    /// read one marker record, and so does every start of a store made since (see
+    /// [`Store::mark_empty_index_built`]).
     pub fn build_link_index(&self) -> Result<u64, StoreError> {
         if self.meta.get(LINK_INDEX_BUILT)?.is_some() {
             return Ok(0);
@@ -47,6 +48,16 @@ impl Store {
             );
         }
         Ok(built)
+    }
+
+    /// Marks the listing index complete in a store that holds no links (a new one): whatever
+    /// is added later indexes itself (the writer, an import), so no start needs to read every
+    /// link again.
+    pub(super) fn mark_empty_index_built(&self, links: u64) -> Result<(), StoreError> {
+        if links == 0 && self.meta.get(LINK_INDEX_BUILT)?.is_none() {
+            self.meta.insert(LINK_INDEX_BUILT, [1])?;
+        }
+        Ok(())
     }
 
     /// Links newest first: an owner's, or everyone's (`None`), from after `cursor`, those

@@ -107,6 +107,7 @@ impl Store {
         let (totals, verified) = store.settle_totals(dir, &check, record)?;
         *store.totals.lock().unwrap_or_else(PoisonError::into_inner) = totals;
         let keys = store.check_floor(dir, totals)?;
+        store.mark_empty_index_built(totals.links)?;
         store.keep_checked_listing(dir)?;
         let report = StartupReport {
             check,

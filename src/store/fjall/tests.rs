@@ -8,7 +8,7 @@ use fjall::{Database, KeyspaceCreateOptions};
 use super::*;
 use crate::{
     analytics::{Aggregates, aggregates},
-    domain::ClickEvent,
+    domain::{ClickEvent, Link, ShortCode, TargetUrl},
 };
 
 fn event(seq: u64) -> ClickEvent {
@@ -50,6 +50,49 @@ fn a_store_made_before_analytics_gets_its_aggregates_built_once() {
     assert_eq!((a.covers(), a.totals().clicks), (5, 5));
     assert_eq!(store.covers("b").expect("covers"), 2);
     assert_eq!(store.build_missing_aggregates(&settings).expect("again"), 0);
+}
+
+/// Links an import put in a store, each listed by the import itself.
+fn import_links(store: &Store, codes: &[&str]) {
+    let mut part = ImportBatch::default();
+    for (at, code) in (1..).zip(codes) {
+        part.link(Link::new(
+            ShortCode::parse(code).expect("code"),
+            TargetUrl::parse("https://example.com/").expect("url"),
+            "o".into(),
+            at,
+        ));
+    }
+    store.import(part).expect("imported");
+}
+
+fn listed(store: &Store) -> Vec<String> {
+    let page = store
+        .list_links(None, None, 100, 100, |_| true)
+        .expect("listed");
+    page.links.iter().map(|l| l.code.to_string()).collect()
+}
+
+#[test]
+fn a_new_store_never_indexes_its_links_again_and_an_older_one_does_once() {
+    // Made, then filled by an import, then started: nothing to build at the start.
+    let dir = tempfile::tempdir().expect("temp dir");
+    drop(Store::open(dir.path()).expect("opens"));
+    let store = Store::open(dir.path()).expect("opens again");
+    import_links(&store, &["a", "b"]);
+    assert_eq!(store.build_link_index().expect("built"), 0);
+    assert_eq!(listed(&store), ["b", "a"]);
+
+    // A store whose links came before the index (no mark): indexed once, at its next start.
+    store
+        .meta
+        .remove(links::LINK_INDEX_BUILT)
+        .expect("mark removed");
+    store.index.clear().expect("index cleared");
+    assert!(listed(&store).is_empty());
+    assert_eq!(store.build_link_index().expect("built"), 2);
+    assert_eq!(listed(&store), ["b", "a"]);
+    assert_eq!(store.build_link_index().expect("again"), 0);
 }
 
 #[test]
