@@ -249,6 +249,16 @@ pub struct ServeConfig {
     /// Longest time between fsyncs in default durability.
     #[arg(long, env = "LINKPULSE_FSYNC_INTERVAL", value_parser = duration, default_value = "1s")]
     pub fsync_interval: Duration,
+    /// Niceness of the store's background threads (the writer, fjall's flushes and
+    /// compactions, the store's file checks), so that on a busy CPU a redirect comes first.
+    /// 0 leaves them at the server's own priority; 19 is the lowest.
+    #[arg(
+        long,
+        env = "LINKPULSE_BACKGROUND_NICE",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(i32).range(0..=19)
+    )]
+    pub background_nice: i32,
     /// A link actor with no clicks and no subscribers for this long is stopped.
     #[arg(long, env = "LINKPULSE_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
     pub idle_timeout: Duration,

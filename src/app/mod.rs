@@ -56,6 +56,7 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let writer_config = writer_config(&config, &metrics);
         let location = location(&config);
+        crate::store::set_background_nice(config.background_nice);
         let opened = Opened::open(&location, &settings.aggregates, writer_config).await?;
         let store = opened.store.clone();
         let shared = opened.shared_by_nodes();

@@ -16,6 +16,7 @@ mod backlog;
 mod engine;
 mod fjall;
 mod nats;
+mod priority;
 pub mod records;
 mod source;
 mod writer;
@@ -27,6 +28,7 @@ pub use fjall::{ImportBatch, StartupCheck, StartupReport, Store, Verified};
 /// The cluster store as the commands that act on it directly (`keys`, `check`, `export` with
 /// `--nats`) open it.
 pub use nats::{ClusterVerified, FirstKey, NatsStore as ClusterStore};
+pub use priority::set_background_nice;
 pub use records::{DecodeError, KeyRecord, Totals};
 pub use source::ExportSource;
 #[cfg(feature = "test-hooks")]

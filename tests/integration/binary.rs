@@ -140,6 +140,81 @@ async fn first_start_prints_a_key_once_and_sigterm_stops_cleanly() -> TestResult
 
 /// Reads the log until the line "linkpulse listening address=..." and returns the address. The
 /// signal handler is in place once this line is out.
+/// The niceness of each of a process's threads, by thread name, as `ps -L` shows it.
+#[cfg(target_os = "linux")]
+fn thread_niceness(
+    pid: u32,
+) -> Result<Vec<(String, i64)>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path();
+        let name = std::fs::read_to_string(path.join("comm"))?
+            .trim()
+            .to_owned();
+        let stat = std::fs::read_to_string(path.join("stat"))?;
+        // The fields after the name, which is in parentheses and may hold spaces: state is
+        // field 3, nice field 19.
+        let after = stat.rsplit_once(") ").ok_or("odd stat")?.1;
+        let nice = after.split(' ').nth(16).ok_or("no nice field")?.parse()?;
+        threads.push((name, nice));
+    }
+    Ok(threads)
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_store_works_in_the_background_at_the_niceness_asked_and_requests_do_not() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--background-nice",
+            "7",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("LINKPULSE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let addr = listening_address(&mut child)?;
+    let threads = thread_niceness(child.id());
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let threads = threads?;
+    let nice_of = |prefix: &str| -> Vec<i64> {
+        threads
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    assert_eq!(nice_of("linkpulse-write"), [7], "the writer: {threads:?}");
+    assert_eq!(
+        nice_of("linkpulse-check"),
+        [7],
+        "the file checks: {threads:?}"
+    );
+    let fjall = nice_of("fjall:");
+    assert!(
+        !fjall.is_empty() && fjall.iter().all(|&n| n == 7),
+        "fjall's workers: {threads:?}"
+    );
+    let workers = nice_of("tokio-rt-worker");
+    assert!(
+        !workers.is_empty() && workers.iter().all(|&n| n == 0),
+        "the threads that answer requests keep their priority: {threads:?}"
+    );
+    assert!(
+        child.wait()?.success(),
+        "served at {addr} and stopped cleanly"
+    );
+    Ok(())
+}
+
 fn listening_address(
     child: &mut std::process::Child,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {

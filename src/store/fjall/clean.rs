@@ -212,6 +212,7 @@ impl Keeper {
         let thread = std::thread::Builder::new()
             .name("linkpulse-checked".into())
             .spawn(move || {
+                crate::store::priority::background_thread();
                 let mut warned = false;
                 while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(KEEP_EVERY)

@@ -362,8 +362,9 @@ impl Marks {
 /// Opens fjall's database in `dir`, refusing a journal that replays an impossible sequence
 /// number.
 fn open_database(dir: &Path) -> Result<Database, StoreError> {
-    let db = Database::builder(dir)
-        .open()
+    // fjall's flush and compaction workers, started here, run in the background.
+    let db = crate::store::priority::spawning_in_background(|| Database::builder(dir).open())
+        .map_err(io)?
         .map_err(|e| StoreError::opening(dir, e))?;
     // A journal batch's sequence number is not covered by its checksum: a damaged one is
     // replayed and makes every later write panic ("Ran out of sequence numbers", at 2^63).

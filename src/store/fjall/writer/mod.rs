@@ -46,6 +46,7 @@ impl Writer {
         let thread = thread::Builder::new()
             .name("linkpulse-writer".into())
             .spawn(move || {
+                crate::store::priority::background_thread();
                 // Purges a stop interrupted go on.
                 let purges = store.unpurged().unwrap_or_else(|e| {
                     error!(cause = %e, "cannot list the deleted links left to purge");
