@@ -61,26 +61,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$TMP/nginx.conf" <<NGINX
-worker_processes auto;
-daemon on;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx-error.log;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP;
-    proxy_temp_path $TMP;
-    fastcgi_temp_path $TMP;
-    uwsgi_temp_path $TMP;
-    scgi_temp_path $TMP;
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / { return 302 https://example.com/target; }
-    }
-}
-NGINX
-nginx -c "$TMP/nginx.conf" -p "$TMP"
+# shellcheck source=load-tests/nginx-302.sh
+source load-tests/nginx-302.sh
+start_nginx_302 "$TMP" "$NGINX_PORT"
 
 # Creating the test links goes far past the default per-key and per-address create limits.
 start() { # binary port data-dir [durability] -> pid

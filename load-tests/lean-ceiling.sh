@@ -38,26 +38,9 @@ NGINX_PORT=$(free_port)
 SALVO_PORT=$(free_port)
 LEAN_PORT=$(free_port)
 
-cat > "$TMP/nginx.conf" <<NGINX
-worker_processes auto;
-daemon on;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx-error.log;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP;
-    proxy_temp_path $TMP;
-    fastcgi_temp_path $TMP;
-    uwsgi_temp_path $TMP;
-    scgi_temp_path $TMP;
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / { return 302 https://example.com/target; }
-    }
-}
-NGINX
-nginx -c "$TMP/nginx.conf" -p "$TMP"
+# shellcheck source=load-tests/nginx-302.sh
+source load-tests/nginx-302.sh
+start_nginx_302 "$TMP" "$NGINX_PORT"
 "$DIR/salvo-ref" "127.0.0.1:$SALVO_PORT" >/dev/null 2>&1 &
 PIDS+=($!)
 "$DIR/lean-ref" "127.0.0.1:$LEAN_PORT" >/dev/null 2>&1 &

@@ -54,22 +54,16 @@ mod tests {
     };
     use crate::{
         analytics::{AggregateSettings, Aggregates, aggregates},
-        domain::{ClickEvent, DeviceClass, Link, ShortCode, TargetUrl, format_ms, now_ms},
+        domain::{ClickEvent, Link, ShortCode, TargetUrl, format_ms, now_ms},
         store::Store,
     };
 
     fn event(seq: u64) -> ClickEvent {
         ClickEvent {
-            seq,
             at: 1_700_000_000_000 + seq as i64,
             ip: Some("192.0.2.0".into()),
             user_agent: format!("agent {seq}"),
-            referer: None,
-            country: None,
-            browser: "unknown".into(),
-            os: "unknown".into(),
-            device: DeviceClass::Other,
-            bot: false,
+            ..ClickEvent::plain(seq)
         }
     }
 

@@ -190,22 +190,14 @@ mod tests {
 
     use super::*;
     use crate::{
-        domain::{ClickEvent, DeviceClass, TargetUrl},
+        domain::{ClickEvent, TargetUrl},
         store::{ClickBatch, Durability, Permit, Writer, WriterConfig, WriterHandle},
     };
 
     fn click(seq: u64) -> Arc<ClickEvent> {
         Arc::new(ClickEvent {
-            seq,
             at: 1_700_000_000_000 + seq as i64,
-            ip: None,
-            user_agent: "curl/8".into(),
-            referer: None,
-            country: None,
-            browser: "unknown".into(),
-            os: "unknown".into(),
-            device: DeviceClass::Other,
-            bot: false,
+            ..ClickEvent::plain(seq)
         })
     }
 

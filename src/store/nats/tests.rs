@@ -122,16 +122,8 @@ async fn a_key_revoked_on_another_node_is_not_brought_back_by_a_last_used_save()
 /// A click of `code` as this test stores it (the moment tells batches apart).
 fn click(seq: u64, at: i64) -> crate::domain::ClickEvent {
     crate::domain::ClickEvent {
-        seq,
         at,
-        ip: None,
-        user_agent: "curl/8".into(),
-        referer: None,
-        country: None,
-        browser: "unknown".into(),
-        os: "unknown".into(),
-        device: crate::domain::DeviceClass::Other,
-        bot: false,
+        ..crate::domain::ClickEvent::plain(seq)
     }
 }
 
