@@ -151,6 +151,16 @@ async fn load_and_kill(durability: &str, kill_servers: bool) -> TestResult {
     } else {
         vec![&b, &c]
     };
+    // Clicks a node answered during the failover may still be held by its writer: a read on
+    // another node cannot see them until they are stored.
+    for node in &survivors {
+        super::eventually(
+            Duration::from_secs(60),
+            "every survivor has stored the clicks it holds",
+            || async { node.metric("linkpulse_backlog_clicks").await == 0 },
+        )
+        .await;
+    }
     let reader = survivors[0];
     let by_tag: HashMap<&str, &Sent> = sent.iter().map(|s| (s.tag.as_str(), s)).collect();
     // How often each tag is stored.
