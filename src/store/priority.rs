@@ -3,11 +3,12 @@
 //! requests, so on a busy CPU a redirect does not wait behind a memtable insert or a
 //! compaction. Set once at start (`--background-nice`); 0 leaves every thread as it is.
 //!
-//! Measured on one core (`docs/performance.md`, redirect latency): p99 at half the maximum
-//! rate fell from 5.8-12.9 ms to 3.4-4.4 ms, and the writer, woken less often, takes larger
-//! groups, so the maximum rose too. Clicks are never dropped for it: a writer that falls
-//! behind fills the click backlog, and redirects then wait for places
-//! (`--click-backlog-wait`), which gives the writer the CPU back.
+//! Measured with the server on one core (`load-tests/open-model.sh`, see
+//! `docs/performance.md`): redirect p99 at half the maximum rate, median over ten rounds,
+//! 5.0 ms against 6.1 ms at niceness 0, the worst round 7.1 ms against 20.7 ms; the maximum
+//! rate did not change. Clicks are never dropped for it: a writer that falls behind fills the
+//! click backlog, and redirects then wait for places (`--click-backlog-wait`), which gives the
+//! writer the CPU back.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
