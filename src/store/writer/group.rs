@@ -254,21 +254,31 @@ impl Group {
 
     /// Tells everyone waiting on the group how it went, once the engine has decided each
     /// code's outcome (link operations are answered by the engine as it carries them out).
-    /// `Err`: the store failed, and nothing of the group was stored. Returns how many clicks
-    /// were stored. A waiter that is gone is ignored: the redirect it belonged to may have
-    /// timed out.
+    /// `Err`: the store failed, and nothing of the group was stored. A stored group is
+    /// counted in the commit metrics (its time from `started`) before anyone hears of it, so
+    /// whoever sees a click stored finds it counted there too. A waiter that is gone is
+    /// ignored: the redirect it belonged to may have timed out.
     pub(in crate::store) fn finish(
         &mut self,
         result: Result<(), WriteError>,
         health: &Health,
         metrics: &Metrics,
-    ) -> usize {
-        let (mut stored, mut dropped, mut lost) = (0, 0, 0);
+        started: Instant,
+    ) {
+        if result.is_ok() {
+            let stored = self
+                .codes
+                .iter()
+                .filter(|p| matches!(p.outcome, Outcome::Stored { .. }))
+                .map(|p| p.items.len() - p.refused)
+                .sum();
+            metrics.group_committed(stored, started.elapsed());
+        }
+        let (mut dropped, mut lost) = (0, 0);
         for pending in self.codes.drain(..) {
             let n = pending.items.len() - pending.refused;
             match (&result, pending.outcome) {
                 (Ok(()), Outcome::Stored { last, superseded }) => {
-                    stored += n;
                     for listener in &pending.listeners {
                         if superseded {
                             listener.superseded();
@@ -315,7 +325,6 @@ impl Group {
         for reply in self.expire_replies.drain(..) {
             let _ = reply.send(answer.clone());
         }
-        stored
     }
 }
 

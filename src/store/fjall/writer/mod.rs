@@ -174,10 +174,7 @@ fn commit_group(
         }
         Err(e) => Err(e),
     };
-    let stored = group.finish(result.clone(), health, &config.metrics);
-    if result.is_ok() {
-        config.metrics.group_committed(stored, started.elapsed());
-    }
+    group.finish(result, health, &config.metrics, started);
 }
 
 /// Commits the group and hands the journal to the OS, so a killed process keeps it.

@@ -88,8 +88,7 @@ fn run(store: &NatsStore, rx: &Receiver<Op>, config: &WriterConfig, health: &Hea
             tips.clear();
         }
         store.run(commit(store, &mut group, &mut tips, config, health));
-        let stored = group.finish(Ok(()), health, &config.metrics);
-        config.metrics.group_committed(stored, started.elapsed());
+        group.finish(Ok(()), health, &config.metrics, started);
         if group.stop {
             info!("NATS writer stopped");
             return;
