@@ -249,9 +249,10 @@ pub struct ServeConfig {
     /// Longest time between fsyncs in default durability.
     #[arg(long, env = "LINKPULSE_FSYNC_INTERVAL", value_parser = duration, default_value = "1s")]
     pub fsync_interval: Duration,
-    /// Niceness of the store's background threads (the writer, fjall's flushes and
-    /// compactions, the store's file checks), so that on a busy CPU a redirect comes first.
-    /// 0 leaves them at the server's own priority; 19 is the lowest.
+    /// Niceness, added to the server's own, of the embedded store's background threads (its
+    /// writer, fjall's flushes and compactions, the store's file checks), so that on a busy
+    /// CPU a redirect comes first. 0 leaves them at the server's own priority; 19 is the
+    /// lowest. The cluster store's writer is not lowered.
     #[arg(
         long,
         env = "LINKPULSE_BACKGROUND_NICE",

@@ -12,11 +12,23 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
-static NICE: AtomicI32 = AtomicI32::new(0);
+/// The niceness background threads take, or [`UNCHANGED`].
+static NICE: AtomicI32 = AtomicI32::new(UNCHANGED);
+const UNCHANGED: i32 = i32::MIN;
 
-/// The niceness background threads take from now on (0: none).
+/// Background threads started from now on run `nice` steps below the calling thread (the
+/// server's own niceness plus `nice`, at most 19); 0 leaves them as they are.
 pub fn set_background_nice(nice: i32) {
-    NICE.store(nice.clamp(0, 19), Ordering::Relaxed);
+    #[cfg(target_os = "linux")]
+    let base = rustix::process::getpriority_process(None).unwrap_or(0);
+    #[cfg(not(target_os = "linux"))]
+    let base = 0;
+    let target = if nice > 0 {
+        (base + nice).min(19)
+    } else {
+        UNCHANGED
+    };
+    NICE.store(target, Ordering::Relaxed);
 }
 
 /// Lowers the calling thread's priority to the background niceness.
@@ -29,7 +41,7 @@ pub(super) fn background_thread() {
 /// library's workers, such as fjall's) inherit that niceness from their first instruction on.
 /// Inline when there is no niceness to take; an error only when no thread can be started.
 pub(super) fn spawning_in_background<T: Send>(f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
-    if NICE.load(Ordering::Relaxed) == 0 {
+    if NICE.load(Ordering::Relaxed) == UNCHANGED {
         return Ok(f());
     }
     std::thread::scope(|scope| {
@@ -48,11 +60,15 @@ pub(super) fn spawning_in_background<T: Send>(f: impl FnOnce() -> T + Send) -> s
 /// On Linux a thread's niceness is its own: `PRIO_PROCESS` with a thread id sets that thread's.
 #[cfg(target_os = "linux")]
 fn renice(tid: rustix::process::Pid, nice: i32) {
-    if nice == 0 {
+    if nice == UNCHANGED {
         return;
     }
-    // A thread that has ended meanwhile is no error worth more than a debug line.
+    // Lowering one's own priority is always allowed; should it fail, the thread runs as
+    // before, which costs latency, not correctness.
     if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
-        tracing::debug!(tid = tid.as_raw_nonzero().get(), cause = %e, "cannot lower the priority of a background thread");
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(cause = %e, nice, "cannot lower the priority of the store's background threads");
+        });
     }
 }

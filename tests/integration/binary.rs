@@ -138,9 +138,7 @@ async fn first_start_prints_a_key_once_and_sigterm_stops_cleanly() -> TestResult
     Ok(())
 }
 
-/// Reads the log until the line "linkpulse listening address=..." and returns the address. The
-/// signal handler is in place once this line is out.
-/// The niceness of each of a process's threads, by thread name, as `ps -L` shows it.
+/// The niceness of each of a process's threads, by thread name, from `/proc`.
 #[cfg(target_os = "linux")]
 fn thread_niceness(
     pid: u32,
@@ -192,20 +190,27 @@ async fn the_store_works_in_the_background_at_the_niceness_asked_and_requests_do
             .map(|(_, nice)| *nice)
             .collect()
     };
-    assert_eq!(nice_of("linkpulse-write"), [7], "the writer: {threads:?}");
+    // Relative to the server's own niceness (a test run may itself be niced).
+    let base = *nice_of("linkpulse").first().ok_or("no main thread")?;
+    let background = (base + 7).min(19);
+    assert_eq!(
+        nice_of("linkpulse-write"),
+        [background],
+        "the writer: {threads:?}"
+    );
     assert_eq!(
         nice_of("linkpulse-check"),
-        [7],
+        [background],
         "the file checks: {threads:?}"
     );
     let fjall = nice_of("fjall:");
     assert!(
-        !fjall.is_empty() && fjall.iter().all(|&n| n == 7),
+        !fjall.is_empty() && fjall.iter().all(|&n| n == background),
         "fjall's workers: {threads:?}"
     );
     let workers = nice_of("tokio-rt-worker");
     assert!(
-        !workers.is_empty() && workers.iter().all(|&n| n == 0),
+        !workers.is_empty() && workers.iter().all(|&n| n == base),
         "the threads that answer requests keep their priority: {threads:?}"
     );
     assert!(
@@ -215,6 +220,8 @@ async fn the_store_works_in_the_background_at_the_niceness_asked_and_requests_do
     Ok(())
 }
 
+/// Reads the log until the line "linkpulse listening address=..." and returns the address. The
+/// signal handler is in place once this line is out.
 fn listening_address(
     child: &mut std::process::Child,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {

@@ -83,12 +83,16 @@ fn a_new_store_never_indexes_its_links_again_and_an_older_one_does_once() {
     assert_eq!(store.build_link_index().expect("built"), 0);
     assert_eq!(listed(&store), ["b", "a"]);
 
-    // A store whose links came before the index (no mark): indexed once, at its next start.
+    // A store whose links came before the index (no mark): opening it leaves it unmarked,
+    // and its next start indexes it once.
     store
         .meta
         .remove(links::LINK_INDEX_BUILT)
         .expect("mark removed");
     store.index.clear().expect("index cleared");
+    store.close_clean(dir.path()).expect("closed");
+    drop(store);
+    let store = Store::open(dir.path()).expect("opens once more");
     assert!(listed(&store).is_empty());
     assert_eq!(store.build_link_index().expect("built"), 2);
     assert_eq!(listed(&store), ["b", "a"]);
