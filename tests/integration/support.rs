@@ -167,25 +167,38 @@ impl TestApp {
         body["clicks"].as_array().cloned().expect("a clicks array")
     }
 
-    /// A gauge or counter from `/metrics`.
+    /// A gauge or counter from `/metrics` (see [`metric_at`]).
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} missing in {text}"))
+        metric_at(&self.client, &self.url(""), name).await
     }
 
     pub async fn subscribe(&self, code: &str) -> SseClient {
         SseClient::open(&self.client, &self.url(&format!("/realtime/{code}")), None).await
     }
+}
+
+/// A value from `/metrics` of the server at `base`: one series named with its labels
+/// (`linkpulse_clicks_dropped_total{reason="backlog"}`), or the sum of every series of a
+/// metric named without them.
+pub async fn metric_at(client: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| *series == name || series.split('{').next() == Some(name))
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .collect();
+    assert!(!values.is_empty(), "{name} in /metrics:\n{text}");
+    values.iter().sum::<f64>() as u64
 }
 
 /// The stored count and the number of stored click events of a code, read straight from the

@@ -266,29 +266,9 @@ impl Node {
         format!("{}{path}", self.base)
     }
 
-    /// A value from the node's `/metrics`: one series named with its labels
-    /// (`linkpulse_clicks_dropped_total{reason="backlog"}`), or the sum of every series of a
-    /// metric named without them.
+    /// A value from the node's `/metrics` (see [`crate::support::metric_at`]).
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        let values: Vec<f64> = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter(|(series, _)| *series == name || series.split('{').next() == Some(name))
-            .filter_map(|(_, value)| value.parse::<f64>().ok())
-            .collect();
-        assert!(!values.is_empty(), "{name} in /metrics:\n{text}");
-        values.iter().sum::<f64>() as u64
+        crate::support::metric_at(&self.client, &self.base, name).await
     }
 
     /// Kills the node with SIGKILL, as a crash would.
