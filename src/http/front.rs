@@ -1,7 +1,9 @@
 //! The front door: our own accept loop in front of salvo. It reads the first bytes of each new
 //! connection: one that opens with `GET /realtime/` (what a browser's `EventSource` sends on its
-//! own connection) is served by the lean stream writer in [`super::sse`]; every other goes to
-//! salvo unchanged, the bytes already read put back in front of the socket ([`Rewind`]).
+//! own connection) is served by the lean stream writer in [`super::sse`]; one that opens with
+//! `GET /` or `HEAD /` by the redirect lane in [`super::lane`] for as long as it asks for
+//! redirects of plain links; every other, and one the lane lets go, goes to salvo unchanged,
+//! the bytes not yet answered put back in front of the socket ([`Rewind`]).
 //!
 //! Each connection takes a place in `--max-connections` (past it, new ones wait in the kernel's
 //! backlog) and one of its client address's `--max-connections-per-client` places (past it,
@@ -34,7 +36,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use super::{AppState, limit::Place, sse};
+use super::{AppState, lane, limit::Place, sse};
 
 const SSE_PREFIX: &[u8] = b"GET /realtime/";
 /// Connections accepted but not yet taken by salvo.
@@ -123,7 +125,7 @@ async fn refuse(mut conn: TcpStream, error: super::ApiError, _place: OwnedSemaph
     .await;
 }
 
-/// Reads until the first bytes tell a stream from anything else.
+/// Reads until the first bytes tell a stream, a redirect and anything else apart.
 async fn sort(
     mut conn: TcpStream,
     peer: SocketAddr,
@@ -141,21 +143,30 @@ async fn sort(
             _ => return,
         }
         let seen = buf.len().min(SSE_PREFIX.len());
-        if buf[..seen] != SSE_PREFIX[..seen] {
-            let conn = Rewind {
-                prefix: buf.freeze(),
-                inner: conn,
-                _place: place,
-            };
-            // If salvo has stopped taking connections, the connection is dropped.
-            let _ = to_salvo.send((conn, peer)).await;
-            return;
+        if buf[..seen] == SSE_PREFIX[..seen] {
+            if seen == SSE_PREFIX.len() {
+                sse::serve(conn, peer, buf, deadline, state).await;
+                drop(place);
+                return;
+            }
+            continue;
         }
-        if seen == SSE_PREFIX.len() {
-            sse::serve(conn, peer, buf, deadline, state).await;
-            drop(place);
-            return;
+        match lane::may_take(&buf) {
+            None => continue,
+            Some(true) => match lane::serve(conn, peer, buf, deadline, state).await {
+                lane::Left::Closed => return,
+                lane::Left::ToSalvo(rest, unread) => (conn, buf) = (rest, unread),
+            },
+            Some(false) => {}
         }
+        let conn = Rewind {
+            prefix: buf.freeze(),
+            inner: conn,
+            _place: place,
+        };
+        // If salvo has stopped taking connections, the connection is dropped.
+        let _ = to_salvo.send((conn, peer)).await;
+        return;
     }
 }
 

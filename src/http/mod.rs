@@ -17,6 +17,7 @@ mod fields;
 pub mod front;
 mod health;
 mod keys;
+mod lane;
 pub mod limit;
 mod manage;
 mod openapi;

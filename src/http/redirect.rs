@@ -40,42 +40,54 @@ pub struct Redirect {
 
 impl Redirect {
     fn click(&self, req: &Request) -> Click {
-        let state = &self.state;
-        let header_text = |name: header::HeaderName| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-        };
-        let client = client_ip(state, req);
-        let referer = header_text(header::REFERER);
-        // The proxy's header first, else the country database, with the full address.
-        let country = state
-            .config
-            .country_header
-            .as_deref()
-            .and_then(|name| {
-                let value = req.headers().get(name)?.to_str().ok()?.trim();
-                (value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphabetic()))
-                    .then(|| value.to_ascii_uppercase())
-            })
-            .or_else(|| state.country_db.as_ref()?.country(client?));
-        let ip = client.map(|ip| {
-            if state.config.store_full_ip {
-                ip_text(ip)
-            } else {
-                ip_text(anonymise_ip(ip))
-            }
-        });
-        Click {
-            at: now_ms(),
-            ip,
-            user_agent: clip(header_text(header::USER_AGENT), MAX_USER_AGENT),
-            referer: (!referer.is_empty()).then(|| clip(referer, MAX_REFERER)),
-            country,
-            ack: None,
-            admit: None,
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        new_click(&self.state, client_ip(&self.state, req), header)
+    }
+
+    /// Casts a click of the plain `link`: whether the redirect may be answered (in strict
+    /// durability, whether the click was stored).
+    pub(super) async fn cast(&self, link: &Arc<Link>, mut click: Click) -> bool {
+        let fsynced = self.strict_ack(&mut click);
+        let taken = self.state.links.click(link, click).await;
+        self.stored(taken, fsynced).await
+    }
+}
+
+/// A click from `client` with what the request's headers say (`header` finds a header's value
+/// by its lower-case name, `None` when absent or not visible ASCII). Both redirect lanes build
+/// their clicks here.
+pub(super) fn new_click<'a>(
+    state: &AppState,
+    client: Option<IpAddr>,
+    header: impl Fn(&str) -> Option<&'a str>,
+) -> Click {
+    let referer = header("referer").unwrap_or("");
+    // The proxy's header first, else the country database, with the full address.
+    let country = state
+        .config
+        .country_header
+        .as_deref()
+        .and_then(|name| {
+            let value = header(name)?.trim();
+            (value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphabetic()))
+                .then(|| value.to_ascii_uppercase())
+        })
+        .or_else(|| state.country_db.as_ref()?.country(client?));
+    let ip = client.map(|ip| {
+        if state.config.store_full_ip {
+            ip_text(ip)
+        } else {
+            ip_text(anonymise_ip(ip))
         }
+    });
+    Click {
+        at: now_ms(),
+        ip,
+        user_agent: clip(header("user-agent").unwrap_or(""), MAX_USER_AGENT),
+        referer: (!referer.is_empty()).then(|| clip(referer, MAX_REFERER)),
+        country,
+        ack: None,
+        admit: None,
     }
 }
 
@@ -143,13 +155,8 @@ impl Redirect {
             res.status_code(StatusCode::INTERNAL_SERVER_ERROR);
             return;
         };
-        if self.count {
-            let mut click = self.click(req);
-            let fsynced = self.strict_ack(&mut click);
-            let taken = self.state.links.click(&link, click).await;
-            if !self.stored(taken, fsynced).await {
-                return super::ApiError::unavailable("the click could not be stored", 1).write(res);
-            }
+        if self.count && !self.cast(&link, self.click(req)).await {
+            return super::ApiError::unavailable("the click could not be stored", 1).write(res);
         }
         redirect(res, status_of(&link), location);
     }
@@ -187,7 +194,7 @@ impl Handler for FastLane {
 }
 
 /// The status a link redirects with.
-fn status_of(link: &Link) -> StatusCode {
+pub(super) fn status_of(link: &Link) -> StatusCode {
     link.redirect_status
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::FOUND)

@@ -22,10 +22,10 @@ use super::{
 };
 
 /// Most request headers taken (hyper's limit on the salvo path).
-const MAX_HEADERS: usize = 100;
+pub(super) const MAX_HEADERS: usize = 100;
 /// Largest request head taken: all headers at their limit plus a long request line. A head
 /// that salvo would serve always fits.
-const MAX_HEAD: usize = MAX_HEADERS_BYTES + 32 * 1024;
+pub(super) const MAX_HEAD: usize = MAX_HEADERS_BYTES + 32 * 1024;
 /// How long a last write (an error, the farewell) may take.
 pub(super) const LAST_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
