@@ -343,6 +343,49 @@ mod tests {
         assert_eq!(a.totals.clicks, 3);
     }
 
+    /// In a zone whose days begin at half past an hour, a click in the first half hour of a
+    /// local day is on that day while minute buckets are kept, and the days still sum to the
+    /// totals; past the minute buckets' retention the whole hour counts for the day it began.
+    #[test]
+    fn a_half_hour_zone_splits_the_hour_its_days_begin_in() {
+        let day0 = 20_000 * DAY_MS;
+        // 18:40 UTC is 00:10 the next day at +05:30; 18:10 UTC is 23:40 the same day there.
+        let agg = agg_with(&[
+            day0 + 18 * HOUR_MS + 10 * MINUTE_MS,
+            day0 + 18 * HOUR_MS + 40 * MINUTE_MS,
+            day0 + 18 * HOUR_MS + 45 * MINUTE_MS,
+        ]);
+        let settings = AggregateSettings::default();
+        let q = StatsQuery::parse(None, None, Some("day"), Some("+05:30"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let now = day0 + 19 * HOUR_MS;
+        let a = answer("c", &agg, &q, &settings, day0, now).unwrap_or_else(|e| panic!("{e}"));
+        let days: Vec<(&str, u64)> = a
+            .series
+            .iter()
+            .map(|p| (p.t.as_str(), p.counts.clicks))
+            .collect();
+        assert_eq!(
+            days,
+            vec![
+                ("2024-10-04T00:00:00+05:30", 1),
+                ("2024-10-05T00:00:00+05:30", 2)
+            ]
+        );
+        assert_eq!(a.totals.clicks, 3);
+
+        // Minute buckets kept for less than a day: asked two days later, the whole 18:00 UTC
+        // hour is on the day it began in.
+        let short = AggregateSettings {
+            minute_retention_ms: HOUR_MS,
+            ..AggregateSettings::default()
+        };
+        let later = day0 + 2 * DAY_MS;
+        let a = answer("c", &agg, &q, &short, day0, later).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.series[0].counts.clicks, 3, "{:?}", a.series);
+        assert_eq!(a.totals.clicks, 3);
+    }
+
     #[test]
     fn a_window_too_long_for_its_interval_is_refused() {
         let agg = agg_with(&[]);

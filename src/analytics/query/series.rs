@@ -71,7 +71,14 @@ pub(super) fn series(
     // The end of the last bucket.
     let end;
     if local_days {
-        (start, end) = local_day_points(aggregates, from.max(horizon), horizon, to, &mut points)?;
+        let minutes_from = floor(now.saturating_sub(settings.minute_retention_ms), HOUR_MS);
+        (start, end) = local_day_points(
+            aggregates,
+            from.max(horizon),
+            (horizon, minutes_from),
+            to,
+            &mut points,
+        )?;
     } else {
         end = bucket_points(aggregates, start, to, &mut points);
     }
@@ -102,14 +109,18 @@ fn horizon(query: &StatsQuery, settings: &AggregateSettings, local_days: bool, n
 }
 
 /// One point per local day from the day holding `from` up to `to`, each summed from its hour
-/// buckets: the start of the first day and the end of the last.
+/// buckets: the start of the first day and the end of the last. In a zone whose days do not
+/// begin on a whole hour (`+05:30`), the hour a day begins in is split between the two days by
+/// its minute buckets while they are kept (from `minutes_from` on); past that the whole hour
+/// counts for the day its start lies in. `horizons` is (hours kept from, minutes kept from).
 fn local_day_points(
     aggregates: &Aggregates,
     from: i64,
-    horizon: i64,
+    horizons: (i64, i64),
     to: i64,
     points: &mut Points<'_>,
 ) -> Result<(i64, i64), QueryError> {
+    let (horizon, minutes_from) = horizons;
     let tz = &points.query.tz;
     let Some((first, next)) = local_day(from, tz) else {
         return Err(QueryError::TimeZone);
@@ -124,9 +135,31 @@ fn local_day_points(
         };
         end = next;
         let mut bucket = Bucket::default();
-        for (_, hour) in aggregates.buckets(Interval::Hour, day, next) {
-            bucket.counts.clicks += hour.counts.clicks;
-            bucket.counts.human += hour.counts.human;
+        let mut add = |counts: &Counts| {
+            bucket.counts.clicks += counts.clicks;
+            bucket.counts.human += counts.human;
+        };
+        // The whole hours of the day, then the parts of the hours it begins and ends in.
+        let (head, tail) = (floor(day, HOUR_MS), floor(next, HOUR_MS));
+        let whole_from = if head == day { day } else { head + HOUR_MS };
+        for (_, hour) in aggregates.buckets(Interval::Hour, whole_from, tail) {
+            add(&hour.counts);
+        }
+        if head != day && head >= minutes_from {
+            for (_, minute) in aggregates.buckets(Interval::Minute, day, head + HOUR_MS) {
+                add(&minute.counts);
+            }
+        }
+        if tail != next {
+            if tail >= minutes_from {
+                for (_, minute) in aggregates.buckets(Interval::Minute, tail, next) {
+                    add(&minute.counts);
+                }
+            } else {
+                for (_, hour) in aggregates.buckets(Interval::Hour, tail, tail + 1) {
+                    add(&hour.counts);
+                }
+            }
         }
         points.push(day, &bucket, aggregates.visitors_between(day, next));
         day = next;
