@@ -200,6 +200,17 @@ pub struct ServeConfig {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "LINKPULSE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Also serve HTTPS (HTTP/1.1 and HTTP/2) on this address, with the certificate of
+    /// --tls-cert and --tls-key. The plain listener keeps serving.
+    #[arg(long, env = "LINKPULSE_HTTPS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    pub https_listen: Option<SocketAddr>,
+    /// The certificate chain served over HTTPS (PEM: the certificate first, then its
+    /// intermediates), for the names it covers and for clients that name none.
+    #[arg(long, env = "LINKPULSE_TLS_CERT", requires = "https_listen")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "LINKPULSE_TLS_KEY", requires = "https_listen")]
+    pub tls_key: Option<PathBuf>,
     /// Directory of the fjall store.
     #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

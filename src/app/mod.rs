@@ -31,6 +31,8 @@ use crate::{
 pub struct App {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
+    /// `--https-listen`, bound, with its TLS settings.
+    https: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
     state: Arc<AppState>,
     opened: Opened,
     retention: Option<Retention>,
@@ -46,6 +48,13 @@ impl App {
     /// taken, say) leaves no key behind that nobody was shown.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         let initial = initial_key(config.initial_api_key.as_deref())?;
+        // The certificate first: a file that is wrong stops the start before anything opens.
+        let tls = match (&config.https_listen, &config.tls_cert, &config.tls_key) {
+            (Some(_), Some(cert), Some(key)) => Some(crate::http::tls::server_config(cert, key)?),
+            (Some(_), _, _) => anyhow::bail!("--https-listen needs --tls-cert and --tls-key"),
+            (None, None, None) => None,
+            (None, _, _) => anyhow::bail!("--tls-cert and --tls-key need --https-listen"),
+        };
         let country_db = config
             .geoip_db
             .as_deref()
@@ -64,6 +73,15 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let https = match (config.https_listen, tls) {
+            (Some(addr), Some(tls)) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--https-listen)"))?;
+                Some((listener, tls))
+            }
+            _ => None,
+        };
         // Bound while holding the store, so a socket file already there is a dead server's.
         // A cluster node holds no store in `--data-dir` and writes nothing there: it binds no
         // socket (its keys are managed through the API or `--initial-api-key`).
@@ -110,6 +128,7 @@ impl App {
         Ok(Self {
             listener,
             local_addr,
+            https,
             state,
             opened,
             retention,
@@ -120,6 +139,11 @@ impl App {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address HTTPS is served on (`--https-listen`), if it is.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref()?.0.local_addr().ok()
     }
 
     /// The link handle of this app (benches and fault-injection tests drive actors through it).

@@ -27,6 +27,7 @@ impl App {
         let Self {
             listener,
             local_addr,
+            https,
             state,
             opened,
             retention,
@@ -35,12 +36,16 @@ impl App {
         } = self;
         let (writer, closing) = opened.into_closing();
         let grace = state.config.shutdown_timeout;
-        let (handle, serving) = serve(listener, &state)?;
+        let https_addr = https.as_ref().and_then(|(l, _)| l.local_addr().ok());
+        let (handle, serving) = serve(listener, https, &state)?;
         if let Some(control) = control {
             tokio::spawn(control.serve(state.keys.clone(), state.shutdown.clone()));
         }
         tokio::spawn(save_last_used(state.keys.clone(), state.shutdown.clone()));
         info!(address = %local_addr, base_url = %state.base_url, "linkpulse listening");
+        if let Some(address) = https_addr {
+            info!(%address, "linkpulse listening for HTTPS (HTTP/1.1 and HTTP/2)");
+        }
 
         shutdown.await;
         drop(retention);
@@ -80,6 +85,7 @@ impl App {
 /// Starts serving `listener` with the routes of `state`: the server's handle and its task.
 fn serve(
     listener: tokio::net::TcpListener,
+    https: Option<(tokio::net::TcpListener, Arc<rustls::ServerConfig>)>,
     state: &Arc<AppState>,
 ) -> anyhow::Result<(ServerHandle, JoinHandle<std::io::Result<()>>)> {
     let config = &state.config;
@@ -92,7 +98,7 @@ fn serve(
         .with_request_body_timeout(config.header_timeout)
         .with_write_stall_timeout(config.sse_stuck_timeout);
     // The front door counts every connection against --max-connections.
-    let acceptor = crate::http::front::start(listener, state.clone())?;
+    let acceptor = crate::http::front::start(listener, https, state.clone())?;
     let server = Server::new(acceptor).fuse_config(fuse);
     let handle = server.handle();
     let service = Service::new(router(state.clone()));

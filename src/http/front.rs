@@ -52,26 +52,54 @@ struct Places {
     _client: Place,
 }
 
-/// Starts the accept loop on `listener` and returns the acceptor salvo serves from.
-pub fn start(listener: TcpListener, state: Arc<AppState>) -> io::Result<FrontAcceptor> {
-    let local_addr = listener.local_addr()?;
+/// A connection for salvo: its socket (the bytes already read put back), its client and the
+/// listener it came in on.
+struct Handoff {
+    conn: Rewind,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+}
+
+/// Starts the accept loop on `listener`, and one on `https` (with its TLS settings) if given,
+/// and returns the acceptor salvo serves from.
+pub fn start(
+    listener: TcpListener,
+    https: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    state: Arc<AppState>,
+) -> io::Result<FrontAcceptor> {
     let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
-    tokio::spawn(accept_loop(listener, state, tx));
-    Ok(FrontAcceptor {
-        holdings: vec![Holding {
-            local_addr: local_addr.into(),
-            http_versions: vec![Version::HTTP_11],
-            http_scheme: Scheme::HTTP,
-        }],
-        rx,
-    })
+    let mut holdings = vec![Holding {
+        local_addr: listener.local_addr()?.into(),
+        http_versions: vec![Version::HTTP_11],
+        http_scheme: Scheme::HTTP,
+    }];
+    tokio::spawn(accept_loop(listener, None, state.clone(), tx.clone()));
+    if let Some((listener, config)) = https {
+        holdings.push(Holding {
+            local_addr: listener.local_addr()?.into(),
+            http_versions: vec![Version::HTTP_11, Version::HTTP_2],
+            http_scheme: Scheme::HTTPS,
+        });
+        let tls = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(accept_loop(listener, Some(tls), state, tx));
+    }
+    Ok(FrontAcceptor { holdings, rx })
 }
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
-    to_salvo: mpsc::Sender<(Rewind, SocketAddr)>,
+    to_salvo: mpsc::Sender<Handoff>,
 ) {
+    let local = match listener.local_addr() {
+        Ok(local) => local,
+        Err(e) => {
+            warn!(cause = %e, "a listener has no address");
+            return;
+        }
+    };
     loop {
         // One place per open connection: at the limit, new ones wait in the backlog.
         let place = tokio::select! {
@@ -98,8 +126,25 @@ async fn accept_loop(
                             _total: place,
                             _client: client_place,
                         };
-                        tokio::spawn(sort(conn, peer, places, state.clone(), to_salvo.clone()));
+                        let to_salvo = to_salvo.clone();
+                        let state = state.clone();
+                        let tls = tls.clone();
+                        tokio::spawn(async move {
+                            let to = Door {
+                                peer,
+                                local,
+                                state,
+                                to_salvo,
+                            };
+                            match tls {
+                                None => to.sort(Conn::Plain(conn), places).await,
+                                Some(tls) => to.secure(conn, tls, places).await,
+                            }
+                        });
                     }
+                    // Over HTTPS the answer would need a handshake first: the connection is
+                    // closed instead.
+                    Err(_) if tls.is_some() => drop(place),
                     Err(full) => {
                         tokio::spawn(refuse(conn, full.into_error(), place));
                     }
@@ -126,55 +171,90 @@ async fn refuse(mut conn: TcpStream, error: super::ApiError, _place: OwnedSemaph
     .await;
 }
 
-/// Reads until the first bytes tell a stream, a redirect and anything else apart.
-async fn sort(
-    mut conn: TcpStream,
+/// Where a connection came from and where it may go.
+struct Door {
     peer: SocketAddr,
-    place: Places,
+    local: SocketAddr,
     state: Arc<AppState>,
-    to_salvo: mpsc::Sender<(Rewind, SocketAddr)>,
-) {
-    let mut buf = BytesMut::with_capacity(1024);
-    // The whole request head must arrive within the header timeout.
-    let deadline = tokio::time::Instant::now() + state.config.header_timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            // Closed, failed or silent: nothing to serve.
+    to_salvo: mpsc::Sender<Handoff>,
+}
+
+impl Door {
+    /// The TLS handshake, within the header timeout; then HTTP/2 goes to salvo, HTTP/1.1 is
+    /// sorted as on the plain listener.
+    async fn secure(self, conn: TcpStream, tls: tokio_rustls::TlsAcceptor, places: Places) {
+        let timeout = self.state.config.header_timeout;
+        let conn = match tokio::time::timeout(timeout, tls.accept(conn)).await {
+            Ok(Ok(conn)) => conn,
+            // No certificate for the name asked, no common protocol, or silence.
             _ => return,
+        };
+        let h2 = super::tls::is_h2(conn.get_ref().1.alpn_protocol());
+        let conn = Conn::Tls(Box::new(conn));
+        if h2 {
+            self.hand_to_salvo(conn, BytesMut::new(), places).await;
+        } else {
+            self.sort(conn, places).await;
         }
-        let seen = buf.len().min(SSE_PREFIX.len());
-        if buf[..seen] == SSE_PREFIX[..seen] {
-            if seen == SSE_PREFIX.len() {
-                sse::serve(conn, peer, buf, deadline, state).await;
-                drop(place);
-                return;
+    }
+
+    /// Reads until the first bytes tell a stream, a redirect and anything else apart.
+    async fn sort(self, mut conn: Conn, places: Places) {
+        let state = &self.state;
+        let mut buf = BytesMut::with_capacity(1024);
+        // The whole request head must arrive within the header timeout.
+        let deadline = tokio::time::Instant::now() + state.config.header_timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed, failed or silent: nothing to serve.
+                _ => return,
             }
-            continue;
+            let seen = buf.len().min(SSE_PREFIX.len());
+            if buf[..seen] == SSE_PREFIX[..seen] {
+                if seen == SSE_PREFIX.len() {
+                    sse::serve(conn, self.peer, buf, deadline, state.clone()).await;
+                    drop(places);
+                    return;
+                }
+                continue;
+            }
+            match lane::may_take(&buf) {
+                None => continue,
+                Some(true) => {
+                    match lane::serve(conn, self.peer, buf, deadline, state.clone()).await {
+                        lane::Left::Closed => return,
+                        lane::Left::ToSalvo(rest, unread) => (conn, buf) = (rest, unread),
+                    }
+                }
+                Some(false) => {}
+            }
+            return self.hand_to_salvo(conn, buf, places).await;
         }
-        match lane::may_take(&buf) {
-            None => continue,
-            Some(true) => match lane::serve(conn, peer, buf, deadline, state).await {
-                lane::Left::Closed => return,
-                lane::Left::ToSalvo(rest, unread) => (conn, buf) = (rest, unread),
-            },
-            Some(false) => {}
-        }
+    }
+
+    async fn hand_to_salvo(self, conn: Conn, read: BytesMut, places: Places) {
+        let tls = matches!(conn, Conn::Tls(_));
         let conn = Rewind {
-            prefix: buf.freeze(),
+            prefix: read.freeze(),
             inner: conn,
-            _place: place,
+            _place: places,
+        };
+        let handoff = Handoff {
+            conn,
+            peer: self.peer,
+            local: self.local,
+            tls,
         };
         // If salvo has stopped taking connections, the connection is dropped.
-        let _ = to_salvo.send((conn, peer)).await;
-        return;
+        let _ = self.to_salvo.send(handoff).await;
     }
 }
 
 /// Hands the connections that are not streams to salvo.
 pub struct FrontAcceptor {
     holdings: Vec<Holding>,
-    rx: mpsc::Receiver<(Rewind, SocketAddr)>,
+    rx: mpsc::Receiver<Handoff>,
 }
 
 impl Acceptor for FrontAcceptor {
@@ -190,11 +270,17 @@ impl Acceptor for FrontAcceptor {
         fuse_policy: Option<ArcFusePolicy>,
     ) -> io::Result<Accepted<Self::Coupler, Self::Stream>> {
         loop {
-            let Some((conn, peer)) = self.rx.recv().await else {
+            let Some(Handoff {
+                conn,
+                peer,
+                local,
+                tls,
+            }) = self.rx.recv().await
+            else {
                 // The accept loop has ended (shutdown): salvo stops calling us.
                 return std::future::pending().await;
             };
-            let local_addr = self.holdings[0].local_addr.clone();
+            let local_addr = salvo::conn::SocketAddr::from(local);
             let conn_ctrl = ConnCtrl::new();
             let (fuse_config, observer) = match &fuse_policy {
                 Some(policy) => {
@@ -219,8 +305,90 @@ impl Acceptor for FrontAcceptor {
                 conn_ctrl,
                 remote_addr: peer.into(),
                 local_addr,
-                http_scheme: Scheme::HTTP,
+                http_scheme: if tls { Scheme::HTTPS } else { Scheme::HTTP },
             });
+        }
+    }
+}
+
+/// Writes all of `bytes` and flushes them: over TLS, to the socket, not only into the
+/// session's buffer.
+pub async fn send_all<S: AsyncWrite + Unpin>(conn: &mut S, bytes: &[u8]) -> io::Result<()> {
+    conn.write_all(bytes).await?;
+    conn.flush().await
+}
+
+/// An accepted connection, plain or over TLS: what the stream writer, the redirect lane and
+/// salvo read and write.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(conn) => conn,
+            Self::Tls(conn) => conn.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(conn) => Pin::new(conn).poll_read(cx, buf),
+            Self::Tls(conn) => Pin::new(conn).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(conn) => Pin::new(conn).poll_write(cx, buf),
+            Self::Tls(conn) => Pin::new(conn).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(conn) => Pin::new(conn).poll_write_vectored(cx, bufs),
+            Self::Tls(conn) => Pin::new(conn).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(conn) => conn.is_write_vectored(),
+            Self::Tls(conn) => conn.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(conn) => Pin::new(conn).poll_flush(cx),
+            Self::Tls(conn) => Pin::new(conn).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(conn) => Pin::new(conn).poll_shutdown(cx),
+            Self::Tls(conn) => Pin::new(conn).poll_shutdown(cx),
         }
     }
 }
@@ -229,7 +397,7 @@ impl Acceptor for FrontAcceptor {
 /// place until salvo drops it.
 pub struct Rewind {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: Conn,
     _place: Places,
 }
 

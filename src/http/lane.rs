@@ -16,13 +16,11 @@ use std::{cell::RefCell, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::{Buf, BytesMut};
 use salvo::http::StatusCode;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
     AppState, client_addr,
+    front::{Conn, send_all},
     limit::check_header_sizes,
     redirect::{Redirect, new_click, status_of},
     sse::{MAX_HEAD, MAX_HEADERS},
@@ -35,7 +33,7 @@ pub enum Left {
     Closed,
     /// Asked for something the lane does not serve: salvo takes the connection, with `unread`
     /// (the bytes not yet answered) put back in front of it.
-    ToSalvo(TcpStream, BytesMut),
+    ToSalvo(Conn, BytesMut),
 }
 
 /// Whether `start` (a connection's first bytes) may be a request this lane takes: `None` while
@@ -57,7 +55,7 @@ pub fn may_take(start: &[u8]) -> Option<bool> {
 /// Serves redirects on `conn` until it closes or asks for something else. `buf` holds what was
 /// read so far; `deadline` ends the wait for the first request's head.
 pub async fn serve(
-    mut conn: TcpStream,
+    mut conn: Conn,
     peer: SocketAddr,
     mut buf: BytesMut,
     mut deadline: tokio::time::Instant,
@@ -303,9 +301,9 @@ fn with_date(f: impl FnOnce(&[u8])) {
 }
 
 /// Writes `bytes`, within `stuck`: whether they all went out.
-async fn write(conn: &mut TcpStream, bytes: &[u8], stuck: std::time::Duration) -> bool {
+async fn write(conn: &mut Conn, bytes: &[u8], stuck: std::time::Duration) -> bool {
     matches!(
-        tokio::time::timeout(stuck, conn.write_all(bytes)).await,
+        tokio::time::timeout(stuck, send_all(conn, bytes)).await,
         Ok(Ok(()))
     )
 }

@@ -28,6 +28,7 @@ mod redirect;
 mod request;
 mod sse;
 mod stream;
+pub mod tls;
 
 use std::{sync::Arc, time::Instant};
 

@@ -9,14 +9,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use salvo::http::StatusCode;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     ApiError, AppState, client_addr,
+    front::{Conn, send_all},
     limit::{self, MAX_HEADERS_BYTES},
     stream::{self, StreamRequest},
 };
@@ -35,7 +33,7 @@ cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n";
 
 /// Serves one stream; `buf` holds what was read so far.
 pub async fn serve(
-    mut conn: TcpStream,
+    mut conn: Conn,
     peer: SocketAddr,
     buf: BytesMut,
     deadline: tokio::time::Instant,
@@ -70,7 +68,8 @@ pub async fn serve(
     let stuck = state.config.sse_stuck_timeout;
     // A small send buffer bounds the kernel memory a reader that stops reading can pin, and
     // lets the stuck limit below notice it soon.
-    if let Err(e) = socket2::SockRef::from(&conn).set_send_buffer_size(state.config.sse_send_buffer)
+    if let Err(e) =
+        socket2::SockRef::from(conn.tcp()).set_send_buffer_size(state.config.sse_send_buffer)
     {
         tracing::debug!(cause = %e, "cannot set the send buffer of a stream");
     }
@@ -84,7 +83,7 @@ pub async fn serve(
 /// Reads until the request head in `buf` is complete, within `deadline`: the head, or `None`
 /// when the client left, was too slow, or was refused (answered here).
 async fn receive_head(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     mut buf: BytesMut,
     deadline: tokio::time::Instant,
 ) -> Option<Head> {
@@ -124,12 +123,7 @@ async fn receive_head(
 
 /// Writes the stream's status line and headers, then its first chunk `head`, within `stuck`:
 /// whether it went out.
-async fn send_stream_head(
-    conn: &mut TcpStream,
-    head: &[u8],
-    public: bool,
-    stuck: Duration,
-) -> bool {
+async fn send_stream_head(conn: &mut Conn, head: &[u8], public: bool, stuck: Duration) -> bool {
     let mut first = BytesMut::with_capacity(STREAM_HEAD.len() + 64 + head.len());
     first.extend_from_slice(STREAM_HEAD);
     if public {
@@ -138,7 +132,7 @@ async fn send_stream_head(
     first.extend_from_slice(b"\r\n");
     first.extend_from_slice(head);
     matches!(
-        tokio::time::timeout(stuck, conn.write_all(&first)).await,
+        tokio::time::timeout(stuck, send_all(conn, &first)).await,
         Ok(Ok(()))
     )
 }
@@ -146,7 +140,7 @@ async fn send_stream_head(
 /// Writes each frame as it comes, until the client leaves or is stuck for `stuck` on one
 /// frame, the actor lets the subscriber go, or `shutdown` (then with a farewell).
 async fn send_frames(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     mut frames: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     shutdown: &CancellationToken,
     stuck: Duration,
@@ -162,7 +156,7 @@ async fn send_frames(
         let frame = tokio::select! {
             biased;
             () = &mut shutdown => {
-                let _ = tokio::time::timeout(LAST_WRITE_TIMEOUT, conn.write_all(&stream::farewell())).await;
+                let _ = tokio::time::timeout(LAST_WRITE_TIMEOUT, send_all(conn, &stream::farewell())).await;
                 break;
             }
             read = conn.read(&mut probe) => match read {
@@ -177,7 +171,7 @@ async fn send_frames(
             },
         };
         // A reader that takes longer than this for one frame is stuck: disconnect it.
-        match tokio::time::timeout(stuck, conn.write_all(&frame)).await {
+        match tokio::time::timeout(stuck, send_all(conn, &frame)).await {
             Ok(Ok(())) => {}
             _ => break,
         }
@@ -280,7 +274,7 @@ fn check_head(request: &httparse::Request<'_, '_>) -> Result<(), ApiError> {
 
 /// Answers with a JSON error and closes. Also used by the accept loop to refuse a connection
 /// before reading from it.
-pub(super) async fn refuse(conn: &mut TcpStream, error: &ApiError) {
+pub(super) async fn refuse<S: AsyncWrite + Unpin>(conn: &mut S, error: &ApiError) {
     let body = serde_json::json!({ "error": error.message }).to_string();
     let reason = error.status.canonical_reason().unwrap_or("");
     let retry = error
@@ -293,7 +287,7 @@ pub(super) async fn refuse(conn: &mut TcpStream, error: &ApiError) {
         error.status.as_u16(),
         body.len()
     );
-    let _ = tokio::time::timeout(LAST_WRITE_TIMEOUT, conn.write_all(answer.as_bytes())).await;
+    let _ = tokio::time::timeout(LAST_WRITE_TIMEOUT, send_all(conn, answer.as_bytes())).await;
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod cluster_parity;
 mod engines;
 mod faults;
 mod first_key;
+mod https;
 mod keys;
 mod lifecycle;
 mod longtail;

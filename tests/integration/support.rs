@@ -21,6 +21,8 @@ pub const KEY: &str = "lp_test_admin_key_0123456789";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The HTTPS listener's address, when `https_listen` was set.
+    pub https: Option<SocketAddr>,
     pub base: String,
     pub client: reqwest::Client,
     pub dir: TempDir,
@@ -50,11 +52,13 @@ pub async fn spawn_with_links(
     let app = App::build(config).await.expect("app builds");
     let links = app.links().clone();
     let addr = app.local_addr();
+    let https = app.https_addr();
     let stop = CancellationToken::new();
     let signal = stop.clone();
     let task = tokio::spawn(app.run(async move { signal.cancelled().await }));
     let app = TestApp {
         addr,
+        https,
         base: format!("http://{addr}"),
         client: client(),
         dir,
