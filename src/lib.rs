@@ -4,9 +4,11 @@
 //! How a click flows through the modules:
 //!
 //! ```text
-//! http::front (accept loop) ─┬─ first request GET /realtime/.. ─▶ http::sse (lean stream writer)
+//! http::front (accept loops; HTTPS: http::tls, HTTP/2 straight to salvo)
+//!                            ┬─ first request GET /realtime/.. ─▶ http::sse (lean stream writer)
+//!                            ├─ GET/HEAD /{code} of plain links ─▶ http::lane (redirect lane)
 //!                            └─ anything else ─▶ salvo ─▶ http::redirect, api, pages, realtime
-//! http::redirect ──302──▶ browser
+//! http::lane, http::redirect ──302──▶ browser
 //!     │ links::Links::click: a place in the backlog (store::backlog), then the actor's inbox
 //!     │ (links::inbox); never waits, refuses (and counts) when the backlog is full
 //!     ▼
