@@ -229,6 +229,7 @@ fn app_state(
         base_url,
         metrics,
         shutdown: CancellationToken::new(),
+        lane_requests: tokio_util::task::TaskTracker::new(),
         connections,
         country_db,
     }

@@ -123,6 +123,14 @@ async fn stop_serving(
         Ok(Err(e)) => warn!(cause = %e, "the server task failed"),
         Err(_) => warn!("connections still open at the end of the shutdown timeout"),
     }
+    // The redirect lane's requests in flight; it takes no new ones once this is closed.
+    state.lane_requests.close();
+    if tokio::time::timeout_at(deadline, state.lane_requests.wait())
+        .await
+        .is_err()
+    {
+        warn!("redirects still being answered at the end of the shutdown timeout");
+    }
 }
 
 /// Stops every link actor after its mailbox is handled; an error if the store has failed.

@@ -80,6 +80,14 @@ pub async fn serve(
                 }
                 Next::Redirect(ask) => ask,
             };
+            // Counted until answered: a clean stop waits for it before the actors stop. Once
+            // the stop has begun, a new request is not answered (so nothing answered is lost);
+            // the client sends it again elsewhere.
+            let _in_flight = state.lane_requests.token();
+            if state.lane_requests.is_closed() {
+                let _ = write(&mut conn, &answers, stuck).await;
+                return Left::Closed;
+            }
             let started = Instant::now();
             let Some(link) = plain_link(&state, &ask.code).await else {
                 if !answers.is_empty() && !write(&mut conn, &answers, stuck).await {

@@ -60,6 +60,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled at shutdown: ends every live stream.
     pub shutdown: CancellationToken,
+    /// Redirects the lane is answering (salvo keeps its own): a clean stop waits for them
+    /// before the link actors stop, so no answered click is left uncounted.
+    pub lane_requests: tokio_util::task::TaskTracker,
     /// One place per open connection (`--max-connections`).
     pub connections: Arc<tokio::sync::Semaphore>,
     /// What one client may take: link creations per API key and per address, open streams
