@@ -73,8 +73,9 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let certificate = tls.as_ref().map(|(_, certified)| certified.clone());
         let https = match (config.https_listen, tls) {
-            (Some(addr), Some(tls)) => {
+            (Some(addr), Some((tls, _))) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr} (--https-listen)"))?;
@@ -122,9 +123,21 @@ impl App {
             opened.set_listener(links.remote_changes());
             tokio::spawn(follow_keys(keys.clone()));
         }
-        let state = Arc::new(app_state(
-            config, local_addr, links, keys, metrics, country_db,
-        ));
+        let domains = Arc::new(
+            crate::http::domains::Domains::load(links.store().as_ref())
+                .context("cannot read the domains")?,
+        );
+        if shared {
+            tokio::spawn(
+                domains
+                    .clone()
+                    .follow(links.store().clone(), Default::default()),
+            );
+        }
+        let mut state = app_state(config, local_addr, links, keys, metrics, country_db);
+        state.domains = domains;
+        state.certificate = certificate;
+        let state = Arc::new(state);
         Ok(Self {
             listener,
             local_addr,
@@ -219,6 +232,12 @@ fn app_state(
         .trim_end_matches('/')
         .to_owned();
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let default_domain = base_url
+        .split_once("://")
+        .map_or(base_url.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .and_then(crate::domain::DomainName::of_host);
     AppState {
         links,
         keys,
@@ -230,6 +249,9 @@ fn app_state(
         metrics,
         shutdown: CancellationToken::new(),
         lane_requests: tokio_util::task::TaskTracker::new(),
+        domains: Arc::default(),
+        default_domain,
+        certificate: None,
         connections,
         country_db,
     }

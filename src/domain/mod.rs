@@ -4,12 +4,14 @@
 
 mod click;
 mod code;
+mod host;
 mod link;
 mod scope;
 mod target;
 
 pub use click::{ClickEvent, DeviceClass};
 pub use code::{CodeError, ShortCode};
+pub use host::{DomainName, NameError};
 pub use link::{
     KeyId, Link, MAX_RULES, MAX_TAG, MAX_TAGS, MAX_TITLE, RedirectRule, RuleDevice, check_tags,
     check_title, rule_device,

@@ -12,9 +12,11 @@ use crate::domain::{
 pub const MAX_PASSWORD: usize = 128;
 
 /// A field as sent: absent (`None`), `null` (`Some(None)`) or a value.
-type Field<T> = Option<Option<T>>;
+pub(super) type Field<T> = Option<Option<T>>;
 
-fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Field<T>, D::Error> {
+pub(super) fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Field<T>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 

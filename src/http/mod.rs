@@ -12,6 +12,7 @@
 mod api;
 mod badge;
 pub mod cors;
+pub mod domains;
 mod error;
 mod fields;
 pub mod front;
@@ -60,6 +61,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled at shutdown: ends every live stream.
     pub shutdown: CancellationToken,
+    /// The domains links may live on besides the default one.
+    pub domains: Arc<domains::Domains>,
+    /// The default domain: the host of the base URL, when it is a name (not an address).
+    pub default_domain: Option<crate::domain::DomainName>,
+    /// The certificate of `--tls-cert`, when HTTPS is served.
+    pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     /// Redirects the lane is answering (salvo keeps its own): a clean stop waits for them
     /// before the link actors stop, so no answered click is left uncounted.
     pub lane_requests: tokio_util::task::TaskTracker,
@@ -232,6 +239,19 @@ fn api_router(state: &Arc<AppState>, document: &openapi::Document) -> Router {
             .get(keys::ListKeys(s()))
             .head(keys::ListKeys(s()))
             .goal(NotAllowed("GET, HEAD, POST")),
+    )
+    .push(
+        Router::with_path("domains")
+            .post(domains::AddDomain(s()))
+            .get(domains::ListDomains(s()))
+            .head(domains::ListDomains(s()))
+            .goal(NotAllowed("GET, HEAD, POST")),
+    )
+    .push(
+        Router::with_path("domains/{name}")
+            .patch(domains::PatchDomainRoute(s()))
+            .delete(domains::DeleteDomain(s()))
+            .goal(NotAllowed("PATCH, DELETE")),
     )
     .push(
         Router::with_path("keys/{id}")

@@ -20,7 +20,10 @@ const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The TLS settings for the certificate chain in `cert` and its private key in `key` (PEM
 /// files). Every way they can be wrong is an error naming the file.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<(Arc<ServerConfig>, Arc<CertifiedKey>)> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .with_context(|| format!("cannot read a certificate from {}", cert.display()))?;
@@ -44,13 +47,14 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig
     webpki::EndEntityCert::try_from(certified.end_entity_cert()?)
         .map_err(|e| anyhow::anyhow!("{e:?}"))
         .with_context(|| format!("cannot read the certificate in {}", cert.display()))?;
+    let certified = Arc::new(certified);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS settings")?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(ByName(Arc::new(certified))));
+        .with_cert_resolver(Arc::new(ByName(certified.clone())));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), certified))
 }
 
 /// The certificate for the name a client asks for.
@@ -67,7 +71,7 @@ impl ResolvesServerCert for ByName {
 }
 
 /// Whether `certified`'s certificate is valid for the DNS name `name` (wildcards included).
-fn covers(certified: &CertifiedKey, name: &str) -> bool {
+pub fn covers(certified: &CertifiedKey, name: &str) -> bool {
     let Ok(name) = ServerName::try_from(name) else {
         return false;
     };

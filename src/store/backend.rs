@@ -10,7 +10,7 @@
 
 use std::{ops::ControlFlow, sync::Arc};
 
-use super::{Counter, Cursor, KeyRecord, Page, Store, StoreError};
+use super::{Counter, Cursor, KeyRecord, Page, Store, StoreError, records::DomainRecord};
 use crate::domain::ShortCode;
 use crate::{
     analytics::{Aggregates, VisitorKey},
@@ -105,6 +105,12 @@ pub trait Backend: Send + Sync + 'static {
     fn put_api_keys(&self, records: &[([u8; 32], KeyRecord)]) -> Result<(), StoreError>;
     /// Removes an API key durably. Whether it was stored.
     fn revoke_api_key(&self, hash: [u8; 32]) -> Result<bool, StoreError>;
+    /// Every domain links may live on besides the default one.
+    fn domains(&self) -> Result<Vec<DomainRecord>, StoreError>;
+    /// Stores a domain, new or changed, durably before returning.
+    fn put_domain(&self, record: &DomainRecord) -> Result<(), StoreError>;
+    /// Removes a domain: whether it was stored.
+    fn delete_domain(&self, name: &str) -> Result<bool, StoreError>;
 }
 
 impl dyn Backend {
@@ -216,5 +222,17 @@ impl Backend for Store {
 
     fn revoke_api_key(&self, hash: [u8; 32]) -> Result<bool, StoreError> {
         Store::revoke_api_key(self, hash)
+    }
+
+    fn domains(&self) -> Result<Vec<DomainRecord>, StoreError> {
+        Store::domains(self)
+    }
+
+    fn put_domain(&self, record: &DomainRecord) -> Result<(), StoreError> {
+        Store::put_domain(self, record)
+    }
+
+    fn delete_domain(&self, name: &str) -> Result<bool, StoreError> {
+        Store::delete_domain(self, name)
     }
 }

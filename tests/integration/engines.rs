@@ -9,6 +9,7 @@
 //! visit limits and expiry under racing clients, passwords, stats), `streams` (the live stream).
 
 mod counting;
+mod domains;
 mod links;
 mod streams;
 
@@ -153,6 +154,7 @@ on_both_engines!(
     links::a_deleted_code_can_be_used_again_after_its_hold,
     links::listing_is_newest_first_paged_filtered_and_per_owner,
     links::an_admin_makes_lists_and_revokes_keys,
+    domains::an_admin_adds_lists_changes_and_removes_domains,
     counting::soak_concurrent_redirects_to_one_code_are_counted_exactly,
     counting::max_visits_is_exact_under_64_racing_clients,
     counting::expiry_is_exact_under_64_racing_clients,

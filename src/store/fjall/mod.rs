@@ -29,6 +29,7 @@
 mod aggregates;
 mod check;
 mod clean;
+mod domains;
 mod keys;
 mod links;
 mod open;

@@ -6,6 +6,9 @@ use std::ops::ControlFlow;
 use async_nats::jetstream::kv::{self, Operation};
 use tracing::warn;
 
+/// Domains live in the meta bucket under this prefix and their name.
+const DOMAIN_PREFIX: &str = "domain.";
+
 use super::{
     NatsStore,
     clicks::{self, decode_snapshot_entry},
@@ -234,6 +237,56 @@ impl Backend for NatsStore {
             }
             Ok(())
         })
+    }
+
+    fn domains(&self) -> Result<Vec<records::DomainRecord>, StoreError> {
+        use futures_util::StreamExt;
+        self.run(async {
+            let meta = &self.inner.meta_kv;
+            let mut keys = meta
+                .keys()
+                .await
+                .map_err(|e| nats_error("cannot list the domains", e))?;
+            let mut out = Vec::new();
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(|e| nats_error("cannot list the domains", e))?;
+                if !key.starts_with(DOMAIN_PREFIX) {
+                    continue;
+                }
+                let value = meta
+                    .get(&key)
+                    .await
+                    .map_err(|e| nats_error("cannot read a domain", e))?;
+                if let Some(value) = value {
+                    out.push(records::decode_domain(&value)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_domain(&self, record: &records::DomainRecord) -> Result<(), StoreError> {
+        let key = format!("{DOMAIN_PREFIX}{}", record.name);
+        self.run(
+            self.inner
+                .meta_kv
+                .put(key, records::encode_domain(record).into()),
+        )
+        .map_err(|e| nats_error("cannot store a domain", e))?;
+        Ok(())
+    }
+
+    fn delete_domain(&self, name: &str) -> Result<bool, StoreError> {
+        let key = format!("{DOMAIN_PREFIX}{name}");
+        let stored = self
+            .run(self.inner.meta_kv.get(&key))
+            .map_err(|e| nats_error("cannot read a domain", e))?
+            .is_some();
+        if stored {
+            self.run(self.inner.meta_kv.delete(&key))
+                .map_err(|e| nats_error("cannot delete a domain", e))?;
+        }
+        Ok(stored)
     }
 
     fn revoke_api_key(&self, hash: [u8; 32]) -> Result<bool, StoreError> {

@@ -9,6 +9,7 @@
 //! the keys of the keyspaces are laid out so that they sort as the store reads them.
 
 mod click;
+mod domain;
 mod key;
 mod layout;
 mod link;
@@ -18,6 +19,7 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 pub use click::{decode_click, encode_click};
+pub use domain::{DomainRecord, decode_domain, encode_domain};
 pub use key::{KeyRecord, decode_key, encode_key};
 pub use layout::{
     GONE_PREFIX, click_key, click_prefix, click_seq, covers_key, decode_covers, decode_gone,
