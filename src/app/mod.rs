@@ -232,12 +232,25 @@ fn app_state(
         .trim_end_matches('/')
         .to_owned();
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
-    let default_domain = base_url
+    let authority = base_url
         .split_once("://")
         .map_or(base_url.as_str(), |(_, rest)| rest)
         .split('/')
         .next()
-        .and_then(crate::domain::DomainName::of_host);
+        .unwrap_or("");
+    let default_domain = crate::domain::DomainName::of_host(authority);
+    let default_host = match &default_domain {
+        Some(name) => name.to_string(),
+        // An address: without its port (`[::1]:8080` keeps its brackets).
+        None => match authority.rsplit_once(':') {
+            Some((host, port))
+                if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') =>
+            {
+                host.to_owned()
+            }
+            _ => authority.to_owned(),
+        },
+    };
     AppState {
         links,
         keys,
@@ -251,6 +264,7 @@ fn app_state(
         lane_requests: tokio_util::task::TaskTracker::new(),
         domains: Arc::default(),
         default_domain,
+        default_host,
         certificate: None,
         connections,
         country_db,

@@ -1,4 +1,9 @@
 //! Short codes: `[A-Za-z0-9_-]{1,64}`, never one of the service's own path words.
+//!
+//! A [`ShortCode`] is also a link's key everywhere inside (the store, the actors, the cluster):
+//! a link on the default domain is keyed by its code alone, one on another domain by
+//! `domain/code` (codes hold no `/`, names no `/`), so the same code on two domains is two
+//! links, and every link made before domains keeps its key.
 
 use std::{borrow::Borrow, fmt, sync::Arc};
 
@@ -87,8 +92,49 @@ impl ShortCode {
         }
     }
 
+    /// The key of `code` on `domain` (`None`: the default domain).
+    pub fn on(domain: Option<&super::DomainName>, code: &ShortCode) -> Self {
+        match domain {
+            None => code.bare(),
+            Some(domain) => Self(Arc::from(format!("{domain}/{}", code.code()))),
+        }
+    }
+
+    /// A key as stored: a code, or `domain/code`.
+    pub fn from_key(raw: &str) -> Result<Self, CodeError> {
+        match raw.split_once('/') {
+            None => Self::parse(raw),
+            Some((domain, code)) => {
+                let code = Self::parse(code)?;
+                match super::DomainName::parse(domain) {
+                    Ok(name) if name.as_str() == domain => Ok(Self::on(Some(&name), &code)),
+                    _ => Err(CodeError::BadCharacter),
+                }
+            }
+        }
+    }
+
+    /// The key: the code, or `domain/code` on a domain other than the default.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The code alone, as it appears in a short URL's path.
+    pub fn code(&self) -> &str {
+        self.0.rsplit_once('/').map_or(&self.0, |(_, code)| code)
+    }
+
+    /// The domain, when not the default one.
+    pub fn domain(&self) -> Option<&str> {
+        self.0.rsplit_once('/').map(|(domain, _)| domain)
+    }
+
+    /// The code alone, as a key on the default domain.
+    fn bare(&self) -> Self {
+        match self.domain() {
+            None => self.clone(),
+            Some(_) => Self(Arc::from(self.code())),
+        }
     }
 }
 
@@ -148,6 +194,29 @@ mod tests {
                 ShortCode::parse(word),
                 Err(CodeError::Reserved(_))
             ));
+        }
+    }
+
+    #[test]
+    fn a_code_on_a_domain_is_keyed_by_both_and_reads_back() {
+        let code = ShortCode::parse("hello").unwrap();
+        let domain = super::super::DomainName::parse("Go.Example.test").unwrap();
+        let on = ShortCode::on(Some(&domain), &code);
+        assert_eq!(on.as_str(), "go.example.test/hello");
+        assert_eq!((on.code(), on.domain()), ("hello", Some("go.example.test")));
+        assert_ne!(on, code, "the same code on two domains is two links");
+        assert_eq!(ShortCode::from_key(on.as_str()), Ok(on.clone()));
+        assert_eq!(ShortCode::from_key("hello"), Ok(code.clone()));
+        assert_eq!(ShortCode::on(None, &on), code);
+        assert_eq!((code.code(), code.domain()), ("hello", None));
+        for bad in [
+            "GO.example.test/hello",
+            "go.example.test/api",
+            "/hello",
+            "a/b/c",
+            "x y/hello",
+        ] {
+            assert!(ShortCode::from_key(bad).is_err(), "{bad}");
         }
     }
 

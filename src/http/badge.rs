@@ -13,7 +13,6 @@ use super::{
     ApiError, AppState, cors,
     openapi::{E404, E503},
 };
-use crate::domain::ShortCode;
 use salvo_oapi::endpoint;
 
 /// How long browsers and caches may keep a badge.
@@ -92,7 +91,8 @@ impl Badge {
             if req.uri().path().contains('%') {
                 return Err(missing());
             }
-            let code = ShortCode::parse(raw).map_err(|_| missing())?;
+            let domain = super::domain_of_host(state, super::request_host(req));
+            let code = super::key_on(domain.as_deref(), raw).ok_or_else(missing)?;
             let link = state.links.find(&code).await?.ok_or_else(missing)?;
             // A private link's badge does not exist, as its stats do not.
             if !link.public_stats {

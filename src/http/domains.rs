@@ -51,6 +51,11 @@ impl Domains {
         }
     }
 
+    /// Whether no domain but the default one exists (the common case: no lookup at all).
+    pub fn is_empty(&self) -> bool {
+        self.by_name.read().map_or(true, |m| m.is_empty())
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<DomainRecord>> {
         self.by_name.read().ok()?.get(name).cloned()
     }
@@ -372,6 +377,15 @@ impl DeleteDomain {
         }
         let store = state.links.store().clone();
         let key = name.clone();
+        let has_links = blocking(move || store.has_links_on(&key)).await?;
+        if has_links {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("domain {name} still has links: delete them first"),
+            ));
+        }
+        let store = state.links.store().clone();
+        let key = name.clone();
         blocking(move || store.delete_domain(&key)).await?;
         state.domains.remove(&name);
         Ok(())
@@ -385,6 +399,7 @@ impl DeleteDomain {
     parameters(("name" = String, Path, description = "The domain's name")),
     responses(
         (status_code = 204, description = "Removed"),
+        (status_code = 409, description = "The domain still has links", body = super::openapi::schemas::Error),
         E401, E403, E404, E429, E503,
     )
 )]

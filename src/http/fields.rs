@@ -43,6 +43,10 @@ pub struct LinkFields {
     /// Only in `POST`; a `PATCH` naming it is refused.
     #[serde(default)]
     pub code: Option<String>,
+    /// The domain the link lives on (one added with `/api/domains`; left out: the default
+    /// domain). Only in `POST`; a `PATCH` naming it is refused.
+    #[serde(default)]
+    pub domain: Option<String>,
     #[serde(default, deserialize_with = "present")]
     #[salvo(schema(value_type = Option<String>))]
     title: Field<String>,

@@ -25,7 +25,7 @@ use super::{
     redirect::{Redirect, new_click, status_of},
     sse::{MAX_HEAD, MAX_HEADERS},
 };
-use crate::{domain::ShortCode, links::Click};
+use crate::{links::Click, store::records::DomainRecord};
 
 /// How a connection left the lane.
 pub enum Left {
@@ -89,7 +89,7 @@ pub async fn serve(
                 return Left::Closed;
             }
             let started = Instant::now();
-            let Some(link) = plain_link(&state, &ask.code).await else {
+            let Some(link) = plain_link(&state, &ask.code, ask.domain.as_deref()).await else {
                 if !answers.is_empty() && !write(&mut conn, &answers, stuck).await {
                     return Left::Closed;
                 }
@@ -147,13 +147,22 @@ pub async fn serve(
     }
 }
 
-/// The link `code` names, if it is one this lane serves (plain: a target and nothing more).
-async fn plain_link(state: &AppState, code: &str) -> Option<Arc<crate::domain::Link>> {
-    let link = match state.links.find_live(code) {
+/// The link `code` names on `domain` (`None`: the default one), if it is one this lane
+/// serves (plain: a target and nothing more).
+async fn plain_link(
+    state: &AppState,
+    code: &str,
+    domain: Option<&DomainRecord>,
+) -> Option<Arc<crate::domain::Link>> {
+    let live = match domain {
+        None => state.links.find_live(code),
+        Some(_) => None,
+    };
+    let link = match live {
         Some(link) => link,
         None => {
-            let code = ShortCode::parse(code).ok()?;
-            state.links.find(&code).await.ok()??
+            let key = super::key_on(domain, code)?;
+            state.links.find(&key).await.ok()??
         }
     };
     // Targets are ASCII without control characters by construction; checked all the same, as
@@ -175,6 +184,8 @@ struct Ask {
     click: Option<Click>,
     /// `Connection: close`: answer, then close.
     close: bool,
+    /// The domain its `Host` names, if one other than the default.
+    domain: Option<Arc<DomainRecord>>,
 }
 
 enum Next {
@@ -239,6 +250,16 @@ fn next_request(buf: &[u8], state: &AppState, peer: SocketAddr) -> Next {
         }
     }
     let code = path.split('/').find(|s| !s.is_empty()).unwrap_or("");
+    let domain = if state.domains.is_empty() {
+        None
+    } else {
+        let host = request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("host"))
+            .and_then(|h| visible_ascii(h.value));
+        super::domain_of_host(state, host)
+    };
     let click = count.then(|| {
         let header = |name: &str| {
             request
@@ -259,6 +280,7 @@ fn next_request(buf: &[u8], state: &AppState, peer: SocketAddr) -> Next {
         code: code.to_owned(),
         click,
         close,
+        domain,
     })
 }
 

@@ -39,7 +39,7 @@ struct Listing<'a> {
 fn matches(link: &Link, q: Option<&str>, tag: Option<&str>) -> bool {
     let has = |text: &str, needle: &str| text.to_lowercase().contains(needle);
     q.is_none_or(|q| {
-        has(link.code.as_str(), q)
+        has(link.code.code(), q)
             || has(link.target.as_str(), q)
             || link.title.as_deref().is_some_and(|t| has(t, q))
     }) && tag.is_none_or(|tag| link.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)))
@@ -148,6 +148,12 @@ impl PatchLink {
         let (caller, link) = owned_link(state, req).await?;
         require_write(&caller)?;
         let request: LinkFields = read_json(req).await?;
+        if request.domain.is_some() {
+            return Err(ApiError::bad_request(
+                "the domain of a link cannot be changed (links already shared use it); create a \
+                 new link on the domain you want instead",
+            ));
+        }
         if request.code.is_some() {
             return Err(ApiError::bad_request(
                 "the code of a link cannot be changed (links already shared use it); create a \

@@ -44,7 +44,8 @@ use tracing::error;
 pub use error::ApiError;
 pub(crate) use request::client_addr;
 pub use request::{
-    authenticate, client_ip, code_param, read_json_object, require_admin, require_write,
+    authenticate, client_ip, code_param, domain_of_host, key_on, read_json_object, request_host,
+    require_admin, require_write,
 };
 
 use crate::{
@@ -65,6 +66,8 @@ pub struct AppState {
     pub domains: Arc<domains::Domains>,
     /// The default domain: the host of the base URL, when it is a name (not an address).
     pub default_domain: Option<crate::domain::DomainName>,
+    /// The host of the base URL as links on the default domain show it (no port).
+    pub default_host: String,
     /// The certificate of `--tls-cert`, when HTTPS is served.
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     /// Redirects the lane is answering (salvo keeps its own): a clean stop waits for them
@@ -84,6 +87,23 @@ impl AppState {
     pub fn client_limits(&self) -> &limit::ClientLimits {
         &self.create_limits
     }
+
+    /// The base of `link`'s public URLs: `--base-url` on the default domain, else the
+    /// link's domain with `https://` when the domain is served over HTTPS (no port).
+    pub fn base_of(&self, link: &crate::domain::Link) -> String {
+        match link.code.domain() {
+            None => self.base_url.clone(),
+            Some(name) => {
+                let https = self.domains.get(name).is_some_and(|d| d.https);
+                format!("{}://{name}", if https { "https" } else { "http" })
+            }
+        }
+    }
+
+    /// The name of `link`'s domain (the default one: the host of `--base-url`).
+    pub fn domain_name_of<'a>(&'a self, link: &'a crate::domain::Link) -> &'a str {
+        link.code.domain().unwrap_or(&self.default_host)
+    }
 }
 
 /// What a route answers to; anything else is `405`.
@@ -100,7 +120,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let router = Router::new()
         // The header limits; the fast lane below checks them itself.
         .hoop(limit::HeaderLimit)
-        .push(home_route())
+        .push(home_route(&state))
         .push(get_head("healthz", || health::Health(s())))
         .push(get_head("metrics", || health::MetricsText(s())))
         .push(get_head("readyz", || health::Ready(s())))
@@ -131,11 +151,11 @@ fn get_head<H: Handler>(path: &str, make: impl Fn() -> H) -> Router {
 
 /// `/` itself: the owner's page. Only a path of slashes alone names it (salvo would also end
 /// `/%2e%2e` here, which must stay a `404`).
-fn home_route() -> Router {
+fn home_route(state: &Arc<AppState>) -> Router {
     Router::new()
         .filter_fn(|req, _| req.uri().path().split('/').all(str::is_empty))
-        .get(pages::Home)
-        .head(pages::Home)
+        .get(pages::Home(state.clone()))
+        .head(pages::Home(state.clone()))
         .goal(NotAllowed(GET_HEAD))
 }
 

@@ -141,6 +141,8 @@ pub mod schemas {
     #[serde(rename_all = "camelCase")]
     pub struct Link {
         code: String,
+        /// The domain the link lives on (the default one: the host of `--base-url`).
+        domain: String,
         url: String,
         short_url: String,
         stats_url: String,

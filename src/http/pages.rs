@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 
 use super::openapi::E503;
 use super::{ApiError, AppState, code_param};
-use crate::domain::ShortCode;
 use salvo_oapi::endpoint;
 
 const NOT_FOUND: &str = include_str!("../pages/not_found.html");
@@ -67,7 +66,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// `GET /` and `HEAD /`: the owner's page. It holds no data, so it is the same for everyone.
-pub struct Home;
+pub struct Home(pub Arc<AppState>);
 
 #[endpoint(
     tags("public"),
@@ -78,7 +77,21 @@ pub struct Home;
     )
 )]
 impl Home {
-    async fn handle(&self, _: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        // On another domain `/` is that domain's `rootUrl` (the page stays on the default).
+        if let Some(domain) = super::domain_of_host(&self.0, super::request_host(req)) {
+            return match domain
+                .root_url
+                .as_deref()
+                .and_then(|u| HeaderValue::from_str(u).ok())
+            {
+                Some(location) => {
+                    res.status_code(StatusCode::FOUND);
+                    res.headers_mut().insert(header::LOCATION, location);
+                }
+                None => not_found(res),
+            };
+        }
         let headers = res.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         if let Ok(csp) = HeaderValue::from_str(&HOME_CSP) {
@@ -228,7 +241,8 @@ pub struct StatsPage(pub Arc<AppState>);
 impl StatsPage {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
-        let Ok(code) = ShortCode::parse(code_param(req)) else {
+        let domain = super::domain_of_host(state, super::request_host(req));
+        let Some(code) = super::key_on(domain.as_deref(), code_param(req)) else {
             return not_found(res);
         };
         let link = match state.links.find(&code).await {
@@ -241,15 +255,15 @@ impl StatsPage {
             Ok(count) => count.to_string(),
             Err(_) => "…".to_owned(),
         };
+        let short_url = format!("{}/{}", state.base_of(&link), link.code.code());
         let page = Stats {
-            code: link.code.as_str(),
-            stream: format!("/realtime/{}", link.code),
-            short_url: format!("{}/{}", state.base_url, link.code),
+            code: link.code.code(),
+            stream: format!("/realtime/{}", link.code.code()),
+            short_url: short_url.clone(),
             target: (link.public_stats && link.password.is_none()).then(|| link.target.as_str()),
             count,
             public: link.public_stats,
-            qr: super::qr::inline_svg(&format!("{}/{}", state.base_url, link.code), 160)
-                .unwrap_or_default(),
+            qr: super::qr::inline_svg(&short_url, 160).unwrap_or_default(),
             uplot_js: UPLOT_JS_PATH,
             uplot_css: UPLOT_CSS_PATH,
         };

@@ -55,6 +55,7 @@ impl Realtime {
                 .get("last-event-id")
                 .map(HeaderValue::as_bytes),
             client: client_ip(state, req),
+            host: super::request_host(req),
         };
         match stream::open(state, request).await {
             Ok(opened) => {

@@ -21,7 +21,7 @@ use super::openapi::{E503, schemas};
 use super::{AppState, client_ip, code_param, fields::verify_password, pages};
 use crate::{
     analytics::{anonymise_ip, clip},
-    domain::{Link, ShortCode, now_ms, rule_device},
+    domain::{Link, now_ms, rule_device},
     links::Click,
     store::Durability,
 };
@@ -129,15 +129,29 @@ impl Handler for Redirect {
 impl Redirect {
     /// The redirect of `code` (the path's one segment).
     pub(super) async fn serve(&self, code: &str, req: &Request, res: &mut Response) {
-        let link = match self.state.links.find_live(code) {
+        let domain = super::domain_of_host(&self.state, super::request_host(req));
+        // An unknown code on a domain with a `notFoundUrl` goes there.
+        let missing = |res: &mut Response| match domain
+            .as_ref()
+            .and_then(|d| d.not_found_url.as_deref())
+            .and_then(|u| HeaderValue::from_str(u).ok())
+        {
+            Some(location) => redirect(res, StatusCode::FOUND, location),
+            None => pages::not_found(res),
+        };
+        let live = match &domain {
+            None => self.state.links.find_live(code),
+            Some(_) => None,
+        };
+        let link = match live {
             Some(link) => link,
             None => {
-                let Ok(code) = ShortCode::parse(code) else {
-                    return pages::not_found(res);
+                let Some(key) = super::key_on(domain.as_deref(), code) else {
+                    return missing(res);
                 };
-                match self.state.links.find(&code).await {
+                match self.state.links.find(&key).await {
                     Ok(Some(link)) => link,
-                    Ok(None) => return pages::not_found(res),
+                    Ok(None) => return missing(res),
                     Err(e) => return super::ApiError::from(e).write(res),
                 }
             }
@@ -145,7 +159,7 @@ impl Redirect {
         if !link.is_plain() {
             if link.password.is_some() {
                 // The form first; its answer (a POST) is what redirects and counts.
-                return pages::password_form(res, link.code.as_str(), false);
+                return pages::password_form(res, link.code.code(), false);
             }
             return self.managed(req, res, &link, None).await;
         }
@@ -348,7 +362,8 @@ pub struct CodeNotAllowed(pub Arc<AppState>);
 #[async_trait]
 impl Handler for CodeNotAllowed {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
-        let protected = match ShortCode::parse(code_param(req)) {
+        let domain = super::domain_of_host(&self.0, super::request_host(req));
+        let protected = match super::key_on(domain.as_deref(), code_param(req)).ok_or(()) {
             Ok(code) => matches!(
                 self.0.links.find(&code).await,
                 Ok(Some(link)) if link.password.is_some()
@@ -394,7 +409,8 @@ pub struct Unlock {
 impl Unlock {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.redirect.state;
-        let Ok(code) = ShortCode::parse(code_param(req)) else {
+        let domain = super::domain_of_host(state, super::request_host(req));
+        let Some(code) = super::key_on(domain.as_deref(), code_param(req)) else {
             return pages::not_found(res);
         };
         let link = match state.links.find(&code).await {
@@ -424,7 +440,7 @@ impl Unlock {
             .await
             .unwrap_or(false);
         if !right {
-            return pages::password_form(res, link.code.as_str(), true);
+            return pages::password_form(res, link.code.code(), true);
         }
         self.redirect
             .managed(req, res, &link, Some(StatusCode::SEE_OTHER))

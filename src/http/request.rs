@@ -156,3 +156,49 @@ pub fn code_param(req: &Request) -> &str {
     }
     req.params().get("code").map_or("", String::as_str)
 }
+
+/// The host a salvo request names: the URI's authority (HTTP/2, absolute-form), else `Host`.
+pub fn request_host(req: &Request) -> Option<&str> {
+    req.uri().host().or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+    })
+}
+
+/// The domain (other than the default) a request's host names, if it is one added: the port
+/// dropped, the case folded, a trailing dot ignored. Hosts are ASCII on the wire (punycode),
+/// as domains are kept, so this is a lookup, not a parse.
+pub fn domain_of_host(
+    state: &AppState,
+    host: Option<&str>,
+) -> Option<std::sync::Arc<crate::store::records::DomainRecord>> {
+    if state.domains.is_empty() {
+        return None;
+    }
+    let host = host?.trim();
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    state.domains.get(&name)
+}
+
+/// The link key `raw` (a code as sent) names on the domain `domain`: `None` when `raw` is no
+/// code.
+pub fn key_on(
+    domain: Option<&crate::store::records::DomainRecord>,
+    raw: &str,
+) -> Option<crate::domain::ShortCode> {
+    let code = crate::domain::ShortCode::parse(raw).ok()?;
+    Some(match domain {
+        None => code,
+        Some(domain) => {
+            let name = crate::domain::DomainName::parse(&domain.name).ok()?;
+            crate::domain::ShortCode::on(Some(&name), &code)
+        }
+    })
+}

@@ -52,6 +52,7 @@ pub async fn serve(
                 Some(peer.ip()),
                 head.forwarded_for.as_deref(),
             ),
+            host: head.host.as_deref(),
         },
     )
     .await;
@@ -183,6 +184,7 @@ struct Head {
     target: String,
     last_event_id: Option<Vec<u8>>,
     forwarded_for: Option<Vec<u8>>,
+    host: Option<String>,
 }
 
 /// The head in `buf` if it is complete (`None`: read on), or the answer refusing it.
@@ -222,6 +224,7 @@ fn read_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
         target: request.path.unwrap_or("").to_owned(),
         last_event_id: header("last-event-id"),
         forwarded_for: header("x-forwarded-for"),
+        host: header("host").and_then(|h| String::from_utf8(h).ok()),
     }))
 }
 

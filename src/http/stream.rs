@@ -26,6 +26,8 @@ pub(crate) struct StreamRequest<'a> {
     pub last_event_id: Option<&'a [u8]>,
     /// The client address (the peer, or the forwarded address behind a trusted proxy).
     pub client: Option<IpAddr>,
+    /// The host the request names (it picks the link's domain).
+    pub host: Option<&'a str>,
 }
 
 /// A stream that may start: its first chunk and its queue of frames.
@@ -41,7 +43,8 @@ pub(crate) struct Opened {
 /// Opens a stream for `request`, or says why not.
 pub(crate) async fn open(state: &AppState, request: StreamRequest<'_>) -> Result<Opened, ApiError> {
     let missing = || ApiError::not_found("no such link");
-    let code = ShortCode::parse(request.raw_code).map_err(|_| missing())?;
+    let domain = super::domain_of_host(state, request.host);
+    let code = super::key_on(domain.as_deref(), request.raw_code).ok_or_else(missing)?;
     let link = state
         .links
         .find(&code)

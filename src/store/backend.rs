@@ -111,6 +111,8 @@ pub trait Backend: Send + Sync + 'static {
     fn put_domain(&self, record: &DomainRecord) -> Result<(), StoreError>;
     /// Removes a domain: whether it was stored.
     fn delete_domain(&self, name: &str) -> Result<bool, StoreError>;
+    /// Whether any link lives on the domain `name`.
+    fn has_links_on(&self, name: &str) -> Result<bool, StoreError>;
 }
 
 impl dyn Backend {
@@ -234,5 +236,9 @@ impl Backend for Store {
 
     fn delete_domain(&self, name: &str) -> Result<bool, StoreError> {
         Store::delete_domain(self, name)
+    }
+
+    fn has_links_on(&self, name: &str) -> Result<bool, StoreError> {
+        Store::has_links_on(self, name)
     }
 }

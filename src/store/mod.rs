@@ -85,7 +85,7 @@ impl Cursor {
     pub fn parse(raw: &str) -> Option<Self> {
         let bytes = hex::decode(raw).ok()?;
         let (_, code) = bytes.split_at_checked(8)?;
-        ShortCode::parse(std::str::from_utf8(code).ok()?).ok()?;
+        ShortCode::from_key(std::str::from_utf8(code).ok()?).ok()?;
         Some(Self(bytes))
     }
 }

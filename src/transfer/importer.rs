@@ -111,7 +111,7 @@ impl<'a> Importer<'a> {
 
     /// The code's state, after the lines of the code before it are settled.
     fn enter(&mut self, raw: &str) -> Result<Option<ShortCode>, String> {
-        let code = ShortCode::parse(raw).map_err(|e| format!("code {raw:?}: {e}"))?;
+        let code = ShortCode::from_key(raw).map_err(|e| format!("code {raw:?}: {e}"))?;
         if self.current.as_ref() != Some(&code) {
             self.leave_current()?;
         }

@@ -133,7 +133,8 @@ impl LinkLine {
         let rules = rules(&self.rules)?;
         let created_at = time("createdAt", &self.created_at)?;
         Ok(Link {
-            code: ShortCode::parse(&self.code).map_err(|e| format!("code {:?}: {e}", self.code))?,
+            code: ShortCode::from_key(&self.code)
+                .map_err(|e| format!("code {:?}: {e}", self.code))?,
             target: url("url", &self.url)?,
             owner: self.owner,
             created_at,

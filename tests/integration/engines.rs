@@ -155,6 +155,7 @@ on_both_engines!(
     links::listing_is_newest_first_paged_filtered_and_per_owner,
     links::an_admin_makes_lists_and_revokes_keys,
     domains::an_admin_adds_lists_changes_and_removes_domains,
+    domains::links_live_on_their_domain_and_the_host_picks_it,
     counting::soak_concurrent_redirects_to_one_code_are_counted_exactly,
     counting::max_visits_is_exact_under_64_racing_clients,
     counting::expiry_is_exact_under_64_racing_clients,

@@ -57,6 +57,7 @@ impl<'a> RuleOut<'a> {
 #[serde(rename_all = "camelCase")]
 pub(super) struct LinkBody<'a> {
     code: &'a str,
+    domain: String,
     url: &'a str,
     short_url: String,
     stats_url: String,
@@ -86,15 +87,22 @@ pub(super) fn link_body<'a>(
     link: &'a Link,
     snapshot: Option<&'a Snapshot>,
 ) -> LinkBody<'a> {
-    let base = &state.base_url;
-    let code = link.code.as_str();
+    let base = state.base_of(link);
+    let code = link.code.code();
+    // The API stays on the default domain's base; a link elsewhere is named by `?domain=`.
+    let on = link
+        .code
+        .domain()
+        .map(|d| format!("?domain={d}"))
+        .unwrap_or_default();
     LinkBody {
         code,
+        domain: state.domain_name_of(link).to_owned(),
         url: link.target.as_str(),
         short_url: format!("{base}/{code}"),
         stats_url: format!("{base}/links/{code}"),
         realtime_url: format!("{base}/realtime/{code}"),
-        qr_url: format!("{base}/api/links/{code}/qr"),
+        qr_url: format!("{}/api/links/{code}/qr{on}", state.base_url),
         created_at: format_ms(link.created_at),
         updated_at: format_ms(link.updated_at),
         title: link.title.as_deref(),
@@ -150,6 +158,7 @@ impl CreateLink {
                 "invalid JSON body: missing field `url`",
             ));
         };
+        let domain = domain_named(state, request.domain.as_deref())?;
         let chosen = request
             .code
             .as_deref()
@@ -158,7 +167,7 @@ impl CreateLink {
         patch.password = Some(password_hash(request.password.flatten().as_deref()).await?);
         let new_link = |code: ShortCode| {
             patch.apply(&Link::new(
-                code,
+                ShortCode::on(domain.as_ref(), &code),
                 target.clone(),
                 caller.key_id.clone(),
                 now_ms(),
@@ -182,6 +191,29 @@ impl CreateLink {
             "could not find a free code, try again",
         ))
     }
+}
+
+/// The domain `raw` names for a link (`None`: the default domain, also when `raw` is the
+/// default domain's own name); `404` for a name not added.
+pub(super) fn domain_named(
+    state: &AppState,
+    raw: Option<&str>,
+) -> Result<Option<crate::domain::DomainName>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let missing = || ApiError::not_found(format!("no such domain: {raw}"));
+    if raw.eq_ignore_ascii_case(&state.default_host) {
+        return Ok(None);
+    }
+    let name = crate::domain::DomainName::parse(raw).map_err(|_| missing())?;
+    if state.default_domain.as_ref() == Some(&name) {
+        return Ok(None);
+    }
+    if state.domains.get(name.as_str()).is_none() {
+        return Err(missing());
+    }
+    Ok(Some(name))
 }
 
 /// Takes one creation from the caller's allowances: its address's, then its key's.
@@ -214,10 +246,10 @@ async fn code_taken(state: &AppState, code: &ShortCode) -> ApiError {
         Some(until) => format!(
             "code '{}' belonged to a deleted link and is held until {} (so a link \
              already shared never points somewhere new)",
-            code,
+            code.code(),
             format_ms(until)
         ),
-        None => format!("code '{}' is already taken", code),
+        None => format!("code '{}' is already taken", code.code()),
     };
     ApiError::new(StatusCode::CONFLICT, message)
 }
@@ -236,7 +268,10 @@ impl CreateLink {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         match self.create(req).await {
             Ok(link) => {
-                let location = format!("/api/links/{}", link.code);
+                let location = match link.code.domain() {
+                    None => format!("/api/links/{}", link.code),
+                    Some(domain) => format!("/api/links/{}?domain={domain}", link.code.code()),
+                };
                 res.status_code(StatusCode::CREATED);
                 let _ = res.add_header(header::LOCATION, location, true);
                 res.render(Json(link_body(&self.0, &link, None)));
@@ -254,7 +289,9 @@ pub(super) async fn owned_link(
 ) -> Result<(Caller, Arc<Link>), ApiError> {
     let caller = authenticate(state, req)?;
     let missing = || ApiError::not_found("no such link");
+    let domain = domain_named(state, req.query::<String>("domain").as_deref())?;
     let code = ShortCode::parse(code_param(req)).map_err(|_| missing())?;
+    let code = ShortCode::on(domain.as_ref(), &code);
     let link = state.links.find(&code).await?.ok_or_else(missing)?;
     if !caller.may_manage(&link.owner) {
         return Err(missing());

@@ -40,4 +40,12 @@ impl Store {
         self.db.persist(PersistMode::SyncAll)?;
         Ok(true)
     }
+
+    /// Whether any link lives on `name` (its links are keyed `name/code`).
+    pub fn has_links_on(&self, name: &str) -> Result<bool, StoreError> {
+        match self.links.prefix(format!("{name}/")).next() {
+            Some(guard) => Ok(guard.key().is_ok()),
+            None => Ok(false),
+        }
+    }
 }

@@ -145,7 +145,7 @@ impl Store {
             let key = guard.key()?;
             let Some(code) = std::str::from_utf8(&key[records::GONE_PREFIX.len()..])
                 .ok()
-                .and_then(|c| ShortCode::parse(c).ok())
+                .and_then(|c| ShortCode::from_key(c).ok())
             else {
                 continue;
             };

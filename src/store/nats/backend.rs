@@ -289,6 +289,16 @@ impl Backend for NatsStore {
         Ok(stored)
     }
 
+    fn has_links_on(&self, name: &str) -> Result<bool, StoreError> {
+        let prefix = format!("{name}/");
+        let listing = self
+            .inner
+            .listing
+            .read()
+            .map_err(|_| StoreError::Inconsistent("the listing's lock is poisoned".into()))?;
+        Ok(listing.codes().iter().any(|code| code.starts_with(&prefix)))
+    }
+
     fn revoke_api_key(&self, hash: [u8; 32]) -> Result<bool, StoreError> {
         if !self.inner.keys.contains_key(&hash) {
             return Ok(false);

@@ -153,7 +153,7 @@ impl NatsStore {
                 return;
             }
             let listener = inner.listener.read().ok().and_then(|l| l.clone());
-            if let (Some(listener), Ok(code)) = (listener, ShortCode::parse(&code)) {
+            if let (Some(listener), Ok(code)) = (listener, ShortCode::from_key(&code)) {
                 listener.link_changed(&code, link);
             }
         };

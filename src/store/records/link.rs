@@ -101,7 +101,7 @@ pub fn decode_link(bytes: &[u8]) -> Result<Link, DecodeError> {
         })
         .collect::<Result<_, DecodeError>>()?;
     Ok(Link {
-        code: ShortCode::parse(&r.code).map_err(|e| invalid(e.to_string()))?,
+        code: ShortCode::from_key(&r.code).map_err(|e| invalid(e.to_string()))?,
         target: url(&r.url)?,
         owner: r.owner,
         created_at: r.created_at,

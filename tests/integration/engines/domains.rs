@@ -191,6 +191,7 @@ pub(super) async fn an_admin_adds_lists_changes_and_removes_domains(engine: Engi
     assert_eq!(json_error(res).await.0, 404);
     let app = app.restart().await;
     assert_eq!(names(&app).await, ["go.example.test"]);
+    app.stop().await;
     Ok(())
 }
 
@@ -214,6 +215,227 @@ async fn the_default_domain_cannot_be_added_again() -> TestResult {
         assert_eq!(status, 409, "{name}: {message}");
         assert!(message.contains("default domain"), "{message}");
     }
+    app.stop().await;
+    Ok(())
+}
+
+/// A request with its own `Host` on a fresh connection (the redirect lane or the stream
+/// writer takes it) and on one that carried a request before (salvo takes it).
+async fn ask_as(app: &TestApp, host: &str, path: &str, kept_alive: bool) -> crate::wire::Answer {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut conn = if kept_alive {
+        crate::wire::kept_alive_from([127, 0, 0, 1], app.addr).await
+    } else {
+        tokio::net::TcpStream::connect(app.addr)
+            .await
+            .expect("connects")
+    };
+    crate::wire::exchange(&mut conn, request.as_bytes())
+        .await
+        .expect("answered")
+}
+
+pub(super) async fn links_live_on_their_domain_and_the_host_picks_it(engine: Engine) -> TestResult {
+    use reqwest::Method;
+    let app = spawn_on(engine, |_| {}).await;
+    for body in [
+        json!({"name": "go.example.test", "https": true}),
+        json!({"name": "other.example", "rootUrl": "https://example.com/root",
+               "notFoundUrl": "https://example.com/missing"}),
+    ] {
+        assert_eq!(
+            send(&app, Method::POST, "/api/domains", KEY, Some(body))
+                .await
+                .status(),
+            201
+        );
+    }
+    // The same code on the default domain and on a branded one: two links.
+    let plain = app
+        .create(json!({"url": "https://example.com/plain", "code": "hello"}))
+        .await;
+    assert_eq!(plain.status(), 201);
+    let plain: Value = plain.json().await?;
+    assert_eq!(plain["domain"], "127.0.0.1");
+    let res = app
+        .create(
+            json!({"url": "https://example.com/branded", "code": "hello",
+                       "domain": "GO.example.test"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        res.headers()["location"],
+        "/api/links/hello?domain=go.example.test"
+    );
+    let branded: Value = res.json().await?;
+    assert_eq!(branded["code"], "hello");
+    assert_eq!(branded["domain"], "go.example.test");
+    assert_eq!(branded["shortUrl"], "https://go.example.test/hello");
+    assert_eq!(branded["statsUrl"], "https://go.example.test/links/hello");
+    assert_eq!(
+        branded["realtimeUrl"],
+        "https://go.example.test/realtime/hello"
+    );
+    assert!(
+        branded["qrUrl"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/api/links/hello/qr?domain=go.example.test")),
+        "{branded}"
+    );
+    let res = app
+        .create(
+            json!({"url": "https://example.com/x", "code": "hello", "domain": "go.example.test"}),
+        )
+        .await;
+    assert_eq!(json_error(res).await.0, 409, "codes are unique per domain");
+    let res = app
+        .create(json!({"url": "https://example.com/x", "domain": "nowhere.example"}))
+        .await;
+    assert_eq!(json_error(res).await.0, 404);
+    let other = app
+        .create(json!({"url": "https://example.com/o", "domain": "other.example"}))
+        .await;
+    assert_eq!(other.status(), 201);
+    assert_eq!(
+        other.json::<Value>().await?["shortUrl"]
+            .as_str()
+            .map(|u| u.starts_with("http://other.example/")),
+        Some(true)
+    );
+
+    // The Host picks the link, on both lanes, port and case aside.
+    for kept_alive in [false, true] {
+        for (host, location) in [
+            ("go.example.test", "https://example.com/branded"),
+            ("GO.Example.Test:8080", "https://example.com/branded"),
+            ("127.0.0.1", "https://example.com/plain"),
+            ("unknown.example", "https://example.com/plain"),
+        ] {
+            let answer = ask_as(&app, host, "/hello", kept_alive).await;
+            assert_eq!(answer.status, 302, "{host}");
+            assert_eq!(
+                answer.header("location"),
+                Some(location),
+                "{host}, kept alive {kept_alive}"
+            );
+        }
+    }
+    // Four of the eight were on the branded domain.
+    let read = |domain: Option<&'static str>| {
+        let path = match domain {
+            Some(d) => format!("/api/links/hello?domain={d}"),
+            None => "/api/links/hello".to_owned(),
+        };
+        let app = &app;
+        async move {
+            let res = send(app, Method::GET, &path, KEY, None).await;
+            assert_eq!(res.status(), 200, "{path}");
+            res.json::<Value>().await.expect("json")["clickCount"].as_u64()
+        }
+    };
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "both counts",
+        || async { read(Some("go.example.test")).await == Some(4) && read(None).await == Some(4) },
+    )
+    .await;
+    assert_eq!(
+        read(Some("127.0.0.1")).await,
+        Some(4),
+        "the default domain by its name"
+    );
+    let res = send(
+        &app,
+        Method::GET,
+        "/api/links/hello?domain=nowhere.example",
+        KEY,
+        None,
+    )
+    .await;
+    assert_eq!(json_error(res).await.0, 404);
+
+    // A live stream and the stats page of the branded link, by Host.
+    let stream = ask_as(&app, "go.example.test", "/realtime/hello", false).await;
+    assert!(stream.is_stream(), "{}", stream.head);
+    assert!(stream.body.contains("\"clickCount\":4"), "{}", stream.body);
+    let page = ask_as(&app, "go.example.test", "/links/hello", true).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("https://go.example.test/hello"),
+        "the page shows its short URL"
+    );
+
+    // `rootUrl` and `notFoundUrl`; a domain without a `rootUrl` has no page at `/`.
+    let root = ask_as(&app, "other.example", "/", true).await;
+    assert_eq!(
+        (root.status, root.header("location")),
+        (302, Some("https://example.com/root"))
+    );
+    let missing = ask_as(&app, "other.example", "/nothing-here", false).await;
+    assert_eq!(
+        (missing.status, missing.header("location")),
+        (302, Some("https://example.com/missing"))
+    );
+    assert_eq!(ask_as(&app, "go.example.test", "/", true).await.status, 404);
+    assert_eq!(
+        ask_as(&app, "go.example.test", "/nothing-here", false)
+            .await
+            .status,
+        404
+    );
+
+    // A link's domain does not change; a domain with links is not removed.
+    let res = send(
+        &app,
+        Method::PATCH,
+        "/api/links/hello?domain=go.example.test",
+        KEY,
+        Some(json!({"domain": "other.example"})),
+    )
+    .await;
+    assert_eq!(json_error(res).await.0, 400);
+    let res = send(
+        &app,
+        Method::DELETE,
+        "/api/domains/go.example.test",
+        KEY,
+        None,
+    )
+    .await;
+    assert_eq!(json_error(res).await.0, 409);
+
+    // All of it after a restart; then the branded link goes, and its domain may.
+    let app = app.restart().await;
+    let answer = ask_as(&app, "go.example.test", "/hello", false).await;
+    assert_eq!(
+        answer.header("location"),
+        Some("https://example.com/branded")
+    );
+    let res = send(
+        &app,
+        Method::DELETE,
+        "/api/links/hello?domain=go.example.test",
+        KEY,
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    let res = send(
+        &app,
+        Method::DELETE,
+        "/api/domains/go.example.test",
+        KEY,
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    let answer = ask_as(&app, "go.example.test", "/hello", false).await;
+    assert_eq!(
+        answer.header("location"),
+        Some("https://example.com/plain"),
+        "the default one is left"
+    );
     app.stop().await;
     Ok(())
 }
