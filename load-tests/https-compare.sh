@@ -45,32 +45,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -subj /CN=localhost -addext subjectAltName=DNS:localhost \
     -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
 
-cat > "$TMP/nginx.conf" <<NGINX
-worker_processes auto;
-daemon on;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx-error.log;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP;
-    proxy_temp_path $TMP;
-    fastcgi_temp_path $TMP;
-    uwsgi_temp_path $TMP;
-    scgi_temp_path $TMP;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$NGINX_PORT ssl;
-        ssl_certificate $TMP/cert.pem;
-        ssl_certificate_key $TMP/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache off;
-        ssl_session_tickets off;
-        location / { return 302 https://example.com/target; }
-    }
-}
-NGINX
-nginx -c "$TMP/nginx.conf" -p "$TMP"
+# shellcheck source=load-tests/nginx-302.sh
+source load-tests/nginx-302.sh
+start_nginx_302 "$TMP" "$NGINX_PORT" "$TMP/cert.pem" "$TMP/key.pem"
 
 LINKPULSE_INITIAL_API_KEY=$KEY LINKPULSE_LOG=warn LINKPULSE_MAX_CONNECTIONS_PER_CLIENT=0 \
     "$BIN" --listen "127.0.0.1:$LP_PORT" --https-listen "127.0.0.1:$LPS_PORT" \

@@ -1,9 +1,17 @@
 # Sourced by the load scripts: nginx answering a fixed 302 on every path, the reference they
 # measure linkpulse against.
 #
-#   start_nginx_302 DIR PORT    # config, pid file and logs in DIR; stop: kill "$(cat DIR/nginx.pid)"
+#   start_nginx_302 DIR PORT [CERT KEY]   # config, pid file and logs in DIR; stop: kill "$(cat DIR/nginx.pid)"
+#
+# With CERT and KEY (PEM files) it serves HTTPS instead: TLS 1.2 and 1.3, no session cache or
+# tickets (so every new connection is a full handshake), a million requests per connection.
 start_nginx_302() {
-    local dir=$1 port=$2
+    local dir=$1 port=$2 tls="" listen="listen 127.0.0.1:$2;"
+    if [ -n "${3:-}" ]; then
+        listen="listen 127.0.0.1:$port ssl; keepalive_requests 1000000;"
+        tls="ssl_certificate $3; ssl_certificate_key $4; ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off; ssl_session_tickets off;"
+    fi
     cat > "$dir/nginx.conf" <<NGINX
 worker_processes auto;
 daemon on;
@@ -18,7 +26,8 @@ http {
     uwsgi_temp_path $dir;
     scgi_temp_path $dir;
     server {
-        listen 127.0.0.1:$port;
+        $listen
+        $tls
         location / { return 302 https://example.com/target; }
     }
 }

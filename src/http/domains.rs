@@ -217,6 +217,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::from(crate::links::LinkError::Store(e)))
 }
 
+/// Stores `record` (new or changed) and takes it into the registry: the domain as shown.
+async fn save(state: &AppState, record: DomainRecord) -> Result<DomainBody, ApiError> {
+    let store = state.links.store().clone();
+    let stored = record.clone();
+    blocking(move || store.put_domain(&stored)).await?;
+    let shown = body(state, &record);
+    state.domains.set(record);
+    Ok(shown)
+}
+
 fn name_param(req: &Request) -> Result<String, ApiError> {
     let raw = req.params().get("name").cloned().unwrap_or_default();
     DomainName::parse(&raw)
@@ -258,11 +268,7 @@ impl AddDomain {
             hsts: sent.hsts,
             https_only: sent.https_only,
         };
-        let store = state.links.store().clone();
-        let stored = record.clone();
-        blocking(move || store.put_domain(&stored)).await?;
-        state.domains.set(record.clone());
-        Ok(body(state, &record))
+        save(state, record).await
     }
 }
 
@@ -336,11 +342,7 @@ impl PatchDomainRoute {
         record.https = sent.https.unwrap_or(record.https);
         record.hsts = sent.hsts.unwrap_or(record.hsts);
         record.https_only = sent.https_only.unwrap_or(record.https_only);
-        let store = state.links.store().clone();
-        let stored = record.clone();
-        blocking(move || store.put_domain(&stored)).await?;
-        state.domains.set(record.clone());
-        Ok(body(state, &record))
+        save(state, record).await
     }
 }
 
