@@ -211,6 +211,11 @@ pub struct ServeConfig {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "LINKPULSE_TLS_KEY", requires = "https_listen")]
     pub tls_key: Option<PathBuf>,
+    /// Answer `/{code}`, `/realtime/{code}`, `/links/{code}` and `/badge/{code}.svg` only for a
+    /// `Host` naming the default domain or one added (`404` with JSON otherwise); the API,
+    /// `/healthz` and `/metrics` answer on any host.
+    #[arg(long, env = "LINKPULSE_STRICT_HOST")]
+    pub strict_host: bool,
     /// Directory of the fjall store.
     #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

@@ -91,6 +91,7 @@ impl Badge {
             if req.uri().path().contains('%') {
                 return Err(missing());
             }
+            super::check_host(state, super::request_host(req))?;
             let domain = super::domain_of_host(state, super::request_host(req));
             let code = super::key_on(domain.as_deref(), raw).ok_or_else(missing)?;
             let link = state.links.find(&code).await?.ok_or_else(missing)?;

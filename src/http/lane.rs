@@ -250,7 +250,7 @@ fn next_request(buf: &[u8], state: &AppState, peer: SocketAddr) -> Next {
         }
     }
     let code = path.split('/').find(|s| !s.is_empty()).unwrap_or("");
-    let domain = if state.domains.is_empty() {
+    let domain = if state.domains.is_empty() && !state.config.strict_host {
         None
     } else {
         let host = request
@@ -258,6 +258,10 @@ fn next_request(buf: &[u8], state: &AppState, peer: SocketAddr) -> Next {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("host"))
             .and_then(|h| visible_ascii(h.value));
+        if super::check_host(state, host).is_err() {
+            // Salvo answers it (the `404` of --strict-host).
+            return Next::Other;
+        }
         super::domain_of_host(state, host)
     };
     let click = count.then(|| {

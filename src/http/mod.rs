@@ -44,8 +44,8 @@ use tracing::error;
 pub use error::ApiError;
 pub(crate) use request::client_addr;
 pub use request::{
-    authenticate, client_ip, code_param, domain_of_host, key_on, read_json_object, request_host,
-    require_admin, require_write,
+    authenticate, check_host, client_ip, code_param, domain_of_host, key_on, read_json_object,
+    request_host, require_admin, require_write,
 };
 
 use crate::{

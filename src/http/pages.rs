@@ -241,6 +241,9 @@ pub struct StatsPage(pub Arc<AppState>);
 impl StatsPage {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
+        if let Err(e) = super::check_host(state, super::request_host(req)) {
+            return e.write(res);
+        }
         let domain = super::domain_of_host(state, super::request_host(req));
         let Some(code) = super::key_on(domain.as_deref(), code_param(req)) else {
             return not_found(res);

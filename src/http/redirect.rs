@@ -129,6 +129,9 @@ impl Handler for Redirect {
 impl Redirect {
     /// The redirect of `code` (the path's one segment).
     pub(super) async fn serve(&self, code: &str, req: &Request, res: &mut Response) {
+        if let Err(e) = super::check_host(&self.state, super::request_host(req)) {
+            return e.write(res);
+        }
         let domain = super::domain_of_host(&self.state, super::request_host(req));
         // An unknown code on a domain with a `notFoundUrl` goes there.
         let missing = |res: &mut Response| match domain
@@ -409,6 +412,9 @@ pub struct Unlock {
 impl Unlock {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.redirect.state;
+        if let Err(e) = super::check_host(state, super::request_host(req)) {
+            return e.write(res);
+        }
         let domain = super::domain_of_host(state, super::request_host(req));
         let Some(code) = super::key_on(domain.as_deref(), code_param(req)) else {
             return pages::not_found(res);

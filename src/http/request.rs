@@ -176,15 +176,45 @@ pub fn domain_of_host(
     if state.domains.is_empty() {
         return None;
     }
-    let host = host?.trim();
+    state.domains.get(&host_name(host?))
+}
+
+/// A host as sent, as domains are kept: the port dropped, the case folded, a trailing dot
+/// ignored (an IPv6 literal keeps its brackets).
+fn host_name(host: &str) -> String {
+    let host = host.trim();
     let name = match host.rsplit_once(':') {
         Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
             name
         }
+        Some((name, port))
+            if name.starts_with('[')
+                && name.ends_with(']')
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            name
+        }
         _ => host,
     };
-    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-    state.domains.get(&name)
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// With `--strict-host`, `Err` (a `404` with JSON) for a request whose host names neither
+/// the default domain nor one added; without it every host is served.
+pub fn check_host(state: &AppState, host: Option<&str>) -> Result<(), ApiError> {
+    if !state.config.strict_host {
+        return Ok(());
+    }
+    let known = host
+        .map(host_name)
+        .is_some_and(|name| name == state.default_host || state.domains.get(&name).is_some());
+    if known {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(
+            "no such domain here (--strict-host): the Host names no domain of this service",
+        ))
+    }
 }
 
 /// The link key `raw` (a code as sent) names on the domain `domain`: `None` when `raw` is no

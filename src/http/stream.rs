@@ -43,6 +43,7 @@ pub(crate) struct Opened {
 /// Opens a stream for `request`, or says why not.
 pub(crate) async fn open(state: &AppState, request: StreamRequest<'_>) -> Result<Opened, ApiError> {
     let missing = || ApiError::not_found("no such link");
+    super::check_host(state, request.host)?;
     let domain = super::domain_of_host(state, request.host);
     let code = super::key_on(domain.as_deref(), request.raw_code).ok_or_else(missing)?;
     let link = state

@@ -439,3 +439,57 @@ pub(super) async fn links_live_on_their_domain_and_the_host_picks_it(engine: Eng
     app.stop().await;
     Ok(())
 }
+
+/// `--strict-host`: a host naming no domain of this service gets a `404` with JSON on the
+/// public link routes (both lanes, both stream transports), while the default domain, an added
+/// one, the API and `/healthz` answer as always.
+#[tokio::test]
+async fn strict_host_refuses_hosts_that_name_no_domain_on_the_public_routes() -> TestResult {
+    let app = crate::support::spawn_with(None, |c| c.strict_host = true).await;
+    let res = send(
+        &app,
+        reqwest::Method::POST,
+        "/api/domains",
+        KEY,
+        Some(json!({"name": "go.example.test"})),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    app.create_link("strict").await;
+    let res = app
+        .create(json!({"url": "https://example.com/branded", "code": "strict", "domain": "go.example.test"}))
+        .await;
+    assert_eq!(res.status(), 201);
+    for kept_alive in [false, true] {
+        for path in [
+            "/strict",
+            "/realtime/strict",
+            "/links/strict",
+            "/badge/strict.svg",
+        ] {
+            let refused = ask_as(&app, "unknown.example", path, kept_alive).await;
+            assert_eq!(
+                refused.status, 404,
+                "{path}, kept alive {kept_alive}: {}",
+                refused.head
+            );
+            assert!(refused.json_error().contains("strict-host"), "{path}");
+        }
+        let plain = ask_as(&app, "127.0.0.1:80", "/strict", kept_alive).await;
+        assert_eq!(plain.header("location"), Some("https://example.com/target"));
+        let branded = ask_as(&app, "GO.example.test", "/strict", kept_alive).await;
+        assert_eq!(
+            branded.header("location"),
+            Some("https://example.com/branded")
+        );
+    }
+    let api = ask_as(&app, "unknown.example", "/healthz", true).await;
+    assert_eq!(api.status, 200, "{}", api.head);
+    assert_eq!(
+        app.count("strict").await,
+        2,
+        "the refused ones counted nothing"
+    );
+    app.stop().await;
+    Ok(())
+}
