@@ -117,14 +117,16 @@ async fn stop_serving(
     info!("stopping: no new connections, ending live streams");
     handle.stop_graceful(Some(state.config.shutdown_timeout));
     state.shutdown.cancel();
+    // The redirect lane takes no new request from now on; those in flight are waited for
+    // below, before the link actors stop.
+    state.lane_requests.close();
     match tokio::time::timeout_at(deadline, serving).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(cause = %e, "the server ended with an error"),
         Ok(Err(e)) => warn!(cause = %e, "the server task failed"),
         Err(_) => warn!("connections still open at the end of the shutdown timeout"),
     }
-    // The redirect lane's requests in flight; it takes no new ones once this is closed.
-    state.lane_requests.close();
+    // The redirect lane's requests in flight (it took no new ones since the tracker closed).
     if tokio::time::timeout_at(deadline, state.lane_requests.wait())
         .await
         .is_err()

@@ -198,6 +198,20 @@ fn body(state: &AppState, record: &DomainRecord) -> DomainBody {
     }
 }
 
+/// `hsts` and `httpsOnly` are kept in the record for when they are acted on; until then
+/// turning one on is refused, so nobody believes a domain protected that is not.
+fn not_yet(hsts: bool, https_only: bool) -> Result<(), ApiError> {
+    for (on, field) in [(hsts, "hsts"), (https_only, "httpsOnly")] {
+        if on {
+            return Err(ApiError::bad_request(format!(
+                "{field}: not supported yet (no Strict-Transport-Security header or redirect to \
+                 HTTPS is sent); leave it false"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn url(field: &str, raw: Option<String>) -> Result<Option<String>, ApiError> {
     raw.map(|raw| {
         TargetUrl::parse(&raw)
@@ -243,6 +257,7 @@ impl AddDomain {
         let caller = authenticate(state, req)?;
         require_admin(&caller)?;
         let sent: CreateDomain = read_json_object(req, MAX_BODY).await?;
+        not_yet(sent.hsts, sent.https_only)?;
         let name = DomainName::parse(&sent.name)
             .map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
         if state.default_domain.as_ref() == Some(&name) {
@@ -339,6 +354,7 @@ impl PatchDomainRoute {
         if let Some(not_found) = sent.not_found_url {
             record.not_found_url = url("notFoundUrl", not_found)?;
         }
+        not_yet(sent.hsts.unwrap_or(false), sent.https_only.unwrap_or(false))?;
         record.https = sent.https.unwrap_or(record.https);
         record.hsts = sent.hsts.unwrap_or(record.hsts);
         record.https_only = sent.https_only.unwrap_or(record.https_only);

@@ -67,6 +67,7 @@ pub async fn serve(
     };
     let stuck = state.config.sse_stuck_timeout;
     let mut answers = BytesMut::with_capacity(512);
+    let mut in_flight = None;
     loop {
         // Every whole request read so far, in order.
         loop {
@@ -83,7 +84,8 @@ pub async fn serve(
             // Counted until answered: a clean stop waits for it before the actors stop. Once
             // the stop has begun, a new request is not answered (so nothing answered is lost);
             // the client sends it again elsewhere.
-            let _in_flight = state.lane_requests.token();
+            // Held until the answers are written (below), so a stop waits for the answer too.
+            in_flight.replace(state.lane_requests.token());
             if state.lane_requests.is_closed() {
                 let _ = write(&mut conn, &answers, stuck).await;
                 return Left::Closed;
@@ -135,6 +137,7 @@ pub async fn serve(
             }
             answers.clear();
         }
+        in_flight.take();
         let read = tokio::select! {
             () = state.shutdown.cancelled() => return Left::Closed,
             read = tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)) => read,

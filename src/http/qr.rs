@@ -51,7 +51,7 @@ impl Qr {
         let result = async {
             let (_, link) = owned_link(state, req).await?;
             let (format, size) = params(req)?;
-            let url = format!("{}/{}", state.base_url, link.code.as_str());
+            let url = format!("{}/{}", state.base_of(&link), link.code.code());
             let code = QrCode::new(url.as_bytes()).map_err(|e| {
                 error!(cause = %e, "a short URL does not fit in a QR code");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")

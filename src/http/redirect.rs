@@ -365,6 +365,9 @@ pub struct CodeNotAllowed(pub Arc<AppState>);
 #[async_trait]
 impl Handler for CodeNotAllowed {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        if let Err(e) = super::check_host(&self.0, super::request_host(req)) {
+            return e.write(res);
+        }
         let domain = super::domain_of_host(&self.0, super::request_host(req));
         let protected = match super::key_on(domain.as_deref(), code_param(req)).ok_or(()) {
             Ok(code) => matches!(

@@ -4,7 +4,7 @@
 use crate::support::{KEY, TestResult, json_error, spawn_app, spawn_with};
 
 /// The text a QR reader finds in a PNG.
-fn decode_png(bytes: &[u8]) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+pub(crate) fn decode_png(bytes: &[u8]) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let image = image::load_from_memory(bytes)?.to_luma8();
     let mut prepared = rqrr::PreparedImage::prepare(image);
     let grids = prepared.detect_grids();

@@ -90,7 +90,7 @@ pub(super) fn render_page(link: &Link, clicks: &[ClickEvent], res: &mut Response
         .iter()
         .map(|e| ClickItem {
             seq: e.seq,
-            analytics: Analytics::of(link.code.as_str(), e),
+            analytics: Analytics::of(link.code.code(), e),
         })
         .collect();
     res.render(Json(serde_json::json!({ "clicks": items })));

@@ -67,7 +67,7 @@ pub(super) fn export_csv(state: &AppState, link: &Link, res: &mut Response) {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/csv; charset=utf-8"),
     );
-    let name = format!("attachment; filename=\"{}-clicks.csv\"", link.code);
+    let name = format!("attachment; filename=\"{}-clicks.csv\"", link.code.code());
     if let Ok(value) = HeaderValue::from_str(&name) {
         res.headers_mut().insert(header::CONTENT_DISPOSITION, value);
     }

@@ -64,7 +64,7 @@ impl LinkState {
 
     fn deleted_for_good(&mut self, myself: &ActorRef<LinkMsg>) {
         self.subscribers
-            .send_all(&frame::deleted_frame(self.code.as_str(), self.count));
+            .send_all(&frame::deleted_frame(self.code.code(), self.count));
         self.end(myself);
     }
 

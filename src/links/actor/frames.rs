@@ -74,7 +74,7 @@ impl LinkState {
         let last = self.last.as_deref().filter(|_| self.link.public_stats);
         let (code, count) = (&self.code, self.committed);
         self.frame
-            .get_or_insert_with(|| frame::state_frame(code.as_str(), count, last))
+            .get_or_insert_with(|| frame::state_frame(code.code(), count, last))
             .clone()
     }
 

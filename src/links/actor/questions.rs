@@ -87,7 +87,7 @@ impl LinkState {
     /// Answers a stats question from the aggregates (of committed clicks).
     fn stats(&self, ask: &StatsAsk) -> Result<StatsAnswer, QueryError> {
         query::answer(
-            self.code.as_str(),
+            self.code.code(),
             &self.aggregates,
             &ask.query,
             &self.shared.settings.aggregates,
