@@ -96,8 +96,14 @@ impl ShortCode {
     pub fn on(domain: Option<&super::DomainName>, code: &ShortCode) -> Self {
         match domain {
             None => code.bare(),
-            Some(domain) => Self(Arc::from(format!("{domain}/{}", code.code()))),
+            Some(domain) => Self::on_checked(domain.as_str(), code),
         }
+    }
+
+    /// The key of `code` on `domain`, a name already checked (a stored domain's): no parse on
+    /// the request path.
+    pub fn on_checked(domain: &str, code: &ShortCode) -> Self {
+        Self(Arc::from(format!("{domain}/{}", code.code())))
     }
 
     /// A key as stored: a code, or `domain/code`.

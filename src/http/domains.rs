@@ -6,7 +6,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -31,6 +34,8 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct Domains {
     by_name: RwLock<HashMap<String, Arc<DomainRecord>>>,
+    /// Whether `by_name` holds any: read on every redirect, so without the lock.
+    any: AtomicBool,
 }
 
 impl Domains {
@@ -48,12 +53,13 @@ impl Domains {
             .collect();
         if let Ok(mut by_name) = self.by_name.write() {
             *by_name = map;
+            self.any.store(!by_name.is_empty(), Ordering::Relaxed);
         }
     }
 
     /// Whether no domain but the default one exists (the common case: no lookup at all).
     pub fn is_empty(&self) -> bool {
-        self.by_name.read().map_or(true, |m| m.is_empty())
+        !self.any.load(Ordering::Relaxed)
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<DomainRecord>> {
@@ -74,12 +80,14 @@ impl Domains {
     fn set(&self, record: DomainRecord) {
         if let Ok(mut by_name) = self.by_name.write() {
             by_name.insert(record.name.clone(), Arc::new(record));
+            self.any.store(true, Ordering::Relaxed);
         }
     }
 
     fn remove(&self, name: &str) {
         if let Ok(mut by_name) = self.by_name.write() {
             by_name.remove(name);
+            self.any.store(!by_name.is_empty(), Ordering::Relaxed);
         }
     }
 

@@ -226,9 +226,7 @@ pub fn key_on(
     let code = crate::domain::ShortCode::parse(raw).ok()?;
     Some(match domain {
         None => code,
-        Some(domain) => {
-            let name = crate::domain::DomainName::parse(&domain.name).ok()?;
-            crate::domain::ShortCode::on(Some(&name), &code)
-        }
+        // Stored names were checked when added.
+        Some(domain) => crate::domain::ShortCode::on_checked(&domain.name, &code),
     })
 }
