@@ -305,18 +305,35 @@ async fn clicks_stream(
     js: &jetstream::Context,
     replicas: usize,
 ) -> Result<stream::Stream, StoreError> {
-    js.get_or_create_stream(stream::Config {
-        name: CLICKS_STREAM.into(),
-        subjects: vec![format!("{CLICKS_PREFIX}>")],
-        storage: StorageType::File,
-        num_replicas: replicas,
-        // Deleting a link purges its subject; single messages are never deleted.
-        deny_delete: true,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
+    made_stream(
+        js,
+        stream::Config {
+            name: CLICKS_STREAM.into(),
+            subjects: vec![format!("{CLICKS_PREFIX}>")],
+            storage: StorageType::File,
+            num_replicas: replicas,
+            // Deleting a link purges its subject; single messages are never deleted.
+            deny_delete: true,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| nats_error("cannot make the clicks stream", e))
+}
+
+/// The stream `config` names, made if it is missing. Nodes that start together may both find
+/// it missing: the one that makes it second is refused (the first may have changed the
+/// stream's settings meanwhile, see [`allow_atomic_batches`]) and takes the stream made.
+async fn made_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, jetstream::context::CreateStreamError> {
+    let name = config.name.clone();
+    match js.get_or_create_stream(config).await {
+        Ok(made) => Ok(made),
+        Err(refused) => js.get_stream(&name).await.map_err(|_| refused),
+    }
 }
 
 /// The bucket `name`, its stream made by hand if it is missing (see the module's notes).
@@ -325,18 +342,21 @@ async fn bucket(
     name: &'static str,
     replicas: usize,
 ) -> Result<kv::Store, StoreError> {
-    js.get_or_create_stream(stream::Config {
-        name: format!("KV_{name}"),
-        subjects: vec![format!("$KV.{name}.>")],
-        storage: StorageType::File,
-        num_replicas: replicas,
-        max_messages_per_subject: 1,
-        discard: DiscardPolicy::New,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        ..Default::default()
-    })
+    made_stream(
+        js,
+        stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            storage: StorageType::File,
+            num_replicas: replicas,
+            max_messages_per_subject: 1,
+            discard: DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| nats_error(&format!("cannot make the bucket {name}"), e))?;
     js.get_key_value(name)

@@ -21,6 +21,7 @@ use crate::{
 struct Bare {
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
     listening: mpsc::Receiver<String>,
 }
 
@@ -57,8 +58,11 @@ impl Bare {
         });
         let (tx, listening) = mpsc::channel();
         let err = child.stderr.take().expect("stderr");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let logged = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
+                logged.lock().expect("stderr lines").push(line.clone());
                 if let Some(at) = line.find("linkpulse listening address=") {
                     let addr = line[at + "linkpulse listening address=".len()..]
                         .split_whitespace()
@@ -72,6 +76,7 @@ impl Bare {
         Self {
             child,
             stdout,
+            stderr,
             listening,
         }
     }
@@ -100,10 +105,12 @@ async fn three_nodes_started_together_make_one_first_key() -> TestResult {
     let mut bases = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let addr = node
-            .listening
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("node {i} did not start"));
+        let addr = node.listening.recv_timeout(left).unwrap_or_else(|_| {
+            panic!(
+                "node {i} did not start: {:?}",
+                node.stderr.lock().expect("stderr lines")
+            )
+        });
         bases.push(format!("http://{addr}"));
     }
     // What a node prints, it prints before it listens: read by now, or within moments.
