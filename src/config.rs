@@ -201,16 +201,33 @@ pub struct ServeConfig {
     #[arg(long, env = "LINKPULSE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Also serve HTTPS (HTTP/1.1 and HTTP/2) on this address, with the certificate of
-    /// --tls-cert and --tls-key. The plain listener keeps serving.
-    #[arg(long, env = "LINKPULSE_HTTPS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    /// --tls-cert and --tls-key and those ordered by ACME for domains with `"https": true`.
+    /// The plain listener keeps serving.
+    #[arg(long, env = "LINKPULSE_HTTPS_LISTEN")]
     pub https_listen: Option<SocketAddr>,
     /// The certificate chain served over HTTPS (PEM: the certificate first, then its
     /// intermediates), for the names it covers and for clients that name none.
-    #[arg(long, env = "LINKPULSE_TLS_CERT", requires = "https_listen")]
+    #[arg(long, env = "LINKPULSE_TLS_CERT", requires_all = ["https_listen", "tls_key"])]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "LINKPULSE_TLS_KEY", requires = "https_listen")]
+    #[arg(long, env = "LINKPULSE_TLS_KEY", requires_all = ["https_listen", "tls_cert"])]
     pub tls_key: Option<PathBuf>,
+    /// The ACME server's directory that certificates of domains with `"https": true` are
+    /// ordered from.
+    #[arg(long, env = "LINKPULSE_ACME_DIRECTORY", default_value = crate::certs::acme::LETS_ENCRYPT)]
+    pub acme_directory: String,
+    /// The contact address given to the ACME server (expiry notices, if it sends any).
+    #[arg(long, env = "LINKPULSE_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// A PEM root certificate to trust for the ACME server instead of the system's (a
+    /// private ACME server such as pebble).
+    #[arg(long, env = "LINKPULSE_ACME_CA_ROOT")]
+    pub acme_ca_root: Option<PathBuf>,
+    /// How the ACME server checks a domain: `http-01` (a file on the plain listener, which
+    /// must be port 80 to the world) or `tls-alpn-01` (a handshake on the HTTPS listener,
+    /// port 443 to the world).
+    #[arg(long, env = "LINKPULSE_ACME_CHALLENGE", value_enum, default_value = "http-01")]
+    pub acme_challenge: crate::certs::acme::Challenge,
     /// Answer `/{code}`, `/realtime/{code}`, `/links/{code}` and `/badge/{code}.svg` only for a
     /// `Host` naming the default domain or one added (`404` with JSON otherwise); the API,
     /// `/healthz` and `/metrics` answer on any host.

@@ -39,6 +39,7 @@
 
 pub mod analytics;
 pub mod app;
+pub mod certs;
 pub mod config;
 pub mod control;
 pub mod domain;

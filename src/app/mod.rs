@@ -49,12 +49,19 @@ impl App {
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         let initial = initial_key(config.initial_api_key.as_deref())?;
         // The certificate first: a file that is wrong stops the start before anything opens.
-        let tls = match (&config.https_listen, &config.tls_cert, &config.tls_key) {
-            (Some(_), Some(cert), Some(key)) => Some(crate::http::tls::server_config(cert, key)?),
-            (Some(_), _, _) => anyhow::bail!("--https-listen needs --tls-cert and --tls-key"),
-            (None, None, None) => None,
-            (None, _, _) => anyhow::bail!("--tls-cert and --tls-key need --https-listen"),
+        let file_certificate = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::http::tls::load_pair(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
+        if file_certificate.is_some() && config.https_listen.is_none() {
+            anyhow::bail!("--tls-cert and --tls-key need --https-listen");
+        }
+        if let Some(root) = &config.acme_ca_root {
+            std::fs::read(root)
+                .with_context(|| format!("cannot read --acme-ca-root {}", root.display()))?;
+        }
+        let certificates = Arc::new(crate::certs::Certificates::new(file_certificate));
         let country_db = config
             .geoip_db
             .as_deref()
@@ -73,15 +80,17 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let certificate = tls.as_ref().map(|(_, certified)| certified.clone());
-        let https = match (config.https_listen, tls) {
-            (Some(addr), Some((tls, _))) => {
+        let https = match config.https_listen {
+            Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr} (--https-listen)"))?;
-                Some((listener, tls))
+                Some((
+                    listener,
+                    crate::http::tls::server_config(certificates.clone())?,
+                ))
             }
-            _ => None,
+            None => None,
         };
         // Bound while holding the store, so a socket file already there is a dead server's.
         // A cluster node holds no store in `--data-dir` and writes nothing there: it binds no
@@ -127,17 +136,41 @@ impl App {
             crate::http::domains::Domains::load(links.store().as_ref())
                 .context("cannot read the domains")?,
         );
+        certificates
+            .load(links.store().as_ref())
+            .context("cannot read the certificates")?;
         if shared {
             tokio::spawn(
                 domains
                     .clone()
                     .follow(links.store().clone(), Default::default()),
             );
+            tokio::spawn(
+                certificates
+                    .clone()
+                    .follow(links.store().clone(), Default::default()),
+            );
         }
+        let acme = https.is_some().then(|| {
+            Arc::new(crate::certs::acme::Acme::new(
+                crate::certs::acme::AcmeSettings {
+                    directory: config.acme_directory.clone(),
+                    email: config.acme_email.clone(),
+                    ca_root: config.acme_ca_root.clone(),
+                    challenge: config.acme_challenge,
+                },
+                links.store().clone(),
+                domains.clone(),
+                certificates.clone(),
+            ))
+        });
         let mut state = app_state(config, local_addr, links, keys, metrics, country_db);
         state.domains = domains;
-        state.certificate = certificate;
+        state.certificates = certificates;
         let state = Arc::new(state);
+        if let Some(acme) = acme {
+            tokio::spawn(acme.run(state.shutdown.clone()));
+        }
         Ok(Self {
             listener,
             local_addr,
@@ -265,7 +298,7 @@ fn app_state(
         domains: Arc::default(),
         default_domain,
         default_host,
-        certificate: None,
+        certificates: Default::default(),
         connections,
         country_db,
     }

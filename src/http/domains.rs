@@ -21,7 +21,10 @@ use super::openapi::{E400, E401, E403, E404, E409, E413, E415, E429, E503};
 use super::{ApiError, AppState, authenticate, read_json_object, require_admin};
 use crate::{
     domain::{DomainName, TargetUrl, format_ms, now_ms},
-    store::{SharedStore, StoreError, records::DomainRecord},
+    store::{
+        SharedStore, StoreError,
+        records::{CertificateStatus, DomainRecord},
+    },
 };
 use salvo_oapi::endpoint;
 
@@ -184,12 +187,6 @@ struct DomainList {
 }
 
 fn body(state: &AppState, record: &DomainRecord) -> DomainBody {
-    // A certificate from --tls-cert is valid for the names it covers; certificates ordered
-    // from an ACME server are not built yet.
-    let covered = state
-        .certificate
-        .as_ref()
-        .is_some_and(|c| super::tls::covers(c, &record.name));
     DomainBody {
         name: record.name.clone(),
         created_at: format_ms(record.created_at),
@@ -198,22 +195,53 @@ fn body(state: &AppState, record: &DomainRecord) -> DomainBody {
         https: record.https,
         hsts: record.hsts,
         https_only: record.https_only,
-        certificate: CertificateBody {
-            status: if covered { "valid" } else { "none" },
+        certificate: certificate(state, record),
+    }
+}
+
+/// Where `record`'s certificate stands: one ordered (or being ordered) from the ACME server,
+/// else the `--tls-cert` one when it covers the name.
+fn certificate(state: &AppState, record: &DomainRecord) -> CertificateBody {
+    let ordered = state
+        .certificates
+        .record(&record.name)
+        .filter(|_| record.https);
+    if let Some(c) = ordered {
+        let status = match c.status {
+            CertificateStatus::Pending => "pending",
+            CertificateStatus::Valid if c.not_after > now_ms() => "valid",
+            CertificateStatus::Valid | CertificateStatus::Failed => "failed",
+        };
+        let error = match (status, &c.error) {
+            ("failed", None) => Some("the certificate expired".to_owned()),
+            (_, e) => e.clone(),
+        };
+        return CertificateBody {
+            status,
+            not_after: (c.not_after > 0).then(|| format_ms(c.not_after)),
+            error,
+        };
+    }
+    match state.certificates.file_covering(&record.name) {
+        Some(ends) => CertificateBody {
+            status: "valid",
+            not_after: Some(format_ms(ends)),
+            error: None,
+        },
+        None => CertificateBody {
+            status: if record.https { "pending" } else { "none" },
             not_after: None,
             error: None,
         },
     }
 }
 
-/// `hsts` and `httpsOnly` are kept in the record for when they are acted on; until then
-/// turning one on is refused, so nobody believes a domain protected that is not.
-fn not_yet(hsts: bool, https_only: bool) -> Result<(), ApiError> {
+/// `hsts` and `httpsOnly` speak of HTTPS answers: a domain whose links are `http://` has none.
+fn https_rules(https: bool, hsts: bool, https_only: bool) -> Result<(), ApiError> {
     for (on, field) in [(hsts, "hsts"), (https_only, "httpsOnly")] {
-        if on {
+        if on && !https {
             return Err(ApiError::bad_request(format!(
-                "{field}: not supported yet (no Strict-Transport-Security header or redirect to \
-                 HTTPS is sent); leave it false"
+                "{field}: needs \"https\": true (the domain's links are served over HTTPS)"
             )));
         }
     }
@@ -265,7 +293,7 @@ impl AddDomain {
         let caller = authenticate(state, req)?;
         require_admin(&caller)?;
         let sent: CreateDomain = read_json_object(req, MAX_BODY).await?;
-        not_yet(sent.hsts, sent.https_only)?;
+        https_rules(sent.https, sent.hsts, sent.https_only)?;
         let name = DomainName::parse(&sent.name)
             .map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
         if state.default_domain.as_ref() == Some(&name) {
@@ -362,10 +390,10 @@ impl PatchDomainRoute {
         if let Some(not_found) = sent.not_found_url {
             record.not_found_url = url("notFoundUrl", not_found)?;
         }
-        not_yet(sent.hsts.unwrap_or(false), sent.https_only.unwrap_or(false))?;
         record.https = sent.https.unwrap_or(record.https);
         record.hsts = sent.hsts.unwrap_or(record.hsts);
         record.https_only = sent.https_only.unwrap_or(record.https_only);
+        https_rules(record.https, record.hsts, record.https_only)?;
         save(state, record).await
     }
 }
@@ -414,6 +442,11 @@ impl DeleteDomain {
         let key = name.clone();
         blocking(move || store.delete_domain(&key)).await?;
         state.domains.remove(&name);
+        // Its certificate goes with it (a domain added again orders a new one).
+        let store = state.links.store().clone();
+        let setting = format!("{}{name}", crate::certs::CERT);
+        blocking(move || store.delete_setting(&setting)).await?;
+        state.certificates.remove(&name);
         Ok(())
     }
 }

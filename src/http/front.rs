@@ -189,7 +189,14 @@ impl Door {
             // No certificate for the name asked, no common protocol, or silence.
             _ => return,
         };
-        let h2 = super::tls::is_h2(conn.get_ref().1.alpn_protocol());
+        let alpn = conn.get_ref().1.alpn_protocol();
+        if alpn == Some(crate::certs::ACME_TLS_ALPN) {
+            // An ACME server's TLS-ALPN-01 check: the handshake was the answer.
+            let mut conn = conn;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut conn).await;
+            return;
+        }
+        let h2 = super::tls::is_h2(alpn);
         let conn = Conn::Tls(Box::new(conn));
         if h2 {
             self.hand_to_salvo(conn, BytesMut::new(), places).await;

@@ -54,15 +54,19 @@ impl Health {
             "limit": backlog.limit(),
             "writerQueue": writer.queue_len(),
         });
-        match reason {
-            None => res.render(Json(json!({"status": "ok", "backlog": queued}))),
+        // Named, not failed: an expiring certificate does not stop redirects.
+        let expiring = state.certificates.expiring();
+        let mut body = match reason {
+            None => json!({"status": "ok", "backlog": queued}),
             Some(reason) => {
                 res.status_code(StatusCode::SERVICE_UNAVAILABLE);
-                res.render(Json(
-                    json!({"status": "unavailable", "reason": reason, "backlog": queued}),
-                ));
+                json!({"status": "unavailable", "reason": reason, "backlog": queued})
             }
+        };
+        if !expiring.is_empty() {
+            body["certificatesExpiringSoon"] = json!(expiring);
         }
+        res.render(Json(body));
     }
 }
 
@@ -124,6 +128,7 @@ impl MetricsText {
                 .max(1)
                 .saturating_sub(state.connections.available_permits())
                 as u64,
+            certificates_expiring: state.certificates.expiring().len() as u64,
         };
         res.headers_mut().insert(
             header::CONTENT_TYPE,

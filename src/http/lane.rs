@@ -265,7 +265,12 @@ fn next_request(buf: &[u8], state: &AppState, peer: SocketAddr) -> Next {
             // Salvo answers it (the `404` of --strict-host).
             return Next::Other;
         }
-        super::domain_of_host(state, host)
+        let domain = super::domain_of_host(state, host);
+        if domain.as_deref().is_some_and(super::secure::has_rules) {
+            // Salvo answers it (the `308` of httpsOnly, the header of hsts).
+            return Next::Other;
+        }
+        domain
     };
     let click = count.then(|| {
         let header = |name: &str| {

@@ -27,6 +27,7 @@ mod qr;
 mod realtime;
 mod redirect;
 mod request;
+pub mod secure;
 mod sse;
 mod stream;
 pub mod tls;
@@ -68,8 +69,8 @@ pub struct AppState {
     pub default_domain: Option<crate::domain::DomainName>,
     /// The host of the base URL as links on the default domain show it (no port).
     pub default_host: String,
-    /// The certificate of `--tls-cert`, when HTTPS is served.
-    pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// The certificates HTTPS serves, and the ACME challenge answers.
+    pub certificates: Arc<crate::certs::Certificates>,
     /// Redirects the lane is answering (salvo keeps its own): a clean stop waits for them
     /// before the link actors stop, so no answered click is left uncounted.
     pub lane_requests: tokio_util::task::TaskTracker,
@@ -124,6 +125,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .push(get_head("healthz", || health::Health(s())))
         .push(get_head("metrics", || health::MetricsText(s())))
         .push(get_head("readyz", || health::Ready(s())))
+        .push(get_head(".well-known/acme-challenge/{token}", || {
+            secure::AcmeAnswer(s())
+        }))
         .push(api_router(&state, &document))
         .push(
             Router::with_path("realtime/{code}")
@@ -138,7 +142,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .push(code_routes(&state, &checks))
         .push(Router::with_path("{**rest}").goal(pages::Fallback));
     describe(&router, &document);
-    Router::new().push(fast_lane(&state)).push(router)
+    Router::new()
+        .hoop(secure::HttpsRules(state.clone()))
+        .push(fast_lane(&state))
+        .push(router)
 }
 
 /// `path` answering `GET` and `HEAD` with the handler `make` makes, `405` for the rest.

@@ -242,6 +242,9 @@ pub mod schemas {
         /// Why not `ok`.
         reason: Option<String>,
         backlog: Backlog,
+        /// Domains whose certificate ends within 7 days (absent when none).
+        #[serde(rename = "certificatesExpiringSoon")]
+        certificates_expiring_soon: Option<Vec<String>>,
     }
 
     /// `GET /readyz`.

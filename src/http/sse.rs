@@ -42,6 +42,15 @@ pub async fn serve(
     let Some(head) = receive_head(&mut conn, buf, deadline).await else {
         return;
     };
+    let secure = matches!(conn, Conn::Tls(_));
+    let domain = super::domain_of_host(&state, head.host.as_deref());
+    let hsts = match super::secure::rule(domain.as_deref(), secure, &head.target) {
+        super::secure::Rule::Serve => false,
+        super::secure::Rule::ServeWithHsts => true,
+        super::secure::Rule::ToHttps(location) => {
+            return to_https(&mut conn, &location).await;
+        }
+    };
     let opened = stream::open(
         &state,
         StreamRequest {
@@ -74,7 +83,7 @@ pub async fn serve(
     {
         tracing::debug!(cause = %e, "cannot set the send buffer of a stream");
     }
-    if !send_stream_head(&mut conn, &head, public, stuck).await {
+    if !send_stream_head(&mut conn, &head, public, hsts, stuck).await {
         return;
     }
     send_frames(&mut conn, frames, &state.shutdown, stuck).await;
@@ -124,11 +133,22 @@ async fn receive_head(
 
 /// Writes the stream's status line and headers, then its first chunk `head`, within `stuck`:
 /// whether it went out.
-async fn send_stream_head(conn: &mut Conn, head: &[u8], public: bool, stuck: Duration) -> bool {
-    let mut first = BytesMut::with_capacity(STREAM_HEAD.len() + 64 + head.len());
+async fn send_stream_head(
+    conn: &mut Conn,
+    head: &[u8],
+    public: bool,
+    hsts: bool,
+    stuck: Duration,
+) -> bool {
+    let mut first = BytesMut::with_capacity(STREAM_HEAD.len() + 128 + head.len());
     first.extend_from_slice(STREAM_HEAD);
     if public {
         first.extend_from_slice(super::cors::PUBLIC_ORIGIN_LINE.as_bytes());
+    }
+    if hsts {
+        first.extend_from_slice(b"strict-transport-security: ");
+        first.extend_from_slice(super::secure::HSTS.as_bytes());
+        first.extend_from_slice(b"\r\n");
     }
     first.extend_from_slice(b"\r\n");
     first.extend_from_slice(head);
@@ -273,6 +293,16 @@ fn check_head(request: &httparse::Request<'_, '_>) -> Result<(), ApiError> {
         return Err(malformed());
     }
     Ok(())
+}
+
+/// Answers `308` to `location` (an `httpsOnly` domain over plain HTTP) and closes.
+async fn to_https(conn: &mut Conn, location: &str) {
+    let answer = format!(
+        "HTTP/1.1 308 Permanent Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\n\
+         connection: close\r\n\r\n"
+    );
+    let _ = send_all(conn, answer.as_bytes()).await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(conn).await;
 }
 
 /// Answers with a JSON error and closes. Also used by the accept loop to refuse a connection

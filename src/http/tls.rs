@@ -1,8 +1,6 @@
 //! HTTPS: the certificate of `--tls-cert` and `--tls-key`, loaded and checked at start, and the
 //! TLS settings of the HTTPS listener (`--https-listen`): TLS 1.2 and 1.3 by rustls, HTTP/2 and
-//! HTTP/1.1 offered by ALPN. The certificate is chosen by the name the client asks for (SNI):
-//! a name the certificate does not cover gets a handshake failure, never a certificate for
-//! another name; a client that names nothing (one that connects by address) gets it.
+//! HTTP/1.1 offered by ALPN. Which certificate a handshake gets is [`crate::certs`]' choice.
 
 use std::{path::Path, sync::Arc};
 
@@ -11,19 +9,17 @@ use rustls::{
     ServerConfig,
     crypto::ring,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
-    server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
 
-/// ALPN names offered, most preferred first.
-const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+use crate::certs::{Certificates, Resolver};
 
-/// The TLS settings for the certificate chain in `cert` and its private key in `key` (PEM
-/// files). Every way they can be wrong is an error naming the file.
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-) -> anyhow::Result<(Arc<ServerConfig>, Arc<CertifiedKey>)> {
+/// ALPN names offered, most preferred first (the last only for ACME's TLS-ALPN-01 check).
+const ALPN: [&[u8]; 3] = [b"h2", b"http/1.1", crate::certs::ACME_TLS_ALPN];
+
+/// The certificate chain in `cert` and its private key in `key` (PEM files). Every way they
+/// can be wrong is an error naming the file.
+pub fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .with_context(|| format!("cannot read a certificate from {}", cert.display()))?;
@@ -47,27 +43,18 @@ pub fn server_config(
     webpki::EndEntityCert::try_from(certified.end_entity_cert()?)
         .map_err(|e| anyhow::anyhow!("{e:?}"))
         .with_context(|| format!("cannot read the certificate in {}", cert.display()))?;
-    let certified = Arc::new(certified);
-    let mut config = ServerConfig::builder_with_provider(provider)
+    Ok(Arc::new(certified))
+}
+
+/// The TLS settings of the HTTPS listener: certificates chosen by `certificates`.
+pub fn server_config(certificates: Arc<Certificates>) -> anyhow::Result<Arc<ServerConfig>> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
         .context("TLS settings")?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(ByName(certified.clone())));
+        .with_cert_resolver(Arc::new(Resolver(certificates)));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    Ok((Arc::new(config), certified))
-}
-
-/// The certificate for the name a client asks for.
-#[derive(Debug)]
-struct ByName(Arc<CertifiedKey>);
-
-impl ResolvesServerCert for ByName {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = hello.server_name() else {
-            return Some(self.0.clone());
-        };
-        covers(&self.0, name).then(|| self.0.clone())
-    }
+    Ok(Arc::new(config))
 }
 
 /// Whether `certified`'s certificate is valid for the DNS name `name` (wildcards included).

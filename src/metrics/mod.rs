@@ -81,6 +81,8 @@ pub struct Scraped {
     pub store_failed: bool,
     pub clicks_not_committed: u64,
     pub connections: u64,
+    /// Served certificates that end within 7 days.
+    pub certificates_expiring: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -92,6 +94,7 @@ struct ScrapedGauges {
     store_failed: U64Gauge,
     clicks_not_committed: U64Gauge,
     connections: U64Gauge,
+    certificates_expiring: U64Gauge,
 }
 
 #[derive(Debug)]
@@ -309,6 +312,7 @@ impl Metrics {
         g.store_failed.set(u64::from(scraped.store_failed));
         g.clicks_not_committed.set(scraped.clicks_not_committed);
         g.connections.set(scraped.connections);
+        g.certificates_expiring.set(scraped.certificates_expiring);
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &self.registry);
@@ -401,6 +405,11 @@ impl ScrapedGauges {
                 "Clicks counted that the writer could not commit because the store had failed",
             ),
             connections: gauge(r, "linkpulse_connections", "Open client connections"),
+            certificates_expiring: gauge(
+                r,
+                "linkpulse_certificates_expiring",
+                "Certificates ordered by ACME that end within 7 days (their domains are named by /healthz)",
+            ),
         }
     }
 }

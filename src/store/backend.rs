@@ -8,7 +8,7 @@
 //! block cache), the cluster store from its bounded cache or with a read of the links bucket
 //! that holds no thread while it waits.
 
-use std::{ops::ControlFlow, sync::Arc};
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use super::{Counter, Cursor, KeyRecord, Page, Store, StoreError, records::DomainRecord};
 use crate::domain::ShortCode;
@@ -113,6 +113,18 @@ pub trait Backend: Send + Sync + 'static {
     fn delete_domain(&self, name: &str) -> Result<bool, StoreError>;
     /// Whether any link lives on the domain `name`.
     fn has_links_on(&self, name: &str) -> Result<bool, StoreError>;
+    /// Every setting (what the service keeps beside links: certificates, the ACME account)
+    /// whose name starts with `prefix`, as (name, value). Names use `[a-z0-9._-]`.
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Stores a setting, durably before returning.
+    fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Removes a setting.
+    fn delete_setting(&self, name: &str) -> Result<(), StoreError>;
+    /// Takes the lease `name` for `holder` for `ttl`, or renews it when `holder` has it:
+    /// whether `holder` has it now. One process owns an embedded store, which always has it.
+    fn take_lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 impl dyn Backend {
@@ -240,5 +252,17 @@ impl Backend for Store {
 
     fn has_links_on(&self, name: &str) -> Result<bool, StoreError> {
         Store::has_links_on(self, name)
+    }
+
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Store::settings(self, prefix)
+    }
+
+    fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        Store::put_setting(self, name, value)
+    }
+
+    fn delete_setting(&self, name: &str) -> Result<(), StoreError> {
+        Store::delete_setting(self, name)
     }
 }

@@ -11,6 +11,7 @@
 //! | `meta` | `keys-revoked` | how many API keys were revoked, u64 big-endian (for the floor) |
 //! | `stats` | code | the link's aggregates, tagged with the last click they cover |
 //! | `meta` | `gone`, 0x00, code | a deleted code, held until a time (see `links.rs`) |
+//! | `meta` | `domain`, 0x00, name / `setting`, 0x00, name | a domain; a setting (certificates, the ACME account) |
 //! | `index` | `t`, created_at, code / `o`, owner, 0x00, created_at, code | links newest first |
 //!
 //! A code's stored count is the number of its last stored click: clicks are numbered from 1
@@ -30,6 +31,7 @@ mod aggregates;
 mod check;
 mod clean;
 mod domains;
+mod settings;
 mod keys;
 mod links;
 mod open;

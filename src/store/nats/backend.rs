@@ -1,13 +1,15 @@
 //! The contract ([`Backend`]) as the cluster store keeps it: links and keys from this node's
 //! copies, clicks and snapshots from JetStream.
 
-use std::ops::ControlFlow;
+use std::{ops::ControlFlow, time::Duration};
 
 use async_nats::jetstream::kv::{self, Operation};
 use tracing::warn;
 
 /// Domains live in the meta bucket under this prefix and their name.
 const DOMAIN_PREFIX: &str = "domain.";
+const SETTING_PREFIX: &str = "setting.";
+const LEASE_PREFIX: &str = "lease.";
 
 use super::{
     NatsStore,
@@ -16,7 +18,7 @@ use super::{
 };
 use crate::{
     analytics::{Aggregates, VisitorKey, aggregates},
-    domain::{ClickEvent, Link},
+    domain::{ClickEvent, Link, now_ms},
     store::{Backend, Counter, Cursor, KeyRecord, Page, StoreError, records},
 };
 
@@ -297,6 +299,85 @@ impl Backend for NatsStore {
             .read()
             .map_err(|_| StoreError::Inconsistent("the listing's lock is poisoned".into()))?;
         Ok(listing.codes().iter().any(|code| code.starts_with(&prefix)))
+    }
+
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        use futures_util::StreamExt;
+        let prefix = format!("{SETTING_PREFIX}{prefix}");
+        self.run(async {
+            let meta = &self.inner.meta_kv;
+            let mut keys = meta
+                .keys()
+                .await
+                .map_err(|e| nats_error("cannot list the settings", e))?;
+            let mut out = Vec::new();
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(|e| nats_error("cannot list the settings", e))?;
+                let Some(name) = key.strip_prefix(SETTING_PREFIX) else {
+                    continue;
+                };
+                if !key.starts_with(&prefix) {
+                    continue;
+                }
+                let value = meta
+                    .get(&key)
+                    .await
+                    .map_err(|e| nats_error("cannot read a setting", e))?;
+                if let Some(value) = value {
+                    out.push((name.to_owned(), value.to_vec()));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let key = format!("{SETTING_PREFIX}{name}");
+        self.run(
+            self.inner
+                .meta_kv
+                .put(key, bytes::Bytes::copy_from_slice(value)),
+        )
+        .map_err(|e| nats_error("cannot store a setting", e))?;
+        Ok(())
+    }
+
+    fn delete_setting(&self, name: &str) -> Result<(), StoreError> {
+        let key = format!("{SETTING_PREFIX}{name}");
+        self.run(self.inner.meta_kv.purge(key))
+            .map_err(|e| nats_error("cannot delete a setting", e))
+    }
+
+    fn take_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+        let key = format!("{LEASE_PREFIX}{name}");
+        let until = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let value = bytes::Bytes::from(format!("{holder} {until}"));
+        self.run(async {
+            let meta = &self.inner.meta_kv;
+            let entry = meta
+                .entry(&key)
+                .await
+                .map_err(|e| nats_error("cannot read a lease", e))?;
+            let Some(entry) = entry.filter(|e| !e.value.is_empty()) else {
+                return match meta.create(&key, value).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(nats_error("cannot take a lease", e)),
+                };
+            };
+            let held = String::from_utf8_lossy(&entry.value).into_owned();
+            let (who, ends) = held.split_once(' ').unwrap_or((&held, "0"));
+            let ends: i64 = ends.parse().unwrap_or(0);
+            if who != holder && ends > now_ms() {
+                return Ok(false);
+            }
+            match meta.update(&key, value, entry.revision).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+                Err(e) => Err(nats_error("cannot take a lease", e)),
+            }
+        })
     }
 
     fn revoke_api_key(&self, hash: [u8; 32]) -> Result<bool, StoreError> {

@@ -8,6 +8,7 @@
 //! Each kind has a file of its own (`link.rs`, `click.rs`, `key.rs`), and `layout.rs` says how
 //! the keys of the keyspaces are laid out so that they sort as the store reads them.
 
+mod certificate;
 mod click;
 mod domain;
 mod key;
@@ -18,6 +19,9 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
+pub use certificate::{
+    CertificateRecord, CertificateStatus, decode_certificate, encode_certificate,
+};
 pub use click::{decode_click, encode_click};
 pub use domain::{DomainRecord, decode_domain, encode_domain};
 pub use key::{KeyRecord, decode_key, encode_key};
