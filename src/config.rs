@@ -226,7 +226,12 @@ pub struct ServeConfig {
     /// How the ACME server checks a domain: `http-01` (a file on the plain listener, which
     /// must be port 80 to the world) or `tls-alpn-01` (a handshake on the HTTPS listener,
     /// port 443 to the world).
-    #[arg(long, env = "LINKPULSE_ACME_CHALLENGE", value_enum, default_value = "http-01")]
+    #[arg(
+        long,
+        env = "LINKPULSE_ACME_CHALLENGE",
+        value_enum,
+        default_value = "http-01"
+    )]
     pub acme_challenge: crate::certs::acme::Challenge,
     /// Answer `/{code}`, `/realtime/{code}`, `/links/{code}` and `/badge/{code}.svg` only for a
     /// `Host` naming the default domain or one added (`404` with JSON otherwise); the API,

@@ -26,9 +26,7 @@ use crate::{
     http::domains::Domains,
     store::{
         SharedStore,
-        records::{
-            CertificateRecord, CertificateStatus, RECORD_VERSION, encode_certificate,
-        },
+        records::{CertificateRecord, CertificateStatus, RECORD_VERSION, encode_certificate},
     },
 };
 
@@ -109,8 +107,8 @@ impl Acme {
             }
             let store = self.store.clone();
             let holder = self.holder.clone();
-            let lease = tokio::task::spawn_blocking(move || store.take_lease("acme", &holder, LEASE))
-                .await;
+            let lease =
+                tokio::task::spawn_blocking(move || store.take_lease("acme", &holder, LEASE)).await;
             match lease {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => continue,
@@ -172,7 +170,11 @@ impl Acme {
             record.error = before.as_ref().and_then(|r| r.error.clone());
         }
         self.save(record.clone()).await;
-        info!(domain = name, renewal = had.is_some(), "ordering a certificate");
+        info!(
+            domain = name,
+            renewal = had.is_some(),
+            "ordering a certificate"
+        );
         let ordered = tokio::time::timeout(ORDER_TIMEOUT, self.order(name))
             .await
             .unwrap_or_else(|_| Err(anyhow!("the order took longer than {ORDER_TIMEOUT:?}")));
@@ -265,10 +267,7 @@ impl Acme {
                     )
                     .await
                     .with_context(|| {
-                        format!(
-                            "cannot make an ACME account at {}",
-                            self.settings.directory
-                        )
+                        format!("cannot make an ACME account at {}", self.settings.directory)
                     })?;
                 let json = serde_json::to_vec(&credentials)?;
                 let store = self.store.clone();

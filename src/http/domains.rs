@@ -228,8 +228,13 @@ fn certificate(state: &AppState, record: &DomainRecord) -> CertificateBody {
             not_after: Some(format_ms(ends)),
             error: None,
         },
+        // Ordered soon when this server serves HTTPS; else TLS ends before it (a proxy).
         None => CertificateBody {
-            status: if record.https { "pending" } else { "none" },
+            status: if record.https && state.config.https_listen.is_some() {
+                "pending"
+            } else {
+                "none"
+            },
             not_after: None,
             error: None,
         },

@@ -9,6 +9,8 @@ use salvo::{
     prelude::*,
 };
 
+use salvo_oapi::endpoint;
+
 use super::{AppState, domain_of_host, request_host};
 use crate::store::records::DomainRecord;
 
@@ -96,9 +98,17 @@ impl Handler for HttpsRules {
 /// way, on whichever node the ACME server reaches.
 pub struct AcmeAnswer(pub Arc<AppState>);
 
-#[handler]
+/// An ACME HTTP-01 challenge answer (for the ACME server checking a domain)
+#[endpoint(
+    tags("operations"),
+    parameters(("token" = String, Path, description = "The challenge's token")),
+    responses(
+        (status_code = 200, description = "The key authorization", content_type = "application/octet-stream", body = String),
+        (status_code = 404, description = "No check under way has this token", body = super::openapi::schemas::Error),
+    )
+)]
 impl AcmeAnswer {
-    async fn handle(&self, req: &mut Request, res: &mut Response) {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let token = req.params().get("token").cloned().unwrap_or_default();
         match self.0.certificates.http_answer(&token) {
             Some(answer) => {

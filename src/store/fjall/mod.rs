@@ -31,11 +31,11 @@ mod aggregates;
 mod check;
 mod clean;
 mod domains;
-mod settings;
 mod keys;
 mod links;
 mod open;
 mod retention;
+mod settings;
 #[cfg(test)]
 mod tests;
 mod totals;
