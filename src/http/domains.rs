@@ -69,6 +69,22 @@ impl Domains {
         self.by_name.read().ok()?.get(name).cloned()
     }
 
+    /// `name`'s domain. A cluster node that does not know it reads the domains again first:
+    /// another node may have added it since the last refresh.
+    pub async fn find(&self, name: &str, store: &SharedStore) -> Option<Arc<DomainRecord>> {
+        if let Some(found) = self.get(name) {
+            return Some(found);
+        }
+        if !store.shared_by_nodes() {
+            return None;
+        }
+        let store = store.clone();
+        if let Ok(Ok(records)) = tokio::task::spawn_blocking(move || store.domains()).await {
+            self.replace(records);
+        }
+        self.get(name)
+    }
+
     /// Every domain, oldest first.
     pub fn list(&self) -> Vec<Arc<DomainRecord>> {
         let mut all: Vec<_> = self

@@ -158,7 +158,7 @@ impl CreateLink {
                 "invalid JSON body: missing field `url`",
             ));
         };
-        let domain = domain_named(state, request.domain.as_deref())?;
+        let domain = domain_named(state, request.domain.as_deref()).await?;
         let chosen = request
             .code
             .as_deref()
@@ -195,7 +195,7 @@ impl CreateLink {
 
 /// The domain `raw` names for a link (`None`: the default domain, also when `raw` is the
 /// default domain's own name); `404` for a name not added.
-pub(super) fn domain_named(
+pub(super) async fn domain_named(
     state: &AppState,
     raw: Option<&str>,
 ) -> Result<Option<crate::domain::DomainName>, ApiError> {
@@ -210,7 +210,12 @@ pub(super) fn domain_named(
     if state.default_domain.as_ref() == Some(&name) {
         return Ok(None);
     }
-    if state.domains.get(name.as_str()).is_none() {
+    if state
+        .domains
+        .find(name.as_str(), state.links.store())
+        .await
+        .is_none()
+    {
         return Err(missing());
     }
     Ok(Some(name))
@@ -289,7 +294,7 @@ pub(super) async fn owned_link(
 ) -> Result<(Caller, Arc<Link>), ApiError> {
     let caller = authenticate(state, req)?;
     let missing = || ApiError::not_found("no such link");
-    let domain = domain_named(state, req.query::<String>("domain").as_deref())?;
+    let domain = domain_named(state, req.query::<String>("domain").as_deref()).await?;
     let code = ShortCode::parse(code_param(req)).map_err(|_| missing())?;
     let code = ShortCode::on(domain.as_ref(), &code);
     let link = state.links.find(&code).await?.ok_or_else(missing)?;

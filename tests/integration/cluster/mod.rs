@@ -5,6 +5,7 @@
 //! The tests run one at a time (each starts several servers on two cores).
 
 mod cache;
+mod certificates;
 mod failover;
 mod limits;
 mod longtail;
