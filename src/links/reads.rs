@@ -119,13 +119,27 @@ impl Links {
         if !store.shared_by_nodes() {
             return Ok(());
         }
-        let Some(actor) = self.shared.directory.live(link.code.as_str()) else {
-            return Ok(());
-        };
-        let here = if public {
-            self.ask(link, LinkMsg::Peek, deadline).await?
-        } else {
-            self.ask(link, LinkMsg::Snapshot, deadline).await?.count
+        let (actor, here) = loop {
+            let Some(actor) = self.shared.directory.live(link.code.as_str()) else {
+                return Ok(());
+            };
+            let asked = if public {
+                self.ask(link, LinkMsg::Peek, deadline).await
+            } else {
+                self.ask(link, LinkMsg::Snapshot, deadline)
+                    .await
+                    .map(|s| s.count)
+            };
+            match asked {
+                Ok(here) => break (actor, here),
+                // The actor ended and let the question go (superseded by clicks another node
+                // numbered, or idle): its successor, if one starts, is asked.
+                Err(LinkError::Timeout) if Instant::now() < deadline => {
+                    self.await_stopping(link, deadline).await?;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(e),
+            }
         };
         let (store, code) = (store.clone(), link.code.clone());
         let elsewhere = tokio::task::spawn_blocking(move || store.counted_elsewhere(code.as_str()))

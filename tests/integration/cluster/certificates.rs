@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{Nats, Node, ONE_AT_A_TIME, free_port};
-use crate::{acme::Pebble, support::{KEY, TestResult}};
+use crate::{
+    acme::Pebble,
+    support::{KEY, TestResult},
+};
 
 const NAME: &str = "edge.example.test";
 
@@ -95,7 +98,10 @@ async fn a_certificate_is_ordered_once_and_served_by_every_node() -> TestResult 
             .tls_info(true)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let res = client.get(format!("https://{NAME}:{port}/e")).send().await?;
+        let res = client
+            .get(format!("https://{NAME}:{port}/e"))
+            .send()
+            .await?;
         assert_eq!(res.status(), 302, "node on {port}");
         assert_eq!(res.headers()["location"], "https://example.com/edge");
         let leaf = res
@@ -106,7 +112,122 @@ async fn a_certificate_is_ordered_once_and_served_by_every_node() -> TestResult 
             .ok_or("the peer's certificate")?;
         served.push(leaf);
     }
-    assert!(served.windows(2).all(|w| w[0] == w[1]), "one certificate on every node");
+    assert!(
+        served.windows(2).all(|w| w[0] == w[1]),
+        "one certificate on every node"
+    );
     assert_eq!(pebble.issued(), 1, "ordered once");
+
+    // nginx passes TLS through (the shipped template), each connection to a node at random
+    // here: every click over HTTPS is counted once, whichever node took it.
+    let nginx = TlsPassthrough::start(&https);
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(issuing.as_bytes())?)
+        .resolve(NAME, nginx.addr)
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    const CLICKS: u64 = 30;
+    for _ in 0..CLICKS {
+        let res = client
+            .get(format!("https://{NAME}:{}/e", nginx.addr.port()))
+            .send()
+            .await?;
+        assert_eq!(res.status(), 302);
+    }
+    let log = std::fs::read_to_string(nginx.prefix.path().join("access-tls.log"))?;
+    let nodes_used: std::collections::HashSet<&str> = log
+        .lines()
+        .filter_map(|l| l.split("upstream=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(
+        nodes_used.len() > 1,
+        "connections reached several nodes: {log}"
+    );
+    assert!(log.contains(&format!("sni=\"{NAME}\"")), "{log}");
+    // Three clicks came straight to the nodes above. Clicks another node took show once it
+    // has committed them (within moments).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let link: Value = nodes[0]
+            .client
+            .get(nodes[0].url(&format!("/api/links/e?domain={NAME}")))
+            .bearer_auth(KEY)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if link["clickCount"] == CLICKS + 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && link["clickCount"].as_u64() < Some(CLICKS + 3),
+            "{link}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
+}
+
+/// nginx with the shipped `deploy/nginx-cluster-tls.conf` in front of the nodes' HTTPS ports.
+struct TlsPassthrough {
+    addr: std::net::SocketAddr,
+    prefix: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl TlsPassthrough {
+    fn start(ports: &[u16]) -> Self {
+        let prefix = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let template = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx-cluster-tls.conf"),
+        )
+        .expect("deploy/nginx-cluster-tls.conf is shipped");
+        let sticky = "hash $remote_addr consistent;";
+        assert!(
+            template.contains(sticky),
+            "the shipped upstream keeps a client on a node"
+        );
+        let servers: String = ports
+            .iter()
+            .map(|p| format!("server 127.0.0.1:{p};\n"))
+            .collect();
+        let conf = template
+            .replace(sticky, "random;")
+            .replace("@PREFIX@", &prefix.path().display().to_string())
+            .replace("@TLS_LISTEN@", &format!("127.0.0.1:{port}"))
+            .replace("@TLS_SERVERS@", &servers);
+        let path = prefix.path().join("nginx-tls.conf");
+        std::fs::write(&path, conf).expect("written");
+        let child = std::process::Command::new("/usr/sbin/nginx")
+            .args(["-g", "daemon off;", "-p"])
+            .arg(prefix.path())
+            .arg("-c")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx starts (with libnginx-mod-stream)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            prefix,
+            child,
+        }
+    }
+}
+
+impl Drop for TlsPassthrough {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
 }
