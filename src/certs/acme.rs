@@ -133,12 +133,7 @@ impl Acme {
         self.domains
             .list()
             .iter()
-            .filter(|d| d.https)
-            .filter(|d| match self.certificates.record(&d.name) {
-                None => true,
-                Some(r) if now < r.retry_at => false,
-                Some(r) => r.status != CertificateStatus::Valid || now >= r.renew_at(),
-            })
+            .filter(|d| d.https && is_due(self.certificates.record(&d.name).as_deref(), now))
             .map(|d| d.name.clone())
             .collect()
     }
@@ -192,9 +187,7 @@ impl Acme {
             }
             Err(e) => {
                 record.failures = record.failures.saturating_add(1);
-                let wait = FIRST_BACKOFF
-                    .saturating_mul(1 << (record.failures - 1).min(16))
-                    .min(LAST_BACKOFF);
+                let wait = backoff(record.failures);
                 let reason = format!("{e:#}");
                 warn!(domain = name, cause = %reason, retry_in = ?wait, "cannot order a certificate");
                 record.retry_at = now_ms() + millis(wait);
@@ -429,6 +422,72 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> anyhow::Result<String> {
     Ok(format!("{}\n{}", cert.pem(), key.serialize_pem()))
 }
 
+/// Whether a domain whose certificate stands as `record` is to be ordered at `now`: none yet,
+/// or past its retry time and failed, stuck pending (its node stopped), or two thirds through
+/// its life.
+fn is_due(record: Option<&CertificateRecord>, now: i64) -> bool {
+    match record {
+        None => true,
+        Some(r) if now < r.retry_at => false,
+        Some(r) => r.status != CertificateStatus::Valid || now >= r.renew_at(),
+    }
+}
+
+/// The wait after `failures` orders failed in a row.
+fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(LAST_BACKOFF)
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: CertificateStatus, not_before: i64, not_after: i64) -> CertificateRecord {
+        CertificateRecord {
+            v: RECORD_VERSION,
+            name: "go.example.test".into(),
+            status,
+            chain_pem: None,
+            key_pem: None,
+            not_before,
+            not_after,
+            error: None,
+            failures: 0,
+            retry_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_certificate_is_due_two_thirds_into_its_life_and_a_failure_after_its_backoff() {
+        let day = 86_400_000;
+        assert!(is_due(None, 0));
+        // 90 days from day 0: renewed from day 60 on.
+        let valid = record(CertificateStatus::Valid, 0, 90 * day);
+        assert!(!is_due(Some(&valid), 59 * day));
+        assert!(is_due(Some(&valid), 60 * day));
+        let mut failed = record(CertificateStatus::Failed, 0, 0);
+        failed.retry_at = 1_000;
+        assert!(!is_due(Some(&failed), 999));
+        assert!(is_due(Some(&failed), 1_000));
+        // A renewal that failed keeps the certificate and waits for its retry time.
+        let mut renewing = valid.clone();
+        renewing.retry_at = 61 * day;
+        assert!(!is_due(Some(&renewing), 60 * day));
+        assert!(is_due(Some(&renewing), 61 * day));
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_ten_seconds_up_to_six_hours() {
+        let waits: Vec<u64> = (1..=5).map(|f| backoff(f).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160]);
+        assert!(backoff(12) < LAST_BACKOFF);
+        assert_eq!(backoff(13), LAST_BACKOFF);
+        assert_eq!(backoff(u32::MAX), LAST_BACKOFF);
+    }
 }

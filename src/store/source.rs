@@ -11,6 +11,8 @@ pub trait ExportSource {
     fn visitor_key_bytes(&self) -> [u8; 32];
     /// Every API key's record (never the key).
     fn key_records(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Every domain links may live on besides the default one.
+    fn domain_records(&self) -> Result<Vec<super::records::DomainRecord>, StoreError>;
     /// Calls `each` with every link, in code order.
     fn each_link(&self, each: &mut dyn FnMut(Link) -> anyhow::Result<()>) -> anyhow::Result<()>;
     /// Calls `each` with every click of a link and its code, by code (in code order) and
@@ -30,6 +32,10 @@ impl ExportSource for super::Store {
 
     fn key_records(&self) -> Result<Vec<KeyRecord>, StoreError> {
         Ok(self.api_keys()?.into_iter().map(|(_, r)| r).collect())
+    }
+
+    fn domain_records(&self) -> Result<Vec<super::records::DomainRecord>, StoreError> {
+        self.domains()
     }
 
     fn each_link(&self, each: &mut dyn FnMut(Link) -> anyhow::Result<()>) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 
 use super::{
     FORMAT_VERSION, Snapshot,
-    lines::{ClickLine, Line, LinkLine},
+    lines::{ClickLine, DomainLine, Line, LinkLine},
 };
 use crate::{
     domain::{format_ms, now_ms},
@@ -23,6 +23,7 @@ use crate::{
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Exported {
     pub owners: u64,
+    pub domains: u64,
     pub links: u64,
     pub clicks: u64,
     pub aggregates: u64,
@@ -69,6 +70,12 @@ pub fn export(store: &dyn ExportSource, out: &mut impl Write) -> anyhow::Result<
             },
         )?;
         done.owners += 1;
+    }
+    let mut domains = store.domain_records()?;
+    domains.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+    for domain in domains {
+        put(out, &Line::Domain(DomainLine::of(&domain)))?;
+        done.domains += 1;
     }
     // The codes of the link lines written: a click of another code (a link made while a
     // cluster is exported) would stop an import, having no link line before it.
@@ -149,9 +156,9 @@ fn export_to(store: &dyn ExportSource, output: &Path) -> anyhow::Result<String> 
         done
     };
     Ok(format!(
-        "exported {} links, {} clicks, {} aggregates, {} owners (key secrets are not \
-         exported)\n",
-        done.links, done.clicks, done.aggregates, done.owners
+        "exported {} links, {} clicks, {} aggregates, {} owners, {} domains (key secrets \
+         and certificates are not exported)\n",
+        done.links, done.clicks, done.aggregates, done.owners, done.domains
     ))
 }
 

@@ -15,6 +15,8 @@ use crate::{
 /// What an import did (so far, when it stopped at an error).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Imported {
+    /// Domains added (one the store had is kept as it was).
+    pub domains: u64,
     pub links: u64,
     pub clicks: u64,
     /// Links whose code the store already had (or holds after a deletion).
@@ -31,7 +33,11 @@ impl std::fmt::Display for Imported {
             f,
             "imported {} links, {} clicks, skipped {}",
             self.links, self.clicks, self.skipped
-        )
+        )?;
+        if self.domains > 0 {
+            write!(f, ", added {} domains", self.domains)?;
+        }
+        Ok(())
     }
 }
 
@@ -124,6 +130,7 @@ fn take_line(importer: &mut Importer<'_>, raw: std::io::Result<String>) -> Resul
             Err(e) => Err(format!("malformed: {e}")),
             Ok(Line::LinkpulseExport { .. }) => Err("a second header line".into()),
             Ok(Line::Owner { .. }) => Ok(()),
+            Ok(Line::Domain(domain)) => domain.into_record().and_then(|d| importer.domain(d)),
             Ok(Line::Link(link)) => link.into_link().and_then(|l| importer.link(l)),
             Ok(Line::Click(click)) => importer.click(click),
             Ok(Line::Aggregates {

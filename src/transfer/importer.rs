@@ -1,7 +1,7 @@
 //! The state of one import: lines taken one at a time into batches, each code's clicks checked
 //! to be numbered in order, and a snapshot stored only together with the clicks it covers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 
@@ -9,7 +9,7 @@ use super::{ImportError, Imported, Snapshot, lines::ClickLine};
 use crate::{
     analytics::aggregates,
     domain::{ClickEvent, KeyId, Link, ShortCode, now_ms},
-    store::{ImportBatch, Store},
+    store::{ImportBatch, Store, records::DomainRecord},
 };
 
 /// Items committed per batch of an import.
@@ -49,6 +49,8 @@ pub(super) struct Importer<'a> {
     /// The code of the last click or snapshot line: clicks come grouped by code.
     current: Option<ShortCode>,
     pub(super) now: i64,
+    /// The domains links may live on: the store's and those imported.
+    domains: HashSet<String>,
 }
 
 impl<'a> Importer<'a> {
@@ -63,7 +65,22 @@ impl<'a> Importer<'a> {
             codes: HashMap::new(),
             current: None,
             now: now_ms(),
+            domains: store
+                .domains()
+                .map(|all| all.into_iter().map(|d| d.name).collect())
+                .unwrap_or_default(),
         }
+    }
+
+    /// Adds a domain the store does not have (one it has is kept as it is).
+    pub(super) fn domain(&mut self, record: DomainRecord) -> Result<(), String> {
+        if self.domains.contains(&record.name) {
+            return Ok(());
+        }
+        self.store.put_domain(&record).map_err(|e| e.to_string())?;
+        self.domains.insert(record.name);
+        self.done.domains += 1;
+        Ok(())
     }
 
     /// Commits what is pending.
@@ -89,6 +106,14 @@ impl<'a> Importer<'a> {
         self.leave_current()?;
         if self.codes.contains_key(&link.code) {
             return Err(format!("a second link line for {}", link.code));
+        }
+        if let Some(domain) = link.code.domain()
+            && !self.domains.contains(domain)
+        {
+            return Err(format!(
+                "link {} is on the domain {domain}, which no domain line before it names",
+                link.code
+            ));
         }
         if let Some(owner) = &self.owner {
             link.owner.clone_from(owner);

@@ -5,10 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     domain::{
-        ClickEvent, DeviceClass, KeyId, Link, MAX_RULES, RedirectRule, RuleDevice, ShortCode,
-        TargetUrl, check_tags, check_title, format_ms,
+        ClickEvent, DeviceClass, DomainName, KeyId, Link, MAX_RULES, RedirectRule, RuleDevice,
+        ShortCode, TargetUrl, check_tags, check_title, format_ms,
     },
     keys::Scope,
+    store::records::DomainRecord,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -29,6 +30,7 @@ pub(super) enum Line {
         scope: Scope,
         created_at: String,
     },
+    Domain(DomainLine),
     Link(Box<LinkLine>),
     Click(ClickLine),
     Aggregates {
@@ -38,10 +40,74 @@ pub(super) enum Line {
     },
 }
 
+/// A domain links may live on (its certificate is not exported: it is ordered again).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct DomainLine {
+    name: String,
+    owner: KeyId,
+    created_at: String,
+    root_url: Option<String>,
+    not_found_url: Option<String>,
+    https: bool,
+    hsts: bool,
+    https_only: bool,
+}
+
+impl DomainLine {
+    pub(super) fn of(record: &DomainRecord) -> Self {
+        Self {
+            name: record.name.clone(),
+            owner: record.owner.clone(),
+            created_at: format_ms(record.created_at),
+            root_url: record.root_url.clone(),
+            not_found_url: record.not_found_url.clone(),
+            https: record.https,
+            hsts: record.hsts,
+            https_only: record.https_only,
+        }
+    }
+
+    /// The domain, checked as the API checks what it is sent.
+    pub(super) fn into_record(self) -> Result<DomainRecord, String> {
+        let name =
+            DomainName::parse(&self.name).map_err(|e| format!("domain {:?}: {e}", self.name))?;
+        if (self.hsts || self.https_only) && !self.https {
+            return Err(format!("domain {name}: hsts and httpsOnly need https"));
+        }
+        Ok(DomainRecord {
+            v: crate::store::records::RECORD_VERSION,
+            name: name.to_string(),
+            owner: self.owner,
+            created_at: time("createdAt", &self.created_at)?,
+            root_url: self
+                .root_url
+                .as_deref()
+                .map(|u| url("rootUrl", u))
+                .transpose()?
+                .map(|u| u.to_string()),
+            not_found_url: self
+                .not_found_url
+                .as_deref()
+                .map(|u| url("notFoundUrl", u))
+                .transpose()?
+                .map(|u| u.to_string()),
+            https: self.https,
+            hsts: self.hsts,
+            https_only: self.https_only,
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct LinkLine {
+    /// The link's key: its code, after `domain/` when it lives on a domain other than the
+    /// default one.
     code: String,
+    /// That domain (absent: the default one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    domain: Option<String>,
     url: String,
     owner: KeyId,
     created_at: String,
@@ -88,6 +154,7 @@ impl LinkLine {
     pub(super) fn of(link: &Link) -> Self {
         Self {
             code: link.code.to_string(),
+            domain: link.code.domain().map(str::to_owned),
             url: link.target.to_string(),
             owner: link.owner.clone(),
             created_at: format_ms(link.created_at),
@@ -116,6 +183,14 @@ impl LinkLine {
 
     /// The link, checked as the API checks what it is sent.
     pub(super) fn into_link(self) -> Result<Link, String> {
+        let code =
+            ShortCode::from_key(&self.code).map_err(|e| format!("code {:?}: {e}", self.code))?;
+        if self.domain.as_deref() != code.domain() {
+            return Err(format!(
+                "code {:?} and domain {:?} disagree (a link on a domain is keyed domain/code)",
+                self.code, self.domain
+            ));
+        }
         if let Some(status) = self.redirect_status
             && ![301, 302, 307, 308].contains(&status)
         {
@@ -133,8 +208,7 @@ impl LinkLine {
         let rules = rules(&self.rules)?;
         let created_at = time("createdAt", &self.created_at)?;
         Ok(Link {
-            code: ShortCode::from_key(&self.code)
-                .map_err(|e| format!("code {:?}: {e}", self.code))?,
+            code,
             target: url("url", &self.url)?,
             owner: self.owner,
             created_at,

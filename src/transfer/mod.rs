@@ -8,9 +8,12 @@
 //! 1. `{"type":"linkpulse-export","version":1,"exportedAt","visitorKey"}`;
 //! 2. `{"type":"owner","id","name","scope","createdAt"}` per API key (never the key's hash:
 //!    keys are not exported);
-//! 3. `{"type":"link",...}` per link, with the fields the API shows plus `owner`, `rev` and
-//!    `passwordHash`;
-//! 4. per clicked code: its `{"type":"click",...}` lines by number, and its
+//! 3. `{"type":"domain","name","owner","createdAt","rootUrl","notFoundUrl","https","hsts",
+//!    "httpsOnly"}` per domain besides the default one (certificates are not exported: they
+//!    are ordered again);
+//! 4. `{"type":"link",...}` per link, with the fields the API shows plus `owner`, `rev` and
+//!    `passwordHash`; a link on a domain has `"domain"` and the code `domain/code`;
+//! 5. per clicked code: its `{"type":"click",...}` lines by number, and its
 //!    `{"type":"aggregates","code","covers","snapshot"}` line (base64 of the stored snapshot)
 //!    right after the click it covers last, so that an import can store a snapshot together
 //!    with the clicks it needs (a link whose old clicks `--click-retention-days` deleted has

@@ -316,3 +316,127 @@ async fn export_and_import_refuse_the_store_of_a_running_server() -> TestResult 
     app.stop().await;
     Ok(())
 }
+
+/// Links on a domain and the domain itself round-trip: the same code on the default domain
+/// and on a branded one stays two links with their own clicks; an export whose link names a
+/// domain no line before it adds stops the import at that line.
+#[tokio::test]
+async fn domains_and_their_links_round_trip_and_an_unknown_domain_stops_the_import() -> TestResult {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .post(app.url("/api/domains"))
+        .bearer_auth(KEY)
+        .json(
+            &json!({"name": "go.example.test", "rootUrl": "https://example.com/home",
+                      "https": true, "hsts": true}),
+        )
+        .send()
+        .await?;
+    assert_eq!(res.status(), 201);
+    for body in [
+        json!({"url": "https://example.com/default", "code": "same"}),
+        json!({"url": "https://example.com/branded", "code": "same", "domain": "go.example.test"}),
+    ] {
+        assert_eq!(app.create(body).await.status(), 201);
+    }
+    for host in ["go.example.test", "go.example.test", "other.example"] {
+        let res = app
+            .client
+            .get(app.url("/same"))
+            .header("host", host)
+            .send()
+            .await?;
+        assert_eq!(res.status(), 302);
+    }
+    eventually(WAIT, "clicks counted", || async {
+        get(&app, "/api/links/same?domain=go.example.test").await["clickCount"] == 2
+    })
+    .await;
+    let old = app.stop().await;
+
+    let files = tempfile::tempdir()?;
+    let export = files.path().join("export.jsonl");
+    let (ok, _, stderr) = run(
+        &["export", "--output", export.to_str().unwrap_or_default()],
+        old.path(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("1 domains"), "{stderr}");
+    let text = std::fs::read_to_string(&export)?;
+    assert!(
+        text.contains(r#"{"type":"domain","name":"go.example.test""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""code":"go.example.test/same","domain":"go.example.test""#),
+        "{text}"
+    );
+
+    let new = tempfile::tempdir()?;
+    let (ok, stdout, stderr) = run(
+        &["import", "--input", export.to_str().unwrap_or_default()],
+        new.path(),
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout,
+        "imported 2 links, 3 clicks, skipped 0, added 1 domains\n"
+    );
+    let app = spawn_with(Some(new), |_| {}).await;
+    let domains = get(&app, "/api/domains").await;
+    let domain = &domains["domains"][0];
+    assert_eq!(
+        (
+            &domain["name"],
+            &domain["rootUrl"],
+            &domain["https"],
+            &domain["hsts"]
+        ),
+        (
+            &json!("go.example.test"),
+            &json!("https://example.com/home"),
+            &json!(true),
+            &json!(true)
+        )
+    );
+    assert_eq!(
+        get(&app, "/api/links/same?domain=go.example.test").await["clickCount"],
+        2
+    );
+    assert_eq!(get(&app, "/api/links/same").await["clickCount"], 1);
+    let res = app
+        .client
+        .get(app.url("/same"))
+        .header("host", "go.example.test")
+        .send()
+        .await?;
+    assert_eq!(res.headers()["location"], "https://example.com/branded");
+    app.stop().await;
+
+    // Without its domain line, the branded link stops the import, named.
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains(r#""type":"domain""#))
+        .collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains(r#""domain":"go.example.test""#))
+        .ok_or("the branded link's line")?
+        + 1;
+    let edited = files.path().join("edited.jsonl");
+    std::fs::write(&edited, lines.join("\n"))?;
+    let fresh = tempfile::tempdir()?;
+    let (ok, _, stderr) = run(
+        &["import", "--input", edited.to_str().unwrap_or_default()],
+        fresh.path(),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "line {at}: link go.example.test/same is on the domain go.example.test"
+        )),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -121,6 +121,10 @@ impl ExportSource for NatsStore {
         self.inner.visitor_key
     }
 
+    fn domain_records(&self) -> Result<Vec<crate::store::records::DomainRecord>, StoreError> {
+        crate::store::Backend::domains(self)
+    }
+
     fn key_records(&self) -> Result<Vec<KeyRecord>, StoreError> {
         Ok(self.inner.keys.iter().map(|k| k.value().clone()).collect())
     }

@@ -1,5 +1,5 @@
 //! `linkpulse migrate`: moves a one-machine installation (a stopped fjall store) into an empty
-//! cluster store, with its API keys, links, every click (numbered as they were) and the
+//! cluster store, with its API keys, domains (and their certificates), links, every click (numbered as they were) and the
 //! aggregates snapshots, so its counts, click lists and stats read the same from any node.
 
 use std::{fmt, path::Path, sync::Arc};
@@ -28,6 +28,7 @@ const IN_FLIGHT: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Migrated {
     pub keys: u64,
+    pub domains: u64,
     pub links: u64,
     pub clicks: u64,
     pub snapshots: u64,
@@ -37,8 +38,8 @@ impl fmt::Display for Migrated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "migrated: {} api keys, {} links, {} clicks, {} aggregates snapshots",
-            self.keys, self.links, self.clicks, self.snapshots
+            "migrated: {} api keys, {} domains, {} links, {} clicks, {} aggregates snapshots",
+            self.keys, self.domains, self.links, self.clicks, self.snapshots
         )
     }
 }
@@ -69,6 +70,7 @@ pub async fn migrate(data_dir: &Path, config: &NatsConfig) -> anyhow::Result<Mig
         .map_err(|e| super::nats_error("cannot store the visitor key", e))?;
     let migrated = Migrated {
         keys: move_keys(&store, &nats).await?,
+        domains: move_domains(&store, &nats).await?,
         links: move_links(&store, &nats).await?,
         clicks: move_clicks(&store, &nats).await?,
         snapshots: move_snapshots(&store, &nats).await?,
@@ -117,6 +119,22 @@ async fn move_keys(store: &Store, nats: &NatsStore) -> anyhow::Result<u64> {
         let put = nats.clone();
         tokio::task::spawn_blocking(move || put.put_api_key(hash, &record)).await??;
         moved += 1;
+    }
+    Ok(moved)
+}
+
+/// Moves the domains and the settings kept beside them (the ACME account, certificates, so
+/// the cluster serves them without ordering again); returns how many domains.
+async fn move_domains(store: &Store, nats: &NatsStore) -> anyhow::Result<u64> {
+    let mut moved = 0;
+    for record in store.domains()? {
+        let put = nats.clone();
+        tokio::task::spawn_blocking(move || put.put_domain(&record)).await??;
+        moved += 1;
+    }
+    for (name, value) in store.settings("")? {
+        let put = nats.clone();
+        tokio::task::spawn_blocking(move || put.put_setting(&name, &value)).await??;
     }
     Ok(moved)
 }
