@@ -203,6 +203,10 @@ impl Acme {
     }
 
     async fn save(&self, record: CertificateRecord) {
+        if self.domains.get(&record.name).is_none() {
+            // Removed while its order ran: its certificate goes with it.
+            return;
+        }
         let store = self.store.clone();
         let bytes = encode_certificate(&record);
         let key = format!("{}{}", super::CERT, record.name);

@@ -61,6 +61,8 @@ impl Pebble {
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
             "certificateValidityPeriod": validity.as_secs(),
+            // Refused by policy, as a public CA refuses some names.
+            "domainBlocklist": ["blocked.example.test"],
         }});
         std::fs::write(dir.path().join("pebble.json"), config.to_string()).expect("written");
         let log = |name: &str| {
@@ -342,6 +344,34 @@ async fn two_domains_get_certificates_by_http_01_and_serve_redirects_over_https(
     .await;
     let link: Value = res.json().await?;
     assert_eq!(link["clickCount"], 1);
+
+    // A name the ACME server refuses: `failed`, with its reason; the others keep serving.
+    let res = send(
+        &app,
+        Method::POST,
+        "/api/domains",
+        Some(json!({"name": "blocked.example.test", "https": true})),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let deadline = Instant::now() + ORDER_WAIT;
+    let refused = loop {
+        let shown = domain(&app, "blocked.example.test").await;
+        if shown["certificate"]["status"] == "failed" || Instant::now() > deadline {
+            break shown;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let error = refused["certificate"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused the order") && error.contains("blocked.example.test"),
+        "{refused}"
+    );
+    let res = client
+        .get(format!("https://go.example.test:{}/hi", https.port()))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 302);
 
     // The certificates are in the store: served at once after a restart, not ordered again.
     let issued = pebble.issued();

@@ -33,4 +33,5 @@ mod stats;
 mod support;
 mod transfer;
 mod truth;
+mod upgrade;
 mod wire;

@@ -1,0 +1,140 @@
+//! Stores and exports made by an older linkpulse open and import in this one. The fixtures in
+//! `tests/fixtures/` were made by the binary of the commit before domains existed (how: in
+//! `tests/fixtures/README.md`): its links are on the default domain here, with their counts.
+
+use std::{path::Path, process::Command};
+
+use serde_json::{Value, json};
+
+use crate::support::{KEY, TestApp, TestResult, spawn_with};
+
+const BIN: &str = env!("CARGO_BIN_EXE_linkpulse");
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The store of `pre-domains-store.tar.gz`, unpacked into a fresh directory.
+fn unpacked_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let status = Command::new("tar")
+        .arg("xzf")
+        .arg(fixture("pre-domains-store.tar.gz"))
+        .arg("-C")
+        .arg(dir.path())
+        .status()
+        .expect("tar runs");
+    assert!(status.success(), "the fixture unpacks");
+    dir
+}
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    let res = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200, "GET {path}");
+    res.json().await.expect("json")
+}
+
+/// What the older binary stored: `old-one` clicked 3 times, `old-two` once (see the README).
+#[tokio::test]
+async fn a_store_made_before_domains_opens_with_every_link_on_the_default_domain() -> TestResult {
+    let dir = unpacked_store();
+    let out = Command::new(BIN)
+        .args(["check", "--data-dir"])
+        .arg(dir.path())
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("result: sound"),
+        "{said}"
+    );
+
+    let app = spawn_with(Some(dir), |_| {}).await;
+    let host = app.addr.ip().to_string();
+    let list = get(&app, "/api/links").await;
+    let mut seen: Vec<(String, String, u64)> = list["links"]
+        .as_array()
+        .ok_or("a list")?
+        .iter()
+        .map(|l| {
+            (
+                l["code"].as_str().unwrap_or_default().to_owned(),
+                l["domain"].as_str().unwrap_or_default().to_owned(),
+                l["clickCount"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("old-one".to_owned(), host.clone(), 3),
+            ("old-two".to_owned(), host.clone(), 1)
+        ]
+    );
+    let res = app.client.get(app.url("/old-one")).send().await?;
+    assert_eq!(res.headers()["location"], "https://example.com/old-one");
+    assert_eq!(get(&app, "/api/links/old-one").await["clickCount"], 4);
+    let clicks = get(&app, "/api/links/old-one/clicks?limit=10").await;
+    assert_eq!(clicks["clicks"].as_array().map(Vec::len), Some(4));
+
+    // The same code on a domain added now is another link; the old one is untouched.
+    let res = app
+        .client
+        .post(app.url("/api/domains"))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "go.example.test"}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 201);
+    let made = app
+        .create(json!({"url": "https://example.com/new", "code": "old-one",
+                       "domain": "go.example.test"}))
+        .await;
+    assert_eq!(made.status(), 201);
+    let res = app
+        .client
+        .get(app.url("/old-one"))
+        .header("host", "go.example.test")
+        .send()
+        .await?;
+    assert_eq!(res.headers()["location"], "https://example.com/new");
+    assert_eq!(get(&app, "/api/links/old-one").await["clickCount"], 4);
+    app.stop().await;
+    Ok(())
+}
+
+/// An export the older binary wrote imports whole.
+#[tokio::test]
+async fn an_export_made_before_domains_imports_onto_the_default_domain() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(BIN)
+        .args(["import", "--input"])
+        .arg(fixture("pre-domains-export.jsonl"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("LINKPULSE_LOG", "warn")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "imported 2 links, 4 clicks, skipped 0\n"
+    );
+    let app = spawn_with(Some(dir), |_| {}).await;
+    let link = get(&app, "/api/links/old-one").await;
+    assert_eq!(link["clickCount"], 3);
+    assert_eq!(link["domain"], app.addr.ip().to_string());
+    app.stop().await;
+    Ok(())
+}
