@@ -26,7 +26,10 @@ use crate::{
     http::domains::Domains,
     store::{
         SharedStore,
-        records::{CertificateRecord, CertificateStatus, RECORD_VERSION, encode_certificate},
+        records::{
+            CertificateRecord, CertificateStatus, RECORD_VERSION, decode_certificate,
+            encode_certificate,
+        },
     },
 };
 
@@ -37,9 +40,12 @@ const TICK: Duration = Duration::from_secs(1);
 /// The lease's length; its holder renews it at every look.
 const LEASE: Duration = Duration::from_secs(120);
 /// The longest an order may take before it is abandoned (and tried again later).
-const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
-/// The wait after a first failure, doubled after each further one up to [`LAST_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(10);
+const ORDER_TIMEOUT: Duration = Duration::from_secs(150);
+/// The longest the ACME server may take to check a challenge, or to issue once asked.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The wait after a first failure, doubled after each further one up to [`LAST_BACKOFF`]:
+/// Let's Encrypt allows 5 failed checks of a name an hour, which this stays under.
+const FIRST_BACKOFF: Duration = Duration::from_secs(5 * 60);
 const LAST_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 
 /// Which challenge answers an order.
@@ -101,30 +107,55 @@ impl Acme {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(TICK) => {}
             }
-            let due = self.due();
-            if due.is_empty() {
-                continue;
-            }
-            let store = self.store.clone();
-            let holder = self.holder.clone();
-            let lease =
-                tokio::task::spawn_blocking(move || store.take_lease("acme", &holder, LEASE)).await;
-            match lease {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => continue,
-                Ok(Err(e)) => {
-                    warn!(cause = %e, "cannot take the ACME lease");
-                    continue;
+            for name in self.due() {
+                // The lease is taken (or renewed) before each order, so a node whose list
+                // outlasts it stops, and the record is read again: another node may have
+                // ordered it since this node last read the certificates.
+                if !self.hold_lease().await || !self.still_due(&name).await {
+                    break;
                 }
-                Err(_) => return,
-            }
-            for name in due {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = self.order_one(&name) => {}
                 }
             }
         }
+    }
+
+    /// Takes or renews the lease `acme`: whether this node may order.
+    async fn hold_lease(&self) -> bool {
+        let store = self.store.clone();
+        let holder = self.holder.clone();
+        match tokio::task::spawn_blocking(move || store.take_lease("acme", &holder, LEASE)).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(e)) => {
+                warn!(cause = %e, "cannot take the ACME lease");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether `name` is due by its record as stored now (a cluster's other nodes write it).
+    async fn still_due(&self, name: &str) -> bool {
+        if !self.shared {
+            return true;
+        }
+        let store = self.store.clone();
+        let key = format!("{}{name}", super::CERT);
+        let stored = tokio::task::spawn_blocking(move || store.settings(&key)).await;
+        let Ok(Ok(stored)) = stored else {
+            return false;
+        };
+        let key = format!("{}{name}", super::CERT);
+        let record = stored
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| decode_certificate(&v).ok());
+        if let Some(record) = &record {
+            self.certificates.set(record.clone());
+        }
+        is_due(record.as_ref(), now_ms())
     }
 
     /// The domains whose certificate is to be ordered now.
@@ -164,15 +195,25 @@ impl Acme {
         if had.is_none() {
             record.error = before.as_ref().and_then(|r| r.error.clone());
         }
-        self.save(record.clone()).await;
+        if !self.save(record.clone()).await {
+            // Not ordered while the store cannot say so: tried again after the mark's time.
+            return;
+        }
         info!(
             domain = name,
             renewal = had.is_some(),
             "ordering a certificate"
         );
-        let ordered = tokio::time::timeout(ORDER_TIMEOUT, self.order(name))
+        let mut answered = Vec::new();
+        let ordered = tokio::time::timeout(ORDER_TIMEOUT, self.order(name, &mut answered))
             .await
-            .unwrap_or_else(|_| Err(anyhow!("the order took longer than {ORDER_TIMEOUT:?}")));
+            .unwrap_or_else(|_| {
+                Err(anyhow!(
+                    "the order took longer than {}s",
+                    ORDER_TIMEOUT.as_secs()
+                ))
+            });
+        self.forget_answers(answered).await;
         match ordered {
             Ok((chain, key, (not_before, not_after))) => {
                 info!(domain = name, not_after = %crate::domain::format_ms(not_after), "certificate issued");
@@ -202,19 +243,26 @@ impl Acme {
         self.save(record).await;
     }
 
-    async fn save(&self, record: CertificateRecord) {
+    /// Stores `record` and takes it in; this node keeps it in memory even when the store
+    /// refuses (so its backoff holds). Whether it was stored. A domain removed meanwhile gets
+    /// none.
+    async fn save(&self, record: CertificateRecord) -> bool {
         if self.domains.get(&record.name).is_none() {
-            // Removed while its order ran: its certificate goes with it.
-            return;
+            return false;
         }
         let store = self.store.clone();
         let bytes = encode_certificate(&record);
         let key = format!("{}{}", super::CERT, record.name);
         let stored = tokio::task::spawn_blocking(move || store.put_setting(&key, &bytes)).await;
+        let name = record.name.clone();
+        self.certificates.set(record);
         match stored {
-            Ok(Ok(())) => self.certificates.set(record),
-            Ok(Err(e)) => warn!(cause = %e, domain = %record.name, "cannot store a certificate"),
-            Err(_) => {}
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                warn!(cause = %e, domain = %name, "cannot store a certificate");
+                false
+            }
+            Err(_) => false,
         }
     }
 
@@ -280,24 +328,22 @@ impl Acme {
     }
 
     /// One order for `name`: the chain (PEM), its key (PEM) and its validity.
-    async fn order(&self, name: &str) -> anyhow::Result<(String, String, (i64, i64))> {
+    async fn order(
+        &self,
+        name: &str,
+        answered: &mut Vec<String>,
+    ) -> anyhow::Result<(String, String, (i64, i64))> {
         let account = self.account().await?;
         let ids = [Identifier::Dns(name.to_owned())];
         let mut order = account
             .new_order(&NewOrder::new(&ids))
             .await
             .context("the ACME server refused the order")?;
-        let mut answered = Vec::new();
-        let result = self.answer(&mut order, name, &mut answered).await;
-        let ready = match result {
-            Ok(()) => order
-                .poll_ready(&RetryPolicy::new().timeout(ORDER_TIMEOUT))
-                .await
-                .context("the ACME server did not check the challenge"),
-            Err(e) => Err(e),
-        };
-        self.forget_answers(answered).await;
-        let status = ready?;
+        self.answer(&mut order, name, answered).await?;
+        let status = order
+            .poll_ready(&RetryPolicy::new().timeout(STEP_TIMEOUT))
+            .await
+            .context("the ACME server did not check the challenge")?;
         if status != OrderStatus::Ready {
             bail!("{}", self.why_invalid(&mut order, name).await);
         }
@@ -313,7 +359,7 @@ impl Acme {
             .await
             .context("the ACME server refused the certificate request")?;
         let chain = order
-            .poll_certificate(&RetryPolicy::new().timeout(ORDER_TIMEOUT))
+            .poll_certificate(&RetryPolicy::new().timeout(STEP_TIMEOUT))
             .await
             .context("the ACME server issued no certificate")?;
         let key = key.serialize_pem();
@@ -369,16 +415,15 @@ impl Acme {
                     )
                 }
             };
+            answered.push(setting.clone());
             if self.shared {
                 let store = self.store.clone();
-                let name = setting.clone();
-                tokio::task::spawn_blocking(move || store.put_setting(&name, value.as_bytes()))
+                tokio::task::spawn_blocking(move || store.put_setting(&setting, value.as_bytes()))
                     .await
                     .context("shutting down")??;
                 // Every node reads the answers again within its refresh.
                 tokio::time::sleep(super::REFRESH + Duration::from_secs(1)).await;
             }
-            answered.push(setting);
             challenge
                 .set_ready()
                 .await
@@ -487,11 +532,11 @@ mod tests {
     }
 
     #[test]
-    fn the_backoff_doubles_from_ten_seconds_up_to_six_hours() {
-        let waits: Vec<u64> = (1..=5).map(|f| backoff(f).as_secs()).collect();
-        assert_eq!(waits, [10, 20, 40, 80, 160]);
-        assert!(backoff(12) < LAST_BACKOFF);
-        assert_eq!(backoff(13), LAST_BACKOFF);
+    fn the_backoff_doubles_from_five_minutes_up_to_six_hours() {
+        let waits: Vec<u64> = (1..=5).map(|f| backoff(f).as_secs() / 60).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80]);
+        assert!(backoff(7) < LAST_BACKOFF);
+        assert_eq!(backoff(8), LAST_BACKOFF);
         assert_eq!(backoff(u32::MAX), LAST_BACKOFF);
     }
 }

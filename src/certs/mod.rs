@@ -143,8 +143,9 @@ impl Certificates {
         crate::http::tls::covers(certified, name).then_some(*ends)
     }
 
-    /// The names whose served certificate ends within [`EXPIRING_WITHIN`], sorted.
-    pub fn expiring(&self) -> Vec<String> {
+    /// The names whose served certificate ends within [`EXPIRING_WITHIN`], sorted, of the
+    /// domains that still want one (`wanted`).
+    pub fn expiring(&self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
         let soon = now_ms() + i64::try_from(EXPIRING_WITHIN.as_millis()).unwrap_or(i64::MAX);
         let mut names: Vec<String> = self
             .issued
@@ -152,6 +153,7 @@ impl Certificates {
             .map(|map| {
                 map.values()
                     .filter(|i| i.certified.is_some() && i.record.not_after < soon)
+                    .filter(|i| wanted(&i.record.name))
                     .map(|i| i.record.name.clone())
                     .collect()
             })
@@ -278,9 +280,12 @@ impl std::fmt::Debug for Certificates {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let challenge = hello
-            .alpn()
-            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        // An ACME server's check offers this protocol alone (RFC 8737); a client offering it
+        // among others is served as any other.
+        let challenge = hello.alpn().is_some_and(|offered| {
+            let offered: Vec<&[u8]> = offered.collect();
+            offered == [ACME_TLS_ALPN]
+        });
         if challenge {
             let name = hello.server_name()?.to_ascii_lowercase();
             return self.0.tls_answers.read().ok()?.get(&name).cloned();

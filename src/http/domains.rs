@@ -298,6 +298,18 @@ async fn save(state: &AppState, record: DomainRecord) -> Result<DomainBody, ApiE
     Ok(shown)
 }
 
+/// Removes `name`'s ordered certificate, from the store and from this node.
+async fn forget_certificate(state: &AppState, name: &str) -> Result<(), ApiError> {
+    if state.certificates.record(name).is_none() {
+        return Ok(());
+    }
+    let store = state.links.store().clone();
+    let setting = format!("{}{name}", crate::certs::CERT);
+    blocking(move || store.delete_setting(&setting)).await?;
+    state.certificates.remove(name);
+    Ok(())
+}
+
 fn name_param(req: &Request) -> Result<String, ApiError> {
     let raw = req.params().get("name").cloned().unwrap_or_default();
     DomainName::parse(&raw)
@@ -415,6 +427,15 @@ impl PatchDomainRoute {
         record.hsts = sent.hsts.unwrap_or(record.hsts);
         record.https_only = sent.https_only.unwrap_or(record.https_only);
         https_rules(record.https, record.hsts, record.https_only)?;
+        // HTTPS turned off: its certificate goes. Asked for again after a failed order: the
+        // order is tried at once (the operator has mended what failed it).
+        let failed = state
+            .certificates
+            .record(&name)
+            .is_some_and(|c| c.status == CertificateStatus::Failed);
+        if !record.https || (sent.https == Some(true) && failed) {
+            forget_certificate(state, &name).await?;
+        }
         save(state, record).await
     }
 }
@@ -464,10 +485,7 @@ impl DeleteDomain {
         blocking(move || store.delete_domain(&key)).await?;
         state.domains.remove(&name);
         // Its certificate goes with it (a domain added again orders a new one).
-        let store = state.links.store().clone();
-        let setting = format!("{}{name}", crate::certs::CERT);
-        blocking(move || store.delete_setting(&setting)).await?;
-        state.certificates.remove(&name);
+        forget_certificate(state, &name).await?;
         Ok(())
     }
 }

@@ -55,7 +55,9 @@ impl Health {
             "writerQueue": writer.queue_len(),
         });
         // Named, not failed: an expiring certificate does not stop redirects.
-        let expiring = state.certificates.expiring();
+        let expiring = state
+            .certificates
+            .expiring(|name| state.domains.get(name).is_some_and(|d| d.https));
         let mut body = match reason {
             None => json!({"status": "ok", "backlog": queued}),
             Some(reason) => {
@@ -128,7 +130,10 @@ impl MetricsText {
                 .max(1)
                 .saturating_sub(state.connections.available_permits())
                 as u64,
-            certificates_expiring: state.certificates.expiring().len() as u64,
+            certificates_expiring: state
+                .certificates
+                .expiring(|name| state.domains.get(name).is_some_and(|d| d.https))
+                .len() as u64,
         };
         res.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -68,7 +68,13 @@ impl Handler for HttpsRules {
             return;
         }
         let domain = domain_of_host(&self.0, request_host(req));
-        let secure = req.scheme() == &Scheme::HTTPS;
+        // Over TLS here, or at a trusted proxy that ended it (`X-Forwarded-Proto`).
+        let secure = req.scheme() == &Scheme::HTTPS
+            || (self.0.config.trust_forwarded_for
+                && req
+                    .headers()
+                    .get("x-forwarded-proto")
+                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https")));
         let path = req
             .uri()
             .path_and_query()

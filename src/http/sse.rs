@@ -42,7 +42,8 @@ pub async fn serve(
     let Some(head) = receive_head(&mut conn, buf, deadline).await else {
         return;
     };
-    let secure = matches!(conn, Conn::Tls(_));
+    let secure =
+        matches!(conn, Conn::Tls(_)) || (state.config.trust_forwarded_for && head.forwarded_https);
     let domain = super::domain_of_host(&state, head.host.as_deref());
     let hsts = match super::secure::rule(domain.as_deref(), secure, &head.target) {
         super::secure::Rule::Serve => false,
@@ -204,6 +205,8 @@ struct Head {
     target: String,
     last_event_id: Option<Vec<u8>>,
     forwarded_for: Option<Vec<u8>>,
+    /// `X-Forwarded-Proto`: the scheme a trusted proxy took the request on.
+    forwarded_https: bool,
     host: Option<String>,
 }
 
@@ -244,6 +247,8 @@ fn read_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
         target: request.path.unwrap_or("").to_owned(),
         last_event_id: header("last-event-id"),
         forwarded_for: header("x-forwarded-for"),
+        forwarded_https: header("x-forwarded-proto")
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"https")),
         host: header("host").and_then(|h| String::from_utf8(h).ok()),
     }))
 }

@@ -49,8 +49,8 @@ pub(super) struct Importer<'a> {
     /// The code of the last click or snapshot line: clicks come grouped by code.
     current: Option<ShortCode>,
     pub(super) now: i64,
-    /// The domains links may live on: the store's and those imported.
-    domains: HashSet<String>,
+    /// The domains links may live on: the store's and those imported (read at first need).
+    domains: Option<HashSet<String>>,
 }
 
 impl<'a> Importer<'a> {
@@ -65,20 +65,26 @@ impl<'a> Importer<'a> {
             codes: HashMap::new(),
             current: None,
             now: now_ms(),
-            domains: store
-                .domains()
-                .map(|all| all.into_iter().map(|d| d.name).collect())
-                .unwrap_or_default(),
+            domains: None,
         }
+    }
+
+    /// The domains links may live on: the store's (read once) and those imported.
+    fn domains(&mut self) -> Result<&mut HashSet<String>, String> {
+        if self.domains.is_none() {
+            let stored = self.store.domains().map_err(|e| e.to_string())?;
+            self.domains = Some(stored.into_iter().map(|d| d.name).collect());
+        }
+        Ok(self.domains.get_or_insert_default())
     }
 
     /// Adds a domain the store does not have (one it has is kept as it is).
     pub(super) fn domain(&mut self, record: DomainRecord) -> Result<(), String> {
-        if self.domains.contains(&record.name) {
+        if self.domains()?.contains(&record.name) {
             return Ok(());
         }
         self.store.put_domain(&record).map_err(|e| e.to_string())?;
-        self.domains.insert(record.name);
+        self.domains()?.insert(record.name);
         self.done.domains += 1;
         Ok(())
     }
@@ -108,10 +114,11 @@ impl<'a> Importer<'a> {
             return Err(format!("a second link line for {}", link.code));
         }
         if let Some(domain) = link.code.domain()
-            && !self.domains.contains(domain)
+            && !self.domains()?.contains(domain)
         {
             return Err(format!(
-                "link {} is on the domain {domain}, which no domain line before it names",
+                "link {} is on the domain {domain}, which no domain line before it names \
+                 (add the domain to this store first, or a domain line to the export)",
                 link.code
             ));
         }

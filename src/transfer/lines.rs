@@ -185,7 +185,8 @@ impl LinkLine {
     pub(super) fn into_link(self) -> Result<Link, String> {
         let code =
             ShortCode::from_key(&self.code).map_err(|e| format!("code {:?}: {e}", self.code))?;
-        if self.domain.as_deref() != code.domain() {
+        // An export without `domain` (older ones) names it in the code alone.
+        if self.domain.is_some() && self.domain.as_deref() != code.domain() {
             return Err(format!(
                 "code {:?} and domain {:?} disagree (a link on a domain is keyed domain/code)",
                 self.code, self.domain

@@ -207,6 +207,26 @@ async fn valid_after(app: &TestApp, name: &str, after: &str) -> String {
     panic!("no valid certificate for {name} ending after {after}: {last}");
 }
 
+/// Adds `name` with `"https": true` and waits until its order has failed; returns the domain.
+async fn added_until_failed(app: &TestApp, name: &str) -> Value {
+    let res = send(
+        app,
+        Method::POST,
+        "/api/domains",
+        Some(json!({"name": name, "https": true})),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let deadline = Instant::now() + ORDER_WAIT;
+    loop {
+        let shown = domain(app, name).await;
+        if shown["certificate"]["status"] == "failed" || Instant::now() > deadline {
+            return shown;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The ports a test app will listen on, known before pebble starts (it is told them).
 fn ports() -> (SocketAddr, SocketAddr) {
     (
@@ -346,22 +366,7 @@ async fn two_domains_get_certificates_by_http_01_and_serve_redirects_over_https(
     assert_eq!(link["clickCount"], 1);
 
     // A name the ACME server refuses: `failed`, with its reason; the others keep serving.
-    let res = send(
-        &app,
-        Method::POST,
-        "/api/domains",
-        Some(json!({"name": "blocked.example.test", "https": true})),
-    )
-    .await;
-    assert_eq!(res.status(), 201);
-    let deadline = Instant::now() + ORDER_WAIT;
-    let refused = loop {
-        let shown = domain(&app, "blocked.example.test").await;
-        if shown["certificate"]["status"] == "failed" || Instant::now() > deadline {
-            break shown;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let refused = added_until_failed(&app, "blocked.example.test").await;
     let error = refused["certificate"]["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("refused the order") && error.contains("blocked.example.test"),
@@ -391,6 +396,34 @@ async fn two_domains_get_certificates_by_http_01_and_serve_redirects_over_https(
         .await?;
     assert_eq!(res.status(), 302);
     assert_eq!(pebble.issued(), 2);
+
+    // HTTPS turned off: the certificate goes (no handshake for the name); on again: ordered anew.
+    let res = send(
+        &app,
+        Method::PATCH,
+        "/api/domains/go.example.test",
+        Some(json!({"https": false})),
+    )
+    .await;
+    let off: Value = res.json().await?;
+    assert_eq!(off["certificate"]["status"], "none", "{off}");
+    // A new connection (the client above keeps one open from before).
+    let fresh = client_trusting(&root, &["go.example.test"], https);
+    let refused = fresh
+        .get(format!("https://go.example.test:{}/hi", https.port()))
+        .send()
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let res = send(
+        &app,
+        Method::PATCH,
+        "/api/domains/go.example.test",
+        Some(json!({"https": true})),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    valid_after(&app, "go.example.test", "").await;
+    assert_eq!(pebble.issued(), 3);
     app.stop().await;
     Ok(())
 }
@@ -469,22 +502,7 @@ async fn an_acme_server_that_is_down_fails_the_order_clearly_and_nothing_else() 
         c.acme_directory = directory;
     })
     .await;
-    let res = send(
-        &app,
-        Method::POST,
-        "/api/domains",
-        Some(json!({"name": "down.example.test", "https": true})),
-    )
-    .await;
-    assert_eq!(res.status(), 201);
-    let deadline = Instant::now() + ORDER_WAIT;
-    let shown = loop {
-        let shown = domain(&app, "down.example.test").await;
-        if shown["certificate"]["status"] == "failed" || Instant::now() > deadline {
-            break shown;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let shown = added_until_failed(&app, "down.example.test").await;
     assert_eq!(shown["certificate"]["status"], "failed", "{shown}");
     let error = shown["certificate"]["error"].as_str().unwrap_or_default();
     assert!(

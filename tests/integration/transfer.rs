@@ -33,7 +33,8 @@ fn run(args: &[&str], dir: &Path) -> (bool, String, String) {
     )
 }
 
-async fn get(app: &TestApp, path: &str) -> Value {
+/// `GET path` with the admin key: its JSON, the status checked to be `200`.
+pub(crate) async fn get(app: &TestApp, path: &str) -> Value {
     let res = app
         .client
         .get(app.url(path))

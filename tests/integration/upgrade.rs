@@ -4,9 +4,12 @@
 
 use std::{path::Path, process::Command};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::support::{KEY, TestApp, TestResult, spawn_with};
+use crate::{
+    support::{KEY, TestResult, spawn_with},
+    transfer::get,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_linkpulse");
 
@@ -28,18 +31,6 @@ fn unpacked_store() -> tempfile::TempDir {
         .expect("tar runs");
     assert!(status.success(), "the fixture unpacks");
     dir
-}
-
-async fn get(app: &TestApp, path: &str) -> Value {
-    let res = app
-        .client
-        .get(app.url(path))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(res.status(), 200, "GET {path}");
-    res.json().await.expect("json")
 }
 
 /// What the older binary stored: `old-one` clicked 3 times, `old-two` once (see the README).

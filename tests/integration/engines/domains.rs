@@ -564,3 +564,79 @@ async fn strict_host_refuses_hosts_that_name_no_domain_on_the_public_routes() ->
     app.stop().await;
     Ok(())
 }
+
+/// A domain's `httpsOnly` answers plain HTTP with a `308` to the same path over HTTPS on every
+/// transport (the ACME check excepted); behind a trusted proxy that ended TLS
+/// (`X-Forwarded-Proto: https`) the request is served, with `hsts`'s header.
+#[tokio::test]
+async fn https_rules_apply_on_every_transport_and_behind_a_proxy_that_ends_tls() -> TestResult {
+    let app = crate::support::spawn_with(None, |c| c.trust_forwarded_for = true).await;
+    let res = send(
+        &app,
+        reqwest::Method::POST,
+        "/api/domains",
+        KEY,
+        Some(json!({"name": "go.example.test", "https": true, "hsts": true, "httpsOnly": true})),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let res = app
+        .create(json!({"url": "https://example.com/ruled", "code": "rule", "domain": "go.example.test"}))
+        .await;
+    assert_eq!(res.status(), 201);
+    for kept_alive in [false, true] {
+        for path in [
+            "/rule?from=paper",
+            "/realtime/rule",
+            "/links/rule",
+            "/badge/rule.svg",
+        ] {
+            let answer = ask_as(&app, "go.example.test", path, kept_alive).await;
+            assert_eq!(answer.status, 308, "{path}: {}", answer.head);
+            assert_eq!(
+                answer.header("location"),
+                Some(format!("https://go.example.test{path}").as_str())
+            );
+        }
+        let challenge = ask_as(
+            &app,
+            "go.example.test",
+            "/.well-known/acme-challenge/t0k3n",
+            kept_alive,
+        )
+        .await;
+        assert_eq!(challenge.status, 404, "{}", challenge.head);
+        // The proxy took it over HTTPS: served, with Strict-Transport-Security.
+        let request =
+            "GET /rule HTTP/1.1\r\nHost: go.example.test\r\nX-Forwarded-Proto: https\r\n\r\n";
+        let mut conn = if kept_alive {
+            crate::wire::kept_alive_from([127, 0, 0, 1], app.addr).await
+        } else {
+            tokio::net::TcpStream::connect(app.addr).await?
+        };
+        let answer = crate::wire::exchange(&mut conn, request.as_bytes())
+            .await
+            .ok_or("answered")?;
+        assert_eq!(answer.status, 302, "{}", answer.head);
+        assert_eq!(
+            answer.header("strict-transport-security"),
+            Some("max-age=31536000")
+        );
+    }
+    // The 308s were no clicks; the two forwarded requests were.
+    assert_eq!(
+        send(
+            &app,
+            reqwest::Method::GET,
+            "/api/links/rule?domain=go.example.test",
+            KEY,
+            None
+        )
+        .await
+        .json::<Value>()
+        .await?["clickCount"],
+        2
+    );
+    app.stop().await;
+    Ok(())
+}
