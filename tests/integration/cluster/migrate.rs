@@ -54,6 +54,20 @@ async fn a_migrated_installation_reads_the_same_from_a_cluster_node() -> TestRes
             assert_eq!(res.status(), 302);
         }
     }
+    // A domain with a link on it moves too.
+    let res = app
+        .client
+        .post(app.url("/api/domains"))
+        .bearer_auth(crate::support::KEY)
+        .json(&serde_json::json!({"name": "go.example.test", "rootUrl": "https://example.com/"}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 201);
+    let res = app
+        .create(serde_json::json!({"url": "https://example.com/branded", "code": "moved",
+                                   "domain": "go.example.test"}))
+        .await;
+    assert_eq!(res.status(), 201);
     let mut before = Vec::new();
     for (code, _) in made {
         let count = consistent(&app.client, &app.base, code).await;
@@ -77,7 +91,7 @@ async fn a_migrated_installation_reads_the_same_from_a_cluster_node() -> TestRes
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("1 api keys, 3 links, 35 clicks"),
+        stdout.contains("1 api keys, 1 domains, 4 links, 35 clicks"),
         "the summary says what moved: {stdout}"
     );
 
@@ -93,6 +107,15 @@ async fn a_migrated_installation_reads_the_same_from_a_cluster_node() -> TestRes
             "{code}"
         );
     }
+    let res = node
+        .client
+        .get(node.url("/moved"))
+        .header("host", "go.example.test")
+        .send()
+        .await?;
+    assert_eq!(res.headers()["location"], "https://example.com/branded");
+    let res = node.client.get(node.url("/")).header("host", "go.example.test").send().await?;
+    assert_eq!(res.headers()["location"], "https://example.com/");
     // Numbering goes on after the moved clicks.
     assert_eq!(click(&node.client, &node.base, "moved").await, 302);
     assert_eq!(consistent(&node.client, &node.base, "moved").await, 31);
