@@ -32,6 +32,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage the people who sign in, as `keys` manages keys (also while the server runs).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Read the whole store and check it (with the server stopped): every record's checksum
     /// and format, every link's clicks numbered 1..n without a gap, the totals record, and
     /// the floor. Prints what it read and exits 0, or exits non-zero saying what is wrong.
@@ -91,6 +96,41 @@ pub enum Command {
         /// admin key.
         #[arg(long)]
         owner: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Make a user who signs in with an email and a password (read from one line of standard
+    /// input with --password-stdin); prints the user as a JSON object.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_enum, default_value = "member")]
+        role: crate::accounts::Role,
+        /// Read the password from one line of standard input (the newline not part of it).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// List the users, one JSON object a line (id, email, role, createdAt, disabled).
+    List {
+        #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Disable the user with this email: their sessions end and they cannot sign in.
+    Disable {
+        #[arg(long)]
+        email: String,
+        #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
 }
 

@@ -1,5 +1,5 @@
-//! The control socket, `<data-dir>/control.sock`: how `linkpulse keys create|list|revoke` manage
-//! keys while the server runs (the store admits one process). A connection carries one JSON
+//! The control socket, `<data-dir>/control.sock`: how `linkpulse keys create|list|revoke` and
+//! `linkpulse users create|list|disable` manage keys and users while the server runs (the store admits one process). A connection carries one JSON
 //! request and one JSON answer, each on a line. The socket is made in a private directory with
 //! mode 0600 and renamed into place (replacing one a killed server left), so only the data
 //! directory's owner can talk to it; it is removed at a clean stop.
@@ -20,7 +20,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::keys::{ApiKeys, KeyError, KeyInfo, KeyName, NewKey, Scope};
+use crate::{
+    accounts::{AccountError, Accounts, Role, UserRecord},
+    keys::{ApiKeys, KeyError, KeyInfo, KeyName, NewKey, Scope},
+};
 
 /// The socket's file name in the data directory.
 pub use crate::store::SOCKET_NAME;
@@ -33,9 +36,46 @@ const WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    Create { name: String, scope: Scope },
+    Create {
+        name: String,
+        scope: Scope,
+    },
     List,
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
+    UserCreate {
+        email: String,
+        role: Role,
+        password: String,
+    },
+    UserList,
+    UserDisable {
+        email: String,
+    },
+}
+
+/// A user as `linkpulse users` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserInfo {
+    pub id: String,
+    pub email: String,
+    pub role: Role,
+    pub created_at: String,
+    pub disabled: bool,
+}
+
+impl From<UserRecord> for UserInfo {
+    fn from(u: UserRecord) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            role: u.role,
+            created_at: crate::domain::format_ms(u.created_at),
+            disabled: u.disabled,
+        }
+    }
 }
 
 /// What the server answers.
@@ -45,11 +85,22 @@ pub enum Answer {
     Created(NewKey),
     Keys(Vec<KeyInfo>),
     Revoked(String),
+    User(UserInfo),
+    Users(Vec<UserInfo>),
     Error(String),
 }
 
-/// Runs `request` on `keys` (blocking: store writes are synced).
+/// Runs `request` on `keys` and the users of their store (blocking: store writes are synced).
 pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
+    let accounts = Accounts(keys.store().as_ref());
+    let user_answer = |done: Result<Answer, AccountError>| {
+        done.unwrap_or_else(|e| {
+            if let AccountError::Store(cause) = &e {
+                warn!(cause = %cause, "a user operation from the control socket failed");
+            }
+            Answer::Error(e.to_string())
+        })
+    };
     let done = match request {
         Request::Create { name, scope } => {
             KeyName::parse(&name).and_then(|name| keys.create(&name, scope).map(Answer::Created))
@@ -58,6 +109,27 @@ pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
         // The command stands for whoever owns the data directory: it may revoke any key,
         // the last admin key too (it can make another).
         Request::Revoke { id } => keys.revoke(&id, None).map(|()| Answer::Revoked(id)),
+        Request::UserCreate {
+            email,
+            role,
+            password,
+        } => {
+            return user_answer(
+                accounts
+                    .create_user(&email, role, Some(&password))
+                    .map(|u| Answer::User(u.into())),
+            );
+        }
+        Request::UserList => {
+            return user_answer(
+                accounts
+                    .users()
+                    .map(|all| Answer::Users(all.into_iter().map(UserInfo::from).collect())),
+            );
+        }
+        Request::UserDisable { email } => {
+            return user_answer(accounts.disable(&email).map(|u| Answer::User(u.into())));
+        }
     };
     done.unwrap_or_else(|e| {
         if let KeyError::Store(cause) = &e {

@@ -205,6 +205,11 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
+    /// The store the keys live in (the control socket manages users there too).
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
     pub fn load(store: &SharedStore) -> Result<Self, StoreError> {
         let keys = store
             .api_keys()?

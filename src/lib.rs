@@ -37,6 +37,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod accounts;
 pub mod analytics;
 pub mod app;
 pub mod certs;

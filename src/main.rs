@@ -43,6 +43,22 @@ async fn main() -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
+        Some(Command::Users { command }) => {
+            let out = tokio::task::spawn_blocking(move || {
+                linkpulse::app::users_command(command, || {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    Ok(line
+                        .strip_suffix('\n')
+                        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+                        .unwrap_or(&line)
+                        .to_owned())
+                })
+            })
+            .await??;
+            print!("{out}");
+            Ok(())
+        }
         Some(Command::Check { data_dir, nats }) => {
             let report = match nats {
                 Some(urls) => linkpulse::app::check_cluster(&urls).await?,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::{
-    config::{ClusterArgs, KeysCommand},
+    config::{ClusterArgs, KeysCommand, UsersCommand},
     control,
     keys::{ApiKeys, Scope},
     store::{ClusterStore, SharedStore, Store, with_stopped_store},
@@ -54,6 +54,58 @@ pub fn keys_command(command: KeysCommand) -> anyhow::Result<String> {
             .collect()),
         control::Answer::Revoked(id) => Ok(format!("revoked {id}\n")),
         control::Answer::Error(message) => Err(anyhow::anyhow!(message)),
+        other => Err(anyhow::anyhow!("an answer about something else: {other:?}")),
+    }
+}
+
+/// `linkpulse users create|list|disable`: as [`keys_command`], for users. Returns what to
+/// print. `read_password` reads the password of `create` (one line of standard input).
+pub fn users_command(
+    command: UsersCommand,
+    read_password: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
+    let (data_dir, cluster, request) = match command {
+        UsersCommand::Create {
+            email,
+            role,
+            data_dir,
+            cluster,
+            ..
+        } => {
+            let password = read_password()?;
+            (
+                data_dir,
+                cluster,
+                control::Request::UserCreate {
+                    email,
+                    role,
+                    password,
+                },
+            )
+        }
+        UsersCommand::List { data_dir, cluster } => (data_dir, cluster, control::Request::UserList),
+        UsersCommand::Disable {
+            email,
+            data_dir,
+            cluster,
+        } => (data_dir, cluster, control::Request::UserDisable { email }),
+    };
+    let answer = match cluster.nats {
+        Some(urls) => {
+            let runtime = tokio::runtime::Handle::current();
+            let store = runtime.block_on(ClusterStore::open_existing(&urls))?;
+            let shared: SharedStore = Arc::new(store);
+            let keys = ApiKeys::load(&shared).context("cannot read the API keys")?;
+            control::execute(&keys, request)
+        }
+        None => local_keys(&data_dir, request)?,
+    };
+    let line = |u: &control::UserInfo| serde_json::to_string(u).unwrap_or_default() + "\n";
+    match answer {
+        control::Answer::User(user) => Ok(line(&user)),
+        control::Answer::Users(all) => Ok(all.iter().map(line).collect()),
+        control::Answer::Error(message) => Err(anyhow::anyhow!(message)),
+        other => Err(anyhow::anyhow!("an answer about something else: {other:?}")),
     }
 }
 

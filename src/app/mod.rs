@@ -14,7 +14,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use commands::{check_cluster, check_store, keys_command};
+pub use commands::{check_cluster, check_store, keys_command, users_command};
 
 use crate::{
     analytics::{AggregateSettings, CountryDb},
@@ -295,6 +295,7 @@ fn app_state(
         metrics,
         shutdown: CancellationToken::new(),
         lane_requests: tokio_util::task::TaskTracker::new(),
+        sign_in: Default::default(),
         domains: Arc::default(),
         default_domain,
         default_host,

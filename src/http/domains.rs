@@ -323,7 +323,7 @@ pub struct AddDomain(pub Arc<AppState>);
 impl AddDomain {
     async fn add(&self, req: &mut Request) -> Result<DomainBody, ApiError> {
         let state = &self.0;
-        let caller = authenticate(state, req)?;
+        let caller = authenticate(state, req).await?;
         require_admin(&caller)?;
         let sent: CreateDomain = read_json_object(req, MAX_BODY).await?;
         https_rules(sent.https, sent.hsts, sent.https_only)?;
@@ -391,7 +391,10 @@ pub struct ListDomains(pub Arc<AppState>);
 impl ListDomains {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
-        if let Err(e) = authenticate(state, req).and_then(|c| require_admin(&c)) {
+        if let Err(e) = authenticate(state, req)
+            .await
+            .and_then(|c| require_admin(&c))
+        {
             return e.write(res);
         }
         let domains = state
@@ -410,7 +413,7 @@ pub struct PatchDomainRoute(pub Arc<AppState>);
 impl PatchDomainRoute {
     async fn patch(&self, req: &mut Request) -> Result<DomainBody, ApiError> {
         let state = &self.0;
-        require_admin(&authenticate(state, req)?)?;
+        require_admin(&authenticate(state, req).await?)?;
         let name = name_param(req)?;
         let Some(current) = state.domains.get(&name) else {
             return Err(ApiError::not_found("no such domain"));
@@ -466,7 +469,7 @@ pub struct DeleteDomain(pub Arc<AppState>);
 impl DeleteDomain {
     async fn delete(&self, req: &Request) -> Result<(), ApiError> {
         let state = &self.0;
-        require_admin(&authenticate(state, req)?)?;
+        require_admin(&authenticate(state, req).await?)?;
         let name = name_param(req)?;
         if state.domains.get(&name).is_none() {
             return Err(ApiError::not_found("no such domain"));

@@ -23,8 +23,8 @@ struct CreateKeyRequest {
 }
 
 /// The caller, if it holds an admin key: else `401` or `403`.
-fn admin(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
-    let caller = authenticate(state, req)?;
+async fn admin(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
+    let caller = authenticate(state, req).await?;
     require_admin(&caller)?;
     Ok(caller)
 }
@@ -49,7 +49,7 @@ pub struct CreateKey(pub Arc<AppState>);
 
 impl CreateKey {
     async fn create(&self, req: &mut Request) -> Result<crate::keys::NewKey, ApiError> {
-        admin(&self.0, req)?;
+        admin(&self.0, req).await?;
         let request: CreateKeyRequest = read_json_object(req, MAX_BODY).await?;
         let name = KeyName::parse(&request.name)?;
         let state = self.0.clone();
@@ -92,7 +92,7 @@ pub struct ListKeys(pub Arc<AppState>);
 )]
 impl ListKeys {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
-        match admin(&self.0, req) {
+        match admin(&self.0, req).await {
             Ok(_) => res.render(Json(serde_json::json!({ "keys": self.0.keys.list() }))),
             Err(e) => e.write(res),
         }
@@ -104,7 +104,7 @@ pub struct RevokeKey(pub Arc<AppState>);
 
 impl RevokeKey {
     async fn revoke(&self, req: &Request) -> Result<(), ApiError> {
-        let caller = admin(&self.0, req)?;
+        let caller = admin(&self.0, req).await?;
         let id = req.params().get("id").cloned().unwrap_or_default();
         let state = self.0.clone();
         blocking(move || state.keys.revoke(&id, Some(&caller))).await

@@ -55,7 +55,7 @@ impl ListLinks {
         req: &Request,
     ) -> Result<(Vec<(Arc<Link>, Snapshot)>, Option<Cursor>), ApiError> {
         let state = &self.0;
-        let caller = authenticate(state, req)?;
+        let caller = authenticate(state, req).await?;
         let param = |name: &str| req.query::<String>(name);
         let limit = match param("limit") {
             None => DEFAULT_PAGE,

@@ -28,6 +28,7 @@ mod realtime;
 mod redirect;
 mod request;
 pub mod secure;
+pub mod session;
 mod sse;
 mod stream;
 pub mod tls;
@@ -43,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 pub use error::ApiError;
+pub use fields::{hash_password, verify_password};
 pub(crate) use request::client_addr;
 pub use request::{
     authenticate, check_host, client_ip, code_param, domain_of_host, key_on, read_json_object,
@@ -81,6 +83,8 @@ pub struct AppState {
     pub create_limits: limit::ClientLimits,
     /// `--geoip-db`, open.
     pub country_db: Option<Arc<CountryDb>>,
+    /// Failed sign-ins per account and per address.
+    pub sign_in: session::SignInLimits,
 }
 
 impl AppState {
@@ -283,6 +287,23 @@ fn api_router(state: &Arc<AppState>, document: &openapi::Document) -> Router {
     .push(
         Router::with_path("keys/{id}")
             .delete(keys::RevokeKey(s()))
+            .goal(NotAllowed("DELETE")),
+    )
+    .push(
+        Router::with_path("session")
+            .post(session::SignInRoute(s()))
+            .delete(session::SignOutRoute(s()))
+            .goal(NotAllowed("POST, DELETE")),
+    )
+    .push(
+        Router::with_path("sessions")
+            .get(session::ListSessions(s()))
+            .head(session::ListSessions(s()))
+            .goal(NotAllowed("GET, HEAD")),
+    )
+    .push(
+        Router::with_path("sessions/{id}")
+            .delete(session::EndSession(s()))
             .goal(NotAllowed("DELETE")),
     )
     .push(

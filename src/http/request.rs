@@ -79,7 +79,7 @@ pub async fn read_json_object<T: DeserializeOwned>(
 }
 
 /// The caller behind `Authorization: Bearer <key>`, or a 401.
-pub fn authenticate(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
+pub async fn authenticate(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
     let ip = client_ip(state, req);
     if let Some(ip) = ip {
         state
@@ -87,12 +87,16 @@ pub fn authenticate(state: &AppState, req: &Request) -> Result<Caller, ApiError>
             .check_auth(ip)
             .map_err(limit::Limited::into_error)?;
     }
-    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::new(
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        // No key: a signed-in person's session cookie, checked against the store now.
+        if let Some((caller, _)) = super::session::signed_in(state, req).await? {
+            return Ok(caller);
+        }
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing Authorization: Bearer <api key>",
-        )
-    })?;
+            "missing Authorization: Bearer <api key> (or sign in)",
+        ));
+    };
     // A key was presented: a wrong, revoked or malformed one counts against the address
     // (`--auth-failures-per-ip`); a missing one guesses nothing and does not.
     presented_key(state, value).inspect_err(|_| {

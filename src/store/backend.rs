@@ -116,6 +116,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Every setting (what the service keeps beside links: certificates, the ACME account)
     /// whose name starts with `prefix`, as (name, value). Names use `[a-z0-9._-]`.
     fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// The setting `name`, if stored.
+    fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Stores a setting, durably before returning.
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Removes a setting.
@@ -256,6 +258,10 @@ impl Backend for Store {
 
     fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         Store::settings(self, prefix)
+    }
+
+    fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Store::setting(self, name)
     }
 
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {

@@ -148,7 +148,7 @@ pub struct CreateLink(pub Arc<AppState>);
 impl CreateLink {
     async fn create(&self, req: &mut Request) -> Result<Link, ApiError> {
         let state = &self.0;
-        let caller = authenticate(state, req)?;
+        let caller = authenticate(state, req).await?;
         require_write(&caller)?;
         check_create_rate(state, req, &caller)?;
         let request: LinkFields = read_json(req).await?;
@@ -292,7 +292,7 @@ pub(super) async fn owned_link(
     state: &AppState,
     req: &Request,
 ) -> Result<(Caller, Arc<Link>), ApiError> {
-    let caller = authenticate(state, req)?;
+    let caller = authenticate(state, req).await?;
     let missing = || ApiError::not_found("no such link");
     let domain = domain_named(state, req.query::<String>("domain").as_deref()).await?;
     let code = ShortCode::parse(code_param(req)).map_err(|_| missing())?;

@@ -13,18 +13,18 @@ use dashmap::DashMap;
 /// `rate`, kept by hand because an address past it is refused *before* its key is checked
 /// (governor's limiters answer only by taking from the allowance, and a refused request must
 /// take nothing: it was not a failure, and a right key must not extend the wait).
-pub(super) struct Failures {
+pub struct Failures<K: std::hash::Hash + Eq = IpAddr> {
     /// What one failure takes from the allowance: 1 s / rate.
     interval: Duration,
     /// The allowance less one failure: an address owing more than this is refused.
     tolerance: Duration,
     /// Per address key, when its allowance is whole again.
-    whole_at: DashMap<IpAddr, Instant>,
+    whole_at: DashMap<K, Instant>,
 }
 
-impl Failures {
+impl<K: std::hash::Hash + Eq> Failures<K> {
     /// `rate` failures per `per`, also the burst; `None` when `rate` is 0 (no limit).
-    pub(super) fn new(rate: u32, per: Duration) -> Option<Self> {
+    pub fn new(rate: u32, per: Duration) -> Option<Self> {
         let rate = NonZeroU32::new(rate)?;
         let interval = per / rate.get();
         Some(Self {
@@ -35,14 +35,14 @@ impl Failures {
     }
 
     /// How long the address must still wait, if it is past its allowance.
-    pub(super) fn wait(&self, key: IpAddr, now: Instant) -> Option<Duration> {
-        let owed = self.whole_at.get(&key)?.saturating_duration_since(now);
+    pub fn wait(&self, key: &K, now: Instant) -> Option<Duration> {
+        let owed = self.whole_at.get(key)?.saturating_duration_since(now);
         (owed > self.tolerance).then(|| owed - self.tolerance)
     }
 
     /// Takes one from the allowance if the address is within it, atomically (tries that
     /// race each see the others'); otherwise how long it must wait.
-    pub(super) fn take(&self, key: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub fn take(&self, key: K, now: Instant) -> Result<(), Duration> {
         let mut whole_at = self.whole_at.entry(key).or_insert(now);
         let owed = whole_at.saturating_duration_since(now);
         if owed > self.tolerance {
@@ -52,18 +52,18 @@ impl Failures {
         Ok(())
     }
 
-    pub(super) fn failed(&self, key: IpAddr, now: Instant) {
+    pub fn failed(&self, key: K, now: Instant) {
         let mut whole_at = self.whole_at.entry(key).or_insert(now);
         *whole_at = (*whole_at).max(now) + self.interval;
     }
 
     /// Addresses tracked now (for [`ClientLimits::tracked`](super::ClientLimits::tracked)).
-    pub(super) fn tracked(&self) -> usize {
+    pub fn tracked(&self) -> usize {
         self.whole_at.len()
     }
 
     /// Forgets the addresses whose allowance is whole again.
-    pub(super) fn sweep(&self, now: Instant) {
+    pub fn sweep(&self, now: Instant) {
         self.whole_at.retain(|_, whole_at| *whole_at > now);
         self.whole_at.shrink_to_fit();
     }

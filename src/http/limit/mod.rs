@@ -3,7 +3,7 @@
 //! authentications per client address ([`Failures`]), open streams and open connections per
 //! client address ([`Places`]), and the size of request headers.
 
-mod failures;
+pub mod failures;
 mod headers;
 mod places;
 
@@ -18,7 +18,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
 use salvo::http::StatusCode;
 
 use super::ApiError;
-use failures::Failures;
+pub use failures::Failures;
 pub use headers::{HeaderLimit, MAX_HEADER_BYTES, MAX_HEADERS_BYTES, check_header_sizes};
 pub use places::{Full, PLACE_RETRY_AFTER, Place, Places};
 
@@ -149,7 +149,7 @@ impl ClientLimits {
         let Some(failures) = failures else {
             return Ok(());
         };
-        match failures.wait(ip_key(ip), Instant::now()) {
+        match failures.wait(&ip_key(ip), Instant::now()) {
             None => Ok(()),
             Some(wait) => Err(Limited { rate, wait }),
         }

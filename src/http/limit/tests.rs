@@ -83,23 +83,23 @@ fn failed_authentications_past_the_burst_refuse_the_address_for_a_while() {
     let start = Instant::now();
     for i in 0..4 {
         assert_eq!(
-            failures.wait(a, start),
+            failures.wait(&a, start),
             None,
             "failure {i} is within the burst"
         );
         failures.failed(a, start);
     }
     // Four failures at once: the allowance comes back one failure per 250 ms.
-    assert_eq!(failures.wait(a, start), Some(Duration::from_millis(250)));
+    assert_eq!(failures.wait(&a, start), Some(Duration::from_millis(250)));
     assert_eq!(
-        failures.wait(b, start),
+        failures.wait(&b, start),
         None,
         "another address is not held back"
     );
     let later = start + Duration::from_millis(250);
-    assert_eq!(failures.wait(a, later), None, "one more try after 250 ms");
+    assert_eq!(failures.wait(&a, later), None, "one more try after 250 ms");
     failures.failed(a, later);
-    assert_eq!(failures.wait(a, later), Some(Duration::from_millis(250)));
+    assert_eq!(failures.wait(&a, later), Some(Duration::from_millis(250)));
     failures.sweep(later + Duration::from_secs(1));
     assert_eq!(failures.tracked(), 0, "a whole allowance is forgotten");
     assert!(

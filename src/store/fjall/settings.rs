@@ -25,6 +25,11 @@ impl Store {
         Ok(out)
     }
 
+    /// The setting `name`, if stored.
+    pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key(name))?.map(|v| v.to_vec()))
+    }
+
     /// Stores a setting, synced before returning.
     pub fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         self.meta.insert(key(name), value)?;

@@ -331,6 +331,14 @@ impl Backend for NatsStore {
         })
     }
 
+    fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = format!("{SETTING_PREFIX}{name}");
+        let value = self
+            .run(self.inner.meta_kv.get(key))
+            .map_err(|e| nats_error("cannot read a setting", e))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         let key = format!("{SETTING_PREFIX}{name}");
         self.run(

@@ -105,6 +105,19 @@ fn check_version(what: &'static str, v: u8) -> Result<(), DecodeError> {
     }
 }
 
+/// Any record as stored (records other modules define: users, sessions).
+pub fn encode_any<T: Serialize>(value: &T) -> Vec<u8> {
+    encode(value)
+}
+
+/// Any record as read; `what` names it in an error.
+pub fn decode_any<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    decode(what, bytes)
+}
+
 pub fn encode_totals(totals: &Totals) -> Vec<u8> {
     encode(&Totals {
         v: RECORD_VERSION,

@@ -64,8 +64,10 @@ async fn a_migrated_installation_reads_the_same_from_a_cluster_node() -> TestRes
         .await?;
     assert_eq!(res.status(), 201);
     let res = app
-        .create(serde_json::json!({"url": "https://example.com/branded", "code": "moved",
-                                   "domain": "go.example.test"}))
+        .create(
+            serde_json::json!({"url": "https://example.com/branded", "code": "moved",
+                                   "domain": "go.example.test"}),
+        )
         .await;
     assert_eq!(res.status(), 201);
     let mut before = Vec::new();
@@ -114,7 +116,12 @@ async fn a_migrated_installation_reads_the_same_from_a_cluster_node() -> TestRes
         .send()
         .await?;
     assert_eq!(res.headers()["location"], "https://example.com/branded");
-    let res = node.client.get(node.url("/")).header("host", "go.example.test").send().await?;
+    let res = node
+        .client
+        .get(node.url("/"))
+        .header("host", "go.example.test")
+        .send()
+        .await?;
     assert_eq!(res.headers()["location"], "https://example.com/");
     // Numbering goes on after the moved clicks.
     assert_eq!(click(&node.client, &node.base, "moved").await, 302);

@@ -1,0 +1,320 @@
+//! People who sign in: users with an email and a password (argon2id, as link passwords are),
+//! each with a role, and their sessions. Both are settings in the store (`user.{id}`,
+//! `session.{SHA-256 of the cookie's token}`), so every node of a cluster honours a session and
+//! a signed-out one is refused on every node at once: a session is read from the store at each
+//! request that carries its cookie (API requests only; redirects carry none).
+
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    domain::now_ms,
+    keys::Scope,
+    store::{Backend, StoreError, records},
+};
+
+/// How long a session lasts from sign-in.
+pub const SESSION_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
+/// The shortest and longest password taken.
+const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 8..=1024;
+
+const USER: &str = "user.";
+const SESSION: &str = "session.";
+
+/// What a user may do.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, salvo_oapi::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, members included.
+    Owner,
+    /// Everything but owners.
+    Admin,
+    /// Creates and changes links.
+    Member,
+    /// Reads and watches.
+    Viewer,
+}
+
+impl Role {
+    /// The API scope the role acts with.
+    pub fn scope(self) -> Scope {
+        match self {
+            Self::Owner | Self::Admin => Scope::Admin,
+            Self::Member => Scope::Links,
+            Self::Viewer => Scope::Read,
+        }
+    }
+}
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub v: u8,
+    /// 16 hex digits, drawn at creation.
+    pub id: String,
+    /// Lower case, as typed otherwise.
+    pub email: String,
+    /// The argon2id PHC string; `None` until the user sets one.
+    pub password_hash: Option<String>,
+    pub role: Role,
+    pub created_at: i64,
+    pub disabled: bool,
+}
+
+/// A session as stored, under the hash of its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub v: u8,
+    /// What lists and revokes it: the first 16 hex digits of the token's hash.
+    pub id: String,
+    pub user_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub user_agent: Option<String>,
+    pub address: Option<String>,
+}
+
+/// Why an account operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("a user with the email {0} exists")]
+    Exists(String),
+    #[error("no user with the email {0}")]
+    NoSuchUser(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An email as kept: trimmed, lower case, one `@` with text on both sides, no spaces.
+pub fn parse_email(raw: &str) -> Result<String, AccountError> {
+    let email = raw.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && !email.chars().any(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, host)| {
+            !local.is_empty() && host.contains('.') && !host.contains('@')
+        });
+    if valid {
+        Ok(email)
+    } else {
+        Err(AccountError::Invalid(format!(
+            "email: {raw:?} is not an email address"
+        )))
+    }
+}
+
+/// A password's length checked.
+pub fn check_password(password: &str) -> Result<(), AccountError> {
+    let len = password.chars().count();
+    if PASSWORD_LEN.contains(&len) {
+        Ok(())
+    } else {
+        Err(AccountError::Invalid(format!(
+            "password: {} to {} characters",
+            PASSWORD_LEN.start(),
+            PASSWORD_LEN.end()
+        )))
+    }
+}
+
+/// The hash a session is stored under.
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A hash that matches no password, checked when the email names nobody, so a wrong email
+/// costs the same time as a wrong password.
+static NOBODY: LazyLock<String> =
+    LazyLock::new(|| crate::http::hash_password("linkpulse: no such user").unwrap_or_default());
+
+/// The users and sessions in a store (every call blocks: run it off the async threads).
+pub struct Accounts<'a>(pub &'a dyn Backend);
+
+impl Accounts<'_> {
+    /// Every user, oldest first.
+    pub fn users(&self) -> Result<Vec<UserRecord>, AccountError> {
+        let mut users: Vec<UserRecord> = self
+            .0
+            .settings(USER)?
+            .iter()
+            .filter_map(|(_, v)| records::decode_any("user", v).ok())
+            .collect();
+        users.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(users)
+    }
+
+    pub fn user(&self, id: &str) -> Result<Option<UserRecord>, AccountError> {
+        Ok(self
+            .0
+            .setting(&format!("{USER}{id}"))?
+            .and_then(|v| records::decode_any("user", &v).ok()))
+    }
+
+    pub fn by_email(&self, email: &str) -> Result<Option<UserRecord>, AccountError> {
+        Ok(self.users()?.into_iter().find(|u| u.email == email))
+    }
+
+    fn put_user(&self, user: &UserRecord) -> Result<(), AccountError> {
+        self.0
+            .put_setting(&format!("{USER}{}", user.id), &records::encode_any(user))?;
+        Ok(())
+    }
+
+    /// Makes a user; `password` is hashed here (about 20 ms).
+    pub fn create_user(
+        &self,
+        email: &str,
+        role: Role,
+        password: Option<&str>,
+    ) -> Result<UserRecord, AccountError> {
+        let email = parse_email(email)?;
+        if let Some(password) = password {
+            check_password(password)?;
+        }
+        if self.by_email(&email)?.is_some() {
+            return Err(AccountError::Exists(email));
+        }
+        let password_hash = password
+            .map(crate::http::hash_password)
+            .transpose()
+            .map_err(AccountError::Invalid)?;
+        let user = UserRecord {
+            v: records::RECORD_VERSION,
+            id: format!("{:016x}", rand::random::<u64>()),
+            email,
+            password_hash,
+            role,
+            created_at: now_ms(),
+            disabled: false,
+        };
+        self.put_user(&user)?;
+        Ok(user)
+    }
+
+    /// Disables the user with `email` and ends every session of theirs.
+    pub fn disable(&self, email: &str) -> Result<UserRecord, AccountError> {
+        let email = parse_email(email)?;
+        let mut user = self
+            .by_email(&email)?
+            .ok_or_else(|| AccountError::NoSuchUser(email.clone()))?;
+        user.disabled = true;
+        self.put_user(&user)?;
+        for (name, session) in self.stored_sessions()? {
+            if session.user_id == user.id {
+                self.0.delete_setting(&name)?;
+            }
+        }
+        Ok(user)
+    }
+
+    /// The user `email` and `password` name, if they do (a disabled user included: the caller
+    /// says so). Costs one password check whether or not the email names anybody.
+    pub fn check_sign_in(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<UserRecord>, AccountError> {
+        let user = match parse_email(email) {
+            Ok(email) => self.by_email(&email)?,
+            Err(_) => None,
+        };
+        let hash = user
+            .as_ref()
+            .and_then(|u| u.password_hash.clone())
+            .unwrap_or_else(|| NOBODY.clone());
+        let matches = crate::http::verify_password(&hash, password);
+        Ok(user.filter(|u| matches && u.password_hash.is_some()))
+    }
+
+    /// Starts a session for `user`: the cookie's token (shown once) and the session.
+    pub fn start_session(
+        &self,
+        user: &UserRecord,
+        user_agent: Option<String>,
+        address: Option<String>,
+    ) -> Result<(String, SessionRecord), AccountError> {
+        let token = hex::encode(rand::random::<[u8; 32]>());
+        let hash = token_hash(&token);
+        let now = now_ms();
+        let session = SessionRecord {
+            v: records::RECORD_VERSION,
+            id: hash[..16].to_owned(),
+            user_id: user.id.clone(),
+            created_at: now,
+            expires_at: now + SESSION_LIFETIME_MS,
+            user_agent: user_agent.map(|ua| ua.chars().take(256).collect()),
+            address,
+        };
+        self.0
+            .put_setting(&format!("{SESSION}{hash}"), &records::encode_any(&session))?;
+        Ok((token, session))
+    }
+
+    /// The live session a cookie's `token` names and its user (enabled).
+    pub fn session(
+        &self,
+        token: &str,
+    ) -> Result<Option<(SessionRecord, UserRecord)>, AccountError> {
+        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let Some(bytes) = self.0.setting(&format!("{SESSION}{}", token_hash(token)))? else {
+            return Ok(None);
+        };
+        let Ok(session) = records::decode_any::<SessionRecord>("session", &bytes) else {
+            return Ok(None);
+        };
+        if session.expires_at <= now_ms() {
+            return Ok(None);
+        }
+        Ok(self
+            .user(&session.user_id)?
+            .filter(|u| !u.disabled)
+            .map(|u| (session, u)))
+    }
+
+    /// Ends the session a cookie's `token` names.
+    pub fn end_session(&self, token: &str) -> Result<(), AccountError> {
+        self.0
+            .delete_setting(&format!("{SESSION}{}", token_hash(token)))?;
+        Ok(())
+    }
+
+    fn stored_sessions(&self) -> Result<Vec<(String, SessionRecord)>, AccountError> {
+        Ok(self
+            .0
+            .settings(SESSION)?
+            .into_iter()
+            .filter_map(|(name, v)| Some((name, records::decode_any("session", &v).ok()?)))
+            .collect())
+    }
+
+    /// The live sessions of the user `user_id`, newest first.
+    pub fn sessions_of(&self, user_id: &str) -> Result<Vec<SessionRecord>, AccountError> {
+        let now = now_ms();
+        let mut mine: Vec<SessionRecord> = self
+            .stored_sessions()?
+            .into_iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.user_id == user_id && s.expires_at > now)
+            .collect();
+        mine.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(mine)
+    }
+
+    /// Ends the session `id` of the user `user_id`: whether there was one.
+    pub fn end_session_by_id(&self, user_id: &str, id: &str) -> Result<bool, AccountError> {
+        for (name, session) in self.stored_sessions()? {
+            if session.user_id == user_id && session.id == id {
+                self.0.delete_setting(&name)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
