@@ -303,7 +303,7 @@ impl Accounts<'_> {
             .map(|(_, s)| s)
             .filter(|s| s.user_id == user_id && s.expires_at > now)
             .collect();
-        mine.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        mine.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         Ok(mine)
     }
 

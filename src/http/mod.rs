@@ -292,8 +292,10 @@ fn api_router(state: &Arc<AppState>, document: &openapi::Document) -> Router {
     .push(
         Router::with_path("session")
             .post(session::SignInRoute(s()))
+            .get(session::WhoAmI(s()))
+            .head(session::WhoAmI(s()))
             .delete(session::SignOutRoute(s()))
-            .goal(NotAllowed("POST, DELETE")),
+            .goal(NotAllowed("GET, HEAD, POST, DELETE")),
     )
     .push(
         Router::with_path("sessions")

@@ -28,7 +28,10 @@ use salvo_oapi::endpoint;
 const COOKIE: &str = "lp_session";
 const SECURE_COOKIE: &str = "__Host-lp_session";
 /// Failed sign-ins allowed per account and per address in [`WINDOW`].
-const FAILURES: u32 = 10;
+const FAILURES: std::num::NonZeroU32 = match std::num::NonZeroU32::new(10) {
+    Some(n) => n,
+    None => std::num::NonZeroU32::MIN,
+};
 const WINDOW: Duration = Duration::from_secs(15 * 60);
 const MAX_BODY: usize = 4 * 1024;
 
@@ -41,8 +44,8 @@ pub struct SignInLimits {
 impl Default for SignInLimits {
     fn default() -> Self {
         Self {
-            by_account: Failures::new(FAILURES, WINDOW).expect("a rate above zero"),
-            by_address: Failures::new(FAILURES, WINDOW).expect("a rate above zero"),
+            by_account: Failures::every(FAILURES, WINDOW),
+            by_address: Failures::every(FAILURES, WINDOW),
         }
     }
 }
@@ -353,6 +356,38 @@ impl SignInRoute {
                     .insert(header::LOCATION, HeaderValue::from_static("/"));
             }
             Ok(done) => res.render(Json(done)),
+            Err(e) => e.write(res),
+        }
+    }
+}
+
+/// `GET /api/session`.
+pub struct WhoAmI(pub Arc<AppState>);
+
+/// Who is signed in by this request's cookie
+#[endpoint(
+    tags("sessions"),
+    responses(
+        (status_code = 200, description = "The user and this session", body = SignedIn),
+        (status_code = 401, description = "Not signed in", body = super::openapi::schemas::Error),
+    )
+)]
+impl WhoAmI {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let state = &self.0;
+        let found = async {
+            let (caller, session) = session_caller(state, req).await?;
+            let id = caller.key_id.clone();
+            let user = blocking(state, move |accounts| accounts.user(&id))
+                .await?
+                .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "not signed in"))?;
+            Ok::<_, ApiError>(SignedIn {
+                user: user_body(&user),
+                session: session_body(&session, Some(&session.id)),
+            })
+        };
+        match found.await {
+            Ok(me) => res.render(Json(me)),
             Err(e) => e.write(res),
         }
     }

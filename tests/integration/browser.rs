@@ -524,3 +524,112 @@ async fn the_home_page_creates_lists_edits_and_deletes_links() -> TestResult {
     app.stop().await;
     Ok(())
 }
+
+/// A person signs in on the home page with an email and a password (no key pasted), makes a
+/// link whose count moves with clicks from elsewhere, stays signed in after a reload, and
+/// signs out; the page fits a phone's width.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_on_the_home_page_and_signs_out() -> TestResult {
+    let Some(session) = start_browser().await? else {
+        return Ok(());
+    };
+    let browser = session.client.clone();
+    browser.set_window_size(1280, 1000).await?;
+    let app = spawn_app().await;
+    let (ok, _, err) = crate::accounts::users(
+        app.dir.path(),
+        &[
+            "create",
+            "--email",
+            "ada@example.test",
+            "--role",
+            "member",
+            "--password-stdin",
+        ],
+        "correct horse battery\n",
+    );
+    assert!(ok, "{err}");
+    browser.goto(&app.url("/")).await?;
+    for (id, value) in [
+        ("email", "ada@example.test"),
+        ("password", "wrong password"),
+    ] {
+        browser
+            .find(Locator::Id(id))
+            .await?
+            .send_keys(value)
+            .await?;
+    }
+    browser.find(Locator::Id("signIn")).await?.click().await?;
+    eventually(
+        WAIT,
+        "the status line says the password is wrong",
+        || async {
+            text_at(&browser, "#status")
+                .await
+                .contains("wrong email or password")
+        },
+    )
+    .await;
+    let password = browser.find(Locator::Id("password")).await?;
+    password.clear().await?;
+    password.send_keys("correct horse battery").await?;
+    browser.find(Locator::Id("signIn")).await?.click().await?;
+    eventually(WAIT, "signed in", || async {
+        text_at(&browser, "#who").await == "Signed in as ada@example.test (member)."
+    })
+    .await;
+    for (id, value) in [("url", "https://example.com/ada"), ("code", "ada")] {
+        browser
+            .find(Locator::Id(id))
+            .await?
+            .send_keys(value)
+            .await?;
+    }
+    browser.find(Locator::Id("create")).await?.click().await?;
+    let count = r#"li[data-code="ada"] .count"#;
+    eventually(WAIT, "the new link is listed", || async {
+        text_at(&browser, count).await == "0"
+    })
+    .await;
+    assert_eq!(app.click("ada").await.status(), 302);
+    eventually(WAIT, "the count moves", || async {
+        text_at(&browser, count).await == "1"
+    })
+    .await;
+
+    // A reload keeps the session (the cookie), at a phone's width too.
+    browser.set_window_size(375, 812).await?;
+    browser.refresh().await?;
+    eventually(WAIT, "still signed in after a reload", || async {
+        text_at(&browser, count).await == "1"
+    })
+    .await;
+    assert!(
+        holds(
+            &browser,
+            "return document.documentElement.scrollWidth <= window.innerWidth;"
+        )
+        .await,
+        "no horizontal scrolling at 375px"
+    );
+    let shot = browser.screenshot().await?;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("home-signed-in-narrow.png");
+    std::fs::write(&path, shot)?;
+    eprintln!("signed-in home page screenshot: {}", path.display());
+
+    browser.find(Locator::Id("signOut")).await?.click().await?;
+    eventually(WAIT, "the sign-in form is back", || async {
+        match browser.find(Locator::Id("signInForm")).await {
+            Ok(form) => form.is_displayed().await.unwrap_or(false),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(text_at(&browser, "#links").await.is_empty());
+    let res = app.client.get(app.url("/api/session")).send().await?;
+    assert_eq!(res.status(), 401);
+    browser.close().await?;
+    app.stop().await;
+    Ok(())
+}

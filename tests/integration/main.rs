@@ -2,7 +2,7 @@
 //! store, and talks to it over HTTP like a user would. `engines` runs one behaviour suite on
 //! fjall and on a JetStream server of its own; `cluster` runs nodes against a NATS cluster.
 
-mod accounts;
+pub mod accounts;
 pub mod acme;
 mod api;
 mod bad_input;

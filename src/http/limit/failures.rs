@@ -25,13 +25,17 @@ pub struct Failures<K: std::hash::Hash + Eq = IpAddr> {
 impl<K: std::hash::Hash + Eq> Failures<K> {
     /// `rate` failures per `per`, also the burst; `None` when `rate` is 0 (no limit).
     pub fn new(rate: u32, per: Duration) -> Option<Self> {
-        let rate = NonZeroU32::new(rate)?;
+        Some(Self::every(NonZeroU32::new(rate)?, per))
+    }
+
+    /// `rate` failures per `per`, also the burst.
+    pub fn every(rate: NonZeroU32, per: Duration) -> Self {
         let interval = per / rate.get();
-        Some(Self {
+        Self {
             interval,
             tolerance: interval * (rate.get() - 1),
             whole_at: DashMap::new(),
-        })
+        }
     }
 
     /// How long the address must still wait, if it is past its allowance.

@@ -103,7 +103,7 @@ fn failed_authentications_past_the_burst_refuse_the_address_for_a_while() {
     failures.sweep(later + Duration::from_secs(1));
     assert_eq!(failures.tracked(), 0, "a whole allowance is forgotten");
     assert!(
-        Failures::new(0, Duration::from_secs(1)).is_none(),
+        Failures::<std::net::IpAddr>::new(0, Duration::from_secs(1)).is_none(),
         "0 is no limit"
     );
 }
