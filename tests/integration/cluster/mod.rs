@@ -13,6 +13,7 @@ mod migrate;
 mod nginx;
 mod outage;
 mod random;
+mod sessions;
 mod truth;
 mod viewers;
 
@@ -31,7 +32,7 @@ use tempfile::TempDir;
 pub use crate::support::eventually;
 use crate::support::{KEY, client};
 
-const BIN: &str = env!("CARGO_BIN_EXE_linkpulse");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_linkpulse");
 
 /// One cluster test at a time.
 pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
