@@ -101,15 +101,16 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
-    /// Make a user who signs in with an email and a password (read from one line of standard
-    /// input with --password-stdin); prints the user as a JSON object.
+    /// Make a user who signs in with an email and a password: with --password-stdin the
+    /// password is read from one line of standard input and the user printed as a JSON object;
+    /// without it, a one-time sign-up link (7 days) is printed for the person to choose one.
     Create {
         #[arg(long)]
         email: String,
         #[arg(long, value_enum, default_value = "member")]
         role: crate::accounts::Role,
         /// Read the password from one line of standard input (the newline not part of it).
-        #[arg(long, required = true)]
+        #[arg(long)]
         password_stdin: bool,
         #[arg(long, env = "LINKPULSE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,

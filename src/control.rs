@@ -49,6 +49,10 @@ pub enum Request {
         role: Role,
         password: String,
     },
+    UserInvite {
+        email: String,
+        role: Role,
+    },
     UserList,
     UserDisable {
         email: String,
@@ -87,6 +91,8 @@ pub enum Answer {
     Revoked(String),
     User(UserInfo),
     Users(Vec<UserInfo>),
+    /// A sign-up link's path (`/auth/signup?invite=...`), to open on the server's address.
+    Invited(String),
     Error(String),
 }
 
@@ -118,6 +124,13 @@ pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
                 accounts
                     .create_user(&email, role, Some(&password))
                     .map(|u| Answer::User(u.into())),
+            );
+        }
+        Request::UserInvite { email, role } => {
+            return user_answer(
+                accounts
+                    .invite(Some(&email), role, "linkpulse users", false)
+                    .map(|(token, _)| Answer::Invited(crate::http::signup_url("", &token))),
             );
         }
         Request::UserList => {

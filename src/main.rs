@@ -123,6 +123,9 @@ async fn serve(config: linkpulse::ServeConfig) -> anyhow::Result<()> {
              {key_store}"
         );
     }
+    if let Some(link) = app.first_signup() {
+        println!("Sign up as the first owner (once, within 7 days; no user exists yet): {link}");
+    }
     if let Err(e) = app.run(stop).await {
         // Exit at once: a thread stuck on a failed disk must not hold the process.
         eprintln!("Error: linkpulse stopped with an error: {e:#}");

@@ -22,6 +22,9 @@ const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 8..=1024;
 
 const USER: &str = "user.";
 const SESSION: &str = "session.";
+const INVITE: &str = "invite.";
+/// How long an invitation may be used.
+pub const INVITATION_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// What a user may do.
 #[derive(
@@ -78,6 +81,24 @@ pub struct SessionRecord {
     pub address: Option<String>,
 }
 
+/// An invitation as stored, under the hash of its token: whoever holds the link may sign up
+/// once, within its time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvitationRecord {
+    pub v: u8,
+    pub id: String,
+    /// The email the new user will have; `None`: the one signing up gives it.
+    pub email: Option<String>,
+    pub role: Role,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// The user or key that made it.
+    pub created_by: String,
+    pub used_at: Option<i64>,
+    /// The first start's link: good only while no user exists.
+    pub first_owner: bool,
+}
+
 /// Why an account operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -87,6 +108,9 @@ pub enum AccountError {
     Exists(String),
     #[error("no user with the email {0}")]
     NoSuchUser(String),
+    /// An invitation used, expired, or never made.
+    #[error("{0}")]
+    Gone(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -307,6 +331,87 @@ impl Accounts<'_> {
         Ok(mine)
     }
 
+    /// Makes an invitation: its token (for the link, shown once) and the invitation.
+    pub fn invite(
+        &self,
+        email: Option<&str>,
+        role: Role,
+        by: &str,
+        first_owner: bool,
+    ) -> Result<(String, InvitationRecord), AccountError> {
+        let email = email.map(parse_email).transpose()?;
+        if let Some(email) = &email
+            && self.by_email(email)?.is_some()
+        {
+            return Err(AccountError::Exists(email.clone()));
+        }
+        let token = hex::encode(rand::random::<[u8; 32]>());
+        let hash = token_hash(&token);
+        let now = now_ms();
+        let invitation = InvitationRecord {
+            v: records::RECORD_VERSION,
+            id: hash[..16].to_owned(),
+            email,
+            role,
+            created_at: now,
+            expires_at: now + INVITATION_LIFETIME_MS,
+            created_by: by.to_owned(),
+            used_at: None,
+            first_owner,
+        };
+        self.0.put_setting(
+            &format!("{INVITE}{hash}"),
+            &records::encode_any(&invitation),
+        )?;
+        Ok((token, invitation))
+    }
+
+    /// The invitation a link's `token` names, if it may still be used (`Gone` says why not).
+    pub fn invitation(&self, token: &str) -> Result<InvitationRecord, AccountError> {
+        let gone = |why: &str| Err(AccountError::Gone(why.to_owned()));
+        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return gone("this invitation link is not valid");
+        }
+        let Some(bytes) = self.0.setting(&format!("{INVITE}{}", token_hash(token)))? else {
+            return gone("this invitation link is not valid");
+        };
+        let Ok(invitation) = records::decode_any::<InvitationRecord>("invitation", &bytes) else {
+            return gone("this invitation link is not valid");
+        };
+        if invitation.used_at.is_some() {
+            return gone("this invitation was used already: ask for another");
+        }
+        if invitation.expires_at <= now_ms() {
+            return gone("this invitation has expired: ask for another");
+        }
+        if invitation.first_owner && !self.users()?.is_empty() {
+            return gone("the first owner has signed up already");
+        }
+        Ok(invitation)
+    }
+
+    /// Signs up with an invitation: the new user (the invitation's email, else `email`).
+    pub fn redeem(
+        &self,
+        token: &str,
+        email: Option<&str>,
+        password: &str,
+    ) -> Result<UserRecord, AccountError> {
+        let mut invitation = self.invitation(token)?;
+        let email = match (&invitation.email, email) {
+            (Some(invited), _) => invited.clone(),
+            (None, Some(given)) => given.to_owned(),
+            (None, None) => return Err(AccountError::Invalid("email: needed".into())),
+        };
+        let user = self.create_user(&email, invitation.role, Some(password))?;
+        invitation.used_at = Some(now_ms());
+        self.0.put_setting(
+            &format!("{INVITE}{}", token_hash(token)),
+            &records::encode_any(&invitation),
+        )?;
+        Ok(user)
+    }
+
     /// Ends the session `id` of the user `user_id`: whether there was one.
     pub fn end_session_by_id(&self, user_id: &str, id: &str) -> Result<bool, AccountError> {
         for (name, session) in self.stored_sessions()? {
@@ -316,5 +421,45 @@ impl Accounts<'_> {
             }
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_expired_invitation_is_gone_and_a_first_owner_link_ends_with_the_first_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let accounts = Accounts(&store);
+        let (token, mut invitation) = accounts
+            .invite(Some("late@example.test"), Role::Member, "test", false)
+            .unwrap();
+        invitation.expires_at = now_ms() - 1;
+        store
+            .put_setting(
+                &format!("{INVITE}{}", token_hash(&token)),
+                &records::encode_any(&invitation),
+            )
+            .unwrap();
+        let refused = accounts.redeem(&token, None, "a good password");
+        assert!(matches!(refused, Err(AccountError::Gone(ref why)) if why.contains("expired")));
+        assert!(accounts.users().unwrap().is_empty(), "nobody was made");
+
+        let (first, _) = accounts
+            .invite(None, Role::Owner, "first start", true)
+            .unwrap();
+        let (other, _) = accounts
+            .invite(None, Role::Owner, "first start", true)
+            .unwrap();
+        let owner = accounts
+            .redeem(&first, Some("owner@example.test"), "a good password")
+            .unwrap();
+        assert_eq!(owner.role, Role::Owner);
+        let late = accounts.redeem(&other, Some("second@example.test"), "a good password");
+        assert!(matches!(late, Err(AccountError::Gone(ref why)) if why.contains("first owner")));
     }
 }

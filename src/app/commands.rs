@@ -68,6 +68,17 @@ pub fn users_command(
         UsersCommand::Create {
             email,
             role,
+            password_stdin: false,
+            data_dir,
+            cluster,
+        } => (
+            data_dir,
+            cluster,
+            control::Request::UserInvite { email, role },
+        ),
+        UsersCommand::Create {
+            email,
+            role,
             data_dir,
             cluster,
             ..
@@ -104,6 +115,9 @@ pub fn users_command(
     match answer {
         control::Answer::User(user) => Ok(line(&user)),
         control::Answer::Users(all) => Ok(all.iter().map(line).collect()),
+        control::Answer::Invited(path) => Ok(format!(
+            "sign-up link (once, within 7 days), on this server's address: {path}\n"
+        )),
         control::Answer::Error(message) => Err(anyhow::anyhow!(message)),
         other => Err(anyhow::anyhow!("an answer about something else: {other:?}")),
     }

@@ -37,6 +37,8 @@ pub struct App {
     opened: Opened,
     retention: Option<Retention>,
     generated_key: Option<String>,
+    /// The sign-up link for the first owner, made at a start while no user exists.
+    first_signup: Option<String>,
     /// `<data-dir>/control.sock`, for `linkpulse keys` while the server runs (`None` when it
     /// could not be bound: the command then says the store is in use).
     control: Option<ControlSocket>,
@@ -167,6 +169,9 @@ impl App {
         let mut state = app_state(config, local_addr, links, keys, metrics, country_db);
         state.domains = domains;
         state.certificates = certificates;
+        // While nobody can sign in, a link for the first owner (the key works meanwhile).
+        let first_signup =
+            first_owner_link(&state).context("cannot make the first sign-up link")?;
         let state = Arc::new(state);
         if let Some(acme) = acme {
             tokio::spawn(acme.run(state.shutdown.clone()));
@@ -179,6 +184,7 @@ impl App {
             opened,
             retention,
             generated_key,
+            first_signup,
             control,
         })
     }
@@ -203,6 +209,11 @@ impl App {
     }
 
     /// The key made at first start, when no key existed and none was given. Shown once.
+    /// The link the first owner signs up with, when no user exists yet (print it).
+    pub fn first_signup(&self) -> Option<&str> {
+        self.first_signup.as_deref()
+    }
+
     pub fn generated_key(&self) -> Option<&str> {
         self.generated_key.as_deref()
     }
@@ -387,6 +398,17 @@ fn bootstrap_keys(opened: &Opened, initial: Option<&str>) -> anyhow::Result<Opti
     }
     keys::store_key(store, &key, "first", true).context("cannot store the first API key")?;
     Ok(Some(key))
+}
+
+/// A one-time sign-up link for the first owner, when the store has no user (a new one is
+/// made at each start until someone signs up; each stops working once a user exists).
+fn first_owner_link(state: &AppState) -> anyhow::Result<Option<String>> {
+    let accounts = crate::accounts::Accounts(state.links.store().as_ref());
+    if !accounts.users()?.is_empty() {
+        return Ok(None);
+    }
+    let (token, _) = accounts.invite(None, crate::accounts::Role::Owner, "first start", true)?;
+    Ok(Some(crate::http::signup_url(&state.base_url, &token)))
 }
 
 /// Where `linkpulse keys` finds this server's store: `--nats URLS` or `--data-dir DIR`.

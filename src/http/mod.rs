@@ -17,6 +17,7 @@ mod error;
 mod fields;
 pub mod front;
 mod health;
+mod invitations;
 mod keys;
 mod lane;
 pub mod limit;
@@ -45,6 +46,7 @@ use tracing::error;
 
 pub use error::ApiError;
 pub use fields::{hash_password, verify_password};
+pub use invitations::signup_url;
 pub(crate) use request::client_addr;
 pub use request::{
     authenticate, check_host, client_ip, code_param, domain_of_host, key_on, read_json_object,
@@ -141,6 +143,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         // `/realtime` without a code is an API path that names nothing, not a short code.
         .push(Router::with_path("realtime").goal(pages::Fallback))
         .push(get_head("assets/{name}", || pages::Asset))
+        // Two segments: no short code can be taken by it.
+        .push(get_head("auth/signup", || invitations::SignUpPage))
         .push(get_head("badge/{file}", || badge::Badge(s())))
         .push(get_head("links/{code}", || pages::StatsPage(s())))
         .push(code_routes(&state, &checks))
@@ -296,6 +300,19 @@ fn api_router(state: &Arc<AppState>, document: &openapi::Document) -> Router {
             .head(session::WhoAmI(s()))
             .delete(session::SignOutRoute(s()))
             .goal(NotAllowed("GET, HEAD, POST, DELETE")),
+    )
+    .push(
+        Router::with_path("invitations")
+            .post(invitations::CreateInvitation(s()))
+            .goal(NotAllowed("POST")),
+    )
+    .push(get_head("invitations/{token}", || {
+        invitations::ShowInvitation(s())
+    }))
+    .push(
+        Router::with_path("signup")
+            .post(invitations::SignUpRoute(s()))
+            .goal(NotAllowed("POST")),
     )
     .push(
         Router::with_path("sessions")

@@ -33,6 +33,18 @@ static HOME_CSP: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The policy of a page like the home page: its inline script and style by their hashes, the
+/// API on this origin.
+pub fn page_csp(html: &str) -> String {
+    format!(
+        "default-src 'none'; script-src 'sha256-{}'; style-src 'sha256-{}'; \
+         connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; \
+         frame-ancestors 'none'",
+        inline_hash(html, "script"),
+        inline_hash(html, "style")
+    )
+}
+
 /// The base64 SHA-256 of the text inside the page's first `<tag>` element, as CSP hashes it.
 fn inline_hash(html: &str, tag: &str) -> String {
     let open = format!("<{tag}>");

@@ -86,7 +86,7 @@ struct SignIn {
 /// Who signed in.
 #[derive(Serialize, salvo_oapi::ToSchema)]
 #[salvo(schema(name = "SignedInUser"))]
-struct UserBody {
+pub(super) struct UserBody {
     id: String,
     email: String,
     role: Role,
@@ -96,7 +96,7 @@ struct UserBody {
 #[derive(Serialize, salvo_oapi::ToSchema)]
 #[salvo(schema(name = "Session"))]
 #[serde(rename_all = "camelCase")]
-struct SessionBody {
+pub(super) struct SessionBody {
     id: String,
     created_at: String,
     expires_at: String,
@@ -109,9 +109,9 @@ struct SessionBody {
 /// `POST /api/session`'s answer.
 #[derive(Serialize, salvo_oapi::ToSchema)]
 #[salvo(schema(name = "SignedIn"))]
-struct SignedIn {
-    user: UserBody,
-    session: SessionBody,
+pub(super) struct SignedIn {
+    pub(super) user: UserBody,
+    pub(super) session: SessionBody,
 }
 
 /// `GET /api/sessions`.
@@ -121,7 +121,7 @@ struct SessionList {
     sessions: Vec<SessionBody>,
 }
 
-fn session_body(s: &SessionRecord, current: Option<&str>) -> SessionBody {
+pub(super) fn session_body(s: &SessionRecord, current: Option<&str>) -> SessionBody {
     SessionBody {
         id: s.id.clone(),
         created_at: format_ms(s.created_at),
@@ -132,7 +132,7 @@ fn session_body(s: &SessionRecord, current: Option<&str>) -> SessionBody {
     }
 }
 
-fn user_body(u: &UserRecord) -> UserBody {
+pub(super) fn user_body(u: &UserRecord) -> UserBody {
     UserBody {
         id: u.id.clone(),
         email: u.email.clone(),
@@ -141,7 +141,7 @@ fn user_body(u: &UserRecord) -> UserBody {
 }
 
 /// Runs an account operation on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     state: &AppState,
     work: impl FnOnce(Accounts<'_>) -> Result<T, AccountError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -151,6 +151,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| ApiError::unavailable("the service is shutting down", 1))?
         .map_err(|e| match e {
             AccountError::Store(e) => ApiError::from(crate::links::LinkError::Store(e)),
+            AccountError::Gone(why) => ApiError::new(StatusCode::GONE, why),
+            e @ AccountError::Exists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            e @ AccountError::NoSuchUser(_) => ApiError::not_found(e.to_string()),
             other => ApiError::bad_request(other.to_string()),
         })
 }
@@ -241,7 +244,7 @@ pub async fn signed_in(
     )))
 }
 
-fn cookie(state: &AppState, req: &Request, token: &str, max_age: i64) -> HeaderValue {
+pub(super) fn cookie(state: &AppState, req: &Request, token: &str, max_age: i64) -> HeaderValue {
     let value = if is_https(state, req) {
         format!(
             "{SECURE_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax; Secure"

@@ -348,3 +348,118 @@ async fn failed_sign_ins_are_limited_per_account() -> TestResult {
     app.stop().await;
     Ok(())
 }
+
+/// An admin invites by a link it copies; the person signs up once (a second use is `410`) and
+/// acts with the invited role. An admin user cannot invite an owner; an email in use is `409`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_signs_a_person_up_once_with_its_role() -> TestResult {
+    let app = spawn_with(None, |_| {}).await;
+    app.create_link("shared").await;
+    let invite = |body: Value| {
+        app.client
+            .post(app.url("/api/invitations"))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+    };
+    let res = invite(json!({"email": "Bob@Example.test", "role": "viewer"})).await?;
+    assert_eq!(res.status(), 201);
+    let made: Value = res.json().await?;
+    let url = made["url"].as_str().ok_or("a url")?;
+    assert!(
+        url.starts_with(&format!("{}/auth/signup?invite=", app.base)),
+        "{url}"
+    );
+    let token = url.split("invite=").nth(1).ok_or("a token")?.to_owned();
+    let shown: Value = bare()
+        .get(app.url(&format!("/api/invitations/{token}")))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        (&shown["email"], &shown["role"]),
+        (&json!("bob@example.test"), &json!("viewer"))
+    );
+
+    let sign_up = |token: String, password: &'static str| {
+        bare()
+            .post(app.url("/api/signup"))
+            .json(&json!({"invite": token, "password": password}))
+            .send()
+    };
+    let res = sign_up(token.clone(), "short").await?;
+    assert_eq!(res.status(), 400, "a password too short");
+    let res = sign_up(token.clone(), "bob's own password").await?;
+    assert_eq!(res.status(), 201);
+    let cookie = res
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .ok_or("a cookie")?
+        .to_owned();
+    let res = with_cookie(&app, Method::GET, "/api/links/shared", &cookie, None, None).await;
+    assert_eq!(res.status(), 200, "a viewer reads");
+    let own = app.base.clone();
+    let res = with_cookie(
+        &app,
+        Method::DELETE,
+        "/api/links/shared",
+        &cookie,
+        Some(&own),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 403, "and changes nothing");
+    for used in [token.clone(), "0".repeat(64), "not-a-token".into()] {
+        let res = sign_up(used, "whatever password").await?;
+        assert_eq!(res.status(), 410);
+        let body: Value = res.json().await?;
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let res = invite(json!({"email": "bob@example.test", "role": "member"})).await?;
+    assert_eq!(res.status(), 409);
+
+    // An admin user may invite an admin, not an owner.
+    let res = invite(json!({"email": "carol@example.test", "role": "admin"})).await?;
+    let link: Value = res.json().await?;
+    let token = link["url"]
+        .as_str()
+        .and_then(|u| u.split("invite=").nth(1))
+        .ok_or("a token")?;
+    let res = sign_up(token.to_owned(), "carol's password").await?;
+    let carol = res
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .ok_or("a cookie")?
+        .to_owned();
+    let res = with_cookie(
+        &app,
+        Method::POST,
+        "/api/invitations",
+        &carol,
+        Some(&own),
+        Some(json!({"role": "owner"})),
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    let res = with_cookie(
+        &app,
+        Method::POST,
+        "/api/invitations",
+        &carol,
+        Some(&own),
+        Some(json!({"role": "member"})),
+    )
+    .await;
+    assert_eq!(
+        res.status(),
+        201,
+        "an open invitation: the person gives the email"
+    );
+    app.stop().await;
+    Ok(())
+}

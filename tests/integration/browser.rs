@@ -633,3 +633,66 @@ async fn a_person_signs_in_on_the_home_page_and_signs_out() -> TestResult {
     app.stop().await;
     Ok(())
 }
+
+/// A person invited by a link signs up on its page and lands on the home page signed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invited_person_signs_up_from_the_link() -> TestResult {
+    let Some(session) = start_browser().await? else {
+        return Ok(());
+    };
+    let browser = session.client.clone();
+    browser.set_window_size(375, 812).await?;
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .post(app.url("/api/invitations"))
+        .bearer_auth(KEY)
+        .json(&json!({"email": "new@example.test", "role": "member"}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 201);
+    let made: serde_json::Value = res.json().await?;
+    let url = made["url"].as_str().ok_or("a url")?.to_owned();
+    browser.goto(&url).await?;
+    eventually(WAIT, "the page shows the invitation", || async {
+        text_at(&browser, "#offer")
+            .await
+            .starts_with("You are invited as member")
+    })
+    .await;
+    let email = browser.find(Locator::Id("email")).await?;
+    assert_eq!(
+        email.prop("value").await?.as_deref(),
+        Some("new@example.test")
+    );
+    assert!(
+        holds(
+            &browser,
+            "return document.documentElement.scrollWidth <= window.innerWidth;"
+        )
+        .await,
+        "no horizontal scrolling at 375px"
+    );
+    let shot = browser.screenshot().await?;
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("signup-narrow.png");
+    std::fs::write(&path, shot)?;
+    browser
+        .find(Locator::Id("password"))
+        .await?
+        .send_keys("a new member's password")
+        .await?;
+    browser.find(Locator::Id("signUp")).await?.click().await?;
+    eventually(WAIT, "the home page, signed in", || async {
+        text_at(&browser, "#who").await == "Signed in as new@example.test (member)."
+    })
+    .await;
+    // The link is used: opened again, it says so.
+    browser.goto(&url).await?;
+    eventually(WAIT, "the used link says so", || async {
+        text_at(&browser, "#offer").await.contains("used already")
+    })
+    .await;
+    browser.close().await?;
+    app.stop().await;
+    Ok(())
+}

@@ -175,3 +175,66 @@ async fn a_start_that_cannot_bind_stores_no_key_and_the_next_start_prints_one() 
     assert!(out.iter().all(|l| !l.contains("lp_")), "{out:?}");
     Ok(())
 }
+
+/// The first start prints a one-time sign-up link for the first owner; it signs them up (an
+/// owner, signed in), works once, and a start after that prints none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_prints_a_sign_up_link_for_the_first_owner() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut first = spawn(dir.path(), "127.0.0.1:0")?;
+    let stdout = lines(first.stdout.take().ok_or("no stdout")?);
+    let stderr = lines(first.stderr.take().ok_or("no stderr")?);
+    let shown = read_until(&stdout, |l| l.contains("Sign up as the first owner"));
+    let link = shown
+        .last()
+        .and_then(|l| l.split(": ").nth(1))
+        .ok_or_else(|| format!("no sign-up link: {shown:?}"))?
+        .to_owned();
+    let addr = listening(&stderr)?;
+    assert!(
+        link.starts_with(&format!("http://{addr}/auth/signup?invite=")),
+        "{link}"
+    );
+    let token = link.split("invite=").nth(1).ok_or("a token")?.to_owned();
+    let page = client().get(&link).send().await?;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    let res = client()
+        .post(format!("http://{addr}/api/signup"))
+        .json(&json!({"invite": token, "email": "Owner@Example.test", "password": "the owner's password"}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 201);
+    let cookie = res
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .ok_or("a cookie")?
+        .to_owned();
+    let body: serde_json::Value = res.json().await?;
+    assert_eq!(body["user"]["role"], "owner");
+    assert_eq!(body["user"]["email"], "owner@example.test");
+    let res = client()
+        .get(format!("http://{addr}/api/keys"))
+        .header("cookie", &cookie)
+        .send()
+        .await?;
+    assert_eq!(res.status(), 200, "an owner acts as an admin");
+    let again = client()
+        .post(format!("http://{addr}/api/signup"))
+        .json(&json!({"invite": token, "email": "second@example.test", "password": "another password"}))
+        .send()
+        .await?;
+    assert_eq!(again.status(), 410);
+    terminate(&mut first)?;
+
+    let mut second = spawn(dir.path(), "127.0.0.1:0")?;
+    let stdout = lines(second.stdout.take().ok_or("no stdout")?);
+    let stderr = lines(second.stderr.take().ok_or("no stderr")?);
+    listening(&stderr)?;
+    terminate(&mut second)?;
+    let out: Vec<String> = stdout.iter().collect();
+    assert!(out.iter().all(|l| !l.contains("Sign up")), "{out:?}");
+    Ok(())
+}
