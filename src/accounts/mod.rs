@@ -108,6 +108,9 @@ pub enum AccountError {
     Exists(String),
     #[error("no user with the email {0}")]
     NoSuchUser(String),
+    /// A change the caller's role may not make.
+    #[error("{0}")]
+    Forbidden(String),
     /// An invitation used, expired, or never made.
     #[error("{0}")]
     Gone(String),
@@ -220,6 +223,84 @@ impl Accounts<'_> {
         Ok(user)
     }
 
+    /// Changes the user `id`'s role or whether they are disabled, as `by` (an owner, an admin
+    /// user, or `None` for an admin key): an admin changes no owner and makes none, and the last
+    /// owner is neither demoted nor disabled. Disabling ends the user's sessions.
+    pub fn change_user(
+        &self,
+        id: &str,
+        role: Option<Role>,
+        disabled: Option<bool>,
+        by: Option<Role>,
+    ) -> Result<UserRecord, AccountError> {
+        let mut user = self
+            .user(id)?
+            .ok_or_else(|| AccountError::NoSuchUser(id.to_owned()))?;
+        self.may_change(&user, role, by)?;
+        let demoted = role.is_some_and(|r| r != Role::Owner) || disabled == Some(true);
+        if user.role == Role::Owner && demoted && self.owners()? <= 1 {
+            return Err(AccountError::Forbidden(
+                "the last owner stays an owner: make another first".into(),
+            ));
+        }
+        user.role = role.unwrap_or(user.role);
+        user.disabled = disabled.unwrap_or(user.disabled);
+        self.put_user(&user)?;
+        if user.disabled {
+            self.end_sessions_of(&user.id)?;
+        }
+        Ok(user)
+    }
+
+    /// Removes the user `id` and ends their sessions, under the rules of [`Self::change_user`].
+    pub fn remove_user(&self, id: &str, by: Option<Role>) -> Result<(), AccountError> {
+        let user = self
+            .user(id)?
+            .ok_or_else(|| AccountError::NoSuchUser(id.to_owned()))?;
+        self.may_change(&user, None, by)?;
+        if user.role == Role::Owner && self.owners()? <= 1 {
+            return Err(AccountError::Forbidden(
+                "the last owner is not removed: make another first".into(),
+            ));
+        }
+        self.end_sessions_of(&user.id)?;
+        self.0.delete_setting(&format!("{USER}{id}"))?;
+        Ok(())
+    }
+
+    fn may_change(
+        &self,
+        user: &UserRecord,
+        role: Option<Role>,
+        by: Option<Role>,
+    ) -> Result<(), AccountError> {
+        let owner_involved = user.role == Role::Owner || role == Some(Role::Owner);
+        if owner_involved && by.is_some_and(|by| by != Role::Owner) {
+            return Err(AccountError::Forbidden(
+                "only an owner changes an owner or makes one".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Enabled owners.
+    fn owners(&self) -> Result<usize, AccountError> {
+        Ok(self
+            .users()?
+            .iter()
+            .filter(|u| u.role == Role::Owner && !u.disabled)
+            .count())
+    }
+
+    fn end_sessions_of(&self, user_id: &str) -> Result<(), AccountError> {
+        for (name, session) in self.stored_sessions()? {
+            if session.user_id == user_id {
+                self.0.delete_setting(&name)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Disables the user with `email` and ends every session of theirs.
     pub fn disable(&self, email: &str) -> Result<UserRecord, AccountError> {
         let email = parse_email(email)?;
@@ -228,11 +309,7 @@ impl Accounts<'_> {
             .ok_or_else(|| AccountError::NoSuchUser(email.clone()))?;
         user.disabled = true;
         self.put_user(&user)?;
-        for (name, session) in self.stored_sessions()? {
-            if session.user_id == user.id {
-                self.0.delete_setting(&name)?;
-            }
-        }
+        self.end_sessions_of(&user.id)?;
         Ok(user)
     }
 

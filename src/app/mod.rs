@@ -169,9 +169,13 @@ impl App {
         let mut state = app_state(config, local_addr, links, keys, metrics, country_db);
         state.domains = domains;
         state.certificates = certificates;
-        // While nobody can sign in, a link for the first owner (the key works meanwhile).
-        let first_signup =
-            first_owner_link(&state).context("cannot make the first sign-up link")?;
+        // The first start (the one that made the first key) also makes a link for the first
+        // owner; later starts write nothing (`linkpulse users create` makes another).
+        let first_signup = if generated_key.is_some() {
+            first_owner_link(&state).context("cannot make the first sign-up link")?
+        } else {
+            None
+        };
         let state = Arc::new(state);
         if let Some(acme) = acme {
             tokio::spawn(acme.run(state.shutdown.clone()));
@@ -400,8 +404,8 @@ fn bootstrap_keys(opened: &Opened, initial: Option<&str>) -> anyhow::Result<Opti
     Ok(Some(key))
 }
 
-/// A one-time sign-up link for the first owner, when the store has no user (a new one is
-/// made at each start until someone signs up; each stops working once a user exists).
+/// A one-time sign-up link for the first owner, when the store has no user (it stops working
+/// once a user exists).
 fn first_owner_link(state: &AppState) -> anyhow::Result<Option<String>> {
     let accounts = crate::accounts::Accounts(state.links.store().as_ref());
     if !accounts.users()?.is_empty() {

@@ -86,8 +86,8 @@ impl CreateInvitation {
                 && let Some(user) = accounts.user(&by)?
                 && user.role != Role::Owner
             {
-                return Err(crate::accounts::AccountError::Invalid(
-                    "role: only an owner invites an owner".into(),
+                return Err(crate::accounts::AccountError::Forbidden(
+                    "only an owner invites an owner".into(),
                 ));
             }
             accounts.invite(email.as_deref(), role, &by, false)
@@ -111,7 +111,7 @@ impl CreateInvitation {
         (status_code = 201, description = "The link to give the person", body = Invitation),
         (status_code = 400, description = "A bad email or role", body = super::openapi::schemas::Error),
         (status_code = 401, description = "No key or session", body = super::openapi::schemas::Error),
-        (status_code = 403, description = "Not an owner or admin", body = super::openapi::schemas::Error),
+        (status_code = 403, description = "Not an owner or admin, or an admin inviting an owner", body = super::openapi::schemas::Error),
         (status_code = 409, description = "A user has this email", body = super::openapi::schemas::Error),
     )
 )]

@@ -22,6 +22,7 @@ mod keys;
 mod lane;
 pub mod limit;
 mod manage;
+mod members;
 mod openapi;
 mod pages;
 mod qr;
@@ -300,6 +301,18 @@ fn api_router(state: &Arc<AppState>, document: &openapi::Document) -> Router {
             .head(session::WhoAmI(s()))
             .delete(session::SignOutRoute(s()))
             .goal(NotAllowed("GET, HEAD, POST, DELETE")),
+    )
+    .push(
+        Router::with_path("members")
+            .get(members::ListMembers(s()))
+            .head(members::ListMembers(s()))
+            .goal(NotAllowed("GET, HEAD")),
+    )
+    .push(
+        Router::with_path("members/{id}")
+            .patch(members::PatchMemberRoute(s()))
+            .delete(members::RemoveMember(s()))
+            .goal(NotAllowed("PATCH, DELETE")),
     )
     .push(
         Router::with_path("invitations")

@@ -152,6 +152,7 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| match e {
             AccountError::Store(e) => ApiError::from(crate::links::LinkError::Store(e)),
             AccountError::Gone(why) => ApiError::new(StatusCode::GONE, why),
+            AccountError::Forbidden(why) => ApiError::new(StatusCode::FORBIDDEN, why),
             e @ AccountError::Exists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             e @ AccountError::NoSuchUser(_) => ApiError::not_found(e.to_string()),
             other => ApiError::bad_request(other.to_string()),

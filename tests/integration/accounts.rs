@@ -445,7 +445,7 @@ async fn an_invitation_signs_a_person_up_once_with_its_role() -> TestResult {
         Some(json!({"role": "owner"})),
     )
     .await;
-    assert_eq!(res.status(), 400);
+    assert_eq!(res.status(), 403, "a role's forbidden change");
     let res = with_cookie(
         &app,
         Method::POST,
@@ -460,6 +460,130 @@ async fn an_invitation_signs_a_person_up_once_with_its_role() -> TestResult {
         201,
         "an open invitation: the person gives the email"
     );
+    app.stop().await;
+    Ok(())
+}
+
+/// Owners and admins list members, change roles, disable and remove them; an admin touches no
+/// owner (`403`), the last owner stays one, and a removed member's session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_listed_changed_and_removed_by_role() -> TestResult {
+    let app = spawn_with(None, |_| {}).await;
+    let dir = app.dir.path().to_owned();
+    for (email, role) in [
+        ("owner@example.test", "owner"),
+        ("admin@example.test", "admin"),
+        ("mem@example.test", "member"),
+    ] {
+        let (ok, _, err) = users(
+            &dir,
+            &[
+                "create",
+                "--email",
+                email,
+                "--role",
+                role,
+                "--password-stdin",
+            ],
+            "a long password",
+        );
+        assert!(ok, "{err}");
+    }
+    let own = app.base.clone();
+    let (_, _, admin) = sign_in(&app, "admin@example.test", "a long password").await;
+    let admin = admin.ok_or("a cookie")?;
+    let (_, _, mem) = sign_in(&app, "mem@example.test", "a long password").await;
+    let mem = mem.ok_or("a cookie")?;
+    let listed: Value = with_cookie(&app, Method::GET, "/api/members", &admin, None, None)
+        .await
+        .json()
+        .await?;
+    let id_of = |email: &str| {
+        listed["members"]
+            .as_array()
+            .and_then(|all| all.iter().find(|m| m["email"] == email))
+            .and_then(|m| m["id"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (owner_id, mem_id) = (id_of("owner@example.test"), id_of("mem@example.test"));
+    assert_eq!(
+        listed["members"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+    let res = with_cookie(&app, Method::GET, "/api/members", &mem, None, None).await;
+    assert_eq!(res.status(), 403, "a member manages nobody");
+
+    let patch = |cookie: String, id: String, body: Value| {
+        let app = &app;
+        let own = own.clone();
+        async move {
+            with_cookie(
+                app,
+                Method::PATCH,
+                &format!("/api/members/{id}"),
+                &cookie,
+                Some(&own),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let res = patch(admin.clone(), owner_id.clone(), json!({"role": "viewer"})).await;
+    assert_eq!(res.status(), 403, "an admin changes no owner");
+    let res = patch(admin.clone(), mem_id.clone(), json!({"role": "owner"})).await;
+    assert_eq!(res.status(), 403, "nor makes one");
+    let res = patch(admin.clone(), mem_id.clone(), json!({"role": "viewer"})).await;
+    assert_eq!(res.status(), 200);
+    let changed: Value = res.json().await?;
+    assert_eq!(changed["role"], "viewer");
+    // The change holds at the member's next request: a viewer deletes nothing.
+    app.create_link("kept").await;
+    let res = with_cookie(
+        &app,
+        Method::DELETE,
+        "/api/links/kept",
+        &mem,
+        Some(&own),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+    // The last owner stays one, even for a key.
+    let res = app
+        .client
+        .patch(app.url(&format!("/api/members/{owner_id}")))
+        .bearer_auth(KEY)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 403);
+    // Removed: the session ends, the person cannot sign in.
+    let res = with_cookie(
+        &app,
+        Method::DELETE,
+        &format!("/api/members/{mem_id}"),
+        &admin,
+        Some(&own),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    let res = with_cookie(&app, Method::GET, "/api/links", &mem, None, None).await;
+    assert_eq!(res.status(), 401);
+    let (status, _, _) = sign_in(&app, "mem@example.test", "a long password").await;
+    assert_eq!(status, 401);
+    let res = with_cookie(
+        &app,
+        Method::DELETE,
+        &format!("/api/members/{mem_id}"),
+        &admin,
+        Some(&own),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 404);
     app.stop().await;
     Ok(())
 }
