@@ -143,15 +143,11 @@ impl Acme {
         }
         let store = self.store.clone();
         let key = format!("{}{name}", super::CERT);
-        let stored = tokio::task::spawn_blocking(move || store.settings(&key)).await;
+        let stored = tokio::task::spawn_blocking(move || store.setting(&key)).await;
         let Ok(Ok(stored)) = stored else {
             return false;
         };
-        let key = format!("{}{name}", super::CERT);
-        let record = stored
-            .into_iter()
-            .find(|(k, _)| *k == key)
-            .and_then(|(_, v)| decode_certificate(&v).ok());
+        let record = stored.and_then(|v| decode_certificate(&v).ok());
         if let Some(record) = &record {
             self.certificates.set(record.clone());
         }
@@ -278,18 +274,16 @@ impl Acme {
         );
         let store = self.store.clone();
         let name = setting.clone();
-        let stored = tokio::task::spawn_blocking(move || store.settings(&name))
+        let stored = tokio::task::spawn_blocking(move || store.setting(&name))
             .await
-            .context("shutting down")??
-            .into_iter()
-            .find(|(n, _)| *n == setting);
+            .context("shutting down")??;
         let builder = || match &self.settings.ca_root {
             Some(root) => Account::builder_with_root(root)
                 .with_context(|| format!("cannot read --acme-ca-root {}", root.display())),
             None => Account::builder().context("cannot set up the ACME client"),
         };
         let account = match stored {
-            Some((_, json)) => {
+            Some(json) => {
                 let credentials: AccountCredentials =
                     serde_json::from_slice(&json).context("the stored ACME account")?;
                 builder()?

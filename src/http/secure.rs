@@ -47,6 +47,17 @@ pub fn rule(domain: Option<&DomainRecord>, secure: bool, path_and_query: &str) -
     Rule::Serve
 }
 
+/// Whether a request came over HTTPS: TLS here, or at a trusted proxy that ended it
+/// (`X-Forwarded-Proto: https` under `--trust-forwarded-for`).
+pub fn is_https(state: &AppState, req: &Request) -> bool {
+    req.scheme() == &Scheme::HTTPS
+        || (state.config.trust_forwarded_for
+            && req
+                .headers()
+                .get("x-forwarded-proto")
+                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https")))
+}
+
 /// Whether a domain has a rule the lean paths leave to salvo.
 pub fn has_rules(domain: &DomainRecord) -> bool {
     domain.hsts || domain.https_only
@@ -68,13 +79,7 @@ impl Handler for HttpsRules {
             return;
         }
         let domain = domain_of_host(&self.0, request_host(req));
-        // Over TLS here, or at a trusted proxy that ended it (`X-Forwarded-Proto`).
-        let secure = req.scheme() == &Scheme::HTTPS
-            || (self.0.config.trust_forwarded_for
-                && req
-                    .headers()
-                    .get("x-forwarded-proto")
-                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https")));
+        let secure = is_https(&self.0, req);
         let path = req
             .uri()
             .path_and_query()

@@ -10,12 +10,12 @@
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use salvo::{
-    http::{HeaderValue, Method, StatusCode, header, uri::Scheme},
+    http::{HeaderValue, Method, StatusCode, header},
     prelude::*,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, client_ip, limit::Failures, read_json_object};
+use super::{ApiError, AppState, client_ip, limit::Failures, read_json_object, secure::is_https};
 use crate::{
     accounts::{AccountError, Accounts, Role, SessionRecord, UserRecord},
     domain::format_ms,
@@ -157,16 +157,6 @@ pub(super) async fn blocking<T: Send + 'static>(
             e @ AccountError::NoSuchUser(_) => ApiError::not_found(e.to_string()),
             other => ApiError::bad_request(other.to_string()),
         })
-}
-
-/// Whether the request came over HTTPS (here, or at a trusted proxy that ended TLS).
-fn is_https(state: &AppState, req: &Request) -> bool {
-    req.scheme() == &Scheme::HTTPS
-        || (state.config.trust_forwarded_for
-            && req
-                .headers()
-                .get("x-forwarded-proto")
-                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https")))
 }
 
 /// The session token the request's cookie carries.

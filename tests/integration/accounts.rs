@@ -60,13 +60,8 @@ async fn sign_in(
         .await
         .expect("sent");
     let status = res.status();
-    let cookie = res
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let pair = crate::support::session_cookie(&res);
     let body = res.json().await.unwrap_or(Value::Null);
-    let pair = cookie.map(|c| c.split(';').next().unwrap_or_default().to_owned());
     (status, body, pair)
 }
 
@@ -392,13 +387,7 @@ async fn an_invitation_signs_a_person_up_once_with_its_role() -> TestResult {
     assert_eq!(res.status(), 400, "a password too short");
     let res = sign_up(token.clone(), "bob's own password").await?;
     assert_eq!(res.status(), 201);
-    let cookie = res
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|c| c.split(';').next())
-        .ok_or("a cookie")?
-        .to_owned();
+    let cookie = crate::support::session_cookie(&res).ok_or("a cookie")?;
     let res = with_cookie(&app, Method::GET, "/api/links/shared", &cookie, None, None).await;
     assert_eq!(res.status(), 200, "a viewer reads");
     let own = app.base.clone();
@@ -429,13 +418,7 @@ async fn an_invitation_signs_a_person_up_once_with_its_role() -> TestResult {
         .and_then(|u| u.split("invite=").nth(1))
         .ok_or("a token")?;
     let res = sign_up(token.to_owned(), "carol's password").await?;
-    let carol = res
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|c| c.split(';').next())
-        .ok_or("a cookie")?
-        .to_owned();
+    let carol = crate::support::session_cookie(&res).ok_or("a cookie")?;
     let res = with_cookie(
         &app,
         Method::POST,

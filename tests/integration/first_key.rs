@@ -205,13 +205,7 @@ async fn the_first_start_prints_a_sign_up_link_for_the_first_owner() -> TestResu
         .send()
         .await?;
     assert_eq!(res.status(), 201);
-    let cookie = res
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|c| c.split(';').next())
-        .ok_or("a cookie")?
-        .to_owned();
+    let cookie = crate::support::session_cookie(&res).ok_or("a cookie")?;
     let body: serde_json::Value = res.json().await?;
     assert_eq!(body["user"]["role"], "owner");
     assert_eq!(body["user"]["email"], "owner@example.test");

@@ -400,3 +400,9 @@ pub fn content_type(res: &reqwest::Response) -> String {
         .unwrap_or("")
         .to_owned()
 }
+
+/// The `name=value` of the cookie an answer sets (a sign-in's session), if it sets one.
+pub fn session_cookie(res: &reqwest::Response) -> Option<String> {
+    let set = res.headers().get("set-cookie")?.to_str().ok()?;
+    Some(set.split(';').next()?.to_owned())
+}

@@ -49,13 +49,7 @@ async fn a_session_made_on_one_node_is_honoured_and_ended_on_every_node() -> Tes
         .send()
         .await?;
     assert_eq!(res.status(), 200);
-    let cookie = res
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|c| c.split(';').next())
-        .ok_or("a cookie")?
-        .to_owned();
+    let cookie = crate::support::session_cookie(&res).ok_or("a cookie")?;
     let on = |node: &Node| {
         node.client
             .get(node.url("/api/links"))
