@@ -274,6 +274,23 @@ pub struct ServeConfig {
         default_value = "http-01"
     )]
     pub acme_challenge: crate::certs::acme::Challenge,
+    /// How long the audit log keeps an entry (`GET /api/audit`).
+    #[arg(long, env = "LINKPULSE_AUDIT_RETENTION", value_parser = duration, default_value = "365days")]
+    pub audit_retention: Duration,
+    /// How far back `GET /api/events` resumes with `Last-Event-ID` (at most the audit
+    /// retention, whose entries it replays).
+    #[arg(long, env = "LINKPULSE_EVENTS_RETENTION", value_parser = duration, default_value = "24h")]
+    pub events_retention: Duration,
+    /// The OpenID Connect provider people may sign in with (its issuer URL, as its discovery
+    /// document names it); with `--oidc-client-id` and `--oidc-client-secret`.
+    #[arg(long, env = "LINKPULSE_OIDC_ISSUER", requires_all = ["oidc_client_id", "oidc_client_secret"])]
+    pub oidc_issuer: Option<String>,
+    /// This installation's client id at the provider (its redirect URI is
+    /// `{base-url}/auth/oidc/callback`).
+    #[arg(long, env = "LINKPULSE_OIDC_CLIENT_ID", requires = "oidc_issuer")]
+    pub oidc_client_id: Option<String>,
+    #[arg(long, env = "LINKPULSE_OIDC_CLIENT_SECRET", requires = "oidc_issuer", hide_env_values = true)]
+    pub oidc_client_secret: Option<String>,
     /// Answer `/{code}`, `/realtime/{code}`, `/links/{code}` and `/badge/{code}.svg` only for a
     /// `Host` naming the default domain or one added (`404` with JSON otherwise); the API,
     /// `/healthz` and `/metrics` answer on any host.

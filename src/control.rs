@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    accounts::{AccountError, Accounts, Role, UserRecord},
+    accounts::{AccountError, Accounts, FIRST_WORKSPACE, Role, UserRecord},
     keys::{ApiKeys, KeyError, KeyInfo, KeyName, NewKey, Scope},
 };
 
@@ -109,9 +109,11 @@ pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
     };
     let done = match request {
         Request::Create { name, scope } => {
-            KeyName::parse(&name).and_then(|name| keys.create(&name, scope).map(Answer::Created))
+            KeyName::parse(&name).and_then(|name| keys
+                .create(&name, scope, FIRST_WORKSPACE)
+                .map(Answer::Created))
         }
-        Request::List => Ok(Answer::Keys(keys.list())),
+        Request::List => Ok(Answer::Keys(keys.list(None))),
         // The command stands for whoever owns the data directory: it may revoke any key,
         // the last admin key too (it can make another).
         Request::Revoke { id } => keys.revoke(&id, None).map(|()| Answer::Revoked(id)),
@@ -122,14 +124,14 @@ pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
         } => {
             return user_answer(
                 accounts
-                    .create_user(&email, role, Some(&password))
+                    .create_user(&email, role, Some(&password), FIRST_WORKSPACE)
                     .map(|u| Answer::User(u.into())),
             );
         }
         Request::UserInvite { email, role } => {
             return user_answer(
                 accounts
-                    .invite(Some(&email), role, "linkpulse users", false)
+                    .invite(Some(&email), role, "linkpulse users", false, FIRST_WORKSPACE)
                     .map(|(token, _)| Answer::Invited(crate::http::signup_url("", &token))),
             );
         }

@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 
 pub use crate::domain::Scope;
 use crate::{
+    accounts::{Role, stored_id, workspace_of},
     domain::{KeyId, format_ms, now_ms},
     store::{Backend, KeyRecord, SharedStore, StoreError, records::RECORD_VERSION},
 };
@@ -63,23 +64,40 @@ pub enum KeyError {
     Store(#[from] StoreError),
 }
 
-/// Who a request is on behalf of.
+/// Who a request is on behalf of: a key, or a signed-in person, acting in one workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The key's id, or the person's user id.
     pub key_id: KeyId,
     pub scope: Scope,
+    pub workspace: String,
+    /// Who, as the audit log names them: a person's email, or `key {id} ({name})`.
+    pub who: String,
+    /// A signed-in person's role in the workspace; `None` for a key.
+    pub role: Option<Role>,
 }
 
 impl Caller {
+    /// A key's caller.
+    pub fn of_key(record: &KeyRecord) -> Self {
+        Self {
+            key_id: record.id.clone(),
+            scope: record.scope(),
+            workspace: workspace_of(record.workspace.as_deref()).to_owned(),
+            who: format!("key {} ({})", record.id, record.name),
+            role: None,
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.scope == Scope::Admin
     }
 
-    /// Whether this caller may see a link owned by `owner`, and change it if
-    /// [`Caller::may_write`]: an admin key every link, a `links` key its own, a `read` key
-    /// (made by an admin, for dashboards) every link, read-only.
-    pub fn may_manage(&self, owner: &str) -> bool {
-        self.scope != Scope::Links || self.key_id == owner
+    /// Whether this caller may see a thing of `workspace` owned by `owner`, and change it if
+    /// [`Caller::may_write`]: in the caller's workspace, an admin every link, a `links` caller
+    /// its own, a `read` caller (a viewer, or a key for dashboards) every link, read-only.
+    pub fn may_manage(&self, workspace: &str, owner: &str) -> bool {
+        self.workspace == workspace && (self.scope != Scope::Links || self.key_id == owner)
     }
 
     /// Whether this caller may change anything (a `read` key may not).
@@ -129,7 +147,7 @@ pub fn generate_key() -> String {
     format!("lp_{random}")
 }
 
-fn new_record(hash: &[u8; 32], name: &str, scope: Scope) -> KeyRecord {
+fn new_record(hash: &[u8; 32], name: &str, scope: Scope, workspace: &str) -> KeyRecord {
     KeyRecord {
         v: RECORD_VERSION,
         id: key_id(hash),
@@ -138,6 +156,7 @@ fn new_record(hash: &[u8; 32], name: &str, scope: Scope) -> KeyRecord {
         created_at: now_ms(),
         scope: Some(scope),
         last_used_at: None,
+        workspace: stored_id(workspace),
     }
 }
 
@@ -154,7 +173,7 @@ pub fn store_key(
     if let Some((_, record)) = store.api_keys()?.into_iter().find(|(h, _)| *h == hash) {
         return Ok(record);
     }
-    let record = new_record(&hash, name, scope);
+    let record = new_record(&hash, name, scope, crate::accounts::FIRST_WORKSPACE);
     store.put_api_key(hash, &record)?;
     Ok(record)
 }
@@ -275,18 +294,21 @@ impl ApiKeys {
         }
         let entry = found?;
         entry.last_used.fetch_max(now_ms(), Ordering::Relaxed);
-        Some(Caller {
-            key_id: entry.record.id.clone(),
-            scope: entry.record.scope(),
-        })
+        Some(Caller::of_key(&entry.record))
     }
 
-    /// Makes, stores (synced) and admits a new key. Blocking: call it off the async threads.
-    pub fn create(&self, name: &KeyName, scope: Scope) -> Result<NewKey, KeyError> {
+    /// Makes, stores (synced) and admits a new key of `workspace`. Blocking: call it off the
+    /// async threads.
+    pub fn create(
+        &self,
+        name: &KeyName,
+        scope: Scope,
+        workspace: &str,
+    ) -> Result<NewKey, KeyError> {
         let _writing = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         let key = generate_key();
         let hash = hash_key(&key);
-        let record = new_record(&hash, name.as_str(), scope);
+        let record = new_record(&hash, name.as_str(), scope, workspace);
         self.store.put_api_key(hash, &record)?;
         let made = NewKey {
             id: record.id.clone(),
@@ -302,10 +324,15 @@ impl ApiKeys {
         Ok(made)
     }
 
-    /// Every key, oldest first.
-    pub fn list(&self) -> Vec<KeyInfo> {
+    /// Every key of `workspace` (of all, with `None`), oldest first.
+    pub fn list(&self, workspace: Option<&str>) -> Vec<KeyInfo> {
         let keys = self.read();
-        let mut entries: Vec<&Entry> = keys.iter().collect();
+        let mut entries: Vec<&Entry> = keys
+            .iter()
+            .filter(|e| {
+                workspace.is_none_or(|w| workspace_of(e.record.workspace.as_deref()) == w)
+            })
+            .collect();
         entries.sort_by(|a, b| {
             (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))
         });
@@ -313,15 +340,20 @@ impl ApiKeys {
     }
 
     /// Removes the key `id` from the store (synced), then from memory: its next request is
-    /// refused. With `by` (a request over HTTP), the last admin key may not revoke itself.
-    /// Blocking: call it off the async threads.
+    /// refused. With `by` (a request over HTTP), only a key of `by`'s workspace, and the last
+    /// admin key may not revoke itself. Blocking: call it off the async threads.
     pub fn revoke(&self, id: &str, by: Option<&Caller>) -> Result<(), KeyError> {
         let _writing = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         let (hash, scope) = {
             let keys = self.read();
             let entry = keys
                 .iter()
-                .find(|e| e.record.id == id)
+                .find(|e| {
+                    e.record.id == id
+                        && by.is_none_or(|c| {
+                            workspace_of(e.record.workspace.as_deref()) == c.workspace
+                        })
+                })
                 .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
             let admins = keys
                 .iter()
@@ -432,7 +464,10 @@ mod tests {
             caller,
             Some(Caller {
                 key_id: record.id.clone(),
-                scope: Scope::Links
+                scope: Scope::Links,
+                workspace: crate::accounts::FIRST_WORKSPACE.into(),
+                who: format!("key {} (test)", record.id),
+                role: None,
             })
         );
         assert_eq!(keys.authenticate("lp_wrong"), None);
@@ -449,12 +484,12 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store: SharedStore = std::sync::Arc::new(crate::store::Store::open(dir.path())?);
         let keys = ApiKeys::load(&store)?;
-        let admin = keys.create(&KeyName::parse("ops")?, Scope::Admin)?;
-        let reader = keys.create(&KeyName::parse("dash")?, Scope::Read)?;
+        let admin = keys.create(&KeyName::parse("ops")?, Scope::Admin, "default")?;
+        let reader = keys.create(&KeyName::parse("dash")?, Scope::Read, "default")?;
         let caller = keys.authenticate(&admin.key).ok_or("admin key valid")?;
         assert!(caller.is_admin() && caller.may_write());
         let read = keys.authenticate(&reader.key).ok_or("read key valid")?;
-        assert!(!read.may_write() && read.may_manage("any owner"));
+        assert!(!read.may_write() && read.may_manage("default", "any owner"));
         // Both were used: one batch saves both, a second save has nothing new.
         assert_eq!(keys.save_last_used()?, 2);
         assert_eq!(keys.save_last_used()?, 0);
@@ -475,7 +510,7 @@ mod tests {
         keys.revoke(&reader.id, Some(&caller))?;
         assert_eq!(keys.authenticate(&reader.key), None);
         assert_eq!(ApiKeys::load(&store)?.authenticate(&reader.key), None);
-        assert_eq!(keys.list().len(), 1);
+        assert_eq!(keys.list(None).len(), 1);
         Ok(())
     }
 

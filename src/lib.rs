@@ -44,6 +44,7 @@ pub mod certs;
 pub mod config;
 pub mod control;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod keys;
 pub mod links;

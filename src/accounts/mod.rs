@@ -4,7 +4,15 @@
 //! a signed-out one is refused on every node at once: a session is read from the store at each
 //! request that carries its cookie (API requests only; redirects carry none).
 
-use std::sync::LazyLock;
+pub mod oidc;
+mod workspaces;
+
+use std::{collections::BTreeMap, sync::LazyLock};
+
+pub use workspaces::{
+    FIRST_WORKSPACE, WorkspaceRecord, Workspaces, parse_name as parse_workspace_name, stored_id,
+    workspace_of,
+};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -63,9 +71,41 @@ pub struct UserRecord {
     pub email: String,
     /// The argon2id PHC string; `None` until the user sets one.
     pub password_hash: Option<String>,
+    /// The role in the first workspace, as a record from before workspaces kept it; see
+    /// [`UserRecord::roles`].
     pub role: Role,
     pub created_at: i64,
     pub disabled: bool,
+    /// The workspaces the user is a member of, with the role in each; empty in a record from
+    /// before workspaces (a member of the first, with `role`).
+    #[serde(default)]
+    pub workspaces: BTreeMap<String, Role>,
+}
+
+impl UserRecord {
+    /// Each workspace the user is a member of, with the role there.
+    pub fn roles(&self) -> BTreeMap<String, Role> {
+        if self.workspaces.is_empty() {
+            BTreeMap::from([(FIRST_WORKSPACE.to_owned(), self.role)])
+        } else {
+            self.workspaces.clone()
+        }
+    }
+
+    /// The role in `workspace`, if a member.
+    pub fn role_in(&self, workspace: &str) -> Option<Role> {
+        self.roles().get(workspace).copied()
+    }
+
+    fn set_roles(&mut self, roles: BTreeMap<String, Role>) {
+        if let Some(role) = roles
+            .get(FIRST_WORKSPACE)
+            .or_else(|| roles.values().next())
+        {
+            self.role = *role;
+        }
+        self.workspaces = roles;
+    }
 }
 
 /// A session as stored, under the hash of its token.
@@ -79,6 +119,9 @@ pub struct SessionRecord {
     pub expires_at: i64,
     pub user_agent: Option<String>,
     pub address: Option<String>,
+    /// The workspace the session acts in; `None`: the user's first.
+    #[serde(default)]
+    pub workspace: Option<String>,
 }
 
 /// An invitation as stored, under the hash of its token: whoever holds the link may sign up
@@ -97,6 +140,9 @@ pub struct InvitationRecord {
     pub used_at: Option<i64>,
     /// The first start's link: good only while no user exists.
     pub first_owner: bool,
+    /// The workspace the invited person joins; `None`: the first.
+    #[serde(default)]
+    pub workspace: Option<String>,
 }
 
 /// Why an account operation was refused.
@@ -192,12 +238,21 @@ impl Accounts<'_> {
         Ok(())
     }
 
-    /// Makes a user; `password` is hashed here (about 20 ms).
+    /// The members of `workspace`, oldest first.
+    pub fn members(&self, workspace: &str) -> Result<Vec<UserRecord>, AccountError> {
+        let mut users = self.users()?;
+        users.retain(|u| u.role_in(workspace).is_some());
+        Ok(users)
+    }
+
+    /// Makes a user, a member of `workspace` with `role`; `password` is hashed here (about
+    /// 20 ms).
     pub fn create_user(
         &self,
         email: &str,
         role: Role,
         password: Option<&str>,
+        workspace: &str,
     ) -> Result<UserRecord, AccountError> {
         let email = parse_email(email)?;
         if let Some(password) = password {
@@ -218,32 +273,57 @@ impl Accounts<'_> {
             role,
             created_at: now_ms(),
             disabled: false,
+            workspaces: BTreeMap::from([(workspace.to_owned(), role)]),
         };
         self.put_user(&user)?;
         Ok(user)
     }
 
-    /// Changes the user `id`'s role or whether they are disabled, as `by` (an owner, an admin
-    /// user, or `None` for an admin key): an admin changes no owner and makes none, and the last
-    /// owner is neither demoted nor disabled. Disabling ends the user's sessions.
+    /// Adds the user `id` to `workspace` with `role` (or changes the role there).
+    pub fn join(&self, id: &str, workspace: &str, role: Role) -> Result<UserRecord, AccountError> {
+        let mut user = self
+            .user(id)?
+            .ok_or_else(|| AccountError::NoSuchUser(id.to_owned()))?;
+        let mut roles = user.roles();
+        roles.insert(workspace.to_owned(), role);
+        user.set_roles(roles);
+        self.put_user(&user)?;
+        Ok(user)
+    }
+
+    /// The member `id` of `workspace`.
+    fn member(&self, id: &str, workspace: &str) -> Result<(UserRecord, Role), AccountError> {
+        self.user(id)?
+            .and_then(|u| Some((u.role_in(workspace)?, u)))
+            .map(|(role, u)| (u, role))
+            .ok_or_else(|| AccountError::NoSuchUser(id.to_owned()))
+    }
+
+    /// Changes the member `id`'s role in `workspace` or whether they are disabled, as `by` (an
+    /// owner, an admin user, or `None` for an admin key): an admin changes no owner and makes
+    /// none, and the last owner is neither demoted nor disabled. Disabling ends the user's
+    /// sessions.
     pub fn change_user(
         &self,
         id: &str,
+        workspace: &str,
         role: Option<Role>,
         disabled: Option<bool>,
         by: Option<Role>,
     ) -> Result<UserRecord, AccountError> {
-        let mut user = self
-            .user(id)?
-            .ok_or_else(|| AccountError::NoSuchUser(id.to_owned()))?;
-        self.may_change(&user, role, by)?;
+        let (mut user, now) = self.member(id, workspace)?;
+        self.may_change(now, role, by)?;
         let demoted = role.is_some_and(|r| r != Role::Owner) || disabled == Some(true);
-        if user.role == Role::Owner && demoted && self.owners()? <= 1 {
+        if now == Role::Owner && demoted && self.owners(workspace)? <= 1 {
             return Err(AccountError::Forbidden(
                 "the last owner stays an owner: make another first".into(),
             ));
         }
-        user.role = role.unwrap_or(user.role);
+        if let Some(role) = role {
+            let mut roles = user.roles();
+            roles.insert(workspace.to_owned(), role);
+            user.set_roles(roles);
+        }
         user.disabled = disabled.unwrap_or(user.disabled);
         self.put_user(&user)?;
         if user.disabled {
@@ -252,29 +332,35 @@ impl Accounts<'_> {
         Ok(user)
     }
 
-    /// Removes the user `id` and ends their sessions, under the rules of [`Self::change_user`].
-    pub fn remove_user(&self, id: &str, by: Option<Role>) -> Result<(), AccountError> {
-        let user = self
-            .user(id)?
-            .ok_or_else(|| AccountError::NoSuchUser(id.to_owned()))?;
-        self.may_change(&user, None, by)?;
-        if user.role == Role::Owner && self.owners()? <= 1 {
+    /// Removes the member `id` from `workspace`, under the rules of [`Self::change_user`]. A
+    /// user left in no workspace is removed with their sessions.
+    pub fn remove_user(
+        &self,
+        id: &str,
+        workspace: &str,
+        by: Option<Role>,
+    ) -> Result<UserRecord, AccountError> {
+        let (mut user, now) = self.member(id, workspace)?;
+        self.may_change(now, None, by)?;
+        if now == Role::Owner && self.owners(workspace)? <= 1 {
             return Err(AccountError::Forbidden(
                 "the last owner is not removed: make another first".into(),
             ));
         }
-        self.end_sessions_of(&user.id)?;
-        self.0.delete_setting(&format!("{USER}{id}"))?;
-        Ok(())
+        let mut roles = user.roles();
+        roles.remove(workspace);
+        if roles.is_empty() {
+            self.end_sessions_of(&user.id)?;
+            self.0.delete_setting(&format!("{USER}{id}"))?;
+        } else {
+            user.set_roles(roles);
+            self.put_user(&user)?;
+        }
+        Ok(user)
     }
 
-    fn may_change(
-        &self,
-        user: &UserRecord,
-        role: Option<Role>,
-        by: Option<Role>,
-    ) -> Result<(), AccountError> {
-        let owner_involved = user.role == Role::Owner || role == Some(Role::Owner);
+    fn may_change(&self, now: Role, role: Option<Role>, by: Option<Role>) -> Result<(), AccountError> {
+        let owner_involved = now == Role::Owner || role == Some(Role::Owner);
         if owner_involved && by.is_some_and(|by| by != Role::Owner) {
             return Err(AccountError::Forbidden(
                 "only an owner changes an owner or makes one".into(),
@@ -283,12 +369,12 @@ impl Accounts<'_> {
         Ok(())
     }
 
-    /// Enabled owners.
-    fn owners(&self) -> Result<usize, AccountError> {
+    /// Enabled owners of `workspace`.
+    fn owners(&self, workspace: &str) -> Result<usize, AccountError> {
         Ok(self
             .users()?
             .iter()
-            .filter(|u| u.role == Role::Owner && !u.disabled)
+            .filter(|u| u.role_in(workspace) == Some(Role::Owner) && !u.disabled)
             .count())
     }
 
@@ -338,6 +424,7 @@ impl Accounts<'_> {
         user: &UserRecord,
         user_agent: Option<String>,
         address: Option<String>,
+        workspace: Option<&str>,
     ) -> Result<(String, SessionRecord), AccountError> {
         let token = hex::encode(rand::random::<[u8; 32]>());
         let hash = token_hash(&token);
@@ -350,6 +437,7 @@ impl Accounts<'_> {
             expires_at: now + SESSION_LIFETIME_MS,
             user_agent: user_agent.map(|ua| ua.chars().take(256).collect()),
             address,
+            workspace: workspace.map(str::to_owned),
         };
         self.0
             .put_setting(&format!("{SESSION}{hash}"), &records::encode_any(&session))?;
@@ -377,6 +465,20 @@ impl Accounts<'_> {
             .user(&session.user_id)?
             .filter(|u| !u.disabled)
             .map(|u| (session, u)))
+    }
+
+    /// Moves the session a cookie's `token` names to `workspace` (the caller checked that the
+    /// user is a member).
+    pub fn switch_workspace(&self, token: &str, workspace: &str) -> Result<(), AccountError> {
+        let name = format!("{SESSION}{}", token_hash(token));
+        let Some(bytes) = self.0.setting(&name)? else {
+            return Err(AccountError::Gone("your session has ended: sign in again".into()));
+        };
+        let mut session: SessionRecord = records::decode_any("session", &bytes)
+            .map_err(|e| AccountError::Invalid(e.to_string()))?;
+        session.workspace = Some(workspace.to_owned());
+        self.0.put_setting(&name, &records::encode_any(&session))?;
+        Ok(())
     }
 
     /// Ends the session a cookie's `token` names.
@@ -415,10 +517,13 @@ impl Accounts<'_> {
         role: Role,
         by: &str,
         first_owner: bool,
+        workspace: &str,
     ) -> Result<(String, InvitationRecord), AccountError> {
         let email = email.map(parse_email).transpose()?;
         if let Some(email) = &email
-            && self.by_email(email)?.is_some()
+            && self
+                .by_email(email)?
+                .is_some_and(|u| u.role_in(workspace).is_some())
         {
             return Err(AccountError::Exists(email.clone()));
         }
@@ -435,6 +540,7 @@ impl Accounts<'_> {
             created_by: by.to_owned(),
             used_at: None,
             first_owner,
+            workspace: stored_id(workspace),
         };
         self.0.put_setting(
             &format!("{INVITE}{hash}"),
@@ -467,26 +573,73 @@ impl Accounts<'_> {
         Ok(invitation)
     }
 
-    /// Signs up with an invitation: the new user (the invitation's email, else `email`).
+    /// Signs up with an invitation: the new user (the invitation's email, else `email`) and the
+    /// workspace they joined. A person who has an account already joins the invitation's
+    /// workspace with it, given its password.
     pub fn redeem(
         &self,
         token: &str,
         email: Option<&str>,
         password: &str,
-    ) -> Result<UserRecord, AccountError> {
+    ) -> Result<(UserRecord, String), AccountError> {
         let mut invitation = self.invitation(token)?;
         let email = match (&invitation.email, email) {
             (Some(invited), _) => invited.clone(),
             (None, Some(given)) => given.to_owned(),
             (None, None) => return Err(AccountError::Invalid("email: needed".into())),
         };
-        let user = self.create_user(&email, invitation.role, Some(password))?;
+        let workspace = workspace_of(invitation.workspace.as_deref()).to_owned();
+        let email = parse_email(&email)?;
+        let user = match self.by_email(&email)? {
+            None => self.create_user(&email, invitation.role, Some(password), &workspace)?,
+            Some(user) => {
+                if user.role_in(&workspace).is_some() {
+                    return Err(AccountError::Exists(email));
+                }
+                if self.check_sign_in(&email, password)?.is_none() {
+                    return Err(AccountError::Forbidden(format!(
+                        "{email} has an account: give its password to join"
+                    )));
+                }
+                self.join(&user.id, &workspace, invitation.role)?
+            }
+        };
         invitation.used_at = Some(now_ms());
         self.0.put_setting(
             &format!("{INVITE}{}", token_hash(token)),
             &records::encode_any(&invitation),
         )?;
-        Ok(user)
+        Ok((user, workspace))
+    }
+
+    /// The person a provider vouches for by `email` (verified there): a user with that email,
+    /// or one made now from an open invitation for it (and the workspace joined). `None`:
+    /// nobody here, and no invitation.
+    pub fn by_verified_email(
+        &self,
+        email: &str,
+    ) -> Result<Option<(UserRecord, Option<String>)>, AccountError> {
+        let email = parse_email(email)?;
+        if let Some(user) = self.by_email(&email)? {
+            return Ok(Some((user, None)));
+        }
+        let now = now_ms();
+        for (name, bytes) in self.0.settings(INVITE)? {
+            let Ok(mut invitation) = records::decode_any::<InvitationRecord>("invitation", &bytes)
+            else {
+                continue;
+            };
+            let open = invitation.used_at.is_none() && invitation.expires_at > now;
+            if !open || invitation.email.as_deref() != Some(email.as_str()) {
+                continue;
+            }
+            let workspace = workspace_of(invitation.workspace.as_deref()).to_owned();
+            let user = self.create_user(&email, invitation.role, None, &workspace)?;
+            invitation.used_at = Some(now);
+            self.0.put_setting(&name, &records::encode_any(&invitation))?;
+            return Ok(Some((user, Some(workspace))));
+        }
+        Ok(None)
     }
 
     /// Ends the session `id` of the user `user_id`: whether there was one.
@@ -513,7 +666,7 @@ mod tests {
         let store = crate::store::Store::open(dir.path()).unwrap();
         let accounts = Accounts(&store);
         let (token, mut invitation) = accounts
-            .invite(Some("late@example.test"), Role::Member, "test", false)
+            .invite(Some("late@example.test"), Role::Member, "test", false, FIRST_WORKSPACE)
             .unwrap();
         invitation.expires_at = now_ms() - 1;
         store
@@ -527,15 +680,15 @@ mod tests {
         assert!(accounts.users().unwrap().is_empty(), "nobody was made");
 
         let (first, _) = accounts
-            .invite(None, Role::Owner, "first start", true)
+            .invite(None, Role::Owner, "first start", true, FIRST_WORKSPACE)
             .unwrap();
         let (other, _) = accounts
-            .invite(None, Role::Owner, "first start", true)
+            .invite(None, Role::Owner, "first start", true, FIRST_WORKSPACE)
             .unwrap();
-        let owner = accounts
+        let (owner, workspace) = accounts
             .redeem(&first, Some("owner@example.test"), "a good password")
             .unwrap();
-        assert_eq!(owner.role, Role::Owner);
+        assert_eq!(owner.role_in(&workspace), Some(Role::Owner));
         let late = accounts.redeem(&other, Some("second@example.test"), "a good password");
         assert!(matches!(late, Err(AccountError::Gone(ref why)) if why.contains("first owner")));
     }

@@ -177,6 +177,14 @@ impl App {
             None
         };
         let state = Arc::new(state);
+        tokio::spawn(crate::events::upkeep(
+            state.events.clone(),
+            state
+                .config
+                .audit_retention
+                .max(state.config.events_retention),
+            state.shutdown.clone(),
+        ));
         if let Some(acme) = acme {
             tokio::spawn(acme.run(state.shutdown.clone()));
         }
@@ -299,7 +307,20 @@ fn app_state(
             _ => authority.to_owned(),
         },
     };
+    let events = crate::events::Events::new(links.store().clone(), links.counts().clone());
+    let oidc = match (
+        &config.oidc_issuer,
+        &config.oidc_client_id,
+        &config.oidc_client_secret,
+    ) {
+        (Some(issuer), Some(id), Some(secret)) => Some(Arc::new(
+            crate::http::oidc::OidcProvider::new(issuer.clone(), id.clone(), secret.clone(), &base_url),
+        )),
+        _ => None,
+    };
     AppState {
+        events,
+        oidc,
         links,
         keys,
         create_limits: CreateLimits::new(config.create_rate_per_key, config.create_rate_per_ip)
@@ -411,7 +432,13 @@ fn first_owner_link(state: &AppState) -> anyhow::Result<Option<String>> {
     if !accounts.users()?.is_empty() {
         return Ok(None);
     }
-    let (token, _) = accounts.invite(None, crate::accounts::Role::Owner, "first start", true)?;
+    let (token, _) = accounts.invite(
+        None,
+        crate::accounts::Role::Owner,
+        "first start",
+        true,
+        crate::accounts::FIRST_WORKSPACE,
+    )?;
     Ok(Some(crate::http::signup_url(&state.base_url, &token)))
 }
 

@@ -22,6 +22,8 @@ pub struct Link {
     pub code: ShortCode,
     pub target: TargetUrl,
     pub owner: KeyId,
+    /// The workspace it belongs to.
+    pub workspace: String,
     /// Creation time in epoch milliseconds.
     pub created_at: i64,
     /// 0 at creation, one more with each change: the newer of two copies wins.
@@ -127,6 +129,7 @@ impl Link {
             code,
             target,
             owner,
+            workspace: crate::accounts::FIRST_WORKSPACE.to_owned(),
             created_at,
             rev: 0,
             updated_at: created_at,

@@ -317,6 +317,26 @@ fn name_param(req: &Request) -> Result<String, ApiError> {
         .map_err(|_| ApiError::not_found("no such domain"))
 }
 
+/// Writes a domain's change to the audit log.
+async fn audit(
+    state: &AppState,
+    caller: &crate::keys::Caller,
+    action: &str,
+    name: &str,
+    before: Option<&DomainBody>,
+    after: Option<&DomainBody>,
+) {
+    let json = |b: Option<&DomainBody>| b.and_then(|b| serde_json::to_value(b).ok());
+    state
+        .audit(caller, &caller.workspace, action, name, json(before), json(after))
+        .await;
+}
+
+/// Whether `domain` belongs to the caller's workspace.
+pub fn in_workspace(domain: &DomainRecord, caller: &crate::keys::Caller) -> bool {
+    crate::accounts::workspace_of(domain.workspace.as_deref()) == caller.workspace
+}
+
 /// `POST /api/domains`.
 pub struct AddDomain(pub Arc<AppState>);
 
@@ -351,8 +371,11 @@ impl AddDomain {
             https: sent.https,
             hsts: sent.hsts,
             https_only: sent.https_only,
+            workspace: crate::accounts::stored_id(&caller.workspace),
         };
-        save(state, record).await
+        let made = save(state, record).await?;
+        audit(state, &caller, "domain.created", &name.to_string(), None, Some(&made)).await;
+        Ok(made)
     }
 }
 
@@ -391,16 +414,18 @@ pub struct ListDomains(pub Arc<AppState>);
 impl ListDomains {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
-        if let Err(e) = authenticate(state, req)
-            .await
-            .and_then(|c| require_admin(&c))
-        {
+        let caller = match authenticate(state, req).await {
+            Ok(caller) => caller,
+            Err(e) => return e.write(res),
+        };
+        if let Err(e) = require_admin(&caller) {
             return e.write(res);
         }
         let domains = state
             .domains
             .list()
             .iter()
+            .filter(|r| in_workspace(r, &caller))
             .map(|r| body(state, r))
             .collect();
         res.render(Json(DomainList { domains }));
@@ -413,9 +438,10 @@ pub struct PatchDomainRoute(pub Arc<AppState>);
 impl PatchDomainRoute {
     async fn patch(&self, req: &mut Request) -> Result<DomainBody, ApiError> {
         let state = &self.0;
-        require_admin(&authenticate(state, req).await?)?;
+        let caller = authenticate(state, req).await?;
+        require_admin(&caller)?;
         let name = name_param(req)?;
-        let Some(current) = state.domains.get(&name) else {
+        let Some(current) = state.domains.get(&name).filter(|d| in_workspace(d, &caller)) else {
             return Err(ApiError::not_found("no such domain"));
         };
         let sent: PatchDomain = read_json_object(req, MAX_BODY).await?;
@@ -439,7 +465,10 @@ impl PatchDomainRoute {
         if !record.https || (sent.https == Some(true) && failed) {
             forget_certificate(state, &name).await?;
         }
-        save(state, record).await
+        let before = body(state, &current);
+        let after = save(state, record).await?;
+        audit(state, &caller, "domain.updated", &name, Some(&before), Some(&after)).await;
+        Ok(after)
     }
 }
 
@@ -469,11 +498,13 @@ pub struct DeleteDomain(pub Arc<AppState>);
 impl DeleteDomain {
     async fn delete(&self, req: &Request) -> Result<(), ApiError> {
         let state = &self.0;
-        require_admin(&authenticate(state, req).await?)?;
+        let caller = authenticate(state, req).await?;
+        require_admin(&caller)?;
         let name = name_param(req)?;
-        if state.domains.get(&name).is_none() {
+        let Some(current) = state.domains.get(&name).filter(|d| in_workspace(d, &caller)) else {
             return Err(ApiError::not_found("no such domain"));
-        }
+        };
+        let before = body(state, &current);
         let store = state.links.store().clone();
         let key = name.clone();
         let has_links = blocking(move || store.has_links_on(&key)).await?;
@@ -489,6 +520,7 @@ impl DeleteDomain {
         state.domains.remove(&name);
         // Its certificate goes with it (a domain added again orders a new one).
         forget_certificate(state, &name).await?;
+        audit(state, &caller, "domain.deleted", &name, Some(&before), None).await;
         Ok(())
     }
 }

@@ -78,21 +78,29 @@ impl CreateInvitation {
         let caller = authenticate(state, req).await?;
         require_admin(&caller)?;
         let sent: Invite = read_json_object(req, MAX_BODY).await?;
-        let by = caller.key_id.clone();
+        // An owner is invited by an owner (or an admin key): an admin cannot make one.
+        if sent.role == Role::Owner && caller.role.is_some_and(|r| r != Role::Owner) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only an owner invites an owner",
+            ));
+        }
+        let (by, workspace) = (caller.key_id.clone(), caller.workspace.clone());
         let (role, email) = (sent.role, sent.email);
         let (token, made) = blocking(state, move |accounts| {
-            // An owner is invited by an owner (or an admin key): an admin cannot make one.
-            if role == Role::Owner
-                && let Some(user) = accounts.user(&by)?
-                && user.role != Role::Owner
-            {
-                return Err(crate::accounts::AccountError::Forbidden(
-                    "only an owner invites an owner".into(),
-                ));
-            }
-            accounts.invite(email.as_deref(), role, &by, false)
+            accounts.invite(email.as_deref(), role, &by, false, &workspace)
         })
         .await?;
+        state
+            .audit(
+                &caller,
+                &caller.workspace,
+                "member.invited",
+                &made.id,
+                None,
+                Some(serde_json::json!({ "email": made.email, "role": made.role })),
+            )
+            .await;
         Ok(Invitation {
             url: signup_url(&state.base_url, &token),
             expires_at: format_ms(made.expires_at),
@@ -166,18 +174,39 @@ impl SignUpRoute {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let (user, token, session) = blocking(state, move |accounts| {
-            let user = accounts.redeem(&sent.invite, sent.email.as_deref(), &sent.password)?;
-            let (token, session) = accounts.start_session(&user, agent, address)?;
-            Ok((user, token, session))
+        let (user, workspace, token, session, names) = blocking(state, move |accounts| {
+            let (user, workspace) =
+                accounts.redeem(&sent.invite, sent.email.as_deref(), &sent.password)?;
+            let (token, session) =
+                accounts.start_session(&user, agent, address, Some(&workspace))?;
+            let names = crate::accounts::Workspaces(accounts.0).list()?;
+            Ok((user, workspace, token, session, names))
         })
         .await?;
         let max_age = (session.expires_at - session.created_at) / 1000;
         res.headers_mut()
             .append(header::SET_COOKIE, cookie(state, req, &token, max_age));
-        tracing::info!(user = %user.email, role = ?user.role, "signed up");
+        tracing::info!(user = %user.email, workspace, "signed up");
+        let role = user.role_in(&workspace);
+        let joined = crate::keys::Caller {
+            key_id: user.id.clone(),
+            scope: role.map_or(crate::keys::Scope::Read, Role::scope),
+            workspace: workspace.clone(),
+            who: user.email.clone(),
+            role,
+        };
+        state
+            .audit(
+                &joined,
+                &workspace,
+                "member.joined",
+                &user.id,
+                None,
+                Some(serde_json::json!({ "id": user.id, "email": user.email, "role": role })),
+            )
+            .await;
         Ok(SignedIn {
-            user: user_body(&user),
+            user: user_body(&user, &workspace, &names),
             session: session_body(&session, Some(&session.id)),
         })
     }

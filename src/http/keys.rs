@@ -49,11 +49,23 @@ pub struct CreateKey(pub Arc<AppState>);
 
 impl CreateKey {
     async fn create(&self, req: &mut Request) -> Result<crate::keys::NewKey, ApiError> {
-        admin(&self.0, req).await?;
+        let caller = admin(&self.0, req).await?;
         let request: CreateKeyRequest = read_json_object(req, MAX_BODY).await?;
         let name = KeyName::parse(&request.name)?;
         let state = self.0.clone();
-        blocking(move || state.keys.create(&name, request.scope)).await
+        let workspace = caller.workspace.clone();
+        let made = blocking(move || state.keys.create(&name, request.scope, &workspace)).await?;
+        self.0
+            .audit(
+                &caller,
+                &caller.workspace,
+                "key.created",
+                &made.id,
+                None,
+                Some(serde_json::json!({ "id": made.id, "name": made.name, "scope": made.scope })),
+            )
+            .await;
+        Ok(made)
     }
 }
 
@@ -93,7 +105,9 @@ pub struct ListKeys(pub Arc<AppState>);
 impl ListKeys {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         match admin(&self.0, req).await {
-            Ok(_) => res.render(Json(serde_json::json!({ "keys": self.0.keys.list() }))),
+            Ok(caller) => res.render(Json(
+                serde_json::json!({ "keys": self.0.keys.list(Some(&caller.workspace)) }),
+            )),
             Err(e) => e.write(res),
         }
     }
@@ -106,8 +120,26 @@ impl RevokeKey {
     async fn revoke(&self, req: &Request) -> Result<(), ApiError> {
         let caller = admin(&self.0, req).await?;
         let id = req.params().get("id").cloned().unwrap_or_default();
+        let before = self
+            .0
+            .keys
+            .list(Some(&caller.workspace))
+            .into_iter()
+            .find(|k| k.id == id);
         let state = self.0.clone();
-        blocking(move || state.keys.revoke(&id, Some(&caller))).await
+        let (by, revoked) = (caller.clone(), id.clone());
+        blocking(move || state.keys.revoke(&revoked, Some(&by))).await?;
+        self.0
+            .audit(
+                &caller,
+                &caller.workspace,
+                "key.revoked",
+                &id,
+                before.and_then(|k| serde_json::to_value(k).ok()),
+                None,
+            )
+            .await;
+        Ok(())
     }
 }
 

@@ -79,6 +79,7 @@ impl ListLinks {
             .filter(|t| !t.is_empty());
         // A `links` key lists its own links; admin and read keys see every link.
         let owner = (caller.scope == Scope::Links).then(|| caller.key_id.clone());
+        let workspace = caller.workspace.clone();
         let store = state.links.store().clone();
         let page = tokio::task::spawn_blocking(move || {
             store.list_links(
@@ -86,7 +87,7 @@ impl ListLinks {
                 cursor.as_ref(),
                 limit,
                 MAX_SCAN,
-                &|link| matches(link, q.as_deref(), tag.as_deref()),
+                &|link| link.workspace == workspace && matches(link, q.as_deref(), tag.as_deref()),
             )
         })
         .await
@@ -172,6 +173,16 @@ impl PatchLink {
             .await?
             .ok_or_else(missing)?
             .map_err(ApiError::bad_request)?;
+        state
+            .audit(
+                &caller,
+                &updated.workspace,
+                "link.updated",
+                updated.code.as_str(),
+                Some(super::api::link_json(state, &link)),
+                Some(super::api::link_json(state, &updated)),
+            )
+            .await;
         let snapshot = state.links.snapshot(&updated).await?;
         Ok((updated, snapshot))
     }
@@ -214,6 +225,16 @@ impl DeleteLink {
             let (caller, link) = owned_link(state, req).await?;
             require_write(&caller)?;
             if state.links.delete(&link).await? {
+                state
+                    .audit(
+                        &caller,
+                        &link.workspace,
+                        "link.deleted",
+                        link.code.as_str(),
+                        Some(super::api::link_json(state, &link)),
+                        None,
+                    )
+                    .await;
                 Ok(())
             } else {
                 Err(ApiError::not_found("no such link"))

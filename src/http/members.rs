@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, AppState, authenticate, read_json_object, require_admin, session::blocking};
 use crate::{
     accounts::{Role, UserRecord},
+    keys::Caller,
     domain::format_ms,
 };
 use salvo_oapi::endpoint;
@@ -44,25 +45,22 @@ struct PatchMember {
     disabled: Option<bool>,
 }
 
-fn member(u: UserRecord) -> Member {
+fn member(u: UserRecord, workspace: &str) -> Member {
     Member {
+        role: u.role_in(workspace).unwrap_or(u.role),
         id: u.id,
         email: u.email,
-        role: u.role,
         created_at: format_ms(u.created_at),
         disabled: u.disabled,
     }
 }
 
-/// The caller's role when it is a signed-in person (`None`: an admin key, which acts as an
-/// owner here), after checking the caller may manage members at all.
-async fn manager(state: &AppState, req: &Request) -> Result<Option<Role>, ApiError> {
+/// The caller, after checking it may manage members at all; its role is `None` for an admin
+/// key, which acts as an owner here.
+async fn manager(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
     let caller = authenticate(state, req).await?;
     require_admin(&caller)?;
-    let id = caller.key_id;
-    Ok(blocking(state, move |accounts| accounts.user(&id))
-        .await?
-        .map(|u| u.role))
+    Ok(caller)
 }
 
 /// `GET /api/members`.
@@ -82,12 +80,14 @@ impl ListMembers {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let listed = async {
-            manager(state, req).await?;
-            blocking(state, |accounts| accounts.users()).await
+            let workspace = manager(state, req).await?.workspace;
+            let ws = workspace.clone();
+            let users = blocking(state, move |accounts| accounts.members(&ws)).await?;
+            Ok::<_, ApiError>((users, workspace))
         };
         match listed.await {
-            Ok(users) => res.render(Json(MemberList {
-                members: users.into_iter().map(member).collect(),
+            Ok((users, workspace)) => res.render(Json(MemberList {
+                members: users.into_iter().map(|u| member(u, &workspace)).collect(),
             })),
             Err(e) => e.write(res),
         }
@@ -114,16 +114,35 @@ impl PatchMemberRoute {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let changed = async {
-            let by = manager(state, req).await?;
+            let caller = manager(state, req).await?;
             let id = req.params().get("id").cloned().unwrap_or_default();
             let sent: PatchMember = read_json_object(req, 1024).await?;
-            blocking(state, move |accounts| {
-                accounts.change_user(&id, sent.role, sent.disabled, by)
+            let (ws, by, user_id) = (caller.workspace.clone(), caller.role, id.clone());
+            let (before, user) = blocking(state, move |accounts| {
+                let before = accounts.user(&user_id)?;
+                let after = accounts.change_user(&user_id, &ws, sent.role, sent.disabled, by)?;
+                Ok((before, after))
             })
-            .await
+            .await?;
+            let (before, after) = (
+                before.map(|b| member(b, &caller.workspace)),
+                member(user, &caller.workspace),
+            );
+            let json = |m: &Member| serde_json::to_value(m).ok();
+            state
+                .audit(
+                    &caller,
+                    &caller.workspace,
+                    "member.updated",
+                    &id,
+                    before.as_ref().and_then(json),
+                    json(&after),
+                )
+                .await;
+            Ok::<_, ApiError>(after)
         };
         match changed.await {
-            Ok(user) => res.render(Json(member(user))),
+            Ok(user) => res.render(Json(user)),
             Err(e) => e.write(res),
         }
     }
@@ -147,12 +166,19 @@ impl RemoveMember {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let removed = async {
-            let by = manager(state, req).await?;
+            let caller = manager(state, req).await?;
             let id = req.params().get("id").cloned().unwrap_or_default();
-            blocking(state, move |accounts| accounts.remove_user(&id, by)).await
+            let (ws, by, user_id) = (caller.workspace.clone(), caller.role, id.clone());
+            let removed =
+                blocking(state, move |accounts| accounts.remove_user(&user_id, &ws, by)).await?;
+            let before = serde_json::to_value(member(removed, &caller.workspace)).ok();
+            state
+                .audit(&caller, &caller.workspace, "member.removed", &id, before, None)
+                .await;
+            Ok::<_, ApiError>(())
         };
         match removed.await {
-            Ok(()) => {
+            Ok(_) => {
                 res.status_code(StatusCode::NO_CONTENT);
             }
             Err(e) => e.write(res),

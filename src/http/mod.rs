@@ -23,6 +23,10 @@ mod lane;
 pub mod limit;
 mod manage;
 mod members;
+pub mod oidc;
+mod workspaces;
+mod audit;
+mod events;
 mod openapi;
 mod pages;
 mod qr;
@@ -88,9 +92,29 @@ pub struct AppState {
     pub country_db: Option<Arc<CountryDb>>,
     /// Failed sign-ins per account and per address.
     pub sign_in: session::SignInLimits,
+    /// The audit log and the workspaces' live feeds.
+    pub events: Arc<crate::events::Events>,
+    /// The OpenID Connect provider people may sign in with (`--oidc-issuer`).
+    pub oidc: Option<Arc<oidc::OidcProvider>>,
 }
 
 impl AppState {
+    /// Writes a change to the audit log (and the workspace's live feed); `before` and
+    /// `after` are the thing as the API shows it (`None`: it did not exist).
+    pub async fn audit(
+        &self,
+        caller: &crate::keys::Caller,
+        workspace: &str,
+        action: &str,
+        target: &str,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+    ) {
+        self.events
+            .record(caller, workspace, action, target, before, after)
+            .await;
+    }
+
     /// What one client may take (the `create_limits` field, named for what it first held).
     pub fn client_limits(&self) -> &limit::ClientLimits {
         &self.create_limits
@@ -146,6 +170,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .push(get_head("assets/{name}", || pages::Asset))
         // Two segments: no short code can be taken by it.
         .push(get_head("auth/signup", || invitations::SignUpPage))
+        .push(get_head("audit", || audit::AuditPageRoute))
+        .push(
+            Router::with_path("auth/oidc")
+                .get(oidc::StartOidc(s()))
+                .goal(NotAllowed("GET")),
+        )
+        .push(
+            Router::with_path("auth/oidc/callback")
+                .get(oidc::OidcCallback(s()))
+                .goal(NotAllowed("GET")),
+        )
         .push(get_head("badge/{file}", || badge::Badge(s())))
         .push(get_head("links/{code}", || pages::StatsPage(s())))
         .push(code_routes(&state, &checks))
@@ -299,8 +334,28 @@ fn api_router(state: &Arc<AppState>, document: &openapi::Document) -> Router {
             .post(session::SignInRoute(s()))
             .get(session::WhoAmI(s()))
             .head(session::WhoAmI(s()))
+            .patch(workspaces::SwitchWorkspace(s()))
             .delete(session::SignOutRoute(s()))
-            .goal(NotAllowed("GET, HEAD, POST, DELETE")),
+            .goal(NotAllowed("GET, HEAD, POST, PATCH, DELETE")),
+    )
+    .push(
+        Router::with_path("workspaces")
+            .post(workspaces::CreateWorkspace(s()))
+            .get(workspaces::ListWorkspaces(s()))
+            .head(workspaces::ListWorkspaces(s()))
+            .goal(NotAllowed("GET, HEAD, POST")),
+    )
+    .push(
+        Router::with_path("workspaces/{id}")
+            .patch(workspaces::RenameWorkspace(s()))
+            .goal(NotAllowed("PATCH")),
+    )
+    .push(get_head("audit", || audit::ListAudit(s())))
+    .push(get_head("auth/methods", || oidc::AuthMethods(s())))
+    .push(
+        Router::with_path("events")
+            .get(events::EventsRoute(s()))
+            .goal(NotAllowed("GET")),
     )
     .push(
         Router::with_path("members")

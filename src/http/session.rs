@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, client_ip, limit::Failures, read_json_object, secure::is_https};
 use crate::{
-    accounts::{AccountError, Accounts, Role, SessionRecord, UserRecord},
+    accounts::{AccountError, Accounts, Role, SessionRecord, UserRecord, Workspaces},
     domain::format_ms,
     keys::Caller,
 };
@@ -83,13 +83,17 @@ struct SignIn {
     password: String,
 }
 
-/// Who signed in.
+/// Who signed in: their role is the one in the workspace the session acts in.
 #[derive(Serialize, salvo_oapi::ToSchema)]
 #[salvo(schema(name = "SignedInUser"))]
 pub(super) struct UserBody {
     id: String,
     email: String,
     role: Role,
+    /// The workspace the session acts in.
+    workspace: String,
+    /// Every workspace the user is a member of, with the role there.
+    workspaces: Vec<super::workspaces::WorkspaceBody>,
 }
 
 /// A session as the API shows it.
@@ -132,12 +136,40 @@ pub(super) fn session_body(s: &SessionRecord, current: Option<&str>) -> SessionB
     }
 }
 
-pub(super) fn user_body(u: &UserRecord) -> UserBody {
+pub(super) fn user_body(
+    u: &UserRecord,
+    workspace: &str,
+    names: &[crate::accounts::WorkspaceRecord],
+) -> UserBody {
+    let roles = u.roles();
     UserBody {
         id: u.id.clone(),
         email: u.email.clone(),
-        role: u.role,
+        role: roles.get(workspace).copied().unwrap_or(u.role),
+        workspace: workspace.to_owned(),
+        workspaces: names
+            .iter()
+            .filter_map(|w| {
+                Some(super::workspaces::WorkspaceBody::new(w, Some(*roles.get(&w.id)?)))
+            })
+            .collect(),
     }
+}
+
+/// The workspace a session of `user` acts in: the one it chose, while the user is a member,
+/// else the user's first.
+pub(super) fn session_workspace(session: &SessionRecord, user: &UserRecord) -> Option<(String, Role)> {
+    let roles = user.roles();
+    session
+        .workspace
+        .as_ref()
+        .and_then(|w| Some((w.clone(), *roles.get(w)?)))
+        .or_else(|| {
+            let first = roles.get(crate::accounts::FIRST_WORKSPACE).map(|r| {
+                (crate::accounts::FIRST_WORKSPACE.to_owned(), *r)
+            });
+            first.or_else(|| roles.into_iter().next())
+        })
 }
 
 /// Runs an account operation on the blocking pool.
@@ -226,10 +258,19 @@ pub async fn signed_in(
         ));
     };
     check_origin(state, req)?;
+    let Some((workspace, role)) = session_workspace(&session, &user) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "you are a member of no workspace: ask for an invitation",
+        ));
+    };
     Ok(Some((
         Caller {
             key_id: user.id,
-            scope: user.role.scope(),
+            scope: role.scope(),
+            workspace,
+            who: user.email,
+            role: Some(role),
         },
         session,
     )))
@@ -292,8 +333,9 @@ impl SignInRoute {
             if user.disabled {
                 return Ok(Err(true));
             }
-            let (token, session) = accounts.start_session(&user, agent, address)?;
-            Ok(Ok((user, token, session)))
+            let (token, session) = accounts.start_session(&user, agent, address, None)?;
+            let names = Workspaces(accounts.0).list()?;
+            Ok(Ok((user, token, session, names)))
         })
         .await?;
         match checked {
@@ -311,13 +353,16 @@ impl SignInRoute {
                     ))
                 }
             }
-            Ok((user, token, session)) => {
+            Ok((user, token, session, names)) => {
                 let max_age = (session.expires_at - session.created_at) / 1000;
                 res.headers_mut()
                     .append(header::SET_COOKIE, cookie(state, req, &token, max_age));
                 tracing::info!(user = %user.email, "signed in");
+                let workspace = session_workspace(&session, &user)
+                    .map(|(w, _)| w)
+                    .unwrap_or_default();
                 Ok(SignedIn {
-                    user: user_body(&user),
+                    user: user_body(&user, &workspace, &names),
                     session: session_body(&session, Some(&session.id)),
                 })
             }
@@ -372,11 +417,14 @@ impl WhoAmI {
         let found = async {
             let (caller, session) = session_caller(state, req).await?;
             let id = caller.key_id.clone();
-            let user = blocking(state, move |accounts| accounts.user(&id))
-                .await?
-                .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "not signed in"))?;
+            let (user, names) = blocking(state, move |accounts| {
+                Ok((accounts.user(&id)?, Workspaces(accounts.0).list()?))
+            })
+            .await?;
+            let user =
+                user.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "not signed in"))?;
             Ok::<_, ApiError>(SignedIn {
-                user: user_body(&user),
+                user: user_body(&user, &caller.workspace, &names),
                 session: session_body(&session, Some(&session.id)),
             })
         };

@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     /// Subscriber ids, unique across actors: a stream outliving its actor must not unsubscribe
     /// a viewer of the successor.
     pub next_subscriber: std::sync::atomic::AtomicU64,
+    /// The workspaces' boards of live counts (`/api/events`).
+    pub counts: Arc<crate::events::Counts>,
 }
 
 /// Why a link operation failed (server side).
@@ -163,10 +165,16 @@ impl Links {
                 backlog,
                 start_faults: std::sync::Mutex::default(),
                 next_subscriber: std::sync::atomic::AtomicU64::new(1),
+                counts: Arc::default(),
             }),
             inflight: TaskTracker::new(),
             changes: Arc::default(),
         }
+    }
+
+    /// The workspaces' boards of live counts, which every commit of a link updates.
+    pub fn counts(&self) -> &Arc<crate::events::Counts> {
+        &self.shared.counts
     }
 
     /// The link of a live actor, by the code as the request wrote it: the redirect's first

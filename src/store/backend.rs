@@ -10,7 +10,10 @@
 
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
-use super::{Counter, Cursor, KeyRecord, Page, Store, StoreError, records::DomainRecord};
+use super::{
+    Counter, Cursor, KeyRecord, Page, Store, StoreError,
+    records::{AuditRecord, DomainRecord},
+};
 use crate::domain::ShortCode;
 use crate::{
     analytics::{Aggregates, VisitorKey},
@@ -118,6 +121,49 @@ pub trait Backend: Send + Sync + 'static {
     fn settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// The setting `name`, if stored.
     fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores an audit entry as the next one of the installation (durably before returning)
+    /// and returns its number.
+    fn append_audit(&self, record: &AuditRecord) -> Result<u64, StoreError>;
+    /// Up to `limit` audit entries of `workspace` numbered below `before`, newest first.
+    fn audit_before(
+        &self,
+        workspace: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Up to `limit` audit entries of `workspace` numbered above `after`, oldest first.
+    fn audit_after(
+        &self,
+        workspace: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Deletes the audit entries made before `cutoff` (epoch milliseconds), where the store
+    /// does not let them go by itself; returns how many.
+    fn trim_audit(&self, cutoff: i64) -> Result<usize, StoreError>;
+    /// Follows the audit entries every node stores from now on (a cluster store): calls
+    /// `deliver` with each, in order. An embedded store has no other nodes: `None`, and the
+    /// layer above hears of each entry as it appends it.
+    fn follow_audit(
+        &self,
+        deliver: Box<dyn FnMut(AuditRecord) + Send>,
+    ) -> Option<tokio::task::AbortHandle> {
+        let _ = deliver;
+        None
+    }
+    /// Passes this node's latest counts of a workspace's links to the other nodes (a cluster
+    /// store; nothing is stored). An embedded store has no other nodes.
+    fn publish_counts(&self, workspace: &str, payload: Vec<u8>) {
+        let _ = (workspace, payload);
+    }
+    /// Hears the counts other nodes pass on: `deliver(workspace, payload)`.
+    fn follow_counts(
+        &self,
+        deliver: Box<dyn FnMut(String, Vec<u8>) + Send>,
+    ) -> Option<tokio::task::AbortHandle> {
+        let _ = deliver;
+        None
+    }
     /// Stores a setting, durably before returning.
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Removes a setting.
@@ -262,6 +308,32 @@ impl Backend for Store {
 
     fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Store::setting(self, name)
+    }
+
+    fn append_audit(&self, record: &AuditRecord) -> Result<u64, StoreError> {
+        Store::append_audit(self, record)
+    }
+
+    fn audit_before(
+        &self,
+        workspace: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        Store::audit_before(self, workspace, before, limit)
+    }
+
+    fn audit_after(
+        &self,
+        workspace: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        Store::audit_after(self, workspace, after, limit)
+    }
+
+    fn trim_audit(&self, cutoff: i64) -> Result<usize, StoreError> {
+        Store::trim_audit(self, cutoff)
     }
 
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {

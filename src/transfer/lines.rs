@@ -52,6 +52,9 @@ pub(super) struct DomainLine {
     https: bool,
     hsts: bool,
     https_only: bool,
+    /// Its workspace (absent: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    workspace: Option<String>,
 }
 
 impl DomainLine {
@@ -65,6 +68,7 @@ impl DomainLine {
             https: record.https,
             hsts: record.hsts,
             https_only: record.https_only,
+            workspace: record.workspace.clone(),
         }
     }
 
@@ -95,6 +99,7 @@ impl DomainLine {
             https: self.https,
             hsts: self.hsts,
             https_only: self.https_only,
+            workspace: self.workspace,
         })
     }
 }
@@ -125,6 +130,9 @@ pub(super) struct LinkLine {
     /// The argon2 hash (PHC string) of the link's password.
     password_hash: Option<String>,
     rules: Vec<RuleLine>,
+    /// Its workspace (absent: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    workspace: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -178,6 +186,7 @@ impl LinkLine {
                     url: r.url.to_string(),
                 })
                 .collect(),
+            workspace: crate::accounts::stored_id(&link.workspace),
         }
     }
 
@@ -212,6 +221,7 @@ impl LinkLine {
             code,
             target: url("url", &self.url)?,
             owner: self.owner,
+            workspace: crate::accounts::workspace_of(self.workspace.as_deref()).to_owned(),
             created_at,
             rev: self.rev,
             updated_at: time("updatedAt", &self.updated_at)?,

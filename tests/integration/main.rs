@@ -19,6 +19,7 @@ mod keys;
 mod lifecycle;
 mod longtail;
 mod manage;
+mod oidc_provider;
 mod openapi;
 mod ops;
 mod overload;

@@ -120,6 +120,18 @@ pub(super) fn link_body<'a>(
     }
 }
 
+/// A link as the audit log and the events feed keep it: as the API shows it, without its
+/// count, with its owner.
+pub(crate) fn link_json(state: &AppState, link: &Link) -> serde_json::Value {
+    let mut value = serde_json::to_value(link_body(state, link, None)).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("clickCount");
+        fields.remove("lastClick");
+        fields.insert("owner".into(), serde_json::Value::from(link.owner.as_str()));
+    }
+    value
+}
+
 /// Reads a JSON object body of at most [`MAX_BODY`] bytes into `T` (see
 /// [`read_json_object`]).
 pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
@@ -146,7 +158,7 @@ pub(super) async fn password_hash(password: Option<&str>) -> Result<Option<Strin
 pub struct CreateLink(pub Arc<AppState>);
 
 impl CreateLink {
-    async fn create(&self, req: &mut Request) -> Result<Link, ApiError> {
+    async fn create(&self, req: &mut Request) -> Result<(Caller, Link), ApiError> {
         let state = &self.0;
         let caller = authenticate(state, req).await?;
         require_write(&caller)?;
@@ -158,7 +170,7 @@ impl CreateLink {
                 "invalid JSON body: missing field `url`",
             ));
         };
-        let domain = domain_named(state, request.domain.as_deref()).await?;
+        let domain = domain_named(state, request.domain.as_deref(), &caller).await?;
         let chosen = request
             .code
             .as_deref()
@@ -166,24 +178,26 @@ impl CreateLink {
             .transpose()?;
         patch.password = Some(password_hash(request.password.flatten().as_deref()).await?);
         let new_link = |code: ShortCode| {
-            patch.apply(&Link::new(
+            let mut link = Link::new(
                 ShortCode::on(domain.as_ref(), &code),
                 target.clone(),
                 caller.key_id.clone(),
                 now_ms(),
-            ))
+            );
+            link.workspace = caller.workspace.clone();
+            patch.apply(&link)
         };
         if let Some(code) = chosen {
             let link = new_link(code);
             if state.links.create(link.clone()).await? {
-                return Ok(link);
+                return Ok((caller, link));
             }
             return Err(code_taken(state, &link.code).await);
         }
         for _ in 0..GENERATE_ATTEMPTS {
             let link = new_link(ShortCode::generate());
             if state.links.create(link.clone()).await? {
-                return Ok(link);
+                return Ok((caller, link));
             }
         }
         Err(ApiError::new(
@@ -194,10 +208,11 @@ impl CreateLink {
 }
 
 /// The domain `raw` names for a link (`None`: the default domain, also when `raw` is the
-/// default domain's own name); `404` for a name not added.
+/// default domain's own name); `404` for a name not added, or added by another workspace.
 pub(super) async fn domain_named(
     state: &AppState,
     raw: Option<&str>,
+    caller: &Caller,
 ) -> Result<Option<crate::domain::DomainName>, ApiError> {
     let Some(raw) = raw else {
         return Ok(None);
@@ -214,7 +229,7 @@ pub(super) async fn domain_named(
         .domains
         .find(name.as_str(), state.links.store())
         .await
-        .is_none()
+        .is_none_or(|d| !crate::http::domains::in_workspace(&d, caller))
     {
         return Err(missing());
     }
@@ -272,7 +287,18 @@ async fn code_taken(state: &AppState, code: &ShortCode) -> ApiError {
 impl CreateLink {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         match self.create(req).await {
-            Ok(link) => {
+            Ok((caller, link)) => {
+                let state = &self.0;
+                state
+                    .audit(
+                        &caller,
+                        &link.workspace,
+                        "link.created",
+                        link.code.as_str(),
+                        None,
+                        Some(link_json(state, &link)),
+                    )
+                    .await;
                 let location = match link.code.domain() {
                     None => format!("/api/links/{}", link.code),
                     Some(domain) => format!("/api/links/{}?domain={domain}", link.code.code()),
@@ -294,11 +320,11 @@ pub(super) async fn owned_link(
 ) -> Result<(Caller, Arc<Link>), ApiError> {
     let caller = authenticate(state, req).await?;
     let missing = || ApiError::not_found("no such link");
-    let domain = domain_named(state, req.query::<String>("domain").as_deref()).await?;
+    let domain = domain_named(state, req.query::<String>("domain").as_deref(), &caller).await?;
     let code = ShortCode::parse(code_param(req)).map_err(|_| missing())?;
     let code = ShortCode::on(domain.as_ref(), &code);
     let link = state.links.find(&code).await?.ok_or_else(missing)?;
-    if !caller.may_manage(&link.owner) {
+    if !caller.may_manage(&link.workspace, &link.owner) {
         return Err(missing());
     }
     Ok((caller, link))

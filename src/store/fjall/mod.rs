@@ -12,6 +12,7 @@
 //! | `stats` | code | the link's aggregates, tagged with the last click they cover |
 //! | `meta` | `gone`, 0x00, code | a deleted code, held until a time (see `links.rs`) |
 //! | `meta` | `domain`, 0x00, name / `setting`, 0x00, name | a domain; a setting (certificates, the ACME account) |
+//! | `meta` | `audit`, 0x00, workspace, 0x00, seq u64 big-endian / `audit-seq` | the audit log; its last number |
 //! | `index` | `t`, created_at, code / `o`, owner, 0x00, created_at, code | links newest first |
 //!
 //! A code's stored count is the number of its last stored click: clicks are numbered from 1
@@ -28,6 +29,7 @@
 //! (export and import).
 
 mod aggregates;
+mod audit;
 mod check;
 mod clean;
 mod domains;
@@ -85,6 +87,8 @@ pub struct Store {
     visitor_key: [u8; 32],
     /// What is stored, as the last committed totals record says. Only the writer changes it.
     totals: Arc<Mutex<Totals>>,
+    /// The number of the last audit entry, read from `meta` at the first append.
+    audit_seq: Arc<Mutex<Option<u64>>>,
     report: Arc<StartupReport>,
     /// Keeps the checked listing current while any clone of the store is alive.
     _keeper: Option<Arc<clean::Keeper>>,

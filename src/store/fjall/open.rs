@@ -145,6 +145,7 @@ impl Store {
             visitor_key: [0; 32],
             db,
             totals: Arc::default(),
+            audit_seq: Arc::default(),
             report: Arc::new(StartupReport {
                 check: StartupCheck::Clean,
                 clean_close,

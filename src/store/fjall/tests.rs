@@ -295,6 +295,7 @@ fn an_open_finding_fewer_keys_than_the_last_open_is_refused() {
         created_at: 0,
         scope: None,
         last_used_at: None,
+        workspace: None,
     };
     store.put_api_key([1; 32], &record("one")).expect("key");
     store.put_api_key([2; 32], &record("two")).expect("key");
@@ -323,6 +324,7 @@ fn a_revoked_key_is_gone_and_the_next_open_accepts_the_store() {
         created_at: 0,
         scope: None,
         last_used_at: None,
+        workspace: None,
     };
     store.put_api_key([1; 32], &record).expect("key");
     store.put_api_key([2; 32], &record).expect("key");

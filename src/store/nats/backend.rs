@@ -19,7 +19,7 @@ use super::{
 use crate::{
     analytics::{Aggregates, VisitorKey, aggregates},
     domain::{ClickEvent, Link, now_ms},
-    store::{Backend, Counter, Cursor, KeyRecord, Page, StoreError, records},
+    store::{Backend, Counter, Cursor, KeyRecord, Page, StoreError, records, records::AuditRecord},
 };
 
 impl Backend for NatsStore {
@@ -329,6 +329,71 @@ impl Backend for NatsStore {
             }
             Ok(out)
         })
+    }
+
+    fn append_audit(&self, record: &AuditRecord) -> Result<u64, StoreError> {
+        self.append_audit_entry(record)
+    }
+
+    fn audit_before(
+        &self,
+        workspace: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit_page(workspace, before, limit)
+    }
+
+    fn audit_after(
+        &self,
+        workspace: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit_since(workspace, after, limit)
+    }
+
+    fn trim_audit(&self, cutoff: i64) -> Result<usize, StoreError> {
+        self.audit_retention(cutoff)
+    }
+
+    fn follow_audit(
+        &self,
+        deliver: Box<dyn FnMut(AuditRecord) + Send>,
+    ) -> Option<tokio::task::AbortHandle> {
+        let task = self
+            .inner
+            .runtime
+            .spawn(super::audit::follow(self.inner.clone(), deliver));
+        Some(task.abort_handle())
+    }
+
+    fn publish_counts(&self, workspace: &str, payload: Vec<u8>) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Lp-Node", self.inner.node.as_str());
+        let (client, subject) = (
+            self.inner.client.clone(),
+            format!("{}{workspace}", super::audit::COUNTS_PREFIX),
+        );
+        self.inner.runtime.spawn(async move {
+            if let Err(e) = client
+                .publish_with_headers(subject, headers, payload.into())
+                .await
+            {
+                warn!(cause = %e, "cannot pass counts on to the other nodes");
+            }
+        });
+    }
+
+    fn follow_counts(
+        &self,
+        deliver: Box<dyn FnMut(String, Vec<u8>) + Send>,
+    ) -> Option<tokio::task::AbortHandle> {
+        let task = self
+            .inner
+            .runtime
+            .spawn(super::audit::follow_counts(self.inner.clone(), deliver));
+        Some(task.abort_handle())
     }
 
     fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -40,6 +40,9 @@ impl NatsStore {
         tracing::debug!("making the clicks stream");
         let mut clicks = clicks_stream(&js, replicas).await?;
         let atomic = allow_atomic_batches(&js, &client, &mut clicks).await;
+        let audit = made_stream(&js, super::audit::config(replicas))
+            .await
+            .map_err(|e| nats_error("cannot make the audit stream", e))?;
         tracing::debug!("making the buckets");
         let links_kv = bucket(&js, LINKS, replicas).await?;
         let keys_kv = bucket(&js, KEYS, replicas).await?;
@@ -56,6 +59,7 @@ impl NatsStore {
             client,
             js,
             clicks,
+            audit,
             links_kv,
             keys_kv,
             links_watch,

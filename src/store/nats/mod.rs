@@ -29,6 +29,7 @@
 //! check --nats`), `first_key.rs` (one first API key per cluster), `retention.rs`
 //! (`--click-retention-days`).
 
+mod audit;
 mod backend;
 mod check;
 mod clicks;
@@ -112,6 +113,8 @@ struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     clicks: stream::Stream,
+    /// The audit log (see `audit.rs`).
+    audit: stream::Stream,
     links_kv: kv::Store,
     keys_kv: kv::Store,
     /// The same two buckets, for their watches: making a watch of a bucket with a million

@@ -96,6 +96,7 @@ async fn a_key_revoked_on_another_node_is_not_brought_back_by_a_last_used_save()
         created_at: now_ms(),
         scope: Some(Scope::Links),
         last_used_at: None,
+        workspace: None,
     };
     a.put_api_key(hash, &record).expect("stored");
     let deadline = Instant::now() + Duration::from_secs(10);

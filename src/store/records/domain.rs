@@ -23,6 +23,9 @@ pub struct DomainRecord {
     pub hsts: bool,
     /// Plain-HTTP requests are answered `308` to HTTPS.
     pub https_only: bool,
+    /// The workspace it belongs to; `None`: the first (every domain from before workspaces).
+    #[serde(default)]
+    pub workspace: Option<String>,
 }
 
 pub fn encode_domain(record: &DomainRecord) -> Vec<u8> {

@@ -20,6 +20,9 @@ pub struct KeyRecord {
     /// Milliseconds since the epoch, saved at most once a minute (see `keys::ApiKeys`).
     #[serde(default)]
     pub last_used_at: Option<i64>,
+    /// The workspace it acts in; `None`: the first (every key from before workspaces).
+    #[serde(default)]
+    pub workspace: Option<String>,
 }
 
 impl KeyRecord {

@@ -38,6 +38,9 @@ struct LinkRecord {
     password: Option<String>,
     #[serde(default)]
     rules: Vec<RuleRecord>,
+    /// `None`: the first workspace (every link from before workspaces).
+    #[serde(default)]
+    workspace: Option<String>,
 }
 
 fn yes() -> bool {
@@ -78,6 +81,7 @@ pub fn encode_link(link: &Link) -> Vec<u8> {
                 url: r.url.to_string(),
             })
             .collect(),
+        workspace: crate::accounts::stored_id(&link.workspace),
     })
 }
 
@@ -104,6 +108,7 @@ pub fn decode_link(bytes: &[u8]) -> Result<Link, DecodeError> {
         code: ShortCode::from_key(&r.code).map_err(|e| invalid(e.to_string()))?,
         target: url(&r.url)?,
         owner: r.owner,
+        workspace: crate::accounts::workspace_of(r.workspace.as_deref()).to_owned(),
         created_at: r.created_at,
         rev: r.rev,
         updated_at: r.updated_at.unwrap_or(r.created_at),

@@ -8,6 +8,7 @@
 //! Each kind has a file of its own (`link.rs`, `click.rs`, `key.rs`), and `layout.rs` says how
 //! the keys of the keyspaces are laid out so that they sort as the store reads them.
 
+mod audit;
 mod certificate;
 mod click;
 mod domain;
@@ -19,6 +20,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
+pub use audit::{AuditRecord, decode_audit, encode_audit};
 pub use certificate::{
     CertificateRecord, CertificateStatus, decode_certificate, encode_certificate,
 };

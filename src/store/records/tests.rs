@@ -64,6 +64,7 @@ fn key_records_from_before_scopes_decode_as_admin_or_links() {
         created_at: 1,
         scope: Some(Scope::Read),
         last_used_at: Some(2),
+        workspace: None,
     };
     let back = decode_key(&encode_key(&new)).expect("decodes");
     assert_eq!((back.scope(), back.last_used_at), (Scope::Read, Some(2)));
@@ -220,7 +221,7 @@ mod properties {
             last_used_at in any::<Option<i64>>(),
         ) {
             let record = KeyRecord {
-                v: RECORD_VERSION, id, name, admin, created_at, scope, last_used_at,
+                v: RECORD_VERSION, id, name, admin, created_at, scope, last_used_at, workspace: None,
             };
             prop_assert_eq!(decode_key(&encode_key(&record)).ok(), Some(record));
         }
