@@ -289,7 +289,12 @@ pub struct ServeConfig {
     /// `{base-url}/auth/oidc/callback`).
     #[arg(long, env = "LINKPULSE_OIDC_CLIENT_ID", requires = "oidc_issuer")]
     pub oidc_client_id: Option<String>,
-    #[arg(long, env = "LINKPULSE_OIDC_CLIENT_SECRET", requires = "oidc_issuer", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LINKPULSE_OIDC_CLIENT_SECRET",
+        requires = "oidc_issuer",
+        hide_env_values = true
+    )]
     pub oidc_client_secret: Option<String>,
     /// Answer `/{code}`, `/realtime/{code}`, `/links/{code}` and `/badge/{code}.svg` only for a
     /// `Host` naming the default domain or one added (`404` with JSON otherwise); the API,

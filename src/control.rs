@@ -108,11 +108,10 @@ pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
         })
     };
     let done = match request {
-        Request::Create { name, scope } => {
-            KeyName::parse(&name).and_then(|name| keys
-                .create(&name, scope, FIRST_WORKSPACE)
-                .map(Answer::Created))
-        }
+        Request::Create { name, scope } => KeyName::parse(&name).and_then(|name| {
+            keys.create(&name, scope, FIRST_WORKSPACE)
+                .map(Answer::Created)
+        }),
         Request::List => Ok(Answer::Keys(keys.list(None))),
         // The command stands for whoever owns the data directory: it may revoke any key,
         // the last admin key too (it can make another).
@@ -131,7 +130,13 @@ pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
         Request::UserInvite { email, role } => {
             return user_answer(
                 accounts
-                    .invite(Some(&email), role, "linkpulse users", false, FIRST_WORKSPACE)
+                    .invite(
+                        Some(&email),
+                        role,
+                        "linkpulse users",
+                        false,
+                        FIRST_WORKSPACE,
+                    )
                     .map(|(token, _)| Answer::Invited(crate::http::signup_url("", &token))),
             );
         }

@@ -329,9 +329,7 @@ impl ApiKeys {
         let keys = self.read();
         let mut entries: Vec<&Entry> = keys
             .iter()
-            .filter(|e| {
-                workspace.is_none_or(|w| workspace_of(e.record.workspace.as_deref()) == w)
-            })
+            .filter(|e| workspace.is_none_or(|w| workspace_of(e.record.workspace.as_deref()) == w))
             .collect();
         entries.sort_by(|a, b| {
             (a.record.created_at, &a.record.id).cmp(&(b.record.created_at, &b.record.id))

@@ -98,10 +98,7 @@ impl UserRecord {
     }
 
     fn set_roles(&mut self, roles: BTreeMap<String, Role>) {
-        if let Some(role) = roles
-            .get(FIRST_WORKSPACE)
-            .or_else(|| roles.values().next())
-        {
+        if let Some(role) = roles.get(FIRST_WORKSPACE).or_else(|| roles.values().next()) {
             self.role = *role;
         }
         self.workspaces = roles;
@@ -359,7 +356,12 @@ impl Accounts<'_> {
         Ok(user)
     }
 
-    fn may_change(&self, now: Role, role: Option<Role>, by: Option<Role>) -> Result<(), AccountError> {
+    fn may_change(
+        &self,
+        now: Role,
+        role: Option<Role>,
+        by: Option<Role>,
+    ) -> Result<(), AccountError> {
         let owner_involved = now == Role::Owner || role == Some(Role::Owner);
         if owner_involved && by.is_some_and(|by| by != Role::Owner) {
             return Err(AccountError::Forbidden(
@@ -472,7 +474,9 @@ impl Accounts<'_> {
     pub fn switch_workspace(&self, token: &str, workspace: &str) -> Result<(), AccountError> {
         let name = format!("{SESSION}{}", token_hash(token));
         let Some(bytes) = self.0.setting(&name)? else {
-            return Err(AccountError::Gone("your session has ended: sign in again".into()));
+            return Err(AccountError::Gone(
+                "your session has ended: sign in again".into(),
+            ));
         };
         let mut session: SessionRecord = records::decode_any("session", &bytes)
             .map_err(|e| AccountError::Invalid(e.to_string()))?;
@@ -636,7 +640,8 @@ impl Accounts<'_> {
             let workspace = workspace_of(invitation.workspace.as_deref()).to_owned();
             let user = self.create_user(&email, invitation.role, None, &workspace)?;
             invitation.used_at = Some(now);
-            self.0.put_setting(&name, &records::encode_any(&invitation))?;
+            self.0
+                .put_setting(&name, &records::encode_any(&invitation))?;
             return Ok(Some((user, Some(workspace))));
         }
         Ok(None)
@@ -666,7 +671,13 @@ mod tests {
         let store = crate::store::Store::open(dir.path()).unwrap();
         let accounts = Accounts(&store);
         let (token, mut invitation) = accounts
-            .invite(Some("late@example.test"), Role::Member, "test", false, FIRST_WORKSPACE)
+            .invite(
+                Some("late@example.test"),
+                Role::Member,
+                "test",
+                false,
+                FIRST_WORKSPACE,
+            )
             .unwrap();
         invitation.expires_at = now_ms() - 1;
         store

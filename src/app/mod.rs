@@ -313,9 +313,14 @@ fn app_state(
         &config.oidc_client_id,
         &config.oidc_client_secret,
     ) {
-        (Some(issuer), Some(id), Some(secret)) => Some(Arc::new(
-            crate::http::oidc::OidcProvider::new(issuer.clone(), id.clone(), secret.clone(), &base_url),
-        )),
+        (Some(issuer), Some(id), Some(secret)) => {
+            Some(Arc::new(crate::http::oidc::OidcProvider::new(
+                issuer.clone(),
+                id.clone(),
+                secret.clone(),
+                &base_url,
+            )))
+        }
         _ => None,
     };
     AppState {

@@ -87,8 +87,14 @@ impl Events {
                     self.publish(AuditRecord { seq, ..record });
                 }
             }
-            Ok(Err(e)) => tracing::error!(action, target, cause = %e, "an audit entry was not stored"),
-            Err(_) => tracing::error!(action, target, "an audit entry was not stored (shutting down)"),
+            Ok(Err(e)) => {
+                tracing::error!(action, target, cause = %e, "an audit entry was not stored")
+            }
+            Err(_) => tracing::error!(
+                action,
+                target,
+                "an audit entry was not stored (shutting down)"
+            ),
         }
     }
 
@@ -134,8 +140,8 @@ impl Events {
 
     /// Lets the entries older than `retention` go; returns how many were deleted.
     pub async fn trim(&self, retention: std::time::Duration) -> Result<usize, StoreError> {
-        let cutoff = now_ms()
-            .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.trim_audit(cutoff))
             .await
@@ -161,12 +167,12 @@ pub async fn upkeep(
     let hearing = if shared {
         counts.keep_all();
         let taker = counts.clone();
-        events.store.follow_counts(Box::new(move |workspace, payload| {
-            match rmp_serde::from_slice::<Vec<LinkCount>>(&payload) {
+        events.store.follow_counts(Box::new(
+            move |workspace, payload| match rmp_serde::from_slice::<Vec<LinkCount>>(&payload) {
                 Ok(links) => taker.learnt(&workspace, &links),
                 Err(e) => tracing::warn!(cause = %e, "unreadable counts from another node"),
-            }
-        }))
+            },
+        ))
     } else {
         None
     };
@@ -215,6 +221,9 @@ pub struct Board {
     state: Mutex<BoardState>,
     /// Watchers on this node.
     watchers: AtomicUsize,
+    /// When the last watcher left (epoch milliseconds): a board is kept a while after, so a
+    /// watcher that comes back gets the latest counts.
+    left_at: std::sync::atomic::AtomicI64,
     /// Woken when a count changes.
     changed: tokio::sync::Notify,
 }
@@ -293,9 +302,13 @@ pub struct Watching {
 
 impl Drop for Watching {
     fn drop(&mut self) {
+        self.board.left_at.store(now_ms(), Ordering::Relaxed);
         self.board.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// How long a board is kept after its last watcher left.
+const KEPT_UNWATCHED_MS: i64 = 10 * 60 * 1000;
 
 impl Counts {
     /// Keeps boards for every workspace (a cluster node passes its counts on).
@@ -328,10 +341,7 @@ impl Counts {
     }
 
     fn board(&self, workspace: &str) -> Arc<Board> {
-        self.boards
-            .entry(workspace.to_owned())
-            .or_default()
-            .clone()
+        self.boards.entry(workspace.to_owned()).or_default().clone()
     }
 
     /// Watches `workspace`'s board.
@@ -341,11 +351,15 @@ impl Counts {
         Watching { board }
     }
 
-    /// Drops the boards nobody watches (and, in a cluster, nothing is left to pass on).
+    /// Drops the boards nobody has watched for a while (and, in a cluster, with nothing left
+    /// to pass on).
     pub fn sweep(&self) {
         let keep_all = self.keep_all.load(Ordering::Relaxed);
+        let now = now_ms();
         self.boards.retain(|_, board| {
-            if board.watchers.load(Ordering::Relaxed) > 0 {
+            if board.watchers.load(Ordering::Relaxed) > 0
+                || now - board.left_at.load(Ordering::Relaxed) < KEPT_UNWATCHED_MS
+            {
                 return true;
             }
             let state = board.state.lock().unwrap_or_else(PoisonError::into_inner);

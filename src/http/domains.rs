@@ -328,7 +328,14 @@ async fn audit(
 ) {
     let json = |b: Option<&DomainBody>| b.and_then(|b| serde_json::to_value(b).ok());
     state
-        .audit(caller, &caller.workspace, action, name, json(before), json(after))
+        .audit(
+            caller,
+            &caller.workspace,
+            action,
+            name,
+            json(before),
+            json(after),
+        )
         .await;
 }
 
@@ -374,7 +381,15 @@ impl AddDomain {
             workspace: crate::accounts::stored_id(&caller.workspace),
         };
         let made = save(state, record).await?;
-        audit(state, &caller, "domain.created", &name.to_string(), None, Some(&made)).await;
+        audit(
+            state,
+            &caller,
+            "domain.created",
+            &name.to_string(),
+            None,
+            Some(&made),
+        )
+        .await;
         Ok(made)
     }
 }
@@ -441,7 +456,11 @@ impl PatchDomainRoute {
         let caller = authenticate(state, req).await?;
         require_admin(&caller)?;
         let name = name_param(req)?;
-        let Some(current) = state.domains.get(&name).filter(|d| in_workspace(d, &caller)) else {
+        let Some(current) = state
+            .domains
+            .get(&name)
+            .filter(|d| in_workspace(d, &caller))
+        else {
             return Err(ApiError::not_found("no such domain"));
         };
         let sent: PatchDomain = read_json_object(req, MAX_BODY).await?;
@@ -467,7 +486,15 @@ impl PatchDomainRoute {
         }
         let before = body(state, &current);
         let after = save(state, record).await?;
-        audit(state, &caller, "domain.updated", &name, Some(&before), Some(&after)).await;
+        audit(
+            state,
+            &caller,
+            "domain.updated",
+            &name,
+            Some(&before),
+            Some(&after),
+        )
+        .await;
         Ok(after)
     }
 }
@@ -501,7 +528,11 @@ impl DeleteDomain {
         let caller = authenticate(state, req).await?;
         require_admin(&caller)?;
         let name = name_param(req)?;
-        let Some(current) = state.domains.get(&name).filter(|d| in_workspace(d, &caller)) else {
+        let Some(current) = state
+            .domains
+            .get(&name)
+            .filter(|d| in_workspace(d, &caller))
+        else {
             return Err(ApiError::not_found("no such domain"));
         };
         let before = body(state, &current);

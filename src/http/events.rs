@@ -183,7 +183,9 @@ async fn feed(state: Arc<AppState>, caller: Caller, last: Option<u64>, out: mpsc
             Ok(Some(to)) => sent = to,
             Ok(None) => return,
             Err(()) => {
-                let _ = out.send(Bytes::from_static(b"event: reset\ndata: {}\n\n")).await;
+                let _ = out
+                    .send(Bytes::from_static(b"event: reset\ndata: {}\n\n"))
+                    .await;
                 return;
             }
         }
@@ -199,7 +201,8 @@ async fn feed(state: Arc<AppState>, caller: Caller, last: Option<u64>, out: mpsc
     } else {
         watching.board.since(u64::MAX).1
     };
-    let mut heartbeat = tokio::time::interval(state.config.sse_heartbeat.max(Duration::from_secs(1)));
+    let mut heartbeat =
+        tokio::time::interval(state.config.sse_heartbeat.max(Duration::from_secs(1)));
     heartbeat.tick().await;
     let mut next_counts = tokio::time::Instant::now();
     loop {
@@ -208,7 +211,11 @@ async fn feed(state: Arc<AppState>, caller: Caller, last: Option<u64>, out: mpsc
             let wait = next_counts.saturating_duration_since(tokio::time::Instant::now());
             if wait.is_zero() {
                 version = now;
-                if out.send(counts_frame(changed, &state.default_host)).await.is_err() {
+                if out
+                    .send(counts_frame(changed, &state.default_host))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 next_counts = tokio::time::Instant::now() + COUNTS_EVERY;

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, AppState, authenticate, read_json_object, require_admin, session::blocking};
 use crate::{
     accounts::{Role, UserRecord},
-    keys::Caller,
     domain::format_ms,
+    keys::Caller,
 };
 use salvo_oapi::endpoint;
 
@@ -169,11 +169,20 @@ impl RemoveMember {
             let caller = manager(state, req).await?;
             let id = req.params().get("id").cloned().unwrap_or_default();
             let (ws, by, user_id) = (caller.workspace.clone(), caller.role, id.clone());
-            let removed =
-                blocking(state, move |accounts| accounts.remove_user(&user_id, &ws, by)).await?;
+            let removed = blocking(state, move |accounts| {
+                accounts.remove_user(&user_id, &ws, by)
+            })
+            .await?;
             let before = serde_json::to_value(member(removed, &caller.workspace)).ok();
             state
-                .audit(&caller, &caller.workspace, "member.removed", &id, before, None)
+                .audit(
+                    &caller,
+                    &caller.workspace,
+                    "member.removed",
+                    &id,
+                    before,
+                    None,
+                )
                 .await;
             Ok::<_, ApiError>(())
         };

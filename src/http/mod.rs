@@ -10,10 +10,12 @@
 //! doubled one) names the same route as without it, on both stream transports too.
 
 mod api;
+mod audit;
 mod badge;
 pub mod cors;
 pub mod domains;
 mod error;
+mod events;
 mod fields;
 pub mod front;
 mod health;
@@ -24,9 +26,6 @@ pub mod limit;
 mod manage;
 mod members;
 pub mod oidc;
-mod workspaces;
-mod audit;
-mod events;
 mod openapi;
 mod pages;
 mod qr;
@@ -38,6 +37,7 @@ pub mod session;
 mod sse;
 mod stream;
 pub mod tls;
+mod workspaces;
 
 use std::{sync::Arc, time::Instant};
 

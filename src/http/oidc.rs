@@ -57,9 +57,7 @@ impl OidcProvider {
 
     async fn get(&self) -> Result<Arc<Oidc>, OidcError> {
         self.discovered
-            .get_or_try_init(|| async {
-                Oidc::discover(self.settings.clone()).await.map(Arc::new)
-            })
+            .get_or_try_init(|| async { Oidc::discover(self.settings.clone()).await.map(Arc::new) })
             .await
             .cloned()
     }
@@ -108,7 +106,11 @@ impl StartOidc {
     async fn handle(&self, _: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let Some(provider) = &state.oidc else {
-            return refuse(res, StatusCode::NOT_FOUND, "no OpenID provider is set up here");
+            return refuse(
+                res,
+                StatusCode::NOT_FOUND,
+                "no OpenID provider is set up here",
+            );
         };
         let oidc = match provider.get().await {
             Ok(oidc) => oidc,
@@ -135,7 +137,11 @@ impl StartOidc {
             return e.write(res);
         }
         let Ok(location) = HeaderValue::from_str(&url) else {
-            return refuse(res, StatusCode::BAD_GATEWAY, "the provider's address is not usable");
+            return refuse(
+                res,
+                StatusCode::BAD_GATEWAY,
+                "the provider's address is not usable",
+            );
         };
         let started = format!(
             "{STARTED}={browser_state}; Path=/auth/oidc; Max-Age={STARTED_SECS}; HttpOnly; SameSite=Lax"
@@ -183,7 +189,11 @@ impl OidcCallback {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let Some(provider) = &state.oidc else {
-            return refuse(res, StatusCode::NOT_FOUND, "no OpenID provider is set up here");
+            return refuse(
+                res,
+                StatusCode::NOT_FOUND,
+                "no OpenID provider is set up here",
+            );
         };
         if let Some(error) = req.query::<String>("error") {
             return refuse(
@@ -195,7 +205,11 @@ impl OidcCallback {
         let (Some(code), Some(returned)) =
             (req.query::<String>("code"), req.query::<String>("state"))
         else {
-            return refuse(res, StatusCode::BAD_REQUEST, "the callback needs code and state");
+            return refuse(
+                res,
+                StatusCode::BAD_REQUEST,
+                "the callback needs code and state",
+            );
         };
         // The state must be the one this browser started with (no one else's sign-in lands
         // here), and a started sign-in is used once.

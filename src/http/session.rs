@@ -150,7 +150,10 @@ pub(super) fn user_body(
         workspaces: names
             .iter()
             .filter_map(|w| {
-                Some(super::workspaces::WorkspaceBody::new(w, Some(*roles.get(&w.id)?)))
+                Some(super::workspaces::WorkspaceBody::new(
+                    w,
+                    Some(*roles.get(&w.id)?),
+                ))
             })
             .collect(),
     }
@@ -158,16 +161,19 @@ pub(super) fn user_body(
 
 /// The workspace a session of `user` acts in: the one it chose, while the user is a member,
 /// else the user's first.
-pub(super) fn session_workspace(session: &SessionRecord, user: &UserRecord) -> Option<(String, Role)> {
+pub(super) fn session_workspace(
+    session: &SessionRecord,
+    user: &UserRecord,
+) -> Option<(String, Role)> {
     let roles = user.roles();
     session
         .workspace
         .as_ref()
         .and_then(|w| Some((w.clone(), *roles.get(w)?)))
         .or_else(|| {
-            let first = roles.get(crate::accounts::FIRST_WORKSPACE).map(|r| {
-                (crate::accounts::FIRST_WORKSPACE.to_owned(), *r)
-            });
+            let first = roles
+                .get(crate::accounts::FIRST_WORKSPACE)
+                .map(|r| (crate::accounts::FIRST_WORKSPACE.to_owned(), *r));
             first.or_else(|| roles.into_iter().next())
         })
 }

@@ -144,15 +144,16 @@ impl CreateWorkspace {
                 Ok(made)
             })
             .await?;
-            state.audit(
-                &caller,
-                &made.id,
-                "workspace.created",
-                &made.id,
-                None,
-                Some(serde_json::json!({ "id": made.id, "name": made.name })),
-            )
-            .await;
+            state
+                .audit(
+                    &caller,
+                    &made.id,
+                    "workspace.created",
+                    &made.id,
+                    None,
+                    Some(serde_json::json!({ "id": made.id, "name": made.name })),
+                )
+                .await;
             Ok(WorkspaceBody::new(&made, Some(Role::Owner)))
         };
         match made.await {
@@ -198,15 +199,16 @@ impl RenameWorkspace {
                 Ok((before, workspaces.rename(&id, &sent.name)?))
             })
             .await?;
-            state.audit(
-                &caller,
-                &after.id,
-                "workspace.updated",
-                &after.id,
-                before.map(|b| serde_json::json!({ "name": b.name })),
-                Some(serde_json::json!({ "name": after.name })),
-            )
-            .await;
+            state
+                .audit(
+                    &caller,
+                    &after.id,
+                    "workspace.updated",
+                    &after.id,
+                    before.map(|b| serde_json::json!({ "name": b.name })),
+                    Some(serde_json::json!({ "name": after.name })),
+                )
+                .await;
             Ok(WorkspaceBody::new(&after, caller.role))
         };
         match renamed.await {

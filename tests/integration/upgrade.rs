@@ -1,6 +1,7 @@
 //! Stores and exports made by an older linkpulse open and import in this one. The fixtures in
 //! `tests/fixtures/` were made by the binary of the commit before domains existed (how: in
-//! `tests/fixtures/README.md`): its links are on the default domain here, with their counts.
+//! `tests/fixtures/README.md`): its links are on the default domain here, with their counts,
+//! and in the first workspace (that binary came before workspaces and accounts too).
 
 use std::{path::Path, process::Command};
 
@@ -34,7 +35,7 @@ fn unpacked_store() -> tempfile::TempDir {
 }
 
 /// What the older binary stored: `old-one` clicked 3 times, `old-two` once (see the README).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_made_before_domains_opens_with_every_link_on_the_default_domain() -> TestResult {
     let dir = unpacked_store();
     let out = Command::new(BIN)
@@ -70,6 +71,49 @@ async fn a_store_made_before_domains_opens_with_every_link_on_the_default_domain
             ("old-two".to_owned(), host.clone(), 1)
         ]
     );
+    // One workspace, the first, holds every link and the old key; a person who joins it
+    // sees them, a member only the links they own (none: the old key made them).
+    let workspaces = get(&app, "/api/workspaces").await;
+    assert_eq!(workspaces["current"], "default");
+    assert_eq!(workspaces["workspaces"].as_array().map(Vec::len), Some(1));
+    for (email, role, sees) in [
+        ("ann@example.test", "owner", 2),
+        ("max@example.test", "member", 0),
+    ] {
+        let (ok, _, err) = crate::accounts::users(
+            app.dir.path(),
+            &[
+                "create",
+                "--email",
+                email,
+                "--role",
+                role,
+                "--password-stdin",
+            ],
+            "a long enough password\n",
+        );
+        assert!(ok, "{err}");
+        let res = app
+            .client
+            .post(app.url("/api/session"))
+            .json(&json!({"email": email, "password": "a long enough password"}))
+            .send()
+            .await?;
+        let cookie = crate::support::session_cookie(&res).ok_or("a cookie")?;
+        let listed: serde_json::Value = app
+            .client
+            .get(app.url("/api/links"))
+            .header("cookie", cookie)
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(
+            listed["links"].as_array().map(Vec::len),
+            Some(sees),
+            "{email}: {listed}"
+        );
+    }
     let res = app.client.get(app.url("/old-one")).send().await?;
     assert_eq!(res.headers()["location"], "https://example.com/old-one");
     assert_eq!(get(&app, "/api/links/old-one").await["clickCount"], 4);

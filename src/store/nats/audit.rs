@@ -127,9 +127,7 @@ impl NatsStore {
             let (mut until, mut window) = (upper, WINDOW);
             while found.len() < limit && until > first {
                 let from = until.saturating_sub(window).max(first);
-                let mut older = self
-                    .audit_range(workspace, from, until, usize::MAX)
-                    .await?;
+                let mut older = self.audit_range(workspace, from, until, usize::MAX).await?;
                 older.append(&mut found);
                 found = older;
                 until = from;
