@@ -6,6 +6,7 @@
 
 mod cache;
 mod certificates;
+mod events;
 mod failover;
 mod limits;
 mod longtail;
