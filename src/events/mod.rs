@@ -316,6 +316,11 @@ impl Counts {
         self.keep_all.store(true, Ordering::Relaxed);
     }
 
+    /// Whether any board is kept (else a commit has nothing to tell).
+    pub fn active(&self) -> bool {
+        self.keep_all.load(Ordering::Relaxed) || !self.boards.is_empty()
+    }
+
     /// A link's count was committed on this node.
     pub fn committed(&self, workspace: &str, key: &str, count: u64) {
         if let Some(board) = self.boards.get(workspace) {

@@ -1,5 +1,5 @@
 //! `GET /api/audit?cursor=&limit=`: the workspace's audit log, newest first, for owners and
-//! admins; `GET /audit`, the page that shows it.
+//! admins; `GET /admin/audit`, the page that shows it.
 
 use std::sync::Arc;
 
@@ -123,7 +123,7 @@ impl ListAudit {
 /// The audit page (`src/pages/audit.html`).
 const PAGE: &str = include_str!("../pages/audit.html");
 
-/// `GET /audit`.
+/// `GET /admin/audit`.
 pub struct AuditPageRoute;
 
 /// The audit log's page (signed in as an owner or admin)

@@ -168,9 +168,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         // `/realtime` without a code is an API path that names nothing, not a short code.
         .push(Router::with_path("realtime").goal(pages::Fallback))
         .push(get_head("assets/{name}", || pages::Asset))
-        // Two segments: no short code can be taken by it.
+        // Two segments: no short code can be taken by them.
         .push(get_head("auth/signup", || invitations::SignUpPage))
-        .push(get_head("audit", || audit::AuditPageRoute))
+        .push(get_head("admin/audit", || audit::AuditPageRoute))
         .push(
             Router::with_path("auth/oidc")
                 .get(oidc::StartOidc(s()))

@@ -134,10 +134,6 @@ pub(super) struct CommitWatch {
     committed: AtomicU64,
     wanted: AtomicBool,
     actor: ActorRef<LinkMsg>,
-    /// The workspace's boards of live counts, the link's workspace and its key there.
-    counts: Arc<crate::events::Counts>,
-    workspace: String,
-    code: ShortCode,
 }
 
 impl CommitListener for CommitWatch {
@@ -145,8 +141,6 @@ impl CommitListener for CommitWatch {
         // SeqCst on both sides: either the actor, setting `wanted` and then reading
         // `committed`, sees this number, or this load sees `wanted` set.
         self.committed.fetch_max(seq, SeqCst);
-        self.counts
-            .committed(&self.workspace, self.code.as_str(), seq);
         if self.wanted.load(SeqCst) {
             // An actor that has stopped needs no news.
             let _ = self.actor.cast(LinkMsg::Committed);

@@ -151,7 +151,7 @@ impl Links {
     ) -> Self {
         let cache = Cache::new(settings.cache_capacity.max(16));
         let max_actors = settings.max_actors;
-        Self {
+        let links = Self {
             shared: Arc::new(Shared {
                 visitor_key: store.visitor_key(),
                 store,
@@ -169,7 +169,29 @@ impl Links {
             }),
             inflight: TaskTracker::new(),
             changes: Arc::default(),
-        }
+        };
+        // Every commit moves the count on the boards of the workspaces being watched. The
+        // link is at hand: its actor's, or the cache's (a redirect just read it).
+        let shared = Arc::downgrade(&links.shared);
+        links
+            .shared
+            .writer
+            .on_commits(Arc::new(move |code: &ShortCode, last: u64| {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                if !shared.counts.active() {
+                    return;
+                }
+                let link = shared
+                    .directory
+                    .link(code.as_str())
+                    .or_else(|| shared.cache.get(code).flatten());
+                if let Some(link) = link {
+                    shared.counts.committed(&link.workspace, code.as_str(), last);
+                }
+            }));
+        links
     }
 
     /// The workspaces' boards of live counts, which every commit of a link updates.

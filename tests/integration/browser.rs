@@ -696,3 +696,270 @@ async fn an_invited_person_signs_up_from_the_link() -> TestResult {
     app.stop().await;
     Ok(())
 }
+
+/// Signs `email` in through the home page's form.
+async fn sign_in_on_home(
+    browser: &fantoccini::Client,
+    app: &crate::support::TestApp,
+    email: &str,
+    password: &str,
+) -> TestResult {
+    browser.goto(&app.url("/")).await?;
+    for (id, value) in [("email", email), ("password", password)] {
+        browser
+            .find(Locator::Id(id))
+            .await?
+            .send_keys(value)
+            .await?;
+    }
+    browser.find(Locator::Id("signIn")).await?.click().await?;
+    let who = format!("Signed in as {email}");
+    eventually(WAIT, "signed in", || async {
+        text_at(browser, "#who").await.starts_with(&who)
+    })
+    .await;
+    Ok(())
+}
+
+fn person(app: &crate::support::TestApp, email: &str, role: &str) {
+    let (ok, _, err) = crate::accounts::users(
+        app.dir.path(),
+        &[
+            "create",
+            "--email",
+            email,
+            "--role",
+            role,
+            "--password-stdin",
+        ],
+        "a long enough password\n",
+    );
+    assert!(ok, "{err}");
+}
+
+async fn shot(browser: &fantoccini::Client, name: &str) -> TestResult {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, browser.screenshot().await?)?;
+    eprintln!("screenshot: {}", path.display());
+    Ok(())
+}
+
+const NO_OVERFLOW: &str = "return document.documentElement.scrollWidth <= window.innerWidth;";
+
+/// The signed-in home page: counts, sparklines and the last hour's totals move as clicks
+/// land, in two tabs at once, over one feed (no polling), and again after a restart of the
+/// server without a reload; links made and deleted elsewhere come and go. A viewer sees no
+/// way to change anything and the server refuses them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_page_counts_live_in_two_tabs_and_after_a_restart() -> TestResult {
+    let Some(session) = start_browser().await? else {
+        return Ok(());
+    };
+    let browser = session.client.clone();
+    browser.set_window_size(1280, 1000).await?;
+    let app = spawn_app().await;
+    let addr = app.addr;
+    person(&app, "own@example.test", "owner");
+    person(&app, "view@example.test", "viewer");
+    app.create_link("live").await;
+    sign_in_on_home(&browser, &app, "own@example.test", "a long enough password").await?;
+    let live = || async {
+        text_at(&browser, "#liveState").await == "live"
+            && holds(
+                &browser,
+                r#"return !!document.querySelector('li[data-code="live"] .spark polyline');"#,
+            )
+            .await
+    };
+    eventually(WAIT, "the first tab is live", live).await;
+    let first = browser.window().await?;
+    let second = browser.new_window(true).await?.handle;
+    browser.switch_to_window(second.clone()).await?;
+    browser.goto(&app.url("/")).await?;
+    eventually(
+        WAIT,
+        "the second tab is live, signed in by the cookie",
+        live,
+    )
+    .await;
+
+    let count = r#"li[data-code="live"] .count"#;
+    let listed = "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/links?')).length;";
+    let before = browser.execute(listed, vec![]).await?;
+    for _ in 0..5 {
+        assert_eq!(app.click("live").await.status(), 302);
+    }
+    for tab in [&second, &first] {
+        browser.switch_to_window(tab.clone()).await?;
+        eventually(WAIT, "the count moves to 5", || async {
+            text_at(&browser, count).await == "5"
+        })
+        .await;
+    }
+    eventually(WAIT, "the sparkline and the hour's totals hold the 5 clicks", || async {
+        text_at(&browser, "#totalClicks").await == "5"
+            && text_at(&browser, "#topLinks li").await == "/live · 5"
+            && holds(&browser, r#"return document.querySelector('li[data-code="live"] .spark').getAttribute('aria-label') === '5 clicks in the last hour';"#).await
+    })
+    .await;
+    // Counts came over the feed: no listing was asked for since (a poll asks every 2 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        browser.execute(listed, vec![]).await?,
+        before,
+        "the page polled the list"
+    );
+
+    // A link made and one deleted elsewhere show without a reload.
+    app.create_link("fresh").await;
+    eventually(WAIT, "the new link appears", || async {
+        holds(
+            &browser,
+            r#"return !!document.querySelector('li[data-code="fresh"]');"#,
+        )
+        .await
+    })
+    .await;
+    let res = app
+        .client
+        .delete(app.url("/api/links/fresh"))
+        .bearer_auth(KEY)
+        .send()
+        .await?;
+    assert_eq!(res.status(), 204);
+    eventually(WAIT, "the deleted link goes", || async {
+        holds(
+            &browser,
+            r#"return !document.querySelector('li[data-code="fresh"]');"#,
+        )
+        .await
+    })
+    .await;
+    shot(&browser, "home-live-wide.png").await?;
+
+    // The server restarts on the same address: the page comes back by itself.
+    let dir = app.stop().await;
+    let app = spawn_with(Some(dir), |c| c.listen = addr).await;
+    for _ in 0..3 {
+        assert_eq!(app.click("live").await.status(), 302);
+    }
+    for tab in [&first, &second] {
+        browser.switch_to_window(tab.clone()).await?;
+        eventually(WAIT, "the count moves to 8 after the restart", || async {
+            text_at(&browser, count).await == "8" && text_at(&browser, "#liveState").await == "live"
+        })
+        .await;
+    }
+    browser.set_window_size(375, 812).await?;
+    assert!(
+        holds(&browser, NO_OVERFLOW).await,
+        "no horizontal scrolling at 375px"
+    );
+    shot(&browser, "home-live-narrow.png").await?;
+
+    // The audit log's page, for the owner, at both widths.
+    browser.goto(&app.url("/admin/audit")).await?;
+    eventually(WAIT, "the audit page lists the changes", || async {
+        text_at(&browser, "#entries li .what").await == "link.deleted fresh"
+    })
+    .await;
+    assert!(
+        holds(&browser, NO_OVERFLOW).await,
+        "no horizontal scrolling at 375px"
+    );
+    shot(&browser, "audit-narrow.png").await?;
+    browser.set_window_size(1280, 1000).await?;
+    assert!(
+        holds(&browser, NO_OVERFLOW).await,
+        "no horizontal scrolling at 1280px"
+    );
+    shot(&browser, "audit-wide.png").await?;
+
+    // A viewer: no creating, editing or deleting offered, and a delete sent anyway is refused.
+    browser.goto(&app.url("/")).await?;
+    browser.find(Locator::Id("signOut")).await?.click().await?;
+    eventually(WAIT, "signed out", || async {
+        text_at(&browser, "#who").await.is_empty() || text_at(&browser, "#links").await.is_empty()
+    })
+    .await;
+    sign_in_on_home(
+        &browser,
+        &app,
+        "view@example.test",
+        "a long enough password",
+    )
+    .await?;
+    eventually(WAIT, "the viewer sees the link", || async {
+        text_at(&browser, count).await == "8"
+    })
+    .await;
+    assert!(holds(&browser, r#"return !document.querySelector('li[data-code="live"] .delete') && !document.querySelector('li[data-code="live"] .edit') && document.getElementById('createSection').hidden;"#).await);
+    let status = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/links/live?domain=' + encodeURIComponent(location.hostname), {method: 'DELETE'})
+               .then(r => done(r.status), e => done(String(e)));",
+            vec![],
+        )
+        .await?;
+    assert_eq!(status, json!(403));
+    assert_eq!(app.count("live").await, 8);
+    browser.close().await?;
+    app.stop().await;
+    Ok(())
+}
+
+/// Signing in with the OpenID provider from the home page, as an invited person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invited_person_signs_in_with_the_openid_provider_in_the_browser() -> TestResult {
+    let Some(session) = start_browser().await? else {
+        return Ok(());
+    };
+    let browser = session.client.clone();
+    browser.set_window_size(375, 812).await?;
+    let (app, _provider) = crate::workspaces::app_with_provider().await;
+    let res = app
+        .client
+        .post(app.url("/api/invitations"))
+        .bearer_auth(KEY)
+        .json(&json!({"email": "dee@example.test", "role": "admin"}))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 201);
+    browser.goto(&app.url("/")).await?;
+    eventually(WAIT, "the provider's button shows", || async {
+        match browser.find(Locator::Id("oidcSignIn")).await {
+            Ok(button) => button.is_displayed().await.unwrap_or(false),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        holds(&browser, NO_OVERFLOW).await,
+        "no horizontal scrolling at 375px"
+    );
+    shot(&browser, "home-signed-out-narrow.png").await?;
+    browser
+        .find(Locator::Id("oidcSignIn"))
+        .await?
+        .click()
+        .await?;
+    let login = browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("input[name=login]"))
+        .await?;
+    login.send_keys("dee@example.test").await?;
+    browser
+        .find(Locator::Css("form [type=submit], form button"))
+        .await?
+        .click()
+        .await?;
+    eventually(WAIT, "back home, signed in", || async {
+        text_at(&browser, "#who").await == "Signed in as dee@example.test (admin)."
+    })
+    .await;
+    browser.close().await?;
+    app.stop().await;
+    Ok(())
+}

@@ -37,4 +37,4 @@ mod transfer;
 mod truth;
 mod upgrade;
 mod wire;
-mod workspaces;
+pub mod workspaces;

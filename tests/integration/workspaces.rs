@@ -601,7 +601,7 @@ async fn the_events_feed_replays_link_changes_on_resume_and_conflates_counts() -
 }
 
 /// The app on a port chosen before it starts (the provider must know its callback).
-async fn app_with_provider() -> (TestApp, Provider) {
+pub async fn app_with_provider() -> (TestApp, Provider) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a port")

@@ -97,9 +97,6 @@ impl LinkState {
             committed: AtomicU64::new(counter.count),
             wanted: AtomicBool::new(false),
             actor: myself.clone(),
-            counts: shared.counts.clone(),
-            workspace: link.workspace.clone(),
-            code: code.clone(),
         });
         Self {
             code,

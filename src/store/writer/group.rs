@@ -282,6 +282,12 @@ impl Group {
             let n = pending.items.len() - pending.refused;
             match (&result, pending.outcome) {
                 (Ok(()), Outcome::Stored { last, superseded }) => {
+                    if let Some(hook) = health.commits.get()
+                        && !superseded
+                        && n > 0
+                    {
+                        hook(&pending.code, last);
+                    }
                     for listener in &pending.listeners {
                         if superseded {
                             listener.superseded();

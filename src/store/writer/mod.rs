@@ -206,7 +206,13 @@ pub(super) struct Health {
     pub(super) unavailable: Mutex<Option<String>>,
     /// Publishes of the cluster store tried again.
     pub(super) retries: AtomicU64,
+    /// Told of every code's stored clicks, whoever numbered them (see
+    /// [`WriterHandle::on_commits`]).
+    pub(super) commits: std::sync::OnceLock<CommitHook>,
 }
+
+/// Told of each code's last stored click after each group commit.
+pub type CommitHook = Arc<dyn Fn(&ShortCode, u64) + Send + Sync>;
 
 impl Health {
     pub(super) fn fail(&self, reason: String) {
@@ -232,6 +238,12 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
+    /// Calls `hook` with each code's last stored click after every group commit (clicks of
+    /// actors and fresh clicks alike). Set once; later calls are ignored.
+    pub fn on_commits(&self, hook: CommitHook) {
+        let _ = self.health.commits.set(hook);
+    }
+
     /// Queues a code's clicks. They are dropped (and their acks with them) if the writer has
     /// stopped.
     pub fn clicks(&self, batch: ClickBatch) {
