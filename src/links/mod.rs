@@ -188,7 +188,9 @@ impl Links {
                     .link(code.as_str())
                     .or_else(|| shared.cache.get(code).flatten());
                 if let Some(link) = link {
-                    shared.counts.committed(&link.workspace, code.as_str(), last);
+                    shared
+                        .counts
+                        .committed(&link.workspace, code.as_str(), last);
                 }
             }));
         links

@@ -94,7 +94,7 @@ pub type LinkChange = Box<dyn Fn(&Link) -> Result<Link, String> + Send>;
 /// What became of a link operation.
 pub(super) enum LinkOp {
     /// Answered `false` when the code is taken (or held after a deletion).
-    Create(Link, oneshot::Sender<Result<bool, WriteError>>),
+    Create(Box<Link>, oneshot::Sender<Result<bool, WriteError>>),
     /// Answered with the new link, the change's refusal, or `None` when there is no such link.
     Update(
         ShortCode,
@@ -266,7 +266,7 @@ impl WriterHandle {
     pub async fn create_link(&self, link: Link) -> Result<bool, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Op::Link(LinkOp::Create(link, reply)))
+            .send(Op::Link(LinkOp::Create(Box::new(link), reply)))
             .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
     }

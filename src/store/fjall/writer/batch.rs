@@ -190,7 +190,7 @@ fn stage_link(
             if free {
                 store.stage_new_link(batch, link);
                 change.links += 1;
-                here.insert(code.clone(), Some(link.clone()));
+                here.insert(code.clone(), Some((**link).clone()));
             }
             LinkOutcome::Created(free)
         }
