@@ -310,6 +310,13 @@ impl Accounts<'_> {
     ) -> Result<UserRecord, AccountError> {
         let (mut user, now) = self.member(id, workspace)?;
         self.may_change(now, role, by)?;
+        // Disabling holds everywhere: it is for a person of this workspace alone.
+        if disabled.is_some_and(|d| d != user.disabled) && user.roles().len() > 1 {
+            return Err(AccountError::Forbidden(format!(
+                "{} is a member of other workspaces too: remove them from this one instead",
+                user.email
+            )));
+        }
         let demoted = role.is_some_and(|r| r != Role::Owner) || disabled == Some(true);
         if now == Role::Owner && demoted && self.owners(workspace)? <= 1 {
             return Err(AccountError::Forbidden(

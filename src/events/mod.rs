@@ -34,6 +34,8 @@ const FEED_CAPACITY: usize = 1024;
 
 /// The audit log and the live feeds of this node.
 pub struct Events {
+    /// Held from an entry's append until its publication: watchers get entries in order.
+    order: Mutex<()>,
     store: SharedStore,
     feeds: DashMap<String, broadcast::Sender<Arc<AuditRecord>>>,
     counts: Arc<Counts>,
@@ -42,6 +44,7 @@ pub struct Events {
 impl Events {
     pub fn new(store: SharedStore, counts: Arc<Counts>) -> Arc<Self> {
         let events = Arc::new(Self {
+            order: Mutex::new(()),
             store: store.clone(),
             feeds: DashMap::new(),
             counts,
@@ -59,7 +62,7 @@ impl Events {
     /// Stores a change in the audit log and tells the workspace's watchers. A failure is
     /// logged: the change itself is made.
     pub async fn record(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
         workspace: &str,
         action: &str,
@@ -78,15 +81,19 @@ impl Events {
             before: before.map(|v| v.to_string()),
             after: after.map(|v| v.to_string()),
         };
-        let store = self.store.clone();
-        let entry = record.clone();
-        let stored = tokio::task::spawn_blocking(move || store.append_audit(&entry)).await;
-        match stored {
-            Ok(Ok(seq)) => {
-                if !self.store.shared_by_nodes() {
-                    self.publish(AuditRecord { seq, ..record });
-                }
+        let events = self.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let _order = events.order.lock().unwrap_or_else(PoisonError::into_inner);
+            let seq = events.store.append_audit(&record)?;
+            // A cluster store delivers every entry through `follow_audit`, in its order.
+            if !events.store.shared_by_nodes() {
+                events.publish(AuditRecord { seq, ..record });
             }
+            Ok::<_, StoreError>(seq)
+        })
+        .await;
+        match stored {
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::error!(action, target, cause = %e, "an audit entry was not stored")
             }
@@ -153,6 +160,8 @@ impl Events {
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// How often the audit log is trimmed to its retention.
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often sign-ins started and never finished are deleted (each lives 10 minutes).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Keeps the boards and the audit log until `stop`: in a cluster, passes this node's counts
 /// on to the others and takes theirs in; drops boards nobody watches; trims the log to
@@ -177,7 +186,8 @@ pub async fn upkeep(
         None
     };
     let mut tick = tokio::time::interval(UPKEEP_EVERY);
-    let mut trimmed: Option<tokio::time::Instant> = None;
+    let (mut trimmed, mut swept): (Option<tokio::time::Instant>, Option<tokio::time::Instant>) =
+        (None, None);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -191,12 +201,27 @@ pub async fn upkeep(
             }
         }
         counts.sweep();
+        events.feeds.retain(|_, feed| feed.receiver_count() > 0);
         if trimmed.is_none_or(|at| at.elapsed() >= TRIM_EVERY) {
             trimmed = Some(tokio::time::Instant::now());
             match events.trim(retention).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(entries = n, "audit entries past their retention deleted"),
                 Err(e) => tracing::warn!(cause = %e, "cannot trim the audit log"),
+            }
+        }
+        if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            swept = Some(tokio::time::Instant::now());
+            // Sign-ins with the OpenID provider started and never finished.
+            let store = events.store.clone();
+            match tokio::task::spawn_blocking(move || crate::http::oidc::sweep(store.as_ref()))
+                .await
+            {
+                Ok(Ok(0)) | Err(_) => {}
+                Ok(Ok(n)) => tracing::info!(sign_ins = n, "unfinished OpenID sign-ins deleted"),
+                Ok(Err(e)) => {
+                    tracing::warn!(cause = %e, "cannot delete unfinished OpenID sign-ins")
+                }
             }
         }
     }
@@ -213,6 +238,9 @@ pub struct LinkCount {
     pub domain: Option<String>,
     pub code: String,
     pub click_count: u64,
+    /// Passed between nodes; never shown to a watcher.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 /// One workspace's board.
@@ -232,22 +260,38 @@ pub struct Board {
 struct BoardState {
     /// Bumped with each change.
     version: u64,
-    /// By the link's key (`code` or `domain/code`): its count, the version that set it, and
-    /// whether this node counted it (what it passes on to the others).
-    links: HashMap<Arc<str>, (u64, u64, bool)>,
+    /// By the link's key (`code` or `domain/code`).
+    links: HashMap<Arc<str>, Entry>,
     /// Versions not yet sent to the other nodes start after this.
     published: u64,
 }
 
+/// A link on a board.
+struct Entry {
+    count: u64,
+    /// The board's version that set it.
+    version: u64,
+    /// Counted on this node (what it passes on to the others).
+    local: bool,
+    /// Who owns the link: a `links` watcher sees its own links' counts only.
+    owner: Arc<str>,
+}
+
 impl Board {
-    fn set(&self, key: &str, count: u64, local: bool) -> bool {
+    fn set(&self, key: &str, count: u64, local: bool, owner: &str) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let version = state.version + 1;
+        let entry = Entry {
+            count,
+            version,
+            local,
+            owner: Arc::from(owner),
+        };
         match state.links.get_mut(key) {
-            Some((held, _, _)) if *held >= count => return false,
-            Some(entry) => *entry = (count, version, local),
+            Some(held) if held.count >= count => return false,
+            Some(held) => *held = entry,
             None => {
-                state.links.insert(Arc::from(key), (count, version, local));
+                state.links.insert(Arc::from(key), entry);
             }
         }
         state.version = version;
@@ -256,25 +300,27 @@ impl Board {
         true
     }
 
-    /// The counts set after `version`, and the version now.
-    pub fn since(&self, version: u64) -> (Vec<LinkCount>, u64) {
+    /// The counts set after `version` (of `owner`'s links only, when given), and the version
+    /// now.
+    pub fn since(&self, version: u64, owner: Option<&str>) -> (Vec<LinkCount>, u64) {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let changed = state
             .links
             .iter()
-            .filter(|(_, (_, set, _))| *set > version)
-            .map(|(key, (count, _, _))| link_count(key, *count))
+            .filter(|(_, e)| e.version > version && owner.is_none_or(|o| *e.owner == *o))
+            .map(|(key, e)| link_count(key, e))
             .collect();
         (changed, state.version)
     }
 
-    /// Waits until a count changes.
-    pub async fn changed(&self) {
-        self.changed.notified().await;
+    /// What wakes a watcher when a count changes: made (and enabled) before the watcher
+    /// reads the board, so a change in between still wakes it.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 }
 
-fn link_count(key: &str, count: u64) -> LinkCount {
+fn link_count(key: &str, entry: &Entry) -> LinkCount {
     let (domain, code) = match key.split_once('/') {
         Some((domain, code)) => (Some(domain.to_owned()), code.to_owned()),
         None => (None, key.to_owned()),
@@ -282,7 +328,8 @@ fn link_count(key: &str, count: u64) -> LinkCount {
     LinkCount {
         domain,
         code,
-        click_count: count,
+        click_count: entry.count,
+        owner: entry.owner.to_string(),
     }
 }
 
@@ -322,13 +369,13 @@ impl Counts {
     }
 
     /// A link's count was committed on this node.
-    pub fn committed(&self, workspace: &str, key: &str, count: u64) {
+    pub fn committed(&self, workspace: &str, key: &str, count: u64, owner: &str) {
         if let Some(board) = self.boards.get(workspace) {
-            board.set(key, count, true);
+            board.set(key, count, true, owner);
             return;
         }
         if self.keep_all.load(Ordering::Relaxed) {
-            self.board(workspace).set(key, count, true);
+            self.board(workspace).set(key, count, true, owner);
         }
     }
 
@@ -340,7 +387,7 @@ impl Counts {
                     Some(domain) => format!("{domain}/{}", c.code),
                     None => c.code.clone(),
                 };
-                board.set(&key, c.click_count, false);
+                board.set(&key, c.click_count, false, &c.owner);
             }
         }
     }
@@ -349,11 +396,14 @@ impl Counts {
         self.boards.entry(workspace.to_owned()).or_default().clone()
     }
 
-    /// Watches `workspace`'s board.
+    /// Watches `workspace`'s board (counted as watched under the map's lock, so a sweep
+    /// cannot drop it in between).
     pub fn watch(&self, workspace: &str) -> Watching {
-        let board = self.board(workspace);
-        board.watchers.fetch_add(1, Ordering::Relaxed);
-        Watching { board }
+        let entry = self.boards.entry(workspace.to_owned()).or_default();
+        entry.watchers.fetch_add(1, Ordering::Relaxed);
+        Watching {
+            board: entry.clone(),
+        }
     }
 
     /// Drops the boards nobody has watched for a while (and, in a cluster, with nothing left
@@ -384,8 +434,8 @@ impl Counts {
             let changed: Vec<LinkCount> = state
                 .links
                 .iter()
-                .filter(|(_, (_, set, local))| *local && *set > since)
-                .map(|(key, (count, _, _))| link_count(key, *count))
+                .filter(|(_, e)| e.local && e.version > since)
+                .map(|(key, e)| link_count(key, e))
                 .collect();
             state.published = state.version;
             if !changed.is_empty() {

@@ -102,6 +102,7 @@ fn link_frame(record: &AuditRecord, caller: &Caller, default_host: &str) -> Opti
 fn counts_frame(mut links: Vec<crate::events::LinkCount>, default_host: &str) -> Bytes {
     for link in &mut links {
         link.domain.get_or_insert_with(|| default_host.to_owned());
+        link.owner.clear();
     }
     let data = serde_json::json!({ "links": links }).to_string();
     Bytes::from(format!("event: counts\ndata: {data}\n\n"))
@@ -162,71 +163,81 @@ impl EventsRoute {
 /// Fills one watcher's stream until it goes away or the service stops.
 async fn feed(state: Arc<AppState>, caller: Caller, last: Option<u64>, out: mpsc::Sender<Bytes>) {
     let workspace = caller.workspace.clone();
+    let reset = || Bytes::from_static(b"event: reset\ndata: {}\n\n");
     // Watching first, then reading what was missed: nothing falls between the two (an event
     // in both is sent once, by its number).
     let mut live = state.events.subscribe(&workspace);
     let watching = state.events.counts().watch(&workspace);
+    let owner = (caller.scope == Scope::Links).then(|| caller.key_id.clone());
+    let newest = match state.events.page(&workspace, None, 1).await {
+        Ok(newest) => newest.first().map_or(0, |r| r.seq),
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot read the audit log for a feed");
+            return;
+        }
+    };
     let retry = state.config.sse_retry.as_millis();
     let hello = serde_json::json!({ "workspace": workspace, "lastEventId": last });
-    if out
-        .send(Bytes::from(format!(
-            "retry: {retry}\nevent: hello\ndata: {hello}\n\n"
-        )))
-        .await
-        .is_err()
-    {
+    let hello = Bytes::from(format!("retry: {retry}\nevent: hello\ndata: {hello}\n\n"));
+    if out.send(hello).await.is_err() {
         return;
     }
-    let mut sent = last.unwrap_or(0);
+    // A fresh watcher starts after the newest entry (what it shows, it reads after `hello`);
+    // one coming back is sent what it missed. An id this workspace never gave (from another
+    // store, say) cannot be resumed from: the watcher reloads.
+    let mut sent = newest;
     if let Some(after) = last {
+        if after > newest {
+            let _ = out.send(reset()).await;
+            return;
+        }
         match replay(&state, &caller, after, &out).await {
             Ok(Some(to)) => sent = to,
             Ok(None) => return,
             Err(()) => {
-                let _ = out
-                    .send(Bytes::from_static(b"event: reset\ndata: {}\n\n"))
-                    .await;
+                let _ = out.send(reset()).await;
                 return;
             }
         }
-    } else {
-        // A fresh watcher starts after the newest entry.
-        if let Ok(newest) = state.events.page(&workspace, None, 1).await {
-            sent = newest.first().map_or(0, |r| r.seq);
-        }
     }
-    // A reconnection gets every count the board knows; a first connection only what moves.
+    // A reconnection gets every count the board knows; a first connection what moves.
     let mut version = if last.is_some() {
         0
     } else {
-        watching.board.since(u64::MAX).1
+        watching.board.since(u64::MAX, None).1
     };
     let mut heartbeat =
         tokio::time::interval(state.config.sse_heartbeat.max(Duration::from_secs(1)));
     heartbeat.tick().await;
     let mut next_counts = tokio::time::Instant::now();
     loop {
-        let (changed, now) = watching.board.since(version);
-        if !changed.is_empty() {
-            let wait = next_counts.saturating_duration_since(tokio::time::Instant::now());
-            if wait.is_zero() {
-                version = now;
-                if out
-                    .send(counts_frame(changed, &state.default_host))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                next_counts = tokio::time::Instant::now() + COUNTS_EVERY;
-                continue;
-            }
+        // Enabled before the board is read: a change after the read wakes this loop.
+        let changed_signal = watching.board.changed();
+        tokio::pin!(changed_signal);
+        changed_signal.as_mut().enable();
+        let (changed, now) = watching.board.since(version, owner.as_deref());
+        if changed.is_empty() {
+            // Nothing of the watcher's moved up to now (a `links` watcher skips the others').
+            version = now;
         }
+        if !changed.is_empty() && next_counts <= tokio::time::Instant::now() {
+            version = now;
+            if out
+                .send(counts_frame(changed, &state.default_host))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            next_counts = tokio::time::Instant::now() + COUNTS_EVERY;
+            continue;
+        }
+        let pending = !changed.is_empty();
         let counts_due = async {
-            if changed.is_empty() {
-                watching.board.changed().await;
-            } else {
+            if pending {
                 tokio::time::sleep_until(next_counts).await;
+            } else {
+                changed_signal.await;
             }
         };
         tokio::select! {
@@ -248,7 +259,7 @@ async fn feed(state: Arc<AppState>, caller: Caller, last: Option<u64>, out: mpsc
                         Ok(Some(to)) => sent = to,
                         Ok(None) => return,
                         Err(()) => {
-                            let _ = out.send(Bytes::from_static(b"event: reset\ndata: {}\n\n")).await;
+                            let _ = out.send(reset()).await;
                             return;
                         }
                     }

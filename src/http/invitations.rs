@@ -168,7 +168,18 @@ impl SignUpRoute {
     async fn sign_up(&self, req: &mut Request, res: &mut Response) -> Result<SignedIn, ApiError> {
         let state = &self.0;
         let sent: SignUp = read_json_object(req, MAX_BODY).await?;
-        let address = client_ip(state, req).map(|ip| ip.to_string());
+        // Joining with an account that exists checks its password: limited as sign-ins are.
+        let ip = client_ip(state, req);
+        let email = sent.email.as_deref().unwrap_or("").trim().to_lowercase();
+        if let Some(wait) = state.sign_in.wait(&email, ip) {
+            let secs = u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed attempts, try again in {secs} s"),
+            )
+            .with_retry_after(secs));
+        }
+        let address = ip.map(|ip| ip.to_string());
         let agent = req
             .headers()
             .get(header::USER_AGENT)
@@ -182,7 +193,12 @@ impl SignUpRoute {
             let names = crate::accounts::Workspaces(accounts.0).list()?;
             Ok((user, workspace, token, session, names))
         })
-        .await?;
+        .await
+        .inspect_err(|e| {
+            if e.status == StatusCode::FORBIDDEN {
+                state.sign_in.failed(&email, ip);
+            }
+        })?;
         let max_age = (session.expires_at - session.created_at) / 1000;
         res.headers_mut()
             .append(header::SET_COOKIE, cookie(state, req, &token, max_age));

@@ -51,6 +51,17 @@ impl CreateKey {
     async fn create(&self, req: &mut Request) -> Result<crate::keys::NewKey, ApiError> {
         let caller = admin(&self.0, req).await?;
         let request: CreateKeyRequest = read_json_object(req, MAX_BODY).await?;
+        // An admin key acts as an owner over members: an admin (not an owner) makes none.
+        if request.scope == crate::keys::Scope::Admin
+            && caller
+                .role
+                .is_some_and(|r| r != crate::accounts::Role::Owner)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only an owner makes an admin key (it acts as an owner)",
+            ));
+        }
         let name = KeyName::parse(&request.name)?;
         let state = self.0.clone();
         let workspace = caller.workspace.clone();

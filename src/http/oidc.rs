@@ -63,6 +63,22 @@ impl OidcProvider {
     }
 }
 
+/// Deletes the sign-ins started and never finished (older than their lifetime); returns how
+/// many. Blocking.
+pub fn sweep(store: &dyn crate::store::Backend) -> Result<usize, crate::store::StoreError> {
+    let cutoff = crate::domain::now_ms() - crate::accounts::oidc::PENDING_LIFETIME_MS;
+    let mut gone = 0;
+    for (name, bytes) in store.settings(PENDING)? {
+        let stale = records::decode_any::<PendingSignIn>("oidc", &bytes)
+            .map_or(true, |p| p.created_at_ms < cutoff);
+        if stale {
+            store.delete_setting(&name)?;
+            gone += 1;
+        }
+    }
+    Ok(gone)
+}
+
 fn pending_name(state: &str) -> String {
     format!("{PENDING}{}", hex::encode(Sha256::digest(state.as_bytes())))
 }
@@ -103,7 +119,7 @@ pub struct StartOidc(pub Arc<AppState>);
     )
 )]
 impl StartOidc {
-    async fn handle(&self, _: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
         let Some(provider) = &state.oidc else {
             return refuse(
@@ -143,8 +159,13 @@ impl StartOidc {
                 "the provider's address is not usable",
             );
         };
+        let secure = if super::secure::is_https(state, req) {
+            "; Secure"
+        } else {
+            ""
+        };
         let started = format!(
-            "{STARTED}={browser_state}; Path=/auth/oidc; Max-Age={STARTED_SECS}; HttpOnly; SameSite=Lax"
+            "{STARTED}={browser_state}; Path=/auth/oidc; Max-Age={STARTED_SECS}; HttpOnly; SameSite=Lax{secure}"
         );
         if let Ok(value) = HeaderValue::from_str(&started) {
             res.headers_mut().append(header::SET_COOKIE, value);

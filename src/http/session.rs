@@ -52,14 +52,14 @@ impl Default for SignInLimits {
 
 impl SignInLimits {
     /// How long `email` from `ip` must still wait, if either is past its allowance.
-    fn wait(&self, email: &str, ip: Option<IpAddr>) -> Option<Duration> {
+    pub(super) fn wait(&self, email: &str, ip: Option<IpAddr>) -> Option<Duration> {
         let now = std::time::Instant::now();
         let account = self.by_account.wait(&email.to_owned(), now);
         let address = ip.and_then(|ip| self.by_address.wait(&ip, now));
         account.max(address)
     }
 
-    fn failed(&self, email: &str, ip: Option<IpAddr>) {
+    pub(super) fn failed(&self, email: &str, ip: Option<IpAddr>) {
         let now = std::time::Instant::now();
         self.by_account.failed(email.to_owned(), now);
         if let Some(ip) = ip {

@@ -136,6 +136,14 @@ impl CreateWorkspace {
                     "a workspace is made by a signed-in person, not an API key",
                 ));
             }
+            // Made by owners: a workspace's owner may add domains and admin keys, which a
+            // viewer elsewhere must not get by making one.
+            if caller.role != Some(Role::Owner) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "only an owner (of the workspace you act in) makes a workspace",
+                ));
+            }
             let sent: Named = read_json_object(req, MAX_BODY).await?;
             let user = caller.key_id.clone();
             let made = blocking(state, move |accounts| {

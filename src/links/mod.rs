@@ -190,7 +190,7 @@ impl Links {
                 if let Some(link) = link {
                     shared
                         .counts
-                        .committed(&link.workspace, code.as_str(), last);
+                        .committed(&link.workspace, code.as_str(), last, &link.owner);
                 }
             }));
         links

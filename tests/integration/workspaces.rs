@@ -313,6 +313,11 @@ async fn workspaces_keep_links_keys_domains_and_members_apart_and_the_audit_log_
             Some(json!({"url": "https://example.com/b"})),
         ),
         (Method::GET, "/api/audit", None),
+        (
+            Method::POST,
+            "/api/workspaces",
+            Some(json!({"name": "bob's"})),
+        ),
     ] {
         let res = call(&app, &bob, method.clone(), path, body).await;
         let (status, error) = crate::support::json_error(res).await;
@@ -433,6 +438,97 @@ async fn workspaces_keep_links_keys_domains_and_members_apart_and_the_audit_log_
             crate::support::json_error(call(&app, &ann, Method::GET, bad, None).await).await;
         assert_eq!(status, 400, "{bad}");
     }
+
+    // An account in two workspaces is not disabled from one of them (it would be in both).
+    let ann_id = first_members["members"][0]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let res = call(
+        &app,
+        &key,
+        Method::PATCH,
+        &format!("/api/members/{ann_id}"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    let (status, error) = crate::support::json_error(res).await;
+    assert_eq!(
+        (status, error.contains("other workspaces")),
+        (403, true),
+        "{error}"
+    );
+    // An admin makes no admin key (one acts as an owner); a links key, yes.
+    let invited = json_of(
+        call(
+            &app,
+            &ann,
+            Method::POST,
+            "/api/invitations",
+            Some(json!({"email": "ada@example.test", "role": "admin"})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let token = invited["url"]
+        .as_str()
+        .and_then(|u| u.split("invite=").nth(1))
+        .expect("a token");
+    let res = bare()
+        .post(app.url("/api/signup"))
+        .json(&json!({"invite": token, "password": "ada's long password"}))
+        .send()
+        .await?;
+    let ada = Who::Cookie(crate::support::session_cookie(&res).expect("a cookie"));
+    for (scope, want) in [("admin", 403), ("links", 201)] {
+        let res = call(
+            &app,
+            &ada,
+            Method::POST,
+            "/api/keys",
+            Some(json!({"name": "ada's", "scope": scope})),
+        )
+        .await;
+        assert_eq!(res.status(), want, "{scope}");
+    }
+    // Joining with an account that exists takes its password, limited as sign-ins are.
+    let invited = json_of(
+        call(
+            &app,
+            &key,
+            Method::POST,
+            "/api/invitations",
+            Some(json!({"email": "bob@example.test", "role": "member"})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let token = invited["url"]
+        .as_str()
+        .and_then(|u| u.split("invite=").nth(1))
+        .expect("a token")
+        .to_owned();
+    let join = |password: &'static str| {
+        let token = token.clone();
+        let url = app.url("/api/signup");
+        async move {
+            bare()
+                .post(url)
+                .json(&json!({"invite": token, "email": "bob@example.test", "password": password}))
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+    for _ in 0..10 {
+        let (status, error) = crate::support::json_error(join("a wrong guess").await).await;
+        assert_eq!(status, 403, "{error}");
+    }
+    let limited = join("bob's long password").await;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
     app.stop().await;
     Ok(())
 }
@@ -584,6 +680,51 @@ async fn the_events_feed_replays_link_changes_on_resume_and_conflates_counts() -
         frames * 20 < sent,
         "{frames} frames for {sent} clicks: counts are not conflated"
     );
+
+    // A `links` key's feed counts its own links only.
+    let made = json_of(
+        call(
+            &app,
+            &key,
+            Method::POST,
+            "/api/keys",
+            Some(json!({"name": "own links", "scope": "links"})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let own_key = made["key"].as_str().expect("a key").to_owned();
+    json_of(
+        call(
+            &app,
+            &Who::Key(own_key.clone()),
+            Method::POST,
+            "/api/links",
+            link("mine"),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let mut own = feed(&app, &own_key, None).await;
+    own.next_named("hello", WAIT).await.expect("hello");
+    for code in ["a", "mine"] {
+        assert_eq!(app.click(code).await.status(), 302);
+    }
+    let counts = own.next_named("counts", WAIT).await.expect("counts");
+    let codes: Vec<&str> = counts
+        .data
+        .as_ref()
+        .and_then(|d| d["links"].as_array())
+        .expect("links")
+        .iter()
+        .filter_map(|l| l["code"].as_str())
+        .collect();
+    assert_eq!(codes, ["mine"]);
+    // An id this workspace never gave cannot be resumed from: the watcher is told to reload.
+    let mut stranger = feed(&app, KEY, Some("999999")).await;
+    assert!(stranger.next_named("reset", WAIT).await.is_some());
 
     // A Last-Event-ID that is not a number is refused with JSON.
     let res = bare()

@@ -21,6 +21,8 @@ const AUDIT_PREFIX: &str = "lp.audit.";
 pub(super) const COUNTS_PREFIX: &str = "lp.counts.";
 /// Sequences read forward at first when paging backwards; four times more each round.
 const WINDOW: u64 = 256;
+/// The widest window read at once.
+const MAX_WINDOW: u64 = 1 << 16;
 
 fn subject(workspace: &str) -> String {
     format!("{AUDIT_PREFIX}{workspace}")
@@ -123,18 +125,23 @@ impl NatsStore {
             let upper = before.unwrap_or(u64::MAX).min(state.last_sequence + 1);
             // Read forward from ever further back until the page is full or the log's start
             // is reached: the stream reads forward only.
+            // Each window keeps only the newest entries the page still needs; the window
+            // grows while windows come back short, up to MAX_WINDOW.
             let mut found: Vec<AuditRecord> = Vec::new();
             let (mut until, mut window) = (upper, WINDOW);
             while found.len() < limit && until > first {
                 let from = until.saturating_sub(window).max(first);
                 let mut older = self.audit_range(workspace, from, until, usize::MAX).await?;
+                let wanted = limit - found.len();
+                if older.len() > wanted {
+                    older.drain(..older.len() - wanted);
+                }
                 older.append(&mut found);
                 found = older;
                 until = from;
-                window = window.saturating_mul(4);
+                window = window.saturating_mul(4).min(MAX_WINDOW);
             }
             found.reverse();
-            found.truncate(limit);
             Ok(found)
         })
     }
