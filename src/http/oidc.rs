@@ -83,6 +83,23 @@ fn pending_name(state: &str) -> String {
     format!("{PENDING}{}", hex::encode(Sha256::digest(state.as_bytes())))
 }
 
+/// The provider, discovered; why not (`404`: none is set up, `503`: it cannot be used now).
+async fn discovered(state: &AppState) -> Result<Arc<Oidc>, (StatusCode, String)> {
+    let Some(provider) = &state.oidc else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "no OpenID provider is set up here".into(),
+        ));
+    };
+    provider.get().await.map_err(|e| {
+        tracing::warn!(cause = %e, "the OpenID provider cannot be used");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the OpenID provider cannot be used now: {e}"),
+        )
+    })
+}
+
 /// A page saying why the sign-in did not happen (and a way back).
 fn refuse(res: &mut Response, status: StatusCode, why: &str) {
     res.status_code(status);
@@ -121,23 +138,9 @@ pub struct StartOidc(pub Arc<AppState>);
 impl StartOidc {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
-        let Some(provider) = &state.oidc else {
-            return refuse(
-                res,
-                StatusCode::NOT_FOUND,
-                "no OpenID provider is set up here",
-            );
-        };
-        let oidc = match provider.get().await {
+        let oidc = match discovered(state).await {
             Ok(oidc) => oidc,
-            Err(e) => {
-                tracing::warn!(cause = %e, "the OpenID provider cannot be used");
-                return refuse(
-                    res,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("the OpenID provider cannot be used now: {e}"),
-                );
-            }
+            Err((status, why)) => return refuse(res, status, &why),
         };
         let (url, pending) = oidc.begin();
         let name = pending_name(&pending.state);
@@ -209,12 +212,9 @@ pub struct OidcCallback(pub Arc<AppState>);
 impl OidcCallback {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
         let state = &self.0;
-        let Some(provider) = &state.oidc else {
-            return refuse(
-                res,
-                StatusCode::NOT_FOUND,
-                "no OpenID provider is set up here",
-            );
+        let oidc = match discovered(state).await {
+            Ok(oidc) => oidc,
+            Err((status, why)) => return refuse(res, status, &why),
         };
         if let Some(error) = req.query::<String>("error") {
             return refuse(
@@ -261,16 +261,6 @@ impl OidcCallback {
                 );
             }
             Err(e) => return e.write(res),
-        };
-        let oidc = match provider.get().await {
-            Ok(oidc) => oidc,
-            Err(e) => {
-                return refuse(
-                    res,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("the OpenID provider cannot be used now: {e}"),
-                );
-            }
         };
         let identity = match oidc.finish(&pending, &returned, &code).await {
             Ok(identity) => identity,

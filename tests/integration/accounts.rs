@@ -39,6 +39,34 @@ pub fn users(dir: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String
     )
 }
 
+/// The password [`signed_in_person`] gives everyone.
+pub const PASSWORD: &str = "a long enough password";
+
+/// Makes a user with [`PASSWORD`] through `linkpulse users` (the server may run).
+pub fn make_person(dir: &std::path::Path, email: &str, role: &str) {
+    let (ok, _, err) = users(
+        dir,
+        &[
+            "create",
+            "--email",
+            email,
+            "--role",
+            role,
+            "--password-stdin",
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{err}");
+}
+
+/// Makes a user and signs them in: the `name=value` of their session cookie.
+pub async fn signed_in_person(app: &TestApp, email: &str, role: &str) -> String {
+    make_person(app.dir.path(), email, role);
+    let (status, body, cookie) = sign_in(app, email, PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    cookie.expect("a session cookie")
+}
+
 /// A client that keeps no cookies: each request carries what the test gives it.
 fn bare() -> reqwest::Client {
     reqwest::Client::builder()

@@ -11,7 +11,7 @@ use std::{
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::support::{KEY, TestResult, content_type, eventually, spawn_app, spawn_with};
+use crate::support::{KEY, TestResult, client, content_type, eventually, spawn_app, spawn_with};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -721,22 +721,6 @@ async fn sign_in_on_home(
     Ok(())
 }
 
-fn person(app: &crate::support::TestApp, email: &str, role: &str) {
-    let (ok, _, err) = crate::accounts::users(
-        app.dir.path(),
-        &[
-            "create",
-            "--email",
-            email,
-            "--role",
-            role,
-            "--password-stdin",
-        ],
-        "a long enough password\n",
-    );
-    assert!(ok, "{err}");
-}
-
 async fn shot(browser: &fantoccini::Client, name: &str) -> TestResult {
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     std::fs::write(&path, browser.screenshot().await?)?;
@@ -759,8 +743,8 @@ async fn the_home_page_counts_live_in_two_tabs_and_after_a_restart() -> TestResu
     browser.set_window_size(1280, 1000).await?;
     let app = spawn_app().await;
     let addr = app.addr;
-    person(&app, "own@example.test", "owner");
-    person(&app, "view@example.test", "viewer");
+    crate::accounts::make_person(app.dir.path(), "own@example.test", "owner");
+    crate::accounts::make_person(app.dir.path(), "view@example.test", "viewer");
     app.create_link("live").await;
     sign_in_on_home(&browser, &app, "own@example.test", "a long enough password").await?;
     let live = || async {
@@ -961,5 +945,158 @@ async fn an_invited_person_signs_in_with_the_openid_provider_in_the_browser() ->
     .await;
     browser.close().await?;
     app.stop().await;
+    Ok(())
+}
+
+/// The first owner signs up from the link the first start printed, makes a link, invites a
+/// viewer from the home page; the viewer signs up from that link, sees the link and cannot
+/// delete it. The real binary, as an operator starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_owner_signs_up_and_invites_a_viewer_who_cannot_delete() -> TestResult {
+    use crate::first_key::{lines, listening, read_until, spawn, terminate};
+    let Some(session) = start_browser().await? else {
+        return Ok(());
+    };
+    let browser = session.client.clone();
+    browser.set_window_size(1280, 1000).await?;
+    let dir = tempfile::tempdir()?;
+    let mut server = spawn(dir.path(), "127.0.0.1:0")?;
+    let stdout = lines(server.stdout.take().ok_or("no stdout")?);
+    let stderr = lines(server.stderr.take().ok_or("no stderr")?);
+    let shown = read_until(&stdout, |l| l.contains("Sign up as the first owner"));
+    let link = shown
+        .last()
+        .and_then(|l| l.split(": ").nth(1))
+        .ok_or_else(|| format!("no sign-up link: {shown:?}"))?
+        .to_owned();
+    let base = format!("http://{}", listening(&stderr)?);
+
+    let sign_up = |email: Option<&'static str>, password: &'static str| {
+        let browser = browser.clone();
+        async move {
+            eventually(WAIT, "the sign-up form", || async {
+                match browser.find(Locator::Id("signUpForm")).await {
+                    Ok(form) => form.is_displayed().await.unwrap_or(false),
+                    Err(_) => false,
+                }
+            })
+            .await;
+            if let Some(email) = email {
+                browser
+                    .find(Locator::Id("email"))
+                    .await?
+                    .send_keys(email)
+                    .await?;
+            }
+            browser
+                .find(Locator::Id("password"))
+                .await?
+                .send_keys(password)
+                .await?;
+            browser.find(Locator::Id("signUp")).await?.click().await?;
+            Ok::<_, fantoccini::error::CmdError>(())
+        }
+    };
+    browser.goto(&link).await?;
+    sign_up(Some("owner@example.test"), "the owner's password").await?;
+    eventually(WAIT, "the owner is signed in", || async {
+        text_at(&browser, "#who").await == "Signed in as owner@example.test (owner)."
+    })
+    .await;
+    for (id, value) in [("url", "https://example.com/team"), ("code", "team")] {
+        browser
+            .find(Locator::Id(id))
+            .await?
+            .send_keys(value)
+            .await?;
+    }
+    browser.find(Locator::Id("create")).await?.click().await?;
+    eventually(WAIT, "the link is listed", || async {
+        holds(
+            &browser,
+            r#"return !!document.querySelector('li[data-code="team"]');"#,
+        )
+        .await
+    })
+    .await;
+
+    // The owner invites a viewer from the page and copies the link.
+    browser
+        .find(Locator::Id("inviteEmail"))
+        .await?
+        .send_keys("viewer@example.test")
+        .await?;
+    browser
+        .find(Locator::Css("#inviteRole option[value=viewer]"))
+        .await?
+        .click()
+        .await?;
+    browser.find(Locator::Id("invite")).await?.click().await?;
+    let invite_url = browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Id("inviteUrl"))
+        .await?;
+    eventually(WAIT, "the invitation's link shows", || async {
+        invite_url
+            .prop("value")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|v| v.contains("invite="))
+    })
+    .await;
+    let invitation = invite_url.prop("value").await?.ok_or("a link")?;
+    assert!(
+        invitation.starts_with(&format!("{base}/auth/signup?invite=")),
+        "{invitation}"
+    );
+    browser.set_window_size(375, 812).await?;
+    assert!(
+        holds(&browser, NO_OVERFLOW).await,
+        "no horizontal scrolling at 375px"
+    );
+    shot(&browser, "home-invite-narrow.png").await?;
+    browser.find(Locator::Id("signOut")).await?.click().await?;
+    eventually(WAIT, "signed out", || async {
+        text_at(&browser, "#keyHeading").await == "Sign in"
+    })
+    .await;
+
+    // The viewer signs up from it: sees the link, is offered no change, and is refused one.
+    browser.goto(&invitation).await?;
+    sign_up(None, "the viewer's password").await?;
+    eventually(
+        WAIT,
+        "the viewer is signed in and sees the link",
+        || async {
+            text_at(&browser, "#who").await == "Signed in as viewer@example.test (viewer)."
+                && holds(
+                    &browser,
+                    r#"return !!document.querySelector('li[data-code="team"]');"#,
+                )
+                .await
+        },
+    )
+    .await;
+    assert!(
+        holds(
+            &browser,
+            r#"return !document.querySelector('li[data-code="team"] .delete') && document.getElementById('createSection').hidden && document.getElementById('peopleSection').hidden;"#
+        )
+        .await
+    );
+    let status = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/links/team', {method: 'DELETE'}).then(r => done(r.status), e => done(String(e)));",
+            vec![],
+        )
+        .await?;
+    assert_eq!(status, json!(403));
+    let res = client().get(format!("{base}/team")).send().await?;
+    assert_eq!(res.status(), 302, "the link is still there");
+    browser.close().await?;
+    terminate(&mut server)?;
     Ok(())
 }

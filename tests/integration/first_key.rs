@@ -20,7 +20,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// Starts `linkpulse` on `dir` listening on `listen`, with no `LINKPULSE_*` setting from the
 /// environment running the tests (so no initial key).
-fn spawn(dir: &std::path::Path, listen: &str) -> std::io::Result<Child> {
+pub fn spawn(dir: &std::path::Path, listen: &str) -> std::io::Result<Child> {
     let mut command = Command::new(BIN);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("LINKPULSE_") {
@@ -39,7 +39,7 @@ fn spawn(dir: &std::path::Path, listen: &str) -> std::io::Result<Child> {
 }
 
 /// Every line of a pipe, as it comes, on a channel.
-fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+pub fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -52,7 +52,7 @@ fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 }
 
 /// Lines from `rx` until one satisfies `done` (returned with all before it), or the deadline.
-fn read_until(rx: &mpsc::Receiver<String>, done: impl Fn(&str) -> bool) -> Vec<String> {
+pub fn read_until(rx: &mpsc::Receiver<String>, done: impl Fn(&str) -> bool) -> Vec<String> {
     let deadline = Instant::now() + LIMIT;
     let mut seen = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -86,7 +86,7 @@ fn wait(
     }
 }
 
-fn terminate(child: &mut Child) -> TestResult {
+pub fn terminate(child: &mut Child) -> TestResult {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;
@@ -95,7 +95,7 @@ fn terminate(child: &mut Child) -> TestResult {
     Ok(())
 }
 
-fn listening(
+pub fn listening(
     stderr: &mpsc::Receiver<String>,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let log = read_until(stderr, |l| l.contains("linkpulse listening"));

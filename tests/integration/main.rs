@@ -13,7 +13,7 @@ mod cluster;
 mod cluster_parity;
 mod engines;
 mod faults;
-mod first_key;
+pub mod first_key;
 mod https;
 mod keys;
 mod lifecycle;

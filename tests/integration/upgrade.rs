@@ -80,26 +80,7 @@ async fn a_store_made_before_domains_opens_with_every_link_on_the_default_domain
         ("ann@example.test", "owner", 2),
         ("max@example.test", "member", 0),
     ] {
-        let (ok, _, err) = crate::accounts::users(
-            app.dir.path(),
-            &[
-                "create",
-                "--email",
-                email,
-                "--role",
-                role,
-                "--password-stdin",
-            ],
-            "a long enough password\n",
-        );
-        assert!(ok, "{err}");
-        let res = app
-            .client
-            .post(app.url("/api/session"))
-            .json(&json!({"email": email, "password": "a long enough password"}))
-            .send()
-            .await?;
-        let cookie = crate::support::session_cookie(&res).ok_or("a cookie")?;
+        let cookie = crate::accounts::signed_in_person(&app, email, role).await;
         let listed: serde_json::Value = app
             .client
             .get(app.url("/api/links"))

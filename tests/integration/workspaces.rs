@@ -7,7 +7,6 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::accounts::users;
 use crate::oidc_provider::{Provider, sign_in as provider_sign_in};
 use crate::support::{KEY, SseClient, TestApp, TestResult, spawn_with};
 
@@ -51,29 +50,42 @@ async fn json_of(res: reqwest::Response, want: u16) -> Value {
     body
 }
 
-/// Makes a user with a password through `linkpulse users` and signs them in: their cookie.
+/// Makes a user through `linkpulse users` and signs them in: their cookie.
 async fn person(app: &TestApp, email: &str, role: &str) -> Who {
-    let (ok, _, err) = users(
-        app.dir.path(),
-        &[
-            "create",
-            "--email",
-            email,
-            "--role",
-            role,
-            "--password-stdin",
-        ],
-        "a long enough password\n",
-    );
-    assert!(ok, "{err}");
+    Who::Cookie(crate::accounts::signed_in_person(app, email, role).await)
+}
+
+/// An invitation of `email` as `role` by `who`: its token.
+async fn invite(app: &TestApp, who: &Who, email: &str, role: &str) -> String {
+    let invited = json_of(
+        call(
+            app,
+            who,
+            Method::POST,
+            "/api/invitations",
+            Some(json!({"email": email, "role": role})),
+        )
+        .await,
+        201,
+    )
+    .await;
+    invited["url"]
+        .as_str()
+        .and_then(|u| u.split("invite=").nth(1))
+        .expect("a token")
+        .to_owned()
+}
+
+/// Signs up with the invitation `token`: the new person's cookie and the answer.
+async fn join(app: &TestApp, token: &str, password: &str) -> (Who, Value) {
     let res = bare()
-        .post(app.url("/api/session"))
-        .json(&json!({"email": email, "password": "a long enough password"}))
+        .post(app.url("/api/signup"))
+        .json(&json!({"invite": token, "password": password}))
         .send()
         .await
         .expect("sent");
-    assert_eq!(res.status(), 200);
-    Who::Cookie(crate::support::session_cookie(&res).expect("a cookie"))
+    let cookie = crate::support::session_cookie(&res).expect("a cookie");
+    (Who::Cookie(cookie), json_of(res, 201).await)
 }
 
 fn codes(listing: &Value) -> Vec<String> {
@@ -273,29 +285,8 @@ async fn workspaces_keep_links_keys_domains_and_members_apart_and_the_audit_log_
     .await;
 
     // A viewer invited to the second workspace reads and watches, and changes nothing.
-    let invited = json_of(
-        call(
-            &app,
-            &ann,
-            Method::POST,
-            "/api/invitations",
-            Some(json!({"email": "bob@example.test", "role": "viewer"})),
-        )
-        .await,
-        201,
-    )
-    .await;
-    let token = invited["url"]
-        .as_str()
-        .and_then(|u| u.split("invite=").nth(1))
-        .expect("a token");
-    let res = bare()
-        .post(app.url("/api/signup"))
-        .json(&json!({"invite": token, "password": "bob's long password"}))
-        .send()
-        .await?;
-    let bob = Who::Cookie(crate::support::session_cookie(&res).expect("a cookie"));
-    let joined = json_of(res, 201).await;
+    let token = invite(&app, &ann, "bob@example.test", "viewer").await;
+    let (bob, joined) = join(&app, &token, "bob's long password").await;
     assert_eq!(joined["user"]["workspace"], second.as_str());
     assert_eq!(joined["user"]["role"], "viewer");
     let seen = json_of(call(&app, &bob, Method::GET, "/api/links", None).await, 200).await;
@@ -459,28 +450,8 @@ async fn workspaces_keep_links_keys_domains_and_members_apart_and_the_audit_log_
         "{error}"
     );
     // An admin makes no admin key (one acts as an owner); a links key, yes.
-    let invited = json_of(
-        call(
-            &app,
-            &ann,
-            Method::POST,
-            "/api/invitations",
-            Some(json!({"email": "ada@example.test", "role": "admin"})),
-        )
-        .await,
-        201,
-    )
-    .await;
-    let token = invited["url"]
-        .as_str()
-        .and_then(|u| u.split("invite=").nth(1))
-        .expect("a token");
-    let res = bare()
-        .post(app.url("/api/signup"))
-        .json(&json!({"invite": token, "password": "ada's long password"}))
-        .send()
-        .await?;
-    let ada = Who::Cookie(crate::support::session_cookie(&res).expect("a cookie"));
+    let token = invite(&app, &ann, "ada@example.test", "admin").await;
+    let (ada, _) = join(&app, &token, "ada's long password").await;
     for (scope, want) in [("admin", 403), ("links", 201)] {
         let res = call(
             &app,

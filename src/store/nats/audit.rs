@@ -67,21 +67,13 @@ impl NatsStore {
         workspace: &str,
         from: u64,
     ) -> Result<Option<jetstream::message::StreamMessage>, StoreError> {
-        match self
-            .inner
-            .audit
-            .raw_message_builder()
-            .sequence(from.max(1))
-            .next_by_subject(subject(workspace))
-            .send()
-            .await
-        {
-            Ok(message) => Ok(Some(message)),
-            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
-                Ok(None)
-            }
-            Err(e) => Err(nats_error("cannot read the audit log", e)),
-        }
+        super::message_from(
+            &self.inner.audit,
+            &subject(workspace),
+            from,
+            "cannot read the audit log",
+        )
+        .await
     }
 
     /// The entries of `workspace` in `[from, until)`, oldest first.

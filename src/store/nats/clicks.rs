@@ -121,21 +121,13 @@ impl NatsStore {
         subject: &str,
         from: u64,
     ) -> Result<Option<jetstream::message::StreamMessage>, StoreError> {
-        match self
-            .inner
-            .clicks
-            .raw_message_builder()
-            .sequence(from)
-            .next_by_subject(subject.to_owned())
-            .send()
-            .await
-        {
-            Ok(message) => Ok(Some(message)),
-            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
-                Ok(None)
-            }
-            Err(e) => Err(nats_error("cannot read a code's clicks", e)),
-        }
+        super::message_from(
+            &self.inner.clicks,
+            subject,
+            from,
+            "cannot read a code's clicks",
+        )
+        .await
     }
 
     /// The stream sequence and id (see [`stored_id`]) of the code's first message stored after stream

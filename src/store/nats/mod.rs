@@ -98,6 +98,27 @@ fn nats_error(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Nats(format!("{what}: {e}"))
 }
 
+/// The first message of `subject` in `stream` at or after sequence `from` (`None`: there is
+/// none): one direct get. `what` names the reading in an error.
+async fn message_from(
+    stream: &stream::Stream,
+    subject: &str,
+    from: u64,
+    what: &str,
+) -> Result<Option<jetstream::message::StreamMessage>, StoreError> {
+    match stream
+        .raw_message_builder()
+        .sequence(from.max(1))
+        .next_by_subject(subject.to_owned())
+        .send()
+        .await
+    {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+        Err(e) => Err(nats_error(what, e)),
+    }
+}
+
 /// Runs `work` to its end from a blocking context (a `spawn_blocking` thread, or an async
 /// thread of the multi-threaded runtime, which is handed over meanwhile).
 fn block_on<F: Future>(runtime: &tokio::runtime::Handle, work: F) -> F::Output {
