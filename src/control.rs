@@ -96,7 +96,30 @@ pub enum Answer {
     Error(String),
 }
 
+/// Who the audit log says made a change from the command line.
+const COMMAND_LINE: &str = "the command line (whoever holds the data directory)";
+
+/// Writes a change made from the command line to the first workspace's audit log (where the
+/// command makes keys and people). A failure is logged: the change is made.
+fn audit(keys: &ApiKeys, action: &str, target: &str, after: Option<serde_json::Value>) {
+    let record = crate::store::records::AuditRecord {
+        v: crate::store::records::RECORD_VERSION,
+        seq: 0,
+        at: crate::domain::now_ms(),
+        workspace: FIRST_WORKSPACE.to_owned(),
+        who: COMMAND_LINE.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        before: None,
+        after: after.map(|a| a.to_string()),
+    };
+    if let Err(e) = keys.store().append_audit(&record) {
+        warn!(action, target, cause = %e, "an audit entry was not stored");
+    }
+}
+
 /// Runs `request` on `keys` and the users of their store (blocking: store writes are synced).
+/// Each change is written to the audit log.
 pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
     let accounts = Accounts(keys.store().as_ref());
     let user_answer = |done: Result<Answer, AccountError>| {
@@ -109,13 +132,19 @@ pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
     };
     let done = match request {
         Request::Create { name, scope } => KeyName::parse(&name).and_then(|name| {
-            keys.create(&name, scope, FIRST_WORKSPACE)
-                .map(Answer::Created)
+            let made = keys.create(&name, scope, FIRST_WORKSPACE)?;
+            let shown =
+                serde_json::json!({ "id": made.id, "name": made.name, "scope": made.scope });
+            audit(keys, "key.created", &made.id, Some(shown));
+            Ok(Answer::Created(made))
         }),
         Request::List => Ok(Answer::Keys(keys.list(None))),
         // The command stands for whoever owns the data directory: it may revoke any key,
         // the last admin key too (it can make another).
-        Request::Revoke { id } => keys.revoke(&id, None).map(|()| Answer::Revoked(id)),
+        Request::Revoke { id } => keys.revoke(&id, None).map(|()| {
+            audit(keys, "key.revoked", &id, None);
+            Answer::Revoked(id)
+        }),
         Request::UserCreate {
             email,
             role,
@@ -124,7 +153,12 @@ pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
             return user_answer(
                 accounts
                     .create_user(&email, role, Some(&password), FIRST_WORKSPACE)
-                    .map(|u| Answer::User(u.into())),
+                    .map(|u| {
+                        let shown =
+                            serde_json::json!({ "id": u.id, "email": u.email, "role": role });
+                        audit(keys, "member.created", &u.id, Some(shown));
+                        Answer::User(u.into())
+                    }),
             );
         }
         Request::UserInvite { email, role } => {
@@ -137,7 +171,11 @@ pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
                         false,
                         FIRST_WORKSPACE,
                     )
-                    .map(|(token, _)| Answer::Invited(crate::http::signup_url("", &token))),
+                    .map(|(token, made)| {
+                        let shown = serde_json::json!({ "email": made.email, "role": made.role });
+                        audit(keys, "member.invited", &made.id, Some(shown));
+                        Answer::Invited(crate::http::signup_url("", &token))
+                    }),
             );
         }
         Request::UserList => {
@@ -148,7 +186,11 @@ pub fn execute(keys: &ApiKeys, request: Request) -> Answer {
             );
         }
         Request::UserDisable { email } => {
-            return user_answer(accounts.disable(&email).map(|u| Answer::User(u.into())));
+            return user_answer(accounts.disable(&email).map(|u| {
+                let shown = serde_json::json!({ "id": u.id, "email": u.email, "disabled": true });
+                audit(keys, "member.updated", &u.id, Some(shown));
+                Answer::User(u.into())
+            }));
         }
     };
     done.unwrap_or_else(|e| {

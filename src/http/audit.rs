@@ -27,7 +27,7 @@ struct Entry {
     /// A person's email, or `key {id} ({name})`.
     who: String,
     /// `link.created`, `link.updated`, `link.deleted`, `key.created`, `key.revoked`,
-    /// `domain.created|updated|deleted`, `member.invited|joined|updated|removed`,
+    /// `domain.created|updated|deleted`, `member.invited|joined|created|updated|removed`,
     /// `workspace.created|updated`.
     action: String,
     target: String,

@@ -419,7 +419,7 @@ async fn workspaces_keep_links_keys_domains_and_members_apart_and_the_audit_log_
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert_eq!(first_actions, ["link.created"]);
+    assert_eq!(first_actions, ["link.created", "member.created"]);
     for bad in [
         "/api/audit?cursor=x",
         "/api/audit?limit=0",
