@@ -31,6 +31,9 @@
 //! - [`http`]: routes, one file per area.
 //! - [`analytics`]: user agents, addresses.
 //! - [`keys`]: API keys, stored as hashes, with scopes.
+//! - [`accounts`]: people, their workspaces and roles, sessions, invitations, the OpenID client.
+//! - [`events`]: the audit log and the workspaces' live counts (`/api/events`).
+//! - [`certs`]: the certificates HTTPS serves, ordered by ACME.
 //! - [`control`]: the Unix socket through which `linkpulse keys` reaches a running server.
 //! - [`transfer`]: `linkpulse export` and `import` (JSON lines; CSV from other shorteners).
 //! - [`metrics`]: counters and gauges for `/metrics`.
