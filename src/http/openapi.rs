@@ -35,7 +35,103 @@ pub fn document(router: &Router) -> Result<Bytes, serde_json::Error> {
             ),
         )
         .merge_router(router);
-    doc.to_json().map(Bytes::from)
+    let mut json: serde_json::Value = serde_json::from_str(&doc.to_json()?)?;
+    short_operation_ids(&mut json);
+    serde_json::to_vec(&json).map(Bytes::from)
+}
+
+/// What a generated client calls each operation, by the handler's type (salvo-oapi names an
+/// operation by its handler's path, `linkpulse.http.api.CreateLink`, the same for `GET` and
+/// `HEAD`). A handler not named here is called by its type, first letter lower case.
+const OPERATION_NAMES: &[(&str, &str)] = &[
+    ("AcmeAnswer", "acmeChallenge"),
+    ("AddDomain", "addDomain"),
+    ("ApiDocs", "apiDocsPage"),
+    ("Asset", "getAsset"),
+    ("AuditPageRoute", "auditPage"),
+    ("AuthMethods", "getAuthMethods"),
+    ("Badge", "getBadge"),
+    ("EventsRoute", "streamEvents"),
+    ("Health", "getHealth"),
+    ("Home", "homePage"),
+    ("LinkStats", "getLinkStats"),
+    ("MetricsText", "getMetrics"),
+    ("OidcCallback", "oidcCallback"),
+    ("OpenApiJson", "getOpenApi"),
+    ("PatchDomainRoute", "updateDomain"),
+    ("PatchLink", "updateLink"),
+    ("PatchMemberRoute", "updateMember"),
+    ("Qr", "getLinkQr"),
+    ("ReadLink", "getLink"),
+    ("Ready", "getReady"),
+    ("Realtime", "streamLink"),
+    ("ShowInvitation", "getInvitation"),
+    ("SignInRoute", "signIn"),
+    ("SignOutRoute", "signOut"),
+    ("SignUpPage", "signUpPage"),
+    ("SignUpRoute", "signUp"),
+    ("StartOidc", "startOidc"),
+    ("StatsPage", "statsPage"),
+    ("Unlock", "unlockLink"),
+    ("WhoAmI", "getSession"),
+];
+
+/// Gives every operation of `doc` a short, unique `operationId` (`listLinks`, `createLink`,
+/// `getLinkStats`; `headListLinks` for a `HEAD`), as client generators need.
+fn short_operation_ids(doc: &mut serde_json::Value) {
+    let mut taken = std::collections::HashSet::new();
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in item.iter_mut() {
+            let Some(operation) = operation.as_object_mut() else {
+                continue;
+            };
+            let full = operation
+                .get("operationId")
+                .and_then(|id| id.as_str())
+                .unwrap_or(path);
+            let handler = full.rsplit('.').next().unwrap_or(full);
+            let base = match (path.as_str(), handler) {
+                // The redirect's handler is wrapped in a timer: named by its path instead.
+                ("/{code}", "Timed") => "followLink".to_owned(),
+                _ => OPERATION_NAMES
+                    .iter()
+                    .find(|(name, _)| *name == handler)
+                    .map_or_else(|| lower_first(handler), |(_, id)| (*id).to_owned()),
+            };
+            let mut id = if method == "head" {
+                format!("head{}", upper_first(&base))
+            } else {
+                base
+            };
+            if taken.contains(&id) {
+                id = format!("{id}{}", upper_first(method));
+            }
+            taken.insert(id.clone());
+            operation.insert("operationId".into(), serde_json::Value::String(id));
+        }
+    }
+}
+
+fn lower_first(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_lowercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
+fn upper_first(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
 }
 
 /// The document, filled in once the router holding this handler is complete.
