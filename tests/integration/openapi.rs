@@ -301,3 +301,60 @@ async fn every_route_of_the_router_is_in_the_document_with_each_method() -> Test
     served.await??;
     Ok(())
 }
+
+/// A client generated from the document by a generator from PyPI (`openapi-python-client`, as
+/// .ci/run installs it) creates a link, follows it and reads it and its stats against the real
+/// server (`tests/client/use_client.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_generated_from_the_document_creates_follows_and_reads_a_link() -> TestResult {
+    let app = crate::support::spawn_app().await;
+    let doc = app
+        .client
+        .get(app.url("/api/openapi.json"))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let work = tempfile::tempdir()?;
+    let file = work.path().join("openapi.json");
+    std::fs::write(&file, &doc)?;
+    let package = work.path().join("linkpulse_client");
+    let generated = tokio::process::Command::new("python3")
+        .args([
+            "-m",
+            "openapi_python_client",
+            "generate",
+            "--meta",
+            "none",
+            "--path",
+        ])
+        .arg(&file)
+        .arg("--output-path")
+        .arg(&package)
+        .output()
+        .await?;
+    assert!(
+        generated.status.success() && package.join("api/links/create_link.py").exists(),
+        "openapi-python-client (pip install openapi-python-client) did not generate the client: {}{}",
+        String::from_utf8_lossy(&generated.stdout),
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client/use_client.py");
+    let used = tokio::process::Command::new("python3")
+        .arg(&script)
+        .env("BASE", &app.base)
+        .env("KEY", KEY)
+        .env("CLIENT_DIR", work.path())
+        .output()
+        .await?;
+    let said = String::from_utf8_lossy(&used.stdout);
+    assert!(
+        used.status.success() && said.trim() == "ok",
+        "the generated client: {said}{}",
+        String::from_utf8_lossy(&used.stderr)
+    );
+    assert_eq!(app.count("generated").await, 1);
+    app.stop().await;
+    Ok(())
+}
