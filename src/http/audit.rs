@@ -68,14 +68,7 @@ impl ListAudit {
         let state = &self.0;
         let caller = authenticate(state, req).await?;
         require_admin(&caller)?;
-        let limit = match req.query::<String>("limit") {
-            None => DEFAULT_PAGE,
-            Some(raw) => raw
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_PAGE).contains(n))
-                .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}")))?,
-        };
+        let limit = super::request::page_limit(req, DEFAULT_PAGE, MAX_PAGE)?;
         let before = match req.query::<String>("cursor").filter(|c| !c.is_empty()) {
             None => None,
             Some(raw) => Some(raw.parse::<u64>().map_err(|_| {

@@ -57,14 +57,7 @@ impl ListLinks {
         let state = &self.0;
         let caller = authenticate(state, req).await?;
         let param = |name: &str| req.query::<String>(name);
-        let limit = match param("limit") {
-            None => DEFAULT_PAGE,
-            Some(raw) => raw
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_PAGE).contains(n))
-                .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}")))?,
-        };
+        let limit = super::request::page_limit(req, DEFAULT_PAGE, MAX_PAGE)?;
         let cursor = match param("cursor").filter(|c| !c.is_empty()) {
             None => None,
             Some(raw) => Some(Cursor::parse(&raw).ok_or_else(|| {

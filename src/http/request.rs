@@ -106,6 +106,18 @@ pub async fn authenticate(state: &AppState, req: &Request) -> Result<Caller, Api
     })
 }
 
+/// The `limit` query parameter of a listing: `default` when absent, else 1 to `max`.
+pub fn page_limit(req: &Request, default: usize, max: usize) -> Result<usize, ApiError> {
+    match req.query::<String>("limit") {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {max}"))),
+    }
+}
+
 /// The caller whose key the `Authorization` header holds.
 fn presented_key(state: &AppState, value: &HeaderValue) -> Result<Caller, ApiError> {
     let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, msg);

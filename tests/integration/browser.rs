@@ -953,7 +953,7 @@ async fn an_invited_person_signs_in_with_the_openid_provider_in_the_browser() ->
 /// delete it. The real binary, as an operator starts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_owner_signs_up_and_invites_a_viewer_who_cannot_delete() -> TestResult {
-    use crate::first_key::{lines, listening, read_until, spawn, terminate};
+    use crate::first_key::{first_signup_link, lines, listening, spawn, terminate};
     let Some(session) = start_browser().await? else {
         return Ok(());
     };
@@ -963,12 +963,7 @@ async fn the_first_owner_signs_up_and_invites_a_viewer_who_cannot_delete() -> Te
     let mut server = spawn(dir.path(), "127.0.0.1:0")?;
     let stdout = lines(server.stdout.take().ok_or("no stdout")?);
     let stderr = lines(server.stderr.take().ok_or("no stderr")?);
-    let shown = read_until(&stdout, |l| l.contains("Sign up as the first owner"));
-    let link = shown
-        .last()
-        .and_then(|l| l.split(": ").nth(1))
-        .ok_or_else(|| format!("no sign-up link: {shown:?}"))?
-        .to_owned();
+    let link = first_signup_link(&stdout)?;
     let base = format!("http://{}", listening(&stderr)?);
 
     let sign_up = |email: Option<&'static str>, password: &'static str| {

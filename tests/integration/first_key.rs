@@ -86,6 +86,18 @@ fn wait(
     }
 }
 
+/// The sign-up link for the first owner that a first start prints on standard output.
+pub fn first_signup_link(
+    stdout: &mpsc::Receiver<String>,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let shown = read_until(stdout, |l| l.contains("Sign up as the first owner"));
+    Ok(shown
+        .last()
+        .and_then(|l| l.split(": ").nth(1))
+        .ok_or_else(|| format!("no sign-up link: {shown:?}"))?
+        .to_owned())
+}
+
 pub fn terminate(child: &mut Child) -> TestResult {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -184,12 +196,7 @@ async fn the_first_start_prints_a_sign_up_link_for_the_first_owner() -> TestResu
     let mut first = spawn(dir.path(), "127.0.0.1:0")?;
     let stdout = lines(first.stdout.take().ok_or("no stdout")?);
     let stderr = lines(first.stderr.take().ok_or("no stderr")?);
-    let shown = read_until(&stdout, |l| l.contains("Sign up as the first owner"));
-    let link = shown
-        .last()
-        .and_then(|l| l.split(": ").nth(1))
-        .ok_or_else(|| format!("no sign-up link: {shown:?}"))?
-        .to_owned();
+    let link = first_signup_link(&stdout)?;
     let addr = listening(&stderr)?;
     assert!(
         link.starts_with(&format!("http://{addr}/auth/signup?invite=")),

@@ -180,29 +180,12 @@ pub(super) async fn follow(
 ) {
     let mut from = jetstream::consumer::DeliverPolicy::New;
     loop {
-        let consumer = inner
-            .audit
-            .create_consumer(jetstream::consumer::push::OrderedConfig {
-                deliver_subject: inner.client.new_inbox(),
-                filter_subject: format!("{AUDIT_PREFIX}>"),
-                deliver_policy: from,
-                ..Default::default()
-            })
-            .await;
-        let mut messages = match consumer {
-            Ok(consumer) => match consumer.messages().await {
-                Ok(messages) => messages,
-                Err(e) => {
-                    warn!(cause = %e, "cannot follow the audit log yet");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-            Err(e) => {
-                warn!(cause = %e, "cannot follow the audit log yet");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let subject = format!("{AUDIT_PREFIX}>");
+        let Some(mut messages) =
+            super::ordered_messages(&inner.client, &inner.audit, subject, from, "the audit log")
+                .await
+        else {
+            continue;
         };
         while let Some(message) = messages.next().await {
             let message = match message {

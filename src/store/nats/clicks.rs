@@ -288,29 +288,16 @@ pub(super) async fn follow(
     // last one on; it is made again (from where it was) if a server goes away.
     let mut from = jetstream::consumer::DeliverPolicy::LastPerSubject;
     loop {
-        let consumer = inner
-            .clicks
-            .create_consumer(jetstream::consumer::push::OrderedConfig {
-                deliver_subject: inner.client.new_inbox(),
-                filter_subject: subject.clone(),
-                deliver_policy: from,
-                ..Default::default()
-            })
-            .await;
-        let mut messages = match consumer {
-            Ok(consumer) => match consumer.messages().await {
-                Ok(messages) => messages,
-                Err(e) => {
-                    warn!(code, cause = %e, "cannot follow a code's clicks yet");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-            Err(e) => {
-                warn!(code, cause = %e, "cannot follow a code's clicks yet");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let Some(mut messages) = super::ordered_messages(
+            &inner.client,
+            &inner.clicks,
+            subject.clone(),
+            from,
+            "a code's clicks",
+        )
+        .await
+        else {
+            continue;
         };
         while let Some(message) = messages.next().await {
             let message = match message {

@@ -98,6 +98,37 @@ fn nats_error(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Nats(format!("{what}: {e}"))
 }
 
+/// The messages of `subject` in `stream` from `from`, through an ordered consumer; `None`
+/// (after a pause, said in the log with `what`) while it cannot be made.
+async fn ordered_messages(
+    client: &async_nats::Client,
+    stream: &stream::Stream,
+    subject: String,
+    from: jetstream::consumer::DeliverPolicy,
+    what: &str,
+) -> Option<jetstream::consumer::push::Ordered> {
+    let consumer = stream
+        .create_consumer(jetstream::consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: subject,
+            deliver_policy: from,
+            ..Default::default()
+        })
+        .await;
+    let made = match consumer {
+        Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match made {
+        Ok(messages) => Some(messages),
+        Err(cause) => {
+            tracing::warn!(cause, "cannot follow {what} yet");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            None
+        }
+    }
+}
+
 /// The first message of `subject` in `stream` at or after sequence `from` (`None`: there is
 /// none): one direct get. `what` names the reading in an error.
 async fn message_from(
