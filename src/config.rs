@@ -281,6 +281,20 @@ pub struct ServeConfig {
     /// retention, whose entries it replays).
     #[arg(long, env = "LINKPULSE_EVENTS_RETENTION", value_parser = duration, default_value = "24h")]
     pub events_retention: Duration,
+    /// Clicks per webhook message at most (a receiver that keeps up gets them as they come).
+    #[arg(long, env = "LINKPULSE_WEBHOOK_BATCH", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub webhook_batch: u64,
+    /// Failed deliveries in a row after which a webhook is disabled (it also is after 3 days
+    /// of failures); `PATCH` it `{"enabled": true}` to resume from where it stopped.
+    #[arg(long, env = "LINKPULSE_WEBHOOK_MAX_FAILURES", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_max_failures: u32,
+    /// Let webhooks post to loopback, private and link-local addresses (a receiver on this
+    /// machine or inside the network, and the tests); refused otherwise.
+    #[arg(long, env = "LINKPULSE_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// How long one webhook delivery may take before it counts as failed.
+    #[arg(long, env = "LINKPULSE_WEBHOOK_TIMEOUT", value_parser = duration, default_value = "10s")]
+    pub webhook_timeout: Duration,
     /// The OpenID Connect provider people may sign in with (its issuer URL, as its discovery
     /// document names it); with `--oidc-client-id` and `--oidc-client-secret`.
     #[arg(long, env = "LINKPULSE_OIDC_ISSUER", requires_all = ["oidc_client_id", "oidc_client_secret"])]

@@ -54,6 +54,7 @@ pub mod links;
 pub mod metrics;
 pub mod store;
 pub mod transfer;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::ServeConfig;

@@ -166,7 +166,7 @@ impl App {
                 certificates.clone(),
             ))
         });
-        let mut state = app_state(config, local_addr, links, keys, metrics, country_db);
+        let mut state = app_state(config, local_addr, links, keys, metrics, country_db)?;
         state.domains = domains;
         state.certificates = certificates;
         // The first start (the one that made the first key) also makes a link for the first
@@ -185,6 +185,7 @@ impl App {
                 .max(state.config.events_retention),
             state.shutdown.clone(),
         ));
+        tokio::spawn(state.webhooks.clone().run(state.shutdown.clone()));
         if let Some(acme) = acme {
             tokio::spawn(acme.run(state.shutdown.clone()));
         }
@@ -280,7 +281,7 @@ fn app_state(
     keys: Arc<ApiKeys>,
     metrics: Arc<Metrics>,
     country_db: Option<Arc<CountryDb>>,
-) -> AppState {
+) -> anyhow::Result<AppState> {
     let base_url = config
         .base_url
         .clone()
@@ -323,8 +324,22 @@ fn app_state(
         }
         _ => None,
     };
-    AppState {
+    let webhooks = crate::webhooks::Webhooks::new(
+        links.store().clone(),
+        links.counts().clone(),
+        events.clone(),
+        crate::webhooks::WebhookSettings {
+            batch: usize::try_from(config.webhook_batch).unwrap_or(100),
+            max_failures: config.webhook_max_failures,
+            allow_private: config.webhook_allow_private,
+            timeout: config.webhook_timeout,
+        },
+        default_host.clone(),
+    )
+    .context("cannot make the webhooks' HTTP client")?;
+    Ok(AppState {
         events,
+        webhooks,
         oidc,
         links,
         keys,
@@ -343,7 +358,7 @@ fn app_state(
         certificates: Default::default(),
         connections,
         country_db,
-    }
+    })
 }
 
 /// Keeps a cluster node's API keys in step with the keys bucket (keys made or revoked on

@@ -37,6 +37,7 @@ pub mod session;
 mod sse;
 mod stream;
 pub mod tls;
+mod webhooks;
 mod workspaces;
 
 use std::{sync::Arc, time::Instant};
@@ -96,6 +97,8 @@ pub struct AppState {
     pub events: Arc<crate::events::Events>,
     /// The OpenID Connect provider people may sign in with (`--oidc-issuer`).
     pub oidc: Option<Arc<oidc::OidcProvider>>,
+    /// The webhooks this node delivers, and the client that posts them.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl AppState {
@@ -323,6 +326,37 @@ fn api_router(state: &Arc<AppState>, document: &openapi::Document) -> Router {
             .patch(domains::PatchDomainRoute(s()))
             .delete(domains::DeleteDomain(s()))
             .goal(NotAllowed("PATCH, DELETE")),
+    )
+    .push(
+        Router::with_path("webhooks")
+            .post(webhooks::CreateWebhook(s()))
+            .get(webhooks::ListWebhooks(s()))
+            .head(webhooks::ListWebhooks(s()))
+            .goal(NotAllowed("GET, HEAD, POST")),
+    )
+    .push(
+        Router::with_path("webhooks/{id}")
+            .get(webhooks::GetWebhook(s()))
+            .head(webhooks::GetWebhook(s()))
+            .patch(webhooks::UpdateWebhook(s()))
+            .delete(webhooks::DeleteWebhook(s()))
+            .goal(NotAllowed("GET, HEAD, PATCH, DELETE")),
+    )
+    .push(
+        Router::with_path("webhooks/{id}/test")
+            .post(webhooks::TestWebhook(s()))
+            .goal(NotAllowed("POST")),
+    )
+    .push(
+        Router::with_path("webhooks/{id}/deliveries")
+            .get(webhooks::ListWebhookDeliveries(s()))
+            .head(webhooks::ListWebhookDeliveries(s()))
+            .goal(NotAllowed("GET, HEAD")),
+    )
+    .push(
+        Router::with_path("webhooks/{id}/rotate")
+            .post(webhooks::RotateWebhookSecret(s()))
+            .goal(NotAllowed("POST")),
     )
     .push(
         Router::with_path("keys/{id}")
