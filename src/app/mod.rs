@@ -328,6 +328,7 @@ fn app_state(
         links.store().clone(),
         links.counts().clone(),
         events.clone(),
+        metrics.clone(),
         crate::webhooks::WebhookSettings {
             batch: usize::try_from(config.webhook_batch).unwrap_or(100),
             max_failures: config.webhook_max_failures,

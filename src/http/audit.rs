@@ -28,7 +28,7 @@ struct Entry {
     who: String,
     /// `link.created`, `link.updated`, `link.deleted`, `key.created`, `key.revoked`,
     /// `domain.created|updated|deleted`, `member.invited|joined|created|updated|removed`,
-    /// `workspace.created|updated`.
+    /// `workspace.created|updated`, `webhook.created|updated|rotated|deleted|disabled`.
     action: String,
     target: String,
     /// The thing before the change (`null`: it did not exist) and after (`null`: it is gone).

@@ -278,9 +278,9 @@ impl CreateWebhook {
         let state = &self.0;
         let caller = caller(state, req).await?;
         let sent: CreateWebhookBody = read_json_object(req, MAX_BODY).await?;
-        let url = checked_url(state, &sent.url).await?;
         let events = checked_events(sent.events)?;
         let links = checked_links(state, &caller, sent.links).await?;
+        let url = checked_url(state, &sent.url).await?;
         if of_workspace(state, &caller.workspace).await?.len() >= MAX_WEBHOOKS {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

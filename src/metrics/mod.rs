@@ -117,6 +117,9 @@ pub struct Metrics {
     commit_clicks: Buckets,
     commit_duration: Buckets,
     click_to_frame: Buckets,
+    webhook_messages: Counter,
+    webhook_clicks: Counter,
+    webhook_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -192,7 +195,25 @@ impl Metrics {
             CLICK_TO_FRAME_BUCKETS,
             NS,
         );
+        let webhook_messages = counter(
+            &mut registry,
+            "linkpulse_webhook_messages",
+            "Webhook messages this node delivered (answered 2xx)",
+        );
+        let webhook_clicks = counter(
+            &mut registry,
+            "linkpulse_webhook_clicks",
+            "Clicks this node delivered to webhooks",
+        );
+        let webhook_failures = counter(
+            &mut registry,
+            "linkpulse_webhook_failures",
+            "Webhook delivery attempts that failed (no answer, or not 2xx)",
+        );
         Self {
+            webhook_messages,
+            webhook_clicks,
+            webhook_failures,
             registry,
             clicks,
             dropped,
@@ -210,6 +231,16 @@ impl Metrics {
             commit_duration,
             click_to_frame,
         }
+    }
+
+    /// A webhook message carrying `clicks` clicks was delivered.
+    pub fn webhook_delivered(&self, clicks: u64) {
+        self.webhook_messages.inc();
+        self.webhook_clicks.inc_by(clicks);
+    }
+
+    pub fn webhook_failed(&self) {
+        self.webhook_failures.inc();
     }
 
     pub fn click(&self) {

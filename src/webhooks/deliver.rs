@@ -176,10 +176,12 @@ pub(super) async fn run(
         });
         worker.dirty = true;
         if attempt.succeeded() {
+            hooks.metrics.webhook_delivered(u64::from(message.count));
             worker.delivered(&message);
             worker.save(false).await;
             continue;
         }
+        hooks.metrics.webhook_failed();
         worker.state.failures += 1;
         let since = *worker.state.failing_since.get_or_insert_with(now_ms);
         worker.save(true).await;

@@ -63,6 +63,7 @@ pub struct Webhooks {
     store: SharedStore,
     counts: Arc<Counts>,
     events: Arc<Events>,
+    metrics: Arc<crate::metrics::Metrics>,
     settings: WebhookSettings,
     client: reqwest::Client,
     /// The host of links on the default domain, as clicks name their domain.
@@ -104,10 +105,12 @@ impl Webhooks {
         store: SharedStore,
         counts: Arc<Counts>,
         events: Arc<Events>,
+        metrics: Arc<crate::metrics::Metrics>,
         settings: WebhookSettings,
         default_host: String,
     ) -> Result<Arc<Self>, reqwest::Error> {
         Ok(Arc::new(Self {
+            metrics,
             client: target::client(settings.allow_private, settings.timeout)?,
             store,
             counts,

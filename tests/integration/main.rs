@@ -37,4 +37,5 @@ mod transfer;
 mod truth;
 mod upgrade;
 mod wire;
+mod webhooks;
 pub mod workspaces;

@@ -42,7 +42,7 @@ pub(super) const TASKS: usize = 16;
 pub(crate) struct Server {
     pub(crate) child: Child,
     pub(crate) base: String,
-    pub(super) addr: String,
+    pub(crate) addr: String,
     pub(super) log: Arc<Mutex<String>>,
     pub(super) reader: Option<thread::JoinHandle<()>>,
 }
