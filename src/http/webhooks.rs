@@ -149,7 +149,11 @@ async fn of_workspace(state: &AppState, workspace: &str) -> Result<Vec<WebhookRe
 }
 
 /// The webhook of the path, if it is the caller's workspace's.
-async fn named(state: &AppState, req: &Request, caller: &Caller) -> Result<WebhookRecord, ApiError> {
+async fn named(
+    state: &AppState,
+    req: &Request,
+    caller: &Caller,
+) -> Result<WebhookRecord, ApiError> {
     let id = req.params().get("id").cloned().unwrap_or_default();
     let missing = || ApiError::not_found("no such webhook");
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -157,9 +161,14 @@ async fn named(state: &AppState, req: &Request, caller: &Caller) -> Result<Webho
     }
     let store = state.links.store().clone();
     let name = format!("{}{id}", record::PREFIX);
-    let bytes = blocking(move || store.setting(&name)).await?.ok_or_else(missing)?;
-    let found = record::decode_webhook(&bytes)
-        .map_err(|e| ApiError::from(crate::links::LinkError::Store(StoreError::Inconsistent(e.to_string()))))?;
+    let bytes = blocking(move || store.setting(&name))
+        .await?
+        .ok_or_else(missing)?;
+    let found = record::decode_webhook(&bytes).map_err(|e| {
+        ApiError::from(crate::links::LinkError::Store(StoreError::Inconsistent(
+            e.to_string(),
+        )))
+    })?;
     if found.workspace != caller.workspace {
         return Err(missing());
     }
@@ -315,7 +324,15 @@ impl CreateWebhook {
         })
         .await?;
         save(state, &record).await?;
-        audit(state, &caller, "webhook.created", &record.id, None, Some(&record)).await;
+        audit(
+            state,
+            &caller,
+            "webhook.created",
+            &record.id,
+            None,
+            Some(&record),
+        )
+        .await;
         Ok(WithSecret {
             webhook: WebhookBody::of(&record),
             secret: record.secret,
@@ -426,7 +443,15 @@ impl UpdateWebhook {
         }
         if after != before {
             save(state, &after).await?;
-            audit(state, &caller, "webhook.updated", &after.id, Some(&before), Some(&after)).await;
+            audit(
+                state,
+                &caller,
+                "webhook.updated",
+                &after.id,
+                Some(&before),
+                Some(&after),
+            )
+            .await;
         }
         Ok(WebhookBody::of(&after))
     }
@@ -467,7 +492,15 @@ impl DeleteWebhook {
         })
         .await?;
         state.webhooks.changed();
-        audit(state, &caller, "webhook.deleted", &before.id, Some(&before), None).await;
+        audit(
+            state,
+            &caller,
+            "webhook.deleted",
+            &before.id,
+            Some(&before),
+            None,
+        )
+        .await;
         Ok(())
     }
 }
@@ -606,7 +639,15 @@ impl RotateWebhookSecret {
                 ..before.clone()
             };
             save(state, &after).await?;
-            audit(state, &caller, "webhook.rotated", &after.id, Some(&before), Some(&after)).await;
+            audit(
+                state,
+                &caller,
+                "webhook.rotated",
+                &after.id,
+                Some(&before),
+                Some(&after),
+            )
+            .await;
             Ok::<_, ApiError>(Rotated {
                 secret: after.secret,
                 previous_secret_until: format_ms(until),

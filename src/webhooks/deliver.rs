@@ -70,10 +70,7 @@ pub(super) async fn run(
     let current = record.borrow().clone();
     let id = current.id.clone();
     let workspace = current.workspace.clone();
-    let (store, name) = (
-        hooks.store.clone(),
-        format!("{}{id}", record::STATE_PREFIX),
-    );
+    let (store, name) = (hooks.store.clone(), format!("{}{id}", record::STATE_PREFIX));
     let state = match blocking(move || store.setting(&name)).await {
         Ok(Some(bytes)) => match record::decode_state(&bytes) {
             Ok(state) => state,
@@ -137,11 +134,8 @@ pub(super) async fn run(
         let (moved, now_at) = board.since(version, None);
         version = now_at;
         worker.merge(&moved);
-        loop {
-            match feed.try_recv() {
-                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => worker.audit_due = true,
-                Err(_) => break,
-            }
+        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = feed.try_recv() {
+            worker.audit_due = true;
         }
         if scanned.is_none_or(|at| at.elapsed() >= scan_every) {
             scanned = Some(Instant::now());
@@ -153,7 +147,8 @@ pub(super) async fn run(
         };
         let Some(message) = message else {
             worker.save(true).await;
-            let next_scan = scan_every.saturating_sub(scanned.map_or(Duration::ZERO, |at| at.elapsed()));
+            let next_scan =
+                scan_every.saturating_sub(scanned.map_or(Duration::ZERO, |at| at.elapsed()));
             tokio::select! {
                 () = &mut changed => {}
                 _ = feed.recv() => worker.audit_due = true,
@@ -164,7 +159,9 @@ pub(super) async fn run(
             continue;
         };
         let current = worker.record.borrow().clone();
-        let attempt = hooks.post(&current, &message.id, message.body.clone()).await;
+        let attempt = hooks
+            .post(&current, &message.id, message.body.clone())
+            .await;
         worker.state.attempted(Delivery {
             at: now_ms(),
             message: message.id.clone(),
@@ -210,7 +207,9 @@ fn backoff(failures: u32, retry_after: Option<Duration>) -> Duration {
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(MAX_BACKOFF);
     let jittered = doubled.mul_f64(rand::random_range(0.5..=1.0));
-    retry_after.map_or(jittered, |asked| jittered.max(asked)).min(MAX_BACKOFF)
+    retry_after
+        .map_or(jittered, |asked| jittered.max(asked))
+        .min(MAX_BACKOFF)
 }
 
 /// A click as a receiver gets it.
@@ -298,7 +297,9 @@ impl Worker {
                     self.moved(key, count);
                 }
             }
-            Err(e) => tracing::warn!(webhook = %self.id, cause = %e, "cannot look at a webhook's links"),
+            Err(e) => {
+                tracing::warn!(webhook = %self.id, cause = %e, "cannot look at a webhook's links")
+            }
         }
     }
 
@@ -325,13 +326,14 @@ impl Worker {
                 record.workspace.clone(),
                 self.state.audit,
             );
-            let entries = match blocking(move || store.audit_after(&workspace, after, AUDIT_PAGE)).await {
-                Ok(entries) => entries,
-                Err(e) => {
-                    tracing::warn!(webhook = %self.id, cause = %e, "cannot read the audit log");
-                    return None;
-                }
-            };
+            let entries =
+                match blocking(move || store.audit_after(&workspace, after, AUDIT_PAGE)).await {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        tracing::warn!(webhook = %self.id, cause = %e, "cannot read the audit log");
+                        return None;
+                    }
+                };
             let full = entries.len() == AUDIT_PAGE;
             for entry in entries {
                 let wanted = LINK_EVENTS.contains(&entry.action.as_str())
@@ -499,7 +501,9 @@ impl Worker {
                 self.dirty = false;
                 self.saved_at = Instant::now();
             }
-            Err(e) => tracing::warn!(webhook = %self.id, cause = %e, "cannot save a webhook's cursor"),
+            Err(e) => {
+                tracing::warn!(webhook = %self.id, cause = %e, "cannot save a webhook's cursor")
+            }
         }
     }
 
@@ -555,7 +559,9 @@ impl Worker {
                     .await;
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(webhook = %self.id, cause = %e, "cannot disable a failing webhook"),
+            Err(e) => {
+                tracing::warn!(webhook = %self.id, cause = %e, "cannot disable a failing webhook")
+            }
         }
     }
 }
@@ -574,7 +580,10 @@ mod tests {
             assert!(backoff(40, None) <= MAX_BACKOFF);
             assert!(backoff(40, None) >= MAX_BACKOFF / 2);
         }
-        assert_eq!(backoff(1, Some(Duration::from_secs(30))), Duration::from_secs(30));
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
         assert_eq!(backoff(1, Some(Duration::from_secs(86_400))), MAX_BACKOFF);
     }
 }

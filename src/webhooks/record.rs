@@ -16,7 +16,12 @@ pub const STATE_PREFIX: &str = "webhook-state.";
 pub const KEPT_DELIVERIES: usize = 50;
 
 /// The events a webhook may ask for.
-pub const EVENTS: [&str; 4] = ["link.clicked", "link.created", "link.updated", "link.deleted"];
+pub const EVENTS: [&str; 4] = [
+    "link.clicked",
+    "link.created",
+    "link.updated",
+    "link.deleted",
+];
 
 /// A webhook as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

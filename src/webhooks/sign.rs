@@ -11,7 +11,10 @@ pub const SECRET_PREFIX: &str = "whsec_";
 
 /// A new secret: 32 random bytes.
 pub fn new_secret() -> String {
-    format!("{SECRET_PREFIX}{}", BASE64.encode(rand::random::<[u8; 32]>()))
+    format!(
+        "{SECRET_PREFIX}{}",
+        BASE64.encode(rand::random::<[u8; 32]>())
+    )
 }
 
 /// The signature of one message with one secret (`None`: a secret that is not `whsec_` and

@@ -73,10 +73,7 @@ pub fn parse(raw: &str, allow_private: bool) -> Result<Url, String> {
     }
     let url = Url::parse(raw).map_err(|e| format!("url is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "url must be http or https, not {:?}",
-            url.scheme()
-        ));
+        return Err(format!("url must be http or https, not {:?}", url.scheme()));
     }
     let Some(host) = url.host() else {
         return Err("url has no host".into());
@@ -89,10 +86,10 @@ pub fn parse(raw: &str, allow_private: bool) -> Result<Url, String> {
         url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
         url::Host::Domain(_) => None,
     };
-    if let (Some(ip), false) = (ip, allow_private) {
-        if let Some(why) = refused(ip) {
-            return Err(format!("url points at {why} ({ip})"));
-        }
+    if let (Some(ip), false) = (ip, allow_private)
+        && let Some(why) = refused(ip)
+    {
+        return Err(format!("url points at {why} ({ip})"));
     }
     Ok(url)
 }
@@ -111,7 +108,10 @@ pub async fn check_resolved(url: &Url, allow_private: bool) -> Result<(), String
         .map_err(|e| format!("url's host {name} does not resolve: {e}"))?;
     for addr in found {
         if let Some(why) = refused(addr.ip()) {
-            return Err(format!("url's host {name} resolves to {why} ({})", addr.ip()));
+            return Err(format!(
+                "url's host {name} resolves to {why} ({})",
+                addr.ip()
+            ));
         }
     }
     Ok(())
@@ -128,17 +128,15 @@ impl reqwest::dns::Resolve for Guard {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
-            if !allow_private {
-                if let Some((addr, why)) = found
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if !allow_private
+                && let Some((addr, why)) = found
                     .iter()
                     .find_map(|a| refused(a.ip()).map(|why| (a, why)))
-                {
-                    let message = format!("{host} resolves to {why} ({})", addr.ip());
-                    return Err(message.into());
-                }
+            {
+                let message = format!("{host} resolves to {why} ({})", addr.ip());
+                return Err(message.into());
             }
             let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
             Ok(addrs)
@@ -186,9 +184,16 @@ mod tests {
         ] {
             let refused = parse(inside, false).unwrap_err();
             assert!(refused.contains("url points at"), "{inside}: {refused}");
-            assert!(parse(inside, true).is_ok(), "{inside} allowed when private is");
+            assert!(
+                parse(inside, true).is_ok(),
+                "{inside} allowed when private is"
+            );
         }
-        for outside in ["https://example.com/hook", "http://93.184.215.14/", "http://[2606:4700::1111]/"] {
+        for outside in [
+            "https://example.com/hook",
+            "http://93.184.215.14/",
+            "http://[2606:4700::1111]/",
+        ] {
             assert!(parse(outside, false).is_ok(), "{outside}");
         }
         for (bad, says) in [

@@ -36,6 +36,6 @@ mod support;
 mod transfer;
 mod truth;
 mod upgrade;
-mod wire;
 mod webhooks;
+mod wire;
 pub mod workspaces;

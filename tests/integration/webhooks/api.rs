@@ -60,15 +60,28 @@ async fn targets_inside_the_network_and_bad_fields_are_refused_with_the_reason()
         // A name, refused for where it resolves.
         ("http://localhost:9/hook", "resolves to a loopback"),
     ] {
-        let (status, message) = json_error(post(&app, "/api/webhooks", json!({"url": url})).await).await;
+        let (status, message) =
+            json_error(post(&app, "/api/webhooks", json!({"url": url})).await).await;
         assert_eq!(status, 400, "{url}");
         assert!(message.contains(says), "{url}: {message}");
     }
     for (body, says) in [
-        (json!({"url": "https://93.184.215.14/h", "events": ["link.exploded"]}), "unknown event"),
-        (json!({"url": "https://93.184.215.14/h", "events": []}), "at least one"),
-        (json!({"url": "https://93.184.215.14/h", "links": ["nothing-here"]}), "no such link"),
-        (json!({"url": "https://93.184.215.14/h", "secret": "mine"}), "unknown field"),
+        (
+            json!({"url": "https://93.184.215.14/h", "events": ["link.exploded"]}),
+            "unknown event",
+        ),
+        (
+            json!({"url": "https://93.184.215.14/h", "events": []}),
+            "at least one",
+        ),
+        (
+            json!({"url": "https://93.184.215.14/h", "links": ["nothing-here"]}),
+            "no such link",
+        ),
+        (
+            json!({"url": "https://93.184.215.14/h", "secret": "mine"}),
+            "unknown field",
+        ),
     ] {
         let (status, message) = json_error(post(&app, "/api/webhooks", body.clone()).await).await;
         assert_eq!(status, 400, "{body}");
@@ -112,38 +125,76 @@ async fn clicks_and_link_changes_arrive_signed_and_a_rotated_secret_keeps_signin
     let res = post(&app, "/api/webhooks", json!({"url": Receiver::url(port)})).await;
     assert_eq!(res.status(), 201);
     let made: Value = res.json().await?;
-    let (id, secret) = (made["id"].as_str().ok_or("id")?.to_owned(), made["secret"].as_str().ok_or("secret")?.to_owned());
+    let (id, secret) = (
+        made["id"].as_str().ok_or("id")?.to_owned(),
+        made["secret"].as_str().ok_or("secret")?.to_owned(),
+    );
     assert!(secret.starts_with("whsec_"), "{secret}");
     assert_eq!(
         made["events"],
-        json!(["link.clicked", "link.created", "link.updated", "link.deleted"])
+        json!([
+            "link.clicked",
+            "link.created",
+            "link.updated",
+            "link.deleted"
+        ])
     );
     // The secret is shown once.
     let listed = get(&app, "/api/webhooks").await;
     assert_eq!(listed["webhooks"][0]["id"], json!(id));
     assert!(listed["webhooks"][0].get("secret").is_none(), "{listed}");
-    assert!(get(&app, &format!("/api/webhooks/{id}")).await.get("secret").is_none());
+    assert!(
+        get(&app, &format!("/api/webhooks/{id}"))
+            .await
+            .get("secret")
+            .is_none()
+    );
 
     let mut receiver = Receiver::start(port, &[&secret]);
     for _ in 0..3 {
         assert_eq!(app.click("a").await.status(), 302);
     }
     assert_eq!(app.click("before").await.status(), 302);
-    until(WAIT, "the clicks after the webhook was made", || receiver.distinct() == 4).await;
+    until(WAIT, "the clicks after the webhook was made", || {
+        receiver.distinct() == 4
+    })
+    .await;
     let clicks = receiver.clicks();
-    assert_eq!(clicks[&format!("{host}/a")].keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(
-        clicks[&format!("{host}/before")].keys().copied().collect::<Vec<_>>(),
+        clicks[&format!("{host}/a")]
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        clicks[&format!("{host}/before")]
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
         [3],
         "clicks stored before the webhook was made are not sent"
     );
 
     // Link changes, each as its own message with the link as the API shows it.
     app.create_link("b").await;
-    assert_eq!(patch(&app, "/api/links/b", json!({"title": "Bee"})).await.status(), 200);
-    let deleted = app.client.delete(app.url("/api/links/b")).bearer_auth(KEY).send().await?;
+    assert_eq!(
+        patch(&app, "/api/links/b", json!({"title": "Bee"}))
+            .await
+            .status(),
+        200
+    );
+    let deleted = app
+        .client
+        .delete(app.url("/api/links/b"))
+        .bearer_auth(KEY)
+        .send()
+        .await?;
     assert_eq!(deleted.status(), 204);
-    until(WAIT, "created, updated, deleted", || receiver.of_type("link.deleted").len() == 1).await;
+    until(WAIT, "created, updated, deleted", || {
+        receiver.of_type("link.deleted").len() == 1
+    })
+    .await;
     let created = receiver.of_type("link.created");
     assert_eq!(created.len(), 1);
     assert_eq!(created[0]["data"]["code"], "b");
@@ -154,10 +205,17 @@ async fn clicks_and_link_changes_arrive_signed_and_a_rotated_secret_keeps_signin
         .filter(|m| m["type"] != "link.clicked")
         .map(|m| m["type"].as_str().unwrap_or("").to_owned())
         .collect();
-    assert_eq!(kinds, ["link.created", "link.updated", "link.deleted"], "in order");
+    assert_eq!(
+        kinds,
+        ["link.created", "link.updated", "link.deleted"],
+        "in order"
+    );
 
     // A test message, answered by the receiver.
-    let tried: Value = post(&app, &format!("/api/webhooks/{id}/test"), json!({})).await.json().await?;
+    let tried: Value = post(&app, &format!("/api/webhooks/{id}/test"), json!({}))
+        .await
+        .json()
+        .await?;
     assert_eq!(tried["status"], 204, "{tried}");
     assert_eq!(receiver.of_type("webhook.test").len(), 1);
 
@@ -165,34 +223,70 @@ async fn clicks_and_link_changes_arrive_signed_and_a_rotated_secret_keeps_signin
     let deliveries = get(&app, &format!("/api/webhooks/{id}/deliveries")).await;
     let attempts = deliveries["deliveries"].as_array().ok_or("deliveries")?;
     assert!(!attempts.is_empty());
-    assert!(attempts.iter().all(|d| d["status"] == 204 && d["error"].is_null()), "{deliveries}");
+    assert!(
+        attempts
+            .iter()
+            .all(|d| d["status"] == 204 && d["error"].is_null()),
+        "{deliveries}"
+    );
     assert_eq!(attempts[0]["event"], "link.deleted");
     assert_eq!(deliveries["deliveredClicks"], 4);
     assert_eq!(deliveries["failures"], 0);
 
     // Rotation: the receiver that knows only the old secret still verifies (both are
     // signed for a day), and so does one that knows only the new one.
-    let rotated: Value = post(&app, &format!("/api/webhooks/{id}/rotate"), json!({})).await.json().await?;
+    let rotated: Value = post(&app, &format!("/api/webhooks/{id}/rotate"), json!({}))
+        .await
+        .json()
+        .await?;
     let new_secret = rotated["secret"].as_str().ok_or("a new secret")?.to_owned();
     assert_ne!(new_secret, secret);
     assert!(rotated["previousSecretUntil"].is_string());
     assert_eq!(app.click("a").await.status(), 302);
-    until(WAIT, "a click signed with both secrets", || receiver.distinct() == 5).await;
+    until(WAIT, "a click signed with both secrets", || {
+        receiver.distinct() == 5
+    })
+    .await;
     receiver.down();
     let mut fresh = Receiver::start(port, &[&new_secret]);
     assert_eq!(app.click("a").await.status(), 302);
-    until(WAIT, "a click the new secret verifies", || fresh.distinct() == 1).await;
+    until(WAIT, "a click the new secret verifies", || {
+        fresh.distinct() == 1
+    })
+    .await;
 
     // Only some links.
-    assert_eq!(patch(&app, &format!("/api/webhooks/{id}"), json!({"links": ["a"]})).await.status(), 200);
+    assert_eq!(
+        patch(
+            &app,
+            &format!("/api/webhooks/{id}"),
+            json!({"links": ["a"]})
+        )
+        .await
+        .status(),
+        200
+    );
     assert_eq!(app.click("before").await.status(), 302);
     assert_eq!(app.click("a").await.status(), 302);
     until(WAIT, "the click of a", || fresh.distinct() == 2).await;
-    assert!(!fresh.clicks().contains_key(&format!("{host}/before")), "before is not covered");
+    assert!(
+        !fresh.clicks().contains_key(&format!("{host}/before")),
+        "before is not covered"
+    );
 
-    let gone = app.client.delete(app.url(&format!("/api/webhooks/{id}"))).bearer_auth(KEY).send().await?;
+    let gone = app
+        .client
+        .delete(app.url(&format!("/api/webhooks/{id}")))
+        .bearer_auth(KEY)
+        .send()
+        .await?;
     assert_eq!(gone.status(), 204);
-    let missing = app.client.get(app.url(&format!("/api/webhooks/{id}"))).bearer_auth(KEY).send().await?;
+    let missing = app
+        .client
+        .get(app.url(&format!("/api/webhooks/{id}")))
+        .bearer_auth(KEY)
+        .send()
+        .await?;
     assert_eq!(json_error(missing).await.0, 404);
     fresh.down();
     app.stop().await;
@@ -229,9 +323,15 @@ async fn a_failing_receiver_is_retried_with_one_message_id_then_disabled_and_res
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(disabled["enabled"], false, "disabled after 4 failures: {disabled}");
+    assert_eq!(
+        disabled["enabled"], false,
+        "disabled after 4 failures: {disabled}"
+    );
     let reason = disabled["disabledReason"].as_str().ok_or("a reason")?;
-    assert!(reason.contains("4 failed attempts") && reason.contains("500"), "{reason}");
+    assert!(
+        reason.contains("4 failed attempts") && reason.contains("500"),
+        "{reason}"
+    );
     let deliveries = get(&app, &format!("{path}/deliveries")).await;
     let attempts = deliveries["deliveries"].as_array().ok_or("attempts")?;
     assert_eq!(attempts.len(), 4, "{deliveries}");
@@ -252,7 +352,10 @@ async fn a_failing_receiver_is_retried_with_one_message_id_then_disabled_and_res
         .cloned()
         .ok_or("a webhook.disabled entry")?;
     assert_eq!(entry["target"], json!(id));
-    assert!(entry["who"].as_str().unwrap_or("").contains("linkpulse"), "{entry}");
+    assert!(
+        entry["who"].as_str().unwrap_or("").contains("linkpulse"),
+        "{entry}"
+    );
     assert_eq!(entry["after"]["enabled"], false);
 
     // Mended and enabled again: every click, from where it stopped.
@@ -262,9 +365,15 @@ async fn a_failing_receiver_is_retried_with_one_message_id_then_disabled_and_res
     }
     let enabled = patch(&app, &path, json!({"enabled": true})).await;
     assert_eq!(enabled.status(), 200);
-    until(WAIT, "all 7 clicks after enabling", || receiver.distinct() == 7).await;
+    until(WAIT, "all 7 clicks after enabling", || {
+        receiver.distinct() == 7
+    })
+    .await;
     let got = get(&app, &path).await;
-    assert_eq!((got["enabled"].clone(), got["disabledReason"].clone()), (json!(true), Value::Null));
+    assert_eq!(
+        (got["enabled"].clone(), got["disabledReason"].clone()),
+        (json!(true), Value::Null)
+    );
     until(WAIT, "failures forgotten", || true).await;
     let deliveries = get(&app, &format!("{path}/deliveries")).await;
     assert_eq!(deliveries["failures"], 0, "{deliveries}");

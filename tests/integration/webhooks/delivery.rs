@@ -41,7 +41,8 @@ async fn clicks(base: &str, n: usize, from: usize) -> usize {
 
 async fn serve(dir: &std::path::Path, listen: &str) -> crate::faults::process::Server {
     let mut cmd = command(&["--listen", listen, "--data-dir"]);
-    cmd.arg(dir).args(["--webhook-allow-private", "--webhook-batch", "100"]);
+    cmd.arg(dir)
+        .args(["--webhook-allow-private", "--webhook-batch", "100"]);
     match launch(cmd).await.expect("linkpulse starts") {
         Started::Serving(server) => server,
         Started::Exited { status, log } => panic!("linkpulse did not start ({status}):\n{log}"),
@@ -49,7 +50,8 @@ async fn serve(dir: &std::path::Path, listen: &str) -> crate::faults::process::S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_stored_click_arrives_through_failures_an_outage_slowness_and_a_kill_9() -> TestResult {
+async fn every_stored_click_arrives_through_failures_an_outage_slowness_and_a_kill_9() -> TestResult
+{
     let total = soak(100_000, 100_000);
     let quarter = total / 5;
     let dir = tempfile::tempdir()?;
@@ -95,7 +97,10 @@ async fn every_stored_click_arrives_through_failures_an_outage_slowness_and_a_ki
     server.wait_exit(Duration::from_secs(10)).await?;
     let before = receiver.distinct();
     let mut server = serve(dir.path(), &addr).await;
-    until(DRAIN, "delivery resumed after the restart", || receiver.distinct() > before).await;
+    until(DRAIN, "delivery resumed after the restart", || {
+        receiver.distinct() > before
+    })
+    .await;
     server.signal("KILL")?;
     server.wait_exit(Duration::from_secs(10)).await?;
     let server = serve(dir.path(), &addr).await;

@@ -114,9 +114,16 @@ impl Receiver {
     pub fn clicks(&self) -> BTreeMap<String, BTreeMap<u64, u32>> {
         let mut by_link: BTreeMap<String, BTreeMap<u64, u32>> = BTreeMap::new();
         for m in self.messages() {
-            assert!(m.get("invalid").is_none(), "a signature did not verify: {m}");
+            assert!(
+                m.get("invalid").is_none(),
+                "a signature did not verify: {m}"
+            );
             for c in m["clicks"].as_array().into_iter().flatten() {
-                let key = format!("{}/{}", c[0].as_str().unwrap_or(""), c[1].as_str().unwrap_or(""));
+                let key = format!(
+                    "{}/{}",
+                    c[0].as_str().unwrap_or(""),
+                    c[1].as_str().unwrap_or("")
+                );
                 *by_link
                     .entry(key)
                     .or_default()
@@ -182,7 +189,10 @@ pub fn every_click_came(
         duplicates += got.values().map(|n| u64::from(n - 1)).sum::<u64>();
     }
     for link in received.keys() {
-        assert!(stored.contains_key(link), "clicks of an unknown link {link}");
+        assert!(
+            stored.contains_key(link),
+            "clicks of an unknown link {link}"
+        );
     }
     duplicates
 }
@@ -193,7 +203,11 @@ pub async fn until(limit: Duration, what: &str, mut check: impl FnMut() -> bool)
 }
 
 /// The stored count of every link at `base` (the listing's `clickCount`), by `host/code`.
-pub async fn stored_counts(client: &reqwest::Client, base: &str, host: &str) -> BTreeMap<String, u64> {
+pub async fn stored_counts(
+    client: &reqwest::Client,
+    base: &str,
+    host: &str,
+) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     let mut cursor = String::new();
     loop {
