@@ -17,6 +17,7 @@ mod random;
 mod sessions;
 mod truth;
 mod viewers;
+mod webhooks;
 
 use std::{
     io::{BufRead, BufReader},
