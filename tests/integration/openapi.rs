@@ -303,8 +303,8 @@ async fn every_route_of_the_router_is_in_the_document_with_each_method() -> Test
 }
 
 /// A client generated from the document by a generator from PyPI (`openapi-python-client`, as
-/// .ci/run installs it) creates a link, follows it and reads it and its stats against the real
-/// server (`tests/client/use_client.py`).
+/// .ci/run installs it) creates a link, follows it, reads it and its stats, and makes and reads
+/// a webhook against the real server (`tests/client/use_client.py`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_generated_from_the_document_creates_follows_and_reads_a_link() -> TestResult {
     let app = crate::support::spawn_app().await;

@@ -8,9 +8,9 @@ A message whose signature does not verify is answered 401 and written as {"inval
 
     python3 receiver.py --port P --out FILE --secret whsec_... [--secret ...]
 
-POST /_mode {"mode": "ok" | "fail" | "slow", "delay": seconds, "retryAfter": seconds}
+POST /_mode {"mode": "ok" | "fail" | "slow" | "redirect", "delay": seconds, "retryAfter": seconds}
 changes how it answers: `fail` answers 500 (with Retry-After when given), `slow` waits `delay`
-seconds before answering 204. Killing it and starting it again on the same port and file is
+seconds before answering 204, `redirect` answers 307 to another URL. Killing it and starting it again on the same port and file is
 "down for a while".
 """
 
@@ -55,6 +55,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(204)
         with lock:
             current = dict(mode)
+        if current["mode"] == "redirect":
+            return self.answer(307, [("Location", "http://127.0.0.1:9/elsewhere")])
         if current["mode"] == "fail":
             extra = [("Retry-After", str(current["retryAfter"]))] if current["retryAfter"] else []
             return self.answer(500, extra)

@@ -121,6 +121,11 @@ async fn clicks_and_link_changes_arrive_signed_and_a_rotated_secret_keeps_signin
         assert_eq!(app.click("before").await.status(), 302);
     }
     app.create_link("a").await;
+    // Both stored (a webhook starts after the clicks stored when it is made).
+    crate::support::eventually(WAIT, "2 clicks stored", || async {
+        app.count("before").await == 2
+    })
+    .await;
     let port = free_port();
     let res = post(&app, "/api/webhooks", json!({"url": Receiver::url(port)})).await;
     assert_eq!(res.status(), 201);
@@ -218,6 +223,22 @@ async fn clicks_and_link_changes_arrive_signed_and_a_rotated_secret_keeps_signin
         .await?;
     assert_eq!(tried["status"], 204, "{tried}");
     assert_eq!(receiver.of_type("webhook.test").len(), 1);
+
+    // A receiver's redirect is not followed: the attempt failed, and says why.
+    receiver.mode(json!({"mode": "redirect"})).await;
+    let tried: Value = post(&app, &format!("/api/webhooks/{id}/test"), json!({}))
+        .await
+        .json()
+        .await?;
+    assert_eq!(tried["status"], 307, "{tried}");
+    assert!(
+        tried["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not followed"),
+        "{tried}"
+    );
+    receiver.mode(json!({"mode": "ok"})).await;
 
     // The last attempts, newest first.
     let deliveries = get(&app, &format!("/api/webhooks/{id}/deliveries")).await;
