@@ -278,8 +278,8 @@ fn url(field: &str, raw: Option<String>) -> Result<Option<String>, ApiError> {
     .transpose()
 }
 
-/// Runs a store call on the blocking pool.
-async fn blocking<T: Send + 'static>(
+/// Runs a store call on the blocking pool (`503` while shutting down).
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)

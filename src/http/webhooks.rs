@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fields::{Field, present};
 use super::openapi::{E400, E401, E403, E404, E413, E415, E429, E503};
-use super::{ApiError, AppState, authenticate, read_json_object, require_admin};
+use super::{ApiError, AppState, authenticate, domains::blocking, read_json_object, require_admin};
 use crate::{
     domain::{DomainName, ShortCode, format_ms, now_ms},
     keys::Caller,
@@ -118,15 +118,6 @@ struct Rotated {
     secret: String,
     /// Until when the secret before still signs (both signatures are sent).
     previous_secret_until: String,
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| ApiError::unavailable("the service is shutting down", 1))?
-        .map_err(|e| ApiError::from(crate::links::LinkError::Store(e)))
 }
 
 async fn caller(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
