@@ -230,6 +230,10 @@ impl Group {
                 self.links.push(op);
                 true
             }
+            Op::Links(ops) => {
+                self.links.extend(ops);
+                true
+            }
             Op::Aggregates {
                 code,
                 covers,
