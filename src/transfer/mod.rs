@@ -24,6 +24,7 @@ mod export;
 mod import;
 mod importer;
 mod lines;
+pub mod peers;
 
 pub use csv::import_csv;
 pub use export::{Exported, export, export_cluster_command, export_command};
@@ -39,6 +40,27 @@ pub enum ImportFormat {
     Jsonl,
     /// `url,code[,title,tags]`, header optional.
     Csv,
+    /// Bitly's links export (CSV).
+    Bitly,
+    /// Shlink's short URL export (CSV, as shlink-web-client writes it).
+    Shlink,
+    /// YOURLS' links (CSV of its `yourls_url` table).
+    Yourls,
+    /// Kutt's links (JSON of `GET /api/v2/links`, or CSV with the same names).
+    Kutt,
+}
+
+impl ImportFormat {
+    /// The other shortener whose export this is, if it is one.
+    pub fn peer(self) -> Option<peers::PeerFormat> {
+        match self {
+            Self::Jsonl | Self::Csv => None,
+            Self::Bitly => Some(peers::PeerFormat::Bitly),
+            Self::Shlink => Some(peers::PeerFormat::Shlink),
+            Self::Yourls => Some(peers::PeerFormat::Yourls),
+            Self::Kutt => Some(peers::PeerFormat::Kutt),
+        }
+    }
 }
 
 /// A stored aggregates snapshot: the last click it covers and its bytes.
