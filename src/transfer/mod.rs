@@ -131,6 +131,27 @@ mod tests {
     }
 
     #[test]
+    fn an_imported_click_count_goes_out_and_back_with_its_link_and_stays_in_the_record() {
+        let mut link = Link::new(
+            ShortCode::parse("moved").unwrap(),
+            TargetUrl::parse("https://example.com/").unwrap(),
+            "owner".into(),
+            1_700_000_000_000,
+        );
+        let plain = serde_json::to_value(Line::Link(Box::new(LinkLine::of(&link)))).unwrap();
+        assert!(plain.get("importedClickCount").is_none(), "{plain}");
+        link.imported_click_count = Some(42);
+        let line = serde_json::to_value(Line::Link(Box::new(LinkLine::of(&link)))).unwrap();
+        assert_eq!(line["importedClickCount"], 42);
+        let Line::Link(back) = serde_json::from_value(line).unwrap() else {
+            panic!("a link line");
+        };
+        assert_eq!(back.into_link().unwrap(), link);
+        let stored = crate::store::records::encode_link(&link);
+        assert_eq!(crate::store::records::decode_link(&stored).unwrap(), link);
+    }
+
+    #[test]
     fn clicks_after_expired_ones_are_stored_with_the_snapshot_that_covers_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
