@@ -23,6 +23,12 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::{
+    domain::now_ms,
+    keys::Caller,
+    store::{SharedStore, StoreError, records::AuditRecord},
+};
+
 /// One audit entry for [`Events::record_many`]: workspace, action, target, before, after.
 pub type AuditEntry = (
     String,
@@ -31,12 +37,6 @@ pub type AuditEntry = (
     Option<serde_json::Value>,
     Option<serde_json::Value>,
 );
-
-use crate::{
-    domain::now_ms,
-    keys::Caller,
-    store::{SharedStore, StoreError, records::AuditRecord},
-};
 
 /// Audit entries a slow watcher may fall behind by before it reads them from the store.
 const FEED_CAPACITY: usize = 1024;

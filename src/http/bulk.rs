@@ -57,11 +57,10 @@ pub(super) enum Made {
 }
 
 /// Creates `links` through the writer, all of them in one group commit (and those whose
-/// generated code was taken in one more per attempt). In the order of `links`.
-pub(super) async fn create_all(
-    state: &AppState,
-    links: Vec<NewLink>,
-) -> Result<Vec<Made>, ApiError> {
+/// generated code was taken in one more per attempt). In the order of `links`. When the store
+/// does not answer (a timeout, a store out of reach), each link still waiting is `Failed` with
+/// that error: the answer never claims a link was not made when it may have been.
+pub(super) async fn create_all(state: &AppState, links: Vec<NewLink>) -> Vec<Made> {
     let mut made: Vec<Option<Made>> = (0..links.len()).map(|_| None).collect();
     let mut todo: Vec<(usize, NewLink)> = links.into_iter().enumerate().collect();
     for attempt in 0..=GENERATE_ATTEMPTS {
@@ -69,7 +68,20 @@ pub(super) async fn create_all(
             break;
         }
         let batch: Vec<Link> = todo.iter().map(|(_, n)| n.link.clone()).collect();
-        let answers = state.links.create_many(batch).await?;
+        let answers = match state.links.create_many(batch).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                let e = ApiError::from(e);
+                for (at, _) in todo {
+                    made[at] = Some(Made::Failed(ApiError {
+                        status: e.status,
+                        message: format!("{} (it may have been created)", e.message),
+                        retry_after: e.retry_after,
+                    }));
+                }
+                break;
+            }
+        };
         let mut again = Vec::new();
         for ((at, new), answer) in todo.into_iter().zip(answers) {
             made[at] = Some(match answer {
@@ -96,10 +108,9 @@ pub(super) async fn create_all(
         }
         todo = again;
     }
-    Ok(made
-        .into_iter()
+    made.into_iter()
         .map(|m| m.unwrap_or_else(|| Made::Failed(ApiError::unavailable("not created", 1))))
-        .collect())
+        .collect()
 }
 
 /// A new generated code on the domain of `code`.
@@ -260,7 +271,7 @@ impl BulkCreate {
             }
         }
         let (places, links): (Vec<usize>, Vec<NewLink>) = new.into_iter().unzip();
-        let made = create_all(state, links).await?;
+        let made = create_all(state, links).await;
         for (at, made) in places.into_iter().zip(made) {
             outcomes[at] = Some(match made {
                 Made::Created(link) => Ok(link),

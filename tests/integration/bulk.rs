@@ -331,6 +331,15 @@ async fn bulk_deletions_by_code_and_by_tag_answer_per_link_and_are_audited() -> 
         audit.iter().all(|e| e["action"] == "link.deleted"),
         "{audit:?}"
     );
+
+    // A link whose code is `bulk` is read at its own path, and deleted by its code here.
+    app.create_link("bulk").await;
+    assert_eq!(app.read("bulk").await["code"], "bulk");
+    let res = app
+        .bulk(reqwest::Method::DELETE, json!({"codes": ["bulk"]}))
+        .await;
+    assert_eq!(results(&res.json().await?)[0]["status"], 204);
+    assert_eq!(app.click("bulk").await.status(), 404);
     let targets: Vec<&str> = audit.iter().filter_map(|e| e["target"].as_str()).collect();
     assert!(
         targets.contains(&"p1") && targets.contains(&"p2"),

@@ -130,7 +130,7 @@ impl ImportLinks {
             return Ok(());
         }
         let (lines, links): (Vec<u64>, Vec<NewLink>) = chunk.into_iter().unzip();
-        let made = create_all(state, links).await?;
+        let made = create_all(state, links).await;
         let mut created: Vec<Link> = Vec::new();
         for (line, made) in lines.into_iter().zip(made) {
             match made {
