@@ -350,3 +350,71 @@ async fn bulk_deletions_by_code_and_by_tag_answer_per_link_and_are_audited() -> 
     app.stop().await;
     Ok(())
 }
+
+/// A `links` key, stored before the app starts.
+const TENANT: &str = "lp_bulk_tenant_key_0123456789";
+
+#[tokio::test]
+async fn the_creation_rate_is_taken_once_a_request_and_a_links_key_reaches_only_its_own_links()
+-> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let store = linkpulse::store::Store::open(dir.path())?;
+        linkpulse::keys::store_key(&store, TENANT, "tenant", false)?;
+    }
+    let app = crate::support::spawn_with(Some(dir), |c| c.create_rate_per_key = 1).await;
+    app.create_link("admins").await;
+    let send = |method: reqwest::Method, body: Value| {
+        app.client
+            .request(method, app.url("/api/links/bulk"))
+            .bearer_auth(TENANT)
+            .json(&body)
+            .send()
+    };
+    let links: Vec<Value> = (0..50)
+        .map(|i| json!({"url": format!("https://example.com/{i}"), "code": format!("t-{i}")}))
+        .collect();
+    let res = send(reqwest::Method::POST, json!(links)).await?;
+    assert_eq!(
+        res.status(),
+        200,
+        "50 links take one creation of the key's rate"
+    );
+    let made = results(&res.json().await?);
+    assert!(made.iter().all(|r| r["status"] == 201));
+    let more = json!([{"url": "https://example.com/more", "code": "t-more"}]);
+    let (status, error) = json_error(send(reqwest::Method::POST, more).await?).await;
+    assert_eq!(status, 429, "{error}");
+    assert_eq!(app.read_status_of("t-more").await, 404);
+
+    // Another owner's link answers 404, as a single PATCH or DELETE answers it.
+    let res = send(
+        reqwest::Method::PATCH,
+        json!({"codes": ["t-1", "admins"], "set": {"title": "mine"}}),
+    )
+    .await?;
+    let changed = results(&res.json().await?);
+    assert_eq!(
+        (changed[0]["status"].as_u64(), changed[1]["status"].as_u64()),
+        (Some(200), Some(404))
+    );
+    let res = send(reqwest::Method::DELETE, json!({"codes": ["admins"]})).await?;
+    assert_eq!(results(&res.json().await?)[0]["status"], 404);
+    assert_eq!(app.click("admins").await.status(), 302);
+    assert_eq!(app.read("t-1").await["title"], "mine");
+    app.stop().await;
+    Ok(())
+}
+
+impl TestApp {
+    async fn read_status_of(&self, code: &str) -> u16 {
+        self.client
+            .get(self.url(&format!("/api/links/{code}")))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("sent")
+            .status()
+            .as_u16()
+    }
+}

@@ -192,6 +192,9 @@ async fn a_malformed_export_names_its_line_and_imports_nothing() -> TestResult {
         "{error}"
     );
     assert_eq!(app.read_status("ok").await, 404, "nothing imported");
+    let huge = vec![b'a'; 16 * 1024 * 1024 + 1];
+    let (status, error) = crate::support::json_error(app.import("shlink", false, huge).await).await;
+    assert_eq!(status, 413, "{error}");
     for (query, word) in [("format=tinyurl", "tinyurl"), ("dryRun=true", "format")] {
         let res = app
             .client
