@@ -215,6 +215,7 @@ async fn tagged_links(app: &TestApp) -> TestResult {
 async fn bulk_changes_by_code_and_by_tag_follow_the_single_link_rules() -> TestResult {
     let app = spawn_app().await;
     tagged_links(&app).await?;
+    assert_eq!(app.click("p2").await.status(), 302);
     let res = app
         .bulk(
             reqwest::Method::PATCH,
@@ -227,6 +228,9 @@ async fn bulk_changes_by_code_and_by_tag_follow_the_single_link_rules() -> TestR
     codes.sort_unstable();
     assert_eq!(codes, ["p1", "p2", "p3"]);
     for r in &changed {
+        // Each with its count, as a single PATCH answers it.
+        let clicks = if r["code"] == "p2" { 1 } else { 0 };
+        assert_eq!(r["link"]["clickCount"], clicks, "{r}");
         assert_eq!(r["status"], 200, "{r}");
         assert_eq!(r["link"]["title"], "Sale");
         assert_eq!(r["link"]["maxVisits"], 10);

@@ -19,6 +19,7 @@ use crate::{
         require_write,
     },
     keys::{Caller, Scope},
+    links::Snapshot,
     store::LinkChange,
 };
 use salvo_oapi::endpoint;
@@ -192,8 +193,8 @@ async fn caller_and_selection(
 /// `PATCH /api/links/bulk`.
 pub struct BulkPatch(pub Arc<AppState>);
 
-/// What became of each link: the changed one, or an error.
-type Changed = (String, Result<Arc<Link>, ApiError>);
+/// What became of each link: the changed one with its count, or an error.
+type Changed = (String, Result<(Arc<Link>, Option<Snapshot>), ApiError>);
 
 impl BulkPatch {
     async fn patch(&self, req: &mut Request) -> Result<Vec<Changed>, ApiError> {
@@ -245,7 +246,24 @@ impl BulkPatch {
             out.push((link.code.code().to_owned(), result));
         }
         state.audit_many(&caller, audit).await;
-        Ok(out)
+        // Each with its count, as a single PATCH answers it; at most 16 reads at once (a link
+        // without a live actor is read by a blocking task). A count that cannot be read now
+        // leaves the answer without it (the change is made).
+        let mut counted = Vec::with_capacity(out.len());
+        for chunk in out.chunks(16) {
+            let reads = chunk.iter().map(|(_, result)| async move {
+                match result {
+                    Ok(link) => state.links.snapshot(link).await.ok(),
+                    Err(_) => None,
+                }
+            });
+            counted.extend(futures_util::future::join_all(reads).await);
+        }
+        Ok(out
+            .into_iter()
+            .zip(counted)
+            .map(|((code, result), snapshot)| (code, result.map(|link| (link, snapshot))))
+            .collect())
     }
 }
 
@@ -267,10 +285,10 @@ impl BulkPatch {
                 let results = changed
                     .iter()
                     .map(|(code, result)| match result {
-                        Ok(link) => ItemOut::Changed {
+                        Ok((link, snapshot)) => ItemOut::Changed {
                             code,
                             status: 200,
-                            link: Box::new(link_body(&self.0, link, None)),
+                            link: Box::new(link_body(&self.0, link, snapshot.as_ref())),
                         },
                         Err(e) => ItemOut::Failed {
                             code,
