@@ -13,6 +13,9 @@ use crate::{
     store::LinkChange,
 };
 
+/// What became of one change of [`Links::update_many`]: as [`Links::update`] answers.
+pub type UpdateAnswer = Result<Option<Result<Arc<Link>, String>>, LinkError>;
+
 /// How long a bulk creation (up to a thousand links in one group commit) may take.
 const BULK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -65,6 +68,41 @@ impl Links {
                     answer.map_err(LinkError::from)
                 })
                 .collect::<Vec<_>>()
+        });
+        match tokio::time::timeout_at(deadline, applied).await {
+            Ok(Ok(answers)) => Ok(answers),
+            Ok(Err(_)) => Err(LinkError::ShuttingDown),
+            Err(_) => Err(LinkError::Timeout),
+        }
+    }
+
+    /// Changes many links in one group commit of the writer, each as [`Links::update`]
+    /// changes one, in the order given; each answer as its. Every copy in memory takes the
+    /// new links before this returns (or, if the caller stops waiting, still takes them).
+    pub async fn update_many(
+        &self,
+        changes: Vec<(ShortCode, LinkChange)>,
+    ) -> Result<Vec<UpdateAnswer>, LinkError> {
+        let order = self.changes.clone().lock_owned().await;
+        let deadline = Instant::now() + BULK_TIMEOUT;
+        let links = self.clone();
+        let applied = tokio::spawn(async move {
+            let _order = order;
+            let answers = links.shared.writer.update_links(changes).await;
+            let mut out = Vec::with_capacity(answers.len());
+            for answer in answers {
+                out.push(match answer {
+                    Ok(Some(Ok(link))) => {
+                        let link = Arc::new(link);
+                        links.apply(&link).await;
+                        Ok(Some(Ok(link)))
+                    }
+                    Ok(Some(Err(refused))) => Ok(Some(Err(refused))),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(LinkError::from(e)),
+                });
+            }
+            out
         });
         match tokio::time::timeout_at(deadline, applied).await {
             Ok(Ok(answers)) => Ok(answers),

@@ -216,6 +216,39 @@ impl BulkPatch {
             patch.password = Some(password_hash(password.as_deref()).await?);
         }
         let selected = select(state, req, &caller, &selection).await?;
+        // Every found link's change goes to the writer in one group commit.
+        let found: Vec<Arc<Link>> = selected
+            .iter()
+            .filter_map(|item| match item {
+                Selected::Found(link) => Some(link.clone()),
+                Selected::Missing(_) => None,
+            })
+            .collect();
+        let changes = found
+            .iter()
+            .map(|link| {
+                let patch = patch.clone();
+                let change: LinkChange = Box::new(move |link| Ok(patch.apply(link)));
+                (link.code.clone(), change)
+            })
+            .collect();
+        let mut answers = match state.links.update_many(changes).await {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(e) => {
+                let e = ApiError::from(e);
+                found
+                    .iter()
+                    .map(|_| {
+                        Err(ApiError {
+                            status: e.status,
+                            message: format!("{} (it may have been changed)", e.message),
+                            retry_after: e.retry_after,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            }
+        }
+        .into_iter();
         let mut out = Vec::with_capacity(selected.len());
         let mut audit = Vec::new();
         for item in selected {
@@ -226,10 +259,11 @@ impl BulkPatch {
                 }
                 Selected::Found(link) => link,
             };
-            let patch = patch.clone();
-            let change: LinkChange = Box::new(move |link| Ok(patch.apply(link)));
-            let result = match state.links.update(&link.code, change).await {
-                Ok(Some(Ok(updated))) => {
+            let answer = answers
+                .next()
+                .unwrap_or_else(|| Err(ApiError::unavailable("not changed", 1)));
+            let result = match answer {
+                Ok(Ok(Some(Ok(updated)))) => {
                     audit.push((
                         updated.workspace.clone(),
                         "link.updated",
@@ -239,9 +273,10 @@ impl BulkPatch {
                     ));
                     Ok(updated)
                 }
-                Ok(Some(Err(refused))) => Err(ApiError::bad_request(refused)),
-                Ok(None) => Err(ApiError::not_found("no such link")),
-                Err(e) => Err(ApiError::from(e)),
+                Ok(Ok(Some(Err(refused)))) => Err(ApiError::bad_request(refused)),
+                Ok(Ok(None)) => Err(ApiError::not_found("no such link")),
+                Ok(Err(e)) => Err(ApiError::from(e)),
+                Err(e) => Err(e),
             };
             out.push((link.code.code().to_owned(), result));
         }

@@ -278,13 +278,38 @@ impl WriterHandle {
     /// one job of the cluster store's writer). Each answer is as [`Self::create_link`]'s, in
     /// the order of `links`; a link whose code another in `links` took first is `Ok(false)`.
     pub async fn create_links(&self, links: Vec<Link>) -> Vec<Result<bool, WriteError>> {
-        let mut ops = Vec::with_capacity(links.len());
-        let mut answers = Vec::with_capacity(links.len());
-        for link in links {
-            let (reply, rx) = oneshot::channel();
-            ops.push(LinkOp::Create(Box::new(link), reply));
-            answers.push(rx);
-        }
+        let (ops, answers) = links
+            .into_iter()
+            .map(|link| {
+                let (reply, rx) = oneshot::channel();
+                (LinkOp::Create(Box::new(link), reply), rx)
+            })
+            .unzip();
+        self.link_ops(ops, answers).await
+    }
+
+    /// Applies many changes in one group commit, each as [`Self::update_link`] applies one
+    /// (in the order given, each seeing the ones before it). The answers are in that order.
+    pub async fn update_links(
+        &self,
+        changes: Vec<(ShortCode, LinkChange)>,
+    ) -> Vec<Result<Option<Result<Link, String>>, WriteError>> {
+        let (ops, answers) = changes
+            .into_iter()
+            .map(|(code, change)| {
+                let (reply, rx) = oneshot::channel();
+                (LinkOp::Update(code, change, reply), rx)
+            })
+            .unzip();
+        self.link_ops(ops, answers).await
+    }
+
+    /// Sends `ops` as one item of the queue (one group) and waits for each answer.
+    async fn link_ops<T>(
+        &self,
+        ops: Vec<LinkOp>,
+        answers: Vec<oneshot::Receiver<Result<T, WriteError>>>,
+    ) -> Vec<Result<T, WriteError>> {
         if ops.is_empty() {
             return Vec::new();
         }
