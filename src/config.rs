@@ -88,9 +88,17 @@ pub enum Command {
         /// A file, or `-` for standard input.
         #[arg(long, default_value = "-")]
         input: PathBuf,
-        /// Default: csv for a file named *.csv, else jsonl.
+        /// The file to read, instead of --input.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Default: csv for a file named *.csv, else jsonl. bitly, shlink, yourls and kutt
+        /// read those shorteners' exports.
         #[arg(long, value_enum)]
         format: Option<ImportFormat>,
+        /// Report what an import of another shortener's export would create, skip and
+        /// refuse (with line numbers), and change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Give every imported link to the API key with this id (`linkpulse keys list`).
         /// Without it, exported links keep their owner ids, and CSV links go to the oldest
         /// admin key.

@@ -86,11 +86,14 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Import {
             data_dir,
             input,
+            file,
             format,
             owner,
+            dry_run,
         }) => {
+            let input = file.unwrap_or(input);
             let summary = tokio::task::spawn_blocking(move || {
-                linkpulse::transfer::import_command(&data_dir, &input, format, owner)
+                linkpulse::transfer::import_command(&data_dir, &input, format, owner, dry_run)
             })
             .await??;
             print!("{summary}");

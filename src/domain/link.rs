@@ -47,6 +47,9 @@ pub struct Link {
     pub password: Option<String>,
     /// Other targets by device or country; the first rule that matches wins.
     pub rules: Vec<RedirectRule>,
+    /// The visits another shortener counted before the link was imported from it: shown
+    /// beside the click count, never added to it (the count is the number of stored clicks).
+    pub imported_click_count: Option<u64>,
 }
 
 /// Text as a link keeps it: trimmed, at most `max` characters, no control characters.
@@ -143,6 +146,7 @@ impl Link {
             public_stats: true,
             password: None,
             rules: Vec::new(),
+            imported_click_count: None,
         }
     }
 

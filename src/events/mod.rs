@@ -29,6 +29,15 @@ use crate::{
     store::{SharedStore, StoreError, records::AuditRecord},
 };
 
+/// One audit entry for [`Events::record_many`]: workspace, action, target, before, after.
+pub type AuditEntry = (
+    String,
+    &'static str,
+    String,
+    Option<serde_json::Value>,
+    Option<serde_json::Value>,
+);
+
 /// Audit entries a slow watcher may fall behind by before it reads them from the store.
 const FEED_CAPACITY: usize = 1024;
 
@@ -102,6 +111,47 @@ impl Events {
                 target,
                 "an audit entry was not stored (shutting down)"
             ),
+        }
+    }
+
+    /// Stores many audit entries of one caller together (one durable write where the store
+    /// can), in order, and hands each to this node's watchers as [`Events::record`] does.
+    /// Each entry is (workspace, action, target, before, after).
+    pub async fn record_many(self: &Arc<Self>, caller: &Caller, entries: Vec<AuditEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let at = now_ms();
+        let records: Vec<AuditRecord> = entries
+            .into_iter()
+            .map(|(workspace, action, target, before, after)| AuditRecord {
+                v: crate::store::records::RECORD_VERSION,
+                seq: 0,
+                at,
+                workspace,
+                who: caller.who.clone(),
+                action: action.to_owned(),
+                target,
+                before: before.map(|v| v.to_string()),
+                after: after.map(|v| v.to_string()),
+            })
+            .collect();
+        let events = self.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let _order = events.order.lock().unwrap_or_else(PoisonError::into_inner);
+            let numbers = events.store.append_audits(&records)?;
+            if !events.store.shared_by_nodes() {
+                for (record, seq) in records.into_iter().zip(numbers) {
+                    events.publish(AuditRecord { seq, ..record });
+                }
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(cause = %e, "audit entries were not stored"),
+            Err(_) => tracing::error!("audit entries were not stored (shutting down)"),
         }
     }
 

@@ -12,6 +12,7 @@
 mod api;
 mod audit;
 mod badge;
+mod bulk;
 pub mod cors;
 pub mod domains;
 mod error;
@@ -116,6 +117,16 @@ impl AppState {
         self.events
             .record(caller, workspace, action, target, before, after)
             .await;
+    }
+
+    /// Writes many changes of one caller to the audit log together (see
+    /// [`crate::events::Events::record_many`]).
+    pub async fn audit_many(
+        &self,
+        caller: &crate::keys::Caller,
+        entries: Vec<crate::events::AuditEntry>,
+    ) {
+        self.events.record_many(caller, entries).await;
     }
 
     /// What one client may take (the `create_limits` field, named for what it first held).
@@ -306,6 +317,19 @@ fn api_router(state: &Arc<AppState>, document: &openapi::Document) -> Router {
             .get(manage::ListLinks(s()))
             .head(manage::ListLinks(s()))
             .goal(NotAllowed("GET, HEAD, POST")),
+    )
+    // Before `links/{code}`: a link whose code is `bulk` is still read there (`GET`), but
+    // changed and deleted by its code through this route.
+    .push(
+        Router::with_path("links/bulk")
+            .post(bulk::BulkCreate(s()))
+            .patch(bulk::BulkPatch(s()))
+            .delete(bulk::BulkDelete(s())),
+    )
+    .push(
+        Router::with_path("import")
+            .post(bulk::ImportLinks(s()))
+            .goal(NotAllowed("POST")),
     )
     .push(
         Router::with_path("keys")

@@ -51,9 +51,13 @@ const OPERATION_NAMES: &[(&str, &str)] = &[
     ("AuditPageRoute", "auditPage"),
     ("AuthMethods", "getAuthMethods"),
     ("Badge", "getBadge"),
+    ("BulkCreate", "bulkCreateLinks"),
+    ("BulkDelete", "bulkDeleteLinks"),
+    ("BulkPatch", "bulkUpdateLinks"),
     ("EventsRoute", "streamEvents"),
     ("Health", "getHealth"),
     ("Home", "homePage"),
+    ("ImportLinks", "importLinks"),
     ("LinkStats", "getLinkStats"),
     ("MetricsText", "getMetrics"),
     ("OidcCallback", "oidcCallback"),
@@ -258,6 +262,9 @@ pub mod schemas {
         password_protected: bool,
         rules: Vec<Rule>,
         click_count: u64,
+        /// The visits the shortener it was imported from counted (never part of
+        /// `clickCount`); `null` for a link made here.
+        imported_click_count: Option<u64>,
         last_click: Option<Click>,
     }
 
@@ -310,6 +317,101 @@ pub mod schemas {
         links: Vec<Link>,
         /// The `cursor` of the next page; `null` on the last.
         next: Option<String>,
+    }
+
+    /// `POST /api/links/bulk` (`bulk::BulkCreate`); a bare array of links is taken too.
+    #[derive(ToSchema)]
+    #[salvo(schema(name = "BulkCreateRequest"))]
+    pub struct BulkCreateRequest {
+        /// At most 1000, each as `POST /api/links` takes it.
+        links: Vec<crate::http::fields::LinkFields>,
+    }
+
+    /// One item of a bulk creation's answer: `201` with the link, or the error a single
+    /// creation would have answered (`400`, `404` for a domain, `409`, `503`).
+    #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "BulkCreateItem"))]
+    pub struct BulkCreateItem {
+        status: u16,
+        link: Option<Link>,
+        error: Option<String>,
+    }
+
+    /// `POST /api/links/bulk`'s answer, in the request's order.
+    #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "BulkCreateAnswer"))]
+    pub struct BulkCreateAnswer {
+        results: Vec<BulkCreateItem>,
+    }
+
+    /// `PATCH /api/links/bulk`: the links (`codes` or `tag`) and the fields to `set`.
+    #[derive(ToSchema)]
+    #[salvo(schema(name = "BulkPatchRequest"))]
+    pub struct BulkPatchRequest {
+        /// At most 1000 codes, on the `?domain=` domain.
+        codes: Option<Vec<String>>,
+        /// Every link with this tag (any case), at most 1000.
+        tag: Option<String>,
+        /// As `PATCH /api/links/{code}` takes them (not `code` or `domain`).
+        set: crate::http::fields::LinkFields,
+    }
+
+    /// `DELETE /api/links/bulk`: the links (`codes` or `tag`).
+    #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "BulkDeleteRequest"))]
+    pub struct BulkDeleteRequest {
+        codes: Option<Vec<String>>,
+        tag: Option<String>,
+    }
+
+    /// One link of a bulk change: `200` with the link (PATCH), `204` (DELETE), or `400`,
+    /// `404`, `503` with an error.
+    #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "BulkChangeItem"))]
+    pub struct BulkChangeItem {
+        code: String,
+        status: u16,
+        link: Option<Link>,
+        error: Option<String>,
+    }
+
+    /// `PATCH` and `DELETE /api/links/bulk`'s answer, in the selection's order.
+    #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "BulkChangeAnswer"))]
+    pub struct BulkChangeAnswer {
+        results: Vec<BulkChangeItem>,
+    }
+
+    /// A row skipped by an import: its code is taken.
+    #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "ImportSkipped"))]
+    pub struct ImportSkipped {
+        line: u64,
+        code: String,
+        reason: String,
+    }
+
+    /// A row an import refused.
+    #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "ImportError"))]
+    pub struct ImportError {
+        line: u64,
+        error: String,
+    }
+
+    /// `POST /api/import`'s answer (`transfer::peers::PeerReport`).
+    #[derive(Serialize, ToSchema)]
+    #[salvo(schema(name = "ImportReport"))]
+    #[serde(rename_all = "camelCase")]
+    pub struct ImportReport {
+        format: String,
+        dry_run: bool,
+        /// Rows read.
+        rows: u64,
+        /// Links created (in a dry run: that would be).
+        created: u64,
+        skipped: Vec<ImportSkipped>,
+        errors: Vec<ImportError>,
     }
 
     /// `GET /api/keys`, oldest first.

@@ -13,6 +13,12 @@ use crate::{
     store::LinkChange,
 };
 
+/// What became of one change of [`Links::update_many`]: as [`Links::update`] answers.
+pub type UpdateAnswer = Result<Option<Result<Arc<Link>, String>>, LinkError>;
+
+/// How long a bulk creation (up to a thousand links in one group commit) may take.
+const BULK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Hands the link changes made on other nodes to [`Links::remote_changes`]'s task.
 struct RemoteChanges(tokio::sync::mpsc::UnboundedSender<(ShortCode, Option<Arc<Link>>)>);
 
@@ -36,6 +42,73 @@ impl Links {
             self.shared.cache.insert(code, Some(stored));
         }
         Ok(created)
+    }
+
+    /// Stores many new links in one group commit of the writer. Each answer is as
+    /// [`Links::create`]'s, in the order of `links` (`Ok(false)`: the code is taken, also by
+    /// an earlier link of `links`). The links created are put in the cache even if the caller
+    /// stops waiting (a slow store), so the copies in memory never lag behind the store.
+    pub async fn create_many(
+        &self,
+        links: Vec<Link>,
+    ) -> Result<Vec<Result<bool, LinkError>>, LinkError> {
+        let deadline = Instant::now() + BULK_TIMEOUT;
+        let shared = self.shared.clone();
+        let applied = tokio::spawn(async move {
+            let codes: Vec<Arc<Link>> = links.iter().cloned().map(Arc::new).collect();
+            let answers = shared.writer.create_links(links).await;
+            codes
+                .into_iter()
+                .zip(answers)
+                .map(|(link, answer)| {
+                    if let Ok(true) = answer {
+                        shared.directory.unmark_gone(&link.code);
+                        shared.cache.insert(link.code.clone(), Some(link));
+                    }
+                    answer.map_err(LinkError::from)
+                })
+                .collect::<Vec<_>>()
+        });
+        match tokio::time::timeout_at(deadline, applied).await {
+            Ok(Ok(answers)) => Ok(answers),
+            Ok(Err(_)) => Err(LinkError::ShuttingDown),
+            Err(_) => Err(LinkError::Timeout),
+        }
+    }
+
+    /// Changes many links in one group commit of the writer, each as [`Links::update`]
+    /// changes one, in the order given; each answer as its. Every copy in memory takes the
+    /// new links before this returns (or, if the caller stops waiting, still takes them).
+    pub async fn update_many(
+        &self,
+        changes: Vec<(ShortCode, LinkChange)>,
+    ) -> Result<Vec<UpdateAnswer>, LinkError> {
+        let order = self.changes.clone().lock_owned().await;
+        let deadline = Instant::now() + BULK_TIMEOUT;
+        let links = self.clone();
+        let applied = tokio::spawn(async move {
+            let _order = order;
+            let answers = links.shared.writer.update_links(changes).await;
+            let mut out = Vec::with_capacity(answers.len());
+            for answer in answers {
+                out.push(match answer {
+                    Ok(Some(Ok(link))) => {
+                        let link = Arc::new(link);
+                        links.apply(&link).await;
+                        Ok(Some(Ok(link)))
+                    }
+                    Ok(Some(Err(refused))) => Ok(Some(Err(refused))),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(LinkError::from(e)),
+                });
+            }
+            out
+        });
+        match tokio::time::timeout_at(deadline, applied).await {
+            Ok(Ok(answers)) => Ok(answers),
+            Ok(Err(_)) => Err(LinkError::ShuttingDown),
+            Err(_) => Err(LinkError::Timeout),
+        }
     }
 
     /// Changes a link: the store applies `change` to its stored record (so changes never

@@ -124,6 +124,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Stores an audit entry as the next one of the installation (durably before returning)
     /// and returns its number.
     fn append_audit(&self, record: &AuditRecord) -> Result<u64, StoreError>;
+    /// Stores audit entries as the next ones, in order (durably before returning); their
+    /// numbers. An engine that can stores them together.
+    fn append_audits(&self, records: &[AuditRecord]) -> Result<Vec<u64>, StoreError> {
+        records.iter().map(|r| self.append_audit(r)).collect()
+    }
     /// Up to `limit` audit entries of `workspace` numbered below `before`, newest first.
     fn audit_before(
         &self,
@@ -312,6 +317,10 @@ impl Backend for Store {
 
     fn append_audit(&self, record: &AuditRecord) -> Result<u64, StoreError> {
         Store::append_audit(self, record)
+    }
+
+    fn append_audits(&self, records: &[AuditRecord]) -> Result<Vec<u64>, StoreError> {
+        Store::append_audits(self, records)
     }
 
     fn audit_before(

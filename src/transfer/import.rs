@@ -1,7 +1,10 @@
 //! `linkpulse import`: an export read back into a store (JSON lines), or links from a CSV
 //! (see `csv`), and the summary of what was imported.
 
-use std::{io::BufRead, path::Path};
+use std::{
+    io::{BufRead, Read},
+    path::Path,
+};
 
 use anyhow::Context;
 
@@ -144,12 +147,15 @@ fn take_line(importer: &mut Importer<'_>, raw: std::io::Result<String>) -> Resul
 
 /// `linkpulse import`: reads `input` (`-`: standard input) into the store in `data_dir`
 /// (made if missing). The format is `format`, else CSV for a name ending in `.csv`, else
-/// JSON lines. Returns the summary for standard output. Blocking.
+/// JSON lines. Another shortener's export (`--format bitly|shlink|yourls|kutt`) may be a
+/// `dry_run`, which reports what would change and changes nothing. Returns the summary for
+/// standard output. Blocking.
 pub fn import_command(
     data_dir: &Path,
     input: &Path,
     format: Option<ImportFormat>,
     owner: Option<String>,
+    dry_run: bool,
 ) -> anyhow::Result<String> {
     let is_csv = input
         .extension()
@@ -159,7 +165,12 @@ pub fn import_command(
     } else {
         ImportFormat::Jsonl
     });
-    let reader: Box<dyn BufRead> = if input == Path::new("-") {
+    anyhow::ensure!(
+        !dry_run || format.peer().is_some(),
+        "--dry-run is for the exports of other shorteners (--format bitly, shlink, yourls or \
+         kutt)"
+    );
+    let mut reader: Box<dyn BufRead> = if input == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
         let file = std::fs::File::open(input)
@@ -178,22 +189,40 @@ pub fn import_command(
             data_dir.display()
         );
     }
+    let owner_or_admin = |owner: Option<String>| match owner {
+        Some(id) => Ok(id),
+        None => oldest_admin(&keys).with_context(|| {
+            format!(
+                "a CSV import needs an owner for its links: pass --owner ID, or \
+                 make an admin key first (linkpulse keys create --admin \
+                 --data-dir {})",
+                data_dir.display()
+            )
+        }),
+    };
+    if let Some(peer) = format.peer() {
+        let owner = owner_or_admin(owner)?;
+        // The owner's workspace (a key from before workspaces: the first).
+        let workspace = keys
+            .iter()
+            .find(|(_, k)| k.id == owner)
+            .and_then(|(_, k)| k.workspace.clone());
+        let workspace = crate::accounts::workspace_of(workspace.as_deref()).to_owned();
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", input.display()))?;
+        let result = super::peers::import_peer(&store, peer, &bytes, owner, &workspace, dry_run);
+        store
+            .close_clean(data_dir)
+            .context("cannot close the store cleanly")?;
+        let report = result
+            .map_err(|e| anyhow::anyhow!("{}: {e} (nothing was imported)", input.display()))?;
+        return Ok(report.text());
+    }
     let result = match format {
         ImportFormat::Jsonl => import_jsonl(&mut store, reader, owner),
-        ImportFormat::Csv => {
-            let owner = match owner {
-                Some(id) => id,
-                None => oldest_admin(&keys).with_context(|| {
-                    format!(
-                        "a CSV import needs an owner for its links: pass --owner ID, or \
-                         make an admin key first (linkpulse keys create --admin \
-                         --data-dir {})",
-                        data_dir.display()
-                    )
-                })?,
-            };
-            import_csv(&store, reader, owner)
-        }
+        _ => import_csv(&store, reader, owner_or_admin(owner)?),
     };
     // Whatever was committed is whole: the next start may skip its checks.
     store

@@ -133,6 +133,9 @@ pub(super) struct LinkLine {
     /// Its workspace (absent: the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     workspace: Option<String>,
+    /// The visits counted by the shortener it was imported from (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    imported_click_count: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -187,6 +190,7 @@ impl LinkLine {
                 })
                 .collect(),
             workspace: crate::accounts::stored_id(&link.workspace),
+            imported_click_count: link.imported_click_count,
         }
     }
 
@@ -248,6 +252,7 @@ impl LinkLine {
             public_stats: self.public_stats,
             password: self.password_hash,
             rules,
+            imported_click_count: self.imported_click_count,
         })
     }
 }

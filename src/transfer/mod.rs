@@ -24,6 +24,7 @@ mod export;
 mod import;
 mod importer;
 mod lines;
+pub mod peers;
 
 pub use csv::import_csv;
 pub use export::{Exported, export, export_cluster_command, export_command};
@@ -39,6 +40,27 @@ pub enum ImportFormat {
     Jsonl,
     /// `url,code[,title,tags]`, header optional.
     Csv,
+    /// Bitly's links export (CSV).
+    Bitly,
+    /// Shlink's short URL export (CSV, as shlink-web-client writes it).
+    Shlink,
+    /// YOURLS' links (CSV of its `yourls_url` table).
+    Yourls,
+    /// Kutt's links (JSON of `GET /api/v2/links`, or CSV with the same names).
+    Kutt,
+}
+
+impl ImportFormat {
+    /// The other shortener whose export this is, if it is one.
+    pub fn peer(self) -> Option<peers::PeerFormat> {
+        match self {
+            Self::Jsonl | Self::Csv => None,
+            Self::Bitly => Some(peers::PeerFormat::Bitly),
+            Self::Shlink => Some(peers::PeerFormat::Shlink),
+            Self::Yourls => Some(peers::PeerFormat::Yourls),
+            Self::Kutt => Some(peers::PeerFormat::Kutt),
+        }
+    }
 }
 
 /// A stored aggregates snapshot: the last click it covers and its bytes.
@@ -106,6 +128,27 @@ mod tests {
             text += &json(&Line::Click(ClickLine::of("old", event(seq))));
         }
         text
+    }
+
+    #[test]
+    fn an_imported_click_count_goes_out_and_back_with_its_link_and_stays_in_the_record() {
+        let mut link = Link::new(
+            ShortCode::parse("moved").unwrap(),
+            TargetUrl::parse("https://example.com/").unwrap(),
+            "owner".into(),
+            1_700_000_000_000,
+        );
+        let plain = serde_json::to_value(Line::Link(Box::new(LinkLine::of(&link)))).unwrap();
+        assert!(plain.get("importedClickCount").is_none(), "{plain}");
+        link.imported_click_count = Some(42);
+        let line = serde_json::to_value(Line::Link(Box::new(LinkLine::of(&link)))).unwrap();
+        assert_eq!(line["importedClickCount"], 42);
+        let Line::Link(back) = serde_json::from_value(line).unwrap() else {
+            panic!("a link line");
+        };
+        assert_eq!(back.into_link().unwrap(), link);
+        let stored = crate::store::records::encode_link(&link);
+        assert_eq!(crate::store::records::decode_link(&stored).unwrap(), link);
     }
 
     #[test]

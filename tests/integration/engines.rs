@@ -8,6 +8,7 @@
 //! `links` (creating, changing, deleting, listing links, API keys), `counting` (exact counts,
 //! visit limits and expiry under racing clients, passwords, stats), `streams` (the live stream).
 
+mod bulk;
 mod counting;
 mod domains;
 mod links;
@@ -154,6 +155,7 @@ on_both_engines!(
     links::a_deleted_code_can_be_used_again_after_its_hold,
     links::listing_is_newest_first_paged_filtered_and_per_owner,
     links::an_admin_makes_lists_and_revokes_keys,
+    bulk::bulk_creations_changes_and_imports_answer_per_link_and_last,
     domains::an_admin_adds_lists_changes_and_removes_domains,
     domains::links_live_on_their_domain_and_the_host_picks_it,
     counting::soak_concurrent_redirects_to_one_code_are_counted_exactly,

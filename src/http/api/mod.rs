@@ -76,6 +76,9 @@ pub(super) struct LinkBody<'a> {
     password_protected: bool,
     rules: Vec<RuleOut<'a>>,
     click_count: u64,
+    /// The visits another shortener counted before the link was imported (never part of
+    /// `click_count`); `null` for a link made here.
+    imported_click_count: Option<u64>,
     last_click: Option<Analytics<'a>>,
 }
 
@@ -116,6 +119,7 @@ pub(super) fn link_body<'a>(
         password_protected: link.password.is_some(),
         rules: link.rules.iter().map(RuleOut::of).collect(),
         click_count: snapshot.map_or(0, |s| s.count),
+        imported_click_count: link.imported_click_count,
         last_click: snapshot.and_then(|s| s.last.as_deref().map(|e| Analytics::of(code, e))),
     }
 }
@@ -237,7 +241,11 @@ pub(super) async fn domain_named(
 }
 
 /// Takes one creation from the caller's allowances: its address's, then its key's.
-fn check_create_rate(state: &AppState, req: &Request, caller: &Caller) -> Result<(), ApiError> {
+pub(super) fn check_create_rate(
+    state: &AppState,
+    req: &Request,
+    caller: &Caller,
+) -> Result<(), ApiError> {
     // The operator's admin keys are not limited: an admin filling a new instance, or a load
     // test's setup(), may create as fast as the store takes them. People are.
     if !caller.is_admin() || caller.role.is_some() {
@@ -253,7 +261,7 @@ fn check_create_rate(state: &AppState, req: &Request, caller: &Caller) -> Result
 }
 
 /// The `409` for a chosen code that is taken, saying until when when a deleted link holds it.
-async fn code_taken(state: &AppState, code: &ShortCode) -> ApiError {
+pub(super) async fn code_taken(state: &AppState, code: &ShortCode) -> ApiError {
     let store = state.links.store().clone();
     let held_code = code.clone();
     let held = tokio::task::spawn_blocking(move || store.gone_until(held_code.as_str()))

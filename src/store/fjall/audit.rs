@@ -25,6 +25,12 @@ fn entry_key(workspace: &str, seq: u64) -> Vec<u8> {
 impl Store {
     /// Stores `record` as the next entry (synced) and returns its number.
     pub fn append_audit(&self, record: &AuditRecord) -> Result<u64, StoreError> {
+        let mut numbers = self.append_audits(std::slice::from_ref(record))?;
+        Ok(numbers.pop().unwrap_or_default())
+    }
+
+    /// Stores `records` as the next entries, in order, in one synced batch; their numbers.
+    pub fn append_audits(&self, records: &[AuditRecord]) -> Result<Vec<u64>, StoreError> {
         let mut last = self
             .audit_seq
             .lock()
@@ -38,20 +44,26 @@ impl Store {
                 None => 0,
             },
         };
-        let seq = current + 1;
-        let mut record = record.clone();
-        record.seq = seq;
         let mut batch = self.db.batch();
-        batch.insert(
-            &self.meta,
-            entry_key(&record.workspace, seq),
-            encode_audit(&record),
-        );
+        let mut numbers = Vec::with_capacity(records.len());
+        for (seq, record) in (current + 1..).zip(records) {
+            let mut record = record.clone();
+            record.seq = seq;
+            batch.insert(
+                &self.meta,
+                entry_key(&record.workspace, seq),
+                encode_audit(&record),
+            );
+            numbers.push(seq);
+        }
+        let Some(&seq) = numbers.last() else {
+            return Ok(numbers);
+        };
         batch.insert(&self.meta, LAST, seq.to_be_bytes());
         batch.commit()?;
         self.db.persist(PersistMode::SyncAll)?;
         *last = Some(seq);
-        Ok(seq)
+        Ok(numbers)
     }
 
     /// Up to `limit` entries of `workspace` numbered below `before` (all, without), newest

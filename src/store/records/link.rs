@@ -41,6 +41,9 @@ struct LinkRecord {
     /// `None`: the first workspace (every link from before workspaces).
     #[serde(default)]
     workspace: Option<String>,
+    /// The visits counted by the shortener the link was imported from.
+    #[serde(default)]
+    imported_click_count: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -82,6 +85,7 @@ pub fn encode_link(link: &Link) -> Vec<u8> {
             })
             .collect(),
         workspace: crate::accounts::stored_id(&link.workspace),
+        imported_click_count: link.imported_click_count,
     })
 }
 
@@ -122,5 +126,6 @@ pub fn decode_link(bytes: &[u8]) -> Result<Link, DecodeError> {
         public_stats: r.public_stats,
         password: r.password,
         rules,
+        imported_click_count: r.imported_click_count,
     })
 }

@@ -230,6 +230,10 @@ impl Group {
                 self.links.push(op);
                 true
             }
+            Op::Links(ops) => {
+                self.links.extend(ops);
+                true
+            }
             Op::Aggregates {
                 code,
                 covers,
@@ -407,6 +411,38 @@ mod tests {
         tx.send(Op::Barrier(barrier))?;
         let group = Group::gather(first, &rx, &config(Durability::Strict));
         assert_eq!((group.clicks(), group.barriers.len()), (1, 1));
+        Ok(())
+    }
+
+    #[test]
+    fn links_sent_together_are_one_group_whatever_max_batch_says() -> TestResult {
+        let mut config = config(Durability::Default);
+        config.max_batch = 10;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let create = |i: usize| -> TestResult<LinkOp> {
+            let link = crate::domain::Link::new(
+                ShortCode::parse(&format!("l{i}"))?,
+                crate::domain::TargetUrl::parse("https://example.com/")?,
+                "owner".into(),
+                0,
+            );
+            Ok(LinkOp::Create(Box::new(link), oneshot::channel().0))
+        };
+        let bulk = (0..100).map(create).collect::<TestResult<Vec<_>>>()?;
+        tx.send(Op::Links(bulk))?;
+        tx.send(Op::Link(create(100)?))?;
+        let group = Group::gather(rx.recv()?, &rx, &config);
+        assert_eq!(
+            group.links.len(),
+            100,
+            "one group commit for the whole bulk"
+        );
+        let next = Group::gather(rx.recv()?, &rx, &config);
+        assert_eq!(
+            next.links.len(),
+            1,
+            "the one sent after it waits for the next"
+        );
         Ok(())
     }
 }

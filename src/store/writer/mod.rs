@@ -162,6 +162,9 @@ pub(super) enum Op {
     Clicks(ClickBatch),
     Fresh(Box<FreshClick>),
     Link(LinkOp),
+    /// Many link operations taken into one group together (a bulk creation): the group
+    /// commits them all at once, however long the queue's `max_batch` is.
+    Links(Vec<LinkOp>),
     /// A link's aggregates, covering clicks 1..=`covers`, all already committed.
     Aggregates {
         code: ShortCode,
@@ -269,6 +272,55 @@ impl WriterHandle {
             .send(Op::Link(LinkOp::Create(Box::new(link), reply)))
             .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Stores many new links in one group commit (one atomic batch on the embedded store,
+    /// one job of the cluster store's writer). Each answer is as [`Self::create_link`]'s, in
+    /// the order of `links`; a link whose code another in `links` took first is `Ok(false)`.
+    pub async fn create_links(&self, links: Vec<Link>) -> Vec<Result<bool, WriteError>> {
+        let (ops, answers) = links
+            .into_iter()
+            .map(|link| {
+                let (reply, rx) = oneshot::channel();
+                (LinkOp::Create(Box::new(link), reply), rx)
+            })
+            .unzip();
+        self.link_ops(ops, answers).await
+    }
+
+    /// Applies many changes in one group commit, each as [`Self::update_link`] applies one
+    /// (in the order given, each seeing the ones before it). The answers are in that order.
+    pub async fn update_links(
+        &self,
+        changes: Vec<(ShortCode, LinkChange)>,
+    ) -> Vec<Result<Option<Result<Link, String>>, WriteError>> {
+        let (ops, answers) = changes
+            .into_iter()
+            .map(|(code, change)| {
+                let (reply, rx) = oneshot::channel();
+                (LinkOp::Update(code, change, reply), rx)
+            })
+            .unzip();
+        self.link_ops(ops, answers).await
+    }
+
+    /// Sends `ops` as one item of the queue (one group) and waits for each answer.
+    async fn link_ops<T>(
+        &self,
+        ops: Vec<LinkOp>,
+        answers: Vec<oneshot::Receiver<Result<T, WriteError>>>,
+    ) -> Vec<Result<T, WriteError>> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        if self.tx.send(Op::Links(ops)).is_err() {
+            return answers.iter().map(|_| Err(WriteError::Stopped)).collect();
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for rx in answers {
+            out.push(rx.await.unwrap_or(Err(WriteError::Stopped)));
+        }
+        out
     }
 
     /// Applies `change` to the stored link (read and written by the writer, so changes never
