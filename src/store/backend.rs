@@ -171,6 +171,12 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Stores a setting, durably before returning.
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Stores a setting that may be lost to a crash (it is synced with the store's next sync,
+    /// within about a second): what is rewritten often and is safe to find older, such as a
+    /// webhook's cursor.
+    fn put_setting_unsynced(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.put_setting(name, value)
+    }
     /// Removes a setting.
     fn delete_setting(&self, name: &str) -> Result<(), StoreError>;
     /// Takes the lease `name` for `holder` for `ttl`, or renews it when `holder` has it:
@@ -347,6 +353,10 @@ impl Backend for Store {
 
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         Store::put_setting(self, name, value)
+    }
+
+    fn put_setting_unsynced(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        Store::put_setting_unsynced(self, name, value)
     }
 
     fn delete_setting(&self, name: &str) -> Result<(), StoreError> {

@@ -496,7 +496,8 @@ impl Worker {
             format!("{}{}", record::STATE_PREFIX, self.id),
             record::encode_state(&self.state),
         );
-        match blocking(move || store.put_setting(&name, &bytes)).await {
+        // A cursor found older after a crash only sends some messages again.
+        match blocking(move || store.put_setting_unsynced(&name, &bytes)).await {
             Ok(()) => {
                 self.dirty = false;
                 self.saved_at = Instant::now();

@@ -37,6 +37,13 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a setting without syncing: the writer's next fsync (at least every
+    /// `--fsync-interval`) or the OS makes it durable.
+    pub fn put_setting_unsynced(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(key(name), value)?;
+        Ok(())
+    }
+
     /// Removes a setting, synced before returning.
     pub fn delete_setting(&self, name: &str) -> Result<(), StoreError> {
         self.meta.remove(key(name))?;
