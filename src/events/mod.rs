@@ -156,6 +156,11 @@ impl Events {
     }
 
     fn publish(&self, record: AuditRecord) {
+        // A deleted link's count goes from the boards (every node hears of the deletion): a
+        // link made again under its code counts from 1, which a board would not take.
+        if record.action == "link.deleted" {
+            self.counts.forget(&record.workspace, &record.target);
+        }
         if let Some(feed) = self.feeds.get(&record.workspace) {
             let _ = feed.send(Arc::new(record));
         }
@@ -426,6 +431,18 @@ impl Counts {
         }
         if self.keep_all.load(Ordering::Relaxed) {
             self.board(workspace).set(key, count, true, owner);
+        }
+    }
+
+    /// Forgets a deleted link's count.
+    pub fn forget(&self, workspace: &str, key: &str) {
+        if let Some(board) = self.boards.get(workspace) {
+            board
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .links
+                .remove(key);
         }
     }
 

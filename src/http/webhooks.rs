@@ -417,6 +417,10 @@ impl UpdateWebhook {
         let mut after = before.clone();
         if let Some(url) = sent.url {
             after.url = checked_url(state, &url).await?;
+            if after.url != before.url {
+                // Another receiver: the failures of the one before are forgotten.
+                after.enabled_at = now_ms();
+            }
         }
         if let Some(events) = sent.events {
             after.events = checked_events(Some(events))?;

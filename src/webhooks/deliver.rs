@@ -4,7 +4,7 @@
 //! from under a second to [`MAX_BACKOFF`], and disable the webhook when they last.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Attempt, FAILING_FOR_MS, MAX_BACKOFF, WebhookBody, Webhooks, blocking, for_each_link,
-    record::{self, Delivery, WebhookRecord, WebhookState},
+    record::{self, Delivery, LinkCursor, WebhookRecord, WebhookState},
 };
 use crate::{
     domain::{ClickEvent, format_ms, now_ms},
@@ -43,7 +43,7 @@ struct Message {
     event: String,
     body: Bytes,
     /// Where each link's cursor goes when it is delivered.
-    clicks: Vec<(String, u64)>,
+    clicks: Vec<(String, LinkCursor)>,
     count: u32,
     /// Where the audit cursor goes when it is delivered.
     audit: Option<u64>,
@@ -56,6 +56,9 @@ struct Worker {
     state: WebhookState,
     /// Links with clicks past their cursor: the latest stored count known of each.
     pending: HashMap<String, u64>,
+    /// The pending links in the order they are served: each batch starts where the last one
+    /// stopped, so one busy link never holds up the others.
+    turns: VecDeque<String>,
     /// Whether the audit log may hold entries not yet looked at.
     audit_due: bool,
     dirty: bool,
@@ -102,20 +105,11 @@ pub(super) async fn run(
         id,
         state,
         pending: HashMap::new(),
+        turns: VecDeque::new(),
         audit_due: true,
         dirty: false,
         saved_at: Instant::now(),
     };
-    // Failures from before it was last enabled are forgotten.
-    if worker
-        .state
-        .failing_since
-        .is_some_and(|since| since < current.enabled_at)
-    {
-        worker.state.failures = 0;
-        worker.state.failing_since = None;
-        worker.dirty = true;
-    }
     let watching = hooks.counts.watch(&workspace);
     let board = watching.board.clone();
     let mut feed = hooks.events.subscribe(&workspace);
@@ -128,6 +122,7 @@ pub(super) async fn run(
     let mut scanned: Option<Instant> = None;
     let mut retry: Option<Message> = None;
     while !stop.is_cancelled() {
+        worker.forget_old_failures();
         let changed = board.changed();
         tokio::pin!(changed);
         changed.as_mut().enable();
@@ -159,9 +154,12 @@ pub(super) async fn run(
             continue;
         };
         let current = worker.record.borrow().clone();
-        let attempt = hooks
-            .post(&current, &message.id, message.body.clone())
-            .await;
+        // A stop does not wait for the receiver: the message is sent again by whoever delivers
+        // next.
+        let attempt = tokio::select! {
+            attempt = hooks.post(&current, &message.id, message.body.clone()) => attempt,
+            () = stop.cancelled() => break,
+        };
         worker.state.attempted(Delivery {
             at: now_ms(),
             message: message.id.clone(),
@@ -240,43 +238,75 @@ impl Worker {
         self.record.borrow().clone()
     }
 
-    fn cursor(&self, key: &str) -> u64 {
-        self.state.clicks.get(key).copied().unwrap_or(0)
+    fn cursor(&self, key: &str) -> LinkCursor {
+        self.state.clicks.get(key).copied().unwrap_or_default()
     }
 
-    /// Takes in links' stored counts.
+    /// Forgets the failures from before the webhook was last enabled (or given another URL).
+    fn forget_old_failures(&mut self) {
+        let enabled_at = self.current().enabled_at;
+        if self
+            .state
+            .failing_since
+            .is_some_and(|since| since < enabled_at)
+        {
+            self.state.failures = 0;
+            self.state.failing_since = None;
+            self.dirty = true;
+        }
+    }
+
+    /// Takes in links' stored counts from the board.
     fn merge(&mut self, moved: &[LinkCount]) {
         for c in moved {
             let key = match &c.domain {
                 Some(domain) => format!("{domain}/{}", c.code),
                 None => c.code.clone(),
             };
-            self.moved(key, c.click_count);
+            self.moved(key, c.click_count, None);
         }
     }
 
-    fn moved(&mut self, key: String, count: u64) {
+    /// A link of the workspace has `count` clicks stored; `born`, its creation time, when
+    /// known (a scan's; the board's counts do not say).
+    fn moved(&mut self, key: String, count: u64, born: Option<i64>) {
         let record = self.current();
-        if !record.covers(&key) {
-            return;
-        }
-        let cursor = self.cursor(&key);
-        if count < cursor {
-            // Fewer clicks than delivered: the code was deleted and made again.
+        let mut cursor = self.cursor(&key);
+        let made_again = born.is_some_and(|b| cursor.born != 0 && cursor.born != b);
+        if made_again || count < cursor.seq {
+            // Another link under this code (deleted and made again): from its first click.
             self.state.clicks.remove(&key);
             self.dirty = true;
+            cursor = LinkCursor::default();
         }
-        if !record.wants("link.clicked") {
+        if !record.covers(&key) || !record.wants("link.clicked") {
             // Not asked for: passed over, so asking later starts from then.
-            if count > 0 {
-                self.state.clicks.insert(key, count);
+            if count > cursor.seq {
+                let born = born.unwrap_or(cursor.born);
+                self.state
+                    .clicks
+                    .insert(key, LinkCursor { seq: count, born });
                 self.dirty = true;
             }
             return;
         }
-        if count > self.cursor(&key) {
-            let tip = self.pending.entry(key).or_insert(0);
-            *tip = (*tip).max(count);
+        if count > cursor.seq {
+            match self.pending.get_mut(&key) {
+                Some(tip) => *tip = (*tip).max(count),
+                None => {
+                    self.pending.insert(key.clone(), count);
+                    self.turns.push_back(key);
+                }
+            }
+        }
+    }
+
+    /// A link was deleted: its clicks are gone, and a link made later under its code starts
+    /// from its first click.
+    fn forget(&mut self, key: &str) {
+        self.pending.remove(key);
+        if self.state.clicks.remove(key).is_some() {
+            self.dirty = true;
         }
     }
 
@@ -285,16 +315,16 @@ impl Worker {
         let (store, record) = (self.hooks.store.clone(), self.current());
         let found = blocking(move || {
             let mut found = Vec::new();
-            for_each_link(store.as_ref(), &record, &mut |key, count| {
-                found.push((key.to_owned(), count));
+            for_each_link(store.as_ref(), &record, &mut |key, count, born| {
+                found.push((key.to_owned(), count, born));
             })?;
             Ok(found)
         })
         .await;
         match found {
             Ok(found) => {
-                for (key, count) in found {
-                    self.moved(key, count);
+                for (key, count, born) in found {
+                    self.moved(key, count, Some(born));
                 }
             }
             Err(e) => {
@@ -306,14 +336,10 @@ impl Worker {
     /// The next message to deliver: a link change first, else a batch of clicks.
     async fn next_message(&mut self) -> Option<Message> {
         let record = self.current();
-        if self.audit_due {
-            if LINK_EVENTS.iter().any(|e| record.wants(e)) {
-                if let Some(message) = self.link_event(&record).await {
-                    return Some(message);
-                }
-            } else {
-                self.audit_due = false;
-            }
+        if self.audit_due
+            && let Some(message) = self.link_event(&record).await
+        {
+            return Some(message);
         }
         self.clicks(&record).await
     }
@@ -336,6 +362,9 @@ impl Worker {
                 };
             let full = entries.len() == AUDIT_PAGE;
             for entry in entries {
+                if entry.action == "link.deleted" {
+                    self.forget(&entry.target);
+                }
                 let wanted = LINK_EVENTS.contains(&entry.action.as_str())
                     && record.wants(&entry.action)
                     && record.covers(&entry.target);
@@ -376,7 +405,8 @@ impl Worker {
         }
     }
 
-    /// Up to `--webhook-batch` clicks past the cursors, read from the store.
+    /// Up to `--webhook-batch` clicks past the cursors, read from the store, the links taken
+    /// in turn.
     async fn clicks(&mut self, record: &WebhookRecord) -> Option<Message> {
         if self.pending.is_empty() || !record.wants("link.clicked") {
             return None;
@@ -384,26 +414,45 @@ impl Worker {
         let batch = self.hooks.settings.batch.max(1);
         let mut wanted = Vec::new();
         let mut room = 0;
-        self.pending.retain(|key, _| record.covers(key));
-        for (key, tip) in &self.pending {
-            let after = self.state.clicks.get(key).copied().unwrap_or(0);
-            if *tip <= after {
+        while room < batch as u64 {
+            let Some(key) = self.turns.pop_front() else {
+                break;
+            };
+            let Some(&tip) = self.pending.get(&key) else {
+                continue;
+            };
+            let cursor = self.cursor(&key);
+            if tip <= cursor.seq || !record.covers(&key) {
+                self.pending.remove(&key);
                 continue;
             }
-            wanted.push((key.clone(), after));
-            room += tip - after;
-            if room >= batch as u64 {
-                break;
-            }
+            room += tip - cursor.seq;
+            wanted.push((key, cursor));
         }
-        let store = self.hooks.store.clone();
+        let (store, workspace) = (self.hooks.store.clone(), record.workspace.clone());
+        let asked: Vec<String> = wanted.iter().map(|(key, _)| key.clone()).collect();
         let read = blocking(move || {
-            let mut read: Vec<(String, Vec<ClickEvent>)> = Vec::new();
+            let mut read: Vec<(String, i64, Vec<ClickEvent>)> = Vec::new();
+            let mut gone = Vec::new();
             let mut left = batch;
-            for (key, after) in wanted {
+            for (key, cursor) in wanted {
                 if left == 0 {
                     break;
                 }
+                // The link the code names now: a deleted one's clicks are gone, another
+                // workspace's are not this webhook's, and one made again starts over.
+                let link = match store.link(&key)? {
+                    Some(link) if link.workspace == workspace => link,
+                    _ => {
+                        gone.push(key);
+                        continue;
+                    }
+                };
+                let after = if cursor.born == 0 || cursor.born == link.created_at {
+                    cursor.seq
+                } else {
+                    0
+                };
                 let mut clicks = Vec::new();
                 store.walk_clicks(&key, after, &mut |event| {
                     clicks.push(event);
@@ -414,23 +463,38 @@ impl Worker {
                         std::ops::ControlFlow::Continue(())
                     }
                 })?;
-                read.push((key, clicks));
+                read.push((key, link.created_at, clicks));
             }
-            Ok(read)
+            Ok((read, gone))
         })
         .await;
-        let read = match read {
+        // Every link asked for takes its turn again at the back while it has clicks left.
+        for key in asked {
+            if self.pending.contains_key(&key) {
+                self.turns.push_back(key);
+            }
+        }
+        let (read, gone) = match read {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(webhook = %self.id, cause = %e, "cannot read clicks to deliver");
                 return None;
             }
         };
+        for key in gone {
+            self.pending.remove(&key);
+        }
         let mut out = Vec::new();
         let mut advance = Vec::new();
-        for (key, clicks) in &read {
+        for (key, born, clicks) in &read {
             match clicks.last() {
-                Some(last) => advance.push((key.clone(), last.seq)),
+                Some(last) => advance.push((
+                    key.clone(),
+                    LinkCursor {
+                        seq: last.seq,
+                        born: *born,
+                    },
+                )),
                 // Nothing stored past the cursor (clicks past their retention): looked at
                 // again at the next scan.
                 None => {
@@ -470,10 +534,16 @@ impl Worker {
 
     /// The receiver took `message`: the cursors move past it.
     fn delivered(&mut self, message: &Message) {
-        for (key, seq) in &message.clicks {
-            let cursor = self.state.clicks.entry(key.clone()).or_insert(0);
-            *cursor = (*cursor).max(*seq);
-            if self.pending.get(key).is_some_and(|tip| tip <= seq) {
+        for (key, delivered) in &message.clicks {
+            let cursor = self.state.clicks.entry(key.clone()).or_default();
+            if cursor.born != delivered.born || cursor.seq < delivered.seq {
+                *cursor = *delivered;
+            }
+            if self
+                .pending
+                .get(key)
+                .is_some_and(|tip| *tip <= delivered.seq)
+            {
                 self.pending.remove(key);
             }
         }

@@ -34,12 +34,12 @@ use crate::{
     events::{Counts, Events},
     store::{SharedStore, StoreError},
 };
-pub use record::{Delivery, WebhookRecord, WebhookState};
+pub use record::{Delivery, LinkCursor, WebhookRecord, WebhookState};
 
 /// How often the supervisor reads the webhooks again (and renews its leases).
 pub const REFRESH: Duration = Duration::from_secs(2);
-/// How long a node's lease on a webhook lasts without renewal.
-pub const LEASE: Duration = Duration::from_secs(10);
+/// How long a node's lease on a webhook lasts without renewal (renewed every [`REFRESH`]).
+pub const LEASE: Duration = Duration::from_secs(15);
 /// After failing this long without a success, a webhook is disabled.
 pub const FAILING_FOR_MS: i64 = 3 * 24 * 3600 * 1000;
 /// The longest wait between two attempts.
@@ -337,23 +337,30 @@ pub fn starting_state(
             .map_or(0, |e| e.seq),
         ..WebhookState::default()
     };
-    for_each_link(store, record, &mut |key, count| {
+    for_each_link(store, record, &mut |key, count, born| {
         if count > 0 {
-            state.clicks.insert(key.to_owned(), count);
+            state
+                .clicks
+                .insert(key.to_owned(), LinkCursor { seq: count, born });
         }
     })?;
     Ok(state)
 }
 
-/// Calls `each(key, stored count)` for every link of `record`'s workspace it covers.
+/// Calls `each(key, stored count, creation time)` for every link of `record`'s workspace it
+/// covers (a named link now gone, or made again in another workspace, is not one).
 fn for_each_link(
     store: &dyn crate::store::Backend,
     record: &WebhookRecord,
-    each: &mut dyn FnMut(&str, u64),
+    each: &mut dyn FnMut(&str, u64, i64),
 ) -> Result<(), StoreError> {
     if let Some(links) = &record.links {
         for key in links {
-            each(key, store.counter(key)?.count);
+            if let Some(link) = store.link(key)?
+                && link.workspace == record.workspace
+            {
+                each(key, store.counter(key)?.count, link.created_at);
+            }
         }
         return Ok(());
     }
@@ -364,7 +371,8 @@ fn for_each_link(
             l.workspace == workspace
         })?;
         for link in &page.links {
-            each(link.code.as_str(), store.counter(link.code.as_str())?.count);
+            let key = link.code.as_str();
+            each(key, store.counter(key)?.count, link.created_at);
         }
         match page.next {
             Some(next) => cursor = Some(next),
@@ -424,7 +432,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// An error with its causes (a client's errors say little at the top).
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(c) = cause {

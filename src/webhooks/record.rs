@@ -43,7 +43,8 @@ pub struct WebhookRecord {
     pub previous_secret: Option<(String, i64)>,
     pub created_at: i64,
     pub created_by: String,
-    /// When it was last enabled (made, or enabled again): failures before it are forgotten.
+    /// When it was last enabled (made, enabled again, or given another URL): failures before
+    /// it are forgotten.
     pub enabled_at: i64,
 }
 
@@ -78,13 +79,23 @@ pub struct Delivery {
     pub error: Option<String>,
 }
 
+/// Where a webhook stands on one link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCursor {
+    /// The last click delivered (or passed over).
+    pub seq: u64,
+    /// The creation time of the link it counts (epoch ms; 0: not known): a link made again
+    /// under the same code starts from its first click.
+    pub born: i64,
+}
+
 /// Where a webhook's delivery stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookState {
     pub v: u8,
     /// The last click delivered of each link (by key); a link not here had none to deliver
     /// when the webhook was made, or was made after it.
-    pub clicks: BTreeMap<String, u64>,
+    pub clicks: BTreeMap<String, LinkCursor>,
     /// The last audit entry looked at (its link events delivered).
     pub audit: u64,
     /// Failed attempts in a row.
@@ -151,7 +162,9 @@ mod tests {
         assert_eq!(decode_webhook(&encode_webhook(&record)).unwrap(), record);
         assert!(record.covers("abc") && !record.covers("abd"));
         let mut state = WebhookState::default();
-        state.clicks.insert("abc".into(), 7);
+        state
+            .clicks
+            .insert("abc".into(), LinkCursor { seq: 7, born: 3 });
         for n in 0..(KEPT_DELIVERIES + 3) {
             state.attempted(Delivery {
                 at: n as i64,

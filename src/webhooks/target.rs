@@ -34,10 +34,20 @@ pub fn refused(ip: IpAddr) -> Option<&'static str> {
                 Some("a link-local address")
             } else if first & 0xff00 == 0xff00 {
                 Some("a multicast address")
-            } else if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                // NAT64: the IPv4 address it embeds decides.
+            } else if first & 0xffc0 == 0xfec0 {
+                Some("a site-local address")
+            } else if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || v6.segments()[..6] == [0, 0, 0, 0, 0, 0]
+            {
+                // NAT64, and the old IPv4-compatible form: the IPv4 address they embed decides.
                 let [.., a, b] = v6.segments();
                 refused_v4(Ipv4Addr::from((u32::from(a) << 16) | u32::from(b)))
+            } else if first == 0x2002 {
+                // 6to4: the IPv4 address in the next 32 bits decides.
+                let [_, a, b, ..] = v6.segments();
+                refused_v4(Ipv4Addr::from((u32::from(a) << 16) | u32::from(b)))
+            } else if v6.segments()[..3] == [0x64, 0xff9b, 1] {
+                Some("a local NAT64 address")
             } else {
                 None
             }
@@ -56,6 +66,8 @@ fn refused_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a link-local (or metadata) address")
     } else if a == 100 && (64..128).contains(&b) {
         Some("a shared (carrier-grade NAT) address")
+    } else if (a == 198 && (b & 0xfe) == 18) || (a == 192 && b == 0 && ip.octets()[2] == 0) {
+        Some("a reserved (benchmarking or protocol) address")
     } else if ip.is_unspecified() || a == 0 {
         Some("the unspecified address")
     } else if ip.is_broadcast() || ip.is_multicast() || a >= 240 {
@@ -130,13 +142,9 @@ impl reqwest::dns::Resolve for Guard {
             let host = name.as_str().to_owned();
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if !allow_private
-                && let Some((addr, why)) = found
-                    .iter()
-                    .find_map(|a| refused(a.ip()).map(|why| (a, why)))
-            {
-                let message = format!("{host} resolves to {why} ({})", addr.ip());
-                return Err(message.into());
+            if !allow_private && let Some(why) = found.iter().find_map(|a| refused(a.ip())) {
+                // The address itself is not named: a receiver's URL must not map the network.
+                return Err(format!("{host} resolves to {why}").into());
             }
             let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
             Ok(addrs)
@@ -151,6 +159,8 @@ pub fn client(
     timeout: std::time::Duration,
 ) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        // No proxy from the environment: a proxy would resolve names itself, past the check.
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
@@ -181,6 +191,10 @@ mod tests {
             "http://[fe80::1]/",
             "http://[::ffff:127.0.0.1]/",
             "http://[64:ff9b::a00:1]/",
+            "http://[2002:7f00:1::]/",
+            "http://[::127.0.0.1]/",
+            "http://[fec0::1]/",
+            "http://198.18.0.1/",
         ] {
             let refused = parse(inside, false).unwrap_err();
             assert!(refused.contains("url points at"), "{inside}: {refused}");
@@ -214,5 +228,32 @@ mod tests {
         let refused = check_resolved(&url, false).await.unwrap_err();
         assert!(refused.contains("loopback"), "{refused}");
         assert!(check_resolved(&url, true).await.is_ok());
+    }
+
+    /// The check at connection time: the delivering client's resolver refuses the name.
+    #[tokio::test]
+    async fn the_client_does_not_connect_to_a_name_that_resolves_inside() {
+        let refused = client(false, std::time::Duration::from_secs(5))
+            .unwrap()
+            .post("http://localhost:9/hook")
+            .send()
+            .await
+            .unwrap_err();
+        let chain = crate::webhooks::error_chain(&refused);
+        assert!(
+            chain.contains("localhost resolves to a loopback address"),
+            "{chain}"
+        );
+        // Allowed, it gets as far as connecting (nothing listens on port 9).
+        let tried = client(true, std::time::Duration::from_secs(5))
+            .unwrap()
+            .post("http://localhost:9/hook")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(
+            !crate::webhooks::error_chain(&tried).contains("resolves to"),
+            "{tried}"
+        );
     }
 }

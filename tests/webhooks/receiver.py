@@ -55,11 +55,6 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(204)
         with lock:
             current = dict(mode)
-        if current["mode"] == "redirect":
-            return self.answer(307, [("Location", "http://127.0.0.1:9/elsewhere")])
-        if current["mode"] == "fail":
-            extra = [("Retry-After", str(current["retryAfter"]))] if current["retryAfter"] else []
-            return self.answer(500, extra)
         headers = {k.lower(): v for k, v in self.headers.items()}
         payload = None
         for verifier in verifiers:
@@ -72,6 +67,12 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 out.write(json.dumps({"invalid": headers.get("webhook-id")}) + "\n")
             return self.answer(401)
+        # Checked before failing: every attempt of a retried message is signed anew.
+        if current["mode"] == "redirect":
+            return self.answer(307, [("Location", "http://127.0.0.1:9/elsewhere")])
+        if current["mode"] == "fail":
+            extra = [("Retry-After", str(current["retryAfter"]))] if current["retryAfter"] else []
+            return self.answer(500, extra)
         if current["mode"] == "slow":
             time.sleep(float(current["delay"]))
         line = {"id": headers["webhook-id"], "type": payload["type"]}
