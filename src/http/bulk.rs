@@ -13,7 +13,7 @@ pub use select::{BulkDelete, BulkPatch};
 use std::sync::Arc;
 
 use salvo::{
-    http::{StatusCode, header, mime},
+    http::{StatusCode, mime},
     prelude::*,
 };
 use serde::Serialize;
@@ -26,7 +26,7 @@ use super::{
     },
     authenticate,
     fields::LinkFields,
-    require_write,
+    read_body, require_write,
 };
 use crate::{
     domain::{DomainName, Link, ShortCode, now_ms},
@@ -157,29 +157,6 @@ pub(super) async fn read_json_value(
     let body = read_body(req, max).await?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
-}
-
-/// A body of at most `max` bytes (`413` for a larger one, refused before it is read when its
-/// length is declared).
-pub(super) async fn read_body(req: &mut Request, max: usize) -> Result<bytes::Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {max} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
-    let body = req.payload_with_max_size(max).await.map_err(|e| match e {
-        salvo::http::ParseError::PayloadTooLarge => too_large(),
-        _ => ApiError::bad_request("could not read the request body"),
-    })?;
-    Ok(body.clone())
 }
 
 /// One item of a bulk answer.

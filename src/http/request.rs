@@ -36,6 +36,29 @@ pub fn require_admin(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
+/// A body of at most `max` bytes (`413` for a larger one, refused before it is read when its
+/// length is declared: salvo would wait for a body it is told is too large).
+pub async fn read_body(req: &mut Request, max: usize) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let body = req.payload_with_max_size(max).await.map_err(|e| match e {
+        salvo::http::ParseError::PayloadTooLarge => too_large(),
+        _ => ApiError::bad_request("could not read the request body"),
+    })?;
+    Ok(body.clone())
+}
+
 /// A JSON object body of at most `max` bytes, as `T`: `415` for another content type, `413`
 /// for a larger body (refused before it is read, when its length is declared), `400` for
 /// anything that is not a JSON object of `T`'s fields.
@@ -52,29 +75,12 @@ pub async fn read_json_object<T: DeserializeOwned>(
             "Content-Type must be application/json",
         ));
     }
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {max} bytes"),
-        )
-    };
-    // Refused before reading: salvo would wait for a body it is told is too large.
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
-    let body = req.payload_with_max_size(max).await.map_err(|e| match e {
-        salvo::http::ParseError::PayloadTooLarge => too_large(),
-        _ => ApiError::bad_request("could not read the request body"),
-    })?;
+    let body = read_body(req, max).await?;
     // serde would also take a JSON array as the fields in order.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::bad_request("JSON body must be an object"));
     }
-    serde_json::from_slice(body)
+    serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 

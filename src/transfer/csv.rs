@@ -72,7 +72,7 @@ fn csv_link(store: &Store, row: &csv::StringRecord, owner: &str, now: i64) -> Re
 }
 
 /// A generated code that is free in the store.
-fn generated_code(store: &Store, now: i64) -> Result<ShortCode, String> {
+pub(super) fn generated_code(store: &Store, now: i64) -> Result<ShortCode, String> {
     for _ in 0..GENERATE_ATTEMPTS {
         let code = ShortCode::generate();
         if store

@@ -468,19 +468,23 @@ impl Worker {
             Ok((read, gone))
         })
         .await;
-        // Every link asked for takes its turn again at the back while it has clicks left.
-        for key in asked {
-            if self.pending.contains_key(&key) {
-                self.turns.push_back(key);
-            }
-        }
         let (read, gone) = match read {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(webhook = %self.id, cause = %e, "cannot read clicks to deliver");
+                for key in asked.into_iter().rev() {
+                    self.turns.push_front(key);
+                }
                 return None;
             }
         };
+        // A link the batch had no room for keeps its turn; one read takes its turn again
+        // when its message is delivered (see `delivered`).
+        for key in asked.iter().rev() {
+            if !read.iter().any(|(k, _, _)| k == key) && !gone.contains(key) {
+                self.turns.push_front(key.clone());
+            }
+        }
         for key in gone {
             self.pending.remove(&key);
         }
@@ -539,12 +543,13 @@ impl Worker {
             if cursor.born != delivered.born || cursor.seq < delivered.seq {
                 *cursor = *delivered;
             }
-            if self
-                .pending
-                .get(key)
-                .is_some_and(|tip| *tip <= delivered.seq)
-            {
-                self.pending.remove(key);
+            match self.pending.get(key) {
+                Some(tip) if *tip <= delivered.seq => {
+                    self.pending.remove(key);
+                }
+                // More clicks: its next turn, at the back.
+                Some(_) => self.turns.push_back(key.clone()),
+                None => {}
             }
         }
         if let Some(seq) = message.audit {

@@ -9,13 +9,13 @@ use salvo::{http::StatusCode, prelude::*};
 use serde::Serialize;
 
 use super::super::openapi::{E400, E401, E403, E413, E429, E503, schemas};
-use super::{MAX_BULK, Made, NewLink, audit_created, create_all, read_body};
+use super::{MAX_BULK, Made, NewLink, audit_created, create_all};
 use crate::{
     domain::{Link, ShortCode, format_ms, now_ms},
     http::{
         ApiError, AppState,
         api::{check_create_rate, domain_named},
-        authenticate, require_write,
+        authenticate, read_body, require_write,
     },
     keys::Caller,
     transfer::peers::{self, PeerFormat, PeerReport, Skipped},

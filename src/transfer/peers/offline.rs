@@ -3,13 +3,10 @@
 
 use super::{Malformed, PeerFormat, PeerReport, Skipped, parse};
 use crate::{
-    domain::{KeyId, ShortCode, format_ms},
+    domain::{KeyId, format_ms},
     store::Store,
     transfer::importer::Importer,
 };
-
-/// How many times a generated code is drawn again when it is taken (as the API does).
-const GENERATE_ATTEMPTS: usize = 8;
 
 /// Imports the links of `input` (an export of `format`) into `store`, owned by `owner` in
 /// `workspace`. With `dry_run`, reports what it would do and changes nothing. A file that
@@ -31,7 +28,8 @@ pub fn import_peer(
     for peer in links {
         let code = match &peer.code {
             Some(code) => code.clone(),
-            None => generated(store, now).map_err(|e| failed(peer.line, e))?,
+            None => crate::transfer::csv::generated_code(store, now)
+                .map_err(|e| failed(peer.line, e))?,
         };
         let free = store
             .code_free(code.as_str(), now)
@@ -64,18 +62,4 @@ pub fn import_peer(
             .map_err(|e| failed(report.rows, format!("the store failed: {e}")))?;
     }
     Ok(report)
-}
-
-/// A generated code free in the store.
-fn generated(store: &Store, now: i64) -> Result<ShortCode, String> {
-    for _ in 0..GENERATE_ATTEMPTS {
-        let code = ShortCode::generate();
-        if store
-            .code_free(code.as_str(), now)
-            .map_err(|e| e.to_string())?
-        {
-            return Ok(code);
-        }
-    }
-    Err("no free code could be generated".into())
 }

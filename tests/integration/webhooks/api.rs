@@ -251,7 +251,10 @@ async fn clicks_and_link_changes_arrive_signed_and_a_rotated_secret_keeps_signin
         "{deliveries}"
     );
     assert_eq!(attempts[0]["event"], "link.deleted");
-    assert_eq!(deliveries["deliveredClicks"], 4);
+    assert_eq!(
+        deliveries["deliveredClicks"], 4,
+        "each click once: {deliveries}"
+    );
     assert_eq!(deliveries["failures"], 0);
 
     // Rotation: the receiver that knows only the old secret still verifies (both are
