@@ -12,10 +12,7 @@ pub use select::{BulkDelete, BulkPatch};
 
 use std::sync::Arc;
 
-use salvo::{
-    http::{StatusCode, mime},
-    prelude::*,
-};
+use salvo::{http::StatusCode, prelude::*};
 use serde::Serialize;
 
 use super::openapi::{E400, E401, E403, E413, E415, E429, E503, schemas};
@@ -26,7 +23,7 @@ use super::{
     },
     authenticate,
     fields::LinkFields,
-    read_body, require_write,
+    read_body, require_json, require_write,
 };
 use crate::{
     domain::{DomainName, Link, ShortCode, now_ms},
@@ -145,15 +142,7 @@ pub(super) async fn read_json_value(
     req: &mut Request,
     max: usize,
 ) -> Result<serde_json::Value, ApiError> {
-    let is_json = req
-        .content_type()
-        .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
-    if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
-        ));
-    }
+    require_json(req)?;
     let body = read_body(req, max).await?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))

@@ -57,7 +57,7 @@ pub use invitations::signup_url;
 pub(crate) use request::client_addr;
 pub use request::{
     authenticate, check_host, client_ip, code_param, domain_of_host, key_on, read_body,
-    read_json_object, request_host, require_admin, require_write,
+    read_json_object, request_host, require_admin, require_json, require_write,
 };
 
 use crate::{

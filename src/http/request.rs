@@ -36,6 +36,21 @@ pub fn require_admin(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
+/// `415` unless the body is declared `application/json`.
+pub fn require_json(req: &Request) -> Result<(), ApiError> {
+    let is_json = req
+        .content_type()
+        .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
 /// A body of at most `max` bytes (`413` for a larger one, refused before it is read when its
 /// length is declared: salvo would wait for a body it is told is too large).
 pub async fn read_body(req: &mut Request, max: usize) -> Result<bytes::Bytes, ApiError> {
@@ -66,15 +81,7 @@ pub async fn read_json_object<T: DeserializeOwned>(
     req: &mut Request,
     max: usize,
 ) -> Result<T, ApiError> {
-    let is_json = req
-        .content_type()
-        .is_some_and(|m| m.type_() == mime::APPLICATION && m.subtype() == mime::JSON);
-    if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
-        ));
-    }
+    require_json(req)?;
     let body = read_body(req, max).await?;
     // serde would also take a JSON array as the fields in order.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
