@@ -308,9 +308,11 @@ impl CreateWebhook {
         let made = record.clone();
         blocking(move || {
             let start = crate::webhooks::starting_state(store.as_ref(), &made)?;
-            store.put_setting(
-                &format!("{}{}", record::STATE_PREFIX, made.id),
-                &record::encode_state(&start),
+            let shards = start.clicks.keys().map(|k| record::shard_of(k)).collect();
+            record::write_records(
+                store.as_ref(),
+                &record::state_records(&made.id, &start, &shards),
+                true,
             )
         })
         .await?;
@@ -483,7 +485,7 @@ impl DeleteWebhook {
         let (store, id) = (state.links.store().clone(), before.id.clone());
         blocking(move || {
             store.delete_setting(&format!("{}{id}", record::PREFIX))?;
-            store.delete_setting(&format!("{}{id}", record::STATE_PREFIX))
+            record::delete_state(store.as_ref(), &id)
         })
         .await?;
         state.webhooks.changed();

@@ -4,7 +4,7 @@
 //! from under a second to [`MAX_BACKOFF`], and disable the webhook when they last.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -62,6 +62,8 @@ struct Worker {
     /// Whether the audit log may hold entries not yet looked at.
     audit_due: bool,
     dirty: bool,
+    /// The shards of the cursors changed since the last save.
+    dirty_shards: BTreeSet<u8>,
     saved_at: Instant,
 }
 
@@ -73,17 +75,13 @@ pub(super) async fn run(
     let current = record.borrow().clone();
     let id = current.id.clone();
     let workspace = current.workspace.clone();
-    let (store, name) = (hooks.store.clone(), format!("{}{id}", record::STATE_PREFIX));
-    let state = match blocking(move || store.setting(&name)).await {
-        Ok(Some(bytes)) => match record::decode_state(&bytes) {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::error!(webhook = %id, cause = %e, "a webhook's state is unreadable; not delivering it");
-                return;
-            }
-        },
+    let (store, named) = (hooks.store.clone(), id.clone());
+    let mut fresh = false;
+    let state = match blocking(move || record::load_state(store.as_ref(), &named)).await {
+        Ok(Some(state)) => state,
         // Made on a node that has not written it yet: from now on.
         Ok(None) => {
+            fresh = true;
             let store = hooks.store.clone();
             let current = current.clone();
             match blocking(move || super::starting_state(store.as_ref(), &current)).await {
@@ -107,9 +105,18 @@ pub(super) async fn run(
         pending: HashMap::new(),
         turns: VecDeque::new(),
         audit_due: true,
-        dirty: false,
+        dirty: fresh,
+        dirty_shards: BTreeSet::new(),
         saved_at: Instant::now(),
     };
+    if fresh {
+        worker.dirty_shards = worker
+            .state
+            .clicks
+            .keys()
+            .map(|k| record::shard_of(k))
+            .collect();
+    }
     let watching = hooks.counts.watch(&workspace);
     let board = watching.board.clone();
     let mut feed = hooks.events.subscribe(&workspace);
@@ -275,18 +282,14 @@ impl Worker {
         let made_again = born.is_some_and(|b| cursor.born != 0 && cursor.born != b);
         if made_again || count < cursor.seq {
             // Another link under this code (deleted and made again): from its first click.
-            self.state.clicks.remove(&key);
-            self.dirty = true;
+            self.drop_cursor(&key);
             cursor = LinkCursor::default();
         }
         if !record.covers(&key) || !record.wants("link.clicked") {
             // Not asked for: passed over, so asking later starts from then.
             if count > cursor.seq {
                 let born = born.unwrap_or(cursor.born);
-                self.state
-                    .clicks
-                    .insert(key, LinkCursor { seq: count, born });
-                self.dirty = true;
+                self.set_cursor(key, LinkCursor { seq: count, born });
             }
             return;
         }
@@ -305,7 +308,18 @@ impl Worker {
     /// from its first click.
     fn forget(&mut self, key: &str) {
         self.pending.remove(key);
+        self.drop_cursor(key);
+    }
+
+    fn set_cursor(&mut self, key: String, cursor: LinkCursor) {
+        self.dirty_shards.insert(record::shard_of(&key));
+        self.state.clicks.insert(key, cursor);
+        self.dirty = true;
+    }
+
+    fn drop_cursor(&mut self, key: &str) {
         if self.state.clicks.remove(key).is_some() {
+            self.dirty_shards.insert(record::shard_of(key));
             self.dirty = true;
         }
     }
@@ -539,9 +553,9 @@ impl Worker {
     /// The receiver took `message`: the cursors move past it.
     fn delivered(&mut self, message: &Message) {
         for (key, delivered) in &message.clicks {
-            let cursor = self.state.clicks.entry(key.clone()).or_default();
+            let cursor = self.cursor(key);
             if cursor.born != delivered.born || cursor.seq < delivered.seq {
-                *cursor = *delivered;
+                self.set_cursor(key.clone(), *delivered);
             }
             match self.pending.get(key) {
                 Some(tip) if *tip <= delivered.seq => {
@@ -566,18 +580,20 @@ impl Worker {
         if !self.dirty || (!now && self.saved_at.elapsed() < SAVE_EVERY) {
             return;
         }
-        let (store, name, bytes) = (
+        let shards = std::mem::take(&mut self.dirty_shards);
+        let (store, records) = (
             self.hooks.store.clone(),
-            format!("{}{}", record::STATE_PREFIX, self.id),
-            record::encode_state(&self.state),
+            record::state_records(&self.id, &self.state, &shards),
         );
         // A cursor found older after a crash only sends some messages again.
-        match blocking(move || store.put_setting_unsynced(&name, &bytes)).await {
+        match blocking(move || record::write_records(store.as_ref(), &records, false)).await {
             Ok(()) => {
                 self.dirty = false;
                 self.saved_at = Instant::now();
             }
             Err(e) => {
+                // Written again with the next save.
+                self.dirty_shards.extend(shards);
                 tracing::warn!(webhook = %self.id, cause = %e, "cannot save a webhook's cursor")
             }
         }

@@ -315,8 +315,8 @@ impl Webhooks {
             let _ = r.task.await;
         }
         if deleted {
-            let (store, name) = (self.store.clone(), format!("{}{id}", record::STATE_PREFIX));
-            if let Err(e) = blocking(move || store.delete_setting(&name)).await {
+            let (store, owned) = (self.store.clone(), id.to_owned());
+            if let Err(e) = blocking(move || record::delete_state(store.as_ref(), &owned)).await {
                 tracing::warn!(webhook = id, cause = %e, "cannot delete a webhook's state");
             }
         }
