@@ -19,30 +19,12 @@ impl TestApp {
 
     /// Every link code the admin key lists (at most 1000).
     async fn listed(&self) -> Vec<String> {
-        let listing: Value = self
-            .client
-            .get(self.url("/api/links?limit=1000"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
+        let listing = crate::transfer::get(self, "/api/links?limit=1000").await;
         crate::manage::codes(&listing)
     }
 
     async fn audit(&self, limit: usize) -> Vec<Value> {
-        let page: Value = self
-            .client
-            .get(self.url(&format!("/api/audit?limit={limit}")))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
+        let page = crate::transfer::get(self, &format!("/api/audit?limit={limit}")).await;
         page["entries"].as_array().cloned().unwrap_or_default()
     }
 }

@@ -3,13 +3,10 @@
 //! stopped one's data directory; a dry run first (nothing changes, the report is right), then
 //! for real (links with their titles, tags, creation times and `importedClickCount`).
 
-use std::{path::Path, process::Command};
-
 use serde_json::{Value, json};
 
 use crate::support::{KEY, TestApp, TestResult, spawn_app, spawn_with};
-
-const BIN: &str = env!("CARGO_BIN_EXE_linkpulse");
+use crate::transfer::run;
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!(
@@ -209,22 +206,6 @@ async fn a_malformed_export_names_its_line_and_imports_nothing() -> TestResult {
     }
     app.stop().await;
     Ok(())
-}
-
-/// Runs the binary; returns (success, stdout, stderr).
-fn run(args: &[&str], dir: &Path) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env("LINKPULSE_LOG", "warn")
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) App
 const SLACK: &str = "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)";
 
 /// Runs the binary; returns (success, stdout, stderr).
-fn run(args: &[&str], dir: &Path) -> (bool, String, String) {
+pub(crate) fn run(args: &[&str], dir: &Path) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .arg("--data-dir")

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::{Receiver, free_port, make_webhook, until};
 use crate::support::{KEY, TestResult, json_error, spawn_with};
+use crate::transfer::get;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -20,18 +21,6 @@ async fn post(app: &crate::support::TestApp, path: &str, body: Value) -> reqwest
         .send()
         .await
         .expect("a POST")
-}
-
-async fn get(app: &crate::support::TestApp, path: &str) -> Value {
-    let res = app
-        .client
-        .get(app.url(path))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .expect("a GET");
-    assert_eq!(res.status(), 200, "GET {path}");
-    res.json().await.expect("json")
 }
 
 async fn patch(app: &crate::support::TestApp, path: &str, body: Value) -> reqwest::Response {
